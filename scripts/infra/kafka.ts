@@ -1,0 +1,230 @@
+// Makes sure a Kafka broker answers at the first broker address: reuses a running one, or on a
+// loopback address runs Apache Kafka in KRaft mode from Maven Central jars on the local JDK
+// (the recipe in KAFKA.md), and creates topics up front.
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { Kafka, logLevel, type Admin } from 'kafkajs';
+import {
+  aptInstall,
+  findExecutable,
+  freePort,
+  isLoopback,
+  isPortFree,
+  isPortOpen,
+  repoRoot,
+  runOrThrow,
+  spawnService,
+  tail,
+  terminate,
+  waitUntil,
+  type Logger,
+  type Service,
+} from './process';
+
+export interface TopicSpec {
+  topic: string;
+  numPartitions: number;
+}
+
+interface Broker {
+  host: string;
+  port: number;
+}
+
+interface Layout {
+  pom: string;
+  log4j: string;
+  lib: string;
+  /** Per-port folder: server.properties, cluster.id, logs/, server.log. */
+  dir: string;
+}
+
+const READY_TIMEOUT_MS = 90_000;
+const STOP_GRACE_MS = 20_000;
+
+export async function ensureKafka(brokers: string[], log: Logger): Promise<Service> {
+  const broker = parseBroker(brokers[0]);
+  const where = `${broker.host}:${broker.port}`;
+  if (await isPortOpen(broker.host, broker.port)) {
+    if (!(await answers(brokers))) throw new Error(`kafka: ${where} is open but does not answer as a Kafka broker`);
+    log.info(`kafka: reusing ${where}`);
+    return { name: 'kafka', started: false, stop: async () => {} };
+  }
+  if (!isLoopback(broker.host)) throw new Error(`kafka: nothing answers at ${where} and it is not a local address`);
+  return startBroker(brokers, broker, log);
+}
+
+/** Creates the topics that do not exist yet; existing ones are left as they are. */
+export async function ensureTopics(brokers: string[], topics: TopicSpec[]): Promise<void> {
+  await withAdmin(brokers, 10_000, async (admin) => {
+    const existing = new Set(await admin.listTopics());
+    const missing = topics.filter((t) => !existing.has(t.topic));
+    if (missing.length === 0) return;
+    await admin.createTopics({ topics: missing, waitForLeaders: true });
+  });
+}
+
+function parseBroker(address: string | undefined): Broker {
+  const match = /^\[?([^\]]+?)\]?:(\d+)$/.exec(address ?? '');
+  if (!match) throw new Error(`kafka: "${address}" is not host:port`);
+  return { host: match[1] as string, port: Number(match[2]) };
+}
+
+async function withAdmin<T>(brokers: string[], requestTimeout: number, use: (admin: Admin) => Promise<T>): Promise<T> {
+  const kafka = new Kafka({
+    clientId: 'coupon-service-infra',
+    brokers,
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: 2000,
+    requestTimeout,
+    retry: { retries: 0 },
+  });
+  const admin = kafka.admin();
+  try {
+    await admin.connect();
+    return await use(admin);
+  } finally {
+    await admin.disconnect().catch(() => {});
+  }
+}
+
+/** True when a broker at these addresses answers a metadata request. */
+async function answers(brokers: string[]): Promise<boolean> {
+  try {
+    await withAdmin(brokers, 3000, (admin) => admin.describeCluster());
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function startBroker(brokers: string[], broker: Broker, log: Logger): Promise<Service> {
+  const root = repoRoot();
+  const layout: Layout = {
+    pom: path.join(root, 'scripts', 'kafka', 'pom.xml'),
+    log4j: path.join(root, 'scripts', 'kafka', 'log4j.properties'),
+    lib: path.join(root, '.data', 'kafka', 'lib'),
+    dir: path.join(root, '.data', 'kafka', String(broker.port)),
+  };
+  const java = await findOrInstall('java', 'openjdk-17-jre-headless', log);
+  await ensureJars(layout, log);
+  mkdirSync(layout.dir, { recursive: true });
+  const controllerPort = await chooseControllerPort(broker);
+  const properties = path.join(layout.dir, 'server.properties');
+  writeFileSync(properties, serverProperties(broker, controllerPort, path.join(layout.dir, 'logs')));
+  await formatStorage(java, layout, properties);
+
+  log.info(`kafka: starting the broker on ${broker.host}:${broker.port} (controller ${controllerPort})...`);
+  const logFile = path.join(layout.dir, 'server.log');
+  const child = spawnService(java, [...javaArgs(layout), '-Xms256m', '-Xmx512m', '-XX:+UseG1GC', 'kafka.Kafka', properties], {
+    cwd: layout.dir,
+    logFile,
+  });
+  const stop = () => terminate(child.pid, { host: broker.host, port: broker.port, graceMs: STOP_GRACE_MS });
+  const started = Date.now();
+  try {
+    await waitUntil('kafka: waiting for the broker', () => answers(brokers), {
+      timeoutMs: READY_TIMEOUT_MS,
+      intervalMs: 500,
+      onProgress: (s) => log.info(`kafka: still starting (${s} s, log in ${logFile})...`),
+      abortIf: () => child.exited() && `java ${child.exited()}:\n${tail(readFileSync(logFile, 'utf8'), 20)}`,
+    });
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  log.info(`kafka: started ${broker.host}:${broker.port} in ${seconds} s (pid ${child.pid}, log in ${logFile})`);
+  return { name: 'kafka', started: true, stop };
+}
+
+function javaArgs(layout: Layout): string[] {
+  // Java expands the `*` in a class path itself, so no shell is needed.
+  return ['-cp', `${layout.lib}${path.sep}*`, `-Dlog4j.configuration=file:${layout.log4j}`];
+}
+
+async function findOrInstall(binary: string, debianPackage: string, log: Logger): Promise<string> {
+  const found = findExecutable(binary);
+  if (found) return found;
+  await aptInstall(debianPackage, log);
+  const installed = findExecutable(binary);
+  if (!installed) throw new Error(`kafka: ${binary} still not found after installing ${debianPackage}`);
+  return installed;
+}
+
+/**
+ * Copies the broker's jars into .data/kafka/lib unless a marker says the folder already
+ * holds a complete copy for this very pom.xml (an interrupted download leaves no marker).
+ */
+async function ensureJars(layout: Layout, log: Logger): Promise<void> {
+  const marker = path.join(layout.lib, '.complete');
+  const pomHash = createHash('sha1').update(readFileSync(layout.pom)).digest('hex');
+  if (existsSync(marker) && readFileSync(marker, 'utf8').trim() === pomHash) return;
+
+  const mvn = await findOrInstall('mvn', 'maven', log);
+  log.info('kafka: downloading broker jars (first run, ~30 s)...');
+  const started = Date.now();
+  rmSync(layout.lib, { recursive: true, force: true });
+  mkdirSync(layout.lib, { recursive: true });
+  await runOrThrow(mvn, [
+    '-B', '-q', '-f', layout.pom,
+    'dependency:copy-dependencies',
+    `-DoutputDirectory=${layout.lib}`,
+    '-DincludeScope=runtime',
+  ]);
+  const jars = readdirSync(layout.lib).filter((f) => f.endsWith('.jar')).length;
+  writeFileSync(marker, `${pomHash}\n`);
+  log.info(`kafka: ${jars} jars in ${layout.lib} (${Math.round((Date.now() - started) / 1000)} s)`);
+}
+
+/**
+ * The controller listens next to the broker (port + 1) unless that port is taken. With a
+ * static voter list the controller address may change between runs of a formatted node.
+ */
+async function chooseControllerPort(broker: Broker): Promise<number> {
+  const next = broker.port + 1;
+  return (await isPortFree(bindHost(broker), next)) ? next : freePort(bindHost(broker));
+}
+
+/** Kafka binds the IPv4 loopback for `localhost`, matching what it advertises. */
+function bindHost(broker: Broker): string {
+  return broker.host === 'localhost' ? '127.0.0.1' : broker.host;
+}
+
+function serverProperties(broker: Broker, controllerPort: number, logDir: string): string {
+  const host = bindHost(broker).includes(':') ? `[${bindHost(broker)}]` : bindHost(broker);
+  return [
+    '# Written by scripts/infra/kafka.ts on every start; edit that file, not this one.',
+    '# A single node is both broker and KRaft controller.',
+    'process.roles=broker,controller',
+    'node.id=1',
+    `controller.quorum.voters=1@${host}:${controllerPort}`,
+    `listeners=PLAINTEXT://${host}:${broker.port},CONTROLLER://${host}:${controllerPort}`,
+    `advertised.listeners=PLAINTEXT://${host}:${broker.port}`,
+    'inter.broker.listener.name=PLAINTEXT',
+    'controller.listener.names=CONTROLLER',
+    'listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT',
+    `log.dirs=${logDir}`,
+    // Six partitions: the bridge consumes partitions concurrently, one order per key.
+    'num.partitions=6',
+    // One node cannot hold more than one replica of its internal topics.
+    'offsets.topic.replication.factor=1',
+    'offsets.topic.num.partitions=1',
+    'transaction.state.log.replication.factor=1',
+    'transaction.state.log.min.isr=1',
+    // A consumer group starts at once instead of waiting 3 s for more members.
+    'group.initial.rebalance.delay.ms=0',
+    '',
+  ].join('\n');
+}
+
+/** Formats the log dir with a cluster id kept next to it; `-g` skips an already formatted dir. */
+async function formatStorage(java: string, layout: Layout, properties: string): Promise<void> {
+  const idFile = path.join(layout.dir, 'cluster.id');
+  if (!existsSync(idFile)) writeFileSync(idFile, `${randomBytes(16).toString('base64url')}\n`);
+  const clusterId = readFileSync(idFile, 'utf8').trim();
+  await runOrThrow(java, [...javaArgs(layout), 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', properties, '-g'], {
+    cwd: layout.dir,
+  });
+}
