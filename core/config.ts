@@ -1,0 +1,89 @@
+// Configuration, parsed and validated from the environment once at start.
+// Nothing else in the code base reads process.env.
+import { z } from 'zod';
+
+const intFrom = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+
+const urlWith = (protocols: string[]) =>
+  z.string().refine((value) => {
+    try {
+      return protocols.includes(new URL(value).protocol);
+    } catch {
+      return false;
+    }
+  }, `must be a URL starting with ${protocols.join(' or ')}//`);
+
+const brokers = z
+  .string()
+  .transform((value) => value.split(',').map((b) => b.trim()).filter(Boolean))
+  .refine((list) => list.length > 0 && list.every((b) => /^[^:\s]+:\d+$/.test(b)), 'must be host:port[,host:port...]');
+
+export const configSchema = z.object({
+  NODE_ENV: z.enum(['development', 'test', 'production']).default('development'),
+  PORT: intFrom(3000, 0).refine((p) => p < 65536, 'must be a TCP port'),
+  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
+  DATABASE_POOL_MAX: intFrom(10, 1),
+  REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  KAFKA_BROKERS: brokers.default(['127.0.0.1:9092']),
+  KAFKA_CLIENT_ID: z.string().min(1).default('coupon-service'),
+  KAFKA_PAYMENTS_TOPIC: z.string().min(1).default('payments.v1'),
+  KAFKA_USER_EVENTS_TOPIC: z.string().min(1).default('user-events.v1'),
+  // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
+  JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
+  RESERVATION_TTL_SECONDS: intFrom(600, 1),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  WORKER_CONCURRENCY: intFrom(64, 1),
+  // How long a worker may go without renewing a job lock before the job is handed to another worker.
+  JOB_LOCK_MS: intFrom(15_000, 1000),
+  JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),
+  QUEUE_PREFIX: z.string().min(1).default('coupon'),
+  BULL_BOARD_USER: z.string().min(1).optional(),
+  BULL_BOARD_PASSWORD: z.string().min(1).optional(),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export function parseConfig(env: Record<string, string | undefined>): Config {
+  // Empty strings count as "not set", so `FOO= npm start` falls back to the default.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = configSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    throw new ConfigError(parsed.error.issues.map((i) => `${i.path.join('.') || '(env)'}: ${i.message}`));
+  }
+  return parsed.data;
+}
+
+let cached: Config | undefined;
+
+/** The process configuration; exits with a readable message when the environment is wrong. */
+export function config(): Config {
+  if (!cached) {
+    try {
+      cached = parseConfig(process.env);
+    } catch (error) {
+      if (error instanceof ConfigError) {
+        process.stderr.write(`${error.message}\n`);
+        process.exit(78); // EX_CONFIG
+      }
+      throw error;
+    }
+  }
+  return cached;
+}
+
+/** The HS256 secret of the web process; exits with a readable message when it is missing. */
+export function requireJwtSecret(): string {
+  const secret = config().JWT_SECRET;
+  if (!secret) {
+    process.stderr.write('invalid configuration:\n  JWT_SECRET: required (at least 32 characters) to verify bearer tokens\n');
+    process.exit(78);
+  }
+  return secret;
+}

@@ -1,0 +1,29 @@
+// The Kafka client. Everything that speaks Kafka goes through here, so the client library can change.
+import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
+import { config } from './config';
+import type { Logger } from './logger';
+
+const LEVEL_NAMES: Record<number, 'error' | 'warn' | 'info' | 'debug'> = {
+  [logLevel.ERROR]: 'error',
+  [logLevel.WARN]: 'warn',
+  [logLevel.INFO]: 'info',
+  [logLevel.DEBUG]: 'debug',
+};
+
+export function createKafka(log: Logger): Kafka {
+  const cfg = config();
+  return new Kafka({
+    clientId: cfg.KAFKA_CLIENT_ID,
+    brokers: cfg.KAFKA_BROKERS,
+    connectionTimeout: 3_000,
+    retry: { initialRetryTime: 300, retries: 10 },
+    logLevel: logLevel.WARN,
+    logCreator: () => (entry) => {
+      const level = LEVEL_NAMES[entry.level] ?? 'info';
+      const { message, ...rest } = entry.log;
+      log[level]({ kafka: entry.namespace, ...rest }, message);
+    },
+  });
+}
+
+export type { Consumer, Producer, Kafka };

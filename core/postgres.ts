@@ -1,0 +1,31 @@
+// The PostgreSQL client: one Sequelize instance per process, created on first use and closed on shutdown.
+import { Sequelize } from 'sequelize';
+import { config } from './config';
+
+let instance: Sequelize | undefined;
+
+export function createSequelize(databaseUrl: string, poolMax = 10): Sequelize {
+  return new Sequelize(databaseUrl, {
+    dialect: 'postgres',
+    logging: false,
+    benchmark: false,
+    pool: { max: poolMax, min: 0, idle: 10_000, acquire: 10_000 },
+    dialectOptions: { application_name: 'coupon-service', statement_timeout: 15_000 },
+  });
+}
+
+export function sequelize(): Sequelize {
+  if (!instance) {
+    const cfg = config();
+    instance = createSequelize(cfg.DATABASE_URL, cfg.DATABASE_POOL_MAX);
+  }
+  return instance;
+}
+
+export async function closeSequelize(): Promise<void> {
+  if (instance) {
+    const closing = instance;
+    instance = undefined;
+    await closing.close();
+  }
+}

@@ -1,0 +1,36 @@
+// The one place an error becomes an HTTP answer: {"error": {code, message, details?}}; never a stack or SQL.
+import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+import { AppError, errorCatalogue, type ErrorCode } from '../../core/errors';
+import type { AppEnv } from '../context';
+
+export function errorBody(code: ErrorCode, message: string, details?: unknown) {
+  return { error: { code, message, ...(details !== undefined && { details }) } };
+}
+
+function answer(c: Context<AppEnv>, error: AppError) {
+  if (error.code === 'RATE_LIMITED' && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
+  return c.json(errorBody(error.code, error.message, error.details), error.status as 400);
+}
+
+const HTTP_CODES: Record<number, ErrorCode> = {
+  400: 'VALIDATION_FAILED',
+  401: 'UNAUTHENTICATED',
+  403: 'FORBIDDEN',
+  404: 'NOT_FOUND',
+  413: 'PAYLOAD_TOO_LARGE',
+  415: 'UNSUPPORTED_MEDIA_TYPE',
+};
+
+export const onError: ErrorHandler<AppEnv> = (error, c) => {
+  if (error instanceof AppError) return answer(c, error);
+  if (error instanceof HTTPException && HTTP_CODES[error.status]) {
+    const code = HTTP_CODES[error.status] as ErrorCode;
+    return answer(c, new AppError(code, error.status === 400 ? 'The request body is not valid JSON.' : undefined));
+  }
+  const log = c.get('log');
+  log?.error({ err: error, path: c.req.path }, 'unhandled error');
+  return c.json(errorBody('INTERNAL', errorCatalogue.INTERNAL.message), 500);
+};
+
+export const notFound: NotFoundHandler<AppEnv> = (c) => c.json(errorBody('NOT_FOUND', `No route ${c.req.method} ${c.req.path}.`), 404);

@@ -1,0 +1,24 @@
+// Gives each request a trace id (the caller's X-Request-Id when it is sane) and logs its outcome.
+import { randomUUID } from 'node:crypto';
+import type { MiddlewareHandler } from 'hono';
+import type { Logger } from '../../core/logger';
+import type { AppEnv } from '../context';
+
+const SANE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+
+export function trace(log: Logger): MiddlewareHandler<AppEnv> {
+  return async (c, next) => {
+    const given = c.req.header('x-request-id');
+    const traceId = given && SANE_ID.test(given) ? given : randomUUID();
+    const reqLog = log.child({ traceId });
+    c.set('traceId', traceId);
+    c.set('log', reqLog);
+    const started = performance.now();
+    await next();
+    c.header('X-Request-Id', traceId);
+    const status = c.res.status;
+    const line = { method: c.req.method, path: c.req.path, status, ms: Math.round((performance.now() - started) * 10) / 10 };
+    if (status >= 500) reqLog.error(line, 'request failed');
+    else reqLog.info(line, 'request');
+  };
+}

@@ -1,0 +1,40 @@
+// POST /coupons/issue: validates, enqueues and answers 202 with the job to poll.
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { AppError } from '../../core/errors';
+import type { Queues } from '../../queues/connection';
+import { enqueueIssue } from '../../queues/enqueue';
+import type { AppEnv } from '../context';
+import { jsonBody } from '../validation';
+import { accepted } from './jobs';
+
+const issueBody = z
+  .object({
+    policyId: z.string().min(1).max(128),
+    // Only an admin may issue on a user's behalf.
+    userId: z.string().min(1).max(128).optional(),
+  })
+  .strict();
+
+export function issueRoutes(queues: Queues) {
+  const app = new Hono<AppEnv>();
+
+  app.post('/', async (c) => {
+    const body = await jsonBody(c, issueBody);
+    const user = c.get('user');
+    if (body.userId !== undefined && body.userId !== user.id && user.role !== 'admin') {
+      throw new AppError('FORBIDDEN', 'Only an admin may issue a coupon to another user.');
+    }
+    const jobId = await enqueueIssue(queues, {
+      policyId: body.policyId,
+      userId: body.userId ?? user.id,
+      actorId: user.id,
+      traceId: c.get('traceId'),
+      requestedAt: new Date().toISOString(),
+    });
+    c.get('log').info({ jobId, policyId: body.policyId }, 'issue enqueued');
+    return accepted(c, jobId);
+  });
+
+  return app;
+}

@@ -1,0 +1,83 @@
+// Policy administration: create, read, list, and change (pause, resume, end, extend, raise quantity).
+import { randomUUID } from 'node:crypto';
+import { Hono } from 'hono';
+import { z } from 'zod';
+import { UniqueConstraintError } from 'sequelize';
+import type { Redis } from 'ioredis';
+import { AppError } from '../../core/errors';
+import { sequelize } from '../../core/postgres';
+import { decodeCursor } from '../../models/cursor';
+import { CouponPolicy, countCoupons, listPolicies, policyRowFromCreate, policyRules, policyView, findPolicyForUpdate } from '../../models/policy';
+import { planPolicyChange, policyCreateSchema, policyPatchSchema, POLICY_STATUSES } from '../../models/policy-rules';
+import { writePolicyMeta } from '../../workers/admission/admission';
+import type { AppEnv } from '../context';
+import { requireAdmin } from '../middleware/auth';
+import { jsonBody, parseWith, query } from '../validation';
+
+const listQuery = z.object({
+  status: z.enum(POLICY_STATUSES).optional(),
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().max(512).optional(),
+});
+const idParam = z.string().min(1).max(128);
+
+export function policyRoutes(redis: Redis) {
+  const app = new Hono<AppEnv>();
+
+  // The admission step reads policies from Redis; a failed publish there is bounded by the cache TTL.
+  const publish = async (policy: CouponPolicy, log: AppEnv['Variables']['log']) => {
+    await writePolicyMeta(redis, policy).catch((error: unknown) => log.warn({ err: error, policyId: policy.id }, 'policy cache not updated'));
+  };
+
+  app.post('/', requireAdmin, async (c) => {
+    const input = await jsonBody(c, policyCreateSchema);
+    let policy: CouponPolicy;
+    try {
+      policy = await CouponPolicy.create(policyRowFromCreate(randomUUID(), input));
+    } catch (error) {
+      if (error instanceof UniqueConstraintError) throw new AppError('CONFLICT', 'Another policy already has this code.');
+      throw error;
+    }
+    await publish(policy, c.get('log'));
+    c.get('log').info({ policyId: policy.id, issueMethod: policy.issueMethod }, 'policy created');
+    return c.json(policyView(policy), 201);
+  });
+
+  app.get('/', async (c) => {
+    const q = query(c, listQuery);
+    const isAdmin = c.get('user').role === 'admin';
+    // Users see the ACTIVE catalogue only, whatever they ask for.
+    const status = isAdmin ? q.status : 'ACTIVE';
+    const cursor = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
+    if (cursor === null) throw new AppError('VALIDATION_FAILED', 'The cursor is not valid.');
+    const page = await listPolicies({ status, limit: q.limit, cursor });
+    const counts = await countCoupons(sequelize(), page.rows.map((p) => p.id));
+    return c.json({ data: page.rows.map((p) => policyView(p, counts.get(p.id))), nextCursor: page.nextCursor });
+  });
+
+  app.get('/:id', async (c) => {
+    const id = parseWith(idParam, c.req.param('id'));
+    const policy = await CouponPolicy.findByPk(id);
+    if (!policy || (c.get('user').role !== 'admin' && policy.status !== 'ACTIVE')) throw new AppError('NOT_FOUND', 'No such coupon policy.');
+    const counts = await countCoupons(sequelize(), [id]);
+    return c.json(policyView(policy, counts.get(id)));
+  });
+
+  app.patch('/:id', requireAdmin, async (c) => {
+    const id = parseWith(idParam, c.req.param('id'));
+    const patch = await jsonBody(c, policyPatchSchema);
+    const policy = await sequelize().transaction(async (tx) => {
+      const current = await findPolicyForUpdate(id, tx);
+      if (!current) throw new AppError('NOT_FOUND', 'No such coupon policy.');
+      const changes = planPolicyChange(policyRules(current), patch);
+      await current.update(changes, { transaction: tx });
+      return current.reload({ transaction: tx });
+    });
+    await publish(policy, c.get('log'));
+    c.get('log').info({ policyId: id, changes: Object.keys(patch), version: policy.version }, 'policy changed');
+    const counts = await countCoupons(sequelize(), [id]);
+    return c.json(policyView(policy, counts.get(id)));
+  });
+
+  return app;
+}

@@ -1,0 +1,50 @@
+// The web process: serves the HTTP API; on SIGTERM turns unready, finishes requests in flight, then exits.
+import { serve } from '@hono/node-server';
+import { config, requireJwtSecret } from '../core/config';
+import { logger } from '../core/logger';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { createRedis, waitForReady } from '../core/redis';
+import { initModels } from '../models';
+import { createQueues } from '../queues/connection';
+import { createApp } from './app';
+
+const DRAIN_GRACE_MS = 2_000;
+
+async function main(): Promise<void> {
+  const cfg = config();
+  const log = logger().child({ process: 'web' });
+  initModels(sequelize());
+  const queues = createQueues();
+  const redis = createRedis('client');
+  // The producer connection has no offline queue: wait for it once, so the first requests don't 503.
+  await waitForReady(queues.connection, 15_000);
+  let draining = false;
+  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), isDraining: () => draining });
+  const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
+    log.info({ port: info.port }, 'web listening');
+  });
+
+  const shutdown = (signal: string) => {
+    if (draining) return;
+    draining = true;
+    log.info({ signal }, 'web draining');
+    // Give load balancers a moment to see /health/ready turn 503, then stop accepting.
+    setTimeout(() => {
+      server.close(async () => {
+        await queues.close();
+        redis.disconnect();
+        await closeSequelize();
+        log.info('web stopped');
+        process.exit(0);
+      });
+      (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();
+    }, cfg.NODE_ENV === 'production' ? DRAIN_GRACE_MS : 100);
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  logger().fatal({ err: error }, 'web failed to start');
+  process.exit(1);
+});

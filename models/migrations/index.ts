@@ -1,0 +1,6 @@
+// Every migration, in order. A new one is appended here; applied ones are never edited.
+import { createCouponPolicies } from './0001-coupon-policies';
+import { createCoupons } from './0002-coupons';
+import type { Migration } from './types';
+
+export const migrations: Migration[] = [createCouponPolicies, createCoupons];

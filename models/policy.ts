@@ -1,0 +1,193 @@
+// The coupon_policies table: the Sequelize model, its queries and the API view of a policy.
+import {
+  DataTypes,
+  Model,
+  Op,
+  QueryTypes,
+  type CreationAttributes,
+  type CreationOptional,
+  type InferAttributes,
+  type InferCreationAttributes,
+  type Sequelize,
+  type Transaction,
+} from 'sequelize';
+import { encodeCursor, type Cursor } from './cursor';
+import type { IssueMethod, PolicyCreate, PolicyRules, PolicyStatus } from './policy-rules';
+
+export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCreationAttributes<CouponPolicy>> {
+  declare id: string;
+  declare name: string;
+  declare description: string | null;
+  declare discountType: 'FIXED' | 'PERCENTAGE';
+  declare discountValue: number;
+  declare maxDiscountAmount: number | null;
+  declare minOrderAmount: number | null;
+  declare issueMethod: IssueMethod;
+  declare totalQuantity: number | null;
+  declare perUserLimit: number;
+  declare issueStartsAt: Date;
+  declare issueEndsAt: Date | null;
+  declare validUntil: Date | null;
+  declare validDays: number | null;
+  declare code: string | null;
+  declare triggerEvent: string | null;
+  declare status: PolicyStatus;
+  declare version: CreationOptional<number>;
+  declare createdAt: CreationOptional<Date>;
+  declare updatedAt: CreationOptional<Date>;
+}
+
+// bigint columns arrive from pg as strings; money is well inside Number's exact range.
+const money = (field: string, allowNull: boolean) => ({
+  type: DataTypes.BIGINT,
+  allowNull,
+  field,
+  get(this: Model) {
+    const raw = this.getDataValue(field as never) as string | number | null;
+    return raw === null || raw === undefined ? raw : Number(raw);
+  },
+});
+
+export function initPolicyModel(db: Sequelize): void {
+  CouponPolicy.init(
+    {
+      id: { type: DataTypes.TEXT, primaryKey: true },
+      name: { type: DataTypes.TEXT, allowNull: false },
+      description: { type: DataTypes.TEXT, allowNull: true },
+      discountType: { type: DataTypes.TEXT, allowNull: false, field: 'discount_type' },
+      discountValue: money('discount_value', false),
+      maxDiscountAmount: money('max_discount_amount', true),
+      minOrderAmount: money('min_order_amount', true),
+      issueMethod: { type: DataTypes.TEXT, allowNull: false, field: 'issue_method' },
+      totalQuantity: { type: DataTypes.INTEGER, allowNull: true, field: 'total_quantity' },
+      perUserLimit: { type: DataTypes.INTEGER, allowNull: false, field: 'per_user_limit' },
+      issueStartsAt: { type: DataTypes.DATE, allowNull: false, field: 'issue_starts_at' },
+      issueEndsAt: { type: DataTypes.DATE, allowNull: true, field: 'issue_ends_at' },
+      validUntil: { type: DataTypes.DATE, allowNull: true, field: 'valid_until' },
+      validDays: { type: DataTypes.INTEGER, allowNull: true, field: 'valid_days' },
+      code: { type: DataTypes.TEXT, allowNull: true },
+      triggerEvent: { type: DataTypes.TEXT, allowNull: true, field: 'trigger_event' },
+      status: { type: DataTypes.TEXT, allowNull: false },
+      version: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 1 },
+      createdAt: { type: DataTypes.DATE, field: 'created_at' },
+      updatedAt: { type: DataTypes.DATE, field: 'updated_at' },
+    },
+    { sequelize: db, tableName: 'coupon_policies', underscored: true, timestamps: true },
+  );
+}
+
+export function policyRowFromCreate(id: string, input: PolicyCreate): CreationAttributes<CouponPolicy> {
+  return {
+    id,
+    name: input.name,
+    description: input.description ?? null,
+    discountType: input.discount.type,
+    discountValue: input.discount.value,
+    maxDiscountAmount: input.discount.maxDiscountAmount ?? null,
+    minOrderAmount: input.discount.minOrderAmount ?? null,
+    issueMethod: input.issueMethod,
+    totalQuantity: input.totalQuantity ?? null,
+    perUserLimit: input.perUserLimit,
+    issueStartsAt: new Date(input.issueWindow.startsAt),
+    issueEndsAt: input.issueWindow.endsAt ? new Date(input.issueWindow.endsAt) : null,
+    validUntil: input.validity.until ? new Date(input.validity.until) : null,
+    validDays: input.validity.days ?? null,
+    code: input.code ?? null,
+    triggerEvent: input.triggerEvent ?? null,
+    status: input.status,
+  };
+}
+
+export function policyRules(p: CouponPolicy): PolicyRules {
+  return {
+    issueMethod: p.issueMethod,
+    status: p.status,
+    totalQuantity: p.totalQuantity,
+    perUserLimit: p.perUserLimit,
+    issueStartsAt: p.issueStartsAt,
+    issueEndsAt: p.issueEndsAt,
+    validUntil: p.validUntil,
+    validDays: p.validDays,
+  };
+}
+
+export interface PolicyCounts {
+  issuedCount: number;
+  usedCount: number;
+}
+
+export async function countCoupons(db: Sequelize, policyIds: string[]): Promise<Map<string, PolicyCounts>> {
+  const counts = new Map<string, PolicyCounts>(policyIds.map((id) => [id, { issuedCount: 0, usedCount: 0 }]));
+  if (policyIds.length === 0) return counts;
+  const rows = await db.query<{ policy_id: string; issued: string; used: string }>(
+    `SELECT policy_id, count(*) AS issued, count(*) FILTER (WHERE status = 'USED') AS used
+       FROM coupons WHERE policy_id = ANY($1) GROUP BY policy_id`,
+    { bind: [policyIds], type: QueryTypes.SELECT },
+  );
+  for (const r of rows) counts.set(r.policy_id, { issuedCount: Number(r.issued), usedCount: Number(r.used) });
+  return counts;
+}
+
+export function policyView(p: CouponPolicy, counts: PolicyCounts = { issuedCount: 0, usedCount: 0 }) {
+  return {
+    id: p.id,
+    name: p.name,
+    ...(p.description !== null && { description: p.description }),
+    discount: {
+      type: p.discountType,
+      value: p.discountValue,
+      ...(p.maxDiscountAmount !== null && { maxDiscountAmount: p.maxDiscountAmount }),
+      ...(p.minOrderAmount !== null && { minOrderAmount: p.minOrderAmount }),
+    },
+    issueMethod: p.issueMethod,
+    totalQuantity: p.totalQuantity,
+    perUserLimit: p.perUserLimit,
+    issueWindow: { startsAt: p.issueStartsAt.toISOString(), ...(p.issueEndsAt && { endsAt: p.issueEndsAt.toISOString() }) },
+    validity: {
+      ...(p.validUntil && { until: p.validUntil.toISOString() }),
+      ...(p.validDays !== null && { days: p.validDays }),
+    },
+    ...(p.code !== null && { code: p.code }),
+    ...(p.triggerEvent !== null && { triggerEvent: p.triggerEvent }),
+    status: p.status,
+    issuedCount: counts.issuedCount,
+    usedCount: counts.usedCount,
+    createdAt: p.createdAt.toISOString(),
+    updatedAt: p.updatedAt.toISOString(),
+  };
+}
+
+export type PolicyView = ReturnType<typeof policyView>;
+
+export interface PolicyPage {
+  rows: CouponPolicy[];
+  nextCursor: string | null;
+}
+
+/** Newest first, keyset-paged on (created_at, id). */
+export async function listPolicies(opts: { status?: PolicyStatus; limit: number; cursor?: Cursor }): Promise<PolicyPage> {
+  const where: Record<string | symbol, unknown> = {};
+  if (opts.status) where.status = opts.status;
+  if (opts.cursor) {
+    where[Op.or] = [
+      { createdAt: { [Op.lt]: opts.cursor.at } },
+      { createdAt: opts.cursor.at, id: { [Op.lt]: opts.cursor.id } },
+    ];
+  }
+  const rows = await CouponPolicy.findAll({
+    where,
+    order: [
+      ['createdAt', 'DESC'],
+      ['id', 'DESC'],
+    ],
+    limit: opts.limit + 1,
+  });
+  const page = rows.slice(0, opts.limit);
+  const last = page[page.length - 1];
+  return { rows: page, nextCursor: rows.length > opts.limit && last ? encodeCursor(last.createdAt, last.id) : null };
+}
+
+/** Reads a policy and locks its row until the transaction ends, so concurrent admin changes queue up. */
+export async function findPolicyForUpdate(id: string, tx: Transaction): Promise<CouponPolicy | null> {
+  return CouponPolicy.findByPk(id, { transaction: tx, lock: tx.LOCK.UPDATE });
+}

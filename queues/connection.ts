@@ -1,0 +1,61 @@
+// The queues a process talks to, created once over shared Redis connections and closed together.
+import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { config } from '../core/config';
+import { createRedis } from '../core/redis';
+import { QUEUES, type QueueName } from './names';
+
+/** Defaults per queue: retries for system faults, bounded history so Redis memory stays flat. */
+export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
+  issue: {
+    attempts: 5,
+    backoff: { type: 'exponential', delay: 250 },
+    // Results stay readable through GET /jobs/:id for a day (and at most 200k of them).
+    removeOnComplete: { age: 24 * 3600, count: 200_000 },
+    removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
+  },
+};
+
+export interface Queues {
+  get(name: QueueName): Queue;
+  events(name: QueueName): QueueEvents;
+  connection: Redis;
+  close(): Promise<void>;
+}
+
+export function createQueues(): Queues {
+  const prefix = config().QUEUE_PREFIX;
+  const connection = createRedis('producer');
+  const queues = new Map<QueueName, Queue>();
+  const events = new Map<QueueName, QueueEvents>();
+  return {
+    connection,
+    get(name) {
+      let queue = queues.get(name);
+      if (!queue) {
+        queue = new Queue(name, { connection, prefix, defaultJobOptions: JOB_OPTIONS[name] });
+        // Errors surface where a call fails (add → 503); the emitter must not crash the process.
+        queue.on('error', () => {});
+        queues.set(name, queue);
+      }
+      return queue;
+    },
+    events(name) {
+      let qe = events.get(name);
+      if (!qe) {
+        // QueueEvents blocks on XREAD, so it gets its own connection that retries forever.
+        qe = new QueueEvents(name, { connection: createRedis('worker'), prefix });
+        qe.on('error', () => {});
+        events.set(name, qe);
+      }
+      return qe;
+    },
+    async close() {
+      await Promise.allSettled([...queues.values()].map((q) => q.close()));
+      await Promise.allSettled([...events.values()].map((e) => e.close()));
+      connection.disconnect();
+    },
+  };
+}
+
+export const ALL_QUEUES: QueueName[] = Object.values(QUEUES);

@@ -1,0 +1,54 @@
+// Payload and result schemas of every job, and how a finished job reads to a client.
+import { z } from 'zod';
+import type { ErrorCode } from '../core/errors';
+
+export const reasonSchema = z.object({ code: z.string(), message: z.string() });
+
+/** Every job carries who asked and the trace id of the request that created it. */
+const jobMeta = {
+  userId: z.string().min(1).max(128),
+  traceId: z.string().min(1).max(128),
+  requestedAt: z.iso.datetime(),
+};
+
+export const issueJobSchema = z.object({
+  ...jobMeta,
+  policyId: z.string().min(1).max(128),
+  // Who asked when an admin issues for a user; equal to userId otherwise.
+  actorId: z.string().min(1).max(128),
+});
+export type IssueJob = z.infer<typeof issueJobSchema>;
+
+export const couponViewSchema = z.object({
+  id: z.string(),
+  policyId: z.string(),
+  userId: z.string(),
+  status: z.enum(['AVAILABLE', 'RESERVED', 'USED', 'EXPIRED']),
+  issuedAt: z.string(),
+  expiresAt: z.string(),
+  reservedAt: z.string().optional(),
+  usedAt: z.string().optional(),
+  orderId: z.string().optional(),
+  reservationId: z.string().optional(),
+});
+export type CouponView = z.infer<typeof couponViewSchema>;
+
+/** What a processor returns. A business refusal is a result, never a thrown error, so it is not retried. */
+export type JobOutcome<T> = { outcome: 'succeeded'; result: T } | { outcome: 'rejected'; reason: { code: ErrorCode; message: string } };
+
+export const jobOutcomeSchema = z.discriminatedUnion('outcome', [
+  z.object({ outcome: z.literal('succeeded'), result: z.unknown() }),
+  z.object({ outcome: z.literal('rejected'), reason: reasonSchema }),
+]);
+
+export type JobStatus = 'pending' | 'succeeded' | 'rejected' | 'failed';
+
+export interface JobView {
+  id: string;
+  type: string;
+  status: JobStatus;
+  result?: unknown;
+  reason?: { code: string; message: string };
+  createdAt: string;
+  finishedAt?: string;
+}

@@ -1,0 +1,12 @@
+// `npm run migrate`: brings the database at DATABASE_URL up to the newest schema.
+import { config } from '../core/config';
+import { runMigrations } from '../models/migrator';
+
+runMigrations(config().DATABASE_URL, (msg) => process.stdout.write(`${msg}\n`))
+  .then((applied) => {
+    process.stdout.write(applied.length ? `migrated: ${applied.join(', ')}\n` : 'schema is up to date\n');
+  })
+  .catch((error: unknown) => {
+    process.stderr.write(`migration failed: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exit(1);
+  });

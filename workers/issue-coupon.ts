@@ -1,0 +1,80 @@
+// Issues one coupon of a FIRST_COME or DOWNLOAD policy: admit in Redis, write in Postgres, settle.
+import type { Job } from 'bullmq';
+import type { Logger } from '../core/logger';
+import { reason } from '../core/errors';
+import { couponView, insertIssuedCoupon } from '../models/coupon';
+import { CouponPolicy } from '../models/policy';
+import { couponExpiry } from '../models/policy-rules';
+import type { CouponView, IssueJob, JobOutcome } from '../queues/jobs';
+import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
+
+export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
+
+/** Thrown when the attempt should be retried; the admission (and its slot) is kept for the retry. */
+class RetryableIssueError extends Error {}
+
+export async function issueCoupon(
+  deps: AdmissionDeps,
+  job: Job<IssueJob>,
+  log: Logger,
+): Promise<JobOutcome<CouponView>> {
+  const { policyId, userId } = job.data;
+  const requestId = job.id as string;
+  const admission = await admit(deps, { policyId, requestId, userId, methods: ISSUE_BY_POLICY_METHODS });
+  if (admission.kind === 'refused') {
+    log.debug({ code: admission.code }, 'issue refused');
+    return { outcome: 'rejected', reason: reason(admission.code) };
+  }
+
+  try {
+    const issuedAt = new Date();
+    const validity = await validityOf(admission, policyId);
+    const written = await insertIssuedCoupon({
+      policyId,
+      userId,
+      slot: admission.slot,
+      requestId,
+      issuedAt,
+      expiresAt: couponExpiry(validity, issuedAt),
+    });
+    switch (written.kind) {
+      case 'inserted':
+      case 'duplicate-request':
+        await settleAdmission(deps.redis, policyId, requestId);
+        log.info({ couponId: written.coupon.id, slot: admission.slot, replay: written.kind !== 'inserted' }, 'coupon issued');
+        return { outcome: 'succeeded', result: couponView(written.coupon) };
+      case 'user-limit':
+        // Redis believed the user had room; Postgres knows better. Give the slot back.
+        await releaseAdmission(deps.redis, policyId, requestId, true);
+        log.warn({ slot: admission.slot }, 'admission disagreed with Postgres on the per-user limit');
+        return { outcome: 'rejected', reason: reason('USER_LIMIT_REACHED') };
+      case 'slot-taken':
+        // The slot is already some coupon's: drop it and take another on the next attempt.
+        await releaseAdmission(deps.redis, policyId, requestId, false);
+        log.warn({ slot: admission.slot }, 'admission handed out a slot Postgres already holds');
+        throw new RetryableIssueError(`slot ${admission.slot} of policy ${policyId} was taken`);
+    }
+  } catch (error) {
+    if (isLastAttempt(job) && !(error instanceof RetryableIssueError)) {
+      // No more attempts: give the stock back so it is not lost (I3). If this process dies
+      // before it gets here, the reconciler does the same from the job's final state.
+      await releaseAdmission(deps.redis, policyId, requestId, true).catch(() => undefined);
+    }
+    throw error;
+  }
+}
+
+function isLastAttempt(job: Job): boolean {
+  return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+}
+
+async function validityOf(
+  admission: { validUntil: Date | null; validDays: number | null },
+  policyId: string,
+): Promise<{ validUntil: Date | null; validDays: number | null }> {
+  if (admission.validUntil !== null || admission.validDays !== null) return admission;
+  // A retried admission whose cached policy expired meanwhile: read the rules from Postgres.
+  const policy = await CouponPolicy.findByPk(policyId, { attributes: ['validUntil', 'validDays'] });
+  if (!policy) throw new Error(`policy ${policyId} vanished after admission`);
+  return { validUntil: policy.validUntil, validDays: policy.validDays };
+}

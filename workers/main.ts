@@ -1,0 +1,66 @@
+// The worker process: consumes the job queues, runs the admission reconciler, drains on SIGTERM.
+import { Worker } from 'bullmq';
+import { config } from '../core/config';
+import { logger } from '../core/logger';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { createRedis } from '../core/redis';
+import { initModels } from '../models';
+import { QUEUES } from '../queues/names';
+import { createQueues } from '../queues/connection';
+import { createLocks } from './lock';
+import { createIssueProcessor } from './processor';
+import { scheduleReconciler } from './reconcile-admissions';
+
+async function main(): Promise<void> {
+  const cfg = config();
+  const log = logger().child({ process: 'worker' });
+  initModels(sequelize());
+  await sequelize().authenticate();
+
+  const redis = createRedis('client');
+  const locks = createLocks(redis);
+  const queues = createQueues();
+  const worker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), {
+    connection: createRedis('worker'),
+    prefix: cfg.QUEUE_PREFIX,
+    concurrency: cfg.WORKER_CONCURRENCY,
+    lockDuration: cfg.JOB_LOCK_MS,
+    stalledInterval: cfg.JOB_STALLED_INTERVAL_MS,
+    // A job whose worker died is handed out again; after three such losses it fails (and its stock is reconciled).
+    maxStalledCount: 3,
+  });
+  worker.on('error', (error) => log.error({ err: error }, 'worker error'));
+  worker.on('failed', (job, error) => {
+    if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
+      log.error({ jobId: job.id, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
+    }
+  });
+  const stopReconciler = scheduleReconciler(
+    { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
+    10_000,
+    Math.max(30_000, cfg.JOB_LOCK_MS * 2),
+  );
+  log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: [QUEUES.issue] }, 'worker started');
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'worker draining: finishing in-flight jobs');
+    stopReconciler();
+    // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
+    await worker.close();
+    await queues.close();
+    redis.disconnect();
+    await closeSequelize();
+    log.info('worker stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((error: unknown) => {
+  logger().fatal({ err: error }, 'worker failed to start');
+  process.exit(1);
+});

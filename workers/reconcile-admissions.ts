@@ -1,0 +1,80 @@
+// Gives back stock held by admissions whose job will never write a coupon: the worker died on the
+// job's last attempt, or the job was removed. Without this, a crash could lose stock (I3).
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../core/logger';
+import { findCouponByRequest } from '../models/coupon';
+import { policyKeys, TRACKED_POLICIES_KEY } from './admission/keys';
+import { releaseAdmission, settleAdmission } from './admission/admission';
+import { withLock, type Locks } from './lock';
+
+const LIVE_STATES = new Set(['active', 'waiting', 'waiting-children', 'delayed', 'prioritized', 'wait']);
+
+export interface ReconcileDeps {
+  redis: Redis;
+  locks: Locks;
+  issueQueue: Queue;
+  log: Logger;
+}
+
+export interface ReconcileReport {
+  examined: number;
+  settled: number;
+  released: number;
+}
+
+/** One pass over every policy's pending admissions older than `minAgeMs`. */
+export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number): Promise<ReconcileReport> {
+  const report: ReconcileReport = { examined: 0, settled: 0, released: 0 };
+  const policyIds = await deps.redis.smembers(TRACKED_POLICIES_KEY);
+  const now = Date.now();
+  for (const policyId of policyIds) {
+    const pending = policyKeys(policyId).pending;
+    let cursor = '0';
+    do {
+      const [next, flat] = await deps.redis.hscan(pending, cursor, 'COUNT', 500);
+      cursor = next;
+      for (let i = 0; i + 1 < flat.length; i += 2) {
+        const requestId = flat[i] as string;
+        const admittedAt = Number((flat[i + 1] as string).split('|').pop());
+        if (now - admittedAt < minAgeMs) continue;
+        report.examined += 1;
+        const verdict = await judge(deps, requestId);
+        if (verdict === 'settle') {
+          await settleAdmission(deps.redis, policyId, requestId);
+          report.settled += 1;
+        } else if (verdict === 'release') {
+          if (await releaseAdmission(deps.redis, policyId, requestId, true)) report.released += 1;
+        }
+      }
+    } while (cursor !== '0');
+  }
+  if (report.settled + report.released > 0) deps.log.warn({ ...report }, 'reconciled stale admissions');
+  return report;
+}
+
+async function judge(deps: ReconcileDeps, requestId: string): Promise<'keep' | 'settle' | 'release'> {
+  const job = await deps.issueQueue.getJob(requestId);
+  if (job) {
+    const state = await job.getState();
+    if (LIVE_STATES.has(state)) return 'keep';
+  }
+  // The job is finished or gone: its coupon either made it to Postgres or never will.
+  return (await findCouponByRequest(requestId)) ? 'settle' : 'release';
+}
+
+/** Runs the reconciler every `everyMs` in one process of the fleet at a time. */
+export function scheduleReconciler(deps: ReconcileDeps, everyMs: number, minAgeMs: number): () => void {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    withLock(deps.locks, 'coupon:lock:reconcile-admissions', everyMs * 3, () => reconcileAdmissions(deps, minAgeMs), { wait: false })
+      .catch((error: unknown) => deps.log.error({ err: error }, 'admission reconciler failed'))
+      .finally(() => {
+        running = false;
+      });
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
