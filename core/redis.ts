@@ -7,7 +7,8 @@ export type RedisRole = 'producer' | 'worker' | 'client';
 
 const roleOptions: Record<RedisRole, RedisOptions> = {
   // BullMQ Queue and the ingress: no offline queue, so a command while disconnected errors at once.
-  producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 2_000 },
+  // Auto-pipelining batches the adds of concurrent requests into one write per tick.
+  producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 2_000, enableAutoPipelining: true },
   // BullMQ Worker and QueueEvents: blocking commands must retry forever.
   worker: { maxRetriesPerRequest: null, enableReadyCheck: true },
   // Plain commands from workers (admission scripts, locks): retry a little, then let the job retry.

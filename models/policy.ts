@@ -38,12 +38,12 @@ export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCrea
 }
 
 // bigint columns arrive from pg as strings; money is well inside Number's exact range.
-const money = (field: string, allowNull: boolean) => ({
+const money = (attribute: string, field: string, allowNull: boolean) => ({
   type: DataTypes.BIGINT,
   allowNull,
   field,
   get(this: Model) {
-    const raw = this.getDataValue(field as never) as string | number | null;
+    const raw = this.getDataValue(attribute as never) as string | number | null;
     return raw === null || raw === undefined ? raw : Number(raw);
   },
 });
@@ -55,9 +55,9 @@ export function initPolicyModel(db: Sequelize): void {
       name: { type: DataTypes.TEXT, allowNull: false },
       description: { type: DataTypes.TEXT, allowNull: true },
       discountType: { type: DataTypes.TEXT, allowNull: false, field: 'discount_type' },
-      discountValue: money('discount_value', false),
-      maxDiscountAmount: money('max_discount_amount', true),
-      minOrderAmount: money('min_order_amount', true),
+      discountValue: money('discountValue', 'discount_value', false),
+      maxDiscountAmount: money('maxDiscountAmount', 'max_discount_amount', true),
+      minOrderAmount: money('minOrderAmount', 'min_order_amount', true),
       issueMethod: { type: DataTypes.TEXT, allowNull: false, field: 'issue_method' },
       totalQuantity: { type: DataTypes.INTEGER, allowNull: true, field: 'total_quantity' },
       perUserLimit: { type: DataTypes.INTEGER, allowNull: false, field: 'per_user_limit' },

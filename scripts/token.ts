@@ -1,0 +1,20 @@
+// `npm run token -- <userId> [user|admin] [ttlSeconds]`: prints a bearer token signed with JWT_SECRET,
+// for trying the API by hand.
+import { createSecretKey } from 'node:crypto';
+import { SignJWT } from 'jose';
+import { requireJwtSecret } from '../core/config';
+
+const [sub, role = 'user', ttl = '3600'] = process.argv.slice(2);
+if (!sub || (role !== 'user' && role !== 'admin') || !/^\d+$/.test(ttl)) {
+  process.stderr.write('usage: npm run token -- <userId> [user|admin] [ttlSeconds]\n');
+  process.exit(64);
+}
+new SignJWT({ role })
+  .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+  .setSubject(sub)
+  .setIssuedAt()
+  .setExpirationTime(Math.floor(Date.now() / 1000) + Number(ttl))
+  .sign(createSecretKey(Buffer.from(requireJwtSecret(), 'utf8')))
+  .then((token) => {
+  process.stdout.write(`${token}\n`);
+});

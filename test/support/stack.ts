@@ -1,0 +1,107 @@
+// Runs the real processes (web and workers, from source through tsx) for end-to-end tests, each stack
+// on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join, resolve } from 'node:path';
+import { uniqueId } from './fixtures';
+
+const ROOT = resolve(__dirname, '../..');
+const TSX = join(ROOT, 'node_modules/.bin/tsx');
+const LOG_DIR = join(ROOT, '.data/test-logs');
+
+export interface Stack {
+  baseUrl: string;
+  queuePrefix: string;
+  env: Record<string, string>;
+  web: ChildProcess;
+  workers: ChildProcess[];
+  startWorker(extraEnv?: Record<string, string>): Promise<ChildProcess>;
+  stop(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
+  mkdirSync(LOG_DIR, { recursive: true });
+  const log = createWriteStream(join(LOG_DIR, `${name}.log`));
+  const child = spawn(TSX, [entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  return child;
+}
+
+/** Resolves when the child prints a line containing `marker`; rejects if it exits first. */
+function waitForLine(child: ChildProcess, marker: string, timeoutMs = 60_000): Promise<void> {
+  return new Promise((resolveLine, reject) => {
+    let buffer = '';
+    const timer = setTimeout(() => done(new Error(`no "${marker}" within ${timeoutMs} ms`)), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      buffer = (buffer + chunk.toString()).slice(-10_000);
+      if (buffer.includes(marker)) done();
+    };
+    const onExit = (code: number | null) => done(new Error(`process exited (${code}) before "${marker}": ${buffer.slice(-2000)}`));
+    const done = (error?: Error) => {
+      clearTimeout(timer);
+      child.stdout?.off('data', onData);
+      child.stderr?.off('data', onData);
+      child.off('exit', onExit);
+      if (error) reject(error);
+      else resolveLine();
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.on('exit', onExit);
+  });
+}
+
+export function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolveStop) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolveStop();
+    });
+    child.kill(signal);
+  });
+}
+
+export async function startStack(opts: { workers?: number; env?: Record<string, string>; name?: string } = {}): Promise<Stack> {
+  const port = await freePort();
+  const queuePrefix = uniqueId('q');
+  const name = opts.name ?? queuePrefix;
+  const env: Record<string, string> = { PORT: String(port), QUEUE_PREFIX: queuePrefix, LOG_LEVEL: 'info', NODE_ENV: 'test', ...opts.env };
+  const web = launch(`${name}-web`, 'ingress/server.ts', env);
+  const workers: ChildProcess[] = [];
+  let workerCount = 0;
+  const startWorker = async (extraEnv: Record<string, string> = {}) => {
+    workerCount += 1;
+    const worker = launch(`${name}-worker-${workerCount}`, 'workers/main.ts', { ...env, ...extraEnv });
+    workers.push(worker);
+    await waitForLine(worker, 'worker started');
+    return worker;
+  };
+  await Promise.all([waitForLine(web, 'web listening'), ...Array.from({ length: opts.workers ?? 1 }, () => startWorker())]);
+  return {
+    baseUrl: `http://127.0.0.1:${port}`,
+    queuePrefix,
+    env,
+    web,
+    workers,
+    startWorker,
+    async stop() {
+      await Promise.all([web, ...workers].map((child) => stopProcess(child)));
+    },
+  };
+}
