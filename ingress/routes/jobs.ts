@@ -18,9 +18,24 @@ export function accepted(c: Context<AppEnv>, jobId: string) {
   return c.json({ jobId, status: 'pending' as const, statusUrl: `/api/v1/jobs/${jobId}` }, 202);
 }
 
-async function viewOf(job: Job): Promise<JobView> {
-  const base = { id: job.id as string, type: job.name, createdAt: new Date(job.timestamp).toISOString() };
-  const state = await job.getState();
+/** Reads the state first and the job after it, so a final state always comes with the final result. */
+type OwnedJobView = JobView & { ownerId: string };
+
+async function readJob(queues: Queues, queueName: QueueName, jobId: string): Promise<OwnedJobView | null> {
+  const queue = queues.get(queueName);
+  const state = await queue.getJobState(jobId);
+  if (state === 'unknown') return null;
+  const job = await queue.getJob(jobId);
+  return job ? viewOf(job, state) : null;
+}
+
+function viewOf(job: Job, state: string): OwnedJobView {
+  const base = {
+    id: job.id as string,
+    type: job.name,
+    createdAt: new Date(job.timestamp).toISOString(),
+    ownerId: String((job.data as { userId?: unknown }).userId ?? ''),
+  };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
     const outcome = jobOutcomeSchema.safeParse(job.returnvalue);
@@ -45,22 +60,22 @@ export function jobRoutes(queues: Queues) {
     const jobId = parseWith(jobIdParam, c.req.param('jobId'));
     const { waitMs } = query(c, waitQuery);
     const queueName = queueOfJobId(jobId);
-    const job = queueName ? await queues.get(queueName).getJob(jobId) : undefined;
-    if (!job || !queueName) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
-    assertSelfOrAdmin(c.get('user'), String((job.data as { userId?: unknown }).userId ?? ''));
-    let view = await viewOf(job);
+    let view = queueName ? await readJob(queues, queueName, jobId) : null;
+    if (!view || !queueName) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
+    assertSelfOrAdmin(c.get('user'), view.ownerId);
     if (view.status === 'pending' && waitMs > 0) {
-      view = await waitForJob(queues, queueName, job, waitMs);
+      view = (await waitForJob(queues, queueName, jobId, waitMs)) ?? view;
     }
-    return c.json(view);
+    const { ownerId: _owner, ...body } = view;
+    return c.json(body);
   });
 
   return app;
 }
 
-async function waitForJob(queues: Queues, queueName: QueueName, job: Job, waitMs: number): Promise<JobView> {
+async function waitForJob(queues: Queues, queueName: QueueName, jobId: string, waitMs: number) {
+  const job = await queues.get(queueName).getJob(jobId);
   // waitUntilFinished rejects when the job fails or the wait runs out; either way, read the state again.
-  await job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-  const fresh = await queues.get(queueName).getJob(job.id as string);
-  return viewOf(fresh ?? job);
+  await job?.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+  return readJob(queues, queueName, jobId);
 }

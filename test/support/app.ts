@@ -1,0 +1,52 @@
+// The HTTP app in-process, over real Postgres and Redis, for API tests that need no worker.
+import type { Hono } from 'hono';
+import { createApp } from '../../ingress/app';
+import type { AppEnv } from '../../ingress/context';
+import { logger } from '../../core/logger';
+import { closeSequelize, sequelize } from '../../core/postgres';
+import { createRedis, waitForReady } from '../../core/redis';
+import { initModels } from '../../models';
+import { createQueues, type Queues } from '../../queues/connection';
+import { testSecret } from './tokens';
+
+export interface TestApp {
+  app: Hono<AppEnv>;
+  queues: Queues;
+  call(method: string, path: string, opts?: { token?: string; body?: unknown; rawBody?: string; headers?: Record<string, string> }): Promise<{ status: number; body: any; headers: Headers }>;
+  close(): Promise<void>;
+}
+
+export async function startTestApp(): Promise<TestApp> {
+  initModels(sequelize());
+  const queues = createQueues();
+  const redis = createRedis('client');
+  await waitForReady(queues.connection);
+  const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret() });
+  return {
+    app,
+    queues,
+    async call(method, path, opts = {}) {
+      const headers: Record<string, string> = { ...opts.headers };
+      if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+      let body = opts.rawBody;
+      if (opts.body !== undefined) {
+        body = JSON.stringify(opts.body);
+        headers['content-type'] ??= 'application/json';
+      }
+      const res = await app.request(path, { method, headers, body });
+      const text = await res.text();
+      let parsed: unknown = text;
+      try {
+        parsed = text ? JSON.parse(text) : undefined;
+      } catch {
+        /* keep text */
+      }
+      return { status: res.status, body: parsed, headers: res.headers };
+    },
+    async close() {
+      await queues.close();
+      redis.disconnect();
+      await closeSequelize();
+    },
+  };
+}
