@@ -86,17 +86,8 @@ function ensureJwtSecret(): void {
   }
   process.env.JWT_SECRET = secret;
   log.warn(`JWT_SECRET is not set; using a development secret ${saved ? 'from' : 'generated into'} .data/dev-secrets.env`);
-  log.info(`  an admin token for curl (valid 1 h):\n  ${adminTokenCommand()}`);
-}
-
-/** A shell command that signs an admin JWT with the dev secret without printing the secret. */
-function adminTokenCommand(): string {
-  const js = [
-    'const c=require("crypto"),f=require("fs").readFileSync(".data/dev-secrets.env","utf8")',
-    's=/^JWT_SECRET=(.+)$/m.exec(f)[1],b=(o)=>Buffer.from(JSON.stringify(o)).toString("base64url")',
-    'h=b({alg:"HS256",typ:"JWT"})+"."+b({sub:"admin",role:"admin",exp:Math.floor(Date.now()/1000)+3600})',
-  ].join(',');
-  return `node -e '${js};console.log(h+"."+c.createHmac("sha256",s).update(h).digest("base64url"))'`;
+  // The command reads the secret from the file, so the secret never shows up in a log.
+  log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npx tsx scripts/token.ts admin-1 admin');
 }
 
 /** `name: command` lines; blank lines and # comments are skipped. */

@@ -169,12 +169,13 @@ function prepareCluster(bin: string, port: number, log: Logger): Cluster {
   if (asRoot && !systemUserExists('postgres')) {
     throw new Error('postgres: running as root but there is no `postgres` system user to run the server as');
   }
-  let home = path.join(repoRoot(), '.data', 'postgres');
-  if (asRoot && !postgresUserCanReach(path.dirname(home))) {
+  const dataRoot = path.join(repoRoot(), '.data');
+  let home = path.join(dataRoot, 'postgres');
+  if (asRoot && !postgresUserCanReach(dataRoot)) {
     // e.g. a clone under /root (mode 700): the postgres user cannot enter it.
     const id = createHash('sha1').update(home).digest('hex').slice(0, 8);
     home = path.join(os.tmpdir(), `coupon-service-postgres-${id}`);
-    log.warn(`postgres: the postgres user cannot reach ${path.dirname(home)}; keeping the cluster in ${home}`);
+    log.warn(`postgres: the postgres user cannot reach ${dataRoot}; keeping the cluster in ${home}`);
   }
   const data = path.join(home, 'data');
   // A unix socket path must fit in 107 bytes; fall back to a short one for deep checkouts.
