@@ -47,7 +47,11 @@ export async function ensureKafka(brokers: string[], log: Logger): Promise<Servi
   const broker = parseBroker(brokers[0]);
   const where = `${broker.host}:${broker.port}`;
   if (await isPortOpen(broker.host, broker.port)) {
-    if (!(await answers(brokers))) throw new Error(`kafka: ${where} is open but does not answer as a Kafka broker`);
+    // A broker that another run just started may need a few seconds before it answers.
+    await waitUntil(`kafka: ${where} is open but does not answer as a Kafka broker`, () => answers(brokers), {
+      timeoutMs: 30_000,
+      intervalMs: 1000,
+    });
     log.info(`kafka: reusing ${where}`);
     return { name: 'kafka', started: false, stop: async () => {} };
   }

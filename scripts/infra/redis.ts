@@ -22,8 +22,12 @@ export async function ensureRedis(redisUrl: string, log: Logger): Promise<Servic
   const port = Number(url.port || 6379);
   const where = `${host}:${port}`;
   if (await isPortOpen(host, port)) {
-    // Something listens: it must answer PING with the URL's credentials, or we stop here.
-    if (!(await ping(redisUrl))) throw new Error(`redis: ${where} is open but does not answer PING`);
+    // Something listens: it must answer PING with the URL's credentials (after loading its
+    // append-only file, if it has just started), or we stop here.
+    await waitUntil(`redis: ${where} is open but does not answer PING`, () => ping(redisUrl), {
+      timeoutMs: 30_000,
+      intervalMs: 500,
+    });
     log.info(`redis: reusing ${where}`);
     return { name: 'redis', started: false, stop: async () => {} };
   }
