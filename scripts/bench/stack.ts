@@ -1,0 +1,218 @@
+// The stack under test: a running one found at BASE_URL, or one the bench builds and starts itself
+// from the Procfile (1 web, N workers, compiled JS) and stops at the end.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+
+export const ROOT = path.resolve(__dirname, '../..');
+const DEV_SECRETS = path.join(ROOT, '.data', 'dev-secrets.env');
+const READY_TIMEOUT_MS = 90_000;
+const STOP_TIMEOUT_MS = 20_000;
+
+export interface Stack {
+  mode: 'reused' | 'spawned';
+  baseUrl: string;
+  queuePrefix: string;
+  jwtSecret: string;
+  /** Pids of the processes the bench started (empty when reused). */
+  pids: { web: number[]; workers: number[] };
+  logDir?: string;
+  /** warn/error/fatal log lines the spawned processes wrote so far, by level, with a few examples. */
+  logProblems(): { counts: Record<string, number>; examples: string[] };
+  stop(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function isReady(baseUrl: string, timeoutMs = 2_000): Promise<boolean> {
+  try {
+    const res = await fetch(new URL('/health/ready', baseUrl), { signal: AbortSignal.timeout(timeoutMs) });
+    await res.arrayBuffer();
+    return res.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/** JWT_SECRET from the environment, else the one `npm start` keeps in .data/dev-secrets.env. */
+export function secretForRunningStack(fromEnv: string | undefined): string | undefined {
+  if (fromEnv) return fromEnv;
+  if (!existsSync(DEV_SECRETS)) return undefined;
+  return /^JWT_SECRET=(.+)$/m.exec(readFileSync(DEV_SECRETS, 'utf8'))?.[1]?.trim();
+}
+
+export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: string): Stack {
+  return {
+    mode: 'reused',
+    baseUrl,
+    queuePrefix,
+    jwtSecret,
+    pids: { web: [], workers: [] },
+    logProblems: () => ({ counts: {}, examples: [] }),
+    stop: async () => undefined,
+  };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no free port'))));
+    });
+  });
+}
+
+/** `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell syntax). */
+function procfile(): Map<string, string[]> {
+  const lines = readFileSync(path.join(ROOT, 'Procfile'), 'utf8').split('\n');
+  const commands = new Map<string, string[]>();
+  for (const line of lines) {
+    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
+    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim().split(/\s+/));
+  }
+  return commands;
+}
+
+function run(command: string, args: string[]): Promise<void> {
+  return new Promise((resolveRun, reject) => {
+    // Build output goes to stderr so stdout stays the bench summary.
+    const child = spawn(command, args, { cwd: ROOT, stdio: ['ignore', 2, 2] });
+    child.on('error', reject);
+    child.on('exit', (code, signal) =>
+      code === 0 ? resolveRun() : reject(new Error(`${command} ${args.join(' ')} exited with ${code ?? signal}`)),
+    );
+  });
+}
+
+export async function buildProject(): Promise<void> {
+  await run('npm', ['run', 'build']);
+}
+
+export interface SpawnOptions {
+  workers: number;
+  databaseUrl: string;
+  redisUrl: string;
+  queuePrefix: string;
+  jwtSecret?: string;
+  log: (line: string) => void;
+}
+
+export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
+  const commands = procfile();
+  const webCmd = commands.get('web');
+  const workerCmd = commands.get('worker');
+  if (!webCmd || !workerCmd) throw new Error('the Procfile has no web or worker process');
+  for (const cmd of [webCmd, workerCmd]) {
+    const entry = cmd.find((arg) => arg.endsWith('.js'));
+    if (entry && !existsSync(path.join(ROOT, entry))) throw new Error(`${entry} is missing: the build did not produce it`);
+  }
+
+  const port = await freePort();
+  const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString('base64url');
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PORT: String(port),
+    LOG_LEVEL: 'warn',
+    JWT_SECRET: jwtSecret,
+    DATABASE_URL: opts.databaseUrl,
+    REDIS_URL: opts.redisUrl,
+    QUEUE_PREFIX: opts.queuePrefix,
+  };
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  const logDir = path.join(ROOT, '.data', 'bench-logs', stamp);
+  mkdirSync(logDir, { recursive: true });
+
+  const problems = { counts: {} as Record<string, number>, examples: [] as string[] };
+  const children: { name: string; child: ChildProcess; log: WriteStream }[] = [];
+  const launch = (name: string, argv: string[]) => {
+    const [command, ...args] = argv as [string, ...string[]];
+    const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const log = createWriteStream(path.join(logDir, `${name}.log`));
+    let partial = '';
+    const scan = (chunk: Buffer) => {
+      log.write(chunk);
+      const lines = (partial + chunk.toString('utf8')).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) {
+        const level = /"level":"(warn|error|fatal)"/.exec(line)?.[1] ?? (line.trim() && !line.startsWith('{') ? 'stderr' : undefined);
+        if (!level) continue;
+        problems.counts[level] = (problems.counts[level] ?? 0) + 1;
+        if (problems.examples.length < 10) problems.examples.push(`${name}: ${line.slice(0, 400)}`);
+      }
+    };
+    child.stdout?.on('data', scan);
+    child.stderr?.on('data', scan);
+    children.push({ name, child, log });
+    return child;
+  };
+
+  const stop = async () => {
+    await Promise.all(
+      children.map(
+        ({ child, log }) =>
+          new Promise<void>((resolveStop) => {
+            const done = () => {
+              clearTimeout(timer);
+              log.end();
+              resolveStop();
+            };
+            const timer = setTimeout(() => {
+              if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+            }, STOP_TIMEOUT_MS);
+            if (child.exitCode !== null || child.signalCode !== null) return done();
+            child.once('exit', done);
+            child.kill('SIGTERM');
+          }),
+      ),
+    );
+  };
+
+  const web = launch('web', webCmd);
+  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, workerCmd));
+  const baseUrl = `http://127.0.0.1:${port}`;
+  opts.log(`started web (pid ${web.pid}) on ${baseUrl} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
+
+  try {
+    await waitUntilReady(baseUrl, opts, children);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return {
+    mode: 'spawned',
+    baseUrl,
+    queuePrefix: opts.queuePrefix,
+    jwtSecret,
+    pids: { web: [web.pid ?? -1], workers: workers.map((w) => w.pid ?? -1) },
+    logDir,
+    logProblems: () => ({ counts: { ...problems.counts }, examples: [...problems.examples] }),
+    stop,
+  };
+}
+
+/** Web answers /health/ready and every worker has its BullMQ connection on the queue. */
+async function waitUntilReady(baseUrl: string, opts: SpawnOptions, children: { name: string; child: ChildProcess }[]): Promise<void> {
+  const connection = new IORedis(opts.redisUrl, { maxRetriesPerRequest: null, lazyConnect: false });
+  const queue = new Queue('issue', { connection, prefix: opts.queuePrefix });
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  try {
+    for (;;) {
+      const dead = children.find(({ child }) => child.exitCode !== null || child.signalCode !== null);
+      if (dead) throw new Error(`${dead.name} exited (${dead.child.exitCode ?? dead.child.signalCode}) before the stack was ready; see its log`);
+      const [webReady, workerCount] = await Promise.all([isReady(baseUrl), queue.getWorkersCount().catch(() => 0)]);
+      if (webReady && workerCount >= opts.workers) return;
+      if (Date.now() > deadline) throw new Error(`stack not ready after ${READY_TIMEOUT_MS} ms (web ready: ${webReady}, workers: ${workerCount}/${opts.workers})`);
+      await sleep(200);
+    }
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+}
