@@ -36,6 +36,9 @@ export const configSchema = z.object({
   // How long a worker may go without renewing a job lock before the job is handed to another worker.
   JOB_LOCK_MS: intFrom(15_000, 1000),
   JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),
+  // How often, and after how long, admissions whose job died are given back (workers/reconcile-admissions.ts).
+  ADMISSION_RECONCILE_INTERVAL_MS: intFrom(10_000, 100),
+  ADMISSION_RECONCILE_AGE_MS: intFrom(30_000, 100),
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
   BULL_BOARD_USER: z.string().min(1).optional(),
   BULL_BOARD_PASSWORD: z.string().min(1).optional(),

@@ -110,10 +110,11 @@ export async function insertIssuedCoupon(input: {
     return { kind: 'inserted', coupon };
   } catch (error) {
     const constraint = constraintOf(error);
-    if (constraint === 'uq_coupons_request') {
-      const existing = await Coupon.findOne({ where: { requestId: input.requestId } });
-      if (existing) return { kind: 'duplicate-request', coupon: existing };
-    }
+    if (constraint === undefined) throw error;
+    // A retried request whose first attempt committed before its worker died: its row trips the
+    // per-user or slot guard before the request_id one, so look for it first.
+    const existing = await Coupon.findOne({ where: { requestId: input.requestId } });
+    if (existing) return { kind: 'duplicate-request', coupon: existing };
     if (constraint === 'ck_coupons_per_user_limit') return { kind: 'user-limit' };
     if (constraint === 'uq_coupons_policy_slot' || constraint === 'ck_coupons_slot_within_quantity') {
       return { kind: 'slot-taken' };

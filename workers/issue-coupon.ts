@@ -2,7 +2,7 @@
 import type { Job } from 'bullmq';
 import type { Logger } from '../core/logger';
 import { reason } from '../core/errors';
-import { couponView, insertIssuedCoupon } from '../models/coupon';
+import { couponView, findCouponByRequest, insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy } from '../models/policy';
 import { couponExpiry } from '../models/policy-rules';
 import type { CouponView, IssueJob, JobOutcome } from '../queues/jobs';
@@ -20,6 +20,16 @@ export async function issueCoupon(
 ): Promise<JobOutcome<CouponView>> {
   const { policyId, userId } = job.data;
   const requestId = job.id as string;
+  if (job.attemptsStarted > 1) {
+    // A rerun (a retry, or a takeover after a worker died): an earlier run may have written the
+    // coupon and settled its admission before dying, so the answer may already be in Postgres.
+    const earlier = await findCouponByRequest(requestId);
+    if (earlier) {
+      await settleAdmission(deps.redis, policyId, requestId);
+      log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
+      return { outcome: 'succeeded', result: couponView(earlier) };
+    }
+  }
   const admission = await admit(deps, { policyId, requestId, userId, methods: ISSUE_BY_POLICY_METHODS });
   if (admission.kind === 'refused') {
     log.debug({ code: admission.code }, 'issue refused');
@@ -39,9 +49,15 @@ export async function issueCoupon(
     });
     switch (written.kind) {
       case 'inserted':
-      case 'duplicate-request':
         await settleAdmission(deps.redis, policyId, requestId);
-        log.info({ couponId: written.coupon.id, slot: admission.slot, replay: written.kind !== 'inserted' }, 'coupon issued');
+        log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
+        return { outcome: 'succeeded', result: couponView(written.coupon) };
+      case 'duplicate-request':
+        // An earlier run of this request wrote the coupon. If that run's admission was already settled,
+        // this run took a second slot: give it back.
+        if (written.coupon.slot === admission.slot) await settleAdmission(deps.redis, policyId, requestId);
+        else await releaseAdmission(deps.redis, policyId, requestId, true);
+        log.info({ couponId: written.coupon.id, slot: written.coupon.slot, replay: true }, 'coupon issued by an earlier run');
         return { outcome: 'succeeded', result: couponView(written.coupon) };
       case 'user-limit':
         // Redis believed the user had room; Postgres knows better. Give the slot back.

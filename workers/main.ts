@@ -30,6 +30,8 @@ async function main(): Promise<void> {
     maxStalledCount: 3,
   });
   worker.on('error', (error) => log.error({ err: error }, 'worker error'));
+  // A job whose worker died or starved past its lock: it goes back to the queue and runs again.
+  worker.on('stalled', (jobId) => log.warn({ jobId }, 'job stalled; handed to another worker'));
   worker.on('failed', (job, error) => {
     if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
       log.error({ jobId: job.id, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
@@ -37,8 +39,9 @@ async function main(): Promise<void> {
   });
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
-    10_000,
-    Math.max(30_000, cfg.JOB_LOCK_MS * 2),
+    cfg.ADMISSION_RECONCILE_INTERVAL_MS,
+    // Never younger than two lock periods: a live job's worker renews its lock well within that.
+    Math.max(cfg.ADMISSION_RECONCILE_AGE_MS, cfg.JOB_LOCK_MS * 2),
   );
   log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: [QUEUES.issue] }, 'worker started');
 

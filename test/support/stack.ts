@@ -7,7 +7,8 @@ import { join, resolve } from 'node:path';
 import { uniqueId } from './fixtures';
 
 const ROOT = resolve(__dirname, '../..');
-const TSX = join(ROOT, 'node_modules/.bin/tsx');
+// One process per service (node with the tsx loader), so a signal reaches the service itself.
+const NODE_ARGS = ['--import', 'tsx'];
 const LOG_DIR = join(ROOT, '.data/test-logs');
 
 export interface Stack {
@@ -35,7 +36,7 @@ export async function freePort(): Promise<number> {
 function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
   mkdirSync(LOG_DIR, { recursive: true });
   const log = createWriteStream(join(LOG_DIR, `${name}.log`));
-  const child = spawn(TSX, [entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...NODE_ARGS, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
   return child;

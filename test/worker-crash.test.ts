@@ -1,0 +1,100 @@
+// Crash safety of issuance: a worker SIGKILLed in the middle of a sale loses no request and no stock.
+import type { ChildProcess } from 'node:child_process';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { Api, mapLimit } from './support/http';
+import { closeDb, couponsOf } from './support/db';
+import { policyBody, uniqueId } from './support/fixtures';
+import { startStack, type Stack } from './support/stack';
+import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { adminToken, tokenFor } from './support/tokens';
+
+let stack: Stack;
+let api: Api;
+let slowPostgres: TcpProxy;
+
+// Short locks so a killed worker's jobs are noticed within seconds instead of half a minute.
+const FAST_STALL = { JOB_LOCK_MS: '2000', JOB_STALLED_INTERVAL_MS: '1000', WORKER_CONCURRENCY: '16' };
+
+beforeAll(async () => {
+  // The workers reach Postgres through a proxy that adds 20 ms each way, so every winning job is
+  // in flight for a while: the kill below always lands on admitted jobs whose coupon is not yet written.
+  const pg = new URL(process.env.DATABASE_URL as string);
+  slowPostgres = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) }, 20);
+  const workerEnv = { ...FAST_STALL, DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) };
+  stack = await startStack({ workers: 0, name: 'worker-crash', env: FAST_STALL });
+  await stack.startWorker(workerEnv);
+  await stack.startWorker(workerEnv);
+  api = new Api(stack.baseUrl, 128);
+});
+
+afterAll(async () => {
+  await api?.close();
+  await stack?.stop();
+  await slowPostgres?.close();
+  await closeDb();
+});
+
+/** How many of the sale's jobs were started more than once (taken over after their worker died). */
+async function takenOver(jobIds: string[]): Promise<number> {
+  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+  const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
+  try {
+    const jobs = await Promise.all(jobIds.map((id) => queue.getJob(id)));
+    return jobs.filter((j) => j && (j.attemptsStarted > 1 || j.stalledCounter > 0)).length;
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+}
+
+function killed(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
+}
+
+describe('a worker killed mid-sale', () => {
+  it('keeps I1, I3 and I7: every job settles, exactly the stock is issued, one per user', async () => {
+    const admin = await adminToken();
+    const created = await api.post('/api/v1/coupons/policies', admin, policyBody({ totalQuantity: 300 }));
+    expect(created.status).toBe(201);
+    const policyId = created.body.id as string;
+    const users = Array.from({ length: 1500 }, (_, i) => uniqueId(`crash${i}`));
+    const tokens = await Promise.all(users.map((u) => tokenFor(u)));
+
+    let accepted = 0;
+    const victim = stack.workers[0] as ChildProcess;
+    let crash: Promise<void> | undefined;
+    const replies = await mapLimit(users, 64, async (_user, i) => {
+      const reply = await api.post('/api/v1/coupons/issue', tokens[i], { policyId });
+      accepted += reply.status === 202 ? 1 : 0;
+      // Kill one worker while it is busy, then bring a fresh one up, as a process manager would.
+      if (accepted === 150 && !crash) {
+        crash = killed(victim).then(async () => {
+          await stack.startWorker({ ...FAST_STALL, DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) });
+        });
+      }
+      return reply;
+    });
+    await crash;
+    expect(victim.signalCode).toBe('SIGKILL');
+    expect(replies.map((r) => r.status)).toEqual(Array(users.length).fill(202));
+
+    const jobs = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, tokens[i] as string, 120_000));
+    const byStatus = jobs.reduce<Record<string, number>>((acc, j) => ({ ...acc, [j.status]: (acc[j.status] ?? 0) + 1 }), {});
+    expect(byStatus.pending ?? 0).toBe(0); // I7: nothing is left hanging
+    expect(byStatus.failed ?? 0).toBe(0); // a stalled job is retried, not failed
+    expect(byStatus.succeeded).toBe(300);
+
+    const rows = await couponsOf(policyId);
+    expect(rows).toHaveLength(300); // I1 and I3
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(300);
+    expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: 300 }, (_, i) => i + 1));
+    const winners = new Set(jobs.filter((j) => j.status === 'succeeded').map((j) => j.result.id));
+    expect(winners).toEqual(new Set(rows.map((r) => r.id)));
+    // The kill really cut jobs off mid-flight, and other workers finished them.
+    expect(await takenOver(replies.map((r) => r.body.jobId))).toBeGreaterThan(0);
+  });
+});
