@@ -54,8 +54,8 @@ export async function issueCoupon(
         return { outcome: 'succeeded', result: couponView(written.coupon) };
       case 'duplicate-request':
         // An earlier run of this request wrote the coupon. If that run's admission was already settled,
-        // this run took a second slot: give it back.
-        if (written.coupon.slot === admission.slot) await settleAdmission(deps.redis, policyId, requestId);
+        // this run was admitted afresh and took a second unit of stock: give it back.
+        if (admission.resumed) await settleAdmission(deps.redis, policyId, requestId);
         else await releaseAdmission(deps.redis, policyId, requestId, true);
         log.info({ couponId: written.coupon.id, slot: written.coupon.slot, replay: true }, 'coupon issued by an earlier run');
         return { outcome: 'succeeded', result: couponView(written.coupon) };

@@ -4,7 +4,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
 import { findCouponByRequest } from '../models/coupon';
-import { policyKeys, TRACKED_POLICIES_KEY } from './admission/keys';
+import { policyKeys, reconcileLockKey, trackedPoliciesKey } from './admission/keys';
 import { releaseAdmission, settleAdmission } from './admission/admission';
 import { withLock, type Locks } from './lock';
 
@@ -26,7 +26,7 @@ export interface ReconcileReport {
 /** One pass over every policy's pending admissions older than `minAgeMs`. */
 export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number): Promise<ReconcileReport> {
   const report: ReconcileReport = { examined: 0, settled: 0, released: 0 };
-  const policyIds = await deps.redis.smembers(TRACKED_POLICIES_KEY);
+  const policyIds = await deps.redis.smembers(trackedPoliciesKey());
   const now = Date.now();
   for (const policyId of policyIds) {
     const pending = policyKeys(policyId).pending;
@@ -69,7 +69,7 @@ export function scheduleReconciler(deps: ReconcileDeps, everyMs: number, minAgeM
   const timer = setInterval(() => {
     if (running) return;
     running = true;
-    withLock(deps.locks, 'coupon:lock:reconcile-admissions', everyMs * 3, () => reconcileAdmissions(deps, minAgeMs), { wait: false })
+    withLock(deps.locks, reconcileLockKey(), everyMs * 3, () => reconcileAdmissions(deps, minAgeMs), { wait: false })
       .catch((error: unknown) => deps.log.error({ err: error }, 'admission reconciler failed'))
       .finally(() => {
         running = false;

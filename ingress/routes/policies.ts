@@ -9,7 +9,7 @@ import { sequelize } from '../../core/postgres';
 import { decodeCursor } from '../../models/cursor';
 import { CouponPolicy, countCoupons, listPolicies, policyRowFromCreate, policyRules, policyView, findPolicyForUpdate } from '../../models/policy';
 import { planPolicyChange, policyCreateSchema, policyPatchSchema, POLICY_STATUSES } from '../../models/policy-rules';
-import { writePolicyMeta } from '../../workers/admission/admission';
+import { openStock, writePolicyMeta } from '../../workers/admission/admission';
 import type { AppEnv } from '../context';
 import { requireAdmin } from '../middleware/auth';
 import { jsonBody, parseWith, query } from '../validation';
@@ -39,6 +39,7 @@ export function policyRoutes(redis: Redis) {
       throw error;
     }
     await publish(policy, c.get('log'));
+    await openStock(redis, policy.id).catch((error: unknown) => c.get('log').warn({ err: error, policyId: policy.id }, 'admission state not opened; workers will build it'));
     c.get('log').info({ policyId: policy.id, issueMethod: policy.issueMethod }, 'policy created');
     return c.json(policyView(policy), 201);
   });

@@ -7,7 +7,7 @@ import { sequelize } from '../../core/postgres';
 import { CouponPolicy } from '../../models/policy';
 import type { IssueMethod } from '../../models/policy-rules';
 import { withLock, type Locks } from '../lock';
-import { policyKeys, TRACKED_POLICIES_KEY } from './keys';
+import { policyKeys, rebuildLockKey, trackedPoliciesKey } from './keys';
 import { withAdmissionScripts, type AdmissionRedis } from './scripts';
 
 const META_TTL_MS = 5 * 60_000;
@@ -15,7 +15,7 @@ const MISSING_META_TTL_MS = 30_000;
 const REBUILD_LOCK_TTL_MS = 60_000;
 
 export type Admission =
-  | { kind: 'admitted'; slot: number | null; validUntil: Date | null; validDays: number | null }
+  | { kind: 'admitted'; slot: number | null; resumed: boolean; validUntil: Date | null; validDays: number | null }
   | { kind: 'refused'; code: ErrorCode };
 
 const REFUSALS: ReadonlySet<string> = new Set([
@@ -40,23 +40,36 @@ export async function admit(
   const redis = withAdmissionScripts(deps.redis);
   const k = policyKeys(req.policyId);
   for (let round = 0; round < 3; round += 1) {
-    const [status, slot, validUntil, validDays] = await redis.admitCoupon(
+    const [status, slot, validUntil, validDays, resumed] = await redis.admitCoupon(
       k.meta, k.stock, k.free, k.users, k.pending, req.requestId, req.userId, req.methods.join(','),
     );
     if (status === 'ADMITTED') {
       return {
         kind: 'admitted',
         slot: slot > 0 ? slot : null,
+        resumed: resumed === 1,
         validUntil: validUntil ? new Date(Number(validUntil)) : null,
         validDays: validDays ? Number(validDays) : null,
       };
     }
-    if (status === 'META_MISSING') await loadPolicyMeta(redis, req.policyId);
-    else if (status === 'STOCK_MISSING') await rebuildStock(deps, req.policyId);
+    if (status === 'META_MISSING') await once(`meta:${req.policyId}`, () => loadPolicyMeta(redis, req.policyId));
+    else if (status === 'STOCK_MISSING') await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
     else if (REFUSALS.has(status)) return { kind: 'refused', code: status as ErrorCode };
     else throw new Error(`admission script answered ${status}`);
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
+}
+
+const inFlight = new Map<string, Promise<void>>();
+
+/** Runs fn once per key at a time in this process: a burst of jobs for a cold policy makes one load, not hundreds. */
+function once(key: string, fn: () => Promise<void>): Promise<void> {
+  let running = inFlight.get(key);
+  if (!running) {
+    running = fn().finally(() => inFlight.delete(key));
+    inFlight.set(key, running);
+  }
+  return running;
 }
 
 /** The coupon row is committed: the admission is no longer pending. */
@@ -90,6 +103,15 @@ export async function writePolicyMeta(redisClient: Redis, policy: CouponPolicy):
   await redis.setPolicyMeta(policyKeys(policy.id).meta, String(policy.version), String(META_TTL_MS), ...metaFields(policy));
 }
 
+/**
+ * Opens the admission state of a policy that was just created: with no coupons yet, the state is
+ * known without reading Postgres, so the first second of a sale does not queue on a rebuild.
+ */
+export async function openStock(redisClient: Redis, policyId: string): Promise<void> {
+  const k = policyKeys(policyId);
+  await redisClient.multi().hsetnx(k.stock, 'next', 1).hsetnx(k.stock, 'issued', 0).sadd(trackedPoliciesKey(), policyId).exec();
+}
+
 async function loadPolicyMeta(redis: AdmissionRedis, policyId: string): Promise<void> {
   const policy = await CouponPolicy.findByPk(policyId);
   if (policy) {
@@ -106,7 +128,7 @@ async function loadPolicyMeta(redis: AdmissionRedis, policyId: string): Promise<
  */
 export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promise<void> {
   const k = policyKeys(policyId);
-  await withLock(deps.locks, `coupon:lock:rebuild:{${policyId}}`, REBUILD_LOCK_TTL_MS, async () => {
+  await withLock(deps.locks, rebuildLockKey(policyId), REBUILD_LOCK_TTL_MS, async () => {
     if ((await deps.redis.exists(k.stock)) === 1) return; // another process finished it meanwhile
     const db = sequelize();
     const [totals] = await db.query<{ issued: string; max_slot: number | null }>(
@@ -129,7 +151,7 @@ export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promi
       tx.hset(k.users, ...holders.slice(i, i + 1000).flatMap((h) => [h.user_id, h.held]));
     }
     tx.hset(k.stock, 'next', maxSlot + 1, 'issued', Number(totals?.issued ?? 0));
-    tx.sadd(TRACKED_POLICIES_KEY, policyId);
+    tx.sadd(trackedPoliciesKey(), policyId);
     await tx.exec();
   });
 }

@@ -1,10 +1,12 @@
 // The Redis keys of one policy's admission state. The {policyId} hash tag keeps them in one
-// Redis Cluster slot, so the Lua scripts may touch them together.
+// Redis Cluster slot, so the Lua scripts may touch them together. Keys live under the deployment's
+// QUEUE_PREFIX, so two deployments sharing a Redis never see each other's state.
+import { config } from '../../core/config';
 
-export const ADMISSION_PREFIX = 'coupon:adm';
+const namespace = () => `${config().QUEUE_PREFIX}:adm`;
 
 export function policyKeys(policyId: string) {
-  const base = `${ADMISSION_PREFIX}:{${policyId}}`;
+  const base = `${namespace()}:{${policyId}}`;
   return {
     meta: `${base}:meta`,
     stock: `${base}:stock`,
@@ -15,4 +17,8 @@ export function policyKeys(policyId: string) {
 }
 
 /** The set of policies that have admission state, walked by the reconciler. */
-export const TRACKED_POLICIES_KEY = `${ADMISSION_PREFIX}:policies`;
+export const trackedPoliciesKey = () => `${namespace()}:policies`;
+
+/** Lock names: one rebuild per policy, one reconciler per deployment. */
+export const rebuildLockKey = (policyId: string) => `${namespace()}:lock:rebuild:{${policyId}}`;
+export const reconcileLockKey = () => `${namespace()}:lock:reconcile`;

@@ -1,0 +1,121 @@
+// The admission step against real Redis and Postgres: rebuilding lost state, and giving back the
+// stock of requests that will never write their coupon.
+import { randomUUID } from 'node:crypto';
+import { Queue, QueueEvents, Worker } from 'bullmq';
+import { logger } from '../core/logger';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { createRedis } from '../core/redis';
+import { initModels } from '../models';
+import { insertIssuedCoupon } from '../models/coupon';
+import { CouponPolicy, policyRowFromCreate } from '../models/policy';
+import { policyCreateSchema } from '../models/policy-rules';
+import { admissionSnapshot, admit, openStock, writePolicyMeta } from '../workers/admission/admission';
+import { policyKeys } from '../workers/admission/keys';
+import { createLocks } from '../workers/lock';
+import { createIssueProcessor } from '../workers/processor';
+import { reconcileAdmissions } from '../workers/reconcile-admissions';
+import { couponsOf } from './support/db';
+import { policyBody, uniqueId } from './support/fixtures';
+
+const redis = createRedis('client');
+const workerConnection = createRedis('worker');
+const locks = createLocks(redis);
+const log = logger();
+const prefix = uniqueId('adm');
+const queue = new Queue('issue', { connection: redis, prefix });
+const events = new QueueEvents('issue', { connection: createRedis('worker'), prefix });
+let worker: Worker;
+
+beforeAll(async () => {
+  initModels(sequelize());
+  worker = new Worker('issue', createIssueProcessor({ redis, locks }, log), { connection: workerConnection, prefix, concurrency: 8 });
+});
+
+afterAll(async () => {
+  await worker.close();
+  await events.close();
+  await queue.obliterate({ force: true });
+  await queue.close();
+  redis.disconnect();
+  workerConnection.disconnect();
+  await closeSequelize();
+});
+
+async function newPolicy(overrides: Record<string, unknown> = {}) {
+  const policy = await CouponPolicy.create(policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody(overrides))));
+  await writePolicyMeta(redis, policy);
+  await openStock(redis, policy.id);
+  return policy;
+}
+
+async function issue(policyId: string, userId: string) {
+  const job = await queue.add('issue', { policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString() }, { jobId: `iss_${randomUUID()}`, attempts: 3 });
+  await job.waitUntilFinished(events, 30_000).catch(() => undefined);
+  return (await queue.getJob(job.id as string))?.returnvalue as { outcome: string; reason?: { code: string } };
+}
+
+describe('admission state', () => {
+  it('rebuilds stock, free slots and per-user counts from Postgres after Redis loses them', async () => {
+    const policy = await newPolicy({ totalQuantity: 6 });
+    const early = ['a', 'b', 'c'].map((u) => uniqueId(u));
+    for (const user of early) expect((await issue(policy.id, user)).outcome).toBe('succeeded');
+
+    const k = policyKeys(policy.id);
+    await redis.del(k.stock, k.free, k.users, k.pending); // as if Redis restarted empty
+
+    // A winner asking again is still refused, and the remaining three units go to new users only.
+    expect((await issue(policy.id, early[0] as string)).reason?.code).toBe('USER_LIMIT_REACHED');
+    const late = Array.from({ length: 5 }, (_, i) => uniqueId(`late${i}`));
+    const outcomes = await Promise.all(late.map((u) => issue(policy.id, u)));
+    expect(outcomes.filter((o) => o.outcome === 'succeeded')).toHaveLength(3);
+    expect(outcomes.filter((o) => o.reason?.code === 'SOLD_OUT')).toHaveLength(2);
+
+    const rows = await couponsOf(policy.id);
+    expect(rows.map((r) => r.slot)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(6);
+    expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 7, issued: 6, freeSlots: 0, pending: 0 });
+  });
+
+  it('gives back the slot of an admission whose job is gone and whose coupon was never written', async () => {
+    const policy = await newPolicy({ totalQuantity: 2 });
+    const lost = await admit({ redis, locks }, { policyId: policy.id, requestId: `iss_${randomUUID()}`, userId: uniqueId('lost'), methods: ['FIRST_COME'] });
+    expect(lost).toMatchObject({ kind: 'admitted', slot: 1 });
+
+    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
+    expect(report.released).toBeGreaterThanOrEqual(1);
+    expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 2, issued: 0, freeSlots: 1, pending: 0 });
+
+    // Both units are still there for real requests: the given-back slot first.
+    const winners = await Promise.all([uniqueId('x'), uniqueId('y'), uniqueId('z')].map((u) => issue(policy.id, u)));
+    expect(winners.filter((o) => o.outcome === 'succeeded')).toHaveLength(2);
+    expect((await couponsOf(policy.id)).map((r) => r.slot)).toEqual([1, 2]);
+  });
+
+  it('settles, without giving back, an admission whose coupon reached Postgres', async () => {
+    const policy = await newPolicy({ totalQuantity: 2 });
+    const requestId = `iss_${randomUUID()}`;
+    const userId = uniqueId('kept');
+    const admitted = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
+    expect(admitted.kind).toBe('admitted');
+    const now = new Date();
+    await insertIssuedCoupon({ policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+
+    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
+    expect(report.settled).toBeGreaterThanOrEqual(1);
+    expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
+  });
+
+  it('lets Postgres refuse a slot beyond the quantity and a second coupon over the user limit', async () => {
+    const policy = await newPolicy({ totalQuantity: 1 });
+    const now = new Date();
+    const base = { policyId: policy.id, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) };
+    expect((await insertIssuedCoupon({ ...base, userId: uniqueId('u'), slot: 2, requestId: randomUUID() })).kind).toBe('slot-taken');
+    const user = uniqueId('u');
+    expect((await insertIssuedCoupon({ ...base, userId: user, slot: 1, requestId: randomUUID() })).kind).toBe('inserted');
+    expect((await insertIssuedCoupon({ ...base, userId: uniqueId('v'), slot: 1, requestId: randomUUID() })).kind).toBe('slot-taken');
+    const unlimited = await newPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
+    const again = { ...base, policyId: unlimited.id, userId: user, slot: null };
+    expect((await insertIssuedCoupon({ ...again, requestId: randomUUID() })).kind).toBe('inserted');
+    expect((await insertIssuedCoupon({ ...again, requestId: randomUUID() })).kind).toBe('user-limit');
+  });
+});
