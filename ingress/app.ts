@@ -1,12 +1,11 @@
 // The HTTP application: middleware, routes and error mapping. server.ts only wires it to a port.
 import { Hono } from 'hono';
-import { bodyLimit } from 'hono/body-limit';
 import type { Redis } from 'ioredis';
-import { AppError } from '../core/errors';
 import type { Logger } from '../core/logger';
 import type { Queues } from '../queues/connection';
 import type { AppEnv } from './context';
 import { authenticate } from './middleware/auth';
+import { limitBody } from './middleware/body-limit';
 import { notFound, onError } from './middleware/errors';
 import { trace } from './middleware/trace';
 import { healthRoutes } from './routes/health';
@@ -34,15 +33,7 @@ export function createApp(deps: AppDeps) {
 
   const api = new Hono<AppEnv>();
   api.use('*', trace(deps.log));
-  api.use(
-    '*',
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new AppError('PAYLOAD_TOO_LARGE', `The body may be at most ${MAX_BODY_BYTES} bytes.`);
-      },
-    }),
-  );
+  api.use('*', limitBody(MAX_BODY_BYTES));
   api.use('*', authenticate(deps.jwtSecret));
   api.route('/coupons/policies', policyRoutes(deps.redis));
   api.route('/coupons/issue', issueRoutes(deps.queues));
