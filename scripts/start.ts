@@ -87,7 +87,7 @@ function ensureJwtSecret(): void {
   process.env.JWT_SECRET = secret;
   log.warn(`JWT_SECRET is not set; using a development secret ${saved ? 'from' : 'generated into'} .data/dev-secrets.env`);
   // The command reads the secret from the file, so the secret never shows up in a log.
-  log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npx tsx scripts/token.ts admin-1 admin');
+  log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npm run -s token -- admin-1 admin');
 }
 
 /** `name: command` lines; blank lines and # comments are skipped. */
