@@ -4,7 +4,8 @@ import { z } from 'zod';
 
 const intFrom = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
 
-const urlWith = (protocols: string[]) =>
+/** A string that parses as a URL with one of the given protocols. */
+export const urlWith = (protocols: string[]) =>
   z.string().refine((value) => {
     try {
       return protocols.includes(new URL(value).protocol);

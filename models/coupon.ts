@@ -13,7 +13,7 @@ import {
   type WhereOptions,
 } from 'sequelize';
 import type { CouponView } from '../queues/jobs';
-import { encodeCursor, type Cursor } from './cursor';
+import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 
 export type CouponStatus = 'ISSUED' | 'RESERVED' | 'USED' | 'EXPIRED';
 export type CouponApiStatus = CouponView['status'];
@@ -145,26 +145,8 @@ export async function listUserCoupons(opts: {
   const now = opts.now ?? new Date();
   const clauses: WhereOptions[] = [{ userId: opts.userId }];
   if (opts.status) clauses.push(STATUS_FILTERS[opts.status](now));
-  if (opts.cursor) {
-    clauses.push({
-      [Op.or]: [
-        { issuedAt: { [Op.lt]: opts.cursor.at } },
-        { issuedAt: opts.cursor.at, id: { [Op.lt]: opts.cursor.id } },
-      ],
-    });
-  }
-  const rows = await Coupon.findAll({
-    where: { [Op.and]: clauses },
-    order: [
-      ['issuedAt', 'DESC'],
-      ['id', 'DESC'],
-    ],
-    limit: opts.limit + 1,
-  });
-  const page = rows.slice(0, opts.limit);
-  const last = page[page.length - 1];
-  return {
-    data: page.map((c) => couponView(c, now)),
-    nextCursor: rows.length > opts.limit && last ? encodeCursor(last.issuedAt, last.id) : null,
-  };
+  if (opts.cursor) clauses.push(afterCursor('issuedAt', opts.cursor));
+  const rows = await Coupon.findAll({ where: { [Op.and]: clauses }, order: newestFirst('issuedAt'), limit: opts.limit + 1 });
+  const { page, nextCursor } = pageOf(rows, opts.limit, (c) => c.issuedAt);
+  return { data: page.map((c) => couponView(c, now)), nextCursor };
 }

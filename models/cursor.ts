@@ -1,4 +1,5 @@
-// Opaque keyset cursors: (timestamp, id) of the last row of a page, base64url-encoded.
+// Keyset paging: opaque cursors ((timestamp, id) of a page's last row, base64url) and the query parts that use them.
+import { Op, type Order, type WhereOptions } from 'sequelize';
 
 export interface Cursor {
   at: Date;
@@ -19,4 +20,23 @@ export function decodeCursor(cursor: string): Cursor | null {
   } catch {
     return null;
   }
+}
+
+/** Rows strictly after the cursor in (column DESC, id DESC) order. */
+export function afterCursor(column: string, cursor: Cursor): WhereOptions {
+  return {
+    [Op.or]: [{ [column]: { [Op.lt]: cursor.at } }, { [column]: cursor.at, id: { [Op.lt]: cursor.id } }],
+  };
+}
+
+export const newestFirst = (column: string): Order => [
+  [column, 'DESC'],
+  ['id', 'DESC'],
+];
+
+/** Cuts the limit+1 rows a query fetched into a page and the cursor of the next one. */
+export function pageOf<T extends { id: string }>(rows: T[], limit: number, at: (row: T) => Date): { page: T[]; nextCursor: string | null } {
+  const page = rows.slice(0, limit);
+  const last = page[page.length - 1];
+  return { page, nextCursor: rows.length > limit && last ? encodeCursor(at(last), last.id) : null };
 }

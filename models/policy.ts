@@ -10,8 +10,9 @@ import {
   type InferCreationAttributes,
   type Sequelize,
   type Transaction,
+  type WhereOptions,
 } from 'sequelize';
-import { encodeCursor, type Cursor } from './cursor';
+import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import type { IssueMethod, PolicyCreate, PolicyRules, PolicyStatus } from './policy-rules';
 
 export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCreationAttributes<CouponPolicy>> {
@@ -166,25 +167,12 @@ export interface PolicyPage {
 
 /** Newest first, keyset-paged on (created_at, id). */
 export async function listPolicies(opts: { status?: PolicyStatus; limit: number; cursor?: Cursor }): Promise<PolicyPage> {
-  const where: Record<string | symbol, unknown> = {};
-  if (opts.status) where.status = opts.status;
-  if (opts.cursor) {
-    where[Op.or] = [
-      { createdAt: { [Op.lt]: opts.cursor.at } },
-      { createdAt: opts.cursor.at, id: { [Op.lt]: opts.cursor.id } },
-    ];
-  }
-  const rows = await CouponPolicy.findAll({
-    where,
-    order: [
-      ['createdAt', 'DESC'],
-      ['id', 'DESC'],
-    ],
-    limit: opts.limit + 1,
-  });
-  const page = rows.slice(0, opts.limit);
-  const last = page[page.length - 1];
-  return { rows: page, nextCursor: rows.length > opts.limit && last ? encodeCursor(last.createdAt, last.id) : null };
+  const clauses: WhereOptions[] = [];
+  if (opts.status) clauses.push({ status: opts.status });
+  if (opts.cursor) clauses.push(afterCursor('createdAt', opts.cursor));
+  const rows = await CouponPolicy.findAll({ where: { [Op.and]: clauses }, order: newestFirst('createdAt'), limit: opts.limit + 1 });
+  const { page, nextCursor } = pageOf(rows, opts.limit, (p) => p.createdAt);
+  return { rows: page, nextCursor };
 }
 
 /** Reads a policy and locks its row until the transaction ends, so concurrent admin changes queue up. */

@@ -44,6 +44,7 @@ import IORedis from 'ioredis';
 import { SignJWT } from 'jose';
 import { Client as PgClient } from 'pg';
 import { z } from 'zod';
+import { urlWith } from '../../core/config';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -51,14 +52,6 @@ import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnSt
 // Configuration
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
-const urlWith = (protocols: string[]) =>
-  z.string().refine((value) => {
-    try {
-      return protocols.includes(new URL(value).protocol);
-    } catch {
-      return false;
-    }
-  }, `must be a URL starting with ${protocols.join(' or ')}//`);
 
 const configSchema = z.object({
   BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),

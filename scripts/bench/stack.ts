@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
-import { createServer } from 'node:net';
+import { freePort } from '../infra/process';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
@@ -57,17 +57,6 @@ export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: stri
   };
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no free port'))));
-    });
-  });
-}
 
 /** `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell syntax). */
 function procfile(): Map<string, string[]> {

@@ -2,8 +2,8 @@
 // on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
+import { freePort } from '../../scripts/infra/process';
 import { uniqueId } from './fixtures';
 
 const ROOT = resolve(__dirname, '../..');
@@ -21,21 +21,16 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolvePort(address.port) : reject(new Error('no port'))));
-    });
-  });
+
+/** Where the output of the process launched as `name` goes. */
+export function logFile(name: string): string {
+  return join(LOG_DIR, `${name}.log`);
 }
 
-function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
+/** Starts one service process from source (`entry`, e.g. ingress/bridge/main.ts), its output in logFile(name). */
+export function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
   mkdirSync(LOG_DIR, { recursive: true });
-  const log = createWriteStream(join(LOG_DIR, `${name}.log`));
+  const log = createWriteStream(logFile(name));
   const child = spawn(process.execPath, [...NODE_ARGS, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout?.pipe(log);
   child.stderr?.pipe(log);
@@ -43,7 +38,7 @@ function launch(name: string, entry: string, env: Record<string, string>): Child
 }
 
 /** Resolves when the child prints a line containing `marker`; rejects if it exits first. */
-function waitForLine(child: ChildProcess, marker: string, timeoutMs = 60_000): Promise<void> {
+export function waitForLine(child: ChildProcess, marker: string, timeoutMs = 60_000): Promise<void> {
   return new Promise((resolveLine, reject) => {
     let buffer = '';
     const timer = setTimeout(() => done(new Error(`no "${marker}" within ${timeoutMs} ms`)), timeoutMs);
