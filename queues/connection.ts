@@ -23,9 +23,10 @@ export interface Queues {
   close(): Promise<void>;
 }
 
-export function createQueues(): Queues {
+/** `redisUrl` defaults to REDIS_URL; tests pass another to put a fault-injecting proxy in between. */
+export function createQueues(redisUrl = config().REDIS_URL): Queues {
   const prefix = config().QUEUE_PREFIX;
-  const connection = createRedis('producer');
+  const connection = createRedis('producer', redisUrl);
   const queues = new Map<QueueName, Queue>();
   const events = new Map<QueueName, QueueEvents>();
   return {
@@ -44,7 +45,7 @@ export function createQueues(): Queues {
       let qe = events.get(name);
       if (!qe) {
         // QueueEvents blocks on XREAD, so it gets its own connection that retries forever.
-        qe = new QueueEvents(name, { connection: createRedis('worker'), prefix });
+        qe = new QueueEvents(name, { connection: createRedis('worker', redisUrl), prefix });
         qe.on('error', () => {});
         events.set(name, qe);
       }

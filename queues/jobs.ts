@@ -2,20 +2,23 @@
 import { z } from 'zod';
 import type { ErrorCode } from '../core/errors';
 
+/** An id as the API accepts it: 1-128 visible characters, no spaces or control characters. */
+export const idSchema = z.string().regex(/^[^\s\p{Cc}]{1,128}$/u, '1-128 visible characters without spaces');
+
 export const reasonSchema = z.object({ code: z.string(), message: z.string() });
 
 /** Every job carries who asked and the trace id of the request that created it. */
 const jobMeta = {
-  userId: z.string().min(1).max(128),
+  userId: idSchema,
   traceId: z.string().min(1).max(128),
   requestedAt: z.iso.datetime(),
 };
 
 export const issueJobSchema = z.object({
   ...jobMeta,
-  policyId: z.string().min(1).max(128),
+  policyId: idSchema,
   // Who asked when an admin issues for a user; equal to userId otherwise.
-  actorId: z.string().min(1).max(128),
+  actorId: idSchema,
 });
 export type IssueJob = z.infer<typeof issueJobSchema>;
 

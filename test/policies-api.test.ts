@@ -132,5 +132,8 @@ describe('error contract', () => {
     expect((await t.call('GET', '/api/v1/coupons/policies?limit=0', { token: admin })).status).toBe(400);
     expect((await t.call('GET', '/api/v1/coupons/policies?cursor=garbage', { token: admin })).status).toBe(400);
     expect((await t.call('GET', '/api/v1/coupons/policies?status=SOMETIMES', { token: admin })).status).toBe(400);
+    expect((await t.call('GET', '/api/v1/coupons/users/a%00b', { token: admin })).status).toBe(400);
+    expect((await t.call('GET', `/api/v1/coupons/policies/${'x'.repeat(129)}`, { token: admin })).status).toBe(400);
+    expect((await t.call('POST', '/api/v1/coupons/issue', { token: admin, body: { policyId: 'p\u0000' } })).status).toBe(400);
   });
 });

@@ -4,10 +4,11 @@ import type { MiddlewareHandler } from 'hono';
 import { jwtVerify } from 'jose';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
+import { idSchema } from '../../queues/jobs';
 import type { AppEnv, AuthUser } from '../context';
 
 const claimsSchema = z.object({
-  sub: z.string().min(1).max(128),
+  sub: idSchema,
   role: z.enum(['user', 'admin']),
   exp: z.number().int(),
 });

@@ -4,15 +4,16 @@ import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import type { Queues } from '../../queues/connection';
 import { enqueueIssue } from '../../queues/enqueue';
+import { idSchema } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { jsonBody } from '../validation';
 import { accepted } from './jobs';
 
 const issueBody = z
   .object({
-    policyId: z.string().min(1).max(128),
+    policyId: idSchema,
     // Only an admin may issue on a user's behalf.
-    userId: z.string().min(1).max(128).optional(),
+    userId: idSchema.optional(),
   })
   .strict();
 

@@ -9,6 +9,7 @@ import { sequelize } from '../../core/postgres';
 import { decodeCursor } from '../../models/cursor';
 import { CouponPolicy, countCoupons, listPolicies, policyRowFromCreate, policyRules, policyView, findPolicyForUpdate } from '../../models/policy';
 import { planPolicyChange, policyCreateSchema, policyPatchSchema, POLICY_STATUSES } from '../../models/policy-rules';
+import { idSchema } from '../../queues/jobs';
 import { openStock, writePolicyMeta } from '../../workers/admission/admission';
 import type { AppEnv } from '../context';
 import { requireAdmin } from '../middleware/auth';
@@ -19,7 +20,7 @@ const listQuery = z.object({
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().max(512).optional(),
 });
-const idParam = z.string().min(1).max(128);
+const idParam = idSchema;
 
 export function policyRoutes(redis: Redis) {
   const app = new Hono<AppEnv>();

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import { listUserCoupons } from '../../models/coupon';
 import { decodeCursor } from '../../models/cursor';
+import { idSchema } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
@@ -18,7 +19,7 @@ export function userRoutes() {
   const app = new Hono<AppEnv>();
 
   app.get('/:userId', async (c) => {
-    const userId = parseWith(z.string().min(1).max(128), c.req.param('userId'));
+    const userId = parseWith(idSchema, c.req.param('userId'));
     assertSelfOrAdmin(c.get('user'), userId);
     const q = query(c, listQuery);
     const cursor = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
