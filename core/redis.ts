@@ -7,8 +7,12 @@ export type RedisRole = 'producer' | 'worker' | 'client';
 
 const roleOptions: Record<RedisRole, RedisOptions> = {
   // BullMQ Queue and the ingress: no offline queue, so a command while disconnected errors at once.
+  // maxRetriesPerRequest 0: a command on the wire when the connection drops fails at once too; otherwise
+  // ioredis keeps it to resend after a reconnect (it is never counted when the reconnect reaches
+  // `connect`), so a request already answered 503 would be queued later, and the auto-pipeline stuck
+  // behind it would hold every later add until Redis came back.
   // Auto-pipelining batches the adds of concurrent requests into one write per tick.
-  producer: { enableOfflineQueue: false, maxRetriesPerRequest: 1, connectTimeout: 2_000, enableAutoPipelining: true },
+  producer: { enableOfflineQueue: false, maxRetriesPerRequest: 0, connectTimeout: 2_000, enableAutoPipelining: true },
   // BullMQ Worker and QueueEvents: blocking commands must retry forever.
   worker: { maxRetriesPerRequest: null, enableReadyCheck: true },
   // Plain commands from workers (admission scripts, locks): retry a little, then let the job retry.
