@@ -16,9 +16,10 @@ export interface TestApp {
   close(): Promise<void>;
 }
 
-export async function startTestApp(): Promise<TestApp> {
+/** `redisUrl` reroutes the queue connections (the producer), e.g. through a tcp-proxy. */
+export async function startTestApp(opts: { redisUrl?: string } = {}): Promise<TestApp> {
   initModels(sequelize());
-  const queues = createQueues();
+  const queues = createQueues(opts.redisUrl);
   const redis = createRedis('client');
   await waitForReady(queues.connection);
   const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret() });

@@ -1,17 +1,26 @@
-// A TCP proxy for fault injection: adds latency to every chunk in both directions, and can cut
-// every connection at once. Tests put it between a process and Postgres or Redis.
+// A TCP proxy for fault injection: adds latency to every chunk in both directions, can cut every
+// connection at once, and can play an unreachable server for a while (pause, then resume on the
+// same port). Tests put it between a process and Postgres or Redis.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 export interface TcpProxy {
   port: number;
   latencyMs: number;
   cutAll(): void;
+  /**
+   * Plays a server that is away, until resume(): cuts every connection, then either refuses new ones
+   * (`refuse`: the port is closed, as when Redis is down) or accepts and drops each at once (`drop`: as
+   * a TCP load balancer in front of a dead server does).
+   */
+  pause(mode?: 'refuse' | 'drop'): Promise<void>;
+  /** Relays new connections again, on the same port. */
+  resume(): Promise<void>;
   close(): Promise<void>;
 }
 
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
-  const state = { latencyMs };
+  const state = { latencyMs, dropping: false };
   const relay = (from: Socket, to: Socket) => {
     from.on('data', (chunk) => {
       if (state.latencyMs <= 0) to.write(chunk);
@@ -21,6 +30,10 @@ export async function startTcpProxy(target: { host: string; port: number }, late
     from.on('error', () => to.destroy());
   };
   const server: Server = createServer((client) => {
+    if (state.dropping) {
+      client.destroy();
+      return;
+    }
     const upstream = connect(target.port, target.host);
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -43,9 +56,23 @@ export async function startTcpProxy(target: { host: string; port: number }, late
     cutAll() {
       for (const s of sockets) s.destroy();
     },
+    async pause(mode = 'refuse') {
+      if (mode === 'drop') {
+        state.dropping = true;
+        for (const s of sockets) s.destroy();
+        return;
+      }
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+    async resume() {
+      state.dropping = false;
+      if (!server.listening) await new Promise<void>((resolve) => server.listen(address.port, '127.0.0.1', resolve));
+    },
     close() {
       for (const s of sockets) s.destroy();
-      return new Promise((resolve) => server.close(() => resolve()));
+      return new Promise((resolve) => (server.listening ? server.close(() => resolve()) : resolve()));
     },
   };
 }

@@ -1,0 +1,124 @@
+// Graceful shutdown: a worker sent SIGTERM mid-sale finishes what it holds and exits 0 by itself, losing
+// nothing; the web process exits 0 on SIGTERM too.
+import type { ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { Api, mapLimit } from './support/http';
+import { closeDb, couponsOf } from './support/db';
+import { policyBody, uniqueId } from './support/fixtures';
+import { logFile, startStack, type Stack } from './support/stack';
+import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { adminToken, tokenFor } from './support/tokens';
+
+const NAME = 'graceful-shutdown';
+let stack: Stack;
+let api: Api;
+let slowPostgres: TcpProxy;
+
+beforeAll(async () => {
+  // Workers reach Postgres through a proxy adding 20 ms each way, so a SIGTERM always finds jobs in flight.
+  const pg = new URL(process.env.DATABASE_URL as string);
+  slowPostgres = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) }, 20);
+  stack = await startStack({ workers: 0, name: NAME, env: { WORKER_CONCURRENCY: '16' } });
+  const workerEnv = { DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) };
+  await stack.startWorker(workerEnv);
+  await stack.startWorker(workerEnv);
+  api = new Api(stack.baseUrl, 64);
+});
+
+afterAll(async () => {
+  await api?.close();
+  await stack?.stop();
+  await slowPostgres?.close();
+  await closeDb();
+});
+
+/** Sends SIGTERM and waits for the process to exit by itself (no SIGKILL here). */
+function terminated(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.kill('SIGTERM');
+  });
+}
+
+/** The messages of a process's pino log, once its last line is `last` (the file is written a little after exit). */
+async function messagesOf(name: string, last: string): Promise<(string | undefined)[]> {
+  const until = Date.now() + 5_000;
+  for (;;) {
+    const text = await readFile(logFile(name), 'utf8');
+    const messages = text.split('\n').flatMap((raw) => {
+      try {
+        return [(JSON.parse(raw) as { msg?: string }).msg];
+      } catch {
+        return [];
+      }
+    });
+    if (messages.at(-1) === last || Date.now() > until) return messages;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** How many of the jobs were started more than once, i.e. taken over from a worker that let them go. */
+async function takenOver(jobIds: string[]): Promise<number> {
+  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+  const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
+  try {
+    const jobs = await Promise.all(jobIds.map((id) => queue.getJob(id)));
+    return jobs.filter((j) => !j || j.attemptsStarted > 1 || j.stalledCounter > 0).length;
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+}
+
+describe('graceful shutdown', () => {
+  it('lets a worker sent SIGTERM mid-sale finish its jobs and exit 0, with exactly the stock issued', async () => {
+    const admin = await adminToken();
+    const created = await api.post('/api/v1/coupons/policies', admin, policyBody({ totalQuantity: 200 }));
+    expect(created.status).toBe(201);
+    const policyId = created.body.id as string;
+    const users = Array.from({ length: 600 }, (_, i) => uniqueId(`term${i}`));
+    const tokens = await Promise.all(users.map((u) => tokenFor(u)));
+
+    const victim = stack.workers[0] as ChildProcess;
+    let accepted = 0;
+    let exit: ReturnType<typeof terminated> | undefined;
+    const replies = await mapLimit(users, 32, async (_user, i) => {
+      const reply = await api.post('/api/v1/coupons/issue', tokens[i], { policyId });
+      accepted += reply.status === 202 ? 1 : 0;
+      if (accepted === 100 && !exit) exit = terminated(victim);
+      return reply;
+    });
+    expect(replies.map((r) => r.status)).toEqual(Array(users.length).fill(202));
+    expect(await exit).toEqual({ code: 0, signal: null });
+
+    const jobs = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, tokens[i] as string, 60_000));
+    const byStatus = jobs.reduce<Record<string, number>>((acc, j) => ({ ...acc, [j.status]: (acc[j.status] ?? 0) + 1 }), {});
+    expect(byStatus).toEqual({ succeeded: 200, rejected: 400 });
+    expect(jobs.filter((j) => j.status === 'rejected').map((j) => j.reason.code)).toEqual(Array(400).fill('SOLD_OUT'));
+
+    const rows = await couponsOf(policyId);
+    expect(rows).toHaveLength(200);
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(200);
+    expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
+    expect(new Set(jobs.filter((j) => j.status === 'succeeded').map((j) => j.result.id))).toEqual(new Set(rows.map((r) => r.id)));
+
+    // It drained rather than died: it finished jobs after the signal, and none had to be taken over.
+    const lines = await messagesOf(`${NAME}-worker-1`, 'worker stopped');
+    expect(lines.at(-1)).toBe('worker stopped');
+    const draining = lines.indexOf('worker draining: finishing in-flight jobs');
+    expect(draining).toBeGreaterThanOrEqual(0);
+    expect(lines.slice(draining).filter((m) => m === 'coupon issued').length).toBeGreaterThan(0);
+    expect(await takenOver(replies.map((r) => r.body.jobId))).toBe(0);
+  });
+
+  it('lets the web process exit 0 on SIGTERM', async () => {
+    const ready = await api.get('/health/ready');
+    expect(ready.status).toBe(200);
+    expect(await terminated(stack.web)).toEqual({ code: 0, signal: null });
+    const lines = await messagesOf(`${NAME}-web`, 'web stopped');
+    expect(lines.at(-1)).toBe('web stopped');
+    expect(lines).toContain('web draining');
+  });
+});
