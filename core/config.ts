@@ -34,6 +34,8 @@ export const configSchema = z.object({
   RESERVATION_TTL_SECONDS: intFrom(600, 1),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   WORKER_CONCURRENCY: intFrom(64, 1),
+  // How long a worker rests after its queue runs dry, so the next jobs are taken as a batch.
+  WORKER_BATCH_WAIT_MS: intFrom(50, 0),
   // How long a worker may go without renewing a job lock before the job is handed to another worker.
   JOB_LOCK_MS: intFrom(15_000, 1000),
   JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),
