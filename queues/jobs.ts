@@ -22,6 +22,17 @@ export const issueJobSchema = z.object({
 });
 export type IssueJob = z.infer<typeof issueJobSchema>;
 
+/**
+ * Issue requests that reached one web process in the same moment travel as one job: one add, one
+ * fetch, one completion for many requests. Each keeps its own request id (`<jobId>.<index>`), which
+ * is the id its client polls, and its own trace id.
+ */
+export const MAX_ISSUE_BATCH = 128;
+export const issueBatchSchema = z.object({
+  requests: z.array(issueJobSchema.extend({ requestId: z.string().min(1).max(140) })).min(1).max(MAX_ISSUE_BATCH),
+});
+export type IssueBatch = z.infer<typeof issueBatchSchema>;
+
 export const couponViewSchema = z.object({
   id: z.string(),
   policyId: z.string(),

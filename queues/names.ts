@@ -15,6 +15,17 @@ export function newJobId(queue: QueueName, unique: string): string {
   return `${PREFIX_BY_QUEUE[queue]}_${unique}`;
 }
 
+/** A request inside a batch job is `<jobId>.<index>`: its id names the job that carries it. */
+export function requestIdOf(jobId: string, index: number): string {
+  return `${jobId}.${index}`;
+}
+
+export function parseRequestId(id: string): { jobId: string; index: number | null } {
+  const dot = id.lastIndexOf('.');
+  if (dot < 0) return { jobId: id, index: null };
+  return { jobId: id.slice(0, dot), index: Number(id.slice(dot + 1)) };
+}
+
 export function queueOfJobId(jobId: string): QueueName | null {
   const prefix = jobId.split('_', 1)[0];
   const entry = Object.entries(PREFIX_BY_QUEUE).find(([, p]) => p === prefix);

@@ -4,6 +4,7 @@ import type { ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
+import { parseRequestId } from '../queues/names';
 import { Api, mapLimit } from './support/http';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
@@ -64,7 +65,9 @@ async function takenOver(jobIds: string[]): Promise<number> {
   const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
   const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
   try {
-    const jobs = await Promise.all(jobIds.map((id) => queue.getJob(id)));
+    // Requests travel in batch jobs: look at each job that carried one.
+    const batchIds = [...new Set(jobIds.map((id) => parseRequestId(id).jobId))];
+    const jobs = await Promise.all(batchIds.map((id) => queue.getJob(id)));
     return jobs.filter((j) => !j || j.attemptsStarted > 1 || j.stalledCounter > 0).length;
   } finally {
     await queue.close();

@@ -167,7 +167,8 @@ describe('an ingress whose Redis is unreachable', () => {
       // A 503 means "not queued": no refused request turns into a job once Redis is back.
       await sleep(500);
       const jobs = await t.queues.get(QUEUES.issue).getJobs(['waiting', 'delayed', 'active', 'completed', 'failed']);
-      const mine = jobs.filter((job) => (job.data as { userId?: string }).userId === user).map((job) => job.id);
+      const requests = jobs.flatMap((job) => (job.data as { requests?: { userId: string; requestId: string }[] }).requests ?? []);
+      const mine = requests.filter((r) => r.userId === user).map((r) => r.requestId);
       expect(mine.sort()).toEqual([first.body.jobId, again.body.jobId].sort());
     },
   );

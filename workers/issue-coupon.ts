@@ -1,28 +1,42 @@
 // Issues one coupon of a FIRST_COME or DOWNLOAD policy: admit in Redis, write in Postgres, settle.
-import type { Job } from 'bullmq';
 import type { Logger } from '../core/logger';
 import { reason } from '../core/errors';
 import { couponView, findCouponByRequest, insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy } from '../models/policy';
 import { couponExpiry } from '../models/policy-rules';
-import type { CouponView, IssueJob, JobOutcome } from '../queues/jobs';
+import type { CouponView, JobOutcome } from '../queues/jobs';
 import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
 
 export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
 
 /** Thrown when the attempt should be retried; the admission (and its slot) is kept for the retry. */
-class RetryableIssueError extends Error {}
+export class RetryableIssueError extends Error {}
+
+/** One issue request as a worker sees it, wherever it came from (a job of its own or a batch). */
+export interface IssueRequest {
+  policyId: string;
+  userId: string;
+  requestId: string;
+}
+
+/** How this run of the request stands among the attempts of its job. */
+export interface Attempt {
+  /** An earlier run may have started it (a retry, or a takeover after a worker died). */
+  rerun: boolean;
+  /** No attempt follows this one: stock held for a failed request must be given back now. */
+  last: boolean;
+}
 
 export async function issueCoupon(
   deps: AdmissionDeps,
-  job: Job<IssueJob>,
+  request: IssueRequest,
+  attempt: Attempt,
   log: Logger,
 ): Promise<JobOutcome<CouponView>> {
-  const { policyId, userId } = job.data;
-  const requestId = job.id as string;
-  if (job.attemptsStarted > 1) {
-    // A rerun (a retry, or a takeover after a worker died): an earlier run may have written the
-    // coupon and settled its admission before dying, so the answer may already be in Postgres.
+  const { policyId, userId, requestId } = request;
+  if (attempt.rerun) {
+    // An earlier run may have written the coupon and settled its admission before dying,
+    // so the answer may already be in Postgres.
     const earlier = await findCouponByRequest(requestId);
     if (earlier) {
       await settleAdmission(deps.redis, policyId, requestId);
@@ -71,17 +85,13 @@ export async function issueCoupon(
         throw new RetryableIssueError(`slot ${admission.slot} of policy ${policyId} was taken`);
     }
   } catch (error) {
-    if (isLastAttempt(job) && !(error instanceof RetryableIssueError)) {
+    if (attempt.last && !(error instanceof RetryableIssueError)) {
       // No more attempts: give the stock back so it is not lost (I3). If this process dies
       // before it gets here, the reconciler does the same from the job's final state.
       await releaseAdmission(deps.redis, policyId, requestId, true).catch(() => undefined);
     }
     throw error;
   }
-}
-
-function isLastAttempt(job: Job): boolean {
-  return job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
 }
 
 async function validityOf(

@@ -4,6 +4,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
 import { findCouponByRequest } from '../models/coupon';
+import { parseRequestId } from '../queues/names';
 import { policyKeys, reconcileLockKey, trackedPoliciesKey } from './admission/keys';
 import { releaseAdmission, settleAdmission } from './admission/admission';
 import { withLock, type Locks } from './lock';
@@ -54,7 +55,7 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number)
 }
 
 async function judge(deps: ReconcileDeps, requestId: string): Promise<'keep' | 'settle' | 'release'> {
-  const job = await deps.issueQueue.getJob(requestId);
+  const job = await deps.issueQueue.getJob(parseRequestId(requestId).jobId);
   if (job) {
     const state = await job.getState();
     if (LIVE_STATES.has(state)) return 'keep';

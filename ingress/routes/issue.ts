@@ -3,7 +3,7 @@ import { Hono } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import type { Queues } from '../../queues/connection';
-import { enqueueIssue } from '../../queues/enqueue';
+import { createIssueBatcher } from '../../queues/enqueue';
 import { idSchema } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { jsonBody } from '../validation';
@@ -19,6 +19,7 @@ const issueBody = z
 
 export function issueRoutes(queues: Queues) {
   const app = new Hono<AppEnv>();
+  const enqueueIssue = createIssueBatcher(queues);
 
   app.post('/', async (c) => {
     const body = await jsonBody(c, issueBody);
@@ -26,7 +27,7 @@ export function issueRoutes(queues: Queues) {
     if (body.userId !== undefined && body.userId !== user.id && user.role !== 'admin') {
       throw new AppError('FORBIDDEN', 'Only an admin may issue a coupon to another user.');
     }
-    const jobId = await enqueueIssue(queues, {
+    const jobId = await enqueueIssue({
       policyId: body.policyId,
       userId: body.userId ?? user.id,
       actorId: user.id,

@@ -5,13 +5,13 @@ import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import type { Queues } from '../../queues/connection';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
-import { queueOfJobId, type QueueName } from '../../queues/names';
+import { parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
 import type { AppEnv } from '../context';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
 const MAX_WAIT_MS = 10_000;
-const jobIdParam = z.string().regex(/^[a-z]{2,4}_[A-Za-z0-9-]{1,100}$/, 'not a job id');
+const jobIdParam = z.string().regex(/^[a-z]{2,4}_[A-Za-z0-9-]{1,100}(\.\d{1,4})?$/, 'not a job id');
 const waitQuery = z.object({ waitMs: z.coerce.number().int().min(0).max(MAX_WAIT_MS).default(0) });
 
 export function accepted(c: Context<AppEnv>, jobId: string) {
@@ -21,24 +21,29 @@ export function accepted(c: Context<AppEnv>, jobId: string) {
 /** Reads the state first and the job after it, so a final state always comes with the final result. */
 type OwnedJobView = JobView & { ownerId: string };
 
-async function readJob(queues: Queues, queueName: QueueName, jobId: string): Promise<OwnedJobView | null> {
+async function readJob(queues: Queues, queueName: QueueName, id: string): Promise<OwnedJobView | null> {
   const queue = queues.get(queueName);
+  const { jobId, index } = parseRequestId(id);
   const state = await queue.getJobState(jobId);
   if (state === 'unknown') return null;
   const job = await queue.getJob(jobId);
-  return job ? viewOf(job, state) : null;
+  return job ? viewOf(job, state, id, index) : null;
 }
 
-function viewOf(job: Job, state: string): OwnedJobView {
+/** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
+function viewOf(job: Job, state: string, id: string, index: number | null): OwnedJobView | null {
+  const request = index === null ? job.data : (job.data as { requests?: unknown[] }).requests?.[index];
+  if (!request || typeof request !== 'object') return null;
   const base = {
-    id: job.id as string,
-    type: job.name,
+    id,
+    type: job.name === 'issue-batch' ? 'issue' : job.name,
     createdAt: new Date(job.timestamp).toISOString(),
-    ownerId: String((job.data as { userId?: unknown }).userId ?? ''),
+    ownerId: String((request as { userId?: unknown }).userId ?? ''),
   };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
-    const outcome = jobOutcomeSchema.safeParse(job.returnvalue);
+    const value: unknown = index === null ? job.returnvalue : (job.returnvalue as { results?: unknown[] } | null)?.results?.[index];
+    const outcome = jobOutcomeSchema.safeParse(value);
     if (outcome.success && outcome.data.outcome === 'succeeded') {
       return { ...base, status: 'succeeded', result: outcome.data.result, ...(finishedAt && { finishedAt }) };
     }
@@ -74,7 +79,7 @@ export function jobRoutes(queues: Queues) {
 }
 
 async function waitForJob(queues: Queues, queueName: QueueName, jobId: string, waitMs: number) {
-  const job = await queues.get(queueName).getJob(jobId);
+  const job = await queues.get(queueName).getJob(parseRequestId(jobId).jobId);
   // waitUntilFinished rejects when the job fails or the wait runs out; either way, read the state again.
   await job?.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
   return readJob(queues, queueName, jobId);
