@@ -16,7 +16,8 @@ const roleOptions: Record<RedisRole, RedisOptions> = {
   // BullMQ Worker and QueueEvents: blocking commands must retry forever.
   worker: { maxRetriesPerRequest: null, enableReadyCheck: true },
   // Plain commands from workers (admission scripts, locks): retry a little, then let the job retry.
-  client: { maxRetriesPerRequest: 3, connectTimeout: 5_000 },
+  // Auto-pipelining sends the admissions of a batch's requests in one write.
+  client: { maxRetriesPerRequest: 3, connectTimeout: 5_000, enableAutoPipelining: true },
 };
 
 export function createRedis(role: RedisRole, url = config().REDIS_URL): Redis {

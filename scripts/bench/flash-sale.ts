@@ -15,6 +15,7 @@
 //                                     them (SIGTERM) at the end.
 //   STACK [auto]                      auto | reuse (fail if BASE_URL is not ready) | spawn (always start one)
 //   USERS [20000]  STOCK [2000]  CONNECTIONS [100]  RUNS [1]  WORKERS [2] (spawned stack only)
+//   WARMUP [3000]                     requests of an unmeasured sale before the runs (0: none)
 //   JWT_SECRET                        reused stack: this, else JWT_SECRET=... from .data/dev-secrets.env
 //                                     (written by `npm start`); spawned stack: this, else a random one
 //   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]   REDIS_URL [redis://127.0.0.1:6379]
@@ -70,6 +71,9 @@ const configSchema = z.object({
   REQUEST_TIMEOUT_S: int(10),
   SETTLE_TIMEOUT_MS: int(120_000, 1_000),
   SAMPLE_JOBS: int(100, 0),
+  // Requests of an unmeasured sale first, so the runs meet JIT-compiled processes and open pools,
+  // as a real sale meets a service that has been up for a while. 0 skips it.
+  WARMUP: int(3_000, 0),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -751,6 +755,11 @@ async function main(): Promise<number> {
     const header = `Flash sale: ${fmtInt(cfg.USERS)} users, ${fmtInt(cfg.STOCK)} coupons, ${connections} connections, ${cfg.RUNS} run(s) against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} workers)` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}`;
     process.stdout.write(`${header}\n`);
 
+    if (cfg.WARMUP > 0) {
+      const warm = await runOnce({ ...ctx, cfg: { ...cfg, USERS: cfg.WARMUP, STOCK: Math.max(1, Math.round(cfg.WARMUP / 10)), SAMPLE_JOBS: 0 } }, 0);
+      note(`warm-up: ${fmtInt(cfg.WARMUP)} requests at ${fmtInt(warm.load.acceptedRps)} req/s, not counted`);
+      await sleep(2_000);
+    }
     const runs: RunResult[] = [];
     for (let i = 1; i <= cfg.RUNS; i += 1) {
       if (i > 1) await sleep(2_000); // let the last run's tail (and the machine) quieten down
