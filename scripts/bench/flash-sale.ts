@@ -14,7 +14,7 @@
 //                                     1 web + WORKERS workers from the Procfile on a free port, and stops
 //                                     them (SIGTERM) at the end.
 //   STACK [auto]                      auto | reuse (fail if BASE_URL is not ready) | spawn (always start one)
-//   USERS [20000]  STOCK [2000]  CONNECTIONS [100]  RUNS [1]  WORKERS [2] (spawned stack only)
+//   USERS [20000]  STOCK [2000]  CONNECTIONS [100]  RUNS [1]  WORKERS [1] (spawned stack only)
 //   WARMUP [3000]                     requests of an unmeasured sale before the runs (0: none)
 //   JWT_SECRET                        reused stack: this, else JWT_SECRET=... from .data/dev-secrets.env
 //                                     (written by `npm start`); spawned stack: this, else a random one
@@ -62,7 +62,8 @@ const configSchema = z.object({
   STOCK: int(2_000),
   CONNECTIONS: int(100),
   RUNS: int(1),
-  WORKERS: int(2),
+  // One worker process: on 2 cores a second one adds context switches and smaller batches, not throughput.
+  WORKERS: int(1),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
   DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
