@@ -82,6 +82,7 @@ export type InsertOutcome =
   | { kind: 'inserted'; coupon: Coupon }
   | { kind: 'duplicate-request'; coupon: Coupon }
   | { kind: 'user-limit' }
+  | { kind: 'policy-inactive' }
   | { kind: 'slot-taken' };
 
 const constraintOf = (error: unknown): string | undefined => {
@@ -116,6 +117,7 @@ export async function insertIssuedCoupon(input: {
     const existing = await Coupon.findOne({ where: { requestId: input.requestId } });
     if (existing) return { kind: 'duplicate-request', coupon: existing };
     if (constraint === 'ck_coupons_per_user_limit') return { kind: 'user-limit' };
+    if (constraint === 'ck_coupons_policy_active') return { kind: 'policy-inactive' };
     if (constraint === 'uq_coupons_policy_slot' || constraint === 'ck_coupons_slot_within_quantity') {
       return { kind: 'slot-taken' };
     }

@@ -10,8 +10,9 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
   issue: {
     attempts: 5,
     backoff: { type: 'exponential', delay: 250 },
-    // Results stay readable through GET /jobs/:id for a day (and at most 200k of them).
-    removeOnComplete: { age: 24 * 3600, count: 200_000 },
+    // Results stay readable through GET /jobs/:id for a day, and at most 50k jobs (an issue batch
+    // job carries up to 128 requests, about 64 KB) stay in Redis.
+    removeOnComplete: { age: 24 * 3600, count: 50_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
 };

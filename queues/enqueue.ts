@@ -5,22 +5,17 @@ import type { Queues } from './connection';
 import { MAX_ISSUE_BATCH, type IssueJob } from './jobs';
 import { newJobId, QUEUES, requestIdOf, type QueueName } from './names';
 
-const ENQUEUE_TIMEOUT_MS = 2_000;
-
+/**
+ * Adds a job; any failure is a 503. There is deliberately no timer of our own: a 503 must mean
+ * "not queued", and a timer cannot cancel an add already sent. The producer connection has no
+ * offline queue and no resend, so an add fails at once when Redis is away or the link drops.
+ */
 async function addJob(queues: Queues, queue: QueueName, name: string, data: object, jobId: string): Promise<string> {
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
-      queues.get(queue).add(name, data, { jobId }),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error('enqueue timed out')), ENQUEUE_TIMEOUT_MS);
-      }),
-    ]);
+    await queues.get(queue).add(name, data, { jobId });
     return jobId;
   } catch (error) {
     throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -48,11 +48,16 @@ export const couponViewSchema = z.object({
 export type CouponView = z.infer<typeof couponViewSchema>;
 
 /** What a processor returns. A business refusal is a result, never a thrown error, so it is not retried. */
-export type JobOutcome<T> = { outcome: 'succeeded'; result: T } | { outcome: 'rejected'; reason: { code: ErrorCode; message: string } };
+export type JobOutcome<T> =
+  | { outcome: 'succeeded'; result: T }
+  | { outcome: 'rejected'; reason: { code: ErrorCode; message: string } }
+  // Only inside a batch: this request failed for good while the others of its batch finished.
+  | { outcome: 'failed'; reason: { code: ErrorCode; message: string } };
 
 export const jobOutcomeSchema = z.discriminatedUnion('outcome', [
   z.object({ outcome: z.literal('succeeded'), result: z.unknown() }),
   z.object({ outcome: z.literal('rejected'), reason: reasonSchema }),
+  z.object({ outcome: z.literal('failed'), reason: reasonSchema }),
 ]);
 
 export type JobStatus = 'pending' | 'succeeded' | 'rejected' | 'failed';

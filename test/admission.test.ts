@@ -9,7 +9,7 @@ import { initModels } from '../models';
 import { insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy, policyRowFromCreate } from '../models/policy';
 import { policyCreateSchema } from '../models/policy-rules';
-import { admissionSnapshot, admit, openStock, writePolicyMeta } from '../workers/admission/admission';
+import { admissionSnapshot, admit, openStock, settleAdmission, writePolicyMeta } from '../workers/admission/admission';
 import { policyKeys } from '../workers/admission/keys';
 import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
@@ -103,6 +103,31 @@ describe('admission state', () => {
     const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
     expect(report.settled).toBeGreaterThanOrEqual(1);
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
+  });
+
+  it('gives back the second slot of a request admitted afresh after its coupon was written', async () => {
+    const policy = await newPolicy({ totalQuantity: 3 });
+    const requestId = `iss_${randomUUID()}`;
+    const userId = uniqueId('twice');
+    const first = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
+    expect(first).toMatchObject({ kind: 'admitted', slot: 1, resumed: false });
+    const now = new Date();
+    await insertIssuedCoupon({ policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    await settleAdmission(redis, policy.id, requestId, 1);
+    // A zombie run of the same request, resumed after the settle, is admitted again with slot 2 ...
+    const zombie = await admit({ redis, locks }, { policyId: policy.id, requestId, userId: `${userId}-z`, methods: ['FIRST_COME'] });
+    expect(zombie).toMatchObject({ kind: 'admitted', slot: 2 });
+    // ... and settling against the coupon's slot 1 gives slot 2 back instead of losing it.
+    await settleAdmission(redis, policy.id, requestId, 1);
+    expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 0 });
+  });
+
+  it('lets Postgres refuse a coupon of a paused policy even when Redis admitted it', async () => {
+    const policy = await newPolicy({ totalQuantity: 5 });
+    await policy.update({ status: 'PAUSED' });
+    const now = new Date();
+    const outcome = await insertIssuedCoupon({ policyId: policy.id, userId: uniqueId('p'), slot: 1, requestId: randomUUID(), issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    expect(outcome.kind).toBe('policy-inactive');
   });
 
   it('lets Postgres refuse a slot beyond the quantity and a second coupon over the user limit', async () => {

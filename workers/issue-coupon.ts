@@ -39,7 +39,7 @@ export async function issueCoupon(
     // so the answer may already be in Postgres.
     const earlier = await findCouponByRequest(requestId);
     if (earlier) {
-      await settleAdmission(deps.redis, policyId, requestId);
+      await settleAdmission(deps.redis, policyId, requestId, earlier.slot);
       log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
       return { outcome: 'succeeded', result: couponView(earlier) };
     }
@@ -63,16 +63,19 @@ export async function issueCoupon(
     });
     switch (written.kind) {
       case 'inserted':
-        await settleAdmission(deps.redis, policyId, requestId);
+        await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
         log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
         return { outcome: 'succeeded', result: couponView(written.coupon) };
       case 'duplicate-request':
-        // An earlier run of this request wrote the coupon. If that run's admission was already settled,
-        // this run was admitted afresh and took a second unit of stock: give it back.
-        if (admission.resumed) await settleAdmission(deps.redis, policyId, requestId);
-        else await releaseAdmission(deps.redis, policyId, requestId, true);
+        // An earlier run of this request wrote the coupon. If this run holds another slot (it was
+        // admitted afresh after the earlier run settled), settling gives that slot back.
+        await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
         log.info({ couponId: written.coupon.id, slot: written.coupon.slot, replay: true }, 'coupon issued by an earlier run');
         return { outcome: 'succeeded', result: couponView(written.coupon) };
+      case 'policy-inactive':
+        // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
+        await releaseAdmission(deps.redis, policyId, requestId, true);
+        return { outcome: 'rejected', reason: reason('POLICY_NOT_ACTIVE') };
       case 'user-limit':
         // Redis believed the user had room; Postgres knows better. Give the slot back.
         await releaseAdmission(deps.redis, policyId, requestId, true);
@@ -86,8 +89,14 @@ export async function issueCoupon(
     }
   } catch (error) {
     if (attempt.last && !(error instanceof RetryableIssueError)) {
-      // No more attempts: give the stock back so it is not lost (I3). If this process dies
-      // before it gets here, the reconciler does the same from the job's final state.
+      // No more attempts. The insert may have committed before its answer was lost: then the
+      // coupon is the answer. Otherwise give the stock back so it is not lost (I3). If this
+      // process dies before it gets here, the reconciler does the same from the job's final state.
+      const committed = await findCouponByRequest(requestId).catch(() => null);
+      if (committed) {
+        await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
+        return { outcome: 'succeeded', result: couponView(committed) };
+      }
       await releaseAdmission(deps.redis, policyId, requestId, true).catch(() => undefined);
     }
     throw error;

@@ -1,5 +1,6 @@
 // Turns a BullMQ job into calls of its use case, with each request's trace id on its log lines.
 import { UnrecoverableError, type Job } from 'bullmq';
+import { reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import { issueBatchSchema, issueJobSchema, type CouponView, type JobOutcome } from '../queues/jobs';
 import type { AdmissionDeps } from './admission/admission';
@@ -60,9 +61,14 @@ export function createIssueProcessor(deps: AdmissionDeps, log: Logger): Processo
     };
     await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, requests.length) }, lane));
     const failure = settled.find((r) => r.status === 'rejected');
-    // Retry the whole batch: the requests that already succeeded find their coupons and answer the same.
-    if (failure) throw failure.reason;
-    return { results: settled.map((r) => (r as PromiseFulfilledResult<JobOutcome<CouponView>>).value) };
+    // Retry the whole batch while attempts remain: the requests that already succeeded find their
+    // coupons and answer the same. On the last attempt, only the requests that failed say so.
+    if (failure && !attempt.last) throw failure.reason;
+    return {
+      results: settled.map((r) =>
+        r.status === 'fulfilled' ? r.value : { outcome: 'failed' as const, reason: reason('INTERNAL', 'The request failed after retries.') },
+      ),
+    };
   };
 
   return (job) => (job.name === 'issue-batch' ? batch(job) : single(job));

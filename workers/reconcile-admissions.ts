@@ -41,10 +41,10 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number)
         if (now - admittedAt < minAgeMs) continue;
         report.examined += 1;
         const verdict = await judge(deps, requestId);
-        if (verdict === 'settle') {
-          await settleAdmission(deps.redis, policyId, requestId);
+        if (verdict.kind === 'settle') {
+          await settleAdmission(deps.redis, policyId, requestId, verdict.slot);
           report.settled += 1;
-        } else if (verdict === 'release') {
+        } else if (verdict.kind === 'release') {
           if (await releaseAdmission(deps.redis, policyId, requestId, true)) report.released += 1;
         }
       }
@@ -54,14 +54,17 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number)
   return report;
 }
 
-async function judge(deps: ReconcileDeps, requestId: string): Promise<'keep' | 'settle' | 'release'> {
+type Verdict = { kind: 'keep' } | { kind: 'settle'; slot: number | null } | { kind: 'release' };
+
+async function judge(deps: ReconcileDeps, requestId: string): Promise<Verdict> {
   const job = await deps.issueQueue.getJob(parseRequestId(requestId).jobId);
   if (job) {
     const state = await job.getState();
-    if (LIVE_STATES.has(state)) return 'keep';
+    if (LIVE_STATES.has(state)) return { kind: 'keep' };
   }
   // The job is finished or gone: its coupon either made it to Postgres or never will.
-  return (await findCouponByRequest(requestId)) ? 'settle' : 'release';
+  const coupon = await findCouponByRequest(requestId);
+  return coupon ? { kind: 'settle', slot: coupon.slot } : { kind: 'release' };
 }
 
 /** Runs the reconciler every `everyMs` in one process of the fleet at a time. */

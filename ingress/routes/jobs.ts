@@ -4,6 +4,7 @@ import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import type { Queues } from '../../queues/connection';
+import { couponView, findCouponByRequest } from '../../models/coupon';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
 import { parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
 import type { AppEnv } from '../context';
@@ -27,11 +28,20 @@ async function readJob(queues: Queues, queueName: QueueName, id: string): Promis
   const state = await queue.getJobState(jobId);
   if (state === 'unknown') return null;
   const job = await queue.getJob(jobId);
-  return job ? viewOf(job, state, id, index) : null;
+  const view = job ? viewOf(job, state, id, index) : null;
+  if (view?.status === 'failed' && view.type === 'issue') {
+    // A batch that failed or stalled out as a whole may still have written this request's coupon
+    // before it did: Postgres has the last word, so nobody holding a coupon is told "failed".
+    const coupon = await findCouponByRequest(id);
+    if (coupon) return { ...view, status: 'succeeded', result: couponView(coupon), reason: undefined };
+  }
+  return view;
 }
 
 /** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
 function viewOf(job: Job, state: string, id: string, index: number | null): OwnedJobView | null {
+  // A batch job is only ever read one request at a time; the batch itself is nobody's job.
+  if ((job.name === 'issue-batch') !== (index !== null)) return null;
   const request = index === null ? job.data : (job.data as { requests?: unknown[] }).requests?.[index];
   if (!request || typeof request !== 'object') return null;
   const base = {
@@ -46,6 +56,9 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
     const outcome = jobOutcomeSchema.safeParse(value);
     if (outcome.success && outcome.data.outcome === 'succeeded') {
       return { ...base, status: 'succeeded', result: outcome.data.result, ...(finishedAt && { finishedAt }) };
+    }
+    if (outcome.success && outcome.data.outcome === 'failed') {
+      return { ...base, status: 'failed', reason: outcome.data.reason, ...(finishedAt && { finishedAt }) };
     }
     if (outcome.success && outcome.data.outcome === 'rejected') {
       return { ...base, status: 'rejected', reason: outcome.data.reason, ...(finishedAt && { finishedAt }) };

@@ -1,6 +1,7 @@
 // Every migration, in order. A new one is appended here; applied ones are never edited.
 import { createCouponPolicies } from './0001-coupon-policies';
 import { createCoupons } from './0002-coupons';
+import { guardStatusAndLimits } from './0003-guard-status-and-limits';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits];

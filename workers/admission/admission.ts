@@ -72,9 +72,13 @@ function once(key: string, fn: () => Promise<void>): Promise<void> {
   return running;
 }
 
-/** The coupon row is committed: the admission is no longer pending. */
-export async function settleAdmission(redisClient: Redis, policyId: string, requestId: string): Promise<void> {
-  await redisClient.hdel(policyKeys(policyId).pending, requestId);
+/**
+ * The coupon row of the request is committed (holding `couponSlot`): close its pending admission,
+ * giving back any other slot a later run of the same request was admitted with.
+ */
+export async function settleAdmission(redisClient: Redis, policyId: string, requestId: string, couponSlot: number | null): Promise<void> {
+  const k = policyKeys(policyId);
+  await withAdmissionScripts(redisClient).settleCoupon(k.stock, k.free, k.users, k.pending, requestId, String(couponSlot ?? 0));
 }
 
 /** Undoes an admission whose coupon will never be written; `returnSlot` false when Postgres holds the slot. */

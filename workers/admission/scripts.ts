@@ -6,12 +6,14 @@ import type { Redis } from 'ioredis';
 const SCRIPTS = {
   admitCoupon: { file: 'admit.lua', keys: 5 },
   releaseCoupon: { file: 'release.lua', keys: 4 },
+  settleCoupon: { file: 'settle.lua', keys: 4 },
   setPolicyMeta: { file: 'set-meta.lua', keys: 1 },
 } as const;
 
 export interface AdmissionCommands {
   admitCoupon(meta: string, stock: string, free: string, users: string, pending: string, requestId: string, userId: string, methods: string): Promise<[string, number, string, string, number?]>;
   releaseCoupon(stock: string, free: string, users: string, pending: string, requestId: string, returnSlot: '0' | '1'): Promise<number>;
+  settleCoupon(stock: string, free: string, users: string, pending: string, requestId: string, couponSlot: string): Promise<number>;
   setPolicyMeta(meta: string, version: string, ttlMs: string, ...fields: string[]): Promise<number>;
 }
 
