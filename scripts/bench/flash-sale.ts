@@ -15,7 +15,7 @@
 //                                     them (SIGTERM) at the end.
 //   STACK [auto]                      auto | reuse (fail if BASE_URL is not ready) | spawn (always start one)
 //   USERS [20000]  STOCK [2000]  CONNECTIONS [100]  RUNS [1]  WORKERS [1] (spawned stack only)
-//   WARMUP [3000]                     requests of an unmeasured sale before the runs (0: none)
+//   WARMUP [10000]                     requests of an unmeasured sale before the runs (0: none)
 //   JWT_SECRET                        reused stack: this, else JWT_SECRET=... from .data/dev-secrets.env
 //                                     (written by `npm start`); spawned stack: this, else a random one
 //   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]   REDIS_URL [redis://127.0.0.1:6379]
@@ -74,7 +74,7 @@ const configSchema = z.object({
   SAMPLE_JOBS: int(100, 0),
   // Requests of an unmeasured sale first, so the runs meet JIT-compiled processes and open pools,
   // as a real sale meets a service that has been up for a while. 0 skips it.
-  WARMUP: int(3_000, 0),
+  WARMUP: int(10_000, 0),
 });
 type Config = z.infer<typeof configSchema>;
 
