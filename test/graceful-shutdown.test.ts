@@ -2,10 +2,8 @@
 // nothing; the web process exits 0 on SIGTERM too.
 import type { ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
-import { parseRequestId } from '../queues/names';
 import { Api, mapLimit } from './support/http';
+import { jobsCarrying, wasTakenOver } from './support/jobs';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { logFile, startStack, type Stack } from './support/stack';
@@ -62,17 +60,8 @@ async function messagesOf(name: string, last: string): Promise<(string | undefin
 
 /** How many of the jobs were started more than once, i.e. taken over from a worker that let them go. */
 async function takenOver(jobIds: string[]): Promise<number> {
-  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
-  const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
-  try {
-    // Requests travel in batch jobs: look at each job that carried one.
-    const batchIds = [...new Set(jobIds.map((id) => parseRequestId(id).jobId))];
-    const jobs = await Promise.all(batchIds.map((id) => queue.getJob(id)));
-    return jobs.filter((j) => !j || j.attemptsStarted > 1 || j.stalledCounter > 0).length;
-  } finally {
-    await queue.close();
-    connection.disconnect();
-  }
+  const jobs = await jobsCarrying(stack.queuePrefix, jobIds);
+  return jobs.filter((j) => !j || wasTakenOver(j)).length;
 }
 
 describe('graceful shutdown', () => {

@@ -1,9 +1,7 @@
 // Crash safety of issuance: a worker SIGKILLed in the middle of a sale loses no request and no stock.
 import type { ChildProcess } from 'node:child_process';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
-import { parseRequestId } from '../queues/names';
 import { Api, mapLimit } from './support/http';
+import { jobsCarrying, wasTakenOver } from './support/jobs';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { startStack, type Stack } from './support/stack';
@@ -38,17 +36,8 @@ afterAll(async () => {
 
 /** How many of the sale's jobs were started more than once (taken over after their worker died). */
 async function takenOver(jobIds: string[]): Promise<number> {
-  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
-  const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
-  try {
-    // Requests travel in batch jobs: look at each job that carried one.
-    const batchIds = [...new Set(jobIds.map((id) => parseRequestId(id).jobId))];
-    const jobs = await Promise.all(batchIds.map((id) => queue.getJob(id)));
-    return jobs.filter((j) => j && (j.attemptsStarted > 1 || j.stalledCounter > 0)).length;
-  } finally {
-    await queue.close();
-    connection.disconnect();
-  }
+  const jobs = await jobsCarrying(stack.queuePrefix, jobIds);
+  return jobs.filter((j) => j && wasTakenOver(j)).length;
 }
 
 function killed(child: ChildProcess): Promise<void> {
