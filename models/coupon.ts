@@ -4,8 +4,7 @@ import {
   DataTypes,
   Model,
   Op,
-  UniqueConstraintError,
-  DatabaseError,
+  QueryTypes,
   type CreationOptional,
   type InferAttributes,
   type InferCreationAttributes,
@@ -85,44 +84,91 @@ export type InsertOutcome =
   | { kind: 'policy-inactive' }
   | { kind: 'slot-taken' };
 
-const constraintOf = (error: unknown): string | undefined => {
-  if (error instanceof UniqueConstraintError) {
-    return (error.parent as { constraint?: string } | undefined)?.constraint;
-  }
-  if (error instanceof DatabaseError) return (error.parent as { constraint?: string }).constraint;
-  return undefined;
-};
-
-/**
- * Writes the coupon of one admitted issue request. The database decides the edge cases:
- * a request already written (a retried job) returns its coupon, and the slot and per-user
- * guards refuse what Redis should never have admitted.
- */
-export async function insertIssuedCoupon(input: {
+export interface IssuedCouponInput {
   policyId: string;
   userId: string;
   slot: number | null;
   requestId: string;
   issuedAt: Date;
   expiresAt: Date;
-}): Promise<InsertOutcome> {
+}
+
+interface PendingInsert {
+  row: IssuedCouponInput & { id: string };
+  resolve: (outcome: InsertOutcome) => void;
+  reject: (error: unknown) => void;
+}
+
+const OUTCOME_BY_CONSTRAINT: Record<string, InsertOutcome['kind']> = {
+  ck_coupons_per_user_limit: 'user-limit',
+  ck_coupons_policy_active: 'policy-inactive',
+  uq_coupons_policy_slot: 'slot-taken',
+  ck_coupons_slot_within_quantity: 'slot-taken',
+};
+
+/** A coupon row as to_jsonb gives it (snake_case, ISO times), made into a model instance. */
+function couponFromJson(row: Record<string, unknown>): Coupon {
+  const at = (v: unknown) => (v === null || v === undefined ? null : new Date(String(v)));
+  return Coupon.build(
+    {
+      id: String(row.id),
+      policyId: String(row.policy_id),
+      userId: String(row.user_id),
+      status: row.status as CouponStatus,
+      slot: row.slot === null ? null : Number(row.slot),
+      requestId: String(row.request_id),
+      issuedAt: at(row.issued_at) as Date,
+      expiresAt: at(row.expires_at) as Date,
+      reservedAt: at(row.reserved_at),
+      usedAt: at(row.used_at),
+      orderId: (row.order_id as string | null) ?? null,
+      reservationId: (row.reservation_id as string | null) ?? null,
+      createdAt: at(row.created_at) as Date,
+      updatedAt: at(row.updated_at) as Date,
+    },
+    { isNewRecord: false },
+  );
+}
+
+let waiting: PendingInsert[] = [];
+let flushScheduled = false;
+
+async function flushInserts(): Promise<void> {
+  flushScheduled = false;
+  const batch = waiting;
+  waiting = [];
   try {
-    const coupon = await Coupon.create({ id: randomUUID(), ...input });
-    return { kind: 'inserted', coupon };
-  } catch (error) {
-    const constraint = constraintOf(error);
-    if (constraint === undefined) throw error;
-    // A retried request whose first attempt committed before its worker died: its row trips the
-    // per-user or slot guard before the request_id one, so look for it first.
-    const existing = await Coupon.findOne({ where: { requestId: input.requestId } });
-    if (existing) return { kind: 'duplicate-request', coupon: existing };
-    if (constraint === 'ck_coupons_per_user_limit') return { kind: 'user-limit' };
-    if (constraint === 'ck_coupons_policy_active') return { kind: 'policy-inactive' };
-    if (constraint === 'uq_coupons_policy_slot' || constraint === 'ck_coupons_slot_within_quantity') {
-      return { kind: 'slot-taken' };
+    const rows = await Coupon.sequelize!.query<{ req: string; outcome: string; coupon: Record<string, unknown> | null }>(
+      'SELECT req, outcome, coupon FROM insert_issued_coupons($1::jsonb)',
+      { bind: [JSON.stringify(batch.map((p) => p.row))], type: QueryTypes.SELECT },
+    );
+    const byRequest = new Map(rows.map((r) => [r.req, r]));
+    for (const pending of batch) {
+      const result = byRequest.get(pending.row.requestId);
+      const kind = result?.outcome === 'inserted' || result?.outcome === 'duplicate-request' ? result.outcome : OUTCOME_BY_CONSTRAINT[result?.outcome ?? ''];
+      if (!result || !kind) pending.reject(new Error(`coupon insert for ${pending.row.requestId} answered ${result?.outcome ?? 'nothing'}`));
+      else if (kind === 'inserted' || kind === 'duplicate-request') pending.resolve({ kind, coupon: couponFromJson(result.coupon ?? {}) });
+      else pending.resolve({ kind });
     }
-    throw error;
+  } catch (error) {
+    for (const pending of batch) pending.reject(error);
   }
+}
+
+/**
+ * Writes the coupon of one admitted issue request. The inserts asked for in the same turn of the
+ * event loop travel together in one statement (insert_issued_coupons), one outcome per row. The
+ * database decides the edge cases: a request already written (a rerun) returns its coupon, and the
+ * slot, per-user and policy-status guards refuse what Redis should never have admitted.
+ */
+export function insertIssuedCoupon(input: IssuedCouponInput): Promise<InsertOutcome> {
+  return new Promise((resolve, reject) => {
+    waiting.push({ row: { id: randomUUID(), ...input }, resolve, reject });
+    if (!flushScheduled) {
+      flushScheduled = true;
+      setImmediate(() => void flushInserts());
+    }
+  });
 }
 
 export async function findCouponByRequest(requestId: string): Promise<Coupon | null> {

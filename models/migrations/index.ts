@@ -2,6 +2,7 @@
 import { createCouponPolicies } from './0001-coupon-policies';
 import { createCoupons } from './0002-coupons';
 import { guardStatusAndLimits } from './0003-guard-status-and-limits';
+import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons];
