@@ -122,6 +122,27 @@ describe('admission state', () => {
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 0 });
   });
 
+  it('writes coupons asked for together in one statement, with each row its own outcome', async () => {
+    const policy = await newPolicy({ totalQuantity: 3, perUserLimit: 1 });
+    const now = new Date();
+    const base = { policyId: policy.id, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) };
+    const alice = uniqueId('alice');
+    const committedRequest = randomUUID();
+    await insertIssuedCoupon({ ...base, userId: uniqueId('early'), slot: 3, requestId: committedRequest });
+    // One turn of the event loop: these five travel together.
+    const outcomes = await Promise.all([
+      insertIssuedCoupon({ ...base, userId: alice, slot: 1, requestId: randomUUID() }),
+      insertIssuedCoupon({ ...base, userId: alice, slot: 2, requestId: randomUUID() }), // alice's second: over the limit
+      insertIssuedCoupon({ ...base, userId: uniqueId('bob'), slot: 1, requestId: randomUUID() }), // slot 1 taken
+      insertIssuedCoupon({ ...base, userId: uniqueId('carol'), slot: 4, requestId: randomUUID() }), // beyond the quantity
+      insertIssuedCoupon({ ...base, userId: uniqueId('late'), slot: 2, requestId: committedRequest }), // a rerun
+    ]);
+    expect(outcomes.map((o) => o.kind)).toEqual(['inserted', 'user-limit', 'slot-taken', 'slot-taken', 'duplicate-request']);
+    const rerun = outcomes[4] as { coupon: { slot: number | null } };
+    expect(rerun.coupon.slot).toBe(3);
+    expect((await couponsOf(policy.id)).map((r) => r.slot)).toEqual([1, 3]);
+  });
+
   it('lets Postgres refuse a coupon of a paused policy even when Redis admitted it', async () => {
     const policy = await newPolicy({ totalQuantity: 5 });
     await policy.update({ status: 'PAUSED' });

@@ -1,7 +1,8 @@
 // Writes the coupons of many admitted requests in one round trip. Each row gets its own outcome:
 // a constraint that refuses one row (a rerun's duplicate, a per-user or slot guard, an inactive
 // policy) does not abort the others. Rows are taken in (policy, user) order, so two concurrent
-// calls take the per-user advisory locks in the same order and cannot deadlock on them.
+// calls take the per-user advisory locks in the same order and cannot deadlock on them; a user's
+// own rows keep the order they were asked in.
 import type { Migration } from './types';
 
 export const insertIssuedCoupons: Migration = {
@@ -16,7 +17,8 @@ export const insertIssuedCoupons: Migration = {
         c coupons%ROWTYPE;
         refused_by text;
       BEGIN
-        FOR r IN SELECT value FROM jsonb_array_elements(requests) ORDER BY value->>'policyId', value->>'userId' LOOP
+        FOR r IN SELECT e.value FROM jsonb_array_elements(requests) WITH ORDINALITY AS e(value, n)
+                  ORDER BY e.value->>'policyId', e.value->>'userId', e.n LOOP
           req := r->>'requestId';
           BEGIN
             INSERT INTO coupons (id, policy_id, user_id, slot, request_id, issued_at, expires_at)
