@@ -3,6 +3,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
+import { runMigrations } from '../../models/migrator';
+import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';
 import path from 'node:path';
 import { Queue } from 'bullmq';
@@ -102,6 +104,10 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     const entry = cmd.find((arg) => arg.endsWith('.js'));
     if (entry && !existsSync(path.join(ROOT, entry))) throw new Error(`${entry} is missing: the build did not produce it`);
   }
+
+  // The stack needs its database to exist and be migrated, as `npm start` would have left it.
+  await ensurePostgres(opts.databaseUrl, { info: () => undefined, warn: (msg) => process.stderr.write(`[bench] ${msg}\n`) });
+  await runMigrations(opts.databaseUrl);
 
   const port = await freePort();
   const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString('base64url');
