@@ -11,6 +11,7 @@ import {
   type Sequelize,
   type WhereOptions,
 } from 'sequelize';
+import { coalescePerTurn } from '../core/concurrency';
 import type { CouponView } from '../queues/jobs';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 
@@ -93,12 +94,6 @@ export interface IssuedCouponInput {
   expiresAt: Date;
 }
 
-interface PendingInsert {
-  row: IssuedCouponInput & { id: string };
-  resolve: (outcome: InsertOutcome) => void;
-  reject: (error: unknown) => void;
-}
-
 const OUTCOME_BY_CONSTRAINT: Record<string, InsertOutcome['kind']> = {
   ck_coupons_per_user_limit: 'user-limit',
   ck_coupons_policy_active: 'policy-inactive',
@@ -130,29 +125,14 @@ function couponFromJson(row: Record<string, unknown>): Coupon {
   );
 }
 
-let waiting: PendingInsert[] = [];
-let flushScheduled = false;
+type RowResult = { req: string; outcome: string; coupon: Record<string, unknown> | null };
 
-async function flushInserts(): Promise<void> {
-  flushScheduled = false;
-  const batch = waiting;
-  waiting = [];
-  try {
-    const rows = await Coupon.sequelize!.query<{ req: string; outcome: string; coupon: Record<string, unknown> | null }>(
-      'SELECT req, outcome, coupon FROM insert_issued_coupons($1::jsonb)',
-      { bind: [JSON.stringify(batch.map((p) => p.row))], type: QueryTypes.SELECT },
-    );
-    const byRequest = new Map(rows.map((r) => [r.req, r]));
-    for (const pending of batch) {
-      const result = byRequest.get(pending.row.requestId);
-      const kind = result?.outcome === 'inserted' || result?.outcome === 'duplicate-request' ? result.outcome : OUTCOME_BY_CONSTRAINT[result?.outcome ?? ''];
-      if (!result || !kind) pending.reject(new Error(`coupon insert for ${pending.row.requestId} answered ${result?.outcome ?? 'nothing'}`));
-      else if (kind === 'inserted' || kind === 'duplicate-request') pending.resolve({ kind, coupon: couponFromJson(result.coupon ?? {}) });
-      else pending.resolve({ kind });
-    }
-  } catch (error) {
-    for (const pending of batch) pending.reject(error);
+function outcomeOf(row: IssuedCouponInput, result: RowResult | undefined): InsertOutcome | Error {
+  if (result?.outcome === 'inserted' || result?.outcome === 'duplicate-request') {
+    return { kind: result.outcome, coupon: couponFromJson(result.coupon ?? {}) };
   }
+  const kind = OUTCOME_BY_CONSTRAINT[result?.outcome ?? ''];
+  return kind ? ({ kind } as InsertOutcome) : new Error(`coupon insert for ${row.requestId} answered ${result?.outcome ?? 'nothing'}`);
 }
 
 /**
@@ -161,15 +141,14 @@ async function flushInserts(): Promise<void> {
  * database decides the edge cases: a request already written (a rerun) returns its coupon, and the
  * slot, per-user and policy-status guards refuse what Redis should never have admitted.
  */
-export function insertIssuedCoupon(input: IssuedCouponInput): Promise<InsertOutcome> {
-  return new Promise((resolve, reject) => {
-    waiting.push({ row: { id: randomUUID(), ...input }, resolve, reject });
-    if (!flushScheduled) {
-      flushScheduled = true;
-      setImmediate(() => void flushInserts());
-    }
+export const insertIssuedCoupon = coalescePerTurn(async (rows: IssuedCouponInput[]) => {
+  const results = await Coupon.sequelize!.query<RowResult>('SELECT req, outcome, coupon FROM insert_issued_coupons($1::jsonb)', {
+    bind: [JSON.stringify(rows.map((row) => ({ id: randomUUID(), ...row })))],
+    type: QueryTypes.SELECT,
   });
-}
+  const byRequest = new Map(results.map((r) => [r.req, r]));
+  return rows.map((row) => outcomeOf(row, byRequest.get(row.requestId)));
+});
 
 export async function findCouponByRequest(requestId: string): Promise<Coupon | null> {
   return Coupon.findOne({ where: { requestId } });

@@ -160,8 +160,3 @@ export function couponExpiry(policy: Pick<PolicyRules, 'validUntil' | 'validDays
   if (candidates.length === 0) throw new Error('a policy without validity cannot issue');
   return new Date(Math.min(...candidates));
 }
-
-/** Issue methods that go through the per-policy admission step of POST /coupons/issue {policyId}. */
-export function issuableByPolicyId(method: IssueMethod): boolean {
-  return method === 'FIRST_COME' || method === 'DOWNLOAD';
-}

@@ -59,5 +59,3 @@ export function createQueues(redisUrl = config().REDIS_URL): Queues {
     },
   };
 }
-
-export const ALL_QUEUES: QueueName[] = Object.values(QUEUES);

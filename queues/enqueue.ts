@@ -1,5 +1,6 @@
 // Enqueue helpers: a job is in Redis before the client hears 202, or the client hears 503 (I7, I9).
 import { randomUUID } from 'node:crypto';
+import { coalescePerTurn } from '../core/concurrency';
 import { AppError } from '../core/errors';
 import type { Queues } from './connection';
 import { MAX_ISSUE_BATCH, type IssueJob } from './jobs';
@@ -19,45 +20,16 @@ async function addJob(queues: Queues, queue: QueueName, name: string, data: obje
   }
 }
 
-export function enqueueIssue(queues: Queues, data: IssueJob): Promise<string> {
-  return addJob(queues, QUEUES.issue, 'issue', data, newJobId(QUEUES.issue, randomUUID()));
-}
-
-interface Waiting {
-  data: IssueJob;
-  resolve: (requestId: string) => void;
-  reject: (error: unknown) => void;
-}
-
 /**
  * Coalesces the issue requests a web process receives within one turn of its event loop into one
- * batch job (at most MAX_ISSUE_BATCH each). Nobody waits on a timer: the batch is flushed as soon as
- * the requests already read are parsed. Every request hears 202 only once its batch is in Redis,
- * and all of a batch hear 503 together when it cannot be queued.
+ * batch job (at most MAX_ISSUE_BATCH each). Every request hears 202 only once its batch is in
+ * Redis, and all of a batch hear 503 together when it cannot be queued.
  */
 export function createIssueBatcher(queues: Queues): (data: IssueJob) => Promise<string> {
-  const waiting: Waiting[] = [];
-  let scheduled = false;
-
-  const flush = () => {
-    scheduled = false;
-    while (waiting.length > 0) {
-      const batch = waiting.splice(0, MAX_ISSUE_BATCH);
-      const jobId = newJobId(QUEUES.issue, randomUUID());
-      const requests = batch.map((w, i) => ({ ...w.data, requestId: requestIdOf(jobId, i) }));
-      addJob(queues, QUEUES.issue, 'issue-batch', { requests }, jobId).then(
-        () => batch.forEach((w, i) => w.resolve(requestIdOf(jobId, i))),
-        (error: unknown) => batch.forEach((w) => w.reject(error)),
-      );
-    }
-  };
-
-  return (data) =>
-    new Promise<string>((resolve, reject) => {
-      waiting.push({ data, resolve, reject });
-      if (!scheduled) {
-        scheduled = true;
-        setImmediate(flush);
-      }
-    });
+  return coalescePerTurn(async (batch: IssueJob[]) => {
+    const jobId = newJobId(QUEUES.issue, randomUUID());
+    const requests = batch.map((data, i) => ({ ...data, requestId: requestIdOf(jobId, i) }));
+    await addJob(queues, QUEUES.issue, 'issue-batch', { requests }, jobId);
+    return requests.map((r) => r.requestId);
+  }, MAX_ISSUE_BATCH);
 }

@@ -48,10 +48,14 @@ async function newPolicy(overrides: Record<string, unknown> = {}) {
   return policy;
 }
 
+/** One request, in a batch job of its own, as the web would queue it; answers the request's outcome. */
 async function issue(policyId: string, userId: string) {
-  const job = await queue.add('issue', { policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString() }, { jobId: `iss_${randomUUID()}`, attempts: 3 });
+  const jobId = `iss_${randomUUID()}`;
+  const request = { policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString(), requestId: `${jobId}.0` };
+  const job = await queue.add('issue-batch', { requests: [request] }, { jobId, attempts: 3 });
   await job.waitUntilFinished(events, 30_000).catch(() => undefined);
-  return (await queue.getJob(job.id as string))?.returnvalue as { outcome: string; reason?: { code: string } };
+  const value = (await queue.getJob(jobId))?.returnvalue as { results: { outcome: string; reason?: { code: string } }[] } | undefined;
+  return value?.results[0] as { outcome: string; reason?: { code: string } };
 }
 
 describe('admission state', () => {

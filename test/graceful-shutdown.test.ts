@@ -7,20 +7,20 @@ import { jobsCarrying, wasTakenOver } from './support/jobs';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { logFile, startStack, type Stack } from './support/stack';
-import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
 const NAME = 'graceful-shutdown';
 let stack: Stack;
 let api: Api;
-let slowPostgres: TcpProxy;
+let pgProxy: TcpProxy;
+let slowDatabaseUrl: string;
 
 beforeAll(async () => {
   // Workers reach Postgres through a proxy adding 20 ms each way, so a SIGTERM always finds jobs in flight.
-  const pg = new URL(process.env.DATABASE_URL as string);
-  slowPostgres = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) }, 20);
+  ({ proxy: pgProxy, databaseUrl: slowDatabaseUrl } = await slowPostgres(20));
   stack = await startStack({ workers: 0, name: NAME, env: { WORKER_CONCURRENCY: '16' } });
-  const workerEnv = { DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) };
+  const workerEnv = { DATABASE_URL: slowDatabaseUrl };
   await stack.startWorker(workerEnv);
   await stack.startWorker(workerEnv);
   api = new Api(stack.baseUrl, 64);
@@ -29,7 +29,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await api?.close();
   await stack?.stop();
-  await slowPostgres?.close();
+  await pgProxy?.close();
   await closeDb();
 });
 

@@ -5,12 +5,13 @@ import { jobsCarrying, wasTakenOver } from './support/jobs';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { startStack, type Stack } from './support/stack';
-import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
 let stack: Stack;
 let api: Api;
-let slowPostgres: TcpProxy;
+let pgProxy: TcpProxy;
+let slowDatabaseUrl: string;
 
 // Short locks so a killed worker's jobs are noticed within seconds instead of half a minute.
 const FAST_STALL = { JOB_LOCK_MS: '2000', JOB_STALLED_INTERVAL_MS: '1000', WORKER_CONCURRENCY: '16' };
@@ -18,9 +19,8 @@ const FAST_STALL = { JOB_LOCK_MS: '2000', JOB_STALLED_INTERVAL_MS: '1000', WORKE
 beforeAll(async () => {
   // The workers reach Postgres through a proxy that adds 20 ms each way, so every winning job is
   // in flight for a while: the kill below always lands on admitted jobs whose coupon is not yet written.
-  const pg = new URL(process.env.DATABASE_URL as string);
-  slowPostgres = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) }, 20);
-  const workerEnv = { ...FAST_STALL, DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) };
+  ({ proxy: pgProxy, databaseUrl: slowDatabaseUrl } = await slowPostgres(20));
+  const workerEnv = { ...FAST_STALL, DATABASE_URL: slowDatabaseUrl };
   stack = await startStack({ workers: 0, name: 'worker-crash', env: FAST_STALL });
   await stack.startWorker(workerEnv);
   await stack.startWorker(workerEnv);
@@ -30,7 +30,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await api?.close();
   await stack?.stop();
-  await slowPostgres?.close();
+  await pgProxy?.close();
   await closeDb();
 });
 
@@ -65,7 +65,7 @@ describe('a worker killed mid-sale', () => {
       // Kill one worker while it is busy, then bring a fresh one up, as a process manager would.
       if (accepted === 150 && !crash) {
         crash = killed(victim).then(async () => {
-          await stack.startWorker({ ...FAST_STALL, DATABASE_URL: viaProxy(process.env.DATABASE_URL as string, slowPostgres) });
+          await stack.startWorker({ ...FAST_STALL, DATABASE_URL: slowDatabaseUrl });
         });
       }
       return reply;

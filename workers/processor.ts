@@ -1,8 +1,9 @@
-// Turns a BullMQ job into calls of its use case, with each request's trace id on its log lines.
+// Turns an issue batch job into one use-case call per request, each with its own trace id on its log lines.
 import { UnrecoverableError, type Job } from 'bullmq';
 import { reason } from '../core/errors';
 import type { Logger } from '../core/logger';
-import { issueBatchSchema, issueJobSchema, type CouponView, type JobOutcome } from '../queues/jobs';
+import { mapLimit } from '../core/concurrency';
+import { issueBatchSchema, type CouponView, type JobOutcome } from '../queues/jobs';
 import type { AdmissionDeps } from './admission/admission';
 import { issueCoupon, type Attempt } from './issue-coupon';
 
@@ -10,7 +11,7 @@ export interface BatchOutcome {
   results: JobOutcome<CouponView>[];
 }
 
-export type Processor = (job: Job) => Promise<JobOutcome<unknown> | BatchOutcome>;
+export type Processor = (job: Job) => Promise<BatchOutcome>;
 
 /** Requests of one batch handled at once: enough to overlap round trips, few enough for the Postgres pool. */
 const BATCH_PARALLELISM = 16;
@@ -25,41 +26,20 @@ function malformed(job: Job, message: string | undefined): never {
 }
 
 export function createIssueProcessor(deps: AdmissionDeps, log: Logger): Processor {
-  const single = async (job: Job) => {
-    const parsed = issueJobSchema.safeParse(job.data);
-    if (!parsed.success) malformed(job, parsed.error.issues[0]?.message);
-    const jobLog = log.child({ traceId: parsed.data.traceId, jobId: job.id, attempt: job.attemptsMade + 1 });
-    try {
-      return await issueCoupon(deps, { ...parsed.data, requestId: job.id as string }, attemptOf(job), jobLog);
-    } catch (error) {
-      jobLog.warn({ err: error }, 'job attempt failed');
-      throw error;
-    }
-  };
-
-  const batch = async (job: Job): Promise<BatchOutcome> => {
+  return async (job) => {
     const parsed = issueBatchSchema.safeParse(job.data);
     if (!parsed.success) malformed(job, parsed.error.issues[0]?.message);
     const attempt = attemptOf(job);
-    const requests = parsed.data.requests;
-    const settled: PromiseSettledResult<JobOutcome<CouponView>>[] = new Array(requests.length);
-    let next = 0;
-    const lane = async () => {
-      while (next < requests.length) {
-        const index = next;
-        next += 1;
-        const request = requests[index] as (typeof requests)[number];
-        const requestLog = log.child({ traceId: request.traceId, jobId: request.requestId, attempt: job.attemptsMade + 1 });
-        settled[index] = await issueCoupon(deps, request, attempt, requestLog).then(
-          (value) => ({ status: 'fulfilled', value }) as const,
-          (reason: unknown) => {
-            requestLog.warn({ err: reason }, 'request failed in this attempt');
-            return { status: 'rejected', reason } as const;
-          },
-        );
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(BATCH_PARALLELISM, requests.length) }, lane));
+    const settled = await mapLimit(parsed.data.requests, BATCH_PARALLELISM, (request) => {
+      const requestLog = log.child({ traceId: request.traceId, jobId: request.requestId, attempt: job.attemptsMade + 1 });
+      return issueCoupon(deps, request, attempt, requestLog).then(
+        (value): PromiseSettledResult<JobOutcome<CouponView>> => ({ status: 'fulfilled', value }),
+        (error: unknown): PromiseSettledResult<JobOutcome<CouponView>> => {
+          requestLog.warn({ err: error }, 'request failed in this attempt');
+          return { status: 'rejected', reason: error };
+        },
+      );
+    });
     const failure = settled.find((r) => r.status === 'rejected');
     // Retry the whole batch while attempts remain: the requests that already succeeded find their
     // coupons and answer the same. On the last attempt, only the requests that failed say so.
@@ -70,6 +50,4 @@ export function createIssueProcessor(deps: AdmissionDeps, log: Logger): Processo
       ),
     };
   };
-
-  return (job) => (job.name === 'issue-batch' ? batch(job) : single(job));
 }

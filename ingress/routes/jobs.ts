@@ -19,9 +19,9 @@ export function accepted(c: Context<AppEnv>, jobId: string) {
   return c.json({ jobId, status: 'pending' as const, statusUrl: `/api/v1/jobs/${jobId}` }, 202);
 }
 
-/** Reads the state first and the job after it, so a final state always comes with the final result. */
 type OwnedJobView = JobView & { ownerId: string };
 
+/** Reads the state first and the job after it, so a final state always comes with the final result. */
 async function readJob(queues: Queues, queueName: QueueName, id: string): Promise<OwnedJobView | null> {
   const queue = queues.get(queueName);
   const { jobId, index } = parseRequestId(id);
@@ -53,15 +53,11 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
     const value: unknown = index === null ? job.returnvalue : (job.returnvalue as { results?: unknown[] } | null)?.results?.[index];
-    const outcome = jobOutcomeSchema.safeParse(value);
-    if (outcome.success && outcome.data.outcome === 'succeeded') {
-      return { ...base, status: 'succeeded', result: outcome.data.result, ...(finishedAt && { finishedAt }) };
-    }
-    if (outcome.success && outcome.data.outcome === 'failed') {
-      return { ...base, status: 'failed', reason: outcome.data.reason, ...(finishedAt && { finishedAt }) };
-    }
-    if (outcome.success && outcome.data.outcome === 'rejected') {
-      return { ...base, status: 'rejected', reason: outcome.data.reason, ...(finishedAt && { finishedAt }) };
+    const parsed = jobOutcomeSchema.safeParse(value);
+    if (parsed.success) {
+      const outcome = parsed.data;
+      const detail = outcome.outcome === 'succeeded' ? { result: outcome.result } : { reason: outcome.reason };
+      return { ...base, status: outcome.outcome, ...detail, ...(finishedAt && { finishedAt }) };
     }
   }
   if (state === 'completed' || state === 'failed') {

@@ -46,6 +46,7 @@ import { SignJWT } from 'jose';
 import { Client as PgClient } from 'pg';
 import { z } from 'zod';
 import { urlWith } from '../../core/config';
+import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
@@ -110,20 +111,6 @@ function median(values: (number | null | undefined)[]): number | null {
   const mid = Math.floor(xs.length / 2);
   const m = xs.length % 2 ? (xs[mid] as number) : ((xs[mid - 1] as number) + (xs[mid] as number)) / 2;
   return Number.isFinite(m) ? round(m, 3) : null;
-}
-
-async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(limit, items.length) }, async () => {
-      while (next < items.length) {
-        const i = next++;
-        out[i] = await fn(items[i] as T);
-      }
-    }),
-  );
-  return out;
 }
 
 function signer(secret: string) {

@@ -56,17 +56,4 @@ export class Api {
   }
 }
 
-/** Runs fn over items with at most `limit` in flight; results keep the input order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next;
-      next += 1;
-      results[index] = await fn(items[index] as T, index);
-    }
-  });
-  await Promise.all(lanes);
-  return results;
-}
+export { mapLimit } from '../../core/concurrency';

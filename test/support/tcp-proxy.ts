@@ -84,3 +84,11 @@ export function viaProxy(url: string, proxy: TcpProxy): string {
   u.port = String(proxy.port);
   return u.toString();
 }
+
+/** A proxy in front of the test Postgres that adds `latencyMs` each way, and the URL through it. */
+export async function slowPostgres(latencyMs: number): Promise<{ proxy: TcpProxy; databaseUrl: string }> {
+  const direct = process.env.DATABASE_URL as string;
+  const pg = new URL(direct);
+  const proxy = await startTcpProxy({ host: pg.hostname, port: Number(pg.port || 5432) }, latencyMs);
+  return { proxy, databaseUrl: viaProxy(direct, proxy) };
+}

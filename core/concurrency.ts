@@ -1,0 +1,53 @@
+// Two small concurrency tools the hot path and the tests share: bounded parallel map, and the
+// coalescing of calls made in one turn of the event loop into one batched call.
+
+/** Runs fn over items with at most `limit` in flight; results keep the input order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const lanes = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next;
+      next += 1;
+      results[index] = await fn(items[index] as T, index);
+    }
+  });
+  await Promise.all(lanes);
+  return results;
+}
+
+/**
+ * Turns a batch operation into a per-item call: the items asked for in the same turn of the event
+ * loop (at most maxBatch at a time) go to `run` together once the turn's I/O is handled; nobody
+ * waits on a timer. `run` answers one result per item, in order, or an Error for that item alone;
+ * if `run` throws, every item of its batch fails with that error.
+ */
+export function coalescePerTurn<T, R>(run: (items: T[]) => Promise<(R | Error)[]>, maxBatch = Number.POSITIVE_INFINITY): (item: T) => Promise<R> {
+  const waiting: { item: T; resolve: (value: R) => void; reject: (error: unknown) => void }[] = [];
+  let scheduled = false;
+
+  const flush = () => {
+    scheduled = false;
+    while (waiting.length > 0) {
+      const batch = waiting.splice(0, maxBatch);
+      run(batch.map((w) => w.item)).then(
+        (results) =>
+          batch.forEach((w, i) => {
+            const result = results[i];
+            if (result instanceof Error) w.reject(result);
+            else w.resolve(result as R);
+          }),
+        (error: unknown) => batch.forEach((w) => w.reject(error)),
+      );
+    }
+  };
+
+  return (item) =>
+    new Promise<R>((resolve, reject) => {
+      waiting.push({ item, resolve, reject });
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    });
+}
