@@ -44,7 +44,6 @@ async function main(): Promise<void> {
     // Never younger than two lock periods: a live job's worker renews its lock well within that.
     Math.max(cfg.ADMISSION_RECONCILE_AGE_MS, cfg.JOB_LOCK_MS * 2),
   );
-  log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: [QUEUES.issue] }, 'worker started');
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -62,6 +61,8 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // Say "started" only once a signal can no longer kill the process without its drain.
+  log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: [QUEUES.issue] }, 'worker started');
 }
 
 /**

@@ -11,10 +11,6 @@ async function main(): Promise<void> {
   const admin = kafka.admin();
   await admin.connect();
   const cluster = await admin.describeCluster();
-  log.info(
-    { brokers: cluster.brokers.map((b) => `${b.host}:${b.port}`), clusterId: cluster.clusterId, topics: [cfg.KAFKA_PAYMENTS_TOPIC, cfg.KAFKA_USER_EVENTS_TOPIC] },
-    'bridge connected to kafka',
-  );
   const keepAlive = setInterval(() => undefined, 60_000);
 
   let stopping = false;
@@ -29,6 +25,11 @@ async function main(): Promise<void> {
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  // Say "ready" only once a signal can no longer kill the process without its shutdown.
+  log.info(
+    { brokers: cluster.brokers.map((b) => `${b.host}:${b.port}`), clusterId: cluster.clusterId, topics: [cfg.KAFKA_PAYMENTS_TOPIC, cfg.KAFKA_USER_EVENTS_TOPIC] },
+    'bridge connected to kafka',
+  );
 }
 
 main().catch((error: unknown) => {
