@@ -29,9 +29,19 @@ export const configSchema = z.object({
   KAFKA_CLIENT_ID: z.string().min(1).default('coupon-service'),
   KAFKA_PAYMENTS_TOPIC: z.string().min(1).default('payments.v1'),
   KAFKA_USER_EVENTS_TOPIC: z.string().min(1).default('user-events.v1'),
+  // The bridge's consumer group, how many partitions it creates topics with and works on at once.
+  KAFKA_GROUP_ID: z.string().min(1).default('coupon-bridge'),
+  KAFKA_TOPIC_PARTITIONS: intFrom(6, 1),
+  KAFKA_PARTITIONS_CONCURRENCY: intFrom(6, 1),
+  // How long the group waits for a bridge that stopped heartbeating before handing its partitions on.
+  KAFKA_SESSION_TIMEOUT_MS: intFrom(30_000, 6_000),
+  // How often the bridge logs its consumer lag.
+  KAFKA_LAG_LOG_INTERVAL_MS: intFrom(15_000, 100),
   // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
   RESERVATION_TTL_SECONDS: intFrom(600, 1),
+  // How often each worker ends the reservations whose time is up (I6 allows 5 s past expiresAt).
+  RESERVATION_SWEEP_INTERVAL_MS: intFrom(1_000, 100),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   WORKER_CONCURRENCY: intFrom(64, 1),
   // How long a worker rests after its queue runs dry, so the next jobs are taken as a batch.
@@ -45,6 +55,8 @@ export const configSchema = z.object({
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
   BULL_BOARD_USER: z.string().min(1).optional(),
   BULL_BOARD_PASSWORD: z.string().min(1).optional(),
+  // Test-only fault injection (core/failpoints.ts), honoured only when NODE_ENV=test.
+  FAILPOINTS: z.string().optional(),
 });
 
 export type Config = z.infer<typeof configSchema>;

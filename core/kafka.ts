@@ -27,3 +27,19 @@ export function createKafka(log: Logger): Kafka {
 }
 
 export type { Consumer, Producer, Kafka };
+
+/** Creates the topics that do not exist yet (with their dead-letter topics when asked), and waits for their leaders. */
+export async function createTopicsIfMissing(kafka: Kafka, topics: string[], numPartitions: number): Promise<string[]> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const existing = new Set(await admin.listTopics());
+    const missing = topics.filter((t) => !existing.has(t));
+    if (missing.length > 0) {
+      await admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions })), waitForLeaders: true });
+    }
+    return missing;
+  } finally {
+    await admin.disconnect().catch(() => undefined);
+  }
+}

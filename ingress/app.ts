@@ -8,6 +8,7 @@ import { authenticate } from './middleware/auth';
 import { limitBody } from './middleware/body-limit';
 import { notFound, onError } from './middleware/errors';
 import { trace } from './middleware/trace';
+import { checkoutRoutes } from './routes/checkout';
 import { healthRoutes } from './routes/health';
 import { issueRoutes } from './routes/issue';
 import { jobRoutes } from './routes/jobs';
@@ -38,6 +39,7 @@ export function createApp(deps: AppDeps) {
   api.route('/coupons/policies', policyRoutes(deps.redis));
   api.route('/coupons/issue', issueRoutes(deps.queues));
   api.route('/coupons/users', userRoutes());
+  api.route('/coupons', checkoutRoutes(deps.queues));
   api.route('/jobs', jobRoutes(deps.queues));
   app.route('/api/v1', api);
 

@@ -55,6 +55,8 @@ export const policyCreateSchema = z
       .regex(/^[A-Z][A-Z0-9_]{1,63}$/, 'an event type such as USER_SIGNED_UP')
       .optional(),
     status: z.enum(['ACTIVE', 'PAUSED']).default('ACTIVE'),
+    // A refunded order gives its coupon back while the coupon is still valid.
+    restoreOnRefund: z.boolean().default(true),
   })
   .strict()
   .superRefine((p, ctx) => {

@@ -33,6 +33,7 @@ export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCrea
   declare code: string | null;
   declare triggerEvent: string | null;
   declare status: PolicyStatus;
+  declare restoreOnRefund: CreationOptional<boolean>;
   declare version: CreationOptional<number>;
   declare createdAt: CreationOptional<Date>;
   declare updatedAt: CreationOptional<Date>;
@@ -69,6 +70,7 @@ export function initPolicyModel(db: Sequelize): void {
       code: { type: DataTypes.TEXT, allowNull: true },
       triggerEvent: { type: DataTypes.TEXT, allowNull: true, field: 'trigger_event' },
       status: { type: DataTypes.TEXT, allowNull: false },
+      restoreOnRefund: { type: DataTypes.BOOLEAN, allowNull: false, defaultValue: true, field: 'restore_on_refund' },
       version: { type: DataTypes.INTEGER, allowNull: false, defaultValue: 1 },
       createdAt: { type: DataTypes.DATE, field: 'created_at' },
       updatedAt: { type: DataTypes.DATE, field: 'updated_at' },
@@ -96,6 +98,7 @@ export function policyRowFromCreate(id: string, input: PolicyCreate): CreationAt
     code: input.code ?? null,
     triggerEvent: input.triggerEvent ?? null,
     status: input.status,
+    restoreOnRefund: input.restoreOnRefund,
   };
 }
 
@@ -151,6 +154,7 @@ export function policyView(p: CouponPolicy, counts: PolicyCounts = { issuedCount
     ...(p.code !== null && { code: p.code }),
     ...(p.triggerEvent !== null && { triggerEvent: p.triggerEvent }),
     status: p.status,
+    restoreOnRefund: p.restoreOnRefund,
     issuedCount: counts.issuedCount,
     usedCount: counts.usedCount,
     createdAt: p.createdAt.toISOString(),

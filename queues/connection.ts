@@ -15,6 +15,13 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
     removeOnComplete: { age: 24 * 3600, count: 50_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
+  checkout: {
+    // More and longer retries than issue: a refund that overtook its payment waits here (~30 s in all).
+    attempts: 8,
+    backoff: { type: 'exponential', delay: 250 },
+    removeOnComplete: { age: 24 * 3600, count: 200_000 },
+    removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
+  },
 };
 
 export interface Queues {

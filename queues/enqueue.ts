@@ -4,16 +4,18 @@ import { coalescePerTurn } from '../core/concurrency';
 import { AppError } from '../core/errors';
 import type { Queues } from './connection';
 import { MAX_ISSUE_BATCH, type IssueJob } from './jobs';
-import { newJobId, QUEUES, requestIdOf, type QueueName } from './names';
+import { JOB_KINDS, newJobId, requestIdOf, type JobKind } from './names';
 
 /**
  * Adds a job; any failure is a 503. There is deliberately no timer of our own: a 503 must mean
  * "not queued", and a timer cannot cancel an add already sent. The producer connection has no
  * offline queue and no resend, so an add fails at once when Redis is away or the link drops.
+ * With an id that exists already, BullMQ keeps the existing job and the add is a no-op: that is
+ * how derived ids (derivedJobId) collapse retries into one job.
  */
-async function addJob(queues: Queues, queue: QueueName, name: string, data: object, jobId: string): Promise<string> {
+export async function addJob(queues: Queues, kind: JobKind, data: object, jobId: string): Promise<string> {
   try {
-    await queues.get(queue).add(name, data, { jobId });
+    await queues.get(JOB_KINDS[kind].queue).add(kind, data, { jobId });
     return jobId;
   } catch (error) {
     throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
@@ -27,9 +29,9 @@ async function addJob(queues: Queues, queue: QueueName, name: string, data: obje
  */
 export function createIssueBatcher(queues: Queues): (data: IssueJob) => Promise<string> {
   return coalescePerTurn(async (batch: IssueJob[]) => {
-    const jobId = newJobId(QUEUES.issue, randomUUID());
+    const jobId = newJobId('issue-batch', randomUUID());
     const requests = batch.map((data, i) => ({ ...data, requestId: requestIdOf(jobId, i) }));
-    await addJob(queues, QUEUES.issue, 'issue-batch', { requests }, jobId);
+    await addJob(queues, 'issue-batch', { requests }, jobId);
     return requests.map((r) => r.requestId);
   }, MAX_ISSUE_BATCH);
 }

@@ -1,6 +1,7 @@
 // Payload and result schemas of every job, and how a finished job reads to a client.
 import { z } from 'zod';
 import type { ErrorCode } from '../core/errors';
+import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
 
 /** An id as the API accepts it: 1-128 visible characters, no spaces or control characters. */
 export const idSchema = z.string().regex(/^[^\s\p{Cc}]{1,128}$/u, '1-128 visible characters without spaces');
@@ -32,6 +33,46 @@ export const issueBatchSchema = z.object({
   requests: z.array(issueJobSchema.extend({ requestId: z.string().min(1).max(140) })).min(1).max(MAX_ISSUE_BATCH),
 });
 export type IssueBatch = z.infer<typeof issueBatchSchema>;
+
+/** Money in the smallest currency unit: a non-negative integer, at most a trillion. */
+export const moneySchema = z.number().int().min(0).max(1_000_000_000_000);
+
+export const reserveJobSchema = z.object({
+  ...jobMeta,
+  couponId: idSchema,
+  orderId: idSchema,
+  orderAmount: moneySchema,
+});
+export type ReserveJob = z.infer<typeof reserveJobSchema>;
+
+/** Cancel (owner or admin) and confirm (admin) of one reservation; userId is the reservation's owner. */
+export const reservationActionJobSchema = z.object({
+  ...jobMeta,
+  reservationId: idSchema,
+  actorId: idSchema,
+});
+export type ReservationActionJob = z.infer<typeof reservationActionJobSchema>;
+
+/** A message of the payments topic (SPEC §6). Fields beyond these are ignored, so producers can add some. */
+export const paymentEventSchema = z.object({
+  eventId: idSchema,
+  type: z.enum(PAYMENT_EVENT_TYPES),
+  orderId: idSchema,
+  reservationId: idSchema.optional(),
+  userId: idSchema.optional(),
+  amount: moneySchema.optional(),
+  occurredAt: z.iso.datetime({ offset: true }),
+});
+export type PaymentEvent = z.infer<typeof paymentEventSchema>;
+
+/** A payment event as a job: the event, and where in Kafka it came from (for the logs). */
+export const paymentJobSchema = z.object({
+  event: paymentEventSchema,
+  traceId: z.string().min(1).max(128),
+  source: z.object({ topic: z.string(), partition: z.number().int(), offset: z.string() }),
+  receivedAt: z.iso.datetime(),
+});
+export type PaymentJob = z.infer<typeof paymentJobSchema>;
 
 export const couponViewSchema = z.object({
   id: z.string(),

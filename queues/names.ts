@@ -1,18 +1,39 @@
-// Queue names and job-id prefixes: the contract between the ingress and the workers.
+// Queue names, job names and job ids: the contract between the ingress and the workers.
+import { createHash } from 'node:crypto';
 
 export const QUEUES = {
+  /** Issue requests, in batches (one job per web process and event-loop turn). */
   issue: 'issue',
+  /** Reserve, cancel, confirm and payment events: each job changes one reservation. */
+  checkout: 'checkout',
 } as const;
 
 export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
 
-/** A job id says which queue holds it, so GET /jobs/:id finds the job with one lookup. */
-const PREFIX_BY_QUEUE: Record<QueueName, string> = {
-  issue: 'iss',
-};
+/** Every kind of job, the queue that carries it and the prefix of its ids. */
+export const JOB_KINDS = {
+  'issue-batch': { queue: QUEUES.issue, prefix: 'iss' },
+  reserve: { queue: QUEUES.checkout, prefix: 'rsv' },
+  cancel: { queue: QUEUES.checkout, prefix: 'cnl' },
+  confirm: { queue: QUEUES.checkout, prefix: 'cnf' },
+  payment: { queue: QUEUES.checkout, prefix: 'pay' },
+} as const;
 
-export function newJobId(queue: QueueName, unique: string): string {
-  return `${PREFIX_BY_QUEUE[queue]}_${unique}`;
+export type JobKind = keyof typeof JOB_KINDS;
+
+/** A job id says which queue holds it, so GET /jobs/:id finds the job with one lookup. */
+export function newJobId(kind: JobKind, unique: string): string {
+  return `${JOB_KINDS[kind].prefix}_${unique}`;
+}
+
+/**
+ * A job id derived from what makes a request unique (an idempotency key, a Kafka event id, a
+ * reservation): adding it again while the job exists is a no-op, so retries and redeliveries
+ * collapse into one job. Hashed, because BullMQ ids must not contain ':' and keys are user input.
+ */
+export function derivedJobId(kind: JobKind, ...parts: string[]): string {
+  const digest = createHash('sha256').update(parts.join('\u0000')).digest('hex').slice(0, 40);
+  return newJobId(kind, digest);
 }
 
 /** A request inside a batch job is `<jobId>.<index>`: its id names the job that carries it. */
@@ -28,6 +49,6 @@ export function parseRequestId(id: string): { jobId: string; index: number | nul
 
 export function queueOfJobId(jobId: string): QueueName | null {
   const prefix = jobId.split('_', 1)[0];
-  const entry = Object.entries(PREFIX_BY_QUEUE).find(([, p]) => p === prefix);
-  return entry ? (entry[0] as QueueName) : null;
+  const kind = Object.values(JOB_KINDS).find((k) => k.prefix === prefix);
+  return kind ? kind.queue : null;
 }

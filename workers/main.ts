@@ -8,6 +8,8 @@ import { initModels } from '../models';
 import { QUEUES } from '../queues/names';
 import { createQueues } from '../queues/connection';
 import { createLocks } from './lock';
+import { createCheckoutProcessor } from './checkout';
+import { scheduleExpirySweeper } from './expire-reservations';
 import { createIssueProcessor } from './processor';
 import { scheduleReconciler } from './reconcile-admissions';
 
@@ -20,24 +22,32 @@ async function main(): Promise<void> {
   const redis = createRedis('client');
   const locks = createLocks(redis);
   const queues = createQueues();
-  const worker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), {
-    connection: createRedis('worker'),
+  const workerOptions = {
     prefix: cfg.QUEUE_PREFIX,
     concurrency: cfg.WORKER_CONCURRENCY,
     lockDuration: cfg.JOB_LOCK_MS,
     stalledInterval: cfg.JOB_STALLED_INTERVAL_MS,
     // A job whose worker died is handed out again; after three such losses it fails (and its stock is reconciled).
     maxStalledCount: 3,
+  };
+  const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), { ...workerOptions, connection: createRedis('worker') });
+  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ db: sequelize(), locks, log }), {
+    ...workerOptions,
+    connection: createRedis('worker'),
   });
-  worker.on('error', (error) => log.error({ err: error }, 'worker error'));
-  // A job whose worker died or starved past its lock: it goes back to the queue and runs again.
-  worker.on('stalled', (jobId) => log.warn({ jobId }, 'job stalled; handed to another worker'));
-  worker.on('failed', (job, error) => {
-    if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
-      log.error({ jobId: job.id, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
-    }
-  });
-  batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
+  const workers = [issueWorker, checkoutWorker];
+  for (const worker of workers) {
+    worker.on('error', (error) => log.error({ err: error, queue: worker.name }, 'worker error'));
+    // A job whose worker died or starved past its lock: it goes back to the queue and runs again.
+    worker.on('stalled', (jobId) => log.warn({ jobId, queue: worker.name }, 'job stalled; handed to another worker'));
+    worker.on('failed', (job, error) => {
+      if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
+        log.error({ jobId: job.id, queue: worker.name, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
+      }
+    });
+  }
+  batchAfterDrain(issueWorker, cfg.WORKER_BATCH_WAIT_MS);
+  const stopSweeper = scheduleExpirySweeper(sequelize(), log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,
@@ -52,7 +62,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'worker draining: finishing in-flight jobs');
     stopReconciler();
     // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
-    await worker.close();
+    await Promise.all([...workers.map((w) => w.close()), stopSweeper()]);
     await queues.close();
     redis.disconnect();
     await closeSequelize();
@@ -62,7 +72,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
   // Say "started" only once a signal can no longer kill the process without its drain.
-  log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: [QUEUES.issue] }, 'worker started');
+  log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: workers.map((w) => w.name) }, 'worker started');
 }
 
 /**

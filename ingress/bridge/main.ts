@@ -1,35 +1,47 @@
-// The Kafka bridge process: turns payment and user events into jobs. For now it connects to the
-// brokers, reports the cluster it sees and stays up, so operators can check the wiring.
+// The Kafka bridge process: turns payment events into checkout jobs. It creates its topics (and
+// their dead-letter topics) if they are missing, consumes every partition concurrently, commits an
+// offset only once its messages are jobs in Redis or dead letters in Kafka, and logs its lag.
 import { config } from '../../core/config';
-import { createKafka } from '../../core/kafka';
+import { createKafka, createTopicsIfMissing } from '../../core/kafka';
 import { logger } from '../../core/logger';
+import { waitForReady } from '../../core/redis';
+import { createQueues } from '../../queues/connection';
+import { dlqTopicOf, startBridgeConsumer } from './consumer';
+import { scheduleLagReport } from './lag';
+import { paymentsRoute } from './payments';
 
 async function main(): Promise<void> {
   const cfg = config();
   const log = logger().child({ process: 'bridge' });
   const kafka = createKafka(log);
-  const admin = kafka.admin();
-  await admin.connect();
-  const cluster = await admin.describeCluster();
-  const keepAlive = setInterval(() => undefined, 60_000);
+  const queues = createQueues();
+  await waitForReady(queues.connection, 30_000);
+
+  const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC)];
+  const topics = routes.map((r) => r.topic);
+  const created = await createTopicsIfMissing(kafka, [...topics, ...topics.map(dlqTopicOf)], cfg.KAFKA_TOPIC_PARTITIONS);
+  if (created.length > 0) log.info({ topics: created, partitions: cfg.KAFKA_TOPIC_PARTITIONS }, 'kafka topics created');
 
   let stopping = false;
+  let stopConsumer: (() => Promise<void>) | undefined;
+  let stopLag: (() => Promise<void>) | undefined;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'bridge stopping');
-    clearInterval(keepAlive);
-    await admin.disconnect().catch(() => undefined);
+    log.info({ signal }, 'bridge stopping: finishing the batches in hand');
+    await stopConsumer?.();
+    await stopLag?.();
+    await queues.close();
     log.info('bridge stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
-  // Say "ready" only once a signal can no longer kill the process without its shutdown.
-  log.info(
-    { brokers: cluster.brokers.map((b) => `${b.host}:${b.port}`), clusterId: cluster.clusterId, topics: [cfg.KAFKA_PAYMENTS_TOPIC, cfg.KAFKA_USER_EVENTS_TOPIC] },
-    'bridge connected to kafka',
-  );
+
+  const bridge = await startBridgeConsumer({ kafka, queues, log, routes });
+  stopConsumer = bridge.stop;
+  stopLag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log).stop;
+  log.info({ brokers: cfg.KAFKA_BROKERS, groupId: cfg.KAFKA_GROUP_ID, topics }, 'bridge consuming');
 }
 
 main().catch((error: unknown) => {

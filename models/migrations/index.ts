@@ -3,6 +3,7 @@ import { createCouponPolicies } from './0001-coupon-policies';
 import { createCoupons } from './0002-coupons';
 import { guardStatusAndLimits } from './0003-guard-status-and-limits';
 import { insertIssuedCoupons } from './0004-insert-issued-coupons';
+import { createReservations } from './0005-reservations';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations];

@@ -18,6 +18,11 @@ export interface Stack {
   web: ChildProcess;
   workers: ChildProcess[];
   startWorker(extraEnv?: Record<string, string>): Promise<ChildProcess>;
+  /** The payments topic this stack's bridge consumes (its own, so stacks do not share events). */
+  paymentsTopic: string;
+  bridges: ChildProcess[];
+  /** Starts a bridge and resolves once it has joined its consumer group and been given partitions. */
+  startBridge(extraEnv?: Record<string, string>): Promise<ChildProcess>;
   stop(): Promise<void>;
 }
 
@@ -73,11 +78,23 @@ export function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTE
   });
 }
 
-export async function startStack(opts: { workers?: number; env?: Record<string, string>; name?: string } = {}): Promise<Stack> {
+export async function startStack(opts: { workers?: number; bridge?: boolean; env?: Record<string, string>; name?: string } = {}): Promise<Stack> {
   const port = await freePort();
   const queuePrefix = uniqueId('q');
   const name = opts.name ?? queuePrefix;
-  const env: Record<string, string> = { PORT: String(port), QUEUE_PREFIX: queuePrefix, LOG_LEVEL: 'info', NODE_ENV: 'test', ...opts.env };
+  const paymentsTopic = `payments.v1.${queuePrefix}`;
+  const env: Record<string, string> = {
+    PORT: String(port),
+    QUEUE_PREFIX: queuePrefix,
+    LOG_LEVEL: 'info',
+    NODE_ENV: 'test',
+    KAFKA_PAYMENTS_TOPIC: paymentsTopic,
+    KAFKA_GROUP_ID: `bridge-${queuePrefix}`,
+    // The broker's minimum: a SIGKILLed bridge's partitions move on after 6 s, not 30.
+    KAFKA_SESSION_TIMEOUT_MS: '6000',
+    KAFKA_LAG_LOG_INTERVAL_MS: '1000',
+    ...opts.env,
+  };
   const web = launch(`${name}-web`, 'ingress/server.ts', env);
   const workers: ChildProcess[] = [];
   let workerCount = 0;
@@ -88,7 +105,18 @@ export async function startStack(opts: { workers?: number; env?: Record<string, 
     await waitForLine(worker, 'worker started');
     return worker;
   };
-  await Promise.all([waitForLine(web, 'web listening'), ...Array.from({ length: opts.workers ?? 1 }, () => startWorker())]);
+  const bridges: ChildProcess[] = [];
+  const startBridge = async (extraEnv: Record<string, string> = {}) => {
+    const bridge = launch(`${name}-bridge-${bridges.length + 1}`, 'ingress/bridge/main.ts', { ...env, ...extraEnv });
+    bridges.push(bridge);
+    await waitForLine(bridge, 'bridge joined the consumer group', 90_000);
+    return bridge;
+  };
+  await Promise.all([
+    waitForLine(web, 'web listening'),
+    ...Array.from({ length: opts.workers ?? 1 }, () => startWorker()),
+    ...(opts.bridge ? [startBridge()] : []),
+  ]);
   return {
     baseUrl: `http://127.0.0.1:${port}`,
     queuePrefix,
@@ -96,8 +124,11 @@ export async function startStack(opts: { workers?: number; env?: Record<string, 
     web,
     workers,
     startWorker,
+    paymentsTopic,
+    bridges,
+    startBridge,
     async stop() {
-      await Promise.all([web, ...workers].map((child) => stopProcess(child)));
+      await Promise.all([web, ...workers, ...bridges].map((child) => stopProcess(child)));
     },
   };
 }

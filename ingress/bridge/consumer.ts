@@ -1,0 +1,167 @@
+// The bridge's consumer: Kafka messages in, BullMQ jobs out, at least once and never blocked by a bad
+// message. For each batch of a partition: turn messages into jobs, add them (ids derived from event
+// ids, so a redelivery re-adds the same job, a no-op), send what cannot become a job to
+// `<topic>.dlq` with the reason, and only then resolve and commit the offsets. A crash anywhere
+// before the commit redelivers the batch; the derived job ids and processed_events absorb it.
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
+import { config } from '../../core/config';
+import { failpoint } from '../../core/failpoints';
+import type { Logger } from '../../core/logger';
+import type { Queues } from '../../queues/connection';
+import { JOB_KINDS, type JobKind } from '../../queues/names';
+
+export type ToJob = { ok: true; job: { kind: JobKind; id: string; data: object } } | { ok: false; reason: string };
+
+export interface MessageRoute {
+  topic: string;
+  toJob(message: KafkaMessage, partition: number): ToJob;
+}
+
+/** Adds at most this many jobs per Redis round trip, and commits after each chunk. */
+const CHUNK = 500;
+const MAX_BACKOFF_MS = 5_000;
+
+export const dlqTopicOf = (topic: string) => `${topic}.dlq`;
+
+export interface BridgeConsumer {
+  consumer: Consumer;
+  stop(): Promise<void>;
+}
+
+export async function startBridgeConsumer(opts: { kafka: Kafka; queues: Queues; log: Logger; routes: MessageRoute[] }): Promise<BridgeConsumer> {
+  const cfg = config();
+  const { kafka, queues, log } = opts;
+  const routes = new Map(opts.routes.map((r) => [r.topic, r]));
+  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  await producer.connect();
+  const consumer = kafka.consumer({
+    groupId: cfg.KAFKA_GROUP_ID,
+    sessionTimeout: cfg.KAFKA_SESSION_TIMEOUT_MS,
+    heartbeatInterval: Math.max(1_000, Math.floor(cfg.KAFKA_SESSION_TIMEOUT_MS / 10)),
+  });
+  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
+    log.info({ groupId: payload.groupId, memberId: payload.memberId, assignment: payload.memberAssignment }, 'bridge joined the consumer group'),
+  );
+  consumer.on(consumer.events.CRASH, ({ payload }) => log.error({ err: payload.error, restart: payload.restart }, 'kafka consumer crashed'));
+  await consumer.connect();
+  for (const topic of routes.keys()) {
+    // A new group starts at the beginning: an old payment event is deduplicated, a skipped one is lost.
+    await consumer.subscribe({ topic, fromBeginning: true });
+  }
+
+  let running = true;
+  await consumer.run({
+    partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
+    eachBatchAutoResolve: false,
+    eachBatch: (payload) => handleBatch(payload, { routes, queues, producer, log, isRunning: () => running }),
+  });
+  return {
+    consumer,
+    async stop() {
+      running = false;
+      await consumer.disconnect().catch((error: unknown) => log.warn({ err: error }, 'kafka consumer did not disconnect cleanly'));
+      await producer.disconnect().catch(() => undefined);
+    },
+  };
+}
+
+interface BatchDeps {
+  routes: Map<string, MessageRoute>;
+  queues: Queues;
+  producer: Producer;
+  log: Logger;
+  isRunning: () => boolean;
+}
+
+async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<void> {
+  const { batch, resolveOffset, heartbeat, commitOffsetsIfNecessary, isRunning, isStale } = payload;
+  const route = deps.routes.get(batch.topic);
+  if (!route) throw new Error(`no route for topic ${batch.topic}`);
+  const log = deps.log.child({ topic: batch.topic, partition: batch.partition });
+  const live = () => deps.isRunning() && isRunning() && !isStale();
+
+  for (let start = 0; start < batch.messages.length; start += CHUNK) {
+    if (!live()) return;
+    const chunk = batch.messages.slice(start, start + CHUNK);
+    const jobs: { kind: JobKind; id: string; data: object }[] = [];
+    const dead: { message: KafkaMessage; reason: string }[] = [];
+    for (const message of chunk) {
+      const mapped = route.toJob(message, batch.partition);
+      if (mapped.ok) jobs.push(mapped.job);
+      else dead.push({ message, reason: mapped.reason });
+    }
+
+    if (jobs.length > 0) {
+      const done = await persist(() => addJobs(deps.queues, jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
+      if (!done) return;
+    }
+    if (dead.length > 0) {
+      const done = await persist(
+        () => deps.producer.send({ topic: dlqTopicOf(batch.topic), acks: -1, messages: dead.map((d) => deadLetter(batch.topic, batch.partition, d.message, d.reason)) }),
+        `dead-letter ${dead.length} messages`,
+        log,
+        heartbeat,
+        live,
+      );
+      if (!done) return;
+      for (const d of dead) log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');
+    }
+
+    // Everything of this chunk is in Redis or in the DLQ: only now may Kafka forget it.
+    await failpoint('bridge.before-commit');
+    const last = chunk[chunk.length - 1] as KafkaMessage;
+    resolveOffset(last.offset);
+    await commitOffsetsIfNecessary();
+    await heartbeat();
+    log.debug({ jobs: jobs.length, dead: dead.length, offset: last.offset }, 'batch chunk handed over');
+  }
+}
+
+async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: object }[]): Promise<void> {
+  const byQueue = new Map<string, { name: string; data: object; opts: { jobId: string } }[]>();
+  for (const job of jobs) {
+    const queue = JOB_KINDS[job.kind].queue;
+    const list = byQueue.get(queue) ?? [];
+    list.push({ name: job.kind, data: job.data, opts: { jobId: job.id } });
+    byQueue.set(queue, list);
+  }
+  await Promise.all([...byQueue].map(([queue, list]) => queues.get(queue as (typeof JOB_KINDS)[JobKind]['queue']).addBulk(list)));
+}
+
+/**
+ * Runs `fn` until it succeeds, backing off and heartbeating meanwhile: while Redis or the DLQ is away
+ * the partition waits (nothing can be handed over), and the group keeps this member. Gives up only
+ * when the consumer stops or loses the partition; the batch is then redelivered to whoever has it.
+ */
+async function persist(fn: () => Promise<unknown>, what: string, log: Logger, heartbeat: () => Promise<void>, live: () => boolean): Promise<boolean> {
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await fn();
+      if (attempt > 0) log.info({ attempts: attempt + 1 }, `${what}: done after retries`);
+      return true;
+    } catch (error) {
+      if (!live()) return false;
+      const delay = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt);
+      log.warn({ err: error, attempt: attempt + 1, retryInMs: delay }, `${what} failed; retrying`);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      await heartbeat().catch(() => undefined);
+      if (!live()) return false;
+    }
+  }
+}
+
+/** The original message, untouched, with why it was refused and where it came from in headers. */
+function deadLetter(topic: string, partition: number, message: KafkaMessage, reason: string) {
+  return {
+    key: message.key,
+    value: message.value,
+    headers: {
+      ...message.headers,
+      'dlq-reason': reason,
+      'dlq-source-topic': topic,
+      'dlq-source-partition': String(partition),
+      'dlq-source-offset': message.offset,
+      'dlq-at': new Date().toISOString(),
+    },
+  };
+}

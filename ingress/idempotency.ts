@@ -1,0 +1,49 @@
+// Idempotency keys for POST /coupons/reserve, as Stripe promises them: a key is the user's own, the
+// first request under it is remembered for 24 hours, the same request again gets the first answer,
+// and another request under the same key is refused (409). The first answer is a 202 for a job whose
+// id derives from (user, key), so it is the same answer every time; Postgres (reservations.request_id)
+// keeps the reservation single even if this Redis record were lost.
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { z } from 'zod';
+import { config } from '../core/config';
+import { AppError } from '../core/errors';
+
+export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+
+/** Printable ASCII without spaces, 1-255 characters: UUIDs, ULIDs and the like. */
+export const idempotencyKeySchema = z.string().regex(/^[\x21-\x7e]{1,255}$/, '1-255 printable ASCII characters without spaces');
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** Keys are scoped to the user: two users may send the same key without meeting. */
+const redisKeyOf = (userId: string, key: string) => `${config().QUEUE_PREFIX}:idem:${sha256(`${userId}\u0000${key}`)}`;
+
+/** A stable digest of a JSON body: key order does not matter. */
+export function fingerprint(body: Record<string, unknown>): string {
+  const canonical = JSON.stringify(Object.keys(body).sort().map((k) => [k, body[k]]));
+  return sha256(canonical);
+}
+
+/**
+ * Claims `key` for this user and body. Resolves when the request may go ahead (first time, or the same
+ * request again); throws 409 IDEMPOTENCY_KEY_REUSED for another body, 503 when Redis cannot answer.
+ */
+export async function claimIdempotencyKey(redis: Redis, userId: string, key: string, bodyFingerprint: string): Promise<'first' | 'replay'> {
+  const redisKey = redisKeyOf(userId, key);
+  let previous: unknown;
+  try {
+    // One round trip: set if absent, and read what was there.
+    previous = await redis.call('SET', redisKey, bodyFingerprint, 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS));
+  } catch (error) {
+    throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
+  }
+  if (previous === null) return 'first';
+  if (previous === bodyFingerprint) return 'replay';
+  throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body in the last 24 hours.');
+}
+
+/** Forgets a claim whose request could not be queued, so the client's retry goes through as new. */
+export async function releaseIdempotencyKey(redis: Redis, userId: string, key: string): Promise<void> {
+  await redis.del(redisKeyOf(userId, key));
+}

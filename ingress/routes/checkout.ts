@@ -1,0 +1,70 @@
+// Checkout: validate a coupon for an order (a read), reserve it (a job, with an Idempotency-Key),
+// cancel or confirm a reservation (jobs). Reads go to Postgres; every change goes through a job.
+import { Hono, type Context } from 'hono';
+import { z } from 'zod';
+import { AppError } from '../../core/errors';
+import { sequelize } from '../../core/postgres';
+import { usability } from '../../models/checkout-rules';
+import { readCouponForCheckout, Reservation } from '../../models/reservation';
+import type { Queues } from '../../queues/connection';
+import { addJob } from '../../queues/enqueue';
+import { idSchema, moneySchema } from '../../queues/jobs';
+import { derivedJobId } from '../../queues/names';
+import type { AppEnv } from '../context';
+import { claimIdempotencyKey, fingerprint, idempotencyKeySchema, releaseIdempotencyKey } from '../idempotency';
+import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
+import { jsonBody, parseWith } from '../validation';
+import { accepted } from './jobs';
+
+const reserveBody = z.object({ couponId: idSchema, orderId: idSchema, orderAmount: moneySchema }).strict();
+const validateBody = z.object({ couponId: idSchema, orderAmount: moneySchema }).strict();
+
+export function checkoutRoutes(queues: Queues) {
+  const app = new Hono<AppEnv>();
+
+  app.post('/validate', async (c) => {
+    const body = await jsonBody(c, validateBody);
+    const coupon = await readCouponForCheckout(sequelize(), body.couponId);
+    if (!coupon) throw new AppError('NOT_FOUND', 'No such coupon.');
+    assertSelfOrAdmin(c.get('user'), coupon.userId);
+    const verdict = usability(coupon, coupon.rule, body.orderAmount, new Date());
+    return c.json(verdict.usable ? { usable: true, discountAmount: verdict.discountAmount } : verdict);
+  });
+
+  app.post('/reserve', async (c) => {
+    const key = c.req.header('idempotency-key');
+    if (key === undefined) throw new AppError('VALIDATION_FAILED', 'The Idempotency-Key header is required.', [{ path: 'Idempotency-Key', message: 'required' }]);
+    parseWith(idempotencyKeySchema, key);
+    const body = await jsonBody(c, reserveBody);
+    const user = c.get('user');
+    const first = await claimIdempotencyKey(queues.connection, user.id, key, fingerprint(body));
+    // The same job id for the same (user, key): a replay re-adds it, which is a no-op while it exists.
+    const jobId = derivedJobId('reserve', user.id, key);
+    const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
+    try {
+      await addJob(queues, 'reserve', job, jobId);
+    } catch (error) {
+      // Not queued: free the key so the client's retry is not taken for a replay of nothing.
+      if (first === 'first') await releaseIdempotencyKey(queues.connection, user.id, key).catch(() => undefined);
+      throw error;
+    }
+    c.get('log').info({ jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' }, 'reserve enqueued');
+    return accepted(c, jobId);
+  });
+
+  const reservationAction = (kind: 'cancel' | 'confirm') => async (c: Context<AppEnv>) => {
+    const reservationId = parseWith(idSchema, c.req.param('id'));
+    const reservation = await Reservation.findByPk(reservationId, { attributes: ['id', 'userId'] });
+    if (!reservation) throw new AppError('NOT_FOUND', 'No such reservation.');
+    const user = c.get('user');
+    assertSelfOrAdmin(user, reservation.userId);
+    const jobId = derivedJobId(kind, reservationId);
+    await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
+    c.get('log').info({ jobId, reservationId }, `${kind} enqueued`);
+    return accepted(c, jobId);
+  };
+  app.post('/reservations/:id/cancel', reservationAction('cancel'));
+  app.post('/reservations/:id/confirm', requireAdmin, reservationAction('confirm'));
+
+  return app;
+}

@@ -1,0 +1,163 @@
+// The checkout use cases: reserve a coupon for an order, cancel or confirm a reservation, apply a
+// payment event. Each job changes one reservation in one Postgres transaction; a Redis lock on the
+// coupon keeps concurrent reserves of one coupon from piling onto its row lock.
+import { UnrecoverableError, type Job } from 'bullmq';
+import type { Sequelize } from 'sequelize';
+import { config } from '../core/config';
+import { reason } from '../core/errors';
+import type { Logger } from '../core/logger';
+import type { PaymentEventType } from '../models/checkout-rules';
+import {
+  applyCheckoutEvent,
+  Reservation,
+  reservationResult,
+  reservationView,
+  reserveCoupon,
+  type CheckoutEvent,
+  type CheckoutOutcome,
+  type ReservationResult,
+  type ReservationView,
+} from '../models/reservation';
+import { paymentJobSchema, reservationActionJobSchema, reserveJobSchema, type JobOutcome } from '../queues/jobs';
+import type { JobKind } from '../queues/names';
+import { withLock, type Locks } from './lock';
+
+export interface CheckoutDeps {
+  db: Sequelize;
+  locks: Locks;
+  log: Logger;
+}
+
+/** A payment job's result: what the event did. Every payment event is processed; few are applied. */
+export interface PaymentResult {
+  eventId: string;
+  outcome: 'APPLIED' | 'IGNORED' | 'CONFLICT' | 'DUPLICATE';
+  reason?: { code: string; message: string };
+  reservation?: ReservationView;
+}
+
+/** Thrown when the job should run again later (a refund ahead of its payment); BullMQ backs off. */
+export class NotYetApplicable extends Error {}
+
+const COUPON_LOCK_TTL_MS = 5_000;
+const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
+
+function parse<T>(job: Job, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: { issues: { message: string }[] } } }): T {
+  const parsed = schema.safeParse(job.data);
+  // A payload no worker can read will never succeed: fail it now instead of retrying.
+  if (!parsed.success) throw new UnrecoverableError(`malformed ${job.name} job: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
+  return parsed.data;
+}
+
+export function createCheckoutProcessor(deps: CheckoutDeps) {
+  const handlers: Partial<Record<JobKind, (job: Job) => Promise<unknown>>> = {
+    reserve: (job) => reserve(deps, job),
+    cancel: (job) => reservationAction(deps, job, 'cancel'),
+    confirm: (job) => reservationAction(deps, job, 'confirm'),
+    payment: (job) => payment(deps, job),
+  };
+  return async (job: Job): Promise<unknown> => {
+    const handler = handlers[job.name as JobKind];
+    if (!handler) throw new UnrecoverableError(`no handler for ${job.name} jobs on the checkout queue`);
+    return handler(job);
+  };
+}
+
+async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<ReservationResult>> {
+  const data = parse(job, reserveJobSchema);
+  const log = deps.log.child({ traceId: data.traceId, jobId: job.id, couponId: data.couponId, orderId: data.orderId });
+  const outcome = await withLock(deps.locks, couponLockKey(data.couponId), COUPON_LOCK_TTL_MS, () =>
+    reserveCoupon(deps.db, {
+      couponId: data.couponId,
+      userId: data.userId,
+      orderId: data.orderId,
+      orderAmount: data.orderAmount,
+      requestId: String(job.id),
+      ttlSeconds: config().RESERVATION_TTL_SECONDS,
+    }),
+  );
+  if (!outcome) throw new Error('coupon lock not acquired');
+  if (outcome.kind === 'refused') {
+    log.info({ code: outcome.reason.code }, 'reservation refused');
+    return { outcome: 'rejected', reason: outcome.reason };
+  }
+  const r = outcome.reservation;
+  log.info({ reservationId: r.id, discountAmount: r.discountAmount, expiresAt: r.expiresAt, replay: outcome.replay }, 'coupon reserved');
+  return { outcome: 'succeeded', result: reservationResult(r) };
+}
+
+const ACTIONS = {
+  cancel: { type: 'PAYMENT_CANCELLED' as PaymentEventType, source: 'api.cancel' },
+  confirm: { type: 'PAYMENT_COMPLETED' as PaymentEventType, source: 'api.confirm' },
+};
+
+async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' | 'confirm'): Promise<JobOutcome<ReservationView>> {
+  const data = parse(job, reservationActionJobSchema);
+  const log = deps.log.child({ traceId: data.traceId, jobId: job.id, reservationId: data.reservationId });
+  const byAdmin = data.actorId !== data.userId;
+  const endReason = action === 'confirm' ? 'CONFIRMED_BY_ADMIN' : byAdmin ? 'CANCELLED_BY_ADMIN' : 'CANCELLED_BY_USER';
+  const outcome = await applyOrWait({ ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason }, deps);
+  logOutcome(log, action, outcome);
+  switch (outcome.kind) {
+    case 'applied':
+      return { outcome: 'succeeded', result: reservationView(outcome.reservation) };
+    case 'ignored':
+      return { outcome: 'rejected', reason: outcome.reason };
+    case 'duplicate': {
+      // The same action ran before (its job was retried or added again): answer as it did.
+      const current = await Reservation.findByPk(data.reservationId);
+      if (outcome.outcome === 'APPLIED' && current) return { outcome: 'succeeded', result: reservationView(current) };
+      return { outcome: 'rejected', reason: reason((outcome.reasonCode as 'RESERVATION_NOT_PENDING' | null) ?? 'RESERVATION_NOT_PENDING') };
+    }
+  }
+}
+
+async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
+  const { event, traceId, source } = parse(job, paymentJobSchema);
+  const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
+  const outcome = await applyOrWait(
+    { source: 'payments', eventId: event.eventId, type: event.type, orderId: event.orderId, reservationId: event.reservationId, endReason: event.type },
+    deps,
+  );
+  logOutcome(log, event.type, outcome);
+  const base = { eventId: event.eventId };
+  switch (outcome.kind) {
+    case 'applied':
+      return { outcome: 'succeeded', result: { ...base, outcome: 'APPLIED', reservation: reservationView(outcome.reservation) } };
+    case 'ignored':
+      return {
+        outcome: 'succeeded',
+        result: {
+          ...base,
+          outcome: outcome.conflict ? 'CONFLICT' : 'IGNORED',
+          reason: outcome.reason,
+          ...(outcome.reservation && { reservation: reservationView(outcome.reservation) }),
+        },
+      };
+    case 'duplicate':
+      return { outcome: 'succeeded', result: { ...base, outcome: 'DUPLICATE' } };
+  }
+}
+
+async function applyOrWait(event: CheckoutEvent, deps: CheckoutDeps): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
+  const outcome = await applyCheckoutEvent(deps.db, event);
+  if (outcome.kind === 'wait') throw new NotYetApplicable(outcome.why);
+  return outcome;
+}
+
+function logOutcome(log: Logger, what: string, outcome: Exclude<CheckoutOutcome, { kind: 'wait' }>): void {
+  switch (outcome.kind) {
+    case 'applied':
+      log.info({ action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId }, `${what} applied`);
+      return;
+    case 'ignored':
+      if (outcome.conflict) {
+        log.warn({ code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId }, `payment conflict: ${outcome.reason.message}`);
+      } else {
+        log.info({ code: outcome.reason.code, reservationId: outcome.reservation?.id }, `${what} changed nothing`);
+      }
+      return;
+    case 'duplicate':
+      log.info({ earlierOutcome: outcome.outcome }, `${what} already processed; nothing done`);
+  }
+}

@@ -1,0 +1,48 @@
+// Ends PENDING reservations nobody paid for (I6: by expiresAt + 5 s). Every worker sweeps every
+// second; SKIP LOCKED lets many sweepers share a backlog, and a backlog (after the fleet was down)
+// is worked off in batches of 100 until none is due, with a progress line now and then.
+import type { Sequelize } from 'sequelize';
+import type { Logger } from '../core/logger';
+import { expireDueReservations, type SweepReport } from '../models/reservation';
+
+export const SWEEP_BATCH = 100;
+const PROGRESS_EVERY_MS = 5_000;
+
+/** Sweeps until no due reservation is left (or `shouldStop`); returns the totals. */
+export async function sweepExpiredReservations(db: Sequelize, log: Logger, shouldStop: () => boolean = () => false): Promise<SweepReport> {
+  const total: SweepReport = { expired: 0, released: 0 };
+  const started = Date.now();
+  let lastProgress = started;
+  for (;;) {
+    const batch = await expireDueReservations(db, SWEEP_BATCH);
+    total.expired += batch.expired;
+    total.released += batch.released;
+    if (batch.expired < SWEEP_BATCH || shouldStop()) break;
+    if (Date.now() - lastProgress >= PROGRESS_EVERY_MS) {
+      lastProgress = Date.now();
+      log.info({ ...total, elapsedMs: lastProgress - started }, 'expiring a backlog of reservations');
+    }
+  }
+  if (total.expired > 0) log.info({ ...total, elapsedMs: Date.now() - started }, 'reservations expired');
+  return total;
+}
+
+/** Starts sweeping at once (catching up on whatever fell due while no worker ran), then every `everyMs`. */
+export function scheduleExpirySweeper(db: Sequelize, log: Logger, everyMs: number): () => Promise<void> {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let current: Promise<unknown> = Promise.resolve();
+  const tick = () => {
+    current = sweepExpiredReservations(db, log, () => stopped)
+      .catch((error: unknown) => log.error({ err: error }, 'reservation sweep failed; retrying on the next tick'))
+      .finally(() => {
+        if (!stopped) timer = setTimeout(tick, everyMs);
+      });
+  };
+  tick();
+  return async () => {
+    stopped = true;
+    if (timer) clearTimeout(timer);
+    await current;
+  };
+}
