@@ -1,0 +1,213 @@
+// Payment events through a real Kafka broker, the bridge process, BullMQ and the workers: each event
+// takes effect once however often it is delivered or whichever process dies, late payments are
+// confirmed or recorded as conflicts, and a poison message goes to the dead-letter topic.
+import { readFile } from 'node:fs/promises';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { derivedJobId } from '../queues/names';
+import {
+  couponRow,
+  createCheckoutPolicy,
+  eventually,
+  EventProducer,
+  paymentEvent,
+  processedEvents,
+  reservationsOf,
+  reserveAndSettle,
+  shopperWith,
+  type Shopper,
+} from './support/checkout';
+import { closeDb, db } from './support/db';
+import { uniqueId } from './support/fixtures';
+import { Api } from './support/http';
+import { logFile, startStack, stopProcess, waitForLine, type Stack } from './support/stack';
+import { adminToken } from './support/tokens';
+
+let stack: Stack;
+let api: Api;
+let admin: string;
+let policyId: string;
+const events = new EventProducer();
+
+beforeAll(async () => {
+  stack = await startStack({ workers: 1, bridge: true, name: 'payments' });
+  api = new Api(stack.baseUrl, 64);
+  admin = await adminToken();
+  policyId = await createCheckoutPolicy(api);
+});
+
+afterAll(async () => {
+  await events.close();
+  await api?.close();
+  await stack?.stop();
+  await closeDb();
+});
+
+const publish = (event: { orderId: string }) => events.publish(stack.paymentsTopic, event);
+
+async function reserved(shopper?: Shopper) {
+  const s = shopper ?? (await shopperWith(api, policyId));
+  const couponId = s.coupons[0] as string;
+  const orderId = uniqueId('order');
+  const job = await reserveAndSettle(api, s, couponId, orderId);
+  expect(job.status).toBe('succeeded');
+  return { shopper: s, couponId, orderId, reservationId: job.result.reservationId as string };
+}
+
+const couponStatus = (couponId: string) => eventually(() => couponRow(couponId), () => true).then((c) => c?.status);
+const until = (couponId: string, status: string) => eventually(() => couponRow(couponId), (c) => c?.status === status, 30_000, `coupon ${status}`);
+const paymentJob = (eventId: string) => api.settle(derivedJobId('payment', eventId), admin);
+
+async function expirePending(couponId: string) {
+  await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [couponId]);
+  await eventually(() => reservationsOf(couponId), (rows) => rows.every((r) => r.status !== 'PENDING'), 10_000, 'reservation expired');
+}
+
+describe('PAYMENT_COMPLETED', () => {
+  it('uses the coupon once, with the event delivered twice and again after its job is gone', async () => {
+    const { couponId, orderId, reservationId } = await reserved();
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId, { reservationId, amount: 47_000 });
+    await publish(event);
+    await publish(event);
+    await until(couponId, 'USED');
+    expect(await paymentJob(event.eventId)).toMatchObject({ type: 'payment', status: 'succeeded', result: { eventId: event.eventId, outcome: 'APPLIED', reservation: { status: 'CONFIRMED' } } });
+
+    // Once the job is removed from Redis, a redelivery makes a new job: Postgres knows the event.
+    const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+    const queue = new Queue('checkout', { connection, prefix: stack.queuePrefix });
+    try {
+      await (await queue.getJob(derivedJobId('payment', event.eventId)))?.remove();
+      await publish(event);
+      const replay = await eventually(() => queue.getJob(derivedJobId('payment', event.eventId)), (j) => Boolean(j?.finishedOn), 30_000, 'redelivered job done');
+      expect(replay?.returnvalue).toMatchObject({ outcome: 'succeeded', result: { outcome: 'DUPLICATE' } });
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+
+    expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'APPLIED', reason_code: null, reservation_id: reservationId }]);
+    const [reservation] = await reservationsOf(couponId);
+    expect(reservation).toMatchObject({ status: 'CONFIRMED', end_reason: 'PAYMENT_COMPLETED' });
+    expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: orderId, reservation_id: reservationId });
+  });
+
+  it('finds the reservation by orderId alone', async () => {
+    const { couponId, orderId } = await reserved();
+    await publish(paymentEvent('PAYMENT_COMPLETED', orderId));
+    await until(couponId, 'USED');
+  });
+
+  it('is applied once when the bridge is SIGKILLed after enqueueing and before committing', async () => {
+    const { couponId, orderId } = await reserved();
+    for (const bridge of stack.bridges) await stopProcess(bridge);
+    const hanging = await stack.startBridge({ FAILPOINTS: 'bridge.before-commit=hang' });
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await publish(event);
+    await waitForLine(hanging, 'failpoint bridge.before-commit', 30_000);
+    // The job was handed over before the failpoint, so the worker applies it while the offset is uncommitted.
+    await until(couponId, 'USED');
+    await stopProcess(hanging, 'SIGKILL');
+
+    // The next bridge gets the message again (its offset was never committed) and re-adds the same job id.
+    const next = await stack.startBridge();
+    const name = `payments-bridge-${stack.bridges.length}`;
+    await eventually(
+      async () => (await readFile(logFile(name), 'utf8')).split('\n').filter((l) => l.includes('"consumer lag"') && l.includes(stack.paymentsTopic)).map((l) => JSON.parse(l).lag as number),
+      (lags) => lags.at(-1) === 0,
+      40_000,
+      'lag back to 0 after the redelivery',
+    );
+    expect(next.exitCode).toBeNull();
+    expect(await processedEvents(event.eventId)).toHaveLength(1);
+    const rows = await reservationsOf(couponId);
+    expect(rows.map((r) => r.status)).toEqual(['CONFIRMED']);
+    expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: orderId });
+  });
+});
+
+describe('PAYMENT_FAILED and PAYMENT_CANCELLED', () => {
+  it('release the coupon, and a later COMPLETED of the same order still confirms it', async () => {
+    const failed = await reserved();
+    const cancelled = await reserved();
+    await publish(paymentEvent('PAYMENT_FAILED', failed.orderId));
+    await publish(paymentEvent('PAYMENT_CANCELLED', cancelled.orderId));
+    await until(failed.couponId, 'ISSUED');
+    await until(cancelled.couponId, 'ISSUED');
+    expect((await reservationsOf(failed.couponId))[0]).toMatchObject({ status: 'CANCELLED', end_reason: 'PAYMENT_FAILED' });
+    expect((await reservationsOf(cancelled.couponId))[0]).toMatchObject({ status: 'CANCELLED', end_reason: 'PAYMENT_CANCELLED' });
+
+    // The shopper retried the payment and it went through: the coupon is free and valid, so it is used.
+    await publish(paymentEvent('PAYMENT_COMPLETED', failed.orderId));
+    await until(failed.couponId, 'USED');
+    expect((await reservationsOf(failed.couponId))[0]).toMatchObject({ status: 'CONFIRMED', end_reason: 'PAYMENT_COMPLETED_LATE' });
+  });
+});
+
+describe('late payments', () => {
+  it('confirm a reservation that timed out while the coupon is still free', async () => {
+    const { couponId, orderId } = await reserved();
+    await expirePending(couponId);
+    expect(await couponStatus(couponId)).toBe('ISSUED');
+    await publish(paymentEvent('PAYMENT_COMPLETED', orderId));
+    await until(couponId, 'USED');
+    expect((await reservationsOf(couponId))[0]).toMatchObject({ status: 'CONFIRMED', end_reason: 'PAYMENT_COMPLETED_LATE' });
+  });
+
+  it('are recorded as a conflict, never a second use, when the coupon is reserved for another order', async () => {
+    const shopper = await shopperWith(api, policyId);
+    const late = await reserved(shopper);
+    await expirePending(late.couponId);
+    const now = await reserveAndSettle(api, shopper, late.couponId, uniqueId('second-order'));
+    expect(now.status).toBe('succeeded');
+
+    const event = paymentEvent('PAYMENT_COMPLETED', late.orderId);
+    await publish(event);
+    const job = await paymentJob(event.eventId);
+    expect(job.result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'COUPON_NOT_AVAILABLE' } });
+    expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'COUPON_NOT_AVAILABLE', reservation_id: late.reservationId }]);
+    expect(await couponRow(late.couponId)).toMatchObject({ status: 'RESERVED', reservation_id: now.result.reservationId });
+    expect((await reservationsOf(late.couponId)).map((r) => r.status)).toEqual(['EXPIRED', 'PENDING']);
+    const log = await readFile(logFile('payments-worker-1'), 'utf8');
+    expect(log).toContain('payment conflict');
+  });
+});
+
+describe('PAYMENT_REFUNDED', () => {
+  it('restores the coupon, also when the refund reached the worker before its payment', async () => {
+    const inOrder = await reserved();
+    await publish(paymentEvent('PAYMENT_COMPLETED', inOrder.orderId));
+    await until(inOrder.couponId, 'USED');
+    await publish(paymentEvent('PAYMENT_REFUNDED', inOrder.orderId));
+    await until(inOrder.couponId, 'ISSUED');
+
+    // The refund overtakes its payment: it waits (retried with backoff) until the payment lands.
+    const overtaken = await reserved();
+    const refund = paymentEvent('PAYMENT_REFUNDED', overtaken.orderId);
+    await publish(refund);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await couponStatus(overtaken.couponId)).toBe('RESERVED');
+    await publish(paymentEvent('PAYMENT_COMPLETED', overtaken.orderId));
+    expect((await paymentJob(refund.eventId)).result).toMatchObject({ outcome: 'APPLIED' });
+    await until(overtaken.couponId, 'ISSUED');
+    const [row] = await reservationsOf(overtaken.couponId);
+    expect(row?.status).toBe('CONFIRMED');
+  });
+});
+
+describe('poison messages', () => {
+  it('go to the dead-letter topic with the reason, and the next message of the partition is applied', async () => {
+    const { couponId, orderId } = await reserved();
+    const good = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await events.send(stack.paymentsTopic, [
+      { key: orderId, value: 'this is not json', partition: 0 },
+      { key: orderId, value: JSON.stringify({ ...good, eventId: uniqueId('bad'), type: 'PAYMENT_EXPLODED' }), partition: 0 },
+      { key: orderId, value: JSON.stringify(good), partition: 0 },
+    ]);
+    await until(couponId, 'USED');
+    const dead = await events.readAll(`${stack.paymentsTopic}.dlq`, 2);
+    expect(dead).toHaveLength(2);
+    expect(dead.map((d) => d.value)).toContain('this is not json');
+    expect(dead.map((d) => d.headers['dlq-reason'])).toEqual(expect.arrayContaining(['the value is not JSON', expect.stringMatching(/^not a payment event: type/)]));
+    for (const d of dead) expect(d.headers).toMatchObject({ 'dlq-source-topic': stack.paymentsTopic, 'dlq-source-partition': '0' });
+  });
+});
