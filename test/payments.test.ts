@@ -56,7 +56,12 @@ async function reserved(shopper?: Shopper) {
 
 const couponStatus = (couponId: string) => eventually(() => couponRow(couponId), () => true).then((c) => c?.status);
 const until = (couponId: string, status: string) => eventually(() => couponRow(couponId), (c) => c?.status === status, 30_000, `coupon ${status}`);
-const paymentJob = (eventId: string) => api.settle(derivedJobId('payment', eventId), admin);
+/** The settled job of a payment event, once the bridge has made it. */
+async function paymentJob(eventId: string) {
+  const jobId = derivedJobId('payment', eventId);
+  await eventually(() => api.get(`/api/v1/jobs/${jobId}`, admin), (r) => r.status !== 404, 30_000, `job ${jobId} created`);
+  return api.settle(jobId, admin);
+}
 
 async function expirePending(couponId: string) {
   await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [couponId]);
