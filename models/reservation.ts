@@ -1,9 +1,10 @@
 // The reservations table and the checkout transactions: reserve a coupon for an order, apply a
 // payment (or an admin's confirm, or a user's cancel), and time out what nobody paid for.
 //
-// Lock order: every transaction that changes a reservation first locks its coupon row (SELECT ...
-// FOR UPDATE), then reads and writes the reservation. One order everywhere means no deadlocks, and
-// whoever holds the coupon row sees the reservation as it is.
+// Every change is decided in TypeScript (models/checkout-rules.ts) on rows read without locks, and
+// written as a compare-and-set by the batched functions of migration 0006: it takes effect only if
+// the rows are still as read, else the worker reads and decides again. Lock order: every write that
+// changes a reservation locks its coupon row first; one order everywhere means no deadlocks.
 import { randomUUID } from 'node:crypto';
 import {
   DataTypes,
@@ -13,10 +14,19 @@ import {
   type InferAttributes,
   type InferCreationAttributes,
   type Sequelize,
-  type Transaction,
 } from 'sequelize';
+import { coalescePerTurn } from '../core/concurrency';
 import { reason, type Reason } from '../core/errors';
-import { planPayment, usability, type CouponState, type DiscountRule, type PaymentEventType, type PaymentPlan, type ReservationState } from './checkout-rules';
+import {
+  planPayment,
+  usability,
+  type CouponState,
+  type DiscountRule,
+  type PaymentEventType,
+  type PaymentPlan,
+  type ReservationState,
+  type Usability,
+} from './checkout-rules';
 
 export class Reservation extends Model<InferAttributes<Reservation>, InferCreationAttributes<Reservation>> {
   declare id: string;
@@ -94,8 +104,8 @@ export function reservationView(r: Reservation) {
 }
 export type ReservationView = ReturnType<typeof reservationView>;
 
-/** A coupon row locked for a checkout change, with the rules of its policy. */
-interface LockedCoupon {
+/** A coupon as a checkout decision needs it, with the rules of its policy. */
+interface CouponRow {
   id: string;
   user_id: string;
   status: CouponState;
@@ -108,37 +118,55 @@ interface LockedCoupon {
   restore_on_refund: boolean;
 }
 
-const LOCK_COUPON = `
-  SELECT c.id, c.user_id, c.status, c.expires_at, c.reservation_id,
-         p.discount_type, p.discount_value, p.max_discount_amount, p.min_order_amount, p.restore_on_refund
-    FROM coupons c JOIN coupon_policies p ON p.id = c.policy_id
-   WHERE c.id = $1
-     FOR UPDATE OF c`;
+const COUPON_COLUMNS = `c.id, c.user_id, c.status, c.expires_at, c.reservation_id,
+  p.discount_type, p.discount_value, p.max_discount_amount, p.min_order_amount, p.restore_on_refund`;
 
-async function lockCoupon(db: Sequelize, couponId: string, tx: Transaction): Promise<LockedCoupon | null> {
-  const rows = await db.query<LockedCoupon>(LOCK_COUPON, { bind: [couponId], type: QueryTypes.SELECT, transaction: tx });
-  return rows[0] ?? null;
-}
-
-function ruleOf(c: LockedCoupon): DiscountRule {
+function ruleOf(c: CouponRow): DiscountRule {
   const num = (v: string | null) => (v === null ? null : Number(v));
   return { type: c.discount_type, value: Number(c.discount_value), maxDiscountAmount: num(c.max_discount_amount), minOrderAmount: num(c.min_order_amount) };
 }
 
+const db = () => Reservation.sequelize as Sequelize;
+
+/** The coupons asked for in one turn of the event loop, read together. */
+const readCoupon = coalescePerTurn(async (ids: string[]): Promise<(CouponRow | null)[]> => {
+  const rows = await db().query<CouponRow>(`SELECT ${COUPON_COLUMNS} FROM coupons c JOIN coupon_policies p ON p.id = c.policy_id WHERE c.id = ANY($1)`, {
+    bind: [ids],
+    type: QueryTypes.SELECT,
+  });
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  return ids.map((id) => byId.get(id) ?? null);
+});
+
 /** A coupon as POST /coupons/validate needs it: its holder, state and discount rule. A plain read. */
-export async function readCouponForCheckout(
-  db: Sequelize,
-  couponId: string,
-): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
-  const rows = await db.query<LockedCoupon>(LOCK_COUPON.replace('FOR UPDATE OF c', ''), { bind: [couponId], type: QueryTypes.SELECT });
-  const c = rows[0];
+export async function readCouponForCheckout(couponId: string): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
+  const c = await readCoupon(couponId);
   return c ? { userId: c.user_id, status: c.status, expiresAt: new Date(c.expires_at), rule: ruleOf(c) } : null;
 }
 
-/** The name of the constraint a Postgres error reports, through Sequelize's wrapping. */
-export function violatedConstraint(error: unknown): string | undefined {
-  const e = error as { original?: { constraint?: string }; parent?: { constraint?: string } } | null;
-  return e?.original?.constraint ?? e?.parent?.constraint;
+/** A reservations row as to_jsonb gives it, made into a model instance. */
+function reservationFromJson(row: Record<string, unknown>): Reservation {
+  const at = (v: unknown) => (v === null || v === undefined ? null : new Date(String(v)));
+  return Reservation.build(
+    {
+      id: String(row.id),
+      couponId: String(row.coupon_id),
+      userId: String(row.user_id),
+      orderId: String(row.order_id),
+      orderAmount: Number(row.order_amount),
+      discountAmount: Number(row.discount_amount),
+      status: row.status as ReservationState,
+      requestId: String(row.request_id),
+      expiresAt: at(row.expires_at) as Date,
+      endedAt: at(row.ended_at),
+      endReason: (row.end_reason as string | null) ?? null,
+      refundedAt: at(row.refunded_at),
+      createdAt: at(row.created_at) as Date,
+      updatedAt: at(row.updated_at) as Date,
+    },
+    // raw: the timestamps are the row's own, not values for Sequelize to manage.
+    { isNewRecord: false, raw: true },
+  );
 }
 
 export interface ReserveInput {
@@ -154,55 +182,66 @@ export interface ReserveInput {
 
 export type ReserveOutcome = { kind: 'reserved'; reservation: Reservation; replay: boolean } | { kind: 'refused'; reason: Reason };
 
+type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
+
+/** The reservations decided in one turn, written by one call of reserve_coupons (migration 0006). */
+const writeReservation = coalescePerTurn(async (rows: object[]): Promise<ReserveRow[]> => {
+  const results = await db().query<ReserveRow>('SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)', {
+    bind: [JSON.stringify(rows)],
+    type: QueryTypes.SELECT,
+  });
+  const byReq = new Map(results.map((r) => [r.req, r]));
+  return rows.map((row) => byReq.get((row as { req: string }).req) ?? { req: (row as { req: string }).req, outcome: 'missing', reservation: null });
+});
+
+/** How often a decision is made again when the rows changed between the read and the write. */
+const MAX_DECISIONS = 5;
+
 /**
- * Moves an ISSUED coupon to RESERVED for an order, in one transaction under the coupon's row lock.
- * The checks are those of POST /coupons/validate (models/checkout-rules.ts); the partial unique index
- * on PENDING reservations refuses a second one whatever happens above it (I4).
+ * Moves an ISSUED coupon to RESERVED for an order. The coupon is read, the rules decide
+ * (usability, discount), and the write takes effect only if the coupon is still ISSUED, valid and
+ * the user's; otherwise it is read and decided again. The partial unique index on PENDING
+ * reservations refuses a second one whatever happens above it (I4).
  */
-export async function reserveCoupon(db: Sequelize, input: ReserveInput): Promise<ReserveOutcome> {
-  const now = input.now ?? new Date();
-  try {
-    return await db.transaction(async (tx): Promise<ReserveOutcome> => {
-      const coupon = await lockCoupon(db, input.couponId, tx);
-      // Someone else's coupon reads as missing: its existence is not this user's business.
-      if (!coupon || coupon.user_id !== input.userId) return { kind: 'refused', reason: reason('COUPON_NOT_FOUND') };
-      const verdict = usability({ status: coupon.status, expiresAt: coupon.expires_at }, ruleOf(coupon), input.orderAmount, now);
-      if (!verdict.usable) {
-        // Reserved already by this very request (a rerun after its commit): that is the answer.
-        const earlier = await Reservation.findOne({ where: { requestId: input.requestId }, transaction: tx });
-        if (earlier) return { kind: 'reserved', reservation: earlier, replay: true };
-        return { kind: 'refused', reason: verdict.reason };
-      }
-      const reservation = await Reservation.create(
-        {
-          id: randomUUID(),
-          couponId: input.couponId,
-          userId: input.userId,
-          orderId: input.orderId,
-          orderAmount: input.orderAmount,
-          discountAmount: verdict.discountAmount,
-          requestId: input.requestId,
-          expiresAt: new Date(now.getTime() + input.ttlSeconds * 1000),
-        },
-        { transaction: tx },
-      );
-      await db.query(
-        `UPDATE coupons SET status = 'RESERVED', reserved_at = $2, order_id = $3, reservation_id = $4
-          WHERE id = $1 AND status = 'ISSUED'`,
-        { bind: [input.couponId, now, input.orderId, reservation.id], type: QueryTypes.UPDATE, transaction: tx },
-      );
-      return { kind: 'reserved', reservation, replay: false };
-    });
-  } catch (error) {
-    const constraint = violatedConstraint(error);
-    if (constraint === 'uq_reservations_request') {
-      // The same request reserved in a concurrent run that committed first.
+export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome> {
+  for (let decision = 0; decision < MAX_DECISIONS; decision += 1) {
+    const now = input.now ?? new Date();
+    const coupon = await readCoupon(input.couponId);
+    // Someone else's coupon reads as missing: its existence is not this user's business.
+    const verdict: Usability =
+      !coupon || coupon.user_id !== input.userId
+        ? { usable: false, discountAmount: 0, reason: reason('COUPON_NOT_FOUND') }
+        : usability({ status: coupon.status, expiresAt: coupon.expires_at }, ruleOf(coupon), input.orderAmount, now);
+    if (!verdict.usable) {
+      // Reserved already by this very request (a rerun after its write): that is the answer.
       const earlier = await Reservation.findOne({ where: { requestId: input.requestId } });
       if (earlier) return { kind: 'reserved', reservation: earlier, replay: true };
+      return { kind: 'refused', reason: verdict.reason };
     }
-    if (constraint === 'uq_reservations_pending_coupon') return { kind: 'refused', reason: reason('COUPON_NOT_AVAILABLE') };
-    throw error;
+    const written = await writeReservation({
+      req: input.requestId,
+      id: randomUUID(),
+      coupon: input.couponId,
+      user: input.userId,
+      order: input.orderId,
+      amount: input.orderAmount,
+      discount: verdict.discountAmount,
+      at: now.toISOString(),
+      expires: new Date(now.getTime() + input.ttlSeconds * 1000).toISOString(),
+    });
+    switch (written.outcome) {
+      case 'reserved':
+      case 'duplicate-request':
+        return { kind: 'reserved', reservation: reservationFromJson(written.reservation ?? {}), replay: written.outcome !== 'reserved' };
+      case 'stale':
+        continue; // the coupon changed since it was read: decide again on what it is now
+      case 'uq_reservations_pending_coupon':
+        return { kind: 'refused', reason: reason('COUPON_NOT_AVAILABLE') };
+      default:
+        throw new Error(`reserve_coupons answered ${written.outcome} for ${input.requestId}`);
+    }
   }
+  throw new Error(`coupon ${input.couponId} changed under ${MAX_DECISIONS} decisions in a row`);
 }
 
 /** What a payment, confirm or cancel asks for. `source` + `eventId` is recorded once (I5). */
@@ -225,135 +264,120 @@ export type CheckoutOutcome =
   | { kind: 'duplicate'; outcome: string; reasonCode: string | null }
   | { kind: 'wait'; why: string };
 
-/** Thrown inside the transaction to roll it back (and not record the event) when it must wait. */
-class NotYet extends Error {}
+interface EventState {
+  key: string;
+  done_outcome: string | null;
+  done_reason: string | null;
+  r_id: string | null;
+  r_status: ReservationState | null;
+  r_refunded: boolean | null;
+  r_user: string | null;
+  r_order: string | null;
+  c_id: string | null;
+  c_status: CouponState | null;
+  c_expires: Date | null;
+  c_reservation: string | null;
+  restore_on_refund: boolean | null;
+}
+
+/**
+ * The state the events of one turn are about, in one query: whether each was processed already,
+ * the reservation it names (or its order's pending, else newest, one), and that reservation's coupon.
+ */
+const readEventState = coalescePerTurn(async (events: { key: string; source: string; eventId: string; reservationId: string | null; orderId: string | null }[]) => {
+  const rows = await db().query<EventState>(
+    `SELECT e.key, pe.outcome AS done_outcome, pe.reason_code AS done_reason,
+            r.id AS r_id, r.status AS r_status, r.refunded_at IS NOT NULL AS r_refunded, r.user_id AS r_user, r.order_id AS r_order,
+            c.id AS c_id, c.status AS c_status, c.expires_at AS c_expires, c.reservation_id AS c_reservation, p.restore_on_refund
+       FROM jsonb_to_recordset($1::jsonb) AS e(key text, source text, "eventId" text, "reservationId" text, "orderId" text)
+       LEFT JOIN processed_events pe ON pe.source = e.source AND pe.event_id = e."eventId"
+       LEFT JOIN LATERAL (
+         SELECT * FROM reservations x WHERE x.id = e."reservationId"
+         UNION ALL
+         (SELECT * FROM reservations x WHERE e."reservationId" IS NULL AND x.order_id = e."orderId"
+           ORDER BY (x.status = 'PENDING') DESC, x.created_at DESC LIMIT 1)
+       ) r ON true
+       LEFT JOIN coupons c ON c.id = r.coupon_id
+       LEFT JOIN coupon_policies p ON p.id = c.policy_id`,
+    { bind: [JSON.stringify(events)], type: QueryTypes.SELECT },
+  );
+  const byKey = new Map(rows.map((r) => [r.key, r]));
+  return events.map((e) => byKey.get(e.key) ?? null);
+});
+
+type EventWrite = { key: string; outcome: string; reservation: Record<string, unknown> | null };
+
+/** The decisions about the events of one turn, applied by one call of apply_checkout_events. */
+const writeEvent = coalescePerTurn(async (events: object[]): Promise<EventWrite[]> => {
+  const results = await db().query<EventWrite>('SELECT key, outcome, reservation FROM apply_checkout_events($1::jsonb)', {
+    bind: [JSON.stringify(events)],
+    type: QueryTypes.SELECT,
+  });
+  const byKey = new Map(results.map((r) => [r.key, r]));
+  return events.map((e) => byKey.get((e as { key: string }).key) ?? { key: (e as { key: string }).key, outcome: 'missing', reservation: null });
+});
+
+async function earlierOutcome(event: CheckoutEvent): Promise<CheckoutOutcome> {
+  const [row] = await db().query<{ outcome: string; reason_code: string | null }>('SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2', {
+    bind: [event.source, event.eventId],
+    type: QueryTypes.SELECT,
+  });
+  return { kind: 'duplicate', outcome: row?.outcome ?? 'APPLIED', reasonCode: row?.reason_code ?? null };
+}
 
 /**
  * Applies one payment event (or a confirm or cancel) exactly once in effect: its id is recorded in
- * processed_events in the same transaction as the change, so a redelivery finds the row and stops.
+ * processed_events by the same statement that makes the change, so a redelivery finds the row and
+ * stops. The rules decide on the rows as read; the write takes effect only if they are unchanged.
  * Conflicts (a late payment for a coupon now held by another order) are recorded, never applied.
  */
-export async function applyCheckoutEvent(db: Sequelize, event: CheckoutEvent): Promise<CheckoutOutcome> {
-  const now = event.now ?? new Date();
-  try {
-    return await db.transaction(async (tx): Promise<CheckoutOutcome> => {
-      const claimed = await db.query(
-        `INSERT INTO processed_events (source, event_id, type, order_id, reservation_id, outcome)
-         VALUES ($1, $2, $3, $4, $5, 'APPLIED') ON CONFLICT DO NOTHING RETURNING event_id`,
-        { bind: [event.source, event.eventId, event.type, event.orderId ?? null, event.reservationId ?? null], type: QueryTypes.SELECT, transaction: tx },
-      );
-      if (claimed.length === 0) {
-        const [earlier] = await db.query<{ outcome: string; reason_code: string | null }>(
-          'SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2',
-          { bind: [event.source, event.eventId], type: QueryTypes.SELECT, transaction: tx },
-        );
-        return { kind: 'duplicate', outcome: earlier?.outcome ?? 'APPLIED', reasonCode: earlier?.reason_code ?? null };
-      }
-      const record = async (outcome: 'APPLIED' | 'IGNORED' | 'CONFLICT', why: Reason | null, reservationId: string | null) => {
-        await db.query(
-          `UPDATE processed_events SET outcome = $3, reason_code = $4, detail = $5, reservation_id = COALESCE(reservation_id, $6)
-            WHERE source = $1 AND event_id = $2`,
-          { bind: [event.source, event.eventId, outcome, why?.code ?? null, why?.message ?? null, reservationId], type: QueryTypes.UPDATE, transaction: tx },
-        );
-      };
+export async function applyCheckoutEvent(event: CheckoutEvent): Promise<CheckoutOutcome> {
+  const key = `${event.source}/${event.eventId}`;
+  for (let decision = 0; decision < MAX_DECISIONS; decision += 1) {
+    const now = event.now ?? new Date();
+    const state = await readEventState({ key, source: event.source, eventId: event.eventId, reservationId: event.reservationId ?? null, orderId: event.orderId ?? null });
+    if (state?.done_outcome) return { kind: 'duplicate', outcome: state.done_outcome, reasonCode: state.done_reason };
 
-      const target = await findTarget(db, event, tx);
-      if (!target) {
-        const why = reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.');
-        await record('IGNORED', why, null);
-        return { kind: 'ignored', conflict: false, reason: why, reservation: null };
-      }
-      const coupon = await lockCoupon(db, target.couponId, tx);
-      const reservation = await Reservation.findByPk(target.id, { transaction: tx });
-      if (!coupon || !reservation) throw new Error(`reservation ${target.id} or its coupon vanished`);
-      if (event.ownerId !== undefined && reservation.userId !== event.ownerId) {
-        const why = reason('RESERVATION_NOT_FOUND');
-        await record('IGNORED', why, null);
-        return { kind: 'ignored', conflict: false, reason: why, reservation: null };
-      }
-      if (event.orderId !== undefined && reservation.orderId !== event.orderId) {
-        const why = reason('RESERVATION_NOT_FOUND', `Reservation ${reservation.id} is for another order.`);
-        await record('IGNORED', why, reservation.id);
-        return { kind: 'ignored', conflict: false, reason: why, reservation };
-      }
-
-      const plan = planPayment(
+    const found = state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
+    let plan: PaymentPlan;
+    if (!found) {
+      plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') };
+    } else if (event.orderId !== undefined && found.r_order !== event.orderId) {
+      plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.r_id} is for another order.`) };
+    } else {
+      plan = planPayment(
         event.type,
-        { id: reservation.id, status: reservation.status, refundedAt: reservation.refundedAt },
-        { status: coupon.status, expiresAt: coupon.expires_at, reservationId: coupon.reservation_id },
-        { restoreOnRefund: coupon.restore_on_refund, now },
+        { id: found.r_id as string, status: found.r_status as ReservationState, refundedAt: found.r_refunded ? now : null },
+        { status: found.c_status as CouponState, expiresAt: new Date(found.c_expires as Date), reservationId: found.c_reservation },
+        { restoreOnRefund: Boolean(found.restore_on_refund), now },
       );
-      if (plan.action === 'wait') throw new NotYet(plan.why);
-      if (plan.action === 'none') {
-        await record(plan.conflict ? 'CONFLICT' : 'IGNORED', plan.reason, reservation.id);
-        return { kind: 'ignored', conflict: plan.conflict, reason: plan.reason, reservation };
-      }
-      await carryOut(db, plan.action, reservation, event.endReason, now, tx);
-      await record('APPLIED', null, reservation.id);
-      await reservation.reload({ transaction: tx });
-      return { kind: 'applied', action: plan.action, reservation };
+    }
+    if (plan.action === 'wait') return { kind: 'wait', why: plan.why };
+
+    const written = await writeEvent({
+      key,
+      source: event.source,
+      eventId: event.eventId,
+      type: event.type,
+      orderId: found?.r_order ?? event.orderId ?? null,
+      reservationId: found?.r_id ?? null,
+      couponId: found?.c_id ?? null,
+      outcome: plan.action === 'none' ? (plan.conflict ? 'CONFLICT' : 'IGNORED') : 'APPLIED',
+      reasonCode: plan.action === 'none' ? plan.reason.code : null,
+      detail: plan.action === 'none' ? plan.reason.message : null,
+      action: plan.action,
+      endReason: plan.action === 'confirm-late' ? `${event.endReason}_LATE` : event.endReason,
+      at: now.toISOString(),
+      expect: found && { reservation: found.r_status, refunded: Boolean(found.r_refunded), coupon: found.c_status, couponReservation: found.c_reservation },
     });
-  } catch (error) {
-    if (error instanceof NotYet) return { kind: 'wait', why: error.message };
-    throw error;
+    if (written.outcome === 'stale') continue;
+    if (written.outcome === 'duplicate') return earlierOutcome(event);
+    if (written.outcome !== 'done') throw new Error(`apply_checkout_events answered ${written.outcome} for ${event.source}/${event.eventId}`);
+    const reservation = written.reservation ? reservationFromJson(written.reservation) : null;
+    if (plan.action === 'none') return { kind: 'ignored', conflict: plan.conflict, reason: plan.reason, reservation };
+    return { kind: 'applied', action: plan.action, reservation: reservation as Reservation };
   }
-}
-
-/** The reservation an event is about: the one it names, or its order's pending (else newest) one. */
-async function findTarget(db: Sequelize, event: CheckoutEvent, tx: Transaction): Promise<{ id: string; couponId: string } | null> {
-  const [row] = event.reservationId
-    ? await db.query<{ id: string; coupon_id: string }>('SELECT id, coupon_id FROM reservations WHERE id = $1', {
-        bind: [event.reservationId],
-        type: QueryTypes.SELECT,
-        transaction: tx,
-      })
-    : await db.query<{ id: string; coupon_id: string }>(
-        `SELECT id, coupon_id FROM reservations WHERE order_id = $1
-          ORDER BY (status = 'PENDING') DESC, created_at DESC LIMIT 1`,
-        { bind: [event.orderId], type: QueryTypes.SELECT, transaction: tx },
-      );
-  return row ? { id: row.id, couponId: row.coupon_id } : null;
-}
-
-async function carryOut(
-  db: Sequelize,
-  action: Exclude<PaymentPlan['action'], 'none' | 'wait'>,
-  r: Reservation,
-  endReason: string,
-  now: Date,
-  tx: Transaction,
-): Promise<void> {
-  const run = (sql: string, bind: unknown[]) => db.query(sql, { bind, type: QueryTypes.UPDATE, transaction: tx });
-  switch (action) {
-    case 'confirm':
-    case 'confirm-late':
-      await run(`UPDATE reservations SET status = 'CONFIRMED', ended_at = COALESCE(ended_at, $2), end_reason = $3 WHERE id = $1`, [
-        r.id,
-        now,
-        action === 'confirm' ? endReason : `${endReason}_LATE`,
-      ]);
-      await run(`UPDATE coupons SET status = 'USED', used_at = $2, order_id = $3, reservation_id = $4, reserved_at = COALESCE(reserved_at, $2) WHERE id = $1`, [
-        r.couponId,
-        now,
-        r.orderId,
-        r.id,
-      ]);
-      return;
-    case 'release':
-      await run(`UPDATE reservations SET status = 'CANCELLED', ended_at = $2, end_reason = $3 WHERE id = $1`, [r.id, now, endReason]);
-      await run(`UPDATE coupons SET status = 'ISSUED', reserved_at = NULL, order_id = NULL, reservation_id = NULL WHERE id = $1 AND reservation_id = $2`, [
-        r.couponId,
-        r.id,
-      ]);
-      return;
-    case 'restore':
-      await run(`UPDATE reservations SET refunded_at = $2 WHERE id = $1`, [r.id, now]);
-      await run(`UPDATE coupons SET status = 'ISSUED', reserved_at = NULL, used_at = NULL, order_id = NULL, reservation_id = NULL WHERE id = $1 AND reservation_id = $2`, [
-        r.couponId,
-        r.id,
-      ]);
-      return;
-  }
+  throw new Error(`the reservation of ${event.source}/${event.eventId} changed under ${MAX_DECISIONS} decisions in a row`);
 }
 
 export interface SweepReport {

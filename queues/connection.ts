@@ -3,7 +3,7 @@ import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { createRedis } from '../core/redis';
-import { QUEUES, type QueueName } from './names';
+import type { QueueName } from './names';
 
 /** Defaults per queue: retries for system faults, bounded history so Redis memory stays flat. */
 export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {

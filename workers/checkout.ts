@@ -2,9 +2,8 @@
 // payment event. Each job changes one reservation in one Postgres transaction; a Redis lock on the
 // coupon keeps concurrent reserves of one coupon from piling onto its row lock.
 import { UnrecoverableError, type Job } from 'bullmq';
-import type { Sequelize } from 'sequelize';
 import { config } from '../core/config';
-import { reason } from '../core/errors';
+import { reason, type ErrorCode } from '../core/errors';
 import type { Logger } from '../core/logger';
 import type { PaymentEventType } from '../models/checkout-rules';
 import {
@@ -23,7 +22,6 @@ import type { JobKind } from '../queues/names';
 import { withLock, type Locks } from './lock';
 
 export interface CheckoutDeps {
-  db: Sequelize;
   locks: Locks;
   log: Logger;
 }
@@ -33,6 +31,8 @@ export interface PaymentResult {
   eventId: string;
   outcome: 'APPLIED' | 'IGNORED' | 'CONFLICT' | 'DUPLICATE';
   reason?: { code: string; message: string };
+  /** For a DUPLICATE: what the first delivery did. */
+  earlier?: { outcome: PaymentResult['outcome']; reason?: { code: string; message: string } };
   reservation?: ReservationView;
 }
 
@@ -67,7 +67,7 @@ async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Reserva
   const data = parse(job, reserveJobSchema);
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, couponId: data.couponId, orderId: data.orderId });
   const outcome = await withLock(deps.locks, couponLockKey(data.couponId), COUPON_LOCK_TTL_MS, () =>
-    reserveCoupon(deps.db, {
+    reserveCoupon({
       couponId: data.couponId,
       userId: data.userId,
       orderId: data.orderId,
@@ -134,13 +134,18 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
           ...(outcome.reservation && { reservation: reservationView(outcome.reservation) }),
         },
       };
-    case 'duplicate':
-      return { outcome: 'succeeded', result: { ...base, outcome: 'DUPLICATE' } };
+    case 'duplicate': {
+      // A rerun of this very job (it died after its write) answers what its first run did; another
+      // delivery of the event says it was a duplicate, and what the first one did.
+      const earlier = { outcome: outcome.outcome as PaymentResult['outcome'], ...(outcome.reasonCode && { reason: reason(outcome.reasonCode as ErrorCode) }) };
+      if (job.attemptsStarted > 1) return { outcome: 'succeeded', result: { ...base, ...earlier } };
+      return { outcome: 'succeeded', result: { ...base, outcome: 'DUPLICATE', earlier } };
+    }
   }
 }
 
 async function applyOrWait(event: CheckoutEvent, deps: CheckoutDeps): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
-  const outcome = await applyCheckoutEvent(deps.db, event);
+  const outcome = await applyCheckoutEvent(event);
   if (outcome.kind === 'wait') throw new NotYetApplicable(outcome.why);
   return outcome;
 }

@@ -31,7 +31,7 @@ async function main(): Promise<void> {
     maxStalledCount: 3,
   };
   const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), { ...workerOptions, connection: createRedis('worker') });
-  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ db: sequelize(), locks, log }), {
+  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, log }), {
     ...workerOptions,
     connection: createRedis('worker'),
   });

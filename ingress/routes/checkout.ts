@@ -3,7 +3,6 @@
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
-import { sequelize } from '../../core/postgres';
 import { usability } from '../../models/checkout-rules';
 import { readCouponForCheckout, Reservation } from '../../models/reservation';
 import type { Queues } from '../../queues/connection';
@@ -24,7 +23,7 @@ export function checkoutRoutes(queues: Queues) {
 
   app.post('/validate', async (c) => {
     const body = await jsonBody(c, validateBody);
-    const coupon = await readCouponForCheckout(sequelize(), body.couponId);
+    const coupon = await readCouponForCheckout(body.couponId);
     if (!coupon) throw new AppError('NOT_FOUND', 'No such coupon.');
     assertSelfOrAdmin(c.get('user'), coupon.userId);
     const verdict = usability(coupon, coupon.rule, body.orderAmount, new Date());

@@ -4,6 +4,7 @@ import { createCoupons } from './0002-coupons';
 import { guardStatusAndLimits } from './0003-guard-status-and-limits';
 import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import { createReservations } from './0005-reservations';
+import { checkoutBatches } from './0006-checkout-batches';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches];

@@ -34,20 +34,19 @@
 // last response, exactly STOCK coupons.
 // Exit code: 0 when every invariant held in every run (a missed performance bar is reported, not
 // fatal), 1 when an invariant failed, 2 when the bench could not run.
-import { spawnSync } from 'node:child_process';
-import { createSecretKey, randomBytes, randomUUID, type KeyObject } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import { Job, Queue } from 'bullmq';
 import IORedis from 'ioredis';
-import { SignJWT } from 'jose';
 import { Client as PgClient } from 'pg';
 import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
+import { fmtInt, fmtMs, gitState, median, note, round, signer, sleep, wallNow } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -96,29 +95,6 @@ function loadConfig(): Config {
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const note = (line: string) => process.stderr.write(`[bench] ${line}\n`);
-const round = (n: number, digits = 0) => Math.round(n * 10 ** digits) / 10 ** digits;
-const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
-const fmtMs = (ms: number | null) => (ms === null ? 'n/a' : ms >= 1000 ? `${round(ms / 1000, 2)} s` : `${round(ms, 1)} ms`);
-const wallNow = () => performance.timeOrigin + performance.now();
-
-/** The median of the runs' values (Infinity counts: a run that never settled is the slowest). */
-function median(values: (number | null | undefined)[]): number | null {
-  const xs = values.filter((v): v is number => typeof v === 'number' && !Number.isNaN(v)).sort((a, b) => a - b);
-  if (xs.length === 0) return null;
-  const mid = Math.floor(xs.length / 2);
-  const m = xs.length % 2 ? (xs[mid] as number) : ((xs[mid - 1] as number) + (xs[mid] as number)) / 2;
-  return Number.isFinite(m) ? round(m, 3) : null;
-}
-
-function signer(secret: string) {
-  const key: KeyObject = createSecretKey(Buffer.from(secret, 'utf8'));
-  const exp = Math.floor(Date.now() / 1000) + 6 * 3600;
-  return (sub: string, role: 'user' | 'admin') =>
-    new SignJWT({ role }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setSubject(sub).setIssuedAt().setExpirationTime(exp).sign(key);
-}
 
 /** autocannon's own latency histogram type, built the way autocannon builds it, but kept alive after the run. */
 function latencyHistogram(): autocannon.Histogram {
@@ -700,12 +676,6 @@ async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Pro
     }
   });
   return stack;
-}
-
-function gitState(): { commit: string | null; dirty: boolean | null } {
-  const rev = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
-  const status = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: ROOT, encoding: 'utf8' });
-  return { commit: rev.status === 0 ? rev.stdout.trim() : null, dirty: status.status === 0 ? status.stdout.trim().length > 0 : null };
 }
 
 async function main(): Promise<number> {

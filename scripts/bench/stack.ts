@@ -21,7 +21,7 @@ export interface Stack {
   queuePrefix: string;
   jwtSecret: string;
   /** Pids of the processes the bench started (empty when reused). */
-  pids: { web: number[]; workers: number[] };
+  pids: { web: number[]; workers: number[]; bridge?: number[] };
   logDir?: string;
   /** warn/error/fatal log lines the spawned processes wrote so far, by level, with a few examples. */
   logProblems(): { counts: Record<string, number>; examples: string[] };
@@ -92,6 +92,10 @@ export interface SpawnOptions {
   redisUrl: string;
   queuePrefix: string;
   jwtSecret?: string;
+  /** Also start the Kafka bridge (Procfile `bridge`). */
+  bridge?: boolean;
+  /** More environment for every process (topics, group, TTLs). */
+  env?: Record<string, string>;
   log: (line: string) => void;
 }
 
@@ -119,6 +123,7 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     DATABASE_URL: opts.databaseUrl,
     REDIS_URL: opts.redisUrl,
     QUEUE_PREFIX: opts.queuePrefix,
+    ...opts.env,
   };
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const logDir = path.join(ROOT, '.data', 'bench-logs', stamp);
@@ -171,6 +176,9 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
 
   const web = launch('web', webCmd);
   const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, workerCmd));
+  const bridgeCmd = commands.get('bridge');
+  if (opts.bridge && !bridgeCmd) throw new Error('the Procfile has no bridge process');
+  const bridge = opts.bridge && bridgeCmd ? launch('bridge', bridgeCmd) : undefined;
   const baseUrl = `http://127.0.0.1:${port}`;
   opts.log(`started web (pid ${web.pid}) on ${baseUrl} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
 
@@ -185,7 +193,7 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     baseUrl,
     queuePrefix: opts.queuePrefix,
     jwtSecret,
-    pids: { web: [web.pid ?? -1], workers: workers.map((w) => w.pid ?? -1) },
+    pids: { web: [web.pid ?? -1], workers: workers.map((w) => w.pid ?? -1), ...(bridge && { bridge: [bridge.pid ?? -1] }) },
     logDir,
     logProblems: () => ({ counts: { ...problems.counts }, examples: [...problems.examples] }),
     stop,

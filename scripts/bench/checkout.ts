@@ -1,0 +1,426 @@
+// Checkout benchmark: USERS shoppers, each holding one coupon, check out at RATE per second for
+// DURATION_S seconds (an open loop: a new checkout starts on schedule whatever the earlier ones
+// are doing). A checkout is: POST /coupons/reserve with an Idempotency-Key, long-poll the job until
+// the reservation exists, then publish PAYMENT_COMPLETED for the order on Kafka. The bridge turns
+// the event into a job, a worker marks the coupon USED. Reported: reservations per second, reserve
+// latency, the time from each event's publication to its coupon being USED, and an invariant check
+// over Postgres.
+//
+// Usage:
+//   npm run bench:checkout                          # the bar: 1,000 checkouts/s for 30 s
+//   RATE=1500 DURATION_S=60 npm run bench:checkout
+//   BASE_URL=http://127.0.0.1:3000 JWT_SECRET=... npm run bench:checkout   # a running stack (npm start)
+//
+// Environment (defaults in brackets):
+//   RATE [1000]  DURATION_S [30]  USERS [RATE x DURATION_S]  CONNECTIONS [256]  WORKERS [1]
+//   STACK [auto]  BASE_URL [http://127.0.0.1:3000]  BUILD [true]  JWT_SECRET  (as for the flash-sale bench)
+//   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]  REDIS_URL [redis://127.0.0.1:6379]
+//   KAFKA_BROKERS [127.0.0.1:9092]   a broker is started from the Maven jars when none answers
+//   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
+//
+// A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic and
+// consumer group. The coupons are written straight into Postgres (issuance is the flash-sale
+// bench's subject); the policy ("bench checkout <tag>") and its rows stay in the database.
+//
+// Output: a summary with PASS/FAIL lines on stdout, progress on stderr, and the whole result as JSON
+// in bench/results/checkout-<timestamp>.json and bench/results/checkout-latest.json.
+// Bar: >= 1,000 checkouts per second sustained for 30 s, p95 event → USED < 200 ms.
+// Exit code: 0 when the invariants held (a missed performance bar is reported, not fatal), 1 when
+// an invariant failed, 2 when the bench could not run.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import path from 'node:path';
+import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { Client as PgClient } from 'pg';
+import { Agent, request } from 'undici';
+import { z } from 'zod';
+import { urlWith } from '../../core/config';
+import { consoleLogger } from '../infra/process';
+import { ensureServices } from '../infra/services';
+import { fmtInt, fmtMs, gitState, note, percentile, round, signer, sleep, wallNow } from './common';
+import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+
+const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
+const configSchema = z.object({
+  BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),
+  STACK: z.enum(['auto', 'reuse', 'spawn']).default('auto'),
+  RATE: int(1_000),
+  DURATION_S: int(30),
+  USERS: z.coerce.number().int().min(1).optional(),
+  CONNECTIONS: int(256),
+  WORKERS: int(1),
+  JWT_SECRET: z.string().min(32).optional(),
+  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
+  REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  KAFKA_BROKERS: z.string().default('127.0.0.1:9092'),
+  BUILD: z.stringbool().default(true),
+  SETTLE_TIMEOUT_MS: int(60_000, 1_000),
+});
+type Config = z.infer<typeof configSchema>;
+
+const BAR = { checkoutsPerSec: 1_000, seconds: 30, p95EventToUsedMs: 200 };
+/** An open loop starts checkouts every TICK_MS; more than this many unfinished means the service fell behind. */
+const TICK_MS = 10;
+const MAX_IN_FLIGHT = 5_000;
+
+function loadConfig(): Config {
+  const env = Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined && v !== ''));
+  const parsed = configSchema.safeParse(env);
+  if (!parsed.success) {
+    process.stderr.write(`invalid configuration:\n  ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('\n  ')}\n`);
+    process.exit(2);
+  }
+  return parsed.data;
+}
+
+interface Checkout {
+  userId: string;
+  couponId: string;
+  orderId: string;
+  startedAt: number;
+  acceptedAt?: number;
+  reservedAt?: number;
+  publishedAt?: number;
+  failure?: string;
+}
+
+/** Publishes events in small batches: every checkout whose reservation landed in the last few ms goes out in one send. */
+function eventPublisher(producer: Producer, topic: string) {
+  let buffer: { checkout: Checkout; value: string }[] = [];
+  let flushing: Promise<void> | null = null;
+  const errors: string[] = [];
+  const flush = async () => {
+    while (buffer.length > 0) {
+      const batch = buffer;
+      buffer = [];
+      const at = wallNow();
+      for (const item of batch) item.checkout.publishedAt = at;
+      await producer
+        .send({ topic, acks: -1, messages: batch.map((b) => ({ key: b.checkout.orderId, value: b.value })) })
+        .catch((error: Error) => {
+          errors.push(error.message);
+          for (const item of batch) item.checkout.failure = `publish: ${error.message}`;
+        });
+    }
+    flushing = null;
+  };
+  return {
+    publish(checkout: Checkout) {
+      const event = { eventId: randomUUID(), type: 'PAYMENT_COMPLETED', orderId: checkout.orderId, userId: checkout.userId, occurredAt: new Date().toISOString() };
+      buffer.push({ checkout, value: JSON.stringify(event) });
+      flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
+    },
+    async drain() {
+      while (flushing) await flushing;
+    },
+    errors,
+  };
+}
+
+async function waitForBridge(kafka: Kafka, groupId: string, timeoutMs = 90_000): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const { groups } = await admin.describeGroups([groupId]);
+      if (groups[0]?.state === 'Stable' && groups[0].members.length > 0) return;
+      if (Date.now() > until) throw new Error(`the bridge's consumer group ${groupId} is not stable after ${timeoutMs} ms`);
+      await sleep(250);
+    }
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+async function main(): Promise<number> {
+  const cfg = loadConfig();
+  const users = cfg.USERS ?? cfg.RATE * cfg.DURATION_S;
+  const startedAt = new Date();
+  const tag = randomBytes(4).toString('hex');
+  const brokers = cfg.KAFKA_BROKERS.split(',').map((b) => b.trim());
+  const stopHooks: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const hook of stopHooks.splice(0).reverse()) await hook().catch((e: Error) => note(`cleanup: ${e.message}`));
+  };
+  process.once('SIGINT', () => void stopAll().finally(() => process.exit(130)));
+
+  try {
+    const services = await ensureServices({ databaseUrl: cfg.DATABASE_URL, redisUrl: cfg.REDIS_URL, kafkaBrokers: brokers, log: consoleLogger });
+    stopHooks.push(() => services.stop());
+
+    // ---- the stack ----
+    let stack: Stack;
+    let topic = 'payments.v1';
+    let groupId = 'coupon-bridge';
+    if (cfg.STACK !== 'spawn' && (await isReady(cfg.BASE_URL))) {
+      const secret = secretForRunningStack(cfg.JWT_SECRET);
+      if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with`);
+      note(`using the running stack at ${cfg.BASE_URL} (topic ${topic})`);
+      stack = reuseStack(cfg.BASE_URL, 'coupon', secret);
+    } else {
+      if (cfg.STACK === 'reuse') throw new Error(`nothing ready at ${cfg.BASE_URL}/health/ready (STACK=reuse)`);
+      if (cfg.BUILD) {
+        note('npm run build');
+        await buildProject();
+      }
+      const queuePrefix = `bench-${tag}`;
+      topic = `payments.v1.bench-${tag}`;
+      groupId = `bench-bridge-${tag}`;
+      stack = await spawnStack({
+        workers: cfg.WORKERS,
+        databaseUrl: cfg.DATABASE_URL,
+        redisUrl: cfg.REDIS_URL,
+        queuePrefix,
+        jwtSecret: cfg.JWT_SECRET,
+        bridge: true,
+        env: { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: topic, KAFKA_GROUP_ID: groupId },
+        log: note,
+      });
+      stopHooks.push(async () => {
+        note('stopping the stack (SIGTERM)');
+        await stack.stop();
+        const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
+        for (const name of ['issue', 'checkout']) {
+          const queue = new Queue(name, { connection, prefix: queuePrefix });
+          await queue.obliterate({ force: true }).catch(() => undefined);
+          await queue.close();
+        }
+        connection.disconnect();
+      });
+    }
+    const kafka = new Kafka({ clientId: 'coupon-bench', brokers, logLevel: logLevel.NOTHING });
+    await waitForBridge(kafka, groupId);
+    const producer = kafka.producer({ allowAutoTopicCreation: false });
+    await producer.connect();
+    const pg = new PgClient({ connectionString: cfg.DATABASE_URL, application_name: 'coupon-bench' });
+    await pg.connect();
+    const agent = new Agent({ connections: cfg.CONNECTIONS, pipelining: 1, keepAliveTimeout: 30_000 });
+    stopHooks.push(async () => {
+      await producer.disconnect();
+      await pg.end();
+      await agent.close();
+    });
+    const sign = signer(stack.jwtSecret);
+    const call = async (method: 'GET' | 'POST', url: string, token: string, body?: unknown, headers: Record<string, string> = {}) => {
+      const res = await request(`${stack.baseUrl}${url}`, {
+        method,
+        dispatcher: agent,
+        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        headersTimeout: 20_000,
+        bodyTimeout: 20_000,
+      });
+      const text = await res.body.text();
+      return { status: res.statusCode, body: text ? JSON.parse(text) : undefined };
+    };
+
+    process.stdout.write(
+      `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
+    );
+
+    // ---- seed: a policy and one coupon per shopper, straight into Postgres ----
+    const admin = await sign('bench-admin', 'admin');
+    const created = await call('POST', '/api/v1/coupons/policies', admin, {
+      name: `bench checkout ${tag}`,
+      discount: { type: 'PERCENTAGE', value: 10, maxDiscountAmount: 5_000, minOrderAmount: 10_000 },
+      issueMethod: 'DOWNLOAD',
+      totalQuantity: null,
+      perUserLimit: 1,
+      issueWindow: { startsAt: new Date(Date.now() - 60_000).toISOString() },
+      validity: { days: 7 },
+    });
+    if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
+    const policyId = created.body.id as string;
+    const seedStarted = Date.now();
+    await pg.query(
+      `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+       SELECT 'ck-' || $2 || '-' || g, $1, 'ck-' || $2 || '-u' || g, 'ck-' || $2 || '-r' || g, now() + interval '7 days'
+         FROM generate_series(1, $3::int) g`,
+      [policyId, tag, users],
+    );
+    note(`seeded ${fmtInt(users)} coupons in ${((Date.now() - seedStarted) / 1000).toFixed(1)} s`);
+
+    const checkouts: Checkout[] = Array.from({ length: users }, (_, i) => ({
+      userId: `ck-${tag}-u${i + 1}`,
+      couponId: `ck-${tag}-${i + 1}`,
+      orderId: `ck-${tag}-o${i + 1}`,
+      startedAt: 0,
+    }));
+    const tokens = await Promise.all(checkouts.map((c) => sign(c.userId, 'user')));
+    const publisher = eventPublisher(producer, topic);
+
+    const checkout = async (c: Checkout, token: string) => {
+      c.startedAt = wallNow();
+      try {
+        const accepted = await call('POST', '/api/v1/coupons/reserve', token, { couponId: c.couponId, orderId: c.orderId, orderAmount: 50_000 }, { 'idempotency-key': randomUUID() });
+        if (accepted.status !== 202) throw new Error(`reserve answered ${accepted.status} ${accepted.body?.error?.code ?? ''}`);
+        c.acceptedAt = wallNow();
+        for (;;) {
+          const job = await call('GET', `/api/v1/jobs/${accepted.body.jobId}?waitMs=10000`, token);
+          if (job.status !== 200) throw new Error(`job view answered ${job.status}`);
+          if (job.body.status === 'pending') continue;
+          if (job.body.status !== 'succeeded') throw new Error(`reserve ${job.body.status}: ${job.body.reason?.code}`);
+          break;
+        }
+        c.reservedAt = wallNow();
+        publisher.publish(c);
+      } catch (error) {
+        c.failure = error instanceof Error ? error.message : String(error);
+      }
+    };
+
+    // ---- the open loop ----
+    note(`load: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`);
+    const loadStart = wallNow();
+    const inFlight = new Set<Promise<void>>();
+    let next = 0;
+    let maxInFlight = 0;
+    let behind = 0;
+    const total = Math.min(users, cfg.RATE * cfg.DURATION_S);
+    let lastProgress = loadStart;
+    while (next < total) {
+      const due = Math.min(total, Math.floor(((wallNow() - loadStart) / 1000) * cfg.RATE));
+      while (next < due) {
+        if (inFlight.size >= MAX_IN_FLIGHT) {
+          behind += 1;
+          break;
+        }
+        const c = checkouts[next] as Checkout;
+        const p = checkout(c, tokens[next] as string).finally(() => inFlight.delete(p));
+        inFlight.add(p);
+        next += 1;
+      }
+      maxInFlight = Math.max(maxInFlight, inFlight.size);
+      if (wallNow() - lastProgress > 5_000) {
+        lastProgress = wallNow();
+        note(`  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(checkouts.filter((x) => x.publishedAt).length)} paid`);
+      }
+      await sleep(TICK_MS);
+    }
+    const loadEnd = wallNow();
+    await Promise.all(inFlight);
+    await publisher.drain();
+    const lastReservedAt = Math.max(...checkouts.map((c) => c.reservedAt ?? 0));
+
+    // ---- settle: every published event applied ----
+    const published = checkouts.filter((c) => c.publishedAt !== undefined && !c.failure);
+    note(`waiting for ${fmtInt(published.length)} payments to be applied`);
+    const settleUntil = Date.now() + cfg.SETTLE_TIMEOUT_MS;
+    let used = 0;
+    for (;;) {
+      const { rows } = await pg.query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
+      used = Number(rows[0]?.n ?? 0);
+      if (used >= published.length || Date.now() > settleUntil) break;
+      await sleep(250);
+    }
+
+    // ---- measurements ----
+    const usedRows = await pg.query<{ id: string; used_at: Date }>("SELECT id, used_at FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
+    const usedAt = new Map(usedRows.rows.map((r) => [r.id, r.used_at.getTime()]));
+    const eventToUsed = published
+      .map((c) => (usedAt.has(c.couponId) ? (usedAt.get(c.couponId) as number) - (c.publishedAt as number) : null))
+      .filter((v): v is number => v !== null)
+      .sort((a, b) => a - b);
+    const reserveLatency = checkouts
+      .filter((c) => c.reservedAt !== undefined)
+      .map((c) => (c.reservedAt as number) - c.startedAt)
+      .sort((a, b) => a - b);
+    const reserved = checkouts.filter((c) => c.reservedAt !== undefined).length;
+    const lastUsedAt = Math.max(...usedAt.values());
+    const loadSeconds = (loadEnd - loadStart) / 1000;
+    const failures = checkouts.filter((c) => c.failure);
+    const failureKinds: Record<string, number> = {};
+    for (const f of failures) failureKinds[(f.failure as string).slice(0, 60)] = (failureKinds[(f.failure as string).slice(0, 60)] ?? 0) + 1;
+    const measure = {
+      started: next,
+      reserved,
+      published: published.length,
+      used,
+      failures: failures.length,
+      failureKinds,
+      behindTicks: behind,
+      maxInFlight,
+      loadSeconds: round(loadSeconds, 2),
+      reservationsPerSec: round(reserved / ((lastReservedAt - loadStart) / 1000), 1),
+      checkoutsPerSec: round(used / ((lastUsedAt - loadStart) / 1000), 1),
+      tailAfterLoadMs: round(lastUsedAt - loadEnd, 0),
+      reserveMs: { p50: percentile(reserveLatency, 50), p95: percentile(reserveLatency, 95), p99: percentile(reserveLatency, 99) },
+      eventToUsedMs: { p50: percentile(eventToUsed, 50), p95: percentile(eventToUsed, 95), p99: percentile(eventToUsed, 99), max: eventToUsed.at(-1) ?? null },
+    };
+    for (const key of ['reserveMs', 'eventToUsedMs'] as const) {
+      for (const [k, v] of Object.entries(measure[key])) (measure[key] as Record<string, number | null>)[k] = v === null ? null : round(v, 1);
+    }
+
+    // ---- invariants, from Postgres ----
+    const q = async (sql: string) => Number((await pg.query<{ n: string }>(sql, [policyId])).rows[0]?.n ?? -1);
+    const confirmed = await q(`SELECT count(*) AS n FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1 AND r.status = 'CONFIRMED'`);
+    const twice = await q(`SELECT count(*) AS n FROM (SELECT r.coupon_id FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1 AND r.status IN ('PENDING', 'CONFIRMED') GROUP BY r.coupon_id HAVING count(*) > 1) x`);
+    const pending = await q(`SELECT count(*) AS n FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1 AND r.status = 'PENDING'`);
+    const applied = await q(`SELECT count(*) AS n FROM processed_events e JOIN reservations r ON r.id = e.reservation_id JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1 AND e.outcome = 'APPLIED'`);
+    const mismatched = await q(`SELECT count(*) AS n FROM coupons c JOIN reservations r ON r.id = c.reservation_id WHERE c.policy_id = $1 AND c.status = 'USED' AND (r.status <> 'CONFIRMED' OR r.order_id <> c.order_id)`);
+    const invariants = [
+      { name: 'every published payment used its coupon', ok: used === published.length, detail: `${fmtInt(used)} USED of ${fmtInt(published.length)} published` },
+      { name: 'one CONFIRMED reservation per used coupon', ok: confirmed === used, detail: `${fmtInt(confirmed)} confirmed` },
+      { name: 'no coupon reserved or used twice', ok: twice === 0, detail: `${twice} coupons` },
+      { name: 'no reservation left PENDING', ok: pending === 0, detail: `${pending} pending` },
+      { name: 'each payment event applied once', ok: applied === used, detail: `${fmtInt(applied)} APPLIED events` },
+      { name: 'used coupons agree with their reservation', ok: mismatched === 0, detail: `${mismatched} disagree` },
+    ];
+    const invariantsHeld = invariants.every((i) => i.ok);
+    const bars = [
+      { name: 'checkouts per second (sustained)', ok: measure.checkoutsPerSec >= BAR.checkoutsPerSec && loadSeconds >= BAR.seconds - 0.5 && failures.length === 0, shown: `${fmtInt(measure.checkoutsPerSec)} over ${round(loadSeconds, 1)} s`, target: `>= ${fmtInt(BAR.checkoutsPerSec)} for ${BAR.seconds} s` },
+      { name: 'p95 event -> USED', ok: measure.eventToUsedMs.p95 !== null && measure.eventToUsedMs.p95 < BAR.p95EventToUsedMs, shown: fmtMs(measure.eventToUsedMs.p95), target: `< ${BAR.p95EventToUsedMs} ms` },
+    ];
+    const problems = stack.logProblems();
+    const summary = [
+      '',
+      `Checkout: ${fmtInt(measure.started)} started, ${fmtInt(reserved)} reserved (${fmtInt(measure.reservationsPerSec)} reservations/s), ${fmtInt(used)} used (${fmtInt(measure.checkoutsPerSec)} checkouts/s), ${failures.length} failed`,
+      `  reserve (POST → reservation exists): p50 ${fmtMs(measure.reserveMs.p50)} / p95 ${fmtMs(measure.reserveMs.p95)} / p99 ${fmtMs(measure.reserveMs.p99)}`,
+      `  event published → coupon USED:      p50 ${fmtMs(measure.eventToUsedMs.p50)} / p95 ${fmtMs(measure.eventToUsedMs.p95)} / p99 ${fmtMs(measure.eventToUsedMs.p99)} / max ${fmtMs(measure.eventToUsedMs.max)}`,
+      `  last coupon USED ${fmtMs(measure.tailAfterLoadMs)} after the last checkout started; at most ${fmtInt(maxInFlight)} checkouts in flight`,
+      ...bars.map((b) => `  ${b.ok ? 'PASS' : 'FAIL'}  ${b.name.padEnd(34)} ${b.shown.padEnd(18)} (bar ${b.target})`),
+      ...invariants.map((i) => `  ${i.ok ? 'PASS' : 'FAIL'}  ${i.name.padEnd(44)} ${i.detail}`),
+    ];
+    if (failures.length) summary.push(`  failures: ${Object.entries(failureKinds).map(([k, n]) => `${n} × ${k}`).join('; ')}`);
+    if (publisher.errors.length) summary.push(`  publish errors: ${publisher.errors.slice(0, 3).join('; ')}`);
+    if (Object.keys(problems.counts).length) summary.push(`  service log: ${Object.entries(problems.counts).map(([l, n]) => `${n} ${l}`).join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`);
+
+    const report = {
+      bench: 'checkout',
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, users, topic, groupId },
+      stack: { mode: stack.mode, baseUrl: stack.baseUrl, queuePrefix: stack.queuePrefix, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
+      machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
+      git: gitState(),
+      bar: BAR,
+      measure,
+      bars,
+      invariants,
+      invariantsHeld,
+    };
+    const dir = path.join(ROOT, 'bench', 'results');
+    mkdirSync(dir, { recursive: true });
+    const file = path.join(dir, `checkout-${startedAt.toISOString().replace(/:/g, '-')}.json`);
+    const json = `${JSON.stringify(report, null, 2)}\n`;
+    writeFileSync(file, json);
+    writeFileSync(path.join(dir, 'checkout-latest.json'), json);
+    summary.push(`Results: ${path.relative(ROOT, file)} (and bench/results/checkout-latest.json)`);
+    process.stdout.write(`${summary.join('\n')}\n`);
+    return invariantsHeld ? 0 : 1;
+  } finally {
+    await stopAll();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    process.stderr.write(`[bench] could not run: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.exit(2);
+  },
+);

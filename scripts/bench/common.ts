@@ -1,0 +1,43 @@
+// Helpers the benchmark scenarios share: output, rounding and formatting, medians, token signing, git state.
+import { spawnSync } from 'node:child_process';
+import { createSecretKey } from 'node:crypto';
+import { SignJWT } from 'jose';
+import { ROOT } from './stack';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Progress goes to stderr, so stdout stays the summary. */
+export const note = (line: string) => process.stderr.write(`[bench] ${line}\n`);
+export const round = (n: number, digits = 0) => Math.round(n * 10 ** digits) / 10 ** digits;
+export const fmtInt = (n: number) => Math.round(n).toLocaleString('en-US');
+export const fmtMs = (ms: number | null) => (ms === null ? 'n/a' : ms >= 1000 ? `${round(ms / 1000, 2)} s` : `${round(ms, 1)} ms`);
+export const wallNow = () => performance.timeOrigin + performance.now();
+
+/** The median of the runs' values (Infinity counts: a run that never settled is the slowest). */
+export function median(values: (number | null | undefined)[]): number | null {
+  const xs = values.filter((v): v is number => typeof v === 'number' && !Number.isNaN(v)).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const mid = Math.floor(xs.length / 2);
+  const m = xs.length % 2 ? (xs[mid] as number) : ((xs[mid - 1] as number) + (xs[mid] as number)) / 2;
+  return Number.isFinite(m) ? round(m, 3) : null;
+}
+
+/** The p-th percentile (0..100) of a sample, nearest-rank; null for an empty one. */
+export function percentile(sorted: number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[rank] as number;
+}
+
+/** Signs HS256 tokens valid for six hours with one key object. */
+export function signer(secret: string) {
+  const key = createSecretKey(Buffer.from(secret, 'utf8'));
+  const exp = Math.floor(Date.now() / 1000) + 6 * 3600;
+  return (sub: string, role: 'user' | 'admin') =>
+    new SignJWT({ role }).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setSubject(sub).setIssuedAt().setExpirationTime(exp).sign(key);
+}
+
+export function gitState(): { commit: string | null; dirty: boolean | null } {
+  const rev = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
+  const status = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: ROOT, encoding: 'utf8' });
+  return { commit: rev.status === 0 ? rev.stdout.trim() : null, dirty: status.status === 0 ? status.stdout.trim().length > 0 : null };
+}
