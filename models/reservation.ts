@@ -290,7 +290,9 @@ const readEventState = coalescePerTurn(async (events: { key: string; source: str
             r.id AS r_id, r.status AS r_status, r.refunded_at IS NOT NULL AS r_refunded, r.user_id AS r_user, r.order_id AS r_order,
             c.id AS c_id, c.status AS c_status, c.expires_at AS c_expires, c.reservation_id AS c_reservation, p.restore_on_refund
        FROM jsonb_to_recordset($1::jsonb) AS e(key text, source text, "eventId" text, "reservationId" text, "orderId" text)
-       LEFT JOIN processed_events pe ON pe.source = e.source AND pe.event_id = e."eventId"
+       -- Lateral, so each event is one primary-key probe (a plain join hashes the whole table).
+       LEFT JOIN LATERAL (SELECT outcome, reason_code FROM processed_events
+                           WHERE source = e.source AND event_id = e."eventId") pe ON true
        LEFT JOIN LATERAL (
          SELECT * FROM reservations x WHERE x.id = e."reservationId"
          UNION ALL

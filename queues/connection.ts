@@ -22,6 +22,12 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
     removeOnComplete: { age: 24 * 3600, count: 200_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
+  payments: {
+    attempts: 8,
+    backoff: { type: 'exponential', delay: 250 },
+    removeOnComplete: { age: 24 * 3600, count: 200_000 },
+    removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
+  },
 };
 
 export interface Queues {
@@ -45,6 +51,8 @@ export function createQueues(redisUrl = config().REDIS_URL): Queues {
         queue = new Queue(name, { connection, prefix, defaultJobOptions: JOB_OPTIONS[name] });
         // Errors surface where a call fails (add → 503); the emitter must not crash the process.
         queue.on('error', () => {});
+        // Every long-polling GET /jobs/:id listens for the queue closing while it waits.
+        queue.setMaxListeners(0);
         queues.set(name, queue);
       }
       return queue;
@@ -55,6 +63,7 @@ export function createQueues(redisUrl = config().REDIS_URL): Queues {
         // QueueEvents blocks on XREAD, so it gets its own connection that retries forever.
         qe = new QueueEvents(name, { connection: createRedis('worker', redisUrl), prefix });
         qe.on('error', () => {});
+        qe.setMaxListeners(0);
         events.set(name, qe);
       }
       return qe;

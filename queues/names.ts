@@ -4,8 +4,11 @@ import { createHash } from 'node:crypto';
 export const QUEUES = {
   /** Issue requests, in batches (one job per web process and event-loop turn). */
   issue: 'issue',
-  /** Reserve, cancel, confirm and payment events: each job changes one reservation. */
+  /** Reserve, cancel and confirm requests of the API: each job changes one reservation. */
   checkout: 'checkout',
+  /** Payment events from Kafka, one job each. Apart from checkout, so the web's job-event stream
+   * carries only the jobs its clients wait on, and the payment backlog is visible on its own. */
+  payments: 'payments',
 } as const;
 
 export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
@@ -16,7 +19,7 @@ export const JOB_KINDS = {
   reserve: { queue: QUEUES.checkout, prefix: 'rsv' },
   cancel: { queue: QUEUES.checkout, prefix: 'cnl' },
   confirm: { queue: QUEUES.checkout, prefix: 'cnf' },
-  payment: { queue: QUEUES.checkout, prefix: 'pay' },
+  payment: { queue: QUEUES.payments, prefix: 'pay' },
 } as const;
 
 export type JobKind = keyof typeof JOB_KINDS;

@@ -79,7 +79,7 @@ describe('PAYMENT_COMPLETED', () => {
 
     // Once the job is removed from Redis, a redelivery makes a new job: Postgres knows the event.
     const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
-    const queue = new Queue('checkout', { connection, prefix: stack.queuePrefix });
+    const queue = new Queue('payments', { connection, prefix: stack.queuePrefix });
     try {
       await (await queue.getJob(derivedJobId('payment', event.eventId)))?.remove();
       await publish(event);

@@ -35,7 +35,8 @@ async function main(): Promise<void> {
     ...workerOptions,
     connection: createRedis('worker'),
   });
-  const workers = [issueWorker, checkoutWorker];
+  const paymentsWorker = new Worker(QUEUES.payments, createCheckoutProcessor({ locks, log }), { ...workerOptions, connection: createRedis('worker') });
+  const workers = [issueWorker, checkoutWorker, paymentsWorker];
   for (const worker of workers) {
     worker.on('error', (error) => log.error({ err: error, queue: worker.name }, 'worker error'));
     // A job whose worker died or starved past its lock: it goes back to the queue and runs again.
@@ -46,7 +47,7 @@ async function main(): Promise<void> {
       }
     });
   }
-  batchAfterDrain(issueWorker, cfg.WORKER_BATCH_WAIT_MS);
+  for (const worker of workers) batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
   const stopSweeper = scheduleExpirySweeper(sequelize(), log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },

@@ -21,21 +21,24 @@ export function accepted(c: Context<AppEnv>, jobId: string) {
 
 type OwnedJobView = JobView & { ownerId: string };
 
-/** Reads the state first and the job after it, so a final state always comes with the final result. */
-async function readJob(queues: Queues, queueName: QueueName, id: string): Promise<OwnedJobView | null> {
-  const queue = queues.get(queueName);
+/**
+ * One HGETALL: a job is finished once it has finishedOn, which BullMQ writes in the same script as
+ * its return value (completed) or final failure, so the state and the result always agree.
+ */
+async function readJob(queues: Queues, queueName: QueueName, id: string): Promise<{ job: Job; view: OwnedJobView } | null> {
   const { jobId, index } = parseRequestId(id);
-  const state = await queue.getJobState(jobId);
-  if (state === 'unknown') return null;
-  const job = await queue.getJob(jobId);
-  const view = job ? viewOf(job, state, id, index) : null;
-  if (view?.status === 'failed' && view.type === 'issue') {
+  const job = await queues.get(queueName).getJob(jobId);
+  if (!job) return null;
+  const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
+  const view = viewOf(job, state, id, index);
+  if (!view) return null;
+  if (view.status === 'failed' && view.type === 'issue') {
     // A batch that failed or stalled out as a whole may still have written this request's coupon
     // before it did: Postgres has the last word, so nobody holding a coupon is told "failed".
     const coupon = await findCouponByRequest(id);
-    if (coupon) return { ...view, status: 'succeeded', result: couponView(coupon), reason: undefined };
+    if (coupon) return { job, view: { ...view, status: 'succeeded', result: couponView(coupon), reason: undefined } };
   }
-  return view;
+  return { job, view };
 }
 
 /** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
@@ -74,22 +77,18 @@ export function jobRoutes(queues: Queues) {
     const jobId = parseWith(jobIdParam, c.req.param('jobId'));
     const { waitMs } = query(c, waitQuery);
     const queueName = queueOfJobId(jobId);
-    let view = queueName ? await readJob(queues, queueName, jobId) : null;
-    if (!view || !queueName) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
+    const found = queueName ? await readJob(queues, queueName, jobId) : null;
+    if (!found || !queueName) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
+    let { view } = found;
     assertSelfOrAdmin(c.get('user'), view.ownerId);
     if (view.status === 'pending' && waitMs > 0) {
-      view = (await waitForJob(queues, queueName, jobId, waitMs)) ?? view;
+      // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it again.
+      await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+      view = (await readJob(queues, queueName, jobId))?.view ?? view;
     }
     const { ownerId: _owner, ...body } = view;
     return c.json(body);
   });
 
   return app;
-}
-
-async function waitForJob(queues: Queues, queueName: QueueName, jobId: string, waitMs: number) {
-  const job = await queues.get(queueName).getJob(parseRequestId(jobId).jobId);
-  // waitUntilFinished rejects when the job fails or the wait runs out; either way, read the state again.
-  await job?.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-  return readJob(queues, queueName, jobId);
 }

@@ -41,6 +41,7 @@ import { urlWith } from '../../core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { fmtInt, fmtMs, gitState, note, percentile, round, signer, sleep, wallNow } from './common';
+import { classifier, startCpuPhase } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
@@ -236,12 +237,15 @@ async function main(): Promise<number> {
     if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
     const policyId = created.body.id as string;
     const seedStarted = Date.now();
-    await pg.query(
-      `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-       SELECT 'ck-' || $2 || '-' || g, $1, 'ck-' || $2 || '-u' || g, 'ck-' || $2 || '-r' || g, now() + interval '7 days'
-         FROM generate_series(1, $3::int) g`,
-      [policyId, tag, users],
-    );
+    // In slices: each row takes a per-user advisory lock, and one transaction holds only so many locks.
+    for (let from = 1; from <= users; from += 2_000) {
+      await pg.query(
+        `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+         SELECT 'ck-' || $2 || '-' || g, $1, 'ck-' || $2 || '-u' || g, 'ck-' || $2 || '-r' || g, now() + interval '7 days'
+           FROM generate_series($3::int, $4::int) g`,
+        [policyId, tag, from, Math.min(users, from + 1_999)],
+      );
+    }
     note(`seeded ${fmtInt(users)} coupons in ${((Date.now() - seedStarted) / 1000).toFixed(1)} s`);
 
     const checkouts: Checkout[] = Array.from({ length: users }, (_, i) => ({
@@ -275,6 +279,7 @@ async function main(): Promise<number> {
 
     // ---- the open loop ----
     note(`load: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`);
+    const endCpu = startCpuPhase(classifier(stack.mode === 'spawned' ? stack.pids : null));
     const loadStart = wallNow();
     const inFlight = new Set<Promise<void>>();
     let next = 0;
@@ -318,6 +323,8 @@ async function main(): Promise<number> {
       await sleep(250);
     }
 
+    const cpu = endCpu();
+
     // ---- measurements ----
     const usedRows = await pg.query<{ id: string; used_at: Date }>("SELECT id, used_at FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
     const usedAt = new Map(usedRows.rows.map((r) => [r.id, r.used_at.getTime()]));
@@ -350,6 +357,9 @@ async function main(): Promise<number> {
       tailAfterLoadMs: round(lastUsedAt - loadEnd, 0),
       reserveMs: { p50: percentile(reserveLatency, 50), p95: percentile(reserveLatency, 95), p99: percentile(reserveLatency, 99) },
       eventToUsedMs: { p50: percentile(eventToUsed, 50), p95: percentile(eventToUsed, 95), p99: percentile(eventToUsed, 99), max: eventToUsed.at(-1) ?? null },
+      // CPU milliseconds per checkout, load and settle together, by part of the system.
+      cpuMsPerCheckout: Object.fromEntries(Object.entries(cpu.groupsMs).map(([g, ms]) => [g, used ? round(ms / used, 3) : null])),
+      machineBusyPct: cpu.machineBusyPct,
     };
     for (const key of ['reserveMs', 'eventToUsedMs'] as const) {
       for (const [k, v] of Object.entries(measure[key])) (measure[key] as Record<string, number | null>)[k] = v === null ? null : round(v, 1);
@@ -382,6 +392,7 @@ async function main(): Promise<number> {
       `  reserve (POST → reservation exists): p50 ${fmtMs(measure.reserveMs.p50)} / p95 ${fmtMs(measure.reserveMs.p95)} / p99 ${fmtMs(measure.reserveMs.p99)}`,
       `  event published → coupon USED:      p50 ${fmtMs(measure.eventToUsedMs.p50)} / p95 ${fmtMs(measure.eventToUsedMs.p95)} / p99 ${fmtMs(measure.eventToUsedMs.p99)} / max ${fmtMs(measure.eventToUsedMs.max)}`,
       `  last coupon USED ${fmtMs(measure.tailAfterLoadMs)} after the last checkout started; at most ${fmtInt(maxInFlight)} checkouts in flight`,
+      `  cpu ms per checkout: ${Object.entries(measure.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${cpu.machineBusyPct}% busy`,
       ...bars.map((b) => `  ${b.ok ? 'PASS' : 'FAIL'}  ${b.name.padEnd(34)} ${b.shown.padEnd(18)} (bar ${b.target})`),
       ...invariants.map((i) => `  ${i.ok ? 'PASS' : 'FAIL'}  ${i.name.padEnd(44)} ${i.detail}`),
     ];

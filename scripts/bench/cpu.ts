@@ -4,7 +4,8 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
-export type CpuGroup = 'bench' | 'web' | 'worker' | 'postgres' | 'redis';
+export type CpuGroup = 'bench' | 'web' | 'worker' | 'bridge' | 'postgres' | 'redis' | 'kafka';
+const GROUPS: CpuGroup[] = ['bench', 'web', 'worker', 'bridge', 'postgres', 'redis', 'kafka'];
 
 /** Decides which group a process belongs to; null leaves it in "other". */
 export type Classifier = (pid: number, comm: string, cmdline: () => string) => CpuGroup | null;
@@ -84,7 +85,7 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
     const after = snapshot(classify);
     const wallMs = after.at - before.at;
     const cores = machineTicks().cores;
-    const groups: Record<CpuGroup | 'other', number> = { bench: 0, web: 0, worker: 0, postgres: 0, redis: 0, other: 0 };
+    const groups = Object.fromEntries([...GROUPS, 'other'].map((g) => [g, 0])) as Record<CpuGroup | 'other', number>;
     let grouped = 0;
     for (const [pid, now] of after.ticks) {
       // A process that started during the phase counts from zero.
@@ -100,26 +101,13 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
     const seconds = Math.max(wallMs, 1) / 1000;
     const pct = (t: number) => Math.round((t / CLK_TCK / seconds) * 1000) / 10;
     const ms = (t: number) => Math.round((t / CLK_TCK) * 1000);
+    const each = (f: (t: number) => number) => Object.fromEntries(Object.entries(groups).map(([g, t]) => [g, f(t)])) as Record<CpuGroup | 'other', number>;
     return {
       wallMs: Math.round(wallMs),
       cores,
       machineBusyPct: Math.round((machineBusy / machineTotal) * 1000) / 10,
-      groupsPct: {
-        bench: pct(groups.bench),
-        web: pct(groups.web),
-        worker: pct(groups.worker),
-        postgres: pct(groups.postgres),
-        redis: pct(groups.redis),
-        other: pct(groups.other),
-      },
-      groupsMs: {
-        bench: ms(groups.bench),
-        web: ms(groups.web),
-        worker: ms(groups.worker),
-        postgres: ms(groups.postgres),
-        redis: ms(groups.redis),
-        other: ms(groups.other),
-      },
+      groupsPct: each(pct),
+      groupsMs: each(ms),
     };
   };
 }
@@ -128,19 +116,23 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
  * Groups by pid when the bench started the processes itself, and by command line otherwise
  * (a reused stack: `node dist/ingress/server.js`, `tsx workers/main.ts` and the like).
  */
-export function classifier(own: { web: number[]; workers: number[] } | null): Classifier {
+export function classifier(own: { web: number[]; workers: number[]; bridge?: number[] } | null): Classifier {
   const web = new Set(own?.web ?? []);
   const workers = new Set(own?.workers ?? []);
+  const bridges = new Set(own?.bridge ?? []);
   return (pid, comm, cmdline) => {
     if (pid === process.pid) return 'bench';
     if (web.has(pid)) return 'web';
     if (workers.has(pid)) return 'worker';
+    if (bridges.has(pid)) return 'bridge';
     if (comm === 'postgres') return 'postgres';
     if (comm.startsWith('redis-server')) return 'redis';
+    if (comm === 'java' && /kafka/i.test(cmdline())) return 'kafka';
     if (!own && (comm === 'node' || comm.startsWith('MainThread'))) {
       const cmd = cmdline();
       if (/ingress\/server\.(js|ts)/.test(cmd)) return 'web';
       if (/workers\/main\.(js|ts)/.test(cmd)) return 'worker';
+      if (/ingress\/bridge\/main\.(js|ts)/.test(cmd)) return 'bridge';
     }
     return null;
   };
