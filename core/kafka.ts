@@ -1,5 +1,5 @@
 // The Kafka client. Everything that speaks Kafka goes through here, so the client library can change.
-import { Kafka, logLevel, type Consumer, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Consumer, type Producer } from 'kafkajs';
 import { config } from './config';
 import type { Logger } from './logger';
 
@@ -42,4 +42,12 @@ export async function createTopicsIfMissing(kafka: Kafka, topics: string[], numP
   } finally {
     await admin.disconnect().catch(() => undefined);
   }
+}
+
+/**
+ * A producer that waits for every in-sync replica (acks -1 on each send) and partitions by key with
+ * the Java client's murmur2, so a key lands where other clients put it.
+ */
+export function createProducer(kafka: Kafka): Producer {
+  return kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner, allowAutoTopicCreation: false });
 }

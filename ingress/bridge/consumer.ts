@@ -6,6 +6,7 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../../core/config';
 import { failpoint } from '../../core/failpoints';
+import { createProducer } from '../../core/kafka';
 import type { Logger } from '../../core/logger';
 import type { Queues } from '../../queues/connection';
 import { JOB_KINDS, type JobKind } from '../../queues/names';
@@ -32,7 +33,8 @@ export async function startBridgeConsumer(opts: { kafka: Kafka; queues: Queues; 
   const cfg = config();
   const { kafka, queues, log } = opts;
   const routes = new Map(opts.routes.map((r) => [r.topic, r]));
-  const producer = kafka.producer({ idempotent: true, maxInFlightRequests: 1 });
+  // Dead letters are rare; a retried send may write one twice, which the DLQ's reader can bear.
+  const producer = createProducer(kafka);
   await producer.connect();
   const consumer = kafka.consumer({
     groupId: cfg.KAFKA_GROUP_ID,

@@ -17,6 +17,7 @@
 //   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]  REDIS_URL [redis://127.0.0.1:6379]
 //   KAFKA_BROKERS [127.0.0.1:9092]   a broker is started from the Maven jars when none answers
 //   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
+//   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic and
 // consumer group. The coupons are written straight into Postgres (issuance is the flash-sale
@@ -31,7 +32,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
-import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
@@ -59,6 +60,9 @@ const configSchema = z.object({
   KAFKA_BROKERS: z.string().default('127.0.0.1:9092'),
   BUILD: z.stringbool().default(true),
   SETTLE_TIMEOUT_MS: int(60_000, 1_000),
+  // Seconds of unmeasured checkouts at RATE first (their own policy), so the measured load meets a
+  // warmed-up service, as a real sale meets one that has been up for a while. 0 skips it.
+  WARMUP_S: int(5, 0),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -195,7 +199,7 @@ async function main(): Promise<number> {
     }
     const kafka = new Kafka({ clientId: 'coupon-bench', brokers, logLevel: logLevel.NOTHING });
     await waitForBridge(kafka, groupId);
-    const producer = kafka.producer({ allowAutoTopicCreation: false });
+    const producer = kafka.producer({ allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
     await producer.connect();
     const pg = new PgClient({ connectionString: cfg.DATABASE_URL, application_name: 'coupon-bench' });
     await pg.connect();
@@ -225,37 +229,38 @@ async function main(): Promise<number> {
 
     // ---- seed: a policy and one coupon per shopper, straight into Postgres ----
     const admin = await sign('bench-admin', 'admin');
-    const created = await call('POST', '/api/v1/coupons/policies', admin, {
-      name: `bench checkout ${tag}`,
-      discount: { type: 'PERCENTAGE', value: 10, maxDiscountAmount: 5_000, minOrderAmount: 10_000 },
-      issueMethod: 'DOWNLOAD',
-      totalQuantity: null,
-      perUserLimit: 1,
-      issueWindow: { startsAt: new Date(Date.now() - 60_000).toISOString() },
-      validity: { days: 7 },
-    });
-    if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
-    const policyId = created.body.id as string;
-    const seedStarted = Date.now();
-    // In slices: each row takes a per-user advisory lock, and one transaction holds only so many locks.
-    for (let from = 1; from <= users; from += 2_000) {
-      await pg.query(
-        `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-         SELECT 'ck-' || $2 || '-' || g, $1, 'ck-' || $2 || '-u' || g, 'ck-' || $2 || '-r' || g, now() + interval '7 days'
-           FROM generate_series($3::int, $4::int) g`,
-        [policyId, tag, from, Math.min(users, from + 1_999)],
-      );
-    }
-    note(`seeded ${fmtInt(users)} coupons in ${((Date.now() - seedStarted) / 1000).toFixed(1)} s`);
-
-    const checkouts: Checkout[] = Array.from({ length: users }, (_, i) => ({
-      userId: `ck-${tag}-u${i + 1}`,
-      couponId: `ck-${tag}-${i + 1}`,
-      orderId: `ck-${tag}-o${i + 1}`,
-      startedAt: 0,
-    }));
-    const tokens = await Promise.all(checkouts.map((c) => sign(c.userId, 'user')));
     const publisher = eventPublisher(producer, topic);
+    const prepare = async (label: string, count: number) => {
+      const created = await call('POST', '/api/v1/coupons/policies', admin, {
+        name: `bench checkout ${label}`,
+        discount: { type: 'PERCENTAGE', value: 10, maxDiscountAmount: 5_000, minOrderAmount: 10_000 },
+        issueMethod: 'DOWNLOAD',
+        totalQuantity: null,
+        perUserLimit: 1,
+        issueWindow: { startsAt: new Date(Date.now() - 60_000).toISOString() },
+        validity: { days: 7 },
+      });
+      if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
+      const policyId = created.body.id as string;
+      const seedStarted = Date.now();
+      // In slices: each row takes a per-user advisory lock, and one transaction holds only so many locks.
+      for (let from = 1; from <= count; from += 2_000) {
+        await pg.query(
+          `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+           SELECT 'ck-' || $2 || '-' || g, $1, 'ck-' || $2 || '-u' || g, 'ck-' || $2 || '-r' || g, now() + interval '7 days'
+             FROM generate_series($3::int, $4::int) g`,
+          [policyId, label, from, Math.min(count, from + 1_999)],
+        );
+      }
+      note(`seeded ${fmtInt(count)} coupons (${label}) in ${((Date.now() - seedStarted) / 1000).toFixed(1)} s`);
+      const list: Checkout[] = Array.from({ length: count }, (_, i) => ({
+        userId: `ck-${label}-u${i + 1}`,
+        couponId: `ck-${label}-${i + 1}`,
+        orderId: `ck-${label}-o${i + 1}`,
+        startedAt: 0,
+      }));
+      return { policyId, checkouts: list, tokens: await Promise.all(list.map((c) => sign(c.userId, 'user'))) };
+    };
 
     const checkout = async (c: Checkout, token: string) => {
       c.startedAt = wallNow();
@@ -277,52 +282,70 @@ async function main(): Promise<number> {
       }
     };
 
-    // ---- the open loop ----
+    /** The open loop: checkout i starts at loadStart + i / rate, whatever the earlier ones are doing. */
+    const drive = async (set: { checkouts: Checkout[]; tokens: string[] }, rate: number) => {
+      const loadStart = wallNow();
+      const inFlight = new Set<Promise<void>>();
+      let next = 0;
+      let maxInFlight = 0;
+      let behind = 0;
+      let lastProgress = loadStart;
+      while (next < set.checkouts.length) {
+        const due = Math.min(set.checkouts.length, Math.floor(((wallNow() - loadStart) / 1000) * rate));
+        while (next < due) {
+          if (inFlight.size >= MAX_IN_FLIGHT) {
+            behind += 1;
+            break;
+          }
+          const p = checkout(set.checkouts[next] as Checkout, set.tokens[next] as string).finally(() => inFlight.delete(p));
+          inFlight.add(p);
+          next += 1;
+        }
+        maxInFlight = Math.max(maxInFlight, inFlight.size);
+        if (wallNow() - lastProgress > 5_000) {
+          lastProgress = wallNow();
+          note(`  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`);
+        }
+        await sleep(TICK_MS);
+      }
+      const loadEnd = wallNow();
+      await Promise.all(inFlight);
+      await publisher.drain();
+      return { loadStart, loadEnd, started: next, maxInFlight, behind };
+    };
+
+    /** Waits until every published payment of the policy has used its coupon (or the timeout). */
+    const settle = async (policyId: string, published: number) => {
+      const until = Date.now() + cfg.SETTLE_TIMEOUT_MS;
+      for (;;) {
+        const { rows } = await pg.query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
+        const used = Number(rows[0]?.n ?? 0);
+        if (used >= published || Date.now() > until) return used;
+        await sleep(250);
+      }
+    };
+
+    // ---- warm-up: the service meets the measured load JIT-compiled and with open pools ----
+    if (cfg.WARMUP_S > 0) {
+      const warm = await prepare(`${tag}w`, cfg.RATE * cfg.WARMUP_S);
+      note(`warm-up: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.WARMUP_S} s, not counted`);
+      await drive(warm, cfg.RATE);
+      await settle(warm.policyId, warm.checkouts.filter((c) => c.publishedAt !== undefined && !c.failure).length);
+      await sleep(2_000);
+    }
+
+    // ---- the measured load ----
+    const measured = await prepare(tag, users);
+    const { policyId, checkouts } = measured;
     note(`load: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`);
     const endCpu = startCpuPhase(classifier(stack.mode === 'spawned' ? stack.pids : null));
-    const loadStart = wallNow();
-    const inFlight = new Set<Promise<void>>();
-    let next = 0;
-    let maxInFlight = 0;
-    let behind = 0;
-    const total = Math.min(users, cfg.RATE * cfg.DURATION_S);
-    let lastProgress = loadStart;
-    while (next < total) {
-      const due = Math.min(total, Math.floor(((wallNow() - loadStart) / 1000) * cfg.RATE));
-      while (next < due) {
-        if (inFlight.size >= MAX_IN_FLIGHT) {
-          behind += 1;
-          break;
-        }
-        const c = checkouts[next] as Checkout;
-        const p = checkout(c, tokens[next] as string).finally(() => inFlight.delete(p));
-        inFlight.add(p);
-        next += 1;
-      }
-      maxInFlight = Math.max(maxInFlight, inFlight.size);
-      if (wallNow() - lastProgress > 5_000) {
-        lastProgress = wallNow();
-        note(`  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(checkouts.filter((x) => x.publishedAt).length)} paid`);
-      }
-      await sleep(TICK_MS);
-    }
-    const loadEnd = wallNow();
-    await Promise.all(inFlight);
-    await publisher.drain();
+    const { loadStart, loadEnd, started: next, maxInFlight, behind } = await drive(measured, cfg.RATE);
     const lastReservedAt = Math.max(...checkouts.map((c) => c.reservedAt ?? 0));
 
     // ---- settle: every published event applied ----
     const published = checkouts.filter((c) => c.publishedAt !== undefined && !c.failure);
     note(`waiting for ${fmtInt(published.length)} payments to be applied`);
-    const settleUntil = Date.now() + cfg.SETTLE_TIMEOUT_MS;
-    let used = 0;
-    for (;;) {
-      const { rows } = await pg.query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
-      used = Number(rows[0]?.n ?? 0);
-      if (used >= published.length || Date.now() > settleUntil) break;
-      await sleep(250);
-    }
-
+    const used = await settle(policyId, published.length);
     const cpu = endCpu();
 
     // ---- measurements ----

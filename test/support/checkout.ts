@@ -1,6 +1,6 @@
 // Checkout helpers for tests: a user with coupons, reserve requests, and a Kafka producer for payment events.
 import { randomUUID } from 'node:crypto';
-import { Kafka, logLevel, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { db } from './db';
 import { policyBody, uniqueId } from './fixtures';
 import type { Api } from './http';
@@ -98,7 +98,7 @@ export class EventProducer {
 
   async send(topic: string, messages: { key: string; value: string | Buffer; partition?: number }[]): Promise<void> {
     if (!this.producer) {
-      this.producer = this.kafka.producer();
+      this.producer = this.kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
       await this.producer.connect();
     }
     await this.producer.send({ topic, acks: -1, messages });
