@@ -285,24 +285,7 @@ interface EventState {
  * the reservation it names (or its order's pending, else newest, one), and that reservation's coupon.
  */
 const readEventState = coalescePerTurn(async (events: { key: string; source: string; eventId: string; reservationId: string | null; orderId: string | null }[]) => {
-  const rows = await db().query<EventState>(
-    `SELECT e.key, pe.outcome AS done_outcome, pe.reason_code AS done_reason,
-            r.id AS r_id, r.status AS r_status, r.refunded_at IS NOT NULL AS r_refunded, r.user_id AS r_user, r.order_id AS r_order,
-            c.id AS c_id, c.status AS c_status, c.expires_at AS c_expires, c.reservation_id AS c_reservation, p.restore_on_refund
-       FROM jsonb_to_recordset($1::jsonb) AS e(key text, source text, "eventId" text, "reservationId" text, "orderId" text)
-       -- Lateral, so each event is one primary-key probe (a plain join hashes the whole table).
-       LEFT JOIN LATERAL (SELECT outcome, reason_code FROM processed_events
-                           WHERE source = e.source AND event_id = e."eventId") pe ON true
-       LEFT JOIN LATERAL (
-         SELECT * FROM reservations x WHERE x.id = e."reservationId"
-         UNION ALL
-         (SELECT * FROM reservations x WHERE e."reservationId" IS NULL AND x.order_id = e."orderId"
-           ORDER BY (x.status = 'PENDING') DESC, x.created_at DESC LIMIT 1)
-       ) r ON true
-       LEFT JOIN coupons c ON c.id = r.coupon_id
-       LEFT JOIN coupon_policies p ON p.id = c.policy_id`,
-    { bind: [JSON.stringify(events)], type: QueryTypes.SELECT },
-  );
+  const rows = await db().query<EventState>('SELECT * FROM checkout_event_states($1::jsonb)', { bind: [JSON.stringify(events)], type: QueryTypes.SELECT });
   const byKey = new Map(rows.map((r) => [r.key, r]));
   return events.map((e) => byKey.get(e.key) ?? null);
 });

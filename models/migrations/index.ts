@@ -5,6 +5,7 @@ import { guardStatusAndLimits } from './0003-guard-status-and-limits';
 import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import { createReservations } from './0005-reservations';
 import { checkoutBatches } from './0006-checkout-batches';
+import { checkoutEventStates } from './0007-checkout-event-states';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates];

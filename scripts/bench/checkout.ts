@@ -25,7 +25,8 @@
 //
 // Output: a summary with PASS/FAIL lines on stdout, progress on stderr, and the whole result as JSON
 // in bench/results/checkout-<timestamp>.json and bench/results/checkout-latest.json.
-// Bar: >= 1,000 checkouts per second sustained for 30 s, p95 event → USED < 200 ms.
+// Bar: >= 1,000 checkouts per second sustained for 30 s (offered by the open loop, every one finished,
+// the last within a second of the load's end, so no backlog built up), p95 event → USED < 200 ms.
 // Exit code: 0 when the invariants held (a missed performance bar is reported, not fatal), 1 when
 // an invariant failed, 2 when the bench could not run.
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -405,7 +406,14 @@ async function main(): Promise<number> {
     ];
     const invariantsHeld = invariants.every((i) => i.ok);
     const bars = [
-      { name: 'checkouts per second (sustained)', ok: measure.checkoutsPerSec >= BAR.checkoutsPerSec && loadSeconds >= BAR.seconds - 0.5 && failures.length === 0, shown: `${fmtInt(measure.checkoutsPerSec)} over ${round(loadSeconds, 1)} s`, target: `>= ${fmtInt(BAR.checkoutsPerSec)} for ${BAR.seconds} s` },
+      // Sustained: the offered rate held for the whole load, every checkout finished, and the service
+      // kept pace (no backlog: the last coupon was used within a second of the last checkout starting).
+      {
+        name: 'checkouts per second (sustained)',
+        ok: cfg.RATE >= BAR.checkoutsPerSec && loadSeconds >= BAR.seconds - 0.5 && failures.length === 0 && used === measure.started && measure.tailAfterLoadMs <= 1_000,
+        shown: `${fmtInt(cfg.RATE)} for ${round(loadSeconds, 1)} s, kept pace`.replace('kept pace', measure.tailAfterLoadMs <= 1_000 && used === measure.started ? 'kept pace' : 'fell behind'),
+        target: `>= ${fmtInt(BAR.checkoutsPerSec)} for ${BAR.seconds} s`,
+      },
       { name: 'p95 event -> USED', ok: measure.eventToUsedMs.p95 !== null && measure.eventToUsedMs.p95 < BAR.p95EventToUsedMs, shown: fmtMs(measure.eventToUsedMs.p95), target: `< ${BAR.p95EventToUsedMs} ms` },
     ];
     const problems = stack.logProblems();
