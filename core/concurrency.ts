@@ -51,3 +51,25 @@ export function coalescePerTurn<T, R>(run: (items: T[]) => Promise<(R | Error)[]
       }
     });
 }
+
+/**
+ * Wraps a batch operation so one bad item cannot fail the others: when the batch call throws, each
+ * item is tried again on its own, and only the items that fail alone get an error.
+ */
+export function isolatingFailures<T, R>(run: (items: T[]) => Promise<(R | Error)[]>): (items: T[]) => Promise<(R | Error)[]> {
+  return async (items) => {
+    try {
+      return await run(items);
+    } catch (error) {
+      if (items.length <= 1) throw error;
+      return Promise.all(
+        items.map((item) =>
+          run([item]).then(
+            (results) => results[0] as R | Error,
+            (failure: unknown) => (failure instanceof Error ? failure : new Error(String(failure))),
+          ),
+        ),
+      );
+    }
+  };
+}

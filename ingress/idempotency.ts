@@ -43,7 +43,3 @@ export async function claimIdempotencyKey(redis: Redis, userId: string, key: str
   throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body in the last 24 hours.');
 }
 
-/** Forgets a claim whose request could not be queued, so the client's retry goes through as new. */
-export async function releaseIdempotencyKey(redis: Redis, userId: string, key: string): Promise<void> {
-  await redis.del(redisKeyOf(userId, key));
-}

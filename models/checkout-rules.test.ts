@@ -115,8 +115,10 @@ describe('planPayment', () => {
     expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED', now), c('ISSUED', null), opts)).toMatchObject({ action: 'none' });
   });
 
-  it('makes a refund that overtook its payment wait', () => {
+  it('makes a refund that overtook its payment wait, also when the payment will be a late one', () => {
     expect(planPayment('PAYMENT_REFUNDED', r('PENDING'), c('RESERVED', 'r1'), opts)).toMatchObject({ action: 'wait' });
+    expect(planPayment('PAYMENT_REFUNDED', r('EXPIRED'), c('ISSUED', null), opts)).toMatchObject({ action: 'wait' });
+    expect(planPayment('PAYMENT_REFUNDED', r('CANCELLED'), c('ISSUED', null), opts)).toMatchObject({ action: 'wait' });
   });
 
   it('ends in the same state whichever of COMPLETED and FAILED comes first (property)', () => {

@@ -80,7 +80,8 @@ const none = (code: Parameters<typeof reason>[0], message: string, conflict = fa
 /**
  * The state machine of checkout. `coupon` is the coupon the reservation is for. Events of one order
  * can reach the workers out of order; every outcome below gives the same end state whichever of
- * COMPLETED, FAILED and CANCELLED comes first, and a REFUNDED that overtakes its COMPLETED waits.
+ * COMPLETED, FAILED and CANCELLED comes first, and a REFUNDED that overtakes its COMPLETED waits
+ * (the worker retries it; after a while it records it as having changed nothing).
  */
 export function planPayment(
   type: PaymentEventType,
@@ -105,8 +106,9 @@ export function planPayment(
       if (reservation.status === 'PENDING') return { action: 'release' };
       return none('RESERVATION_NOT_PENDING', `The reservation is ${reservation.status}; nothing to release.`);
     case 'PAYMENT_REFUNDED': {
-      if (reservation.status === 'PENDING') return { action: 'wait', why: 'a refund arrived before its payment was applied' };
-      if (reservation.status !== 'CONFIRMED') return none('RESERVATION_NOT_PENDING', `The reservation is ${reservation.status}; nothing was paid with it.`);
+      // Not confirmed (yet): its payment may still be on its way, possibly as a late one; the
+      // worker waits a while before it records the refund as one that changed nothing.
+      if (reservation.status !== 'CONFIRMED') return { action: 'wait', why: `a refund arrived while the reservation is ${reservation.status}, before its payment was applied` };
       if (reservation.refundedAt !== null) return none('RESERVATION_NOT_PENDING', 'The reservation was already refunded.');
       if (!heldByThis || coupon.status !== 'USED') return none('COUPON_NOT_AVAILABLE', 'The coupon is not used by this reservation.', true);
       if (!opts.restoreOnRefund) return none('COUPON_NOT_AVAILABLE', 'The policy does not restore coupons on refund.');

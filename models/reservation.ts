@@ -15,7 +15,7 @@ import {
   type InferCreationAttributes,
   type Sequelize,
 } from 'sequelize';
-import { coalescePerTurn } from '../core/concurrency';
+import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
 import { reason, type Reason } from '../core/errors';
 import {
   planPayment,
@@ -129,14 +129,14 @@ function ruleOf(c: CouponRow): DiscountRule {
 const db = () => Reservation.sequelize as Sequelize;
 
 /** The coupons asked for in one turn of the event loop, read together. */
-const readCoupon = coalescePerTurn(async (ids: string[]): Promise<(CouponRow | null)[]> => {
+const readCoupon = coalescePerTurn(isolatingFailures(async (ids: string[]): Promise<(CouponRow | null)[]> => {
   const rows = await db().query<CouponRow>(`SELECT ${COUPON_COLUMNS} FROM coupons c JOIN coupon_policies p ON p.id = c.policy_id WHERE c.id = ANY($1)`, {
     bind: [ids],
     type: QueryTypes.SELECT,
   });
   const byId = new Map(rows.map((r) => [r.id, r]));
   return ids.map((id) => byId.get(id) ?? null);
-});
+}));
 
 /** A coupon as POST /coupons/validate needs it: its holder, state and discount rule. A plain read. */
 export async function readCouponForCheckout(couponId: string): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
@@ -185,14 +185,14 @@ export type ReserveOutcome = { kind: 'reserved'; reservation: Reservation; repla
 type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
 
 /** The reservations decided in one turn, written by one call of reserve_coupons (migration 0006). */
-const writeReservation = coalescePerTurn(async (rows: object[]): Promise<ReserveRow[]> => {
+const writeReservation = coalescePerTurn(isolatingFailures(async (rows: object[]): Promise<ReserveRow[]> => {
   const results = await db().query<ReserveRow>('SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)', {
     bind: [JSON.stringify(rows)],
     type: QueryTypes.SELECT,
   });
   const byReq = new Map(results.map((r) => [r.req, r]));
   return rows.map((row) => byReq.get((row as { req: string }).req) ?? { req: (row as { req: string }).req, outcome: 'missing', reservation: null });
-});
+}));
 
 /** How often a decision is made again when the rows changed between the read and the write. */
 const MAX_DECISIONS = 5;
@@ -255,6 +255,10 @@ export interface CheckoutEvent {
   endReason: string;
   /** Set for a user's own request: a reservation of anyone else reads as missing. */
   ownerId?: string;
+  /** The user a payment event names: an order's reservations are narrowed to theirs. */
+  userId?: string;
+  /** The event has waited long enough: what still does not apply is recorded as ignored. */
+  noWait?: boolean;
   now?: Date;
 }
 
@@ -268,6 +272,7 @@ interface EventState {
   key: string;
   done_outcome: string | null;
   done_reason: string | null;
+  pending_for_order: number | null;
   r_id: string | null;
   r_status: ReservationState | null;
   r_refunded: boolean | null;
@@ -284,23 +289,23 @@ interface EventState {
  * The state the events of one turn are about, in one query: whether each was processed already,
  * the reservation it names (or its order's pending, else newest, one), and that reservation's coupon.
  */
-const readEventState = coalescePerTurn(async (events: { key: string; source: string; eventId: string; reservationId: string | null; orderId: string | null }[]) => {
+const readEventState = coalescePerTurn(isolatingFailures(async (events: { key: string; source: string; eventId: string; reservationId: string | null; orderId: string | null; userId: string | null }[]) => {
   const rows = await db().query<EventState>('SELECT * FROM checkout_event_states($1::jsonb)', { bind: [JSON.stringify(events)], type: QueryTypes.SELECT });
   const byKey = new Map(rows.map((r) => [r.key, r]));
   return events.map((e) => byKey.get(e.key) ?? null);
-});
+}));
 
 type EventWrite = { key: string; outcome: string; reservation: Record<string, unknown> | null };
 
 /** The decisions about the events of one turn, applied by one call of apply_checkout_events. */
-const writeEvent = coalescePerTurn(async (events: object[]): Promise<EventWrite[]> => {
+const writeEvent = coalescePerTurn(isolatingFailures(async (events: object[]): Promise<EventWrite[]> => {
   const results = await db().query<EventWrite>('SELECT key, outcome, reservation FROM apply_checkout_events($1::jsonb)', {
     bind: [JSON.stringify(events)],
     type: QueryTypes.SELECT,
   });
   const byKey = new Map(results.map((r) => [r.key, r]));
   return events.map((e) => byKey.get((e as { key: string }).key) ?? { key: (e as { key: string }).key, outcome: 'missing', reservation: null });
-});
+}));
 
 async function earlierOutcome(event: CheckoutEvent): Promise<CheckoutOutcome> {
   const [row] = await db().query<{ outcome: string; reason_code: string | null }>('SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2', {
@@ -320,12 +325,27 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
   const key = `${event.source}/${event.eventId}`;
   for (let decision = 0; decision < MAX_DECISIONS; decision += 1) {
     const now = event.now ?? new Date();
-    const state = await readEventState({ key, source: event.source, eventId: event.eventId, reservationId: event.reservationId ?? null, orderId: event.orderId ?? null });
+    const state = await readEventState({
+      key,
+      source: event.source,
+      eventId: event.eventId,
+      reservationId: event.reservationId ?? null,
+      orderId: event.orderId ?? null,
+      userId: event.userId ?? null,
+    });
     if (state?.done_outcome) return { kind: 'duplicate', outcome: state.done_outcome, reasonCode: state.done_reason };
 
-    const found = state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
+    const ambiguous = (state?.pending_for_order ?? 0) > 1;
+    const found = !ambiguous && state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
     let plan: PaymentPlan;
-    if (!found) {
+    if (ambiguous) {
+      // Never guess which of an order's reservations a payment paid for.
+      plan = {
+        action: 'none',
+        conflict: true,
+        reason: reason('RESERVATION_NOT_FOUND', `Order ${event.orderId} has ${state?.pending_for_order} PENDING reservations; the event must name its reservationId.`),
+      };
+    } else if (!found) {
       plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') };
     } else if (event.orderId !== undefined && found.r_order !== event.orderId) {
       plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.r_id} is for another order.`) };
@@ -337,7 +357,10 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
         { restoreOnRefund: Boolean(found.restore_on_refund), now },
       );
     }
-    if (plan.action === 'wait') return { kind: 'wait', why: plan.why };
+    if (plan.action === 'wait') {
+      if (!event.noWait) return { kind: 'wait', why: plan.why };
+      plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_PENDING', `Gave up waiting: ${plan.why}.`) };
+    }
 
     const written = await writeEvent({
       key,
@@ -378,15 +401,15 @@ export interface SweepReport {
 export async function expireDueReservations(db: Sequelize, limit: number): Promise<SweepReport> {
   const [row] = await db.query<{ expired: string; released: string }>(
     `WITH due AS (
-       SELECT id, coupon_id FROM reservations
-        WHERE status = 'PENDING' AND expires_at <= now()
-        ORDER BY expires_at LIMIT $1
-     ), locked AS (
-       SELECT c.id FROM coupons c JOIN due ON due.coupon_id = c.id
-        FOR UPDATE OF c SKIP LOCKED
+       -- Coupons first (the lock order); SKIP LOCKED before the LIMIT, so concurrent sweepers
+       -- take different reservations instead of the same hundred.
+       SELECT r.id, r.coupon_id FROM reservations r JOIN coupons c ON c.id = r.coupon_id
+        WHERE r.status = 'PENDING' AND r.expires_at <= now()
+        ORDER BY r.expires_at LIMIT $1
+          FOR UPDATE OF c SKIP LOCKED
      ), expired AS (
        UPDATE reservations r SET status = 'EXPIRED', ended_at = now(), end_reason = 'TIMEOUT'
-         FROM due JOIN locked ON locked.id = due.coupon_id
+         FROM due
         WHERE r.id = due.id AND r.status = 'PENDING'
         RETURNING r.id, r.coupon_id
      ), released AS (

@@ -16,15 +16,18 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
   checkout: {
-    // More and longer retries than issue: a refund that overtook its payment waits here (~30 s in all).
     attempts: 8,
     backoff: { type: 'exponential', delay: 250 },
-    removeOnComplete: { age: 24 * 3600, count: 200_000 },
+    // A reserve's result answers replays of its Idempotency-Key for 24 hours, so it is kept that long.
+    removeOnComplete: { age: 24 * 3600, count: 1_000_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
   payments: {
-    attempts: 8,
-    backoff: { type: 'exponential', delay: 250 },
+    // A payment must not be lost to an outage: system faults are retried for about an hour and a
+    // half (backoff doubling from 250 ms, capped at a minute: workers/backoff.ts). Its offset is
+    // committed already, so a job that gave up is only in the failed set (kept 7 days).
+    attempts: 100,
+    backoff: { type: 'capped', delay: 250 },
     removeOnComplete: { age: 24 * 3600, count: 200_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },

@@ -4,7 +4,8 @@ import type { ErrorCode } from '../core/errors';
 import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
 
 /** An id as the API accepts it: 1-128 visible characters, no spaces or control characters. */
-export const idSchema = z.string().regex(/^[^\s\p{Cc}]{1,128}$/u, '1-128 visible characters without spaces');
+// No lone surrogates (\p{Cs}) either: they cannot be stored as text or jsonb in Postgres.
+export const idSchema = z.string().regex(/^[^\s\p{Cc}\p{Cs}]{1,128}$/u, '1-128 visible characters without spaces');
 
 export const reasonSchema = z.object({ code: z.string(), message: z.string() });
 

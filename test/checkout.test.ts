@@ -101,6 +101,13 @@ describe('POST /coupons/reserve', () => {
     expect(await couponRow(couponId)).toMatchObject({ status: 'RESERVED', reservation_id: won[0].result.reservationId });
   });
 
+  it('refuses ids that Postgres could not store (a lone surrogate) with a 400, not a failed job', async () => {
+    const shopper = await shopperWith(api, policyId);
+    const reply = await reserve(api, shopper.token, { couponId: shopper.coupons[0] as string, orderId: 'order-\ud800', orderAmount: 20_000 });
+    expect(reply.status).toBe(400);
+    expect(reply.body.error.details[0].path).toBe('orderId');
+  });
+
   it('needs a valid Idempotency-Key', async () => {
     const shopper = await shopperWith(api, policyId);
     const body = { couponId: shopper.coupons[0], orderId: 'o', orderAmount: 20_000 };

@@ -197,6 +197,54 @@ describe('PAYMENT_REFUNDED', () => {
     const [row] = await reservationsOf(overtaken.couponId);
     expect(row?.status).toBe('CONFIRMED');
   });
+
+  it('waits too when the refund overtakes a late payment of a reservation that timed out', async () => {
+    const late = await reserved();
+    await expirePending(late.couponId);
+    const refund = paymentEvent('PAYMENT_REFUNDED', late.orderId);
+    await publish(refund);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await couponStatus(late.couponId)).toBe('ISSUED');
+    await publish(paymentEvent('PAYMENT_COMPLETED', late.orderId));
+    expect((await paymentJob(refund.eventId)).result).toMatchObject({ outcome: 'APPLIED' });
+    // Paid late, then refunded: the coupon is back, whichever of the two the worker saw first.
+    await until(late.couponId, 'ISSUED');
+    expect((await reservationsOf(late.couponId))[0]).toMatchObject({ status: 'CONFIRMED', end_reason: 'PAYMENT_COMPLETED_LATE' });
+  });
+});
+
+describe('which reservation an event is about', () => {
+  it('records a conflict instead of guessing when an order has two PENDING reservations, and applies the one named', async () => {
+    const shopper = await shopperWith(api, policyId, 2);
+    const [a, b] = shopper.coupons as [string, string];
+    const orderId = uniqueId('two-coupon-order');
+    const first = await reserveAndSettle(api, shopper, a, orderId);
+    const second = await reserveAndSettle(api, shopper, b, orderId);
+    expect([first.status, second.status]).toEqual(['succeeded', 'succeeded']);
+
+    const vague = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await publish(vague);
+    expect((await paymentJob(vague.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'RESERVATION_NOT_FOUND' } });
+    expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['RESERVED', 'RESERVED']);
+
+    const named = paymentEvent('PAYMENT_COMPLETED', orderId, { reservationId: second.result.reservationId });
+    await publish(named);
+    await until(b, 'USED');
+    expect((await couponRow(a))?.status).toBe('RESERVED');
+  });
+
+  it("uses the event's userId, so a reservation made under someone else's order id is not confirmed by their payment", async () => {
+    const owner = await shopperWith(api, policyId);
+    const intruder = await shopperWith(api, policyId);
+    const orderId = uniqueId('order');
+    expect((await reserveAndSettle(api, owner, owner.coupons[0] as string, orderId)).status).toBe('succeeded');
+    // A later reservation by another user under the same order id.
+    expect((await reserveAndSettle(api, intruder, intruder.coupons[0] as string, orderId)).status).toBe('succeeded');
+
+    await publish(paymentEvent('PAYMENT_COMPLETED', orderId, { userId: owner.id }));
+    await until(owner.coupons[0] as string, 'USED');
+    expect((await couponRow(intruder.coupons[0] as string))?.status).toBe('RESERVED');
+  });
 });
 
 describe('poison messages', () => {

@@ -40,6 +40,8 @@ export interface PaymentResult {
 export class NotYetApplicable extends Error {}
 
 const COUPON_LOCK_TTL_MS = 5_000;
+/** Attempts (with backoff from 250 ms: about 30 s in all) an event that does not apply yet waits. */
+const WAIT_ATTEMPTS = 8;
 const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
 
 function parse<T>(job: Job, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: { issues: { message: string }[] } } }): T {
@@ -116,7 +118,17 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
   const { event, traceId, source } = parse(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
   const outcome = await applyOrWait(
-    { source: 'payments', eventId: event.eventId, type: event.type, orderId: event.orderId, reservationId: event.reservationId, endReason: event.type },
+    {
+      source: 'payments',
+      eventId: event.eventId,
+      type: event.type,
+      orderId: event.orderId,
+      reservationId: event.reservationId,
+      userId: event.userId,
+      endReason: event.type,
+      // A refund ahead of its payment is retried for about half a minute, then recorded as ignored.
+      noWait: job.attemptsMade >= WAIT_ATTEMPTS,
+    },
     deps,
   );
   logOutcome(log, event.type, outcome);

@@ -17,7 +17,8 @@ export async function sweepExpiredReservations(db: Sequelize, log: Logger, shoul
     const batch = await expireDueReservations(db, SWEEP_BATCH);
     total.expired += batch.expired;
     total.released += batch.released;
-    if (batch.expired < SWEEP_BATCH || shouldStop()) break;
+    // Another sweeper may hold some of the due rows: go on while this one still finds any.
+    if (batch.expired === 0 || shouldStop()) break;
     if (Date.now() - lastProgress >= PROGRESS_EVERY_MS) {
       lastProgress = Date.now();
       log.info({ ...total, elapsedMs: lastProgress - started }, 'expiring a backlog of reservations');

@@ -8,6 +8,7 @@ import { initModels } from '../models';
 import { QUEUES } from '../queues/names';
 import { createQueues } from '../queues/connection';
 import { createLocks } from './lock';
+import { cappedBackoff } from './backoff';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
 import { createIssueProcessor } from './processor';
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
     stalledInterval: cfg.JOB_STALLED_INTERVAL_MS,
     // A job whose worker died is handed out again; after three such losses it fails (and its stock is reconciled).
     maxStalledCount: 3,
+    settings: { backoffStrategy: cappedBackoff },
   };
   const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), { ...workerOptions, connection: createRedis('worker') });
   const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, log }), {

@@ -2,9 +2,12 @@
 // redelivered event finds its job instead of making another.
 import { randomUUID } from 'node:crypto';
 import type { KafkaMessage } from 'kafkajs';
-import { paymentEventSchema, type PaymentJob } from '../../queues/jobs';
+import { paymentEventSchema, paymentJobSchema, type PaymentJob } from '../../queues/jobs';
 import { derivedJobId } from '../../queues/names';
 import type { MessageRoute } from './consumer';
+
+/** A trace id header taken as given; anything else gets a fresh one. */
+const SANE_TRACE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 
 export function paymentsRoute(topic: string): MessageRoute {
   return {
@@ -22,13 +25,17 @@ export function paymentsRoute(topic: string): MessageRoute {
         return { ok: false, reason: `not a payment event: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'}` };
       }
       const event = parsed.data;
+      const given = message.headers?.['trace-id']?.toString();
       const data: PaymentJob = {
         event,
-        traceId: message.headers?.['trace-id']?.toString() || randomUUID(),
+        traceId: given && SANE_TRACE_ID.test(given) ? given : randomUUID(),
         source: { topic, partition, offset: message.offset },
         receivedAt: new Date().toISOString(),
       };
-      return { ok: true, job: { kind: 'payment', id: derivedJobId('payment', event.eventId), data } };
+      // The job exactly as the worker will read it: what it would refuse goes to the DLQ instead.
+      const job = paymentJobSchema.safeParse(data);
+      if (!job.success) return { ok: false, reason: `not a valid payment job: ${job.error.issues[0]?.message ?? 'invalid'}` };
+      return { ok: true, job: { kind: 'payment', id: derivedJobId('payment', event.eventId), data: job.data } };
     },
   };
 }

@@ -10,7 +10,7 @@ import { addJob } from '../../queues/enqueue';
 import { idSchema, moneySchema } from '../../queues/jobs';
 import { derivedJobId } from '../../queues/names';
 import type { AppEnv } from '../context';
-import { claimIdempotencyKey, fingerprint, idempotencyKeySchema, releaseIdempotencyKey } from '../idempotency';
+import { claimIdempotencyKey, fingerprint, idempotencyKeySchema } from '../idempotency';
 import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
 import { jsonBody, parseWith } from '../validation';
 import { accepted } from './jobs';
@@ -37,16 +37,12 @@ export function checkoutRoutes(queues: Queues) {
     const body = await jsonBody(c, reserveBody);
     const user = c.get('user');
     const first = await claimIdempotencyKey(queues.connection, user.id, key, fingerprint(body));
-    // The same job id for the same (user, key): a replay re-adds it, which is a no-op while it exists.
+    // The same job id for the same (user, key): a replay re-adds it, which is a no-op while it exists
+    // and queues it when the first request's add failed (that one heard 503; the key stays claimed,
+    // so a retry with the same body goes through and another body is still refused).
     const jobId = derivedJobId('reserve', user.id, key);
     const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
-    try {
-      await addJob(queues, 'reserve', job, jobId);
-    } catch (error) {
-      // Not queued: free the key so the client's retry is not taken for a replay of nothing.
-      if (first === 'first') await releaseIdempotencyKey(queues.connection, user.id, key).catch(() => undefined);
-      throw error;
-    }
+    await addJob(queues, 'reserve', job, jobId);
     c.get('log').info({ jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' }, 'reserve enqueued');
     return accepted(c, jobId);
   });

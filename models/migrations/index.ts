@@ -6,6 +6,7 @@ import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import { createReservations } from './0005-reservations';
 import { checkoutBatches } from './0006-checkout-batches';
 import { checkoutEventStates } from './0007-checkout-event-states';
+import { checkoutReviewFixes } from './0008-checkout-review-fixes';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes];
