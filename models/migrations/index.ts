@@ -7,6 +7,7 @@ import { createReservations } from './0005-reservations';
 import { checkoutBatches } from './0006-checkout-batches';
 import { checkoutEventStates } from './0007-checkout-event-states';
 import { checkoutReviewFixes } from './0008-checkout-review-fixes';
+import { pendingByOrder } from './0009-pending-by-order';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes, pendingByOrder];

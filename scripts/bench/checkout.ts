@@ -190,7 +190,7 @@ async function main(): Promise<number> {
         note('stopping the stack (SIGTERM)');
         await stack.stop();
         const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
-        for (const name of ['issue', 'checkout']) {
+        for (const name of ['issue', 'checkout', 'payments']) {
           const queue = new Queue(name, { connection, prefix: queuePrefix });
           await queue.obliterate({ force: true }).catch(() => undefined);
           await queue.close();
