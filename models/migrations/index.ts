@@ -8,6 +8,7 @@ import { checkoutBatches } from './0006-checkout-batches';
 import { checkoutEventStates } from './0007-checkout-event-states';
 import { checkoutReviewFixes } from './0008-checkout-review-fixes';
 import { pendingByOrder } from './0009-pending-by-order';
+import { leanerCheckoutWrites } from './0010-leaner-checkout-writes';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes, pendingByOrder];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes, pendingByOrder, leanerCheckoutWrites];
