@@ -9,6 +9,7 @@ import { checkoutEventStates } from './0007-checkout-event-states';
 import { checkoutReviewFixes } from './0008-checkout-review-fixes';
 import { pendingByOrder } from './0009-pending-by-order';
 import { leanerCheckoutWrites } from './0010-leaner-checkout-writes';
+import { hotCouponUpdates } from './0011-hot-coupon-updates';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes, pendingByOrder, leanerCheckoutWrites];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutBatches, checkoutEventStates, checkoutReviewFixes, pendingByOrder, leanerCheckoutWrites, hotCouponUpdates];
