@@ -1,0 +1,138 @@
+// Crash safety of checkout: workers SIGKILLed while reservations are being made and while payments
+// are being applied, with every payment event delivered twice. Afterwards every coupon is used
+// exactly once, by the order that reserved it, and every event took effect once.
+import type { ChildProcess } from 'node:child_process';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { createCheckoutPolicy, eventually, EventProducer, paymentEvent, reserve } from './support/checkout';
+import { closeDb, db } from './support/db';
+import { uniqueId } from './support/fixtures';
+import { Api, mapLimit } from './support/http';
+import { startStack, type Stack } from './support/stack';
+import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
+import { tokenFor } from './support/tokens';
+
+let stack: Stack;
+let api: Api;
+let pgProxy: TcpProxy;
+let workerEnv: Record<string, string>;
+const events = new EventProducer();
+
+// Short locks so a killed worker's jobs are taken over within seconds; a slow Postgres (20 ms each
+// way) keeps jobs in flight long enough for the kills to land on them.
+const FAST_STALL = { JOB_LOCK_MS: '2000', JOB_STALLED_INTERVAL_MS: '1000', WORKER_CONCURRENCY: '16' };
+const SHOPPERS = 300;
+
+beforeAll(async () => {
+  const slow = await slowPostgres(20);
+  pgProxy = slow.proxy;
+  workerEnv = { ...FAST_STALL, DATABASE_URL: slow.databaseUrl };
+  stack = await startStack({ workers: 0, bridge: true, name: 'checkout-crash', env: FAST_STALL });
+  await stack.startWorker(workerEnv);
+  await stack.startWorker(workerEnv);
+  api = new Api(stack.baseUrl, 128);
+});
+
+afterAll(async () => {
+  await events.close();
+  await api?.close();
+  await stack?.stop();
+  await pgProxy?.close();
+  await closeDb();
+});
+
+function killed(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
+}
+
+/** Kills the oldest live worker and starts a fresh one, as a process manager would. */
+async function replaceAWorker(): Promise<ChildProcess> {
+  const victim = stack.workers.find((w) => w.exitCode === null && w.signalCode === null) as ChildProcess;
+  await killed(victim);
+  await stack.startWorker(workerEnv);
+  return victim;
+}
+
+/** How many jobs of a queue were started more than once (taken over after their worker died). */
+async function takenOver(queueName: string): Promise<number> {
+  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+  const queue = new Queue(queueName, { connection, prefix: stack.queuePrefix });
+  try {
+    const jobs = await queue.getJobs(['completed', 'failed', 'active', 'waiting', 'delayed']);
+    return jobs.filter((j) => j.attemptsStarted > 1 || j.stalledCounter > 0).length;
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+}
+
+describe('workers killed mid-checkout', () => {
+  it('keeps I4, I5 and I7: each coupon reserved once, used once by its order, each event applied once', async () => {
+    const policyId = await createCheckoutPolicy(api);
+    const tag = uniqueId('cc');
+    // One coupon per shopper, written straight into Postgres (issuance has its own crash test).
+    await db().query(
+      `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+       SELECT $2 || '-' || g, $1, $2 || '-u' || g, $2 || '-r' || g, now() + interval '7 days' FROM generate_series(1, $3::int) g`,
+      [policyId, tag, SHOPPERS],
+    );
+    const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({ userId: `${tag}-u${i + 1}`, couponId: `${tag}-${i + 1}`, orderId: `${tag}-o${i + 1}` }));
+    const tokens = await Promise.all(shoppers.map((s) => tokenFor(s.userId)));
+
+    // Reservations, with a worker killed a third of the way in.
+    let accepted = 0;
+    let crash: Promise<unknown> | undefined;
+    const replies = await mapLimit(shoppers, 64, async (s, i) => {
+      const reply = await reserve(api, tokens[i] as string, { couponId: s.couponId, orderId: s.orderId, orderAmount: 30_000 });
+      accepted += reply.status === 202 ? 1 : 0;
+      if (accepted === 100 && !crash) crash = replaceAWorker();
+      return reply;
+    });
+    await crash;
+    expect(replies.map((r) => r.status)).toEqual(Array(SHOPPERS).fill(202));
+    const reserved = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, tokens[i] as string, 120_000));
+    expect(reserved.map((j) => j.status)).toEqual(Array(SHOPPERS).fill('succeeded')); // I7: none lost, none failed
+
+    // Payments, every event published twice, with another worker killed while they are applied.
+    const payments = shoppers.map((s, i) => paymentEvent('PAYMENT_COMPLETED', s.orderId, { reservationId: reserved[i].result.reservationId }));
+    const messages = payments.flatMap((e) => [e, e]).map((e) => ({ key: e.orderId, value: JSON.stringify(e) }));
+    await events.send(stack.paymentsTopic, messages.slice(0, 200));
+    await eventually(
+      async () => Number((await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId])).rows[0]?.n),
+      (n) => n >= 20,
+      60_000,
+      'payments under way',
+    );
+    const second = replaceAWorker();
+    await events.send(stack.paymentsTopic, messages.slice(200));
+    await second;
+
+    const usedAll = await eventually(
+      async () => (await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>('SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1', [policyId])).rows,
+      (rows) => rows.every((r) => r.status === 'USED'),
+      120_000,
+      'every coupon used',
+    );
+    const byCoupon = new Map(shoppers.map((s, i) => [s.couponId, { orderId: s.orderId, reservationId: reserved[i].result.reservationId as string }]));
+    for (const row of usedAll) {
+      expect({ order: row.order_id, reservation: row.reservation_id }).toEqual({ order: byCoupon.get(row.id)?.orderId, reservation: byCoupon.get(row.id)?.reservationId });
+    }
+    const { rows: reservations } = await db().query<{ coupon_id: string; status: string }>(
+      'SELECT r.coupon_id, r.status FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1',
+      [policyId],
+    );
+    expect(reservations).toHaveLength(SHOPPERS); // one reservation per coupon, though jobs ran twice
+    expect(reservations.every((r) => r.status === 'CONFIRMED')).toBe(true);
+    const { rows: processed } = await db().query<{ outcome: string }>(
+      "SELECT outcome FROM processed_events WHERE source = 'payments' AND event_id = ANY($1)",
+      [payments.map((p) => p.eventId)],
+    );
+    expect(processed).toHaveLength(SHOPPERS); // I5: each event recorded once
+    expect(processed.every((p) => p.outcome === 'APPLIED')).toBe(true);
+    // The kills really cut jobs off mid-flight, and other workers finished them.
+    expect((await takenOver('checkout')) + (await takenOver('payments'))).toBeGreaterThan(0);
+  });
+});
