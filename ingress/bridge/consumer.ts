@@ -1,7 +1,8 @@
 // The bridge's consumer: Kafka messages in, BullMQ jobs out, at least once and never blocked by a bad
 // message. For each batch of a partition: turn messages into jobs, add them (ids derived from event
 // ids, so a redelivery re-adds the same job, a no-op), send what cannot become a job to
-// `<topic>.dlq` with the reason, and only then resolve and commit the offsets. A crash anywhere
+// `<topic>.dlq` with the reason, and only then resolve the offsets; kafkajs commits the resolved
+// offsets (and nothing beyond them) when the batch handler returns. A crash anywhere
 // before the commit redelivers the batch; the derived job ids and processed_events absorb it.
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../../core/config';
@@ -80,7 +81,7 @@ interface BatchDeps {
 }
 
 async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<void> {
-  const { batch, resolveOffset, heartbeat, commitOffsetsIfNecessary, isRunning, isStale } = payload;
+  const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
   const route = deps.routes.get(batch.topic);
   if (!route) throw new Error(`no route for topic ${batch.topic}`);
   const log = deps.log.child({ topic: batch.topic, partition: batch.partition });
@@ -113,11 +114,12 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       for (const d of dead) log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');
     }
 
-    // Everything of this chunk is in Redis or in the DLQ: only now may Kafka forget it.
+    // Everything of this chunk is in Redis or in the DLQ: only now may Kafka forget it. The resolved
+    // offset is committed when this handler returns (kafkajs's auto-commit commits resolved offsets
+    // only), so a crash before that redelivers the batch.
     await failpoint('bridge.before-commit');
     const last = chunk[chunk.length - 1] as KafkaMessage;
     resolveOffset(last.offset);
-    await commitOffsetsIfNecessary();
     await heartbeat();
     log.debug({ jobs: jobs.length, dead: dead.length, offset: last.offset }, 'batch chunk handed over');
   }
