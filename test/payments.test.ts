@@ -3,6 +3,7 @@
 // confirmed or recorded as conflicts, and a poison message goes to the dead-letter topic.
 import { readFile } from 'node:fs/promises';
 import { Queue } from 'bullmq';
+import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
 import IORedis from 'ioredis';
 import { derivedJobId } from '../queues/names';
 import {
@@ -262,5 +263,33 @@ describe('poison messages', () => {
     expect(dead.map((d) => d.value)).toContain('this is not json');
     expect(dead.map((d) => d.headers['dlq-reason'])).toEqual(expect.arrayContaining(['the value is not JSON', expect.stringMatching(/^not a payment event: type/)]));
     for (const d of dead) expect(d.headers).toMatchObject({ 'dlq-source-topic': stack.paymentsTopic, 'dlq-source-partition': '0' });
+  });
+
+  it('that even the dead-letter topic refuses are logged and skipped, never blocking the partition', async () => {
+    const dlq = `${stack.paymentsTopic}.dlq`;
+    const admin = new Kafka({ clientId: 'coupon-tests-admin', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING }).admin();
+    await admin.connect();
+    const setLimit = (bytes: string) =>
+      admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: dlq, configEntries: [{ name: 'max.message.bytes', value: bytes }] }] });
+    try {
+      await setLimit('2000');
+      const { couponId, orderId } = await reserved();
+      await events.send(stack.paymentsTopic, [
+        { key: orderId, value: 'x'.repeat(5_000), partition: 1 },
+        { key: orderId, value: JSON.stringify(paymentEvent('PAYMENT_COMPLETED', orderId)), partition: 1 },
+      ]);
+      await until(couponId, 'USED');
+      // The bridge running now (earlier tests replaced the first) says what it skipped, and where.
+      const skipped = await eventually(
+        async () => (await readFile(logFile(`payments-bridge-${stack.bridges.length}`), 'utf8')).split('\n').filter((l) => l.includes('could not be dead-lettered')),
+        (lines) => lines.length > 0,
+        10_000,
+        'the skip logged',
+      );
+      expect(JSON.parse(skipped[0] as string)).toMatchObject({ level: 'error', partition: 1, reason: 'the value is not JSON' });
+    } finally {
+      await setLimit('1048588').catch(() => undefined);
+      await admin.disconnect();
+    }
   });
 });

@@ -100,18 +100,25 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
 
     if (jobs.length > 0) {
       const done = await persist(() => addJobs(deps.queues, jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
-      if (!done) return;
+      if (done === 'stopped') return;
     }
-    if (dead.length > 0) {
+    for (const d of dead) {
       const done = await persist(
-        () => deps.producer.send({ topic: dlqTopicOf(batch.topic), acks: -1, messages: dead.map((d) => deadLetter(batch.topic, batch.partition, d.message, d.reason)) }),
-        `dead-letter ${dead.length} messages`,
+        () => deps.producer.send({ topic: dlqTopicOf(batch.topic), acks: -1, messages: [deadLetter(batch.topic, batch.partition, d.message, d.reason)] }),
+        'dead-letter a message',
         log,
         heartbeat,
         live,
+        // The broker refuses this very message for good (e.g. too large with its headers): blocking
+        // the partition for it would stop every later event, so it is logged and left in its topic.
+        (error) => (error as { retriable?: boolean }).retriable === false,
       );
-      if (!done) return;
-      for (const d of dead) log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');
+      if (done === 'stopped') return;
+      if (done === 'refused') {
+        log.error({ offset: d.message.offset, reason: d.reason }, 'message could not be dead-lettered; skipped, it stays in its topic at this offset');
+      } else {
+        log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');
+      }
     }
 
     // Everything of this chunk is in Redis or in the DLQ: only now may Kafka forget it. The resolved
@@ -138,22 +145,31 @@ async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: 
 
 /**
  * Runs `fn` until it succeeds, backing off and heartbeating meanwhile: while Redis or the DLQ is away
- * the partition waits (nothing can be handed over), and the group keeps this member. Gives up only
- * when the consumer stops or loses the partition; the batch is then redelivered to whoever has it.
+ * the partition waits (nothing can be handed over), and the group keeps this member. Gives up when
+ * the consumer stops or loses the partition ('stopped': the batch is redelivered to whoever has it),
+ * or when `final` says an error will never go away ('refused').
  */
-async function persist(fn: () => Promise<unknown>, what: string, log: Logger, heartbeat: () => Promise<void>, live: () => boolean): Promise<boolean> {
+async function persist(
+  fn: () => Promise<unknown>,
+  what: string,
+  log: Logger,
+  heartbeat: () => Promise<void>,
+  live: () => boolean,
+  final: (error: unknown) => boolean = () => false,
+): Promise<'done' | 'stopped' | 'refused'> {
   for (let attempt = 0; ; attempt += 1) {
     try {
       await fn();
       if (attempt > 0) log.info({ attempts: attempt + 1 }, `${what}: done after retries`);
-      return true;
+      return 'done';
     } catch (error) {
-      if (!live()) return false;
+      if (!live()) return 'stopped';
+      if (final(error)) return 'refused';
       const delay = Math.min(MAX_BACKOFF_MS, 200 * 2 ** attempt);
       log.warn({ err: error, attempt: attempt + 1, retryInMs: delay }, `${what} failed; retrying`);
       await new Promise((resolve) => setTimeout(resolve, delay));
       await heartbeat().catch(() => undefined);
-      if (!live()) return false;
+      if (!live()) return 'stopped';
     }
   }
 }
