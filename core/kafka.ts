@@ -1,5 +1,5 @@
 // The Kafka client. Everything that speaks Kafka goes through here, so the client library can change.
-import { Kafka, logLevel, Partitioners, type Consumer, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Admin, type Consumer, type Producer } from 'kafkajs';
 import { config } from './config';
 import type { Logger } from './logger';
 
@@ -28,20 +28,17 @@ export function createKafka(log: Logger): Kafka {
 
 export type { Consumer, Producer, Kafka };
 
-/** Creates the topics that do not exist yet (with their dead-letter topics when asked), and waits for their leaders. */
-export async function createTopicsIfMissing(kafka: Kafka, topics: string[], numPartitions: number): Promise<string[]> {
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    const existing = new Set(await admin.listTopics());
-    const missing = topics.filter((t) => !existing.has(t));
-    if (missing.length > 0) {
-      await admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions })), waitForLeaders: true });
-    }
-    return missing;
-  } finally {
-    await admin.disconnect().catch(() => undefined);
+/** Where the messages of `topic` that cannot become jobs go. */
+export const dlqTopicOf = (topic: string) => `${topic}.dlq`;
+
+/** Creates those of the topics, and of their dead-letter topics, that do not exist yet; answers which. */
+export async function createTopicsIfMissing(admin: Admin, topics: string[], numPartitions: number): Promise<string[]> {
+  const existing = new Set(await admin.listTopics());
+  const missing = [...topics, ...topics.map(dlqTopicOf)].filter((t) => !existing.has(t));
+  if (missing.length > 0) {
+    await admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions })), waitForLeaders: true });
   }
+  return missing;
 }
 
 /**

@@ -128,15 +128,30 @@ function ruleOf(c: CouponRow): DiscountRule {
 
 const db = () => Reservation.sequelize as Sequelize;
 
+/**
+ * One statement for every call made in the same turn of the event loop: `sql` takes the items as
+ * its one parameter (`bind`) and answers rows, and each call gets the row whose `rowKey` is its
+ * item's key, or null. A batch that fails is tried again item by item, so one bad item fails alone.
+ */
+function batchedQuery<I, R extends object>(sql: string, bind: (items: I[]) => unknown, itemKey: (item: I) => string, rowKey: (row: R) => string) {
+  return coalescePerTurn(
+    isolatingFailures(async (items: I[]): Promise<(R | null)[]> => {
+      const rows = await db().query<R>(sql, { bind: [bind(items)], type: QueryTypes.SELECT });
+      const byKey = new Map(rows.map((r) => [rowKey(r), r]));
+      return items.map((item) => byKey.get(itemKey(item)) ?? null);
+    }),
+  );
+}
+
+const asJson = (items: unknown[]) => JSON.stringify(items);
+
 /** The coupons asked for in one turn of the event loop, read together. */
-const readCoupon = coalescePerTurn(isolatingFailures(async (ids: string[]): Promise<(CouponRow | null)[]> => {
-  const rows = await db().query<CouponRow>(`SELECT ${COUPON_COLUMNS} FROM coupons c JOIN coupon_policies p ON p.id = c.policy_id WHERE c.id = ANY($1)`, {
-    bind: [ids],
-    type: QueryTypes.SELECT,
-  });
-  const byId = new Map(rows.map((r) => [r.id, r]));
-  return ids.map((id) => byId.get(id) ?? null);
-}));
+const readCoupon = batchedQuery<string, CouponRow>(
+  `SELECT ${COUPON_COLUMNS} FROM coupons c JOIN coupon_policies p ON p.id = c.policy_id WHERE c.id = ANY($1)`,
+  (ids) => ids,
+  (id) => id,
+  (row) => row.id,
+);
 
 /** A coupon as POST /coupons/validate needs it: its holder, state and discount rule. A plain read. */
 export async function readCouponForCheckout(couponId: string): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
@@ -185,14 +200,12 @@ export type ReserveOutcome = { kind: 'reserved'; reservation: Reservation; repla
 type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
 
 /** The reservations decided in one turn, written by one call of reserve_coupons (migration 0006). */
-const writeReservation = coalescePerTurn(isolatingFailures(async (rows: object[]): Promise<ReserveRow[]> => {
-  const results = await db().query<ReserveRow>('SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)', {
-    bind: [JSON.stringify(rows)],
-    type: QueryTypes.SELECT,
-  });
-  const byReq = new Map(results.map((r) => [r.req, r]));
-  return rows.map((row) => byReq.get((row as { req: string }).req) ?? { req: (row as { req: string }).req, outcome: 'missing', reservation: null });
-}));
+const writeReservation = batchedQuery<{ req: string } & Record<string, unknown>, ReserveRow>(
+  'SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)',
+  asJson,
+  (item) => item.req,
+  (row) => row.req,
+);
 
 /** How often a decision is made again when the rows changed between the read and the write. */
 const MAX_DECISIONS = 5;
@@ -229,7 +242,7 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
       at: now.toISOString(),
       expires: new Date(now.getTime() + input.ttlSeconds * 1000).toISOString(),
     });
-    switch (written.outcome) {
+    switch (written?.outcome) {
       case 'reserved':
       case 'duplicate-request':
         return { kind: 'reserved', reservation: reservationFromJson(written.reservation ?? {}), replay: written.outcome !== 'reserved' };
@@ -238,7 +251,7 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
       case 'uq_reservations_pending_coupon':
         return { kind: 'refused', reason: reason('COUPON_NOT_AVAILABLE') };
       default:
-        throw new Error(`reserve_coupons answered ${written.outcome} for ${input.requestId}`);
+        throw new Error(`reserve_coupons answered ${written?.outcome ?? 'nothing'} for ${input.requestId}`);
     }
   }
   throw new Error(`coupon ${input.couponId} changed under ${MAX_DECISIONS} decisions in a row`);
@@ -289,23 +302,26 @@ interface EventState {
  * The state the events of one turn are about, in one query: whether each was processed already,
  * the reservation it names (or its order's pending, else newest, one), and that reservation's coupon.
  */
-const readEventState = coalescePerTurn(isolatingFailures(async (events: { key: string; source: string; eventId: string; reservationId: string | null; orderId: string | null; userId: string | null }[]) => {
-  const rows = await db().query<EventState>('SELECT * FROM checkout_event_states($1::jsonb)', { bind: [JSON.stringify(events)], type: QueryTypes.SELECT });
-  const byKey = new Map(rows.map((r) => [r.key, r]));
-  return events.map((e) => byKey.get(e.key) ?? null);
-}));
+interface EventRef {
+  key: string;
+  source: string;
+  eventId: string;
+  reservationId: string | null;
+  orderId: string | null;
+  userId: string | null;
+}
+
+const readEventState = batchedQuery<EventRef, EventState>('SELECT * FROM checkout_event_states($1::jsonb)', asJson, (e) => e.key, (row) => row.key);
 
 type EventWrite = { key: string; outcome: string; reservation: Record<string, unknown> | null };
 
 /** The decisions about the events of one turn, applied by one call of apply_checkout_events. */
-const writeEvent = coalescePerTurn(isolatingFailures(async (events: object[]): Promise<EventWrite[]> => {
-  const results = await db().query<EventWrite>('SELECT key, outcome, reservation FROM apply_checkout_events($1::jsonb)', {
-    bind: [JSON.stringify(events)],
-    type: QueryTypes.SELECT,
-  });
-  const byKey = new Map(results.map((r) => [r.key, r]));
-  return events.map((e) => byKey.get((e as { key: string }).key) ?? { key: (e as { key: string }).key, outcome: 'missing', reservation: null });
-}));
+const writeEvent = batchedQuery<{ key: string } & Record<string, unknown>, EventWrite>(
+  'SELECT key, outcome, reservation FROM apply_checkout_events($1::jsonb)',
+  asJson,
+  (e) => e.key,
+  (row) => row.key,
+);
 
 async function earlierOutcome(event: CheckoutEvent): Promise<CheckoutOutcome> {
   const [row] = await db().query<{ outcome: string; reason_code: string | null }>('SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2', {
@@ -378,14 +394,14 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
       at: now.toISOString(),
       expect: found && { reservation: found.r_status, refunded: Boolean(found.r_refunded), coupon: found.c_status, couponReservation: found.c_reservation },
     });
-    if (written.outcome === 'stale') continue;
-    if (written.outcome === 'duplicate') return earlierOutcome(event);
-    if (written.outcome !== 'done') throw new Error(`apply_checkout_events answered ${written.outcome} for ${event.source}/${event.eventId}`);
+    if (written?.outcome === 'stale') continue;
+    if (written?.outcome === 'duplicate') return earlierOutcome(event);
+    if (written?.outcome !== 'done') throw new Error(`apply_checkout_events answered ${written?.outcome ?? 'nothing'} for ${key}`);
     const reservation = written.reservation ? reservationFromJson(written.reservation) : null;
     if (plan.action === 'none') return { kind: 'ignored', conflict: plan.conflict, reason: plan.reason, reservation };
     return { kind: 'applied', action: plan.action, reservation: reservation as Reservation };
   }
-  throw new Error(`the reservation of ${event.source}/${event.eventId} changed under ${MAX_DECISIONS} decisions in a row`);
+  throw new Error(`the reservation of ${key} changed under ${MAX_DECISIONS} decisions in a row`);
 }
 
 export interface SweepReport {
@@ -398,8 +414,8 @@ export interface SweepReport {
  * statement. Coupons are locked first (the lock order above) and those another transaction holds
  * are skipped for the next pass, so sweepers on many workers share the backlog without waiting.
  */
-export async function expireDueReservations(db: Sequelize, limit: number): Promise<SweepReport> {
-  const [row] = await db.query<{ expired: string; released: string }>(
+export async function expireDueReservations(limit: number): Promise<SweepReport> {
+  const [row] = await db().query<{ expired: string; released: string }>(
     `WITH due AS (
        -- Coupons first (the lock order); SKIP LOCKED before the LIMIT, so concurrent sweepers
        -- take different reservations instead of the same hundred.

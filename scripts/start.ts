@@ -48,7 +48,7 @@ async function main(): Promise<void> {
   if (state.shuttingDown) return;
   const brokers = services.kafkaBrokers ?? cfg.KAFKA_BROKERS;
   const topics = [cfg.KAFKA_PAYMENTS_TOPIC, cfg.KAFKA_USER_EVENTS_TOPIC];
-  await ensureTopics(brokers, [...topics, ...topics.map((t) => `${t}.dlq`)].map((topic) => ({ topic, numPartitions: 6 })));
+  await ensureTopics(brokers, topics, cfg.KAFKA_TOPIC_PARTITIONS);
   log.info(`kafka: topics ready (${topics.join(', ')} and their .dlq)`);
 
   const env = {

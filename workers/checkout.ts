@@ -1,6 +1,7 @@
 // The checkout use cases: reserve a coupon for an order, cancel or confirm a reservation, apply a
-// payment event. Each job changes one reservation in one Postgres transaction; a Redis lock on the
-// coupon keeps concurrent reserves of one coupon from piling onto its row lock.
+// payment event. Each job changes one reservation, written together with the other jobs of the same
+// event-loop turn (models/reservation.ts); a Redis lock on the coupon keeps concurrent reserves of
+// one coupon queueing in Redis rather than deciding on the same row.
 import { UnrecoverableError, type Job } from 'bullmq';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
@@ -19,6 +20,7 @@ import {
 } from '../models/reservation';
 import { paymentJobSchema, reservationActionJobSchema, reserveJobSchema, type JobOutcome } from '../queues/jobs';
 import type { JobKind } from '../queues/names';
+import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 
 export interface CheckoutDeps {
@@ -44,13 +46,6 @@ const COUPON_LOCK_TTL_MS = 5_000;
 const WAIT_ATTEMPTS = 8;
 const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
 
-function parse<T>(job: Job, schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: { issues: { message: string }[] } } }): T {
-  const parsed = schema.safeParse(job.data);
-  // A payload no worker can read will never succeed: fail it now instead of retrying.
-  if (!parsed.success) throw new UnrecoverableError(`malformed ${job.name} job: ${parsed.error.issues[0]?.message ?? 'invalid'}`);
-  return parsed.data;
-}
-
 export function createCheckoutProcessor(deps: CheckoutDeps) {
   const handlers: Partial<Record<JobKind, (job: Job) => Promise<unknown>>> = {
     reserve: (job) => reserve(deps, job),
@@ -66,7 +61,7 @@ export function createCheckoutProcessor(deps: CheckoutDeps) {
 }
 
 async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<ReservationResult>> {
-  const data = parse(job, reserveJobSchema);
+  const data = jobData(job, reserveJobSchema);
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, couponId: data.couponId, orderId: data.orderId });
   const outcome = await withLock(deps.locks, couponLockKey(data.couponId), COUPON_LOCK_TTL_MS, () =>
     reserveCoupon({
@@ -94,11 +89,11 @@ const ACTIONS = {
 };
 
 async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' | 'confirm'): Promise<JobOutcome<ReservationView>> {
-  const data = parse(job, reservationActionJobSchema);
+  const data = jobData(job, reservationActionJobSchema);
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, reservationId: data.reservationId });
   const byAdmin = data.actorId !== data.userId;
   const endReason = action === 'confirm' ? 'CONFIRMED_BY_ADMIN' : byAdmin ? 'CANCELLED_BY_ADMIN' : 'CANCELLED_BY_USER';
-  const outcome = await applyOrWait({ ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason }, deps);
+  const outcome = await applyOrWait({ ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason });
   logOutcome(log, action, outcome);
   switch (outcome.kind) {
     case 'applied':
@@ -115,22 +110,19 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
 }
 
 async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
-  const { event, traceId, source } = parse(job, paymentJobSchema);
+  const { event, traceId, source } = jobData(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
-  const outcome = await applyOrWait(
-    {
-      source: 'payments',
-      eventId: event.eventId,
-      type: event.type,
-      orderId: event.orderId,
-      reservationId: event.reservationId,
-      userId: event.userId,
-      endReason: event.type,
-      // A refund ahead of its payment is retried for about half a minute, then recorded as ignored.
-      noWait: job.attemptsMade >= WAIT_ATTEMPTS,
-    },
-    deps,
-  );
+  const outcome = await applyOrWait({
+    source: 'payments',
+    eventId: event.eventId,
+    type: event.type,
+    orderId: event.orderId,
+    reservationId: event.reservationId,
+    userId: event.userId,
+    endReason: event.type,
+    // A refund ahead of its payment is retried for about half a minute, then recorded as ignored.
+    noWait: job.attemptsMade >= WAIT_ATTEMPTS,
+  });
   logOutcome(log, event.type, outcome);
   const base = { eventId: event.eventId };
   switch (outcome.kind) {
@@ -156,7 +148,7 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
   }
 }
 
-async function applyOrWait(event: CheckoutEvent, deps: CheckoutDeps): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
+async function applyOrWait(event: CheckoutEvent): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
   const outcome = await applyCheckoutEvent(event);
   if (outcome.kind === 'wait') throw new NotYetApplicable(outcome.why);
   return outcome;

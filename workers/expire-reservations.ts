@@ -1,7 +1,6 @@
 // Ends PENDING reservations nobody paid for (I6: by expiresAt + 5 s). Every worker sweeps every
 // second; SKIP LOCKED lets many sweepers share a backlog, and a backlog (after the fleet was down)
 // is worked off in batches of 100 until none is due, with a progress line now and then.
-import type { Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { expireDueReservations, type SweepReport } from '../models/reservation';
 
@@ -9,12 +8,12 @@ export const SWEEP_BATCH = 100;
 const PROGRESS_EVERY_MS = 5_000;
 
 /** Sweeps until no due reservation is left (or `shouldStop`); returns the totals. */
-export async function sweepExpiredReservations(db: Sequelize, log: Logger, shouldStop: () => boolean = () => false): Promise<SweepReport> {
+export async function sweepExpiredReservations(log: Logger, shouldStop: () => boolean = () => false): Promise<SweepReport> {
   const total: SweepReport = { expired: 0, released: 0 };
   const started = Date.now();
   let lastProgress = started;
   for (;;) {
-    const batch = await expireDueReservations(db, SWEEP_BATCH);
+    const batch = await expireDueReservations(SWEEP_BATCH);
     total.expired += batch.expired;
     total.released += batch.released;
     // Another sweeper may hold some of the due rows: go on while this one still finds any.
@@ -29,12 +28,12 @@ export async function sweepExpiredReservations(db: Sequelize, log: Logger, shoul
 }
 
 /** Starts sweeping at once (catching up on whatever fell due while no worker ran), then every `everyMs`. */
-export function scheduleExpirySweeper(db: Sequelize, log: Logger, everyMs: number): () => Promise<void> {
+export function scheduleExpirySweeper(log: Logger, everyMs: number): () => Promise<void> {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let current: Promise<unknown> = Promise.resolve();
   const tick = () => {
-    current = sweepExpiredReservations(db, log, () => stopped)
+    current = sweepExpiredReservations(log, () => stopped)
       .catch((error: unknown) => log.error({ err: error }, 'reservation sweep failed; retrying on the next tick'))
       .finally(() => {
         if (!stopped) timer = setTimeout(tick, everyMs);

@@ -50,7 +50,7 @@ async function main(): Promise<void> {
     });
   }
   for (const worker of workers) batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
-  const stopSweeper = scheduleExpirySweeper(sequelize(), log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
+  const stopSweeper = scheduleExpirySweeper(log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,

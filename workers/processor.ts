@@ -1,11 +1,12 @@
 // Turns an issue batch job into one use-case call per request, each with its own trace id on its log lines.
-import { UnrecoverableError, type Job } from 'bullmq';
+import type { Job } from 'bullmq';
 import { reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import { mapLimit } from '../core/concurrency';
 import { issueBatchSchema, type CouponView, type JobOutcome } from '../queues/jobs';
 import type { AdmissionDeps } from './admission/admission';
 import { issueCoupon, type Attempt } from './issue-coupon';
+import { jobData } from './job-data';
 
 export interface BatchOutcome {
   results: JobOutcome<CouponView>[];
@@ -20,17 +21,11 @@ function attemptOf(job: Job): Attempt {
   return { rerun: job.attemptsStarted > 1, last: job.attemptsMade + 1 >= (job.opts.attempts ?? 1) };
 }
 
-function malformed(job: Job, message: string | undefined): never {
-  // A payload no worker can read will never succeed: fail it now instead of retrying.
-  throw new UnrecoverableError(`malformed ${job.name} job: ${message ?? 'invalid'}`);
-}
-
 export function createIssueProcessor(deps: AdmissionDeps, log: Logger): Processor {
   return async (job) => {
-    const parsed = issueBatchSchema.safeParse(job.data);
-    if (!parsed.success) malformed(job, parsed.error.issues[0]?.message);
+    const { requests } = jobData(job, issueBatchSchema);
     const attempt = attemptOf(job);
-    const settled = await mapLimit(parsed.data.requests, BATCH_PARALLELISM, (request) => {
+    const settled = await mapLimit(requests, BATCH_PARALLELISM, (request) => {
       const requestLog = log.child({ traceId: request.traceId, jobId: request.requestId, attempt: job.attemptsMade + 1 });
       return issueCoupon(deps, request, attempt, requestLog).then(
         (value): PromiseSettledResult<JobOutcome<CouponView>> => ({ status: 'fulfilled', value }),

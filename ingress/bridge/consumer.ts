@@ -7,7 +7,7 @@
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../../core/config';
 import { failpoint } from '../../core/failpoints';
-import { createProducer } from '../../core/kafka';
+import { createProducer, dlqTopicOf } from '../../core/kafka';
 import type { Logger } from '../../core/logger';
 import type { Queues } from '../../queues/connection';
 import { JOB_KINDS, type JobKind } from '../../queues/names';
@@ -22,8 +22,6 @@ export interface MessageRoute {
 /** Adds at most this many jobs per Redis round trip, and commits after each chunk. */
 const CHUNK = 500;
 const MAX_BACKOFF_MS = 5_000;
-
-export const dlqTopicOf = (topic: string) => `${topic}.dlq`;
 
 export interface BridgeConsumer {
   consumer: Consumer;

@@ -6,7 +6,7 @@ import { createKafka, createTopicsIfMissing } from '../../core/kafka';
 import { logger } from '../../core/logger';
 import { waitForReady } from '../../core/redis';
 import { createQueues } from '../../queues/connection';
-import { dlqTopicOf, startBridgeConsumer } from './consumer';
+import { startBridgeConsumer } from './consumer';
 import { scheduleLagReport } from './lag';
 import { paymentsRoute } from './payments';
 
@@ -19,7 +19,9 @@ async function main(): Promise<void> {
 
   const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC)];
   const topics = routes.map((r) => r.topic);
-  const created = await createTopicsIfMissing(kafka, [...topics, ...topics.map(dlqTopicOf)], cfg.KAFKA_TOPIC_PARTITIONS);
+  const admin = kafka.admin();
+  await admin.connect();
+  const created = await createTopicsIfMissing(admin, topics, cfg.KAFKA_TOPIC_PARTITIONS).finally(() => admin.disconnect());
   if (created.length > 0) log.info({ topics: created, partitions: cfg.KAFKA_TOPIC_PARTITIONS }, 'kafka topics created');
 
   let stopping = false;

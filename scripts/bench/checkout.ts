@@ -30,7 +30,6 @@
 // Exit code: 0 when the invariants held (a missed performance bar is reported, not fatal), 1 when
 // an invariant failed, 2 when the bench could not run.
 import { randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
@@ -42,7 +41,7 @@ import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
-import { fmtInt, fmtMs, gitState, note, percentile, round, signer, sleep, wallNow } from './common';
+import { fmtInt, fmtMs, gitState, note, percentile, round, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -448,13 +447,7 @@ async function main(): Promise<number> {
       invariants,
       invariantsHeld,
     };
-    const dir = path.join(ROOT, 'bench', 'results');
-    mkdirSync(dir, { recursive: true });
-    const file = path.join(dir, `checkout-${startedAt.toISOString().replace(/:/g, '-')}.json`);
-    const json = `${JSON.stringify(report, null, 2)}\n`;
-    writeFileSync(file, json);
-    writeFileSync(path.join(dir, 'checkout-latest.json'), json);
-    summary.push(`Results: ${path.relative(ROOT, file)} (and bench/results/checkout-latest.json)`);
+    summary.push(writeResults('checkout', 'checkout-latest.json', startedAt, report));
     process.stdout.write(`${summary.join('\n')}\n`);
     return invariantsHeld ? 0 : 1;
   } finally {

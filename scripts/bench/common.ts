@@ -1,6 +1,8 @@
 // Helpers the benchmark scenarios share: output, rounding and formatting, medians, token signing, git state.
 import { spawnSync } from 'node:child_process';
 import { createSecretKey } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { SignJWT } from 'jose';
 import { ROOT } from './stack';
 
@@ -40,4 +42,15 @@ export function gitState(): { commit: string | null; dirty: boolean | null } {
   const rev = spawnSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' });
   const status = spawnSync('git', ['status', '--porcelain', '--untracked-files=no'], { cwd: ROOT, encoding: 'utf8' });
   return { commit: rev.status === 0 ? rev.stdout.trim() : null, dirty: status.status === 0 ? status.stdout.trim().length > 0 : null };
+}
+
+/** Writes a run's report to bench/results/<name>-<start time>.json and to `latest`; answers the line that says where. */
+export function writeResults(name: string, latest: string, startedAt: Date, report: object): string {
+  const dir = path.join(ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${name}-${startedAt.toISOString().replace(/:/g, '-')}.json`);
+  const json = `${JSON.stringify(report, null, 2)}\n`;
+  writeFileSync(file, json);
+  writeFileSync(path.join(dir, latest), json);
+  return `Results: ${path.relative(ROOT, file)} (and bench/results/${latest})`;
 }

@@ -36,7 +36,6 @@
 // fatal), 1 when an invariant failed, 2 when the bench could not run.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import autocannon from 'autocannon';
 import { Job, Queue } from 'bullmq';
@@ -46,7 +45,7 @@ import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
-import { fmtInt, fmtMs, gitState, median, note, round, signer, sleep, wallNow } from './common';
+import { fmtInt, fmtMs, gitState, median, note, round, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -789,13 +788,7 @@ async function main(): Promise<number> {
       invariantsHeld,
       runs,
     };
-    const dir = path.join(ROOT, 'bench', 'results');
-    mkdirSync(dir, { recursive: true });
-    const file = path.join(dir, `flash-sale-${startedAt.toISOString().replace(/:/g, '-')}.json`);
-    const json = `${JSON.stringify(report, null, 2)}\n`;
-    writeFileSync(file, json);
-    writeFileSync(path.join(dir, 'latest.json'), json);
-    summary.push(`Results: ${path.relative(ROOT, file)} (and bench/results/latest.json)`);
+    summary.push(writeResults('flash-sale', 'latest.json', startedAt, report));
     process.stdout.write(`${summary.join('\n')}\n`);
     return invariantsHeld ? 0 : 1;
   } finally {

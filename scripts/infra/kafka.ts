@@ -5,6 +5,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
+import { createTopicsIfMissing } from '../../core/kafka';
 import {
   aptInstall,
   findExecutable,
@@ -21,11 +22,6 @@ import {
   type Logger,
   type Service,
 } from './process';
-
-export interface TopicSpec {
-  topic: string;
-  numPartitions: number;
-}
 
 interface Broker {
   host: string;
@@ -60,13 +56,9 @@ export async function ensureKafka(brokers: string[], log: Logger): Promise<Servi
 }
 
 /** Creates the topics that do not exist yet; existing ones are left as they are. */
-export async function ensureTopics(brokers: string[], topics: TopicSpec[]): Promise<void> {
-  await withAdmin(brokers, 10_000, async (admin) => {
-    const existing = new Set(await admin.listTopics());
-    const missing = topics.filter((t) => !existing.has(t.topic));
-    if (missing.length === 0) return;
-    await admin.createTopics({ topics: missing, waitForLeaders: true });
-  });
+/** Creates the topics, each with its dead-letter topic, that do not exist yet. */
+export async function ensureTopics(brokers: string[], topics: string[], numPartitions: number): Promise<void> {
+  await withAdmin(brokers, 10_000, (admin) => createTopicsIfMissing(admin, topics, numPartitions));
 }
 
 function parseBroker(address: string | undefined): Broker {

@@ -51,7 +51,7 @@ async function prepareData(services: RunningServices): Promise<void> {
   log.info('test setup: migrating the test database...');
   await runMigrations(services.databaseUrl);
   const topics = [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1', process.env.KAFKA_USER_EVENTS_TOPIC || 'user-events.v1'];
-  await ensureTopics(services.kafkaBrokers ?? [], [...topics, ...topics.map((t) => `${t}.dlq`)].map((topic) => ({ topic, numPartitions: 6 })));
+  await ensureTopics(services.kafkaBrokers ?? [], topics, 6);
 }
 
 /** Empties the test database, never database 0, which is where a developer's own data lives. */
