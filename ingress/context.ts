@@ -1,4 +1,4 @@
-// What every request handler can reach: its trace id, logger and the caller.
+// What every request handler can reach: its trace id, logger, the caller and where it called from.
 import type { Logger } from '../core/logger';
 
 export interface AuthUser {
@@ -11,5 +11,7 @@ export interface AppEnv {
     traceId: string;
     log: Logger;
     user: AuthUser;
+    /** The client's address: the socket's, or the first X-Forwarded-For entry with TRUST_PROXY. */
+    clientIp: string;
   };
 }

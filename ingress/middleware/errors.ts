@@ -3,13 +3,15 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { AppError, errorCatalogue, type ErrorCode } from '../../core/errors';
 import type { AppEnv } from '../context';
+import { RateLimitedError } from './rate-limit';
 
 export function errorBody(code: ErrorCode, message: string, details?: unknown) {
   return { error: { code, message, ...(details !== undefined && { details }) } };
 }
 
 function answer(c: Context<AppEnv>, error: AppError) {
-  if (error.code === 'RATE_LIMITED' && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
+  if (error instanceof RateLimitedError) c.header('Retry-After', String(error.retryAfterS));
+  else if (error.code === 'RATE_LIMITED' && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
   return c.json(errorBody(error.code, error.message, error.details), error.status as 400);
 }
 
