@@ -39,6 +39,9 @@ export const configSchema = z.object({
   KAFKA_LAG_LOG_INTERVAL_MS: intFrom(15_000, 100),
   // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
+  // Key of the HMAC under which single-use coupon codes are stored (models/codes.ts). Changing it
+  // makes every stored code unredeemable. Required by the web and worker processes.
+  CODE_HMAC_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   RESERVATION_TTL_SECONDS: intFrom(600, 1),
   // How often each worker ends the reservations whose time is up (I6 allows 5 s past expiresAt).
   RESERVATION_SWEEP_INTERVAL_MS: intFrom(1_000, 100),
@@ -55,6 +58,23 @@ export const configSchema = z.object({
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
   BULL_BOARD_USER: z.string().min(1).optional(),
   BULL_BOARD_PASSWORD: z.string().min(1).optional(),
+  // Rate limits (ingress/middleware/rate-limit.ts), counted in Redis so they hold across web
+  // processes: POINTS requests per window of DURATION_S seconds, 0 turns a limiter off. Per client
+  // address, before authentication: generous, as thousands of shoppers may share one carrier NAT.
+  RATE_LIMIT_IP_POINTS: intFrom(3_000, 0),
+  RATE_LIMIT_IP_DURATION_S: intFrom(1, 1),
+  // Per user, after authentication: a shopper asking and long-polling its job sends a few a second.
+  RATE_LIMIT_USER_POINTS: intFrom(50, 0),
+  RATE_LIMIT_USER_DURATION_S: intFrom(1, 1),
+  // Wrong coupon codes a user, or a client address, may send within CODE_FAILURE_WINDOW_S; the last
+  // one allowed blocks that user or address for CODE_FAILURE_BLOCK_S. 0 turns that guard off.
+  CODE_FAILURES_PER_USER: intFrom(10, 0),
+  CODE_FAILURES_PER_IP: intFrom(300, 0),
+  CODE_FAILURE_WINDOW_S: intFrom(600, 1),
+  CODE_FAILURE_BLOCK_S: intFrom(900, 1),
+  // Set only behind a proxy that writes X-Forwarded-For itself: its first entry is then the client
+  // address. Without a proxy it would let any client pick its own address.
+  TRUST_PROXY: z.stringbool().default(false),
   // Test-only fault injection (core/failpoints.ts), honoured only when NODE_ENV=test.
   FAILPOINTS: z.string().optional(),
 });
@@ -96,12 +116,18 @@ export function config(): Config {
   return cached;
 }
 
-/** The HS256 secret of the web process; exits with a readable message when it is missing. */
-export function requireJwtSecret(): string {
-  const secret = config().JWT_SECRET;
+/** A secret a process cannot run without; exits with a readable message when it is missing. */
+function requireSecret(name: 'JWT_SECRET' | 'CODE_HMAC_SECRET', why: string): string {
+  const secret = config()[name];
   if (!secret) {
-    process.stderr.write('invalid configuration:\n  JWT_SECRET: required (at least 32 characters) to verify bearer tokens\n');
+    process.stderr.write(`invalid configuration:\n  ${name}: required (at least 32 characters) ${why}\n`);
     process.exit(78);
   }
   return secret;
 }
+
+/** The HS256 secret of the web process. */
+export const requireJwtSecret = () => requireSecret('JWT_SECRET', 'to verify bearer tokens');
+
+/** The key single-use codes are hashed with (web and worker). */
+export const requireCodeSecret = () => requireSecret('CODE_HMAC_SECRET', 'to hash coupon codes');

@@ -1,12 +1,14 @@
 // The HTTP application: middleware, routes and error mapping. server.ts only wires it to a port.
 import { Hono } from 'hono';
 import type { Redis } from 'ioredis';
+import { requireCodeSecret } from '../core/config';
 import type { Logger } from '../core/logger';
 import type { Queues } from '../queues/connection';
 import type { AppEnv } from './context';
 import { authenticate } from './middleware/auth';
 import { limitBody } from './middleware/body-limit';
 import { notFound, onError } from './middleware/errors';
+import { createCodeGuard, limitByAddress, limitByUser, type Budget, type CodeGuard } from './middleware/rate-limit';
 import { trace } from './middleware/trace';
 import { checkoutRoutes } from './routes/checkout';
 import { healthRoutes } from './routes/health';
@@ -20,7 +22,11 @@ export interface AppDeps {
   redis: Redis;
   log: Logger;
   jwtSecret: string;
+  /** Key of the coupon-code hashes; CODE_HMAC_SECRET when not given. */
+  codeSecret?: string;
   isDraining?: () => boolean;
+  /** Rate limits other than the configured ones (tests): budgets, Redis key prefix, code guard. */
+  rateLimits?: { address?: Budget; user?: Budget; trustProxy?: boolean; prefix?: string; codeGuard?: CodeGuard };
 }
 
 const MAX_BODY_BYTES = 64 * 1024;
@@ -32,12 +38,18 @@ export function createApp(deps: AppDeps) {
 
   app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false)));
 
+  const limits = deps.rateLimits ?? {};
+  const redis = deps.redis;
+  const codeGuard = limits.codeGuard ?? createCodeGuard({ redis, prefix: limits.prefix });
   const api = new Hono<AppEnv>();
   api.use('*', trace(deps.log));
+  // Per address before authentication, so a flood of bad tokens is limited too; per user after it.
+  api.use('*', limitByAddress({ redis, budget: limits.address, trustProxy: limits.trustProxy, prefix: limits.prefix }));
   api.use('*', limitBody(MAX_BODY_BYTES));
   api.use('*', authenticate(deps.jwtSecret));
-  api.route('/coupons/policies', policyRoutes(deps.redis));
-  api.route('/coupons/issue', issueRoutes(deps.queues));
+  api.use('*', limitByUser({ redis, budget: limits.user, prefix: limits.prefix }));
+  api.route('/coupons/policies', policyRoutes(deps.redis, deps.queues));
+  api.route('/coupons/issue', issueRoutes({ queues: deps.queues, codeSecret: deps.codeSecret ?? requireCodeSecret(), wrongCodes: codeGuard }));
   api.route('/coupons/users', userRoutes());
   api.route('/coupons', checkoutRoutes(deps.queues));
   api.route('/jobs', jobRoutes(deps.queues));

@@ -1,10 +1,12 @@
 // The web process: serves the HTTP API; on SIGTERM turns unready, finishes requests in flight, then exits.
 import { serve } from '@hono/node-server';
-import { config, requireJwtSecret } from '../core/config';
+import { config, requireCodeSecret, requireJwtSecret } from '../core/config';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis, waitForReady } from '../core/redis';
 import { initModels } from '../models';
+import { initUserCouponCache } from '../models/user-coupon-cache';
+import { startPolicyCache } from '../models/policy-cache';
 import { createQueues } from '../queues/connection';
 import { createApp } from './app';
 
@@ -16,10 +18,12 @@ async function main(): Promise<void> {
   initModels(sequelize());
   const queues = createQueues();
   const redis = createRedis('client');
+  initUserCouponCache(redis);
   // The producer connection has no offline queue: wait for it once, so the first requests don't 503.
   await waitForReady(queues.connection, 15_000);
+  const stopPolicyCache = await startPolicyCache(log);
   let draining = false;
-  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), isDraining: () => draining });
+  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining });
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
     log.info({ port: info.port }, 'web listening');
   });
@@ -32,6 +36,7 @@ async function main(): Promise<void> {
     setTimeout(() => {
       server.close(async () => {
         await queues.close();
+        await stopPolicyCache();
         redis.disconnect();
         await closeSequelize();
         log.info('web stopped');

@@ -14,6 +14,7 @@ import {
 import { coalescePerTurn } from '../core/concurrency';
 import type { CouponView } from '../queues/jobs';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
+import { invalidateUserCoupons, readThroughUserCoupons } from './user-coupon-cache';
 
 export type CouponStatus = 'ISSUED' | 'RESERVED' | 'USED' | 'EXPIRED';
 export type CouponApiStatus = CouponView['status'];
@@ -83,7 +84,9 @@ export type InsertOutcome =
   | { kind: 'duplicate-request'; coupon: Coupon }
   | { kind: 'user-limit' }
   | { kind: 'policy-inactive' }
-  | { kind: 'slot-taken' };
+  | { kind: 'slot-taken' }
+  | { kind: 'code-used' }
+  | { kind: 'code-unknown' };
 
 export interface IssuedCouponInput {
   policyId: string;
@@ -92,6 +95,8 @@ export interface IssuedCouponInput {
   requestId: string;
   issuedAt: Date;
   expiresAt: Date;
+  /** The hash of the single-use code this coupon is redeemed with (models/codes.ts). */
+  codeHash?: string;
 }
 
 const OUTCOME_BY_CONSTRAINT: Record<string, InsertOutcome['kind']> = {
@@ -99,6 +104,8 @@ const OUTCOME_BY_CONSTRAINT: Record<string, InsertOutcome['kind']> = {
   ck_coupons_policy_active: 'policy-inactive',
   uq_coupons_policy_slot: 'slot-taken',
   ck_coupons_slot_within_quantity: 'slot-taken',
+  uq_coupons_code_hash: 'code-used',
+  fk_coupons_code: 'code-unknown',
 };
 
 /** A coupon row as to_jsonb gives it (snake_case, ISO times), made into a model instance. */
@@ -146,6 +153,8 @@ export const insertIssuedCoupon = coalescePerTurn(async (rows: IssuedCouponInput
     bind: [JSON.stringify(rows.map((row) => ({ id: randomUUID(), ...row })))],
     type: QueryTypes.SELECT,
   });
+  // Committed: drop the lists of the users whose coupon was written (or found, by a rerun).
+  await invalidateUserCoupons(results.flatMap((r) => (r.coupon ? [String(r.coupon.user_id)] : [])));
   const byRequest = new Map(results.map((r) => [r.req, r]));
   return rows.map((row) => outcomeOf(row, byRequest.get(row.requestId)));
 });
@@ -161,7 +170,19 @@ const STATUS_FILTERS: Record<CouponApiStatus, (now: Date) => WhereOptions> = {
   EXPIRED: (now) => ({ [Op.or]: [{ status: 'EXPIRED' }, { status: 'ISSUED', expiresAt: { [Op.lte]: now } }] }),
 };
 
-/** A user's coupons, newest first, keyset-paged on (issued_at, id). */
+/** A page as the user coupon cache keeps it: stored statuses, turned into the API's when read. */
+interface StoredPage {
+  rows: (Omit<CouponView, 'status'> & { status: CouponStatus })[];
+  nextCursor: string | null;
+  /** An AVAILABLE page is right until the first of its rows (limit + 1 fetched) expires. */
+  validUntil: number | null;
+}
+
+/**
+ * A user's coupons, newest first, keyset-paged on (issued_at, id), through the user's list cache
+ * (models/user-coupon-cache.ts). The API status is computed when read, so a cached ISSUED coupon
+ * turns EXPIRED on time. An EXPIRED page grows as coupons expire, so it is never cached.
+ */
 export async function listUserCoupons(opts: {
   userId: string;
   status?: CouponApiStatus;
@@ -170,10 +191,25 @@ export async function listUserCoupons(opts: {
   now?: Date;
 }): Promise<{ data: CouponView[]; nextCursor: string | null }> {
   const now = opts.now ?? new Date();
-  const clauses: WhereOptions[] = [{ userId: opts.userId }];
-  if (opts.status) clauses.push(STATUS_FILTERS[opts.status](now));
-  if (opts.cursor) clauses.push(afterCursor('issuedAt', opts.cursor));
-  const rows = await Coupon.findAll({ where: { [Op.and]: clauses }, order: newestFirst('issuedAt'), limit: opts.limit + 1 });
-  const { page, nextCursor } = pageOf(rows, opts.limit, (c) => c.issuedAt);
-  return { data: page.map((c) => couponView(c, now)), nextCursor };
+  const load = async (): Promise<StoredPage> => {
+    const clauses: WhereOptions[] = [{ userId: opts.userId }];
+    if (opts.status) clauses.push(STATUS_FILTERS[opts.status](now));
+    if (opts.cursor) clauses.push(afterCursor('issuedAt', opts.cursor));
+    const rows = await Coupon.findAll({ where: { [Op.and]: clauses }, order: newestFirst('issuedAt'), limit: opts.limit + 1 });
+    const { page, nextCursor } = pageOf(rows, opts.limit, (c) => c.issuedAt);
+    return {
+      rows: page.map((c) => ({ ...couponView(c, now), status: c.status })),
+      nextCursor,
+      validUntil: opts.status === 'AVAILABLE' && rows.length > 0 ? Math.min(...rows.map((c) => c.expiresAt.getTime())) : null,
+    };
+  };
+  const field = `q:${opts.status ?? '*'}:${opts.limit}:${opts.cursor ? `${opts.cursor.at.toISOString()}/${opts.cursor.id}` : ''}`;
+  const stored =
+    opts.status === 'EXPIRED'
+      ? await load()
+      : await readThroughUserCoupons(opts.userId, field, load, (p) => p.validUntil === null || now.getTime() < p.validUntil);
+  return {
+    data: stored.rows.map((r) => ({ ...r, status: apiStatus({ status: r.status, expiresAt: new Date(r.expiresAt) }, now) })),
+    nextCursor: stored.nextCursor,
+  };
 }

@@ -27,6 +27,7 @@ import {
   type ReservationState,
   type Usability,
 } from './checkout-rules';
+import { invalidateUserCoupons } from './user-coupon-cache';
 
 export class Reservation extends Model<InferAttributes<Reservation>, InferCreationAttributes<Reservation>> {
   declare id: string;
@@ -228,7 +229,11 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
     if (!verdict.usable) {
       // Reserved already by this very request (a rerun after its write): that is the answer.
       const earlier = await Reservation.findOne({ where: { requestId: input.requestId } });
-      if (earlier) return { kind: 'reserved', reservation: earlier, replay: true };
+      if (earlier) {
+        // The earlier run may have died before invalidating.
+        await invalidateUserCoupons([earlier.userId]);
+        return { kind: 'reserved', reservation: earlier, replay: true };
+      }
       return { kind: 'refused', reason: verdict.reason };
     }
     const written = await writeReservation({
@@ -245,6 +250,7 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
     switch (written?.outcome) {
       case 'reserved':
       case 'duplicate-request':
+        await invalidateUserCoupons([input.userId]);
         return { kind: 'reserved', reservation: reservationFromJson(written.reservation ?? {}), replay: written.outcome !== 'reserved' };
       case 'stale':
         continue; // the coupon changed since it was read: decide again on what it is now
@@ -349,7 +355,11 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
       orderId: event.orderId ?? null,
       userId: event.userId ?? null,
     });
-    if (state?.done_outcome) return { kind: 'duplicate', outcome: state.done_outcome, reasonCode: state.done_reason };
+    if (state?.done_outcome) {
+      // Applied before: that run may have died before invalidating.
+      if (state.done_outcome === 'APPLIED' && state.r_user) await invalidateUserCoupons([state.r_user]);
+      return { kind: 'duplicate', outcome: state.done_outcome, reasonCode: state.done_reason };
+    }
 
     const ambiguous = (state?.pending_for_order ?? 0) > 1;
     const found = !ambiguous && state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
@@ -399,6 +409,7 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
     if (written?.outcome !== 'done') throw new Error(`apply_checkout_events answered ${written?.outcome ?? 'nothing'} for ${key}`);
     const reservation = written.reservation ? reservationFromJson(written.reservation) : null;
     if (plan.action === 'none') return { kind: 'ignored', conflict: plan.conflict, reason: plan.reason, reservation };
+    await invalidateUserCoupons([(reservation as Reservation).userId]);
     return { kind: 'applied', action: plan.action, reservation: reservation as Reservation };
   }
   throw new Error(`the reservation of ${key} changed under ${MAX_DECISIONS} decisions in a row`);
@@ -415,7 +426,7 @@ export interface SweepReport {
  * are skipped for the next pass, so sweepers on many workers share the backlog without waiting.
  */
 export async function expireDueReservations(limit: number): Promise<SweepReport> {
-  const [row] = await db().query<{ expired: string; released: string }>(
+  const [row] = await db().query<{ expired: string; released: string; users: string[] | null }>(
     `WITH due AS (
        -- Coupons first (the lock order); SKIP LOCKED before the LIMIT, so concurrent sweepers
        -- take different reservations instead of the same hundred.
@@ -432,10 +443,13 @@ export async function expireDueReservations(limit: number): Promise<SweepReport>
        UPDATE coupons c SET status = 'ISSUED', reserved_at = NULL, order_id = NULL, reservation_id = NULL
          FROM expired
         WHERE c.id = expired.coupon_id AND c.status = 'RESERVED' AND c.reservation_id = expired.id
-        RETURNING c.id
+        RETURNING c.user_id
      )
-     SELECT (SELECT count(*) FROM expired) AS expired, (SELECT count(*) FROM released) AS released`,
+     SELECT (SELECT count(*) FROM expired) AS expired, (SELECT count(*) FROM released) AS released,
+            (SELECT array_agg(DISTINCT user_id) FROM released) AS users`,
     { bind: [limit], type: QueryTypes.SELECT },
   );
+  // Called on every sweep, even an empty one: it also retries the invalidations a failed one owes.
+  await invalidateUserCoupons(row?.users ?? []);
   return { expired: Number(row?.expired ?? 0), released: Number(row?.released ?? 0) };
 }

@@ -16,13 +16,61 @@ const jobMeta = {
   requestedAt: z.iso.datetime(),
 };
 
+/** A keyed hash of a coupon code (models/codes.ts): what stands for a single-use code anywhere but its redeemer's request. */
+export const codeHashSchema = z.string().regex(/^[0-9a-f]{64}$/, 'a code hash');
+
 export const issueJobSchema = z.object({
   ...jobMeta,
-  policyId: idSchema,
+  // Null only for a code that names no policy: the request is answered CODE_NOT_FOUND.
+  policyId: idSchema.nullable(),
   // Who asked when an admin issues for a user; equal to userId otherwise.
   actorId: idSchema,
+  // How the request names its policy: by id (FIRST_COME and DOWNLOAD policies), by a CODE policy's
+  // shared code, or by a single-use code (its hash; the coupon carries it). Absent means by id.
+  via: z.enum(['policy', 'shared-code', 'single-code']).optional(),
+  codeHash: codeHashSchema.optional(),
 });
 export type IssueJob = z.infer<typeof issueJobSchema>;
+
+/** An admin's grant of a DIRECT policy to many users at once; userId is the admin (the job's owner). */
+export const MAX_DIRECT_ISSUE_USERS = 1000;
+export const directIssueJobSchema = z.object({
+  ...jobMeta,
+  policyId: idSchema,
+  userIds: z.array(idSchema).min(1).max(MAX_DIRECT_ISSUE_USERS),
+});
+export type DirectIssueJob = z.infer<typeof directIssueJobSchema>;
+
+/** Generates single-use codes of a CODE policy; userId is the admin (the job's owner). */
+export const generateCodesJobSchema = z.object({
+  ...jobMeta,
+  policyId: idSchema,
+  count: z.number().int().min(1).max(100_000),
+  length: z.number().int().min(8).max(32),
+  prefix: z.string().regex(/^[A-Z0-9-]{1,16}$/).optional(),
+});
+export type GenerateCodesJob = z.infer<typeof generateCodesJobSchema>;
+
+/** A message of the user-events topic (SPEC §6); fields beyond these are ignored. */
+export const userEventSchema = z.object({
+  eventId: idSchema,
+  type: z.string().regex(/^[A-Z][A-Z0-9_]{1,63}$/, 'an event type such as USER_SIGNED_UP'),
+  userId: idSchema,
+  occurredAt: z.iso.datetime({ offset: true }),
+});
+export type UserEvent = z.infer<typeof userEventSchema>;
+
+/** An event from Kafka as a job: the event, and where in Kafka it came from (for the logs). */
+const kafkaEventJob = <E extends z.ZodType>(event: E) =>
+  z.object({
+    event,
+    traceId: z.string().min(1).max(128),
+    source: z.object({ topic: z.string(), partition: z.number().int(), offset: z.string() }),
+    receivedAt: z.iso.datetime(),
+  });
+
+export const userEventJobSchema = kafkaEventJob(userEventSchema);
+export type UserEventJob = z.infer<typeof userEventJobSchema>;
 
 /**
  * Issue requests that reached one web process in the same moment travel as one job: one add, one
@@ -66,13 +114,7 @@ export const paymentEventSchema = z.object({
 });
 export type PaymentEvent = z.infer<typeof paymentEventSchema>;
 
-/** A payment event as a job: the event, and where in Kafka it came from (for the logs). */
-export const paymentJobSchema = z.object({
-  event: paymentEventSchema,
-  traceId: z.string().min(1).max(128),
-  source: z.object({ topic: z.string(), partition: z.number().int(), offset: z.string() }),
-  receivedAt: z.iso.datetime(),
-});
+export const paymentJobSchema = kafkaEventJob(paymentEventSchema);
 export type PaymentJob = z.infer<typeof paymentJobSchema>;
 
 export const couponViewSchema = z.object({
@@ -112,4 +154,6 @@ export interface JobView {
   reason?: { code: string; message: string };
   createdAt: string;
   finishedAt?: string;
+  /** How far a long job (a grant, code generation) got while it runs: {done, total}. */
+  progress?: unknown;
 }

@@ -16,6 +16,12 @@ export type QueueName = (typeof QUEUES)[keyof typeof QUEUES];
 /** Every kind of job, the queue that carries it and the prefix of its ids. */
 export const JOB_KINDS = {
   'issue-batch': { queue: QUEUES.issue, prefix: 'iss' },
+  /** An admin's grant of one policy to up to 1,000 users: requests `<jobId>.<index of the user>`. */
+  'direct-issue': { queue: QUEUES.issue, prefix: 'dir' },
+  /** A user event from Kafka: one request `<jobId>.<policyId>` per EVENT policy it triggers. */
+  'user-event': { queue: QUEUES.issue, prefix: 'uev' },
+  /** Generates a CODE policy's single-use codes. */
+  'generate-codes': { queue: QUEUES.issue, prefix: 'cod' },
   reserve: { queue: QUEUES.checkout, prefix: 'rsv' },
   cancel: { queue: QUEUES.checkout, prefix: 'cnl' },
   confirm: { queue: QUEUES.checkout, prefix: 'cnf' },
@@ -39,15 +45,21 @@ export function derivedJobId(kind: JobKind, ...parts: string[]): string {
   return newJobId(kind, digest);
 }
 
-/** A request inside a batch job is `<jobId>.<index>`: its id names the job that carries it. */
-export function requestIdOf(jobId: string, index: number): string {
-  return `${jobId}.${index}`;
+/**
+ * A request inside a job that carries several is `<jobId>.<part>`: its id names the job that carries
+ * it (job ids never contain a dot). The part is the request's index in a batch or grant, or the
+ * policy id a user event issues.
+ */
+export function requestIdOf(jobId: string, part: number | string): string {
+  return `${jobId}.${part}`;
 }
 
+/** The job of a request id, and its index when the part is one (only batch requests are polled alone). */
 export function parseRequestId(id: string): { jobId: string; index: number | null } {
-  const dot = id.lastIndexOf('.');
+  const dot = id.indexOf('.');
   if (dot < 0) return { jobId: id, index: null };
-  return { jobId: id.slice(0, dot), index: Number(id.slice(dot + 1)) };
+  const part = id.slice(dot + 1);
+  return { jobId: id.slice(0, dot), index: /^\d{1,9}$/.test(part) ? Number(part) : null };
 }
 
 export function queueOfJobId(jobId: string): QueueName | null {

@@ -1,29 +1,47 @@
-// `npm run -s payment -- <TYPE> <orderId> [reservationId]`: publishes one payment event to the
-// payments topic (KAFKA_PAYMENTS_TOPIC on KAFKA_BROKERS), keyed by orderId as the payment system
-// keys them, and prints it. TYPE is PAYMENT_COMPLETED, PAYMENT_FAILED, PAYMENT_CANCELLED or
-// PAYMENT_REFUNDED. For trying the checkout flow by hand.
+// Publishes one event by hand, keyed as its producer would key it, and prints it:
+//   npm run -s payment -- <TYPE> <orderId> [reservationId]   payments topic (KAFKA_PAYMENTS_TOPIC), keyed by orderId;
+//                                                            TYPE PAYMENT_COMPLETED|FAILED|CANCELLED|REFUNDED
+//   npm run -s user-event -- <TYPE> <userId>                 user-events topic (KAFKA_USER_EVENTS_TOPIC), keyed by userId;
+//                                                            TYPE e.g. USER_SIGNED_UP (an EVENT policy's triggerEvent)
 import { randomUUID } from 'node:crypto';
 import { config } from '../core/config';
 import { createKafka, createProducer } from '../core/kafka';
 import { logger } from '../core/logger';
-import { PAYMENT_EVENT_TYPES, type PaymentEventType } from '../models/checkout-rules';
-import { paymentEventSchema } from '../queues/jobs';
+import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
+import { paymentEventSchema, userEventSchema } from '../queues/jobs';
+
+const USAGE = {
+  payment: `npm run -s payment -- <${PAYMENT_EVENT_TYPES.join('|')}> <orderId> [reservationId]`,
+  user: 'npm run -s user-event -- <TYPE, e.g. USER_SIGNED_UP> <userId>',
+};
+
+function build(kind: string, args: string[]): { topic: string; key: string; event: object } | null {
+  const [type, id, reservationId] = args;
+  if (!type || !id) return null;
+  const common = { eventId: randomUUID(), type, occurredAt: new Date().toISOString() };
+  if (kind === 'payment') {
+    const parsed = paymentEventSchema.safeParse({ ...common, orderId: id, ...(reservationId && { reservationId }) });
+    return parsed.success ? { topic: config().KAFKA_PAYMENTS_TOPIC, key: id, event: parsed.data } : null;
+  }
+  const parsed = userEventSchema.safeParse({ ...common, userId: id });
+  return parsed.success ? { topic: config().KAFKA_USER_EVENTS_TOPIC, key: id, event: parsed.data } : null;
+}
 
 async function main(): Promise<void> {
-  const [type, orderId, reservationId] = process.argv.slice(2);
-  if (!type || !orderId || !PAYMENT_EVENT_TYPES.includes(type as PaymentEventType)) {
-    process.stderr.write(`usage: npm run -s payment -- <${PAYMENT_EVENT_TYPES.join('|')}> <orderId> [reservationId]\n`);
+  const [kind, ...args] = process.argv.slice(2);
+  const message = kind === 'payment' || kind === 'user' ? build(kind, args) : null;
+  if (!message) {
+    process.stderr.write(`usage: ${kind === 'user' ? USAGE.user : kind === 'payment' ? USAGE.payment : `${USAGE.payment}\n       ${USAGE.user}`}\n`);
     process.exit(64);
   }
-  const event = paymentEventSchema.parse({ eventId: randomUUID(), type, orderId, ...(reservationId && { reservationId }), occurredAt: new Date().toISOString() });
   const producer = createProducer(createKafka(logger()));
   await producer.connect();
   try {
-    await producer.send({ topic: config().KAFKA_PAYMENTS_TOPIC, acks: -1, messages: [{ key: orderId, value: JSON.stringify(event) }] });
+    await producer.send({ topic: message.topic, acks: -1, messages: [{ key: message.key, value: JSON.stringify(message.event) }] });
   } finally {
     await producer.disconnect();
   }
-  process.stdout.write(`${JSON.stringify(event)}\n`);
+  process.stdout.write(`${JSON.stringify(message.event)}\n`);
 }
 
 main().catch((error: unknown) => {

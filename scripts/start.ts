@@ -34,7 +34,7 @@ async function main(): Promise<void> {
   watchParent();
   // An explicit URL means "use that server"; only a bare `npm start` may start containers.
   const useContainers = !['DATABASE_URL', 'REDIS_URL', 'KAFKA_BROKERS'].some((name) => process.env[name]);
-  ensureJwtSecret();
+  ensureDevSecrets();
   const cfg = config();
 
   state.services = ensureServices({
@@ -73,21 +73,31 @@ async function main(): Promise<void> {
 }
 
 /**
- * The app refuses to start without JWT_SECRET. For a bare `npm start` we make one up once and
- * keep it in .data/dev-secrets.env, so tokens minted earlier stay valid across restarts.
+ * The app refuses to start without JWT_SECRET and CODE_HMAC_SECRET. For a bare `npm start` we make
+ * them up once and keep them in .data/dev-secrets.env, so tokens minted and codes generated earlier
+ * stay valid across restarts.
  */
-function ensureJwtSecret(): void {
-  if (process.env.JWT_SECRET) return;
-  const saved = existsSync(DEV_SECRETS) ? /^JWT_SECRET=(.+)$/m.exec(readFileSync(DEV_SECRETS, 'utf8'))?.[1] : undefined;
-  const secret = saved ?? randomBytes(32).toString('base64url');
-  if (!saved) {
-    mkdirSync(path.dirname(DEV_SECRETS), { recursive: true });
-    writeFileSync(DEV_SECRETS, `JWT_SECRET=${secret}\n`, { mode: 0o600 });
+function ensureDevSecrets(): void {
+  const saved = existsSync(DEV_SECRETS) ? readFileSync(DEV_SECRETS, 'utf8') : '';
+  const lines = saved.split('\n').filter(Boolean);
+  let changed = false;
+  for (const name of ['JWT_SECRET', 'CODE_HMAC_SECRET']) {
+    if (process.env[name]) continue;
+    const kept = new RegExp(`^${name}=(.+)$`, 'm').exec(saved)?.[1];
+    const secret = kept ?? randomBytes(32).toString('base64url');
+    if (!kept) {
+      lines.push(`${name}=${secret}`);
+      changed = true;
+    }
+    process.env[name] = secret;
+    log.warn(`${name} is not set; using a development secret ${kept ? 'from' : 'generated into'} .data/dev-secrets.env`);
   }
-  process.env.JWT_SECRET = secret;
-  log.warn(`JWT_SECRET is not set; using a development secret ${saved ? 'from' : 'generated into'} .data/dev-secrets.env`);
+  if (changed) {
+    mkdirSync(path.dirname(DEV_SECRETS), { recursive: true });
+    writeFileSync(DEV_SECRETS, `${lines.join('\n')}\n`, { mode: 0o600 });
+  }
   // The command reads the secret from the file, so the secret never shows up in a log.
-  log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npm run -s token -- admin-1 admin');
+  if (existsSync(DEV_SECRETS)) log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npm run -s token -- admin-1 admin');
 }
 
 /** `name: command` lines; blank lines and # comments are skipped. */

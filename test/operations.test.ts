@@ -175,7 +175,7 @@ describe('an ingress whose Redis is unreachable', () => {
 });
 
 describe('the Kafka bridge process', () => {
-  it('consumes the payments topic, says so, and exits 0 on SIGTERM', async () => {
+  it('consumes the payments and user-events topics, says so, and exits 0 on SIGTERM', async () => {
     const name = 'operations-bridge';
     const bridge = launch(name, 'ingress/bridge/main.ts', { LOG_LEVEL: 'info', NODE_ENV: 'test', KAFKA_SESSION_TIMEOUT_MS: '6000' });
     try {
@@ -187,7 +187,7 @@ describe('the Kafka bridge process', () => {
       await stopProcess(bridge, 'SIGKILL');
     }
     const [consuming] = await logLinesOf(name, (l) => l.msg === 'bridge consuming');
-    expect(consuming).toMatchObject({ process: 'bridge', level: 'info', groupId: 'coupon-bridge', topics: [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1'] });
+    expect(consuming).toMatchObject({ process: 'bridge', level: 'info', groupId: 'coupon-bridge', topics: [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1', process.env.KAFKA_USER_EVENTS_TOPIC || 'user-events.v1'] });
     expect((consuming?.brokers as string[]).length).toBeGreaterThan(0);
     expect(await logLinesOf(name, (l) => l.msg === 'bridge stopped')).toHaveLength(1);
   });

@@ -90,3 +90,38 @@ describe('a worker killed mid-sale', () => {
     expect(await takenOver(replies.map((r) => r.body.jobId))).toBeGreaterThan(0);
   });
 });
+
+describe('workers killed mid-grant', () => {
+  it('finishes a direct grant of 1,000 users on a policy of 600 exactly: 600 issued, 400 SOLD_OUT', async () => {
+    const admin = await adminToken();
+    const created = await api.post('/api/v1/coupons/policies', admin, policyBody({ issueMethod: 'DIRECT', totalQuantity: 600 }));
+    expect(created.status).toBe(201);
+    const policyId = created.body.id as string;
+    const userIds = Array.from({ length: 1000 }, (_, i) => uniqueId(`grant${i}`));
+    const reply = await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds });
+    expect(reply.status).toBe(202);
+    const jobId = reply.body.jobId as string;
+
+    // Once the grant is under way, kill every worker and start a fresh one, as a process manager would.
+    for (;;) {
+      const view = await api.get(`/api/v1/jobs/${jobId}`, admin);
+      expect(view.body.status).toBe('pending');
+      if ((view.body.progress?.done ?? 0) >= 100) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const victims = stack.workers.filter((w) => w.exitCode === null && w.signalCode === null);
+    await Promise.all(victims.map((w) => killed(w)));
+    await stack.startWorker({ ...FAST_STALL, DATABASE_URL: slowDatabaseUrl });
+
+    const job = await api.settle(jobId, admin, 120_000);
+    expect(job.status).toBe('succeeded');
+    expect(job.result).toMatchObject({ requested: 1000, issued: 600, rejected: 400, failed: 0, rejectedBy: { SOLD_OUT: 400 } });
+    const rows = await couponsOf(policyId);
+    expect(rows).toHaveLength(600);
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(600);
+    expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: 600 }, (_, i) => i + 1));
+    const issued = job.result.results.filter((r: { outcome: string }) => r.outcome === 'issued');
+    expect(new Set(issued.map((r: { couponId: string }) => r.couponId))).toEqual(new Set(rows.map((r) => r.id)));
+    expect(await takenOver([jobId])).toBe(1);
+  });
+});

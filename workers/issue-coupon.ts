@@ -1,22 +1,31 @@
-// Issues one coupon of a FIRST_COME or DOWNLOAD policy: admit in Redis, write in Postgres, settle.
+// Issues one coupon of any policy: admit in Redis, write in Postgres, settle. Every issue method
+// comes through here (by policy id, by code, by user event, by direct grant), so I1, I2 and the
+// exactly-once write per request hold alike for all of them.
 import type { Logger } from '../core/logger';
 import { reason } from '../core/errors';
 import { couponView, findCouponByRequest, insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy } from '../models/policy';
-import { couponExpiry } from '../models/policy-rules';
+import { invalidateUserCoupons } from '../models/user-coupon-cache';
+import { couponExpiry, type IssueMethod } from '../models/policy-rules';
 import type { CouponView, JobOutcome } from '../queues/jobs';
 import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
+import { claimCode, markCodeUsed, releaseCode } from './code-claims';
 
+/** A policy asked for by id issues only if it is one of these; the other methods have their own way in. */
 export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
 
 /** Thrown when the attempt should be retried; the admission (and its slot) is kept for the retry. */
 export class RetryableIssueError extends Error {}
 
-/** One issue request as a worker sees it, wherever it came from (a job of its own or a batch). */
+/** One issue request as a worker sees it, wherever it came from (a batch, a grant, an event). */
 export interface IssueRequest {
   policyId: string;
   userId: string;
   requestId: string;
+  /** The issue methods the policy must have for this way of asking (e.g. CODE for a code). */
+  methods: readonly IssueMethod[];
+  /** A single-use code being redeemed (its hash): the coupon carries it, so it is used once. */
+  codeHash?: string;
 }
 
 /** How this run of the request stands among the attempts of its job. */
@@ -33,21 +42,33 @@ export async function issueCoupon(
   attempt: Attempt,
   log: Logger,
 ): Promise<JobOutcome<CouponView>> {
-  const { policyId, userId, requestId } = request;
+  const { policyId, userId, requestId, codeHash } = request;
   if (attempt.rerun) {
     // An earlier run may have written the coupon and settled its admission before dying,
     // so the answer may already be in Postgres.
     const earlier = await findCouponByRequest(requestId);
     if (earlier) {
+      // The earlier run may have died between its commit and dropping the user's cached list.
+      await invalidateUserCoupons([userId]);
       await settleAdmission(deps.redis, policyId, requestId, earlier.slot);
+      if (codeHash) await markCodeUsed(deps.redis, codeHash);
       log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
       return { outcome: 'succeeded', result: couponView(earlier) };
     }
   }
-  const admission = await admit(deps, { policyId, requestId, userId, methods: ISSUE_BY_POLICY_METHODS });
+  if (codeHash && !(await claimCode(deps.redis, codeHash, requestId))) {
+    log.info('code already used or being redeemed by another request');
+    return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
+  }
+  // From here on a refusal must free the code again, or nobody could redeem it.
+  const refuse = async (code: Parameters<typeof reason>[0]): Promise<JobOutcome<CouponView>> => {
+    if (codeHash) await releaseCode(deps.redis, codeHash, requestId);
+    return { outcome: 'rejected', reason: reason(code) };
+  };
+  const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
   if (admission.kind === 'refused') {
     log.debug({ code: admission.code }, 'issue refused');
-    return { outcome: 'rejected', reason: reason(admission.code) };
+    return refuse(admission.code);
   }
 
   try {
@@ -60,27 +81,42 @@ export async function issueCoupon(
       requestId,
       issuedAt,
       expiresAt: couponExpiry(validity, issuedAt),
+      ...(codeHash && { codeHash }),
     });
     switch (written.kind) {
       case 'inserted':
         await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
+        if (codeHash) await markCodeUsed(deps.redis, codeHash);
         log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
         return { outcome: 'succeeded', result: couponView(written.coupon) };
       case 'duplicate-request':
         // An earlier run of this request wrote the coupon. If this run holds another slot (it was
         // admitted afresh after the earlier run settled), settling gives that slot back.
         await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
+        if (codeHash) await markCodeUsed(deps.redis, codeHash);
         log.info({ couponId: written.coupon.id, slot: written.coupon.slot, replay: true }, 'coupon issued by an earlier run');
         return { outcome: 'succeeded', result: couponView(written.coupon) };
       case 'policy-inactive':
         // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
         await releaseAdmission(deps.redis, policyId, requestId, true);
-        return { outcome: 'rejected', reason: reason('POLICY_NOT_ACTIVE') };
+        return refuse('POLICY_NOT_ACTIVE');
       case 'user-limit':
         // Redis believed the user had room; Postgres knows better. Give the slot back.
         await releaseAdmission(deps.redis, policyId, requestId, true);
         log.warn({ slot: admission.slot }, 'admission disagreed with Postgres on the per-user limit');
-        return { outcome: 'rejected', reason: reason('USER_LIMIT_REACHED') };
+        return refuse('USER_LIMIT_REACHED');
+      case 'code-used':
+        // Another coupon holds the code (its claim lapsed or Redis lost it): the slot goes back,
+        // the claim stays as the mark of a used code.
+        await releaseAdmission(deps.redis, policyId, requestId, true);
+        if (codeHash) await markCodeUsed(deps.redis, codeHash);
+        log.warn('code claimed in Redis but already used in Postgres');
+        return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
+      case 'code-unknown':
+        // The code is no code of this policy: the ingress resolved it, so this only follows a
+        // code deleted meanwhile (a rerun of its generation job).
+        await releaseAdmission(deps.redis, policyId, requestId, true);
+        return refuse('CODE_NOT_FOUND');
       case 'slot-taken':
         // The slot is already some coupon's: drop it and take another on the next attempt.
         await releaseAdmission(deps.redis, policyId, requestId, false);
@@ -94,6 +130,7 @@ export async function issueCoupon(
       // process dies before it gets here, the reconciler does the same from the job's final state.
       const committed = await findCouponByRequest(requestId).catch(() => null);
       if (committed) {
+        await invalidateUserCoupons([userId]).catch(() => undefined);
         await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
         return { outcome: 'succeeded', result: couponView(committed) };
       }

@@ -1,14 +1,17 @@
 // The worker process: consumes the job queues, runs the admission reconciler, drains on SIGTERM.
 import { Worker } from 'bullmq';
-import { config } from '../core/config';
+import { config, requireCodeSecret } from '../core/config';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis } from '../core/redis';
 import { initModels } from '../models';
+import { initUserCouponCache } from '../models/user-coupon-cache';
+import { startPolicyCache } from '../models/policy-cache';
 import { QUEUES } from '../queues/names';
 import { createQueues } from '../queues/connection';
 import { createLocks } from './lock';
 import { cappedBackoff } from './backoff';
+import { warmPolicyMeta } from './admission/admission';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
 import { createIssueProcessor } from './processor';
@@ -21,8 +24,15 @@ async function main(): Promise<void> {
   await sequelize().authenticate();
 
   const redis = createRedis('client');
+  // Every coupon change drops its user's cached list (the web serves them).
+  initUserCouponCache(redis);
   const locks = createLocks(redis);
   const queues = createQueues();
+  const codeSecret = requireCodeSecret();
+  // Policy lookups of the issue path: the admission state in Redis and this process's cache of
+  // codes and event triggers, both filled with the ACTIVE policies before the first job.
+  const stopPolicyCache = await startPolicyCache(log);
+  log.info({ policies: await warmPolicyMeta(redis) }, 'admission state warmed with the ACTIVE policies');
   const workerOptions = {
     prefix: cfg.QUEUE_PREFIX,
     concurrency: cfg.WORKER_CONCURRENCY,
@@ -32,7 +42,7 @@ async function main(): Promise<void> {
     maxStalledCount: 3,
     settings: { backoffStrategy: cappedBackoff },
   };
-  const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks }, log), { ...workerOptions, connection: createRedis('worker') });
+  const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks, codeSecret }, log), { ...workerOptions, connection: createRedis('worker') });
   const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, log }), {
     ...workerOptions,
     connection: createRedis('worker'),
@@ -67,6 +77,7 @@ async function main(): Promise<void> {
     // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
     await Promise.all([...workers.map((w) => w.close()), stopSweeper()]);
     await queues.close();
+    await stopPolicyCache();
     redis.disconnect();
     await closeSequelize();
     log.info('worker stopped');

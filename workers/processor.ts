@@ -1,48 +1,203 @@
-// Turns an issue batch job into one use-case call per request, each with its own trace id on its log lines.
-import type { Job } from 'bullmq';
+// The issue queue's jobs: batches of API issue requests, direct grants, user events and code
+// generation. Each issuing job turns into one issueCoupon call per request, each request with its
+// own id (`<jobId>.<part>`), so a rerun finds what an earlier run of the same request wrote.
+import { UnrecoverableError, type Job } from 'bullmq';
+import { mapLimit } from '../core/concurrency';
 import { reason } from '../core/errors';
 import type { Logger } from '../core/logger';
-import { mapLimit } from '../core/concurrency';
-import { issueBatchSchema, type CouponView, type JobOutcome } from '../queues/jobs';
+import type { IssueMethod } from '../models/policy-rules';
+import { policyCache } from '../models/policy-cache';
+import {
+  directIssueJobSchema,
+  issueBatchSchema,
+  userEventJobSchema,
+  type CouponView,
+  type JobOutcome,
+} from '../queues/jobs';
+import { requestIdOf, type JobKind } from '../queues/names';
 import type { AdmissionDeps } from './admission/admission';
-import { issueCoupon, type Attempt } from './issue-coupon';
+import { generateCodesJob } from './generate-codes';
+import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueRequest } from './issue-coupon';
 import { jobData } from './job-data';
 
 export interface BatchOutcome {
   results: JobOutcome<CouponView>[];
 }
 
-export type Processor = (job: Job) => Promise<BatchOutcome>;
+export interface IssueDeps extends AdmissionDeps {
+  /** Key of the code hashes (CODE_HMAC_SECRET); only code generation needs it. */
+  codeSecret?: string;
+}
 
-/** Requests of one batch handled at once: enough to overlap round trips, few enough for the Postgres pool. */
-const BATCH_PARALLELISM = 16;
+/** Requests of one job handled at once: enough to overlap round trips, few enough for the Postgres pool. */
+const PARALLELISM = 16;
+/** A direct grant reports progress after every this many users. */
+const GRANT_CHUNK = 100;
 
 function attemptOf(job: Job): Attempt {
   return { rerun: job.attemptsStarted > 1, last: job.attemptsMade + 1 >= (job.opts.attempts ?? 1) };
 }
 
-export function createIssueProcessor(deps: AdmissionDeps, log: Logger): Processor {
-  return async (job) => {
-    const { requests } = jobData(job, issueBatchSchema);
-    const attempt = attemptOf(job);
-    const settled = await mapLimit(requests, BATCH_PARALLELISM, (request) => {
-      const requestLog = log.child({ traceId: request.traceId, jobId: request.requestId, attempt: job.attemptsMade + 1 });
-      return issueCoupon(deps, request, attempt, requestLog).then(
-        (value): PromiseSettledResult<JobOutcome<CouponView>> => ({ status: 'fulfilled', value }),
-        (error: unknown): PromiseSettledResult<JobOutcome<CouponView>> => {
-          requestLog.warn({ err: error }, 'request failed in this attempt');
-          return { status: 'rejected', reason: error };
-        },
-      );
-    });
-    const failure = settled.find((r) => r.status === 'rejected');
-    // Retry the whole batch while attempts remain: the requests that already succeeded find their
-    // coupons and answer the same. On the last attempt, only the requests that failed say so.
-    if (failure && !attempt.last) throw failure.reason;
-    return {
-      results: settled.map((r) =>
-        r.status === 'fulfilled' ? r.value : { outcome: 'failed' as const, reason: reason('INTERNAL', 'The request failed after retries.') },
-      ),
-    };
+const METHODS_BY_WAY: Record<'policy' | 'shared-code' | 'single-code', readonly IssueMethod[]> = {
+  policy: ISSUE_BY_POLICY_METHODS,
+  'shared-code': ['CODE'],
+  'single-code': ['CODE'],
+};
+
+export function createIssueProcessor(deps: IssueDeps, log: Logger) {
+  const handlers: Partial<Record<JobKind, (job: Job) => Promise<unknown>>> = {
+    'issue-batch': (job) => issueBatch(deps, job, log),
+    'direct-issue': (job) => directIssue(deps, job, log),
+    'user-event': (job) => userEvent(deps, job, log),
+    'generate-codes': (job) => {
+      if (!deps.codeSecret) throw new UnrecoverableError('this worker has no CODE_HMAC_SECRET to hash codes with');
+      return generateCodesJob({ redis: deps.redis, codeSecret: deps.codeSecret }, job, log);
+    },
   };
+  return async (job: Job): Promise<unknown> => {
+    const handler = handlers[job.name as JobKind];
+    if (!handler) throw new UnrecoverableError(`no handler for ${job.name} jobs on the issue queue`);
+    return handler(job);
+  };
+}
+
+/**
+ * Runs the requests of one job. While attempts remain, any request's system fault fails the whole
+ * job, so it is retried: the requests that succeeded find their coupons and answer the same. On
+ * the last attempt, only the requests that failed say so.
+ */
+async function issueAll(
+  deps: IssueDeps,
+  job: Job,
+  requests: (IssueRequest & { traceId?: string })[],
+  log: Logger,
+  attempt = attemptOf(job),
+): Promise<JobOutcome<CouponView>[]> {
+  const settled = await mapLimit(requests, PARALLELISM, (request) => {
+    const requestLog = log.child({ traceId: request.traceId, jobId: request.requestId, attempt: job.attemptsMade + 1 });
+    return issueCoupon(deps, request, attempt, requestLog).then(
+      (value): PromiseSettledResult<JobOutcome<CouponView>> => ({ status: 'fulfilled', value }),
+      (error: unknown): PromiseSettledResult<JobOutcome<CouponView>> => {
+        requestLog.warn({ err: error }, 'request failed in this attempt');
+        return { status: 'rejected', reason: error };
+      },
+    );
+  });
+  const failure = settled.find((r) => r.status === 'rejected');
+  if (failure && !attempt.last) throw failure.reason;
+  return settled.map((r) =>
+    r.status === 'fulfilled' ? r.value : { outcome: 'failed' as const, reason: reason('INTERNAL', 'The request failed after retries.') },
+  );
+}
+
+async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<BatchOutcome> {
+  const { requests } = jobData(job, issueBatchSchema);
+  const results: (JobOutcome<CouponView> | undefined)[] = requests.map((r) =>
+    // A code that names no policy: nothing to issue, and nothing to hold.
+    r.policyId === null ? { outcome: 'rejected', reason: reason('CODE_NOT_FOUND') } : undefined,
+  );
+  const toIssue = requests.flatMap((r, i) =>
+    r.policyId === null
+      ? []
+      : [{ i, request: { policyId: r.policyId, userId: r.userId, requestId: r.requestId, traceId: r.traceId, methods: METHODS_BY_WAY[r.via ?? 'policy'], ...(r.via === 'single-code' && r.codeHash && { codeHash: r.codeHash }) } }],
+  );
+  const issued = await issueAll(deps, job, toIssue.map((t) => t.request), log);
+  toIssue.forEach((t, k) => {
+    results[t.i] = issued[k];
+  });
+  return { results: results as JobOutcome<CouponView>[] };
+}
+
+export interface GrantResult {
+  userId: string;
+  outcome: 'issued' | 'rejected' | 'failed';
+  couponId?: string;
+  reason?: { code: string; message: string };
+}
+
+export interface DirectIssueResult {
+  policyId: string;
+  requested: number;
+  issued: number;
+  rejected: number;
+  failed: number;
+  /** Rejections by code, e.g. { SOLD_OUT: 400 }. */
+  rejectedBy: Record<string, number>;
+  results: GrantResult[];
+}
+
+function grantResult(userId: string, outcome: JobOutcome<CouponView>): GrantResult {
+  if (outcome.outcome === 'succeeded') return { userId, outcome: 'issued', couponId: outcome.result.id };
+  return { userId, outcome: outcome.outcome === 'rejected' ? 'rejected' : 'failed', reason: outcome.reason };
+}
+
+/** An admin's grant: one request per user (`<jobId>.<index>`), in chunks with progress between. */
+async function directIssue(deps: IssueDeps, job: Job, log: Logger): Promise<JobOutcome<DirectIssueResult>> {
+  const data = jobData(job, directIssueJobSchema);
+  const jobLog = log.child({ traceId: data.traceId, jobId: job.id, policyId: data.policyId });
+  const attempt = attemptOf(job);
+  const results: GrantResult[] = [];
+  for (let start = 0; start < data.userIds.length; start += GRANT_CHUNK) {
+    const chunk = data.userIds.slice(start, start + GRANT_CHUNK).map((userId, k) => ({
+      policyId: data.policyId,
+      userId,
+      requestId: requestIdOf(String(job.id), start + k),
+      traceId: data.traceId,
+      methods: ['DIRECT'] as const,
+    }));
+    const outcomes = await issueAll(deps, job, chunk, jobLog, attempt);
+    outcomes.forEach((o, k) => results.push(grantResult(chunk[k]!.userId, o)));
+    await job.updateProgress({ done: results.length, total: data.userIds.length });
+  }
+  const summary = summarize(data.policyId, results);
+  jobLog.info({ issued: summary.issued, rejected: summary.rejected, failed: summary.failed, rejectedBy: summary.rejectedBy }, 'direct grant finished');
+  return { outcome: 'succeeded', result: summary };
+}
+
+function summarize(policyId: string, results: GrantResult[]): DirectIssueResult {
+  const rejectedBy: Record<string, number> = {};
+  for (const r of results) if (r.outcome === 'rejected' && r.reason) rejectedBy[r.reason.code] = (rejectedBy[r.reason.code] ?? 0) + 1;
+  return {
+    policyId,
+    requested: results.length,
+    issued: results.filter((r) => r.outcome === 'issued').length,
+    rejected: results.filter((r) => r.outcome === 'rejected').length,
+    failed: results.filter((r) => r.outcome === 'failed').length,
+    rejectedBy,
+    results,
+  };
+}
+
+export interface UserEventResult {
+  eventId: string;
+  type: string;
+  userId: string;
+  policies: { policyId: string; outcome: 'issued' | 'rejected' | 'failed'; couponId?: string; reason?: { code: string; message: string } }[];
+}
+
+/**
+ * A user event issues one coupon of every ACTIVE EVENT policy it triggers. The request of each
+ * (event, policy) pair has the id `<jobId>.<policyId>`, and the job id derives from the event id,
+ * so however often the event is delivered (and even after its job was removed) the pair finds its
+ * coupon by request id (unique in Postgres) instead of making another.
+ */
+async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOutcome<UserEventResult>> {
+  const { event, traceId, source } = jobData(job, userEventJobSchema);
+  const jobLog = log.child({ traceId, jobId: job.id, eventId: event.eventId, kafka: source });
+  const policyIds = await policyCache.eventPolicies(event.type);
+  const requests = policyIds.map((policyId) => ({
+    policyId,
+    userId: event.userId,
+    requestId: requestIdOf(String(job.id), policyId),
+    traceId,
+    methods: ['EVENT'] as const,
+  }));
+  // Always look for an earlier delivery's coupon first: a redelivered event must not issue again.
+  const outcomes = await issueAll(deps, job, requests, jobLog, { ...attemptOf(job), rerun: true });
+  const policies = outcomes.map((o, k) => {
+    const g = grantResult(event.userId, o);
+    return { policyId: requests[k]!.policyId, outcome: g.outcome, ...(g.couponId && { couponId: g.couponId }), ...(g.reason && { reason: g.reason }) };
+  });
+  jobLog.info({ type: event.type, userId: event.userId, policies: policies.length, issued: policies.filter((p) => p.outcome === 'issued').length }, 'user event processed');
+  return { outcome: 'succeeded', result: { eventId: event.eventId, type: event.type, userId: event.userId, policies } };
 }

@@ -28,7 +28,14 @@ export interface BridgeConsumer {
   stop(): Promise<void>;
 }
 
-export async function startBridgeConsumer(opts: { kafka: Kafka; queues: Queues; log: Logger; routes: MessageRoute[] }): Promise<BridgeConsumer> {
+export async function startBridgeConsumer(opts: {
+  kafka: Kafka;
+  queues: Queues;
+  log: Logger;
+  routes: MessageRoute[];
+  /** The consumer stopped for good (kafkajs gave up, e.g. after the broker was away too long). */
+  onFatal: (error: Error) => void;
+}): Promise<BridgeConsumer> {
   const cfg = config();
   const { kafka, queues, log } = opts;
   const routes = new Map(opts.routes.map((r) => [r.topic, r]));
@@ -47,7 +54,12 @@ export async function startBridgeConsumer(opts: { kafka: Kafka; queues: Queues; 
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
     log.info({ groupId: payload.groupId, memberId: payload.memberId, assignment: payload.memberAssignment }, 'bridge joined the consumer group'),
   );
-  consumer.on(consumer.events.CRASH, ({ payload }) => log.error({ err: payload.error, restart: payload.restart }, 'kafka consumer crashed'));
+  consumer.on(consumer.events.CRASH, ({ payload }) => {
+    log.error({ err: payload.error, restart: payload.restart }, 'kafka consumer crashed');
+    // kafkajs restarts the consumer after a retriable error only; otherwise it stays down while
+    // the process lives on, consuming nothing. Better to exit and be restarted by the supervisor.
+    if (!payload.restart) opts.onFatal(payload.error);
+  });
   await consumer.connect();
   for (const topic of routes.keys()) {
     // A new group starts at the beginning: an old payment event is deduplicated, a skipped one is lost.

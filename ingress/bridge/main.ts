@@ -1,4 +1,4 @@
-// The Kafka bridge process: turns payment events into checkout jobs. It creates its topics (and
+// The Kafka bridge process: turns payment events into checkout jobs and user events into issue jobs. It creates its topics (and
 // their dead-letter topics) if they are missing, consumes every partition concurrently, commits an
 // offset only once its messages are jobs in Redis or dead letters in Kafka, and logs its lag.
 import { config } from '../../core/config';
@@ -8,7 +8,7 @@ import { waitForReady } from '../../core/redis';
 import { createQueues } from '../../queues/connection';
 import { startBridgeConsumer } from './consumer';
 import { scheduleLagReport } from './lag';
-import { paymentsRoute } from './payments';
+import { paymentsRoute, userEventsRoute } from './routes';
 
 async function main(): Promise<void> {
   const cfg = config();
@@ -17,7 +17,7 @@ async function main(): Promise<void> {
   const queues = createQueues();
   await waitForReady(queues.connection, 30_000);
 
-  const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC)];
+  const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC), userEventsRoute(cfg.KAFKA_USER_EVENTS_TOPIC)];
   const topics = routes.map((r) => r.topic);
   const admin = kafka.admin();
   await admin.connect();
@@ -27,7 +27,7 @@ async function main(): Promise<void> {
   let stopping = false;
   let stopConsumer: (() => Promise<void>) | undefined;
   let stopLag: (() => Promise<void>) | undefined;
-  const shutdown = async (signal: string) => {
+  const shutdown = async (signal: string, exitCode = 0) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'bridge stopping: finishing the batches in hand');
@@ -35,12 +35,21 @@ async function main(): Promise<void> {
     await stopLag?.();
     await queues.close();
     log.info('bridge stopped');
-    process.exit(0);
+    process.exit(exitCode);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
 
-  const bridge = await startBridgeConsumer({ kafka, queues, log, routes });
+  const bridge = await startBridgeConsumer({
+    kafka,
+    queues,
+    log,
+    routes,
+    onFatal: (error) => {
+      log.fatal({ err: error }, 'kafka consumer stopped for good; exiting so the process is restarted');
+      void shutdown('consumer crash', 1);
+    },
+  });
   stopConsumer = bridge.stop;
   stopLag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log).stop;
   log.info({ brokers: cfg.KAFKA_BROKERS, groupId: cfg.KAFKA_GROUP_ID, topics }, 'bridge consuming');

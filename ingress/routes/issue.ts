@@ -1,25 +1,56 @@
-// POST /coupons/issue: validates, enqueues and answers 202 with the job to poll.
+// POST /coupons/issue: by policy id, or by a code (a CODE policy's shared code or a single-use code).
+// Validates, resolves a code to its policy, enqueues and answers 202 with the job to poll.
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
+import { sequelize } from '../../core/postgres';
+import { codeHash, normalizeCode, policyOfCode, redeemCodeSchema } from '../../models/codes';
+import { policyCache } from '../../models/policy-cache';
 import type { Queues } from '../../queues/connection';
 import { createIssueBatcher } from '../../queues/enqueue';
-import { idSchema } from '../../queues/jobs';
+import { idSchema, type IssueJob } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { jsonBody } from '../validation';
 import { accepted } from './jobs';
 
 const issueBody = z
   .object({
-    policyId: idSchema,
+    policyId: idSchema.optional(),
+    code: redeemCodeSchema.optional(),
     // Only an admin may issue on a user's behalf.
     userId: idSchema.optional(),
   })
-  .strict();
+  .strict()
+  .refine((b) => (b.policyId === undefined) !== (b.code === undefined), { message: 'give either policyId or code' });
 
-export function issueRoutes(queues: Queues) {
+/** Counts wrong codes per caller and address (ingress/middleware/rate-limit.ts); both throw 429 when over budget. */
+export interface WrongCodeGuard {
+  assertNotBlocked(who: { userId: string; ip: string }): Promise<void>;
+  recordWrongCode(who: { userId: string; ip: string }): Promise<void>;
+}
+
+type Resolved = Pick<IssueJob, 'policyId' | 'via' | 'codeHash'>;
+
+export function issueRoutes(deps: { queues: Queues; codeSecret: string; wrongCodes: WrongCodeGuard }) {
   const app = new Hono<AppEnv>();
-  const enqueueIssue = createIssueBatcher(queues);
+  const enqueueIssue = createIssueBatcher(deps.queues);
+
+  /**
+   * The policy a code names. A shared code is looked up in the policy cache, a single-use code by its
+   * keyed hash. A code that names nothing counts against the caller's wrong-code budget, and is
+   * still answered as a job (rejected CODE_NOT_FOUND) like every other issue request.
+   */
+  const resolveCode = async (code: string, who: { userId: string; ip: string }): Promise<Resolved> => {
+    await deps.wrongCodes.assertNotBlocked(who);
+    const normalized = normalizeCode(code);
+    const shared = await policyCache.sharedCodePolicy(normalized);
+    if (shared) return { policyId: shared, via: 'shared-code' };
+    const hash = codeHash(deps.codeSecret, normalized);
+    const policyId = await policyOfCode(sequelize(), hash);
+    if (policyId) return { policyId, via: 'single-code', codeHash: hash };
+    await deps.wrongCodes.recordWrongCode(who);
+    return { policyId: null, via: 'single-code' };
+  };
 
   app.post('/', async (c) => {
     const body = await jsonBody(c, issueBody);
@@ -27,14 +58,18 @@ export function issueRoutes(queues: Queues) {
     if (body.userId !== undefined && body.userId !== user.id && user.role !== 'admin') {
       throw new AppError('FORBIDDEN', 'Only an admin may issue a coupon to another user.');
     }
+    const target: Resolved =
+      body.code !== undefined
+        ? await resolveCode(body.code, { userId: user.id, ip: c.get('clientIp') })
+        : { policyId: body.policyId as string };
     const jobId = await enqueueIssue({
-      policyId: body.policyId,
+      ...target,
       userId: body.userId ?? user.id,
       actorId: user.id,
       traceId: c.get('traceId'),
       requestedAt: new Date().toISOString(),
     });
-    c.get('log').info({ jobId, policyId: body.policyId }, 'issue enqueued');
+    c.get('log').info({ jobId, policyId: target.policyId, via: target.via ?? 'policy' }, 'issue enqueued');
     return accepted(c, jobId);
   });
 

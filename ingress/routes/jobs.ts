@@ -2,7 +2,9 @@
 import type { Job } from 'bullmq';
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
+import { config } from '../../core/config';
 import { AppError } from '../../core/errors';
+import { generatedCodesKey } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
@@ -51,6 +53,7 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
     id,
     type: job.name === 'issue-batch' ? 'issue' : job.name,
     createdAt: new Date(job.timestamp).toISOString(),
+    // The user a request is for; an admin's grant or code generation belongs to that admin (userId).
     ownerId: String((request as { userId?: unknown }).userId ?? ''),
   };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
@@ -67,7 +70,21 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
     // The internal cause stays in the logs; the client learns only that the system failed.
     return { ...base, status: 'failed', reason: { code: 'INTERNAL', message: 'The request failed after retries.' }, ...(finishedAt && { finishedAt }) };
   }
-  return { ...base, status: 'pending' };
+  // Long jobs (a grant, code generation) say how far they got: {done, total}.
+  const progress = index === null && typeof job.progress === 'object' ? { progress: job.progress } : {};
+  return { ...base, status: 'pending', ...progress };
+}
+
+/**
+ * A finished code generation lists its codes in the first read by its owner, and never again: the
+ * codes are taken out of Redis as they are read (GETDEL), so they exist nowhere but with that admin.
+ */
+async function withCodesOnce(queues: Queues, view: JobView): Promise<JobView> {
+  if (view.type !== 'generate-codes' || view.status !== 'succeeded') return view;
+  const stored = await queues.connection.getdel(generatedCodesKey(config().QUEUE_PREFIX, view.id));
+  const result = view.result as Record<string, unknown>;
+  if (stored === null) return { ...view, result: { ...result, codesDelivered: true } };
+  return { ...view, result: { ...result, codes: JSON.parse(stored) as string[] } };
 }
 
 export function jobRoutes(queues: Queues) {
@@ -87,7 +104,7 @@ export function jobRoutes(queues: Queues) {
       view = (await readJob(queues, queueName, jobId))?.view ?? view;
     }
     const { ownerId: _owner, ...body } = view;
-    return c.json(body);
+    return c.json(await withCodesOnce(queues, body));
   });
 
   return app;

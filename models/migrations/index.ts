@@ -5,6 +5,7 @@ import { guardStatusAndLimits } from './0003-guard-status-and-limits';
 import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import { createReservations } from './0005-reservations';
 import { checkoutFunctions } from './0006-checkout-functions';
+import { createCouponCodes } from './0007-coupon-codes';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes];

@@ -6,6 +6,7 @@ import { logger } from '../../core/logger';
 import { closeSequelize, sequelize } from '../../core/postgres';
 import { createRedis, waitForReady } from '../../core/redis';
 import { initModels } from '../../models';
+import { initUserCouponCache } from '../../models/user-coupon-cache';
 import { createQueues, type Queues } from '../../queues/connection';
 import { testSecret } from './tokens';
 
@@ -21,6 +22,7 @@ export async function startTestApp(opts: { redisUrl?: string } = {}): Promise<Te
   initModels(sequelize());
   const queues = createQueues(opts.redisUrl);
   const redis = createRedis('client');
+  initUserCouponCache(redis);
   await waitForReady(queues.connection);
   const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret() });
   return {

@@ -9,6 +9,7 @@ import { ensureServices, type RunningServices } from '../../scripts/infra/servic
 
 // A fixed secret keeps tokens reproducible between runs; it only ever signs test tokens.
 const TEST_JWT_SECRET = 'coupon-service-test-secret-0123456789abc';
+const TEST_CODE_SECRET = 'coupon-service-test-code-key-0123456789ab';
 
 /** Where global-teardown finds what this setup started (both run in jest's main process). */
 export const SERVICES_KEY = '__couponServices';
@@ -42,6 +43,7 @@ function exportEnvironment(services: RunningServices): void {
   process.env.REDIS_URL = services.redisUrl;
   process.env.KAFKA_BROKERS = (services.kafkaBrokers ?? []).join(',');
   process.env.JWT_SECRET ||= TEST_JWT_SECRET;
+  process.env.CODE_HMAC_SECRET ||= TEST_CODE_SECRET;
   process.env.NODE_ENV = 'test';
   process.env.LOG_LEVEL ||= 'silent';
 }

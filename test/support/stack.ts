@@ -20,6 +20,8 @@ export interface Stack {
   startWorker(extraEnv?: Record<string, string>): Promise<ChildProcess>;
   /** The payments topic this stack's bridge consumes (its own, so stacks do not share events). */
   paymentsTopic: string;
+  /** The user-events topic this stack's bridge consumes (its own too). */
+  userEventsTopic: string;
   bridges: ChildProcess[];
   /** Starts a bridge and resolves once it has joined its consumer group and been given partitions. */
   startBridge(extraEnv?: Record<string, string>): Promise<ChildProcess>;
@@ -83,16 +85,23 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
   const queuePrefix = uniqueId('q');
   const name = opts.name ?? queuePrefix;
   const paymentsTopic = `payments.v1.${queuePrefix}`;
+  const userEventsTopic = `user-events.v1.${queuePrefix}`;
   const env: Record<string, string> = {
     PORT: String(port),
     QUEUE_PREFIX: queuePrefix,
     LOG_LEVEL: 'info',
     NODE_ENV: 'test',
     KAFKA_PAYMENTS_TOPIC: paymentsTopic,
+    KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
     KAFKA_GROUP_ID: `bridge-${queuePrefix}`,
     // The broker's minimum: a SIGKILLed bridge's partitions move on after 6 s, not 30.
     KAFKA_SESSION_TIMEOUT_MS: '6000',
     KAFKA_LAG_LOG_INTERVAL_MS: '1000',
+    // The tests send hundreds of requests a second, all from 127.0.0.1, and the race tests dozens from
+    // one shopper at once: no per-address limit, and a per-user one far above what they send, so the
+    // limiter runs on every request without refusing any (test/rate-limit.test.ts tests the limits).
+    RATE_LIMIT_IP_POINTS: '0',
+    RATE_LIMIT_USER_POINTS: '10000',
     ...opts.env,
   };
   const web = launch(`${name}-web`, 'ingress/server.ts', env);
@@ -125,6 +134,7 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     workers,
     startWorker,
     paymentsTopic,
+    userEventsTopic,
     bridges,
     startBridge,
     async stop() {

@@ -107,6 +107,13 @@ export async function writePolicyMeta(redisClient: Redis, policy: CouponPolicy):
   await redis.setPolicyMeta(policyKeys(policy.id).meta, String(policy.version), String(META_TTL_MS), ...metaFields(policy));
 }
 
+/** Publishes every ACTIVE policy's rules to the admission step, so a sale's first requests find them. */
+export async function warmPolicyMeta(redisClient: Redis): Promise<number> {
+  const active = await CouponPolicy.findAll({ where: { status: 'ACTIVE' } });
+  for (let i = 0; i < active.length; i += 100) await Promise.all(active.slice(i, i + 100).map((p) => writePolicyMeta(redisClient, p)));
+  return active.length;
+}
+
 /**
  * Opens the admission state of a policy that was just created: with no coupons yet, the state is
  * known without reading Postgres, so the first second of a sale does not queue on a rebuild.

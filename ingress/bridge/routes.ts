@@ -1,0 +1,59 @@
+// Kafka topics → jobs: one job per event, its id derived from the event id, so a redelivered event
+// finds its job instead of making another. What the worker could never process goes to the DLQ.
+import { randomUUID } from 'node:crypto';
+import type { KafkaMessage } from 'kafkajs';
+import type { z } from 'zod';
+import { paymentEventSchema, paymentJobSchema, userEventJobSchema, userEventSchema } from '../../queues/jobs';
+import { derivedJobId, type JobKind } from '../../queues/names';
+import type { MessageRoute } from './consumer';
+
+/** A trace id header taken as given; anything else gets a fresh one. */
+const SANE_TRACE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
+
+function eventRoute<E extends { eventId: string }>(opts: {
+  topic: string;
+  kind: JobKind;
+  what: string;
+  eventSchema: z.ZodType<E>;
+  jobSchema: z.ZodType;
+}): MessageRoute {
+  const { topic, kind, what } = opts;
+  return {
+    topic,
+    toJob(message: KafkaMessage, partition: number) {
+      let json: unknown;
+      try {
+        json = JSON.parse(message.value?.toString('utf8') ?? '');
+      } catch {
+        return { ok: false, reason: 'the value is not JSON' };
+      }
+      const parsed = opts.eventSchema.safeParse(json);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        return { ok: false, reason: `not a ${what}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'}` };
+      }
+      const event = parsed.data;
+      const given = message.headers?.['trace-id']?.toString();
+      const data = {
+        event,
+        traceId: given && SANE_TRACE_ID.test(given) ? given : randomUUID(),
+        source: { topic, partition, offset: message.offset },
+        receivedAt: new Date().toISOString(),
+      };
+      // The job exactly as the worker will read it: what it would refuse goes to the DLQ instead.
+      const job = opts.jobSchema.safeParse(data);
+      if (!job.success) return { ok: false, reason: `not a valid ${kind} job: ${job.error.issues[0]?.message ?? 'invalid'}` };
+      return { ok: true, job: { kind, id: derivedJobId(kind, event.eventId), data: job.data as object } };
+    },
+  };
+}
+
+/** payments.v1 → payment jobs (payments queue), applied by the checkout processor. */
+export function paymentsRoute(topic: string): MessageRoute {
+  return eventRoute({ topic, kind: 'payment', what: 'payment event', eventSchema: paymentEventSchema, jobSchema: paymentJobSchema });
+}
+
+/** user-events.v1 → user-event jobs (issue queue): every ACTIVE EVENT policy the type triggers issues. */
+export function userEventsRoute(topic: string): MessageRoute {
+  return eventRoute({ topic, kind: 'user-event', what: 'user event', eventSchema: userEventSchema, jobSchema: userEventJobSchema });
+}

@@ -1,0 +1,104 @@
+// Coupon codes: how single-use codes are generated and stored, and how a code a user types in is
+// matched. Codes are matched case-insensitively; only their keyed hash is ever stored.
+import { createHmac, randomBytes } from 'node:crypto';
+import { QueryTypes, type Sequelize } from 'sequelize';
+import { z } from 'zod';
+
+/** Digits and capitals without the look-alikes 0/O and 1/I/L: 31 symbols, about 4.95 bits each. */
+export const CODE_ALPHABET = '23456789ABCDEFGHJKMNPQRSTUVWXYZ';
+export const MAX_CODES_PER_JOB = 100_000;
+export const DEFAULT_CODE_LENGTH = 12;
+
+export const codeRequestSchema = z
+  .object({
+    count: z.number().int().min(1).max(MAX_CODES_PER_JOB),
+    // Random symbols after the prefix: 8 give 31^8 ≈ 8.5e11 codes, enough that guessing one of
+    // 100,000 takes millions of tries, which the wrong-code limit never allows.
+    length: z.number().int().min(8).max(32).default(DEFAULT_CODE_LENGTH),
+    prefix: z
+      .string()
+      .regex(/^[A-Za-z0-9-]{1,16}$/, '1-16 letters, digits or -')
+      .transform((p) => p.toUpperCase())
+      .optional(),
+  })
+  .strict();
+export type CodeRequest = z.infer<typeof codeRequestSchema>;
+
+/** What a user may type as a code: shared codes are 4-32 of [A-Za-z0-9_-], generated ones up to 48. */
+export const redeemCodeSchema = z.string().trim().min(1).max(64);
+
+/** The one spelling of a code that is stored, hashed and compared: trimmed, in capitals. */
+export function normalizeCode(code: string): string {
+  return code.trim().toUpperCase();
+}
+
+/** The keyed hash stored for a code: HMAC-SHA256 under the deployment's secret, hex. */
+export function codeHash(secret: string, code: string): string {
+  return createHmac('sha256', secret).update(normalizeCode(code), 'utf8').digest('hex');
+}
+
+/**
+ * `count` random codes of `length` symbols after `prefix`, from the operating system's CSPRNG.
+ * Bytes at or above 248 (= 8 × 31) are skipped, so every symbol is equally likely.
+ */
+export function generateCodes(count: number, length: number, prefix = ''): string[] {
+  const limit = 256 - (256 % CODE_ALPHABET.length);
+  const codes: string[] = [];
+  let pool = randomBytes(count * length * 2);
+  let at = 0;
+  for (let i = 0; i < count; i += 1) {
+    let code = prefix;
+    while (code.length < prefix.length + length) {
+      if (at >= pool.length) {
+        pool = randomBytes(count * length);
+        at = 0;
+      }
+      const byte = pool[at++] as number;
+      if (byte < limit) code += CODE_ALPHABET[byte % CODE_ALPHABET.length];
+    }
+    codes.push(code);
+  }
+  return codes;
+}
+
+/** Stores code hashes of one generation batch; returns the hashes that were new (a collision is skipped). */
+export async function insertCodeHashes(db: Sequelize, policyId: string, batchId: string, hashes: string[]): Promise<Set<string>> {
+  const rows = await db.query<{ code_hash: string }>(
+    `INSERT INTO coupon_codes (code_hash, policy_id, batch_id)
+     SELECT h, $1, $2 FROM unnest($3::text[]) AS h
+     ON CONFLICT (code_hash) DO NOTHING
+     RETURNING code_hash`,
+    { bind: [policyId, batchId, hashes], type: QueryTypes.SELECT },
+  );
+  return new Set(rows.map((r) => r.code_hash));
+}
+
+/**
+ * Forgets the codes an earlier run of a generation job stored: its codes were never handed out (the
+ * codes reach the admin only from a finished job), so the rerun makes a fresh set.
+ */
+export async function discardBatch(db: Sequelize, batchId: string): Promise<number> {
+  const [, meta] = await db.query(
+    `DELETE FROM coupon_codes k WHERE batch_id = $1
+       AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.code_hash = k.code_hash)`,
+    { bind: [batchId] },
+  );
+  return (meta as { rowCount?: number } | undefined)?.rowCount ?? 0;
+}
+
+/** The policy a single-use code belongs to, by its hash; null when no such code exists. */
+export async function policyOfCode(db: Sequelize, hash: string): Promise<string | null> {
+  const rows = await db.query<{ policy_id: string }>('SELECT policy_id FROM coupon_codes WHERE code_hash = $1', {
+    bind: [hash],
+    type: QueryTypes.SELECT,
+  });
+  return rows[0]?.policy_id ?? null;
+}
+
+/**
+ * Where a finished generation job leaves its codes for the one read that hands them out: the job's
+ * own result holds no code, so neither Bull Board nor a later read can show them.
+ */
+export const generatedCodesKey = (prefix: string, jobId: string) => `${prefix}:codes:{${jobId}}`;
+/** Codes nobody fetched are dropped after a day, like the job's result. */
+export const GENERATED_CODES_TTL_S = 24 * 3600;

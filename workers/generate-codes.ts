@@ -1,0 +1,67 @@
+// Generates a CODE policy's single-use codes: random codes from a CSPRNG, only their keyed hashes
+// in Postgres, progress reported as it goes, and the codes themselves handed out once through the
+// job view (GET /jobs/:id) and then gone.
+import type { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { config } from '../core/config';
+import { sequelize } from '../core/postgres';
+import type { Logger } from '../core/logger';
+import { codeHash, discardBatch, generateCodes, generatedCodesKey, GENERATED_CODES_TTL_S, insertCodeHashes } from '../models/codes';
+import { CouponPolicy } from '../models/policy';
+import { generateCodesJobSchema, type JobOutcome } from '../queues/jobs';
+import { reason } from '../core/errors';
+import { jobData } from './job-data';
+
+/** Codes hashed and inserted per statement; progress is reported after each. */
+const CHUNK = 5_000;
+
+export interface GeneratedCodes {
+  policyId: string;
+  count: number;
+  length: number;
+  prefix?: string;
+  /** The codes, in the first read of the finished job only (see ingress/routes/jobs.ts). */
+  codes?: string[];
+}
+
+/** Why a policy takes no generated codes, or null when it does. */
+export function codePolicyRefusal(policy: Pick<CouponPolicy, 'issueMethod' | 'code' | 'status'> | null) {
+  if (!policy) return reason('POLICY_NOT_FOUND');
+  if (policy.issueMethod !== 'CODE') return reason('METHOD_NOT_SUPPORTED', 'Only a CODE policy has codes.');
+  if (policy.code !== null) return reason('METHOD_NOT_SUPPORTED', 'This policy is redeemed with its shared code.');
+  if (policy.status === 'ENDED') return reason('POLICY_NOT_ACTIVE', 'The policy has ended.');
+  return null;
+}
+
+export async function generateCodesJob(deps: { redis: Redis; codeSecret: string }, job: Job, log: Logger): Promise<JobOutcome<GeneratedCodes>> {
+  const data = jobData(job, generateCodesJobSchema);
+  const jobLog = log.child({ traceId: data.traceId, jobId: job.id, policyId: data.policyId });
+  const batchId = String(job.id);
+  const refusal = codePolicyRefusal(await CouponPolicy.findByPk(data.policyId, { attributes: ['id', 'issueMethod', 'code', 'status'] }));
+  if (refusal) return { outcome: 'rejected', reason: refusal };
+
+  // An earlier run of this job never handed its codes out: start over with a fresh set.
+  const discarded = await discardBatch(sequelize(), batchId);
+  if (discarded > 0) jobLog.info({ discarded }, 'codes of an earlier run discarded');
+
+  const codes: string[] = [];
+  await job.updateProgress({ done: 0, total: data.count });
+  while (codes.length < data.count) {
+    const want = Math.min(CHUNK, data.count - codes.length);
+    const fresh = [...new Set(generateCodes(want, data.length, data.prefix ?? ''))];
+    const hashes = fresh.map((code) => codeHash(deps.codeSecret, code));
+    // A code whose hash exists already (another batch drew it) is skipped and drawn again.
+    const stored = await insertCodeHashes(sequelize(), data.policyId, batchId, hashes);
+    fresh.forEach((code, i) => {
+      if (stored.has(hashes[i]!)) codes.push(code);
+    });
+    await job.updateProgress({ done: codes.length, total: data.count });
+  }
+
+  await deps.redis.set(generatedCodesKey(config().QUEUE_PREFIX, batchId), JSON.stringify(codes), 'EX', GENERATED_CODES_TTL_S);
+  jobLog.info({ count: codes.length }, 'codes generated');
+  return {
+    outcome: 'succeeded',
+    result: { policyId: data.policyId, count: codes.length, length: data.length, ...(data.prefix && { prefix: data.prefix }) },
+  };
+}
