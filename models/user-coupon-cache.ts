@@ -8,6 +8,7 @@
 // never stored after that change's invalidation.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { coalescePerTurn } from '../core/concurrency';
 import { config } from '../core/config';
 
 /** The longest a page is served, whatever happens (an invalidation lost with a crashed worker). */
@@ -105,21 +106,29 @@ const owed = new Set<string>();
 const MAX_OWED = 10_000;
 
 /**
- * Drops the cached lists of these users, in one command. Call after the change committed and
- * before its job completes; a failure throws so that the job attempt fails and runs again.
+ * Drops the cached lists of these users, with those of the other calls of this turn, in one
+ * command. Call after the change committed and before its job completes; a failure throws so that
+ * the job attempt fails and runs again.
  * (One DEL over many users' keys needs a single Redis node; on a Cluster it would go per slot.)
  */
 export async function invalidateUserCoupons(userIds: Iterable<string>): Promise<void> {
   const redis = writer();
   if (!redis) return;
+  const keys = [...new Set([...userIds].map(userCouponCacheKey))];
+  if (keys.length === 0 && owed.size === 0) return;
+  await deleteTogether({ redis, keys });
+}
+
+/** The invalidations asked for in one turn of the event loop (one per checkout job) go as one DEL. */
+const deleteTogether = coalescePerTurn(async (asks: { redis: Redis; keys: string[] }[]) => {
   const keys = new Set(owed);
-  for (const userId of userIds) keys.add(userCouponCacheKey(userId));
-  if (keys.size === 0) return;
+  for (const ask of asks) for (const key of ask.keys) keys.add(key);
   try {
-    await redis.del(...keys);
+    if (keys.size > 0) await (asks[0] as { redis: Redis }).redis.del(...keys);
   } catch (error) {
     for (const key of keys) if (owed.size < MAX_OWED) owed.add(key);
     throw error;
   }
   for (const key of keys) owed.delete(key);
-}
+  return asks.map(() => undefined);
+});
