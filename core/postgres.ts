@@ -27,6 +27,12 @@ export function sequelize(): Sequelize {
   return instance;
 }
 
+/** The process pool's connections in use and idle, and the queries waiting for one (metrics); null before first use. */
+export function poolStats(): { using: number; available: number; waiting: number } | null {
+  const pool = (instance?.connectionManager as { pool?: { using: number; available: number; waiting: number } } | undefined)?.pool;
+  return pool ? { using: pool.using, available: pool.available, waiting: pool.waiting } : null;
+}
+
 export async function closeSequelize(): Promise<void> {
   if (instance) {
     const closing = instance;

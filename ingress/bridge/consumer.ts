@@ -9,6 +9,7 @@ import { config } from '../../core/config';
 import { failpoint } from '../../core/failpoints';
 import { createProducer, dlqTopicOf } from '../../core/kafka';
 import type { Logger } from '../../core/logger';
+import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../../core/metrics';
 import type { Queues } from '../../queues/connection';
 import { JOB_KINDS, type JobKind } from '../../queues/names';
 
@@ -39,6 +40,11 @@ export async function startBridgeConsumer(opts: {
   const cfg = config();
   const { kafka, queues, log } = opts;
   const routes = new Map(opts.routes.map((r) => [r.topic, r]));
+  // Series from 0, so Prometheus's increase() sees the first message of each.
+  for (const topic of routes.keys()) {
+    kafkaMessagesConsumed.inc({ topic }, 0);
+    kafkaMessagesDeadLettered.inc({ topic }, 0);
+  }
   // Dead letters are rare; a retried send may write one twice, which the DLQ's reader can bear.
   const producer = createProducer(kafka);
   await producer.connect();
@@ -127,6 +133,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       if (done === 'refused') {
         log.error({ offset: d.message.offset, reason: d.reason }, 'message could not be dead-lettered; skipped, it stays in its topic at this offset');
       } else {
+        kafkaMessagesDeadLettered.inc({ topic: batch.topic });
         log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');
       }
     }
@@ -137,6 +144,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
     await failpoint('bridge.before-commit');
     const last = chunk[chunk.length - 1] as KafkaMessage;
     resolveOffset(last.offset);
+    kafkaMessagesConsumed.inc({ topic: batch.topic }, chunk.length);
     await heartbeat();
     log.debug({ jobs: jobs.length, dead: dead.length, offset: last.offset }, 'batch chunk handed over');
   }

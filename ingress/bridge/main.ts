@@ -1,13 +1,17 @@
 // The Kafka bridge process: turns payment events into checkout jobs and user events into issue jobs. It creates its topics (and
 // their dead-letter topics) if they are missing, consumes every partition concurrently, commits an
 // offset only once its messages are jobs in Redis or dead letters in Kafka, and logs its lag.
-import { config } from '../../core/config';
+import { initAlertSeries } from '../../core/alerts';
+import { config, opsPortOf } from '../../core/config';
 import { createKafka, createTopicsIfMissing } from '../../core/kafka';
 import { logger } from '../../core/logger';
+import { exposeMetrics } from '../../core/metrics';
+import type { Phase } from '../../core/ops-server';
 import { waitForReady } from '../../core/redis';
 import { createQueues } from '../../queues/connection';
 import { startBridgeConsumer } from './consumer';
 import { scheduleLagReport } from './lag';
+import { startBridgeOps } from './ops';
 import { paymentsRoute, userEventsRoute } from './routes';
 
 async function main(): Promise<void> {
@@ -15,6 +19,11 @@ async function main(): Promise<void> {
   const log = logger().child({ process: 'bridge' });
   const kafka = createKafka(log);
   const queues = createQueues();
+  exposeMetrics('bridge');
+  initAlertSeries(['CONSUMER_LAG']);
+  // Ready once consuming, while Redis and Kafka answer; 503 from the first moment of a shutdown.
+  let phase: Phase = 'starting';
+  const ops = await startBridgeOps({ port: opsPortOf(cfg, 'BRIDGE_OPS_PORT'), kafka, queues, log, phase: () => phase });
   await waitForReady(queues.connection, 30_000);
 
   const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC), userEventsRoute(cfg.KAFKA_USER_EVENTS_TOPIC)];
@@ -30,10 +39,12 @@ async function main(): Promise<void> {
   const shutdown = async (signal: string, exitCode = 0) => {
     if (stopping) return;
     stopping = true;
+    phase = 'draining';
     log.info({ signal }, 'bridge stopping: finishing the batches in hand');
     await stopConsumer?.();
     await stopLag?.();
     await queues.close();
+    await ops.close();
     log.info('bridge stopped');
     process.exit(exitCode);
   };
@@ -51,7 +62,8 @@ async function main(): Promise<void> {
     },
   });
   stopConsumer = bridge.stop;
-  stopLag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log).stop;
+  stopLag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log, { alertAbove: cfg.ALERT_CONSUMER_LAG_THRESHOLD }).stop;
+  if (!stopping) phase = 'running';
   log.info({ brokers: cfg.KAFKA_BROKERS, groupId: cfg.KAFKA_GROUP_ID, topics }, 'bridge consuming');
 }
 

@@ -11,7 +11,7 @@ const SCRIPTS = {
 } as const;
 
 export interface AdmissionCommands {
-  admitCoupon(meta: string, stock: string, free: string, users: string, pending: string, requestId: string, userId: string, methods: string): Promise<[string, number, string, string, number?]>;
+  admitCoupon(meta: string, stock: string, free: string, users: string, pending: string, requestId: string, userId: string, methods: string): Promise<[string, number, string, string, number?, string?, number?]>;
   releaseCoupon(stock: string, free: string, users: string, pending: string, requestId: string, returnSlot: '0' | '1'): Promise<number>;
   settleCoupon(stock: string, free: string, users: string, pending: string, requestId: string, couponSlot: string): Promise<number>;
   setPolicyMeta(meta: string, version: string, ttlMs: string, ...fields: string[]): Promise<number>;

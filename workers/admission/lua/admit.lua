@@ -11,9 +11,10 @@
   ARGV[2] userId
   ARGV[3] accepted issue methods, comma separated (e.g. "FIRST_COME,DOWNLOAD")
 
-  Returns { status, slot, validUntil, validDays, resumed }:
+  Returns { status, slot, validUntil, validDays, resumed, total, admitted }:
     status ADMITTED (slot 0 for a policy without a quantity; resumed 1 when this request was
-    already admitted by an earlier run),
+    already admitted by an earlier run; total the policy's quantity or ''; admitted the policy's
+    admissions counting this one, 0 when resumed: how close the policy is to selling out),
     a refusal code (POLICY_NOT_FOUND, POLICY_NOT_ACTIVE, METHOD_NOT_SUPPORTED, OUTSIDE_ISSUE_WINDOW,
     USER_LIMIT_REACHED, SOLD_OUT), or META_MISSING / STOCK_MISSING when the caller must load that
     state from Postgres first.
@@ -21,7 +22,7 @@
 local prior = redis.call('HGET', KEYS[5], ARGV[1])
 local meta = redis.call('HMGET', KEYS[1], 'status', 'method', 'startsAt', 'endsAt', 'total', 'perUser', 'validUntil', 'validDays')
 if prior then
-  return { 'ADMITTED', tonumber(string.match(prior, '^(%d+)')), meta[7] or '', meta[8] or '', 1 }
+  return { 'ADMITTED', tonumber(string.match(prior, '^(%d+)')), meta[7] or '', meta[8] or '', 1, meta[5] or '', 0 }
 end
 if not meta[1] then return { 'META_MISSING', 0, '', '' } end
 if meta[1] == 'MISSING' then return { 'POLICY_NOT_FOUND', 0, '', '' } end
@@ -47,13 +48,13 @@ if meta[5] ~= '' then
     slot = tonumber(freed)
   else
     local nextSlot = tonumber(redis.call('HGET', KEYS[2], 'next'))
-    if nextSlot > tonumber(meta[5]) then return { 'SOLD_OUT', 0, '', '' } end
+    if nextSlot > tonumber(meta[5]) then return { 'SOLD_OUT', 0, '', '', 0, meta[5] } end
     slot = nextSlot
     redis.call('HSET', KEYS[2], 'next', nextSlot + 1)
   end
 end
 
 redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-redis.call('HINCRBY', KEYS[2], 'issued', 1)
+local admitted = redis.call('HINCRBY', KEYS[2], 'issued', 1)
 redis.call('HSET', KEYS[5], ARGV[1], slot .. '|' .. ARGV[2] .. '|' .. now)
-return { 'ADMITTED', slot, meta[7], meta[8], 0 }
+return { 'ADMITTED', slot, meta[7], meta[8], 0, meta[5], admitted }
