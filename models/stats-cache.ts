@@ -1,0 +1,72 @@
+// Statistics answers cached in Redis, shared by every web process. An answer is fresh for
+// STATS_CACHE_MS, or for ten times what computing it took when that is longer: dashboards polling
+// every second then cost Postgres one computation per period, whatever the number of viewers and
+// web processes, and a slow computation (a big table) never keeps Postgres busy more than a tenth
+// of the time. One process recomputes a stale answer (a Redis lock) while the others go on serving
+// the previous one, which is then older by at most one computation; every answer carries its asOf.
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+
+/** How many times its computation time an answer stays fresh, at least. */
+const FRESH_FACTOR = 10;
+/** How long a stale answer is kept to serve while another process recomputes it. */
+const STALE_KEEP_MS = 60_000;
+/** Longest a recomputation holds the lock (the statement timeout is 15 s). */
+const LOCK_MS = 20_000;
+
+const RELEASE_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
+
+interface Entry<T> {
+  value: T;
+  freshUntil: number;
+}
+
+export interface StatsCache {
+  /** The cached answer under `key`, or `compute()`'s (stored for the others). */
+  read<T>(key: string, compute: () => Promise<T>): Promise<T>;
+}
+
+export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: number }): StatsCache {
+  const inFlight = new Map<string, Promise<unknown>>();
+
+  const load = async <T>(key: string, compute: () => Promise<T>): Promise<T> => {
+    const cacheKey = `${opts.prefix}:stats:cache:${key}`;
+    const raw = await redis.get(cacheKey).catch(() => null);
+    let entry: Entry<T> | null = null;
+    try {
+      entry = raw ? (JSON.parse(raw) as Entry<T>) : null;
+    } catch {
+      entry = null;
+    }
+    if (entry && Date.now() < entry.freshUntil) return entry.value;
+
+    const lockKey = `${cacheKey}:lock`;
+    const token = randomUUID();
+    const locked = await redis.set(lockKey, token, 'PX', LOCK_MS, 'NX').catch(() => 'OK');
+    if (locked !== 'OK' && entry) return entry.value;
+    try {
+      const started = Date.now();
+      const value = await compute();
+      const freshFor = Math.max(opts.freshMs, (Date.now() - started) * FRESH_FACTOR);
+      const stored: Entry<T> = { value, freshUntil: Date.now() + freshFor };
+      await redis.set(cacheKey, JSON.stringify(stored), 'PX', freshFor + STALE_KEEP_MS).catch(() => undefined);
+      return value;
+    } finally {
+      if (locked === 'OK') await redis.eval(RELEASE_LOCK, 1, lockKey, token).catch(() => undefined);
+    }
+  };
+
+  return {
+    read<T>(key: string, compute: () => Promise<T>): Promise<T> {
+      // Redis trouble costs only the cache (no waiting for a reconnect): the answer is computed.
+      if (opts.freshMs <= 0 || redis.status !== 'ready') return compute();
+      // Requests of one process for the same answer share one read.
+      let running = inFlight.get(key) as Promise<T> | undefined;
+      if (!running) {
+        running = load(key, compute).finally(() => inFlight.delete(key));
+        inFlight.set(key, running);
+      }
+      return running;
+    },
+  };
+}

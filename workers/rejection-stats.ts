@@ -1,0 +1,92 @@
+// Issue rejections counted per policy and reason in Redis, for the stats routes (models/stats.ts):
+// a refusal is a job result, not a row, so Postgres cannot count it.
+//
+// Counted from the worker's `completed` event, that is once BullMQ has stored the job's final result:
+// a job attempt that throws (and is retried) or whose completion is refused (lock lost, the job runs
+// again elsewhere) counts nothing, and a completed job never runs again, so each request counts at
+// most once however often its job ran. The price: rejections of a job whose worker dies between
+// completing it and the next turn of its event loop are not counted (a drain flushes them).
+//
+// A sale refuses thousands of requests a second: the counts of one event-loop turn go to Redis as
+// one pipeline of HINCRBYs, one per (policy, reason) that occurred in it.
+import type { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { coalescePerTurn } from '../core/concurrency';
+import type { Logger } from '../core/logger';
+import { allRejectionsKey, policyRejectionsKey } from '../models/stats';
+
+export interface Rejection {
+  /** Null when the request named no policy (a code that names none). */
+  policyId: string | null;
+  code: string;
+}
+
+type Outcome = { outcome?: unknown; reason?: { code?: unknown } } | null | undefined;
+
+const rejectionCode = (o: Outcome): string | null =>
+  o && o.outcome === 'rejected' && typeof o.reason?.code === 'string' ? o.reason.code : null;
+
+/** The rejected requests in a finished issue-queue job's result. */
+export function rejectionsOf(job: Pick<Job, 'name' | 'data'>, result: unknown): Rejection[] {
+  const found: Rejection[] = [];
+  const add = (policyId: unknown, code: string | null) => {
+    if (code) found.push({ policyId: typeof policyId === 'string' ? policyId : null, code });
+  };
+  if (job.name === 'issue-batch') {
+    const requests = (job.data as { requests?: { policyId?: unknown }[] }).requests ?? [];
+    const results = (result as { results?: Outcome[] } | null)?.results ?? [];
+    results.forEach((r, i) => add(requests[i]?.policyId, rejectionCode(r)));
+  } else if (job.name === 'direct-issue') {
+    const grant = (result as { result?: { policyId?: unknown; results?: { outcome?: unknown; reason?: { code?: unknown } }[] } } | null)?.result;
+    for (const r of grant?.results ?? []) add(grant?.policyId, r.outcome === 'rejected' && typeof r.reason?.code === 'string' ? r.reason.code : null);
+  } else if (job.name === 'user-event') {
+    const event = (result as { result?: { policies?: { policyId?: unknown; outcome?: unknown; reason?: { code?: unknown } }[] } } | null)?.result;
+    for (const p of event?.policies ?? []) add(p.policyId, p.outcome === 'rejected' && typeof p.reason?.code === 'string' ? p.reason.code : null);
+  }
+  return found;
+}
+
+export interface RejectionCounter {
+  /** Counts the rejections in a completed job's result (fire and forget). */
+  countJob(job: Job, result: unknown): void;
+  /** Resolves once every count handed in so far has reached Redis (or failed): call before disconnecting. */
+  flushed(): Promise<void>;
+}
+
+export function createRejectionCounter(redis: Redis, log: Logger): RejectionCounter {
+  const pending = new Set<Promise<void>>();
+  const write = coalescePerTurn(async (batches: Rejection[][]) => {
+    const perKey = new Map<string, Map<string, number>>();
+    const bump = (key: string, code: string, n: number) => {
+      const codes = perKey.get(key) ?? new Map<string, number>();
+      codes.set(code, (codes.get(code) ?? 0) + n);
+      perKey.set(key, codes);
+    };
+    for (const { policyId, code } of batches.flat()) {
+      bump(allRejectionsKey(), code, 1);
+      // A policy id that names nothing comes from the client: keying counters by it would let
+      // anyone create Redis keys at will.
+      if (policyId !== null && code !== 'POLICY_NOT_FOUND') bump(policyRejectionsKey(policyId), code, 1);
+    }
+    const pipeline = redis.pipeline();
+    for (const [key, codes] of perKey) for (const [code, n] of codes) pipeline.hincrby(key, code, n);
+    const replies = await pipeline.exec();
+    const failed = replies?.find(([error]) => error)?.[0];
+    if (failed) throw failed;
+    return batches.map(() => undefined);
+  });
+  return {
+    countJob(job, result) {
+      const rejections = rejectionsOf(job, result);
+      if (rejections.length === 0) return;
+      const done = write(rejections).catch((error: unknown) => {
+        log.warn({ err: error, jobId: job.id, rejections: rejections.length }, 'issue rejections not counted in the stats');
+      });
+      pending.add(done);
+      void done.finally(() => pending.delete(done));
+    },
+    async flushed() {
+      await Promise.all([...pending]);
+    },
+  };
+}
