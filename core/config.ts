@@ -14,6 +14,11 @@ export const urlWith = (protocols: string[]) =>
     }
   }, `must be a URL starting with ${protocols.join(' or ')}//`);
 
+const opsPort = (def: number) =>
+  z
+    .union([z.literal('PORT'), z.coerce.number().int().min(0).max(65_535)], { error: 'must be a TCP port, 0 (any free port) or PORT' })
+    .default(def);
+
 const brokers = z
   .string()
   .transform((value) => value.split(',').map((b) => b.trim()).filter(Boolean))
@@ -37,6 +42,15 @@ export const configSchema = z.object({
   KAFKA_SESSION_TIMEOUT_MS: intFrom(30_000, 6_000),
   // How often the bridge logs its consumer lag.
   KAFKA_LAG_LOG_INTERVAL_MS: intFrom(15_000, 100),
+  // Port of the worker's and the bridge's ops server (/metrics, /health/*). 0: any free port (logged).
+  // PORT: the value of PORT, which a Procfile runner such as foreman sets apart for each process.
+  WORKER_OPS_PORT: opsPort(9464),
+  BRIDGE_OPS_PORT: opsPort(9465),
+  // Alert events (core/alerts.ts): more than THRESHOLD jobs failed for good within WINDOW_MS, and a
+  // topic's consumer lag above ALERT_CONSUMER_LAG_THRESHOLD messages.
+  ALERT_JOB_FAILURES_THRESHOLD: intFrom(10, 0),
+  ALERT_JOB_FAILURES_WINDOW_MS: intFrom(60_000, 1_000),
+  ALERT_CONSUMER_LAG_THRESHOLD: intFrom(10_000, 1),
   // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
   // Key of the HMAC under which single-use coupon codes are stored (models/codes.ts). Changing it
@@ -56,6 +70,8 @@ export const configSchema = z.object({
   ADMISSION_RECONCILE_INTERVAL_MS: intFrom(10_000, 100),
   ADMISSION_RECONCILE_AGE_MS: intFrom(30_000, 100),
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
+  // How long a stats answer is served from the cache at least (models/stats-cache.ts); 0: no cache.
+  STATS_CACHE_MS: intFrom(1_000, 0),
   BULL_BOARD_USER: z.string().min(1).optional(),
   BULL_BOARD_PASSWORD: z.string().min(1).optional(),
   // Rate limits (ingress/middleware/rate-limit.ts), counted in Redis so they hold across web
@@ -114,6 +130,12 @@ export function config(): Config {
     }
   }
   return cached;
+}
+
+/** The ops server port of the worker or the bridge, with `PORT` resolved. */
+export function opsPortOf(cfg: Config, name: 'WORKER_OPS_PORT' | 'BRIDGE_OPS_PORT'): number {
+  const value = cfg[name];
+  return value === 'PORT' ? cfg.PORT : value;
 }
 
 /** A secret a process cannot run without; exits with a readable message when it is missing. */

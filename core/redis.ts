@@ -2,6 +2,7 @@
 // workers and blocking readers wait for Redis to come back.
 import IORedis, { type Redis, type RedisOptions } from 'ioredis';
 import { config } from './config';
+import { logger } from './logger';
 
 export type RedisRole = 'producer' | 'worker' | 'client';
 
@@ -20,12 +21,24 @@ const roleOptions: Record<RedisRole, RedisOptions> = {
   client: { maxRetriesPerRequest: 3, connectTimeout: 5_000, enableAutoPipelining: true },
 };
 
+/** A connection's errors are logged at most this often: while Redis is away each retry fails again. */
+const ERROR_LOG_INTERVAL_MS = 5_000;
+
 export function createRedis(role: RedisRole, url = config().REDIS_URL): Redis {
-  return new IORedis(url, {
+  const redis = new IORedis(url, {
     ...roleOptions[role],
     connectionName: `coupon-${role}`,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
   });
+  // Without a listener ioredis prints every failed reconnect to stderr as an unhandled error event.
+  // Commands report their own failures to their callers; the connection's state goes to the log.
+  let lastLogged = 0;
+  redis.on('error', (error: Error) => {
+    if (Date.now() - lastLogged < ERROR_LOG_INTERVAL_MS) return;
+    lastLogged = Date.now();
+    logger().warn({ err: error, redis: role }, 'redis connection error');
+  });
+  return redis;
 }
 
 /** Resolves once the connection is ready, or rejects after timeoutMs. */

@@ -3,18 +3,23 @@ import { Hono } from 'hono';
 import type { Redis } from 'ioredis';
 import { requireCodeSecret } from '../core/config';
 import type { Logger } from '../core/logger';
+import { exposeMetrics, metricsContentType, metricsText } from '../core/metrics';
 import type { Queues } from '../queues/connection';
+import { BULL_BOARD_PATH, bullBoardRoutes, type BullBoardCredentials } from './bull-board';
 import type { AppEnv } from './context';
 import { authenticate } from './middleware/auth';
 import { limitBody } from './middleware/body-limit';
+import { recordHttpMetrics } from './middleware/metrics';
 import { notFound, onError } from './middleware/errors';
 import { createCodeGuard, limitByAddress, limitByUser, type Budget, type CodeGuard } from './middleware/rate-limit';
 import { trace } from './middleware/trace';
 import { checkoutRoutes } from './routes/checkout';
+import { docsRoutes } from './routes/docs';
 import { healthRoutes } from './routes/health';
 import { issueRoutes } from './routes/issue';
 import { jobRoutes } from './routes/jobs';
 import { policyRoutes } from './routes/policies';
+import { statsRoutes } from './routes/stats';
 import { userRoutes } from './routes/users';
 
 export interface AppDeps {
@@ -25,6 +30,8 @@ export interface AppDeps {
   /** Key of the coupon-code hashes; CODE_HMAC_SECRET when not given. */
   codeSecret?: string;
   isDraining?: () => boolean;
+  /** Mounts Bull Board at /admin/queues behind these Basic credentials; without them it is not mounted. */
+  bullBoard?: BullBoardCredentials;
   /** Rate limits other than the configured ones (tests): budgets, Redis key prefix, code guard. */
   rateLimits?: { address?: Budget; user?: Budget; trustProxy?: boolean; prefix?: string; codeGuard?: CodeGuard };
 }
@@ -35,8 +42,15 @@ export function createApp(deps: AppDeps) {
   const app = new Hono<AppEnv>();
   app.onError(onError);
   app.notFound(notFound);
+  exposeMetrics('web');
+  app.use('*', recordHttpMetrics());
+  // For Prometheus: outside /api/v1, so no token and no rate limit.
+  app.get('/metrics', async (c) => c.body(await metricsText(), 200, { 'content-type': metricsContentType }));
 
   app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false)));
+  // The API reference: public, outside /api/v1 and its rate limits.
+  app.route('/docs', docsRoutes());
+  if (deps.bullBoard) app.route(BULL_BOARD_PATH, bullBoardRoutes(deps.queues, deps.bullBoard));
 
   const limits = deps.rateLimits ?? {};
   const redis = deps.redis;
@@ -48,6 +62,8 @@ export function createApp(deps: AppDeps) {
   api.use('*', limitBody(MAX_BODY_BYTES));
   api.use('*', authenticate(deps.jwtSecret));
   api.use('*', limitByUser({ redis, budget: limits.user, prefix: limits.prefix }));
+  // Stats paths sit under the policy and user prefixes (/coupons/policies/:id/stats, ...): mounted first.
+  api.route('/', statsRoutes(deps.redis));
   api.route('/coupons/policies', policyRoutes(deps.redis, deps.queues));
   api.route('/coupons/issue', issueRoutes({ queues: deps.queues, codeSecret: deps.codeSecret ?? requireCodeSecret(), wrongCodes: codeGuard }));
   api.route('/coupons/users', userRoutes());

@@ -9,6 +9,7 @@ import { initUserCouponCache } from '../models/user-coupon-cache';
 import { startPolicyCache } from '../models/policy-cache';
 import { createQueues } from '../queues/connection';
 import { createApp } from './app';
+import { BULL_BOARD_PATH } from './bull-board';
 
 const DRAIN_GRACE_MS = 2_000;
 
@@ -23,7 +24,11 @@ async function main(): Promise<void> {
   await waitForReady(queues.connection, 15_000);
   const stopPolicyCache = await startPolicyCache(log);
   let draining = false;
-  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining });
+  const bullBoard = cfg.BULL_BOARD_USER && cfg.BULL_BOARD_PASSWORD ? { username: cfg.BULL_BOARD_USER, password: cfg.BULL_BOARD_PASSWORD } : undefined;
+  // Never served without credentials: unset, it is not mounted at all (404).
+  if (bullBoard) log.info({ path: BULL_BOARD_PATH }, 'Bull Board on, behind Basic auth');
+  else log[cfg.BULL_BOARD_USER || cfg.BULL_BOARD_PASSWORD ? 'warn' : 'info']('Bull Board off: set BULL_BOARD_USER and BULL_BOARD_PASSWORD');
+  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard });
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
     log.info({ port: info.port }, 'web listening');
   });

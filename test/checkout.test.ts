@@ -152,6 +152,39 @@ describe('POST /coupons/reserve', () => {
   });
 });
 
+describe('Prefer: wait', () => {
+  it('answers 200 with the finished job when asked to wait, 202 otherwise, and the same job either way', async () => {
+    const shopper = await shopperWith(api, policyId, 2);
+    const [couponId, other] = shopper.coupons as [string, string];
+    const key = randomUUID();
+    const body = { couponId, orderId: uniqueId('order'), orderAmount: 50_000 };
+    const waited = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key, prefer: 'wait=5' } });
+    expect(waited.status).toBe(200);
+    expect(waited.headers['preference-applied']).toBe('wait=5');
+    expect(waited.body).toMatchObject({ status: 'succeeded', type: 'reserve', result: { couponId, orderId: body.orderId } });
+    expect(waited.headers['content-location']).toBe(waited.body.statusUrl);
+
+    // The same key and body: the same job, now finished, whichever way it is asked for.
+    const again = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key, prefer: 'respond-async, wait=5' } });
+    expect(again.status).toBe(200);
+    expect(again.body).toEqual(waited.body);
+    const plain = await reserve(api, shopper.token, body, key);
+    expect(plain.status).toBe(202);
+    expect(plain.body.jobId).toBe(waited.body.jobId);
+
+    // A refusal comes back the same way; a wait of 0 is no wait.
+    const refused = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body: { ...body, couponId: other, orderAmount: 1 }, headers: { 'idempotency-key': randomUUID(), prefer: 'wait=5' } });
+    expect(refused.status).toBe(200);
+    expect(refused.body).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_AMOUNT_TOO_LOW' } });
+    const noWait = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body: { ...body, couponId: other, orderAmount: 2 }, headers: { 'idempotency-key': randomUUID(), prefer: 'wait=0' } });
+    expect(noWait.status).toBe(202);
+
+    const issued = await api.call('POST', '/api/v1/coupons/issue', { token: shopper.token, body: { policyId }, headers: { prefer: 'wait=5' } });
+    expect(issued.status).toBe(200);
+    expect(issued.body).toMatchObject({ status: 'succeeded', type: 'issue', result: { policyId, userId: shopper.id } });
+  });
+});
+
 describe('cancel and confirm', () => {
   it('lets the owner cancel a pending reservation, which gives the coupon back, once', async () => {
     const shopper = await shopperWith(api, policyId);

@@ -3,9 +3,11 @@
 // event-loop turn (models/reservation.ts); a Redis lock on the coupon keeps concurrent reserves of
 // one coupon queueing in Redis rather than deciding on the same row.
 import { UnrecoverableError, type Job } from 'bullmq';
+import { raiseAlert } from '../core/alerts';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
 import type { Logger } from '../core/logger';
+import { paymentConflictsTotal } from '../core/metrics';
 import type { PaymentEventType } from '../models/checkout-rules';
 import {
   applyCheckoutEvent,
@@ -22,6 +24,7 @@ import { paymentJobSchema, reservationActionJobSchema, reserveJobSchema, type Jo
 import type { JobKind } from '../queues/names';
 import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
+import { noteCouponUsed } from './usage-metrics';
 
 export interface CheckoutDeps {
   locks: Locks;
@@ -158,10 +161,12 @@ function logOutcome(log: Logger, what: string, outcome: Exclude<CheckoutOutcome,
   switch (outcome.kind) {
     case 'applied':
       log.info({ action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId }, `${what} applied`);
+      if (outcome.action === 'confirm' || outcome.action === 'confirm-late') noteCouponUsed(outcome.reservation.couponId);
       return;
     case 'ignored':
       if (outcome.conflict) {
-        log.warn({ code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId }, `payment conflict: ${outcome.reason.message}`);
+        paymentConflictsTotal.inc();
+        raiseAlert(log, 'PAYMENT_CONFLICT', { code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId }, 'warn', `payment conflict: ${outcome.reason.message}`);
       } else {
         log.info({ code: outcome.reason.code, reservationId: outcome.reservation?.id }, `${what} changed nothing`);
       }

@@ -3,6 +3,7 @@
 // exactly-once write per request hold alike for all of them.
 import type { Logger } from '../core/logger';
 import { reason } from '../core/errors';
+import { couponsIssuedTotal } from '../core/metrics';
 import { couponView, findCouponByRequest, insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy } from '../models/policy';
 import { invalidateUserCoupons } from '../models/user-coupon-cache';
@@ -10,6 +11,7 @@ import { couponExpiry, type IssueMethod } from '../models/policy-rules';
 import type { CouponView, JobOutcome } from '../queues/jobs';
 import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
 import { claimCode, markCodeUsed, releaseCode } from './code-claims';
+import { noteAdmitted, noteSoldOutRefusal } from './stock-alerts';
 
 /** A policy asked for by id issues only if it is one of these; the other methods have their own way in. */
 export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
@@ -68,8 +70,12 @@ export async function issueCoupon(
   const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
   if (admission.kind === 'refused') {
     log.debug({ code: admission.code }, 'issue refused');
+    if (admission.code === 'SOLD_OUT') noteSoldOutRefusal(log, policyId, admission.total);
     return refuse(admission.code);
   }
+  noteAdmitted(log, policyId, admission.total, admission.admitted);
+
+  let counted = false;
 
   try {
     const issuedAt = new Date();
@@ -85,6 +91,8 @@ export async function issueCoupon(
     });
     switch (written.kind) {
       case 'inserted':
+        couponsIssuedTotal.inc({ policy_id: policyId });
+        counted = true;
         await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
         if (codeHash) await markCodeUsed(deps.redis, codeHash);
         log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
@@ -130,6 +138,7 @@ export async function issueCoupon(
       // process dies before it gets here, the reconciler does the same from the job's final state.
       const committed = await findCouponByRequest(requestId).catch(() => null);
       if (committed) {
+        if (!counted) couponsIssuedTotal.inc({ policy_id: policyId });
         await invalidateUserCoupons([userId]).catch(() => undefined);
         await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
         return { outcome: 'succeeded', result: couponView(committed) };

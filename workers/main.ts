@@ -1,7 +1,10 @@
 // The worker process: consumes the job queues, runs the admission reconciler, drains on SIGTERM.
 import { Worker } from 'bullmq';
-import { config, requireCodeSecret } from '../core/config';
+import { initAlertSeries } from '../core/alerts';
+import { config, opsPortOf, requireCodeSecret } from '../core/config';
 import { logger } from '../core/logger';
+import { exposeMetrics, trackQueueDepth } from '../core/metrics';
+import { readiness, startOpsServer, type Phase } from '../core/ops-server';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis } from '../core/redis';
 import { initModels } from '../models';
@@ -14,8 +17,11 @@ import { cappedBackoff } from './backoff';
 import { warmPolicyMeta } from './admission/admission';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
+import { instrumentWorker, watchJobFailures } from './job-metrics';
 import { createIssueProcessor } from './processor';
 import { scheduleReconciler } from './reconcile-admissions';
+import { createRejectionCounter } from './rejection-stats';
+import { startUsageMetrics } from './usage-metrics';
 
 async function main(): Promise<void> {
   const cfg = config();
@@ -24,6 +30,15 @@ async function main(): Promise<void> {
   await sequelize().authenticate();
 
   const redis = createRedis('client');
+  exposeMetrics('worker');
+  initAlertSeries(['POLICY_SOLD_OUT', 'POLICY_90_PERCENT', 'JOB_FAILURES', 'PAYMENT_CONFLICT']);
+  // Ready: Postgres and Redis answer, and the worker takes jobs (not starting, not draining).
+  let phase: Phase = 'starting';
+  const ops = await startOpsServer({
+    port: opsPortOf(cfg, 'WORKER_OPS_PORT'),
+    log,
+    ready: () => readiness({ postgres: () => sequelize().query('SELECT 1'), redis: () => redis.ping() }, () => phase),
+  });
   // Every coupon change drops its user's cached list (the web serves them).
   initUserCouponCache(redis);
   const locks = createLocks(redis);
@@ -60,6 +75,13 @@ async function main(): Promise<void> {
     });
   }
   for (const worker of workers) batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
+  // Issue rejections for the stats routes, counted once a job's result is stored.
+  const rejectionCounter = createRejectionCounter(redis, log);
+  issueWorker.on('completed', (job, result) => rejectionCounter.countJob(job, result));
+  for (const worker of workers) instrumentWorker(worker);
+  watchJobFailures(log, cfg.ALERT_JOB_FAILURES_THRESHOLD, cfg.ALERT_JOB_FAILURES_WINDOW_MS);
+  trackQueueDepth(Object.values(QUEUES).map((name) => queues.get(name)));
+  const stopUsageMetrics = startUsageMetrics(log);
   const stopSweeper = scheduleExpirySweeper(log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
@@ -72,19 +94,24 @@ async function main(): Promise<void> {
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    phase = 'draining';
     log.info({ signal }, 'worker draining: finishing in-flight jobs');
     stopReconciler();
     // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
     await Promise.all([...workers.map((w) => w.close()), stopSweeper()]);
     await queues.close();
     await stopPolicyCache();
+    await stopUsageMetrics();
+    await rejectionCounter.flushed();
     redis.disconnect();
     await closeSequelize();
+    await ops.close();
     log.info('worker stopped');
     process.exit(0);
   };
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
+  phase = 'running';
   // Say "started" only once a signal can no longer kill the process without its drain.
   log.info({ concurrency: cfg.WORKER_CONCURRENCY, queues: workers.map((w) => w.name) }, 'worker started');
 }

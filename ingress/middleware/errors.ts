@@ -1,6 +1,7 @@
 // The one place an error becomes an HTTP answer: {"error": {code, message, details?}}; never a stack or SQL.
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
+import { ConnectionError, TimeoutError } from 'sequelize';
 import { AppError, errorCatalogue, type ErrorCode } from '../../core/errors';
 import type { AppEnv } from '../context';
 import { RateLimitedError } from './rate-limit';
@@ -31,8 +32,22 @@ export const onError: ErrorHandler<AppEnv> = (error, c) => {
     return answer(c, new AppError(code, error.status === 400 ? 'The request body is not valid JSON.' : undefined));
   }
   const log = c.get('log');
+  if (isOutage(error)) {
+    // Postgres or Redis is away or saturated (pool exhausted, statement timeout): the client may retry.
+    log?.warn({ err: error, path: c.req.path }, 'dependency unavailable');
+    c.header('Retry-After', '1');
+    return c.json(errorBody('UNAVAILABLE', errorCatalogue.UNAVAILABLE.message), 503);
+  }
   log?.error({ err: error, path: c.req.path }, 'unhandled error');
   return c.json(errorBody('INTERNAL', errorCatalogue.INTERNAL.message), 500);
 };
+
+const REDIS_OUTAGE = /^(Stream isn't writeable|Connection is closed|Reached the max retries per request)/;
+
+/** A fault of a dependency rather than of this request: Postgres unreachable or its pool exhausted, a statement timed out, Redis away. */
+export function isOutage(error: unknown): boolean {
+  if (error instanceof ConnectionError || error instanceof TimeoutError) return true;
+  return error instanceof Error && REDIS_OUTAGE.test(error.message);
+}
 
 export const notFound: NotFoundHandler<AppEnv> = (c) => c.json(errorBody('NOT_FOUND', `No route ${c.req.method} ${c.req.path}.`), 404);

@@ -13,10 +13,10 @@ import type { AppEnv } from '../context';
 import { claimIdempotencyKey, fingerprint, idempotencyKeySchema } from '../idempotency';
 import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
 import { jsonBody, parseWith } from '../validation';
-import { accepted } from './jobs';
+import { answerJob } from './jobs';
 
-const reserveBody = z.object({ couponId: idSchema, orderId: idSchema, orderAmount: moneySchema }).strict();
-const validateBody = z.object({ couponId: idSchema, orderAmount: moneySchema }).strict();
+export const reserveBody = z.object({ couponId: idSchema, orderId: idSchema, orderAmount: moneySchema }).strict();
+export const validateBody = z.object({ couponId: idSchema, orderAmount: moneySchema }).strict();
 
 export function checkoutRoutes(queues: Queues) {
   const app = new Hono<AppEnv>();
@@ -44,7 +44,7 @@ export function checkoutRoutes(queues: Queues) {
     const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
     await addJob(queues, 'reserve', job, jobId);
     c.get('log').info({ jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' }, 'reserve enqueued');
-    return accepted(c, jobId);
+    return answerJob(c, queues, jobId);
   });
 
   const reservationAction = (kind: 'cancel' | 'confirm') => async (c: Context<AppEnv>) => {
@@ -56,7 +56,7 @@ export function checkoutRoutes(queues: Queues) {
     const jobId = derivedJobId(kind, reservationId);
     await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
     c.get('log').info({ jobId, reservationId }, `${kind} enqueued`);
-    return accepted(c, jobId);
+    return answerJob(c, queues, jobId);
   };
   app.post('/reservations/:id/cancel', reservationAction('cancel'));
   app.post('/reservations/:id/confirm', requireAdmin, reservationAction('confirm'));

@@ -11,9 +11,9 @@ import { createIssueBatcher } from '../../queues/enqueue';
 import { idSchema, type IssueJob } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { jsonBody } from '../validation';
-import { accepted } from './jobs';
+import { answerJob } from './jobs';
 
-const issueBody = z
+export const issueBody = z
   .object({
     policyId: idSchema.optional(),
     code: redeemCodeSchema.optional(),
@@ -70,7 +70,7 @@ export function issueRoutes(deps: { queues: Queues; codeSecret: string; wrongCod
       requestedAt: new Date().toISOString(),
     });
     c.get('log').info({ jobId, policyId: target.policyId, via: target.via ?? 'policy' }, 'issue enqueued');
-    return accepted(c, jobId);
+    return answerJob(c, deps.queues, jobId);
   });
 
   return app;

@@ -14,8 +14,8 @@ import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
 const MAX_WAIT_MS = 10_000;
-const jobIdParam = z.string().regex(/^[a-z]{2,4}_[A-Za-z0-9-]{1,100}(\.\d{1,4})?$/, 'not a job id');
-const waitQuery = z.object({ waitMs: z.coerce.number().int().min(0).max(MAX_WAIT_MS).default(0) });
+export const jobIdParam = z.string().regex(/^[a-z]{2,4}_[A-Za-z0-9-]{1,100}(\.\d{1,4})?$/, 'not a job id');
+export const waitQuery = z.object({ waitMs: z.coerce.number().int().min(0).max(MAX_WAIT_MS).default(0) });
 
 export function accepted(c: Context<AppEnv>, jobId: string) {
   return c.json({ jobId, status: 'pending' as const, statusUrl: `/api/v1/jobs/${jobId}` }, 202);
@@ -93,19 +93,45 @@ export function jobRoutes(queues: Queues) {
   app.get('/:jobId', async (c) => {
     const jobId = parseWith(jobIdParam, c.req.param('jobId'));
     const { waitMs } = query(c, waitQuery);
-    const queueName = queueOfJobId(jobId);
-    const found = queueName ? await readJob(queues, queueName, jobId) : null;
-    if (!found || !queueName) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
-    let { view } = found;
-    assertSelfOrAdmin(c.get('user'), view.ownerId);
-    if (view.status === 'pending' && waitMs > 0) {
-      // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it again.
-      await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-      view = (await readJob(queues, queueName, jobId))?.view ?? view;
-    }
-    const { ownerId: _owner, ...body } = view;
-    return c.json(await withCodesOnce(queues, body));
+    const view = await settledView(c, queues, jobId, waitMs);
+    if (!view) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
+    return c.json(view);
   });
 
   return app;
+}
+
+/** The caller's view of a job, after waiting up to waitMs for it to finish; null when there is no such job. */
+async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number): Promise<JobView | null> {
+  const queueName = queueOfJobId(jobId);
+  const found = queueName ? await readJob(queues, queueName, jobId) : null;
+  if (!found || !queueName) return null;
+  let { view } = found;
+  assertSelfOrAdmin(c.get('user'), view.ownerId);
+  if (view.status === 'pending' && waitMs > 0) {
+    // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it again.
+    await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+    view = (await readJob(queues, queueName, jobId))?.view ?? view;
+  }
+  const { ownerId: _owner, ...body } = view;
+  return withCodesOnce(queues, body);
+}
+
+const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
+
+/**
+ * The answer to a request that made a job: 202 with the job to poll or, when the client sent
+ * `Prefer: wait=N` (RFC 7240, N seconds, at most 10) and the job finished within that, 200 with the
+ * finished job view and `Preference-Applied`: the result without a second request. Either way the
+ * job is the same, and it stays readable at its statusUrl.
+ */
+export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string) {
+  const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
+  if (!wait) return accepted(c, jobId);
+  const waitMs = Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS);
+  const view = await settledView(c, queues, jobId, waitMs);
+  if (!view || view.status === 'pending') return accepted(c, jobId);
+  c.header('Preference-Applied', `wait=${waitMs / 1000}`);
+  c.header('Content-Location', `/api/v1/jobs/${jobId}`);
+  return c.json({ ...view, jobId, statusUrl: `/api/v1/jobs/${jobId}` }, 200);
 }

@@ -20,15 +20,15 @@ import { openStock, writePolicyMeta } from '../../workers/admission/admission';
 import type { AppEnv } from '../context';
 import { requireAdmin } from '../middleware/auth';
 import { jsonBody, parseWith, query } from '../validation';
-import { accepted } from './jobs';
+import { answerJob } from './jobs';
 
-const listQuery = z.object({
+export const listQuery = z.object({
   status: z.enum(POLICY_STATUSES).optional(),
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().max(512).optional(),
 });
 const idParam = idSchema;
-const directIssueBody = z.object({ userIds: z.array(idSchema).min(1).max(MAX_DIRECT_ISSUE_USERS) }).strict();
+export const directIssueBody = z.object({ userIds: z.array(idSchema).min(1).max(MAX_DIRECT_ISSUE_USERS) }).strict();
 
 export function policyRoutes(redis: Redis, queues: Queues) {
   const app = new Hono<AppEnv>();
@@ -106,7 +106,7 @@ export function policyRoutes(redis: Redis, queues: Queues) {
       newJobId('generate-codes', randomUUID()),
     );
     c.get('log').info({ jobId, policyId: id, count: input.count }, 'code generation enqueued');
-    return accepted(c, jobId);
+    return answerJob(c, queues, jobId);
   });
 
   // A DIRECT policy granted to up to 1,000 users by one job, with a result per user.
@@ -124,7 +124,7 @@ export function policyRoutes(redis: Redis, queues: Queues) {
       newJobId('direct-issue', randomUUID()),
     );
     c.get('log').info({ jobId, policyId: id, users: userIds.length }, 'direct grant enqueued');
-    return accepted(c, jobId);
+    return answerJob(c, queues, jobId);
   });
 
   return app;

@@ -9,7 +9,7 @@ import type { AppEnv } from '../context';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
-const listQuery = z.object({
+export const listQuery = z.object({
   status: z.enum(['AVAILABLE', 'RESERVED', 'USED', 'EXPIRED']).optional(),
   limit: z.coerce.number().int().min(1).max(100).default(20),
   cursor: z.string().max(512).optional(),

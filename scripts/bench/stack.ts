@@ -128,6 +128,9 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     // cap the bench itself. The per-user limit stays on at its default (each bench user sends one
     // request and a long poll or two), so its Redis round trip is part of what is measured.
     RATE_LIMIT_IP_POINTS: '0',
+    // Several workers on this host: any free ops port each, rather than one fixed port for all.
+    WORKER_OPS_PORT: '0',
+    BRIDGE_OPS_PORT: '0',
     ...opts.env,
   };
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');

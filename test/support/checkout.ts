@@ -95,12 +95,15 @@ export function paymentEvent(type: string, orderId: string, extra: Record<string
 export class EventProducer {
   private readonly kafka = new Kafka({ clientId: 'coupon-tests', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
   private producer: Producer | undefined;
+  private connected: Promise<void> | undefined;
 
   async send(topic: string, messages: { key: string; value: string | Buffer; partition?: number }[]): Promise<void> {
     if (!this.producer) {
       this.producer = this.kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
-      await this.producer.connect();
+      // Sends that start together wait for the one connect.
+      this.connected = this.producer.connect();
     }
+    await this.connected;
     await this.producer.send({ topic, acks: -1, messages });
   }
 

@@ -25,6 +25,8 @@ export interface Stack {
   bridges: ChildProcess[];
   /** Starts a bridge and resolves once it has joined its consumer group and been given partitions. */
   startBridge(extraEnv?: Record<string, string>): Promise<ChildProcess>;
+  /** The ops server (/metrics, /health/*) of a worker or bridge of this stack. */
+  opsUrl(child: ChildProcess): string;
   stop(): Promise<void>;
 }
 
@@ -68,6 +70,31 @@ export function waitForLine(child: ChildProcess, marker: string, timeoutMs = 60_
   });
 }
 
+/** The port a worker's or bridge's ops server says it listens on ("ops server listening"). */
+function loggedOpsPort(child: ChildProcess): Promise<number> {
+  const port = new Promise<number>((resolvePort, reject) => {
+    let buffer = '';
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString();
+      const lines = buffer.split('\n');
+      buffer = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.includes('"ops server listening"')) continue;
+        child.stdout?.off('data', onData);
+        child.off('exit', onExit);
+        resolvePort((JSON.parse(line) as { port: number }).port);
+        return;
+      }
+    };
+    const onExit = () => reject(new Error('process exited before its ops server listened'));
+    child.stdout?.on('data', onData);
+    child.once('exit', onExit);
+  });
+  // Whoever waits for the process's start line learns of an early exit from that.
+  port.catch(() => undefined);
+  return port;
+}
+
 export function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolveStop) => {
@@ -102,23 +129,32 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     // limiter runs on every request without refusing any (test/rate-limit.test.ts tests the limits).
     RATE_LIMIT_IP_POINTS: '0',
     RATE_LIMIT_USER_POINTS: '10000',
+    // Workers and bridges bind any free ops port and log it (loggedOpsPort): chosen at bind time, so
+    // no two processes of any stack on this host can be handed the same one.
+    WORKER_OPS_PORT: '0',
+    BRIDGE_OPS_PORT: '0',
     ...opts.env,
   };
   const web = launch(`${name}-web`, 'ingress/server.ts', env);
   const workers: ChildProcess[] = [];
   let workerCount = 0;
+  const opsUrls = new Map<ChildProcess, string>();
   const startWorker = async (extraEnv: Record<string, string> = {}) => {
     workerCount += 1;
     const worker = launch(`${name}-worker-${workerCount}`, 'workers/main.ts', { ...env, ...extraEnv });
+    const opsPort = loggedOpsPort(worker);
     workers.push(worker);
     await waitForLine(worker, 'worker started');
+    opsUrls.set(worker, `http://127.0.0.1:${await opsPort}`);
     return worker;
   };
   const bridges: ChildProcess[] = [];
   const startBridge = async (extraEnv: Record<string, string> = {}) => {
     const bridge = launch(`${name}-bridge-${bridges.length + 1}`, 'ingress/bridge/main.ts', { ...env, ...extraEnv });
+    const opsPort = loggedOpsPort(bridge);
     bridges.push(bridge);
     await waitForLine(bridge, 'bridge joined the consumer group', 90_000);
+    opsUrls.set(bridge, `http://127.0.0.1:${await opsPort}`);
     return bridge;
   };
   await Promise.all([
@@ -137,6 +173,11 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     userEventsTopic,
     bridges,
     startBridge,
+    opsUrl(child) {
+      const url = opsUrls.get(child);
+      if (!url) throw new Error('not a worker or bridge of this stack');
+      return url;
+    },
     async stop() {
       await Promise.all([web, ...workers, ...bridges].map((child) => stopProcess(child)));
     },

@@ -15,8 +15,17 @@ const MISSING_META_TTL_MS = 30_000;
 const REBUILD_LOCK_TTL_MS = 60_000;
 
 export type Admission =
-  | { kind: 'admitted'; slot: number | null; resumed: boolean; validUntil: Date | null; validDays: number | null }
-  | { kind: 'refused'; code: ErrorCode };
+  | {
+      kind: 'admitted';
+      slot: number | null;
+      resumed: boolean;
+      validUntil: Date | null;
+      validDays: number | null;
+      /** The policy's quantity (null: unlimited) and its admissions counting this one (null when resumed). */
+      total: number | null;
+      admitted: number | null;
+    }
+  | { kind: 'refused'; code: ErrorCode; total?: number | null };
 
 const REFUSALS: ReadonlySet<string> = new Set([
   'POLICY_NOT_FOUND',
@@ -40,7 +49,7 @@ export async function admit(
   const redis = withAdmissionScripts(deps.redis);
   const k = policyKeys(req.policyId);
   for (let round = 0; round < 3; round += 1) {
-    const [status, slot, validUntil, validDays, resumed] = await redis.admitCoupon(
+    const [status, slot, validUntil, validDays, resumed, total, admitted] = await redis.admitCoupon(
       k.meta, k.stock, k.free, k.users, k.pending, req.requestId, req.userId, req.methods.join(','),
     );
     if (status === 'ADMITTED') {
@@ -50,11 +59,13 @@ export async function admit(
         resumed: resumed === 1,
         validUntil: validUntil ? new Date(Number(validUntil)) : null,
         validDays: validDays ? Number(validDays) : null,
+        total: total ? Number(total) : null,
+        admitted: admitted ? Number(admitted) : null,
       };
     }
     if (status === 'META_MISSING') await once(`meta:${req.policyId}`, () => loadPolicyMeta(redis, req.policyId));
     else if (status === 'STOCK_MISSING') await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
-    else if (REFUSALS.has(status)) return { kind: 'refused', code: status as ErrorCode };
+    else if (REFUSALS.has(status)) return { kind: 'refused', code: status as ErrorCode, ...(total && { total: Number(total) }) };
     else throw new Error(`admission script answered ${status}`);
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
