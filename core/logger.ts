@@ -12,7 +12,8 @@ export function logger(): Logger {
       base: { service: 'coupon-service', pid: process.pid },
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
-      redact: { paths: ['req.headers.authorization', 'authorization', 'password'], censor: '[redacted]' },
+      // ioredis errors carry their command with its arguments (a generation job's codes, say).
+      redact: { paths: ['req.headers.authorization', 'authorization', 'password', 'err.command', 'err.previousErrors[*].command'], censor: '[redacted]' },
     });
   }
   return root;

@@ -24,7 +24,10 @@ export interface BullBoardCredentials {
 export function bullBoardRoutes(queues: Queues, credentials: BullBoardCredentials): Hono {
   const adapter = new HonoAdapter(serveStatic).setBasePath(BULL_BOARD_PATH);
   createBullBoard({
-    queues: Object.values(QUEUES).map((name) => new BullMQAdapter(queues.get(name))),
+    // A finished job is never run again from the board: a rerun of a finished code generation would
+    // replace codes already handed out. Failed jobs can be retried (every job is idempotent by its id).
+    // (The option is honoured by the base adapter but missing from BullMQAdapter's declared options.)
+    queues: Object.values(QUEUES).map((name) => new BullMQAdapter(queues.get(name), { allowCompletedRetries: false } as object)),
     // The adapter (latest 9.10.1) types itself against its own copy of @bull-board/api 9.10.1; it
     // uses the API only through this interface, which 9.10.2 keeps.
     serverAdapter: adapter as unknown as IServerAdapter,

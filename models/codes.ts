@@ -1,7 +1,7 @@
 // Coupon codes: how single-use codes are generated and stored, and how a code a user types in is
 // matched. Codes are matched case-insensitively; only their keyed hash is ever stored.
 import { createHmac, randomBytes } from 'node:crypto';
-import { QueryTypes, type Sequelize } from 'sequelize';
+import { QueryTypes, type Sequelize, type Transaction } from 'sequelize';
 import { z } from 'zod';
 
 /** Digits and capitals without the look-alikes 0/O and 1/I/L: 31 symbols, about 4.95 bits each. */
@@ -74,16 +74,53 @@ export async function insertCodeHashes(db: Sequelize, policyId: string, batchId:
 }
 
 /**
- * Forgets the codes an earlier run of a generation job stored: its codes were never handed out (the
- * codes reach the admin only from a finished job), so the rerun makes a fresh set.
+ * Forgets the codes an unfinished earlier run of a generation job stored: its codes were never
+ * handed out (the codes reach the admin only from a finished job), so the rerun makes a fresh set.
+ * A finished batch is never touched: its count is returned instead, and the caller stops there.
  */
-export async function discardBatch(db: Sequelize, batchId: string): Promise<number> {
-  const [, meta] = await db.query(
-    `DELETE FROM coupon_codes k WHERE batch_id = $1
-       AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.code_hash = k.code_hash)`,
-    { bind: [batchId] },
-  );
-  return (meta as { rowCount?: number } | undefined)?.rowCount ?? 0;
+export async function discardUnfinishedBatch(db: Sequelize, batchId: string): Promise<{ finished: number } | { discarded: number }> {
+  return db.transaction(async (transaction) => {
+    await lockBatch(db, batchId, transaction);
+    const done = await db.query<{ count: number }>('SELECT count FROM code_batches WHERE batch_id = $1', {
+      bind: [batchId],
+      type: QueryTypes.SELECT,
+      transaction,
+    });
+    if (done[0]) return { finished: done[0].count };
+    const [, meta] = await db.query(
+      `DELETE FROM coupon_codes k WHERE batch_id = $1
+         AND NOT EXISTS (SELECT 1 FROM coupons c WHERE c.code_hash = k.code_hash)`,
+      { bind: [batchId], transaction },
+    );
+    return { discarded: (meta as { rowCount?: number } | undefined)?.rowCount ?? 0 };
+  });
+}
+
+/**
+ * Marks a batch finished before its codes are handed out, if every one of `hashes` is still stored:
+ * false when another run of the job discarded some of them or finished the batch first. Discarding
+ * and finishing take the same lock, so a run either seals a complete set or seals nothing.
+ */
+export async function finishBatch(db: Sequelize, batchId: string, policyId: string, hashes: string[]): Promise<boolean> {
+  return db.transaction(async (transaction) => {
+    await lockBatch(db, batchId, transaction);
+    const [kept] = await db.query<{ n: string }>('SELECT count(*) AS n FROM coupon_codes WHERE batch_id = $1 AND code_hash = ANY($2::text[])', {
+      bind: [batchId, hashes],
+      type: QueryTypes.SELECT,
+      transaction,
+    });
+    if (Number(kept?.n ?? 0) !== hashes.length) return false;
+    const rows = await db.query(
+      `INSERT INTO code_batches (batch_id, policy_id, count) VALUES ($1, $2, $3)
+       ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id`,
+      { bind: [batchId, policyId, hashes.length], type: QueryTypes.SELECT, transaction },
+    );
+    return rows.length === 1;
+  });
+}
+
+async function lockBatch(db: Sequelize, batchId: string, transaction: Transaction): Promise<void> {
+  await db.query("SELECT pg_advisory_xact_lock(hashtextextended('code-batch/' || $1, 0))", { bind: [batchId], transaction });
 }
 
 /** The policy a single-use code belongs to, by its hash; null when no such code exists. */

@@ -204,8 +204,9 @@ export async function listUserCoupons(opts: {
     };
   };
   const field = `q:${opts.status ?? '*'}:${opts.limit}:${opts.cursor ? `${opts.cursor.at.toISOString()}/${opts.cursor.id}` : ''}`;
+  // Only first pages are cached: a client picks cursors freely, and each would be an entry.
   const stored =
-    opts.status === 'EXPIRED'
+    opts.status === 'EXPIRED' || opts.cursor
       ? await load()
       : await readThroughUserCoupons(opts.userId, field, load, (p) => p.validUntil === null || now.getTime() < p.validUntil);
   return {

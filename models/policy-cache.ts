@@ -16,7 +16,7 @@ interface Snapshot {
   /** Shared code (in capitals) → its policy, for every policy with a shared code. */
   codes: Map<string, string>;
   /** Trigger event type → the ACTIVE EVENT policies it triggers, oldest first. */
-  triggers: Map<string, string[]>;
+  triggers: Map<string, { id: string; createdAt: number }[]>;
   until: number;
 }
 
@@ -39,9 +39,10 @@ class PolicyCache {
     return (await this.current()).codes.get(normalized) ?? null;
   }
 
-  /** The ACTIVE EVENT policies whose triggerEvent is `type`, oldest first. */
-  async eventPolicies(type: string): Promise<string[]> {
-    return (await this.current()).triggers.get(type) ?? [];
+  /** The ACTIVE EVENT policies whose triggerEvent is `type` and that existed at `at`, oldest first. */
+  async eventPolicies(type: string, at: Date = new Date()): Promise<string[]> {
+    const policies = (await this.current()).triggers.get(type) ?? [];
+    return policies.filter((p) => p.createdAt <= at.getTime()).map((p) => p.id);
   }
 
   /** Loads the snapshot now, so a sale's first requests find it. */
@@ -81,12 +82,12 @@ class PolicyCache {
       order: [['createdAt', 'ASC'], ['id', 'ASC']],
     });
     const codes = new Map<string, string>();
-    const triggers = new Map<string, string[]>();
+    const triggers = new Map<string, { id: string; createdAt: number }[]>();
     for (const p of rows) {
       // A paused or ended policy keeps its code: redeeming it says POLICY_NOT_ACTIVE, not CODE_NOT_FOUND.
       if (p.code) codes.set(p.code.toUpperCase(), p.id);
       if (p.issueMethod === 'EVENT' && p.status === 'ACTIVE' && p.triggerEvent) {
-        triggers.set(p.triggerEvent, [...(triggers.get(p.triggerEvent) ?? []), p.id]);
+        triggers.set(p.triggerEvent, [...(triggers.get(p.triggerEvent) ?? []), { id: p.id, createdAt: p.createdAt.getTime() }]);
       }
     }
     return { codes, triggers, until: Date.now() + POLICY_CACHE_TTL_MS };

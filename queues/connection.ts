@@ -3,7 +3,7 @@ import { Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { createRedis } from '../core/redis';
-import type { QueueName } from './names';
+import type { JobKind, QueueName } from './names';
 
 /** Defaults per queue: retries for system faults, bounded history so Redis memory stays flat. */
 export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
@@ -31,6 +31,17 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
     removeOnComplete: { age: 24 * 3600, count: 200_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
+};
+
+/**
+ * Per kind of job, where it differs from its queue's defaults. A user event's Kafka offset is
+ * committed once its job exists, so, like a payment, it must outlast an outage (about 90 minutes,
+ * backoff capped at a minute); a code generation's result must outlive a sale's flood of issue
+ * batches, so it is kept for its day whatever their number.
+ */
+export const KIND_OPTIONS: Partial<Record<JobKind, JobsOptions>> = {
+  'user-event': { attempts: 100, backoff: { type: 'capped', delay: 250 } },
+  'generate-codes': { removeOnComplete: { age: 24 * 3600 } },
 };
 
 export interface Queues {

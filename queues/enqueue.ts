@@ -2,7 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { coalescePerTurn } from '../core/concurrency';
 import { AppError } from '../core/errors';
-import type { Queues } from './connection';
+import { KIND_OPTIONS, type Queues } from './connection';
 import { MAX_ISSUE_BATCH, type IssueJob } from './jobs';
 import { JOB_KINDS, newJobId, requestIdOf, type JobKind } from './names';
 
@@ -15,7 +15,7 @@ import { JOB_KINDS, newJobId, requestIdOf, type JobKind } from './names';
  */
 export async function addJob(queues: Queues, kind: JobKind, data: object, jobId: string): Promise<string> {
   try {
-    await queues.get(JOB_KINDS[kind].queue).add(kind, data, { jobId });
+    await queues.get(JOB_KINDS[kind].queue).add(kind, data, { ...KIND_OPTIONS[kind], jobId });
     return jobId;
   } catch (error) {
     throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);

@@ -185,6 +185,35 @@ describe('code generation jobs', () => {
     }
   });
 
+  it('never replaces codes already handed out when a finished generation job runs again', async () => {
+    const policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: null })).id;
+    const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, { token: admin, body: { count: 50 }, headers: { prefer: 'wait=10' } });
+    expect(reply.status).toBe(200);
+    const codes = reply.body.result.codes as string[];
+    expect(codes).toHaveLength(50);
+    const hashes = async () => (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE policy_id = $1', [policyId])).rows.map((r) => r.code_hash).sort();
+    const before = await hashes();
+
+    // Retried by hand (Bull Board hides the button for finished jobs; the API call does it anyway).
+    const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+    const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
+    try {
+      const job = await queue.getJob(reply.body.jobId);
+      const firstFinish = job?.finishedOn;
+      await job?.retry('completed');
+      const rerun = await eventually(() => queue.getJob(reply.body.jobId), (j) => Boolean(j?.finishedOn && j.finishedOn !== firstFinish), 30_000, 'the rerun');
+      expect(rerun?.returnvalue).toMatchObject({ outcome: 'succeeded', result: { count: 50 } });
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+    expect(await hashes()).toEqual(before);
+    const view = await api.get(`/api/v1/jobs/${reply.body.jobId}`, admin);
+    expect(view.body.result.codes).toBeUndefined();
+    const redeemed = await redeemAll([{ user: uniqueId('keeper'), body: { code: codes[0] } }]);
+    expect(redeemed[0]?.job.status).toBe('succeeded');
+  });
+
   it('refuses codes for a policy that is not a CODE policy or has a shared code', async () => {
     const download = (await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null })).id;
     expect((await api.post(`/api/v1/coupons/policies/${download}/codes`, admin, { count: 10 })).status).toBe(409);

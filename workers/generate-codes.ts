@@ -6,7 +6,7 @@ import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { sequelize } from '../core/postgres';
 import type { Logger } from '../core/logger';
-import { codeHash, discardBatch, generateCodes, generatedCodesKey, GENERATED_CODES_TTL_S, insertCodeHashes } from '../models/codes';
+import { codeHash, discardUnfinishedBatch, finishBatch, generateCodes, generatedCodesKey, GENERATED_CODES_TTL_S, insertCodeHashes } from '../models/codes';
 import { CouponPolicy } from '../models/policy';
 import { generateCodesJobSchema, type JobOutcome } from '../queues/jobs';
 import { reason } from '../core/errors';
@@ -40,11 +40,19 @@ export async function generateCodesJob(deps: { redis: Redis; codeSecret: string 
   const refusal = codePolicyRefusal(await CouponPolicy.findByPk(data.policyId, { attributes: ['id', 'issueMethod', 'code', 'status'] }));
   if (refusal) return { outcome: 'rejected', reason: refusal };
 
-  // An earlier run of this job never handed its codes out: start over with a fresh set.
-  const discarded = await discardBatch(sequelize(), batchId);
-  if (discarded > 0) jobLog.info({ discarded }, 'codes of an earlier run discarded');
+  const summary = { policyId: data.policyId, length: data.length, ...(data.prefix && { prefix: data.prefix }) };
+  // A rerun of a finished generation (retried by hand, or a second run after a stall) must not
+  // replace codes that may be in customers' hands: it answers what the first run made, without codes.
+  const earlier = await discardUnfinishedBatch(sequelize(), batchId);
+  if ('finished' in earlier) {
+    jobLog.warn({ count: earlier.finished }, 'code batch already generated; not generating again');
+    return { outcome: 'succeeded', result: { ...summary, count: earlier.finished } };
+  }
+  // An unfinished earlier run never handed its codes out: start over with a fresh set.
+  if (earlier.discarded > 0) jobLog.info({ discarded: earlier.discarded }, 'codes of an earlier run discarded');
 
   const codes: string[] = [];
+  const hashesOfCodes: string[] = [];
   await job.updateProgress({ done: 0, total: data.count });
   while (codes.length < data.count) {
     const want = Math.min(CHUNK, data.count - codes.length);
@@ -53,15 +61,19 @@ export async function generateCodesJob(deps: { redis: Redis; codeSecret: string 
     // A code whose hash exists already (another batch drew it) is skipped and drawn again.
     const stored = await insertCodeHashes(sequelize(), data.policyId, batchId, hashes);
     fresh.forEach((code, i) => {
-      if (stored.has(hashes[i]!)) codes.push(code);
+      if (!stored.has(hashes[i]!)) return;
+      codes.push(code);
+      hashesOfCodes.push(hashes[i]!);
     });
     await job.updateProgress({ done: codes.length, total: data.count });
   }
 
+  // Sealed first: from here on no run discards these codes. When another run of this job discarded
+  // some of ours or sealed its own set first, ours are never shown.
+  if (!(await finishBatch(sequelize(), batchId, data.policyId, hashesOfCodes))) {
+    throw new Error(`code batch ${batchId} was changed or finished by another run of its job`);
+  }
   await deps.redis.set(generatedCodesKey(config().QUEUE_PREFIX, batchId), JSON.stringify(codes), 'EX', GENERATED_CODES_TTL_S);
   jobLog.info({ count: codes.length }, 'codes generated');
-  return {
-    outcome: 'succeeded',
-    result: { policyId: data.policyId, count: codes.length, length: data.length, ...(data.prefix && { prefix: data.prefix }) },
-  };
+  return { outcome: 'succeeded', result: { ...summary, count: codes.length } };
 }

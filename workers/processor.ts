@@ -184,7 +184,8 @@ export interface UserEventResult {
 async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOutcome<UserEventResult>> {
   const { event, traceId, source } = jobData(job, userEventJobSchema);
   const jobLog = log.child({ traceId, jobId: job.id, eventId: event.eventId, kafka: source });
-  const policyIds = await policyCache.eventPolicies(event.type);
+  // Policies created after the event occurred are not its to trigger: a late redelivery issues the same.
+  const policyIds = await policyCache.eventPolicies(event.type, new Date(event.occurredAt));
   const requests = policyIds.map((policyId) => ({
     policyId,
     userId: event.userId,
@@ -193,7 +194,12 @@ async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOut
     methods: ['EVENT'] as const,
   }));
   // Always look for an earlier delivery's coupon first: a redelivered event must not issue again.
-  const outcomes = await issueAll(deps, job, requests, jobLog, { ...attemptOf(job), rerun: true });
+  const attempt = attemptOf(job);
+  const outcomes = await issueAll(deps, job, requests, jobLog, { ...attempt, rerun: true });
+  // Its offset is committed: a request that failed for good must leave the job in the failed set
+  // (retried from there, by the same request ids), not complete it as if the event were done.
+  const failed = outcomes.filter((o) => o.outcome === 'failed').length;
+  if (failed > 0) throw new Error(`${failed} of the event's ${outcomes.length} requests failed for good`);
   const policies = outcomes.map((o, k) => {
     const g = grantResult(event.userId, o);
     return { policyId: requests[k]!.policyId, outcome: g.outcome, ...(g.couponId && { couponId: g.couponId }), ...(g.reason && { reason: g.reason }) };

@@ -10,7 +10,8 @@ import { failpoint } from '../../core/failpoints';
 import { createProducer, dlqTopicOf } from '../../core/kafka';
 import type { Logger } from '../../core/logger';
 import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../../core/metrics';
-import type { Queues } from '../../queues/connection';
+import type { JobsOptions } from 'bullmq';
+import { KIND_OPTIONS, type Queues } from '../../queues/connection';
 import { JOB_KINDS, type JobKind } from '../../queues/names';
 
 export type ToJob = { ok: true; job: { kind: JobKind; id: string; data: object } } | { ok: false; reason: string };
@@ -151,11 +152,11 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
 }
 
 async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: object }[]): Promise<void> {
-  const byQueue = new Map<string, { name: string; data: object; opts: { jobId: string } }[]>();
+  const byQueue = new Map<string, { name: string; data: object; opts: JobsOptions }[]>();
   for (const job of jobs) {
     const queue = JOB_KINDS[job.kind].queue;
     const list = byQueue.get(queue) ?? [];
-    list.push({ name: job.kind, data: job.data, opts: { jobId: job.id } });
+    list.push({ name: job.kind, data: job.data, opts: { ...KIND_OPTIONS[job.kind], jobId: job.id } });
     byQueue.set(queue, list);
   }
   await Promise.all([...byQueue].map(([queue, list]) => queues.get(queue as (typeof JOB_KINDS)[JobKind]['queue']).addBulk(list)));

@@ -1,7 +1,7 @@
 // The one place an error becomes an HTTP answer: {"error": {code, message, details?}}; never a stack or SQL.
 import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
-import { ConnectionError, TimeoutError } from 'sequelize';
+import { ConnectionError, DatabaseError, TimeoutError } from 'sequelize';
 import { AppError, errorCatalogue, type ErrorCode } from '../../core/errors';
 import type { AppEnv } from '../context';
 import { RateLimitedError } from './rate-limit';
@@ -43,10 +43,17 @@ export const onError: ErrorHandler<AppEnv> = (error, c) => {
 };
 
 const REDIS_OUTAGE = /^(Stream isn't writeable|Connection is closed|Reached the max retries per request)/;
+/** SQLSTATEs of a server that cancelled or is going away: statement timeout, admin shutdown, crash, starting up, and connection exceptions (08xxx). */
+const PG_OUTAGE = /^(57014|57P01|57P02|57P03|08...)$/;
 
 /** A fault of a dependency rather than of this request: Postgres unreachable or its pool exhausted, a statement timed out, Redis away. */
 export function isOutage(error: unknown): boolean {
   if (error instanceof ConnectionError || error instanceof TimeoutError) return true;
+  if (error instanceof DatabaseError) {
+    // Sequelize reports these as a plain DatabaseError; the driver's error says which it was.
+    const parent = error.parent as { code?: string; message?: string };
+    return PG_OUTAGE.test(parent.code ?? '') || /^Connection terminated/.test(parent.message ?? '');
+  }
   return error instanceof Error && REDIS_OUTAGE.test(error.message);
 }
 

@@ -37,10 +37,10 @@ function clientAddress(c: Context<AppEnv>, trustProxy: boolean): string {
   if (trustProxy) {
     const forwarded = c.req.header('x-forwarded-for');
     if (forwarded) {
-      const comma = forwarded.indexOf(',');
-      // Capped: the value becomes part of a Redis key.
-      const first = (comma < 0 ? forwarded : forwarded.slice(0, comma)).trim().slice(0, 64);
-      if (first) return first;
+      // The last entry is the one our proxy appended (the address it saw); anything left of it came
+      // from the client and could be made up. Capped: the value becomes part of a Redis key.
+      const last = forwarded.slice(forwarded.lastIndexOf(',') + 1).trim().slice(0, 64);
+      if (last) return last;
     }
   }
   if (!c.env) return UNKNOWN_ADDRESS;
@@ -97,7 +97,7 @@ export interface AddressLimitOptions {
   redis: Redis;
   /** Default RATE_LIMIT_IP_POINTS per RATE_LIMIT_IP_DURATION_S. */
   budget?: Budget;
-  /** Default TRUST_PROXY: the first X-Forwarded-For entry instead of the socket's address. */
+  /** Default TRUST_PROXY: the last X-Forwarded-For entry (the one our proxy appended) instead of the socket's address. */
   trustProxy?: boolean;
   /** Default `${QUEUE_PREFIX}:rl`. */
   prefix?: string;

@@ -79,8 +79,10 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
  * A finished code generation lists its codes in the first read by its owner, and never again: the
  * codes are taken out of Redis as they are read (GETDEL), so they exist nowhere but with that admin.
  */
-async function withCodesOnce(queues: Queues, view: JobView): Promise<JobView> {
+async function withCodesOnce(queues: Queues, view: JobView, ownerId: string, reader: string): Promise<JobView> {
   if (view.type !== 'generate-codes' || view.status !== 'succeeded') return view;
+  // Only the admin who asked takes them: another admin reading the job must not empty it.
+  if (reader !== ownerId) return view;
   const stored = await queues.connection.getdel(generatedCodesKey(config().QUEUE_PREFIX, view.id));
   const result = view.result as Record<string, unknown>;
   if (stored === null) return { ...view, result: { ...result, codesDelivered: true } };
@@ -113,8 +115,8 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
     await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
     view = (await readJob(queues, queueName, jobId))?.view ?? view;
   }
-  const { ownerId: _owner, ...body } = view;
-  return withCodesOnce(queues, body);
+  const { ownerId, ...body } = view;
+  return withCodesOnce(queues, body, ownerId, c.get('user').id);
 }
 
 const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
@@ -129,7 +131,12 @@ export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: strin
   const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
   if (!wait) return accepted(c, jobId);
   const waitMs = Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS);
-  const view = await settledView(c, queues, jobId, waitMs);
+  // The job is queued: whatever goes wrong while waiting (Redis blinks), the answer stays a 202,
+  // never a 503 that would tell the client to queue it again.
+  const view = await settledView(c, queues, jobId, waitMs).catch((error: unknown) => {
+    c.get('log').warn({ err: error, jobId }, 'waiting for the job failed; answering 202');
+    return null;
+  });
   if (!view || view.status === 'pending') return accepted(c, jobId);
   c.header('Preference-Applied', `wait=${waitMs / 1000}`);
   c.header('Content-Location', `/api/v1/jobs/${jobId}`);

@@ -6,6 +6,7 @@ import { insertIssuedCoupons } from './0004-insert-issued-coupons';
 import { createReservations } from './0005-reservations';
 import { checkoutFunctions } from './0006-checkout-functions';
 import { createCouponCodes } from './0007-coupon-codes';
+import { createCodeBatches } from './0008-code-batches';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches];
