@@ -70,13 +70,14 @@ function start(name: string, command: string, env: Record<string, string>): Proc
 }
 
 /**
- * SIGTERM to the command itself. Debian's sh (dash) does not exec the last command of `sh -c` and
- * would die of the signal at once, orphaning the process; sh then exits with the command's code.
+ * SIGTERM to what the runner started. The Procfile's commands `exec` node, so the shell a runner
+ * starts them with becomes node itself and the signal reaches the service (Debian's sh would not
+ * exec on its own, die of the signal and orphan node without its drain).
  */
 function terminate(proc: Proc): void {
   const pid = proc.sh.pid as number;
-  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-  process.kill(children.length > 0 ? Number(children[0]) : pid, 'SIGTERM');
+  expect(readFileSync(`/proc/${pid}/comm`, 'utf8').trim()).toBe('node');
+  process.kill(pid, 'SIGTERM');
 }
 
 /** Lines of a process's pino log. */

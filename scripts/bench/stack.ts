@@ -60,13 +60,16 @@ export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: stri
 }
 
 
-/** `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell syntax). */
+/**
+ * `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell
+ * syntax beyond a leading `exec`, which a runner's shell needs to hand signals to node itself).
+ */
 function procfile(): Map<string, string[]> {
   const lines = readFileSync(path.join(ROOT, 'Procfile'), 'utf8').split('\n');
   const commands = new Map<string, string[]>();
   for (const line of lines) {
     const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
-    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim().split(/\s+/));
+    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim().replace(/^exec\s+/, '').split(/\s+/));
   }
   return commands;
 }
