@@ -1,5 +1,6 @@
 // Enqueue helpers: a job is in Redis before the client hears 202, or the client hears 503 (I7, I9).
 import { randomUUID } from 'node:crypto';
+import type { Job } from 'bullmq';
 import { coalescePerTurn } from '../core/concurrency';
 import { AppError } from '../core/errors';
 import { KIND_OPTIONS, type Queues } from './connection';
@@ -13,10 +14,9 @@ import { JOB_KINDS, newJobId, requestIdOf, type JobKind } from './names';
  * With an id that exists already, BullMQ keeps the existing job and the add is a no-op: that is
  * how derived ids (derivedJobId) collapse retries into one job.
  */
-export async function addJob(queues: Queues, kind: JobKind, data: object, jobId: string): Promise<string> {
+export async function addJob(queues: Queues, kind: JobKind, data: object, jobId: string): Promise<Job> {
   try {
-    await queues.get(JOB_KINDS[kind].queue).add(kind, data, { ...KIND_OPTIONS[kind], jobId });
-    return jobId;
+    return await queues.get(JOB_KINDS[kind].queue).add(kind, data, { ...KIND_OPTIONS[kind], jobId });
   } catch (error) {
     throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
   }

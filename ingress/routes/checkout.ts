@@ -42,9 +42,9 @@ export function checkoutRoutes(queues: Queues) {
     // so a retry with the same body goes through and another body is still refused).
     const jobId = derivedJobId('reserve', user.id, key);
     const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
-    await addJob(queues, 'reserve', job, jobId);
+    const added = await addJob(queues, 'reserve', job, jobId);
     c.get('log').info({ jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' }, 'reserve enqueued');
-    return answerJob(c, queues, jobId);
+    return answerJob(c, queues, jobId, added);
   });
 
   const reservationAction = (kind: 'cancel' | 'confirm') => async (c: Context<AppEnv>) => {
@@ -54,9 +54,9 @@ export function checkoutRoutes(queues: Queues) {
     const user = c.get('user');
     assertSelfOrAdmin(user, reservation.userId);
     const jobId = derivedJobId(kind, reservationId);
-    await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
+    const added = await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
     c.get('log').info({ jobId, reservationId }, `${kind} enqueued`);
-    return answerJob(c, queues, jobId);
+    return answerJob(c, queues, jobId, added);
   };
   app.post('/reservations/:id/cancel', reservationAction('cancel'));
   app.post('/reservations/:id/confirm', requireAdmin, reservationAction('confirm'));

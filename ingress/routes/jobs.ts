@@ -103,17 +103,31 @@ export function jobRoutes(queues: Queues) {
   return app;
 }
 
-/** The caller's view of a job, after waiting up to waitMs for it to finish; null when there is no such job. */
-async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number): Promise<JobView | null> {
+/**
+ * The caller's view of a job, after waiting up to waitMs for it to finish; null when there is no
+ * such job. `added` is the job the request itself just queued: it is known to exist, so the wait
+ * starts at once, without reading the job first.
+ */
+async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number, added?: Job): Promise<JobView | null> {
   const queueName = queueOfJobId(jobId);
-  const found = queueName ? await readJob(queues, queueName, jobId) : null;
-  if (!found || !queueName) return null;
-  let { view } = found;
-  assertSelfOrAdmin(c.get('user'), view.ownerId);
-  if (view.status === 'pending' && waitMs > 0) {
-    // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it again.
-    await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-    view = (await readJob(queues, queueName, jobId))?.view ?? view;
+  if (!queueName) return null;
+  let view: OwnedJobView;
+  if (added && waitMs > 0) {
+    // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
+    await added.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+    const found = await readJob(queues, queueName, jobId);
+    if (!found) return null;
+    view = found.view;
+    assertSelfOrAdmin(c.get('user'), view.ownerId);
+  } else {
+    const found = await readJob(queues, queueName, jobId);
+    if (!found) return null;
+    view = found.view;
+    assertSelfOrAdmin(c.get('user'), view.ownerId);
+    if (view.status === 'pending' && waitMs > 0) {
+      await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+      view = (await readJob(queues, queueName, jobId))?.view ?? view;
+    }
   }
   const { ownerId, ...body } = view;
   return withCodesOnce(queues, body, ownerId, c.get('user').id);
@@ -127,13 +141,13 @@ const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
  * finished job view and `Preference-Applied`: the result without a second request. Either way the
  * job is the same, and it stays readable at its statusUrl.
  */
-export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string) {
+export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string, added?: Job) {
   const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
   if (!wait) return accepted(c, jobId);
   const waitMs = Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS);
   // The job is queued: whatever goes wrong while waiting (Redis blinks), the answer stays a 202,
   // never a 503 that would tell the client to queue it again.
-  const view = await settledView(c, queues, jobId, waitMs).catch((error: unknown) => {
+  const view = await settledView(c, queues, jobId, waitMs, added).catch((error: unknown) => {
     c.get('log').warn({ err: error, jobId }, 'waiting for the job failed; answering 202');
     return null;
   });

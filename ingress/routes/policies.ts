@@ -99,14 +99,10 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     if (refusal?.code === 'POLICY_NOT_FOUND') throw new AppError('NOT_FOUND', 'No such coupon policy.');
     if (refusal) throw new AppError('CONFLICT', refusal.message);
     const user = c.get('user');
-    const jobId = await addJob(
-      queues,
-      'generate-codes',
-      { ...input, policyId: id, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
-      newJobId('generate-codes', randomUUID()),
-    );
+    const jobId = newJobId('generate-codes', randomUUID());
+    const added = await addJob(queues, 'generate-codes', { ...input, policyId: id, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
     c.get('log').info({ jobId, policyId: id, count: input.count }, 'code generation enqueued');
-    return answerJob(c, queues, jobId);
+    return answerJob(c, queues, jobId, added);
   });
 
   // A DIRECT policy granted to up to 1,000 users by one job, with a result per user.
@@ -117,14 +113,10 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     if (!policy) throw new AppError('NOT_FOUND', 'No such coupon policy.');
     if (policy.issueMethod !== 'DIRECT') throw new AppError('CONFLICT', 'Only a DIRECT policy is granted this way.');
     const user = c.get('user');
-    const jobId = await addJob(
-      queues,
-      'direct-issue',
-      { policyId: id, userIds, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
-      newJobId('direct-issue', randomUUID()),
-    );
+    const jobId = newJobId('direct-issue', randomUUID());
+    const added = await addJob(queues, 'direct-issue', { policyId: id, userIds, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
     c.get('log').info({ jobId, policyId: id, users: userIds.length }, 'direct grant enqueued');
-    return answerJob(c, queues, jobId);
+    return answerJob(c, queues, jobId, added);
   });
 
   return app;
