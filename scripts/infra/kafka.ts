@@ -215,10 +215,21 @@ function serverProperties(broker: Broker, controllerPort: number, logDir: string
   ].join('\n');
 }
 
+/**
+ * A cluster id as Kafka makes them: 16 random bytes in base64url, drawn again when it starts with
+ * '-', which the storage tool's argument parser would take for an option (Kafka's Uuid does the same).
+ */
+export function newClusterId(): string {
+  for (;;) {
+    const id = randomBytes(16).toString('base64url');
+    if (!id.startsWith('-')) return id;
+  }
+}
+
 /** Formats the log dir with a cluster id kept next to it; `-g` skips an already formatted dir. */
 async function formatStorage(java: string, layout: Layout, properties: string): Promise<void> {
   const idFile = path.join(layout.dir, 'cluster.id');
-  if (!existsSync(idFile)) writeFileSync(idFile, `${randomBytes(16).toString('base64url')}\n`);
+  if (!existsSync(idFile)) writeFileSync(idFile, `${newClusterId()}\n`);
   const clusterId = readFileSync(idFile, 'utf8').trim();
   await runOrThrow(java, [...javaArgs(layout), 'kafka.tools.StorageTool', 'format', '-t', clusterId, '-c', properties, '-g'], {
     cwd: layout.dir,
