@@ -31,14 +31,36 @@ export type { Consumer, Producer, Kafka };
 /** Where the messages of `topic` that cannot become jobs go. */
 export const dlqTopicOf = (topic: string) => `${topic}.dlq`;
 
-/** Creates those of the topics, and of their dead-letter topics, that do not exist yet; answers which. */
-export async function createTopicsIfMissing(admin: Admin, topics: string[], numPartitions: number): Promise<string[]> {
+/**
+ * Creates those of the topics, and of their dead-letter topics, that do not exist yet, and waits
+ * until every partition of them has a leader; answers which it created.
+ */
+export async function createTopicsIfMissing(admin: Admin, topics: string[], numPartitions: number, timeoutMs = 15_000): Promise<string[]> {
   const existing = new Set(await admin.listTopics());
   const missing = [...topics, ...topics.map(dlqTopicOf)].filter((t) => !existing.has(t));
   if (missing.length > 0) {
-    await admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions })), waitForLeaders: true });
+    // kafkajs's own waitForLeaders retries only LEADER_NOT_AVAILABLE, but a KRaft broker answers
+    // UNKNOWN_TOPIC_OR_PARTITION for a moment after a create; waitForLeaders below retries both.
+    await admin.createTopics({ topics: missing.map((topic) => ({ topic, numPartitions })), waitForLeaders: false });
+    await waitForLeaders(admin, missing, timeoutMs);
   }
   return missing;
+}
+
+const NOT_YET = new Set(['UNKNOWN_TOPIC_OR_PARTITION', 'LEADER_NOT_AVAILABLE']);
+
+async function waitForLeaders(admin: Admin, topics: string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const { topics: found } = await admin.fetchTopicMetadata({ topics });
+      if (found.length === topics.length && found.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))) return;
+    } catch (error) {
+      if (!NOT_YET.has((error as { type?: string }).type ?? '')) throw error;
+    }
+    if (Date.now() > deadline) throw new Error(`topics without leaders after ${timeoutMs} ms: ${topics.join(', ')}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
 }
 
 /**
