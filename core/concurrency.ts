@@ -1,5 +1,5 @@
-// Two small concurrency tools the hot path and the tests share: bounded parallel map, and the
-// coalescing of calls made in one turn of the event loop into one batched call.
+// Small concurrency tools the hot path, the ops endpoints and the tests share: bounded parallel map,
+// the coalescing of calls made in one turn of the event loop into one batched call, and a timeout.
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
@@ -72,4 +72,15 @@ export function isolatingFailures<T, R>(run: (items: T[]) => Promise<(R | Error)
       );
     }
   };
+}
+
+/** `promise`, or a rejection once `ms` pass without an answer (the work itself is not cancelled). */
+export function withTimeout<T>(promise: Promise<T>, ms: number, what = 'no answer'): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} in ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }

@@ -3,6 +3,7 @@
 // process registers only the groups it records (exposeMetrics), so a scrape of the web does not list
 // Kafka lag and a scrape of the bridge no HTTP histogram.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { withTimeout } from './concurrency';
 import { poolStats } from './postgres';
 
 export const registry = new Registry();
@@ -177,20 +178,16 @@ interface CountableQueue {
  */
 export function trackQueueDepth(queues: CountableQueue[], timeoutMs = 1_000): void {
   queueDepthSource = async (gauge) => {
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const counts = await Promise.race([
+      const counts = await withTimeout(
         Promise.all(queues.map(async (q) => [q.name, await q.getJobCounts(...QUEUE_STATES)] as const)),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error('queue depth: no answer')), timeoutMs);
-        }),
-      ]);
+        timeoutMs,
+        'queue depth: no answer',
+      );
       gauge.reset();
       for (const [queue, byState] of counts) for (const state of QUEUE_STATES) gauge.set({ queue, state }, byState[state] ?? 0);
     } catch {
       gauge.reset();
-    } finally {
-      clearTimeout(timer);
     }
   };
 }

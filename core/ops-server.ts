@@ -2,6 +2,7 @@
 // /health/ready for Prometheus and the orchestrator. Plain node:http: three routes need no framework.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { withTimeout } from './concurrency';
 import type { Logger } from './logger';
 import { metricsContentType, metricsText } from './metrics';
 
@@ -14,20 +15,10 @@ export interface Readiness {
   checks: Record<string, 'ok' | 'down'>;
 }
 
-function within<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    promise,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
-
 /** Ready when every check answers in time and the process is running (not starting, not draining). */
 export async function readiness(checks: Record<string, () => Promise<unknown>>, phase: () => Phase): Promise<Readiness> {
   const names = Object.keys(checks);
-  const results = await Promise.allSettled(names.map((name) => within(Promise.resolve().then(checks[name]), CHECK_TIMEOUT_MS)));
+  const results = await Promise.allSettled(names.map((name) => withTimeout(Promise.resolve().then(checks[name]), CHECK_TIMEOUT_MS)));
   const report = Object.fromEntries(names.map((name, i) => [name, results[i]?.status === 'fulfilled' ? 'ok' : 'down'] as const));
   const allOk = results.every((r) => r.status === 'fulfilled');
   const p = phase();

@@ -8,13 +8,15 @@ import { z } from 'zod';
 export const CODE_ALPHABET = '23456789ABCDEFGHJKMNPQRSTUVWXYZ';
 export const MAX_CODES_PER_JOB = 100_000;
 export const DEFAULT_CODE_LENGTH = 12;
+export const MIN_CODE_LENGTH = 8;
+export const MAX_CODE_LENGTH = 32;
 
 export const codeRequestSchema = z
   .object({
     count: z.number().int().min(1).max(MAX_CODES_PER_JOB),
     // Random symbols after the prefix: 8 give 31^8 ≈ 8.5e11 codes, enough that guessing one of
     // 100,000 takes millions of tries, which the wrong-code limit never allows.
-    length: z.number().int().min(8).max(32).default(DEFAULT_CODE_LENGTH),
+    length: z.number().int().min(MIN_CODE_LENGTH).max(MAX_CODE_LENGTH).default(DEFAULT_CODE_LENGTH),
     prefix: z
       .string()
       .regex(/^[A-Za-z0-9-]{1,16}$/, '1-16 letters, digits or -')

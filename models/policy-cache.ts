@@ -32,7 +32,6 @@ class PolicyCache {
   private loading: Promise<Snapshot> | null = null;
   /** Bumped by every invalidation: a load that started before one is not kept. */
   private epoch = 0;
-  loads = 0;
 
   /** The policy whose shared code this is (normalized, in capitals), or null. */
   async sharedCodePolicy(normalized: string): Promise<string | null> {
@@ -75,7 +74,6 @@ class PolicyCache {
   }
 
   private async load(): Promise<Snapshot> {
-    this.loads += 1;
     const rows = await CouponPolicy.findAll({
       where: { [Op.or]: [{ code: { [Op.ne]: null } }, { issueMethod: 'EVENT', status: 'ACTIVE' }] },
       attributes: ['id', 'code', 'triggerEvent', 'issueMethod', 'status', 'createdAt'],

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import type { ErrorCode } from '../core/errors';
 import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
+import { MAX_CODE_LENGTH, MAX_CODES_PER_JOB, MIN_CODE_LENGTH } from '../models/codes';
 
 /** An id as the API accepts it: 1-128 visible characters, no spaces or control characters. */
 // No lone surrogates (\p{Cs}) either: they cannot be stored as text or jsonb in Postgres.
@@ -45,8 +46,8 @@ export type DirectIssueJob = z.infer<typeof directIssueJobSchema>;
 export const generateCodesJobSchema = z.object({
   ...jobMeta,
   policyId: idSchema,
-  count: z.number().int().min(1).max(100_000),
-  length: z.number().int().min(8).max(32),
+  count: z.number().int().min(1).max(MAX_CODES_PER_JOB),
+  length: z.number().int().min(MIN_CODE_LENGTH).max(MAX_CODE_LENGTH),
   prefix: z.string().regex(/^[A-Z0-9-]{1,16}$/).optional(),
 });
 export type GenerateCodesJob = z.infer<typeof generateCodesJobSchema>;

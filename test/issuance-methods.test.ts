@@ -8,7 +8,7 @@ import { CODE_ALPHABET } from '../models/codes';
 import { derivedJobId } from '../queues/names';
 import { eventually, EventProducer } from './support/checkout';
 import { closeDb, db } from './support/db';
-import { policyBody, uniqueId } from './support/fixtures';
+import { createPolicy as createPolicyVia, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { startStack, type Stack } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
@@ -38,11 +38,7 @@ afterAll(async () => {
   await closeDb();
 });
 
-async function createPolicy(overrides: Record<string, unknown>) {
-  const reply = await api.post('/api/v1/coupons/policies', admin, policyBody(overrides));
-  expect(reply.status).toBe(201);
-  return reply.body as { id: string };
-}
+const createPolicy = (overrides: Record<string, unknown>) => createPolicyVia(api, overrides);
 
 async function tokensOf(users: string[]) {
   return new Map(await Promise.all(users.map(async (u) => [u, await tokenFor(u)] as const)));
@@ -81,7 +77,7 @@ describe('single-use codes', () => {
   let generationJob: string;
 
   beforeAll(async () => {
-    policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: 1000 })).id;
+    policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: 1000 });
     generationJob = await generate(policyId, { count: 1000, prefix: 'sale-' });
     const job = await api.settle(generationJob, admin);
     expect(job.status).toBe('succeeded');
@@ -145,7 +141,7 @@ describe('single-use codes', () => {
 
 describe('code generation jobs', () => {
   it('reports progress while it runs and hands the codes out only once', async () => {
-    const policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: null })).id;
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: null });
     const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
     const queueEvents = new QueueEvents('issue', { connection, prefix: stack.queuePrefix });
     const progress: { done: number; total: number }[] = [];
@@ -186,7 +182,7 @@ describe('code generation jobs', () => {
   });
 
   it('never replaces codes already handed out when a finished generation job runs again', async () => {
-    const policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: null })).id;
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: null });
     const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, { token: admin, body: { count: 50 }, headers: { prefer: 'wait=10' } });
     expect(reply.status).toBe(200);
     const codes = reply.body.result.codes as string[];
@@ -215,9 +211,9 @@ describe('code generation jobs', () => {
   });
 
   it('refuses codes for a policy that is not a CODE policy or has a shared code', async () => {
-    const download = (await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null })).id;
+    const download = await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null });
     expect((await api.post(`/api/v1/coupons/policies/${download}/codes`, admin, { count: 10 })).status).toBe(409);
-    const shared = (await createPolicy({ issueMethod: 'CODE', totalQuantity: null, code: `S${uniqueId('x').slice(2, 10)}` })).id;
+    const shared = await createPolicy({ issueMethod: 'CODE', totalQuantity: null, code: `S${uniqueId('x').slice(2, 10)}` });
     expect((await api.post(`/api/v1/coupons/policies/${shared}/codes`, admin, { count: 10 })).status).toBe(409);
     expect((await api.post('/api/v1/coupons/policies/no-such-policy/codes', admin, { count: 10 })).status).toBe(404);
     for (const bad of [{ count: 0 }, { count: 100_001 }, { count: 10, length: 7 }, { count: 10, prefix: 'no spaces' }, { count: 10, extra: 1 }]) {
@@ -230,7 +226,7 @@ describe('code generation jobs', () => {
 describe('shared codes', () => {
   it('issues exactly totalQuantity 300 when 500 users redeem one code twice each, one per user', async () => {
     const code = `WELCOME${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: 300, perUserLimit: 1, code })).id;
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: 300, perUserLimit: 1, code });
     const users = Array.from({ length: 500 }, (_, i) => uniqueId(`sh${i}`));
     const results = await redeemAll(users.flatMap((user) => [{ user, body: { code } }, { user, body: { code: code.toLowerCase() } }]));
 
@@ -243,7 +239,7 @@ describe('shared codes', () => {
   });
 
   it('does not issue a CODE policy by its id', async () => {
-    const policyId = (await createPolicy({ issueMethod: 'CODE', totalQuantity: 10, code: `ID${uniqueId('x').slice(2, 10).toUpperCase()}` })).id;
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: 10, code: `ID${uniqueId('x').slice(2, 10).toUpperCase()}` });
     const results = await redeemAll([{ user: uniqueId('byid'), body: { policyId } }]);
     expect(results[0]?.job.reason.code).toBe('METHOD_NOT_SUPPORTED');
   });
@@ -272,9 +268,9 @@ describe('wrong codes', () => {
 describe('user events', () => {
   it('issues once per event and policy: 200 events delivered twice, two policies of the trigger, 400 coupons', async () => {
     const trigger = `SIGNED_UP_${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const first = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5 })).id;
-    const second = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5 })).id;
-    const other = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: `${trigger}_OTHER`, totalQuantity: null, perUserLimit: 5 })).id;
+    const first = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5 });
+    const second = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5 });
+    const other = await createPolicy({ issueMethod: 'EVENT', triggerEvent: `${trigger}_OTHER`, totalQuantity: null, perUserLimit: 5 });
     // 100 users with two events each: the per-user limit (5) would allow a duplicate through.
     const users = Array.from({ length: 100 }, (_, i) => uniqueId(`ev${i}`));
     const list = users.flatMap((userId) => [0, 1].map((k) => ({ eventId: uniqueId(`e${k}`), type: trigger, userId, occurredAt: new Date().toISOString() })));
@@ -314,8 +310,8 @@ describe('user events', () => {
 
   it('stops issuing for a paused EVENT policy at once and resumes after', async () => {
     const trigger = `ORDERED_${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const kept = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 100 })).id;
-    const paused = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 100 })).id;
+    const kept = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 100 });
+    const paused = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 100 });
     const send = (n: number) =>
       events.send(
         stack.userEventsTopic,
@@ -340,7 +336,7 @@ describe('user events', () => {
 
   it('sends a malformed user event to the dead-letter topic and goes on', async () => {
     const trigger = `VISITED_${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const policyId = (await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null })).id;
+    const policyId = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null });
     const good = { eventId: uniqueId('ok'), type: trigger, userId: uniqueId('u'), occurredAt: new Date().toISOString() };
     await events.send(stack.userEventsTopic, [
       { key: good.userId, value: JSON.stringify({ eventId: 'x', type: 'lower-case', userId: good.userId }), partition: 0 },
@@ -354,7 +350,7 @@ describe('user events', () => {
 
 describe('direct grants', () => {
   it('grants a policy of 600 to 1,000 users: 600 issued, 400 SOLD_OUT, with progress', async () => {
-    const policyId = (await createPolicy({ issueMethod: 'DIRECT', totalQuantity: 600 })).id;
+    const policyId = await createPolicy({ issueMethod: 'DIRECT', totalQuantity: 600 });
     const userIds = Array.from({ length: 1000 }, (_, i) => uniqueId(`d${i}`));
     const reply = await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds });
     expect(reply.status).toBe(202);
@@ -378,7 +374,7 @@ describe('direct grants', () => {
   });
 
   it('keeps the per-user limit and refuses bad grants', async () => {
-    const policyId = (await createPolicy({ issueMethod: 'DIRECT', totalQuantity: null, perUserLimit: 1 })).id;
+    const policyId = await createPolicy({ issueMethod: 'DIRECT', totalQuantity: null, perUserLimit: 1 });
     const user = uniqueId('twice');
     const reply = await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: [user, user] });
     const job = await api.settle(reply.body.jobId, admin);
@@ -389,7 +385,7 @@ describe('direct grants', () => {
     expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: tooMany })).status).toBe(400);
     expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: [] })).status).toBe(400);
     expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, await tokenFor(user), { userIds: [user] })).status).toBe(403);
-    const download = (await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null })).id;
+    const download = await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null });
     expect((await api.post(`/api/v1/coupons/policies/${download}/direct-issue`, admin, { userIds: [user] })).status).toBe(409);
   });
 });

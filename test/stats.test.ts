@@ -8,7 +8,7 @@ import { overallStatsSchema, policyStatsSchema, userStatsSchema } from '../model
 import { createStatsCache } from '../models/stats-cache';
 import { eventually, EventProducer, paymentEvent, reserve } from './support/checkout';
 import { freshDatabase } from './support/db';
-import { policyBody, uniqueId } from './support/fixtures';
+import { createPolicy as createPolicyVia, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { startStack, type Stack } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
@@ -75,11 +75,7 @@ async function statsAfter(path: string, after: number) {
 /** One send for many events (keyed by order, as the payment system keys them). */
 const publish = (list: { orderId: string }[]) => events.send(stack.paymentsTopic, list.map((e) => ({ key: e.orderId, value: JSON.stringify(e) })));
 
-async function createPolicy(overrides: Record<string, unknown>): Promise<string> {
-  const reply = await api.post('/api/v1/coupons/policies', admin, policyBody(overrides));
-  expect(reply.status).toBe(201);
-  return reply.body.id as string;
-}
+const createPolicy = (overrides: Record<string, unknown>) => createPolicyVia(api, overrides);
 
 describe('statistics', () => {
   it('Stats equal the database after a concurrent sale with reservations and payments', async () => {

@@ -7,7 +7,7 @@ import { slidingWindowAlert } from '../core/alerts';
 import type { Logger } from '../core/logger';
 import { issueRequestsTotal, jobDuration, jobsTotal } from '../core/metrics';
 import { JOB_KINDS, QUEUES } from '../queues/names';
-import type { BatchOutcome, DirectIssueResult, UserEventResult } from './processor';
+import { issueAnswersOf, type IssueAnswer } from './processor';
 
 export const JOB_OUTCOMES = ['succeeded', 'rejected', 'failed', 'retried'] as const;
 type JobMetricOutcome = (typeof JOB_OUTCOMES)[number];
@@ -19,21 +19,11 @@ export function watchJobFailures(log: Logger, threshold: number, windowMs: numbe
   noteFailures = slidingWindowAlert({ log, alert: 'JOB_FAILURES', threshold, windowMs, level: 'error', msg: 'jobs failing' });
 }
 
-type RequestOutcome = { outcome: string; reason?: { code: string } };
+type RequestOutcome = Pick<IssueAnswer, 'outcome' | 'reason'>;
 
 /** The answers to the requests an issue job carried, from its stored result. */
 export function requestOutcomesOf(name: string, result: unknown): RequestOutcome[] {
-  const granted = (list: RequestOutcome[] | undefined) => (list ?? []).map((r) => ({ ...r, outcome: r.outcome === 'issued' ? 'succeeded' : r.outcome }));
-  switch (name) {
-    case 'issue-batch':
-      return (result as BatchOutcome | null)?.results ?? [];
-    case 'direct-issue':
-      return granted((result as { result?: DirectIssueResult } | null)?.result?.results);
-    case 'user-event':
-      return granted((result as { result?: UserEventResult } | null)?.result?.policies);
-    default:
-      return [];
-  }
+  return issueAnswersOf({ name, data: null }, result);
 }
 
 /** Counts the answers of issue requests, by outcome and code. */
@@ -63,6 +53,14 @@ function observe(queue: string, job: Job, outcome: JobMetricOutcome): void {
   if (job.processedOn) jobDuration.observe({ queue, name: job.name }, Math.max(0, ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000));
 }
 
+/**
+ * A failed attempt that ends its job: finishedOn is set once the job is in the failed set (last
+ * attempt, unrecoverable error or stalled too often); a job that will run again has none.
+ */
+export function failedForGood(job: Job): boolean {
+  return Boolean(job.finishedOn) || job.attemptsMade >= (job.opts.attempts ?? 1);
+}
+
 /** Records every attempt of the worker's jobs; starts the series of its queue's job kinds at 0 so rate() sees the first one. */
 export function instrumentWorker(worker: Worker): void {
   const queue = worker.name;
@@ -75,9 +73,7 @@ export function instrumentWorker(worker: Worker): void {
   });
   worker.on('failed', (job, error) => {
     if (!job) return;
-    // finishedOn is set once the job is in the failed set (last attempt, unrecoverable error or
-    // stalled too often); a job that will run again has none.
-    const final = Boolean(job.finishedOn) || job.attemptsMade >= (job.opts.attempts ?? 1);
+    const final = failedForGood(job);
     observe(queue, job, final ? 'failed' : 'retried');
     if (final) noteFailures(1, { queue, name: job.name, jobId: job.id, err: error?.message });
   });

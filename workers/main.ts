@@ -17,7 +17,7 @@ import { cappedBackoff } from './backoff';
 import { warmPolicyMeta } from './admission/admission';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
-import { instrumentWorker, watchJobFailures } from './job-metrics';
+import { failedForGood, instrumentWorker, watchJobFailures } from './job-metrics';
 import { createIssueProcessor } from './processor';
 import { scheduleReconciler } from './reconcile-admissions';
 import { createRejectionCounter } from './rejection-stats';
@@ -69,16 +69,16 @@ async function main(): Promise<void> {
     // A job whose worker died or starved past its lock: it goes back to the queue and runs again.
     worker.on('stalled', (jobId) => log.warn({ jobId, queue: worker.name }, 'job stalled; handed to another worker'));
     worker.on('failed', (job, error) => {
-      if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) {
+      if (job && failedForGood(job)) {
         log.error({ jobId: job.id, queue: worker.name, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
       }
     });
+    instrumentWorker(worker);
+    batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
   }
-  for (const worker of workers) batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
   // Issue rejections for the stats routes, counted once a job's result is stored.
   const rejectionCounter = createRejectionCounter(redis, log);
   issueWorker.on('completed', (job, result) => rejectionCounter.countJob(job, result));
-  for (const worker of workers) instrumentWorker(worker);
   watchJobFailures(log, cfg.ALERT_JOB_FAILURES_THRESHOLD, cfg.ALERT_JOB_FAILURES_WINDOW_MS);
   trackQueueDepth(Object.values(QUEUES).map((name) => queues.get(name)));
   const stopUsageMetrics = startUsageMetrics(log);

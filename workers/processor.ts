@@ -207,3 +207,41 @@ async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOut
   jobLog.info({ type: event.type, userId: event.userId, policies: policies.length, issued: policies.filter((p) => p.outcome === 'issued').length }, 'user event processed');
   return { outcome: 'succeeded', result: { eventId: event.eventId, type: event.type, userId: event.userId, policies } };
 }
+
+/** One request's answer in a finished issue-queue job, whichever kind of job carried it. */
+export interface IssueAnswer {
+  /** Null when the request named no policy (a code that names none). */
+  policyId: string | null;
+  outcome: 'succeeded' | 'rejected' | 'failed';
+  reason?: { code: string; message: string };
+}
+
+type StoredAnswer = { outcome?: unknown; reason?: { code: string; message: string } };
+
+/**
+ * The answers to the requests a finished issue-queue job carried, read from its stored result (and,
+ * for a batch, the requests' policies from its data); nothing for other jobs or results it cannot
+ * read. A granted or event-issued coupon counts as succeeded. The one reading of these result
+ * shapes, for the metrics and the rejection counters alike.
+ */
+export function issueAnswersOf(job: { name: string; data: unknown }, result: unknown): IssueAnswer[] {
+  const answer = (policyId: unknown, r: StoredAnswer | undefined): IssueAnswer => ({
+    policyId: typeof policyId === 'string' ? policyId : null,
+    outcome: r?.outcome === 'succeeded' || r?.outcome === 'issued' ? 'succeeded' : r?.outcome === 'rejected' ? 'rejected' : 'failed',
+    ...(r?.reason && { reason: r.reason }),
+  });
+  switch (job.name) {
+    case 'issue-batch': {
+      const requests = (job.data as { requests?: { policyId?: unknown }[] } | null)?.requests ?? [];
+      return ((result as { results?: StoredAnswer[] } | null)?.results ?? []).map((r, i) => answer(requests[i]?.policyId, r));
+    }
+    case 'direct-issue': {
+      const grant = (result as { result?: { policyId?: unknown; results?: StoredAnswer[] } } | null)?.result;
+      return (grant?.results ?? []).map((r) => answer(grant?.policyId, r));
+    }
+    case 'user-event':
+      return ((result as { result?: { policies?: (StoredAnswer & { policyId?: unknown })[] } } | null)?.result?.policies ?? []).map((p) => answer(p.policyId, p));
+    default:
+      return [];
+  }
+}

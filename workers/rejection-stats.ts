@@ -14,6 +14,7 @@ import type { Redis } from 'ioredis';
 import { coalescePerTurn } from '../core/concurrency';
 import type { Logger } from '../core/logger';
 import { allRejectionsKey, policyRejectionsKey } from '../models/stats';
+import { issueAnswersOf } from './processor';
 
 export interface Rejection {
   /** Null when the request named no policy (a code that names none). */
@@ -21,29 +22,9 @@ export interface Rejection {
   code: string;
 }
 
-type Outcome = { outcome?: unknown; reason?: { code?: unknown } } | null | undefined;
-
-const rejectionCode = (o: Outcome): string | null =>
-  o && o.outcome === 'rejected' && typeof o.reason?.code === 'string' ? o.reason.code : null;
-
 /** The rejected requests in a finished issue-queue job's result. */
 export function rejectionsOf(job: Pick<Job, 'name' | 'data'>, result: unknown): Rejection[] {
-  const found: Rejection[] = [];
-  const add = (policyId: unknown, code: string | null) => {
-    if (code) found.push({ policyId: typeof policyId === 'string' ? policyId : null, code });
-  };
-  if (job.name === 'issue-batch') {
-    const requests = (job.data as { requests?: { policyId?: unknown }[] }).requests ?? [];
-    const results = (result as { results?: Outcome[] } | null)?.results ?? [];
-    results.forEach((r, i) => add(requests[i]?.policyId, rejectionCode(r)));
-  } else if (job.name === 'direct-issue') {
-    const grant = (result as { result?: { policyId?: unknown; results?: { outcome?: unknown; reason?: { code?: unknown } }[] } } | null)?.result;
-    for (const r of grant?.results ?? []) add(grant?.policyId, r.outcome === 'rejected' && typeof r.reason?.code === 'string' ? r.reason.code : null);
-  } else if (job.name === 'user-event') {
-    const event = (result as { result?: { policies?: { policyId?: unknown; outcome?: unknown; reason?: { code?: unknown } }[] } } | null)?.result;
-    for (const p of event?.policies ?? []) add(p.policyId, p.outcome === 'rejected' && typeof p.reason?.code === 'string' ? p.reason.code : null);
-  }
-  return found;
+  return issueAnswersOf(job, result).flatMap((a) => (a.outcome === 'rejected' && typeof a.reason?.code === 'string' ? [{ policyId: a.policyId, code: a.reason.code }] : []));
 }
 
 export interface RejectionCounter {

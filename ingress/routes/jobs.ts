@@ -111,24 +111,18 @@ export function jobRoutes(queues: Queues) {
 async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number, added?: Job): Promise<JobView | null> {
   const queueName = queueOfJobId(jobId);
   if (!queueName) return null;
-  let view: OwnedJobView;
-  if (added && waitMs > 0) {
+  const first = added ? undefined : await readJob(queues, queueName, jobId);
+  if (first === null) return null;
+  if (first) assertSelfOrAdmin(c.get('user'), first.view.ownerId);
+  let view = first?.view;
+  const waitFor = added ?? (view?.status === 'pending' ? first?.job : undefined);
+  if (waitFor && waitMs > 0) {
     // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
-    await added.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-    const found = await readJob(queues, queueName, jobId);
-    if (!found) return null;
-    view = found.view;
-    assertSelfOrAdmin(c.get('user'), view.ownerId);
-  } else {
-    const found = await readJob(queues, queueName, jobId);
-    if (!found) return null;
-    view = found.view;
-    assertSelfOrAdmin(c.get('user'), view.ownerId);
-    if (view.status === 'pending' && waitMs > 0) {
-      await found.job.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-      view = (await readJob(queues, queueName, jobId))?.view ?? view;
-    }
+    await waitFor.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+    view = (await readJob(queues, queueName, jobId))?.view ?? view;
   }
+  if (!view) return null;
+  assertSelfOrAdmin(c.get('user'), view.ownerId);
   const { ownerId, ...body } = view;
   return withCodesOnce(queues, body, ownerId, c.get('user').id);
 }

@@ -41,7 +41,7 @@ import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
-import { fmtInt, fmtMs, gitState, note, percentile, round, signer, sleep, wallNow, writeResults } from './common';
+import { fmtInt, fmtMs, gitState, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -454,10 +454,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    process.stderr.write(`[bench] could not run: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
-    process.exit(2);
-  },
-);
+runBench(main);

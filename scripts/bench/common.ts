@@ -54,3 +54,14 @@ export function writeResults(name: string, latest: string, startedAt: Date, repo
   writeFileSync(path.join(dir, latest), json);
   return `Results: ${path.relative(ROOT, file)} (and bench/results/${latest})`;
 }
+
+/** Runs a benchmark's main and exits with its code: 0 when the invariants held, 1 when not, 2 when it could not run. */
+export function runBench(main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      process.stderr.write(`[bench] could not run: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      process.exit(2);
+    },
+  );
+}

@@ -45,7 +45,7 @@ import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
-import { fmtInt, fmtMs, gitState, median, note, round, signer, sleep, wallNow, writeResults } from './common';
+import { fmtInt, fmtMs, gitState, median, note, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
@@ -796,10 +796,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error: unknown) => {
-    process.stderr.write(`[bench] could not run: ${error instanceof Error ? error.message : String(error)}\n`);
-    process.exit(2);
-  },
-);
+runBench(main);

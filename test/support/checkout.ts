@@ -2,9 +2,9 @@
 import { randomUUID } from 'node:crypto';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { db } from './db';
-import { policyBody, uniqueId } from './fixtures';
+import { createPolicy, uniqueId } from './fixtures';
 import type { Api } from './http';
-import { adminToken, tokenFor } from './tokens';
+import { tokenFor } from './tokens';
 
 export interface Shopper {
   id: string;
@@ -13,10 +13,8 @@ export interface Shopper {
 }
 
 /** A DOWNLOAD policy (FIXED 3,000 off orders of 10,000 or more unless overridden). */
-export async function createCheckoutPolicy(api: Api, overrides: Record<string, unknown> = {}): Promise<string> {
-  const reply = await api.post('/api/v1/coupons/policies', await adminToken(), policyBody({ issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 10, ...overrides }));
-  if (reply.status !== 201) throw new Error(`policy not created: ${reply.status} ${JSON.stringify(reply.body)}`);
-  return reply.body.id as string;
+export function createCheckoutPolicy(api: Api, overrides: Record<string, unknown> = {}): Promise<string> {
+  return createPolicy(api, { issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 10, ...overrides });
 }
 
 /** A new user holding `count` coupons of the policy, issued through the API. */
