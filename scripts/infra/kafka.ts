@@ -55,8 +55,7 @@ export async function ensureKafka(brokers: string[], log: Logger): Promise<Servi
   return startBroker(brokers, broker, log);
 }
 
-/** Creates the topics that do not exist yet; existing ones are left as they are. */
-/** Creates the topics, each with its dead-letter topic, that do not exist yet. */
+/** Creates the topics, each with its dead-letter topic, that do not exist yet; existing ones are left as they are. */
 export async function ensureTopics(brokers: string[], topics: string[], numPartitions: number): Promise<void> {
   await withAdmin(brokers, 10_000, (admin) => createTopicsIfMissing(admin, topics, numPartitions));
 }
