@@ -163,6 +163,12 @@ export async function findCouponByRequest(requestId: string): Promise<Coupon | n
   return Coupon.findOne({ where: { requestId } });
 }
 
+/** Whether some coupon carries this single-use code's hash (at most one can: uq_coupons_code_hash). */
+export async function codeIsUsed(codeHash: string): Promise<boolean> {
+  const rows = await Coupon.sequelize!.query('SELECT 1 FROM coupons WHERE code_hash = $1 LIMIT 1', { bind: [codeHash], type: QueryTypes.SELECT });
+  return rows.length > 0;
+}
+
 const STATUS_FILTERS: Record<CouponApiStatus, (now: Date) => WhereOptions> = {
   AVAILABLE: (now) => ({ status: 'ISSUED', expiresAt: { [Op.gt]: now } }),
   RESERVED: () => ({ status: 'RESERVED' }),

@@ -5,6 +5,7 @@
 // lost with Redis, or taken over after it lapsed, can never issue a code twice.
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
+import { codeIsUsed } from '../models/coupon';
 
 /** A claim outlives any run of its request; one whose job died lapses after this and frees the code. */
 const CLAIM_TTL_MS = 10 * 60_000;
@@ -50,6 +51,17 @@ export async function claimCode(redis: Redis, codeHash: string, requestId: strin
 /** The request will not issue with this code after all: let the next one try it. */
 export async function releaseCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
   await withClaimScripts(redis).releaseCode(claimKey(codeHash), requestId);
+}
+
+/**
+ * The request gave up without writing its coupon: frees its claim unless a coupon holds the code
+ * (written by a request whose claim lapsed or was lost with Redis), which keeps it marked used. A
+ * claim is never freed for a used code; should a coupon be written meanwhile anyway, the unique
+ * index on coupons.code_hash still refuses the next redeemer.
+ */
+export async function releaseUnusedCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
+  if (await codeIsUsed(codeHash)) await markCodeUsed(redis, codeHash);
+  else await releaseCode(redis, codeHash, requestId);
 }
 
 /** The code issued its coupon. */

@@ -10,7 +10,7 @@ import { invalidateUserCoupons } from '../models/user-coupon-cache';
 import { couponExpiry, type IssueMethod } from '../models/policy-rules';
 import type { CouponView, JobOutcome } from '../queues/jobs';
 import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
-import { claimCode, markCodeUsed, releaseCode } from './code-claims';
+import { claimCode, markCodeUsed, releaseCode, releaseUnusedCode } from './code-claims';
 import { noteAdmitted, noteSoldOutRefusal } from './stock-alerts';
 
 /** A policy asked for by id issues only if it is one of these; the other methods have their own way in. */
@@ -67,17 +67,17 @@ export async function issueCoupon(
     if (codeHash) await releaseCode(deps.redis, codeHash, requestId);
     return { outcome: 'rejected', reason: reason(code) };
   };
-  const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
-  if (admission.kind === 'refused') {
-    log.debug({ code: admission.code }, 'issue refused');
-    if (admission.code === 'SOLD_OUT') noteSoldOutRefusal(log, policyId, admission.total);
-    return refuse(admission.code);
-  }
-  noteAdmitted(log, policyId, admission.total, admission.admitted);
-
   let counted = false;
 
   try {
+    const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
+    if (admission.kind === 'refused') {
+      log.debug({ code: admission.code }, 'issue refused');
+      if (admission.code === 'SOLD_OUT') noteSoldOutRefusal(log, policyId, admission.total);
+      return await refuse(admission.code);
+    }
+    noteAdmitted(log, policyId, admission.total, admission.admitted);
+
     const issuedAt = new Date();
     const validity = await validityOf(admission, policyId);
     const written = await insertIssuedCoupon({
@@ -107,12 +107,12 @@ export async function issueCoupon(
       case 'policy-inactive':
         // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
         await releaseAdmission(deps.redis, policyId, requestId, true);
-        return refuse('POLICY_NOT_ACTIVE');
+        return await refuse('POLICY_NOT_ACTIVE');
       case 'user-limit':
         // Redis believed the user had room; Postgres knows better. Give the slot back.
         await releaseAdmission(deps.redis, policyId, requestId, true);
         log.warn({ slot: admission.slot }, 'admission disagreed with Postgres on the per-user limit');
-        return refuse('USER_LIMIT_REACHED');
+        return await refuse('USER_LIMIT_REACHED');
       case 'code-used':
         // Another coupon holds the code (its claim lapsed or Redis lost it): the slot goes back,
         // the claim stays as the mark of a used code.
@@ -124,7 +124,7 @@ export async function issueCoupon(
         // The code is no code of this policy: the ingress resolved it, so this only follows a
         // code deleted meanwhile (a rerun of its generation job).
         await releaseAdmission(deps.redis, policyId, requestId, true);
-        return refuse('CODE_NOT_FOUND');
+        return await refuse('CODE_NOT_FOUND');
       case 'slot-taken':
         // The slot is already some coupon's: drop it and take another on the next attempt.
         await releaseAdmission(deps.redis, policyId, requestId, false);
@@ -132,18 +132,26 @@ export async function issueCoupon(
         throw new RetryableIssueError(`slot ${admission.slot} of policy ${policyId} was taken`);
     }
   } catch (error) {
-    if (attempt.last && !(error instanceof RetryableIssueError)) {
+    // A taken slot was dropped already (releasing again changes nothing), but its code's claim is
+    // still held: every failure of the last attempt goes through here.
+    if (attempt.last) {
       // No more attempts. The insert may have committed before its answer was lost: then the
       // coupon is the answer. Otherwise give the stock back so it is not lost (I3). If this
       // process dies before it gets here, the reconciler does the same from the job's final state.
-      const committed = await findCouponByRequest(requestId).catch(() => null);
+      // `undefined`: Postgres could not be asked, so whether the coupon exists is not known.
+      const committed = await findCouponByRequest(requestId).catch(() => undefined);
       if (committed) {
         if (!counted) couponsIssuedTotal.inc({ policy_id: policyId });
         await invalidateUserCoupons([userId]).catch(() => undefined);
         await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
+        if (codeHash) await markCodeUsed(deps.redis, codeHash).catch(() => undefined);
         return { outcome: 'succeeded', result: couponView(committed) };
       }
       await releaseAdmission(deps.redis, policyId, requestId, true).catch(() => undefined);
+      // The code is free again (its owner may retry), but only once Postgres said no coupon was
+      // written for this request; whether another coupon holds the code is asked in releaseUnusedCode.
+      // When Postgres cannot say, the claim stays and lapses after its TTL.
+      if (codeHash && committed === null) await releaseUnusedCode(deps.redis, codeHash, requestId).catch(() => undefined);
     }
     throw error;
   }

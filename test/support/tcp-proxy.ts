@@ -1,11 +1,17 @@
 // A TCP proxy for fault injection: adds latency to every chunk in both directions, can cut every
-// connection at once, and can play an unreachable server for a while (pause, then resume on the
-// same port). Tests put it between a process and Postgres or Redis.
+// connection at once or the one connection that sends a given request, and can play an unreachable
+// server for a while (pause, then resume on the same port). Tests put it between a process and
+// Postgres or Redis.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 export interface TcpProxy {
   port: number;
   latencyMs: number;
+  /**
+   * When set, a chunk from the client that it matches is not relayed: its connection is cut instead,
+   * as a network blip or a server restart cuts a connection in the middle of a request.
+   */
+  cutOn: ((chunk: Buffer) => boolean) | null;
   cutAll(): void;
   /**
    * Plays a server that is away, until resume(): cuts every connection, then either refuses new ones
@@ -20,9 +26,14 @@ export interface TcpProxy {
 
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
-  const state = { latencyMs, dropping: false };
-  const relay = (from: Socket, to: Socket) => {
-    from.on('data', (chunk) => {
+  const state: { latencyMs: number; dropping: boolean; cutOn: ((chunk: Buffer) => boolean) | null } = { latencyMs, dropping: false, cutOn: null };
+  const relay = (from: Socket, to: Socket, fromClient: boolean) => {
+    from.on('data', (chunk: Buffer) => {
+      if (fromClient && state.cutOn?.(chunk)) {
+        from.destroy();
+        to.destroy();
+        return;
+      }
       if (state.latencyMs <= 0) to.write(chunk);
       else setTimeout(() => to.destroyed || to.write(chunk), state.latencyMs);
     });
@@ -39,8 +50,8 @@ export async function startTcpProxy(target: { host: string; port: number }, late
       sockets.add(s);
       s.on('close', () => sockets.delete(s));
     }
-    relay(client, upstream);
-    relay(upstream, client);
+    relay(client, upstream, true);
+    relay(upstream, client, false);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const address = server.address();
@@ -52,6 +63,12 @@ export async function startTcpProxy(target: { host: string; port: number }, late
     },
     set latencyMs(ms: number) {
       state.latencyMs = ms;
+    },
+    get cutOn() {
+      return state.cutOn;
+    },
+    set cutOn(match: ((chunk: Buffer) => boolean) | null) {
+      state.cutOn = match;
     },
     cutAll() {
       for (const s of sockets) s.destroy();
