@@ -11,7 +11,8 @@ import { createQueues } from '../queues/connection';
 import { createApp } from './app';
 import { BULL_BOARD_PATH } from './bull-board';
 
-const DRAIN_GRACE_MS = 2_000;
+/** How long a production web answers 503 on /health/ready after SIGTERM, unless WEB_DRAIN_GRACE_MS says otherwise. */
+const PRODUCTION_DRAIN_GRACE_MS = 2_000;
 
 async function main(): Promise<void> {
   const cfg = config();
@@ -38,6 +39,7 @@ async function main(): Promise<void> {
     draining = true;
     log.info({ signal }, 'web draining');
     // Give load balancers a moment to see /health/ready turn 503, then stop accepting.
+    const graceMs = cfg.WEB_DRAIN_GRACE_MS ?? (cfg.NODE_ENV === 'production' ? PRODUCTION_DRAIN_GRACE_MS : 100);
     setTimeout(() => {
       server.close(async () => {
         await queues.close();
@@ -48,7 +50,7 @@ async function main(): Promise<void> {
         process.exit(0);
       });
       (server as unknown as { closeIdleConnections?: () => void }).closeIdleConnections?.();
-    }, cfg.NODE_ENV === 'production' ? DRAIN_GRACE_MS : 100);
+    }, graceMs);
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
