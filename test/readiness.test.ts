@@ -1,17 +1,39 @@
 // The web process's readiness follows Redis: 503 while it is unreachable, 200 again once it is back,
-// in the same process (no restart), and 503 while draining.
+// in the same process (no restart), and 503 while draining; the bridge's too, from its SIGTERM on.
 import type { ChildProcess } from 'node:child_process';
 import { sequelize, closeSequelize } from '../core/postgres';
 import { waitForReady } from '../core/redis';
 import { createQueues } from '../queues/connection';
 import { healthRoutes } from '../ingress/routes/health';
+import { EventProducer, paymentEvent } from './support/checkout';
 import { Api } from './support/http';
-import { uniqueId } from './support/fixtures';
+import { createPolicy, uniqueId } from './support/fixtures';
 import { freePort } from '../scripts/infra/process';
-import { launch, stopProcess, waitForLine } from './support/stack';
+import { launch, startStack, stopProcess, waitForLine } from './support/stack';
 import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { tokenFor } from './support/tokens';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface ReadyAnswer {
+  status: number;
+  body: unknown;
+  /** Milliseconds since `since`, when the answer arrived. */
+  at: number;
+}
+
+/** One /health/ready answer, or null when the server no longer takes the connection. */
+async function readyAnswer(base: string, since: number): Promise<ReadyAnswer | null> {
+  return fetch(`${base}/health/ready`).then(
+    async (r) => ({ status: r.status, body: await r.json(), at: Date.now() - since }),
+    () => null,
+  );
+}
+
+/** How `child` exits; watch it before sending the signal. */
+function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+}
 
 /** Polls /health/ready until it answers `status`; returns that answer and how long it took. */
 async function readyUntil(api: Api, status: number, timeoutMs: number) {
@@ -96,6 +118,79 @@ describe('readiness while draining', () => {
       expect(await res.json()).toEqual({ status: 'draining', checks: { postgres: 'ok', redis: 'ok', queues: 'ok' } });
     } finally {
       await queues.close();
+    }
+  });
+
+  it('answers 503 draining from the moment the web gets SIGTERM until it stops taking connections, and still answers a long-poll in flight', async () => {
+    // No worker: the job stays pending, so its long-poll is in flight for the whole 3 s it asks for.
+    const stack = await startStack({ workers: 0, name: 'readiness-web-drain', env: { WEB_DRAIN_GRACE_MS: '1500' } });
+    const api = new Api(stack.baseUrl, 4);
+    try {
+      const policyId = await createPolicy(api);
+      const token = await tokenFor(uniqueId('drain'));
+      const issued = await api.post('/api/v1/coupons/issue', token, { policyId });
+      expect(issued.status).toBe(202);
+      expect(await readyAnswer(stack.baseUrl, Date.now())).toMatchObject({ status: 200, body: { status: 'ready' } });
+      const longPoll = api.get(`/api/v1/jobs/${issued.body.jobId}?waitMs=3000`, token);
+      await sleep(200); // the long-poll has reached the web
+
+      const exited = exitOf(stack.web);
+      const draining = waitForLine(stack.web, '"web draining"');
+      stack.web.kill('SIGTERM');
+      await draining;
+      const since = Date.now();
+      const answers: ReadyAnswer[] = [];
+      for (;;) {
+        const answer = await readyAnswer(stack.baseUrl, since);
+        if (!answer) break; // the grace is over: the web no longer takes connections
+        answers.push(answer);
+        await sleep(50);
+      }
+      expect(answers.length).toBeGreaterThanOrEqual(10);
+      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', queues: 'ok' } }, at: expect.any(Number) });
+      // Unready for the whole grace, not just for a moment.
+      expect(answers.at(-1)?.at).toBeGreaterThanOrEqual(1_200);
+
+      // The request in flight when the signal came is answered as usual, and only then does the web exit.
+      const polled = await longPoll;
+      expect({ status: polled.status, job: polled.body.status }).toEqual({ status: 200, job: 'pending' });
+      expect(await exited).toEqual({ code: 0, signal: null });
+    } finally {
+      await api.close();
+      await stack.stop();
+    }
+  });
+
+  it("answers the bridge's /health/ready 503 draining from its SIGTERM on while it still holds an uncommitted batch", async () => {
+    const stack = await startStack({ workers: 0, name: 'readiness-bridge-drain' });
+    const events = new EventProducer();
+    // The bridge stops before committing its first batch and stays there: its drain waits for that batch.
+    const bridge = await stack.startBridge({ FAILPOINTS: 'bridge.before-commit=hang' });
+    try {
+      const url = stack.opsUrl(bridge);
+      const held = waitForLine(bridge, 'failpoint bridge.before-commit', 30_000);
+      await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', uniqueId('order')));
+      await held;
+      expect(await readyAnswer(url, Date.now())).toMatchObject({ status: 200, body: { status: 'ready', checks: { redis: 'ok', kafka: 'ok' } } });
+
+      const draining = waitForLine(bridge, 'bridge stopping');
+      bridge.kill('SIGTERM');
+      await draining;
+      const since = Date.now();
+      const answers: (ReadyAnswer | null)[] = [];
+      while (Date.now() - since < 1_500) {
+        answers.push(await readyAnswer(url, since));
+        await sleep(50);
+      }
+      expect(answers.length).toBeGreaterThanOrEqual(10);
+      // Redis and Kafka answer: the 503 is the drain's alone.
+      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { redis: 'ok', kafka: 'ok' } }, at: expect.any(Number) });
+      expect({ exitCode: bridge.exitCode, signal: bridge.signalCode }).toEqual({ exitCode: null, signal: null });
+    } finally {
+      // Its batch never finishes, so neither does its drain.
+      await stopProcess(bridge, 'SIGKILL');
+      await events.close();
+      await stack.stop();
     }
   });
 });
