@@ -334,17 +334,39 @@ describe('user events', () => {
     await eventually(async () => [await countOf(kept), await countOf(paused)], ([a, b]) => a === 45 && b === 25, 30_000, 'both issue again');
   });
 
-  it('sends a malformed user event to the dead-letter topic and goes on', async () => {
+  it('sends malformed user events to the dead-letter topic and applies the valid event after each on the same partition', async () => {
     const trigger = `VISITED_${uniqueId('x').slice(2, 10).toUpperCase()}`;
     const policyId = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null });
-    const good = { eventId: uniqueId('ok'), type: trigger, userId: uniqueId('u'), occurredAt: new Date().toISOString() };
-    await events.send(stack.userEventsTopic, [
-      { key: good.userId, value: JSON.stringify({ eventId: 'x', type: 'lower-case', userId: good.userId }), partition: 0 },
-      { key: good.userId, value: JSON.stringify(good), partition: 0 },
-    ]);
-    await eventually(() => countOf(policyId), (n) => n === 1, 30_000, 'the good event applied');
-    const dead = await events.readAll(`${stack.userEventsTopic}.dlq`, 1);
-    expect(dead[0]?.headers['dlq-reason']).toMatch(/not a user event/);
+    const valid = () => ({ eventId: uniqueId('ok'), type: trigger, userId: uniqueId('u'), occurredAt: new Date().toISOString() });
+    const { userId: _dropped, ...noUser } = valid();
+    const malformed: { name: string; value: string; reason: RegExp }[] = [
+      { name: 'a lower-case type', value: JSON.stringify({ ...valid(), type: 'lower-case' }), reason: /^not a user event: type: / },
+      { name: 'not JSON', value: '{"eventId": "cut off', reason: /^the value is not JSON$/ },
+      { name: 'no userId', value: JSON.stringify(noUser), reason: /^not a user event: userId: / },
+      { name: 'a shape of something else', value: JSON.stringify([{ orderId: 'o-1', amount: 100 }]), reason: /^not a user event: \(root\): / },
+    ];
+    // Each malformed message is followed by a valid event, all on partition 0, in this order.
+    const good = malformed.map(() => valid());
+    const keyOf = (i: number) => `${policyId}-${i}`;
+    await events.send(
+      stack.userEventsTopic,
+      malformed.flatMap((bad, i) => [
+        { key: keyOf(i), value: bad.value, partition: 0 },
+        { key: good[i]!.userId, value: JSON.stringify(good[i]), partition: 0 },
+      ]),
+    );
+
+    await eventually(() => countOf(policyId), (n) => n === good.length, 30_000, 'every valid event applied');
+    expect(new Set((await couponRows(policyId)).map((r) => r.user_id))).toEqual(new Set(good.map((g) => g.userId)));
+
+    // Other tests of this stack may dead-letter too: only this test's keys are looked at.
+    const dead = (await events.readAll(`${stack.userEventsTopic}.dlq`, malformed.length)).filter((m) => m.key?.startsWith(`${policyId}-`));
+    expect(dead.map((m) => m.key).sort()).toEqual(malformed.map((_, i) => keyOf(i)).sort());
+    for (const [i, bad] of malformed.entries()) {
+      const letter = dead.find((m) => m.key === keyOf(i));
+      expect({ name: bad.name, value: letter?.value, reason: letter?.headers['dlq-reason'] }).toEqual({ name: bad.name, value: bad.value, reason: expect.stringMatching(bad.reason) });
+      expect(letter?.headers['dlq-source-partition']).toBe('0');
+    }
   });
 });
 
