@@ -66,6 +66,9 @@ export const configSchema = z.object({
   WORKER_CONCURRENCY: intFrom(64, 1),
   // How long a worker rests after its queue runs dry, so the next jobs are taken as a batch.
   WORKER_BATCH_WAIT_MS: intFrom(50, 0),
+  // The same for the payments queue. The bridge already hands payments over in batches (one per
+  // Kafka fetch), so a rest there only delays them; it is short by default.
+  PAYMENT_BATCH_WAIT_MS: intFrom(10, 0),
   // How long a worker may go without renewing a job lock before the job is handed to another worker.
   JOB_LOCK_MS: intFrom(15_000, 1000),
   JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),

@@ -74,7 +74,7 @@ async function main(): Promise<void> {
       }
     });
     instrumentWorker(worker);
-    batchAfterDrain(worker, cfg.WORKER_BATCH_WAIT_MS);
+    batchAfterDrain(worker, worker === paymentsWorker ? cfg.PAYMENT_BATCH_WAIT_MS : cfg.WORKER_BATCH_WAIT_MS);
   }
   // Issue rejections for the stats routes, counted once a job's result is stored.
   const rejectionCounter = createRejectionCounter(redis, log);
