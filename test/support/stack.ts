@@ -16,6 +16,10 @@ export interface Stack {
   queuePrefix: string;
   env: Record<string, string>;
   web: ChildProcess;
+  /** Web processes started after the first one, each on a port of its own. */
+  moreWebs: ChildProcess[];
+  /** Starts another web process sharing the stack's queues and Redis; its base URL. */
+  startWeb(extraEnv?: Record<string, string>): Promise<{ web: ChildProcess; baseUrl: string }>;
   workers: ChildProcess[];
   startWorker(extraEnv?: Record<string, string>): Promise<ChildProcess>;
   /** The payments topic this stack's bridge consumes (its own, so stacks do not share events). */
@@ -148,6 +152,14 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     opsUrls.set(worker, `http://127.0.0.1:${await opsPort}`);
     return worker;
   };
+  const moreWebs: ChildProcess[] = [];
+  const startWeb = async (extraEnv: Record<string, string> = {}) => {
+    const webPort = await freePort();
+    const another = launch(`${name}-web-${moreWebs.length + 2}`, 'ingress/server.ts', { ...env, ...extraEnv, PORT: String(webPort) });
+    moreWebs.push(another);
+    await waitForLine(another, 'web listening');
+    return { web: another, baseUrl: `http://127.0.0.1:${webPort}` };
+  };
   const bridges: ChildProcess[] = [];
   const startBridge = async (extraEnv: Record<string, string> = {}) => {
     const bridge = launch(`${name}-bridge-${bridges.length + 1}`, 'ingress/bridge/main.ts', { ...env, ...extraEnv });
@@ -167,6 +179,8 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     queuePrefix,
     env,
     web,
+    moreWebs,
+    startWeb,
     workers,
     startWorker,
     paymentsTopic,
@@ -179,7 +193,7 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
       return url;
     },
     async stop() {
-      await Promise.all([web, ...workers, ...bridges].map((child) => stopProcess(child)));
+      await Promise.all([web, ...moreWebs, ...workers, ...bridges].map((child) => stopProcess(child)));
     },
   };
 }
