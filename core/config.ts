@@ -29,7 +29,7 @@ export const configSchema = z.object({
   PORT: intFrom(3000, 0).refine((p) => p < 65536, 'must be a TCP port'),
   // How long the web answers /health/ready 503 after SIGTERM before it stops taking connections, so
   // load balancers see it turn unready first. Unset: 2 s in production, 100 ms otherwise.
-  WEB_DRAIN_GRACE_MS: z.coerce.number().int().min(0).optional(),
+  WEB_DRAIN_GRACE_MS: z.coerce.number().int().min(0).max(60_000).optional(),
   DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
   DATABASE_POOL_MAX: intFrom(10, 1),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),

@@ -1,5 +1,6 @@
 // The Kafka client. Everything that speaks Kafka goes through here, so the client library can change.
 import { Kafka, logLevel, Partitioners, type Admin, type Consumer, type Producer } from 'kafkajs';
+import { withTimeout } from './concurrency';
 import { config } from './config';
 import type { Logger } from './logger';
 
@@ -49,14 +50,22 @@ export async function createTopicsIfMissing(admin: Admin, topics: string[], numP
 
 const NOT_YET = new Set(['UNKNOWN_TOPIC_OR_PARTITION', 'LEADER_NOT_AVAILABLE']);
 
+/** The protocol error behind `error`: kafkajs wraps the last one when it runs out of retries. */
+const errorType = (error: unknown): string | undefined => {
+  const e = error as { type?: string; cause?: { type?: string } } | undefined;
+  return e?.type ?? e?.cause?.type;
+};
+
 async function waitForLeaders(admin: Admin, topics: string[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
-      const { topics: found } = await admin.fetchTopicMetadata({ topics });
+      // Bounded by the deadline too: with the client's own retries one call can take a while.
+      const { topics: found } = await withTimeout(admin.fetchTopicMetadata({ topics }), Math.max(1, deadline - Date.now()), 'topic metadata');
       if (found.length === topics.length && found.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))) return;
     } catch (error) {
-      if (!NOT_YET.has((error as { type?: string }).type ?? '')) throw error;
+      // Not yet known or led: ask again. A timeout past the deadline ends in the error below.
+      if (!NOT_YET.has(errorType(error) ?? '') && Date.now() <= deadline) throw error;
     }
     if (Date.now() > deadline) throw new Error(`topics without leaders after ${timeoutMs} ms: ${topics.join(', ')}`);
     await new Promise((resolve) => setTimeout(resolve, 100));

@@ -140,13 +140,16 @@ describe('readiness while draining', () => {
       await draining;
       const since = Date.now();
       const answers: ReadyAnswer[] = [];
-      for (;;) {
+      // Bounded: a web that never stops taking connections fails the test instead of hanging it.
+      while (Date.now() - since < 1_500 + 5_000) {
         const answer = await readyAnswer(stack.baseUrl, since);
         if (!answer) break; // the grace is over: the web no longer takes connections
         answers.push(answer);
         await sleep(50);
       }
-      expect(answers.length).toBeGreaterThanOrEqual(10);
+      // Every answer costs a full readiness check: on a busy box a few, from the start to the end.
+      expect(answers.length).toBeGreaterThanOrEqual(3);
+      expect(answers[0]?.at).toBeLessThan(500);
       for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', queues: 'ok' } }, at: expect.any(Number) });
       // Unready for the whole grace, not just for a moment.
       expect(answers.at(-1)?.at).toBeGreaterThanOrEqual(1_200);
@@ -182,7 +185,7 @@ describe('readiness while draining', () => {
         answers.push(await readyAnswer(url, since));
         await sleep(50);
       }
-      expect(answers.length).toBeGreaterThanOrEqual(10);
+      expect(answers.length).toBeGreaterThanOrEqual(3);
       // Redis and Kafka answer: the 503 is the drain's alone.
       for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { redis: 'ok', kafka: 'ok' } }, at: expect.any(Number) });
       expect({ exitCode: bridge.exitCode, signal: bridge.signalCode }).toEqual({ exitCode: null, signal: null });

@@ -55,9 +55,12 @@ export async function releaseCode(redis: Redis, codeHash: string, requestId: str
 
 /**
  * The request gave up without writing its coupon: frees its claim unless a coupon holds the code
- * (written by a request whose claim lapsed or was lost with Redis), which keeps it marked used. A
- * claim is never freed for a used code; should a coupon be written meanwhile anyway, the unique
- * index on coupons.code_hash still refuses the next redeemer.
+ * (written by a request whose claim lapsed or was lost with Redis), which keeps it marked used.
+ * The check and the release are two steps, and a stalled earlier run of the same request may still
+ * commit its coupon after the check. Then the code is free in Redis while a coupon holds it: the next
+ * redeemer takes a stock unit, Postgres's unique index on coupons.code_hash refuses its coupon, and it
+ * is told CODE_ALREADY_USED and gives the unit back; the job view of the stalled request reads its
+ * coupon from Postgres. So the window costs a moment of stock, never a second use.
  */
 export async function releaseUnusedCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
   if (await codeIsUsed(codeHash)) await markCodeUsed(redis, codeHash);

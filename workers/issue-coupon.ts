@@ -45,23 +45,6 @@ export async function issueCoupon(
   log: Logger,
 ): Promise<JobOutcome<CouponView>> {
   const { policyId, userId, requestId, codeHash } = request;
-  if (attempt.rerun) {
-    // An earlier run may have written the coupon and settled its admission before dying,
-    // so the answer may already be in Postgres.
-    const earlier = await findCouponByRequest(requestId);
-    if (earlier) {
-      // The earlier run may have died between its commit and dropping the user's cached list.
-      await invalidateUserCoupons([userId]);
-      await settleAdmission(deps.redis, policyId, requestId, earlier.slot);
-      if (codeHash) await markCodeUsed(deps.redis, codeHash);
-      log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
-      return { outcome: 'succeeded', result: couponView(earlier) };
-    }
-  }
-  if (codeHash && !(await claimCode(deps.redis, codeHash, requestId))) {
-    log.info('code already used or being redeemed by another request');
-    return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
-  }
   // From here on a refusal must free the code again, or nobody could redeem it.
   const refuse = async (code: Parameters<typeof reason>[0]): Promise<JobOutcome<CouponView>> => {
     if (codeHash) await releaseCode(deps.redis, codeHash, requestId);
@@ -69,7 +52,26 @@ export async function issueCoupon(
   };
   let counted = false;
 
+  // Everything from here, the rerun's lookup and the code's claim included, ends in the catch below
+  // when it throws, so the last attempt always gives back what it holds.
   try {
+    if (attempt.rerun) {
+      // An earlier run may have written the coupon and settled its admission before dying,
+      // so the answer may already be in Postgres.
+      const earlier = await findCouponByRequest(requestId);
+      if (earlier) {
+        // The earlier run may have died between its commit and dropping the user's cached list.
+        await invalidateUserCoupons([userId]);
+        await settleAdmission(deps.redis, policyId, requestId, earlier.slot);
+        if (codeHash) await markCodeUsed(deps.redis, codeHash);
+        log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
+        return { outcome: 'succeeded', result: couponView(earlier) };
+      }
+    }
+    if (codeHash && !(await claimCode(deps.redis, codeHash, requestId))) {
+      log.info('code already used or being redeemed by another request');
+      return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
+    }
     const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
     if (admission.kind === 'refused') {
       log.debug({ code: admission.code }, 'issue refused');

@@ -169,16 +169,17 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     opsUrls.set(bridge, `http://127.0.0.1:${await opsPort}`);
     return bridge;
   };
-  const started = await Promise.allSettled([
-    waitForLine(web, 'web listening'),
-    ...Array.from({ length: opts.workers ?? 1 }, () => startWorker()),
-    ...(opts.bridge ? [startBridge()] : []),
-  ]);
-  const failed = started.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-  if (failed) {
-    // A part that did not come up must not leave the others running after the test file gave up.
+  try {
+    await Promise.all([
+      waitForLine(web, 'web listening'),
+      ...Array.from({ length: opts.workers ?? 1 }, () => startWorker()),
+      ...(opts.bridge ? [startBridge()] : []),
+    ]);
+  } catch (error) {
+    // A part that did not come up must not leave the others running after the test file gave up
+    // (nor keep them waiting for their own ready lines).
     await Promise.all([web, ...workers, ...bridges].map((child) => stopProcess(child, 'SIGKILL')));
-    throw failed.reason;
+    throw error;
   }
   return {
     baseUrl: `http://127.0.0.1:${port}`,
