@@ -19,9 +19,9 @@
 //   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
 //   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)
 //
-// A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic and
-// consumer group. The coupons are written straight into Postgres (issuance is the flash-sale
-// bench's subject); the policy ("bench checkout <tag>") and its rows stay in the database.
+// A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
+// consumer group and, unless DATABASE_URL is given, a scratch database dropped at the end. The coupons
+// are written straight into Postgres (issuance is the flash-sale bench's subject).
 //
 // Output: a summary with PASS/FAIL lines on stdout, progress on stderr, and the whole result as JSON
 // in bench/results/checkout-<timestamp>.json and bench/results/checkout-latest.json.
@@ -43,7 +43,7 @@ import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { fmtInt, fmtMs, gitState, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
-import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -163,6 +163,7 @@ async function main(): Promise<number> {
     let stack: Stack;
     let topic = 'payments.v1';
     let groupId = 'coupon-bridge';
+    let databaseUrl = cfg.DATABASE_URL;
     if (cfg.STACK !== 'spawn' && (await isReady(cfg.BASE_URL))) {
       const secret = secretForRunningStack(cfg.JWT_SECRET);
       if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with`);
@@ -177,9 +178,15 @@ async function main(): Promise<number> {
       const queuePrefix = `bench-${tag}`;
       topic = `payments.v1.bench-${tag}`;
       groupId = `bench-bridge-${tag}`;
+      const database = benchDatabase(cfg.DATABASE_URL, `checkout_${tag}`);
+      databaseUrl = database.url;
+      if (database.scratch) {
+        note(`scratch database ${new URL(databaseUrl).pathname.slice(1)} (dropped at the end; set DATABASE_URL to use another)`);
+        stopHooks.push(() => database.drop());
+      }
       stack = await spawnStack({
         workers: cfg.WORKERS,
-        databaseUrl: cfg.DATABASE_URL,
+        databaseUrl,
         redisUrl: cfg.REDIS_URL,
         queuePrefix,
         jwtSecret: cfg.JWT_SECRET,
@@ -203,7 +210,7 @@ async function main(): Promise<number> {
     await waitForBridge(kafka, groupId);
     const producer = kafka.producer({ allowAutoTopicCreation: false, createPartitioner: Partitioners.DefaultPartitioner });
     await producer.connect();
-    const pg = new PgClient({ connectionString: cfg.DATABASE_URL, application_name: 'coupon-bench' });
+    const pg = new PgClient({ connectionString: databaseUrl, application_name: 'coupon-bench' });
     await pg.connect();
     const agent = new Agent({ connections: cfg.CONNECTIONS, pipelining: 1, keepAliveTimeout: 30_000 });
     stopHooks.push(async () => {
@@ -436,7 +443,7 @@ async function main(): Promise<number> {
       bench: 'checkout',
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, users, topic, groupId },
+      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'), users, topic, groupId },
       stack: { mode: stack.mode, baseUrl: stack.baseUrl, queuePrefix: stack.queuePrefix, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
       machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
       git: gitState(),

@@ -25,8 +25,9 @@
 //   BUILD [true]                      false: start the spawned stack from the existing dist/
 //   REQUEST_TIMEOUT_S [10]  SETTLE_TIMEOUT_MS [120000]  SAMPLE_JOBS [100] (job ids read back over HTTP)
 //
-// Each run leaves its policy ("bench flash sale <tag>") and its coupons (users bench-<tag>-<n>) in the
-// database, like any other sale; point DATABASE_URL at a scratch database if that matters.
+// A spawned stack runs on a scratch database of its own, dropped at the end, unless DATABASE_URL is
+// given; against a running stack each run leaves its policy ("bench flash sale <tag>") and its coupons
+// in that stack's database, like any other sale.
 //
 // Output: a summary with a PASS/FAIL line per bar item on stdout, progress on stderr, and the whole
 // result as JSON in bench/results/flash-sale-<timestamp>.json and bench/results/latest.json.
@@ -47,7 +48,7 @@ import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
 import { fmtInt, fmtMs, gitState, median, note, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
-import { buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -638,13 +639,13 @@ function printRun(r: RunResult, runs: number, stock: number): void {
 // ---------------------------------------------------------------------------------------------
 // Main
 
-async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Promise<Stack> {
+async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Promise<{ stack: Stack; databaseUrl: string }> {
   const running = cfg.STACK !== 'spawn' && (await isReady(cfg.BASE_URL));
   if (running) {
     const secret = secretForRunningStack(cfg.JWT_SECRET);
     if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
     note(`using the running stack at ${cfg.BASE_URL} (queue prefix ${cfg.QUEUE_PREFIX ?? 'coupon'})`);
-    return reuseStack(cfg.BASE_URL, cfg.QUEUE_PREFIX ?? 'coupon', secret);
+    return { stack: reuseStack(cfg.BASE_URL, cfg.QUEUE_PREFIX ?? 'coupon', secret), databaseUrl: cfg.DATABASE_URL };
   }
   if (cfg.STACK === 'reuse') throw new Error(`nothing ready at ${cfg.BASE_URL}/health/ready (STACK=reuse)`);
   if (cfg.STACK === 'auto') note(`nothing ready at ${cfg.BASE_URL}; starting a stack of our own`);
@@ -654,9 +655,14 @@ async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Pro
   }
   const generatedPrefix = cfg.QUEUE_PREFIX === undefined;
   const queuePrefix = cfg.QUEUE_PREFIX ?? `bench-${randomUUID().slice(0, 8)}`;
+  const database = benchDatabase(cfg.DATABASE_URL, `flash_${randomUUID().slice(0, 8)}`);
+  if (database.scratch) {
+    note(`scratch database ${new URL(database.url).pathname.slice(1)} (dropped at the end; set DATABASE_URL to use another)`);
+    stopHooks.push(() => database.drop());
+  }
   const stack = await spawnStack({
     workers: cfg.WORKERS,
-    databaseUrl: cfg.DATABASE_URL,
+    databaseUrl: database.url,
     redisUrl: cfg.REDIS_URL,
     queuePrefix,
     jwtSecret: cfg.JWT_SECRET,
@@ -674,7 +680,7 @@ async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Pro
       connection.disconnect();
     }
   });
-  return stack;
+  return { stack, databaseUrl: database.url };
 }
 
 async function main(): Promise<number> {
@@ -696,11 +702,11 @@ async function main(): Promise<number> {
   }
 
   try {
-    const stack = await chooseStack(cfg, stopHooks);
+    const { stack, databaseUrl } = await chooseStack(cfg, stopHooks);
     const sign = signer(stack.jwtSecret);
     const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
     const queue = new Queue(ISSUE_QUEUE, { connection, prefix: stack.queuePrefix });
-    const pg = new PgClient({ connectionString: cfg.DATABASE_URL, application_name: 'coupon-bench' });
+    const pg = new PgClient({ connectionString: databaseUrl, application_name: 'coupon-bench' });
     await pg.connect();
     stopHooks.push(async () => {
       await queue.close();
@@ -778,7 +784,7 @@ async function main(): Promise<number> {
       bench: 'flash-sale',
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
-      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, DATABASE_URL: cfg.DATABASE_URL.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'), connections },
+      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'), connections },
       stack: { mode: stack.mode, baseUrl: stack.baseUrl, queuePrefix: stack.queuePrefix, workers: stack.mode === 'spawned' ? cfg.WORKERS : null, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
       machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? null, loadavg: loadavg(), node: process.version },
       git: gitState(),
