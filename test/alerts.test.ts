@@ -9,7 +9,7 @@ import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
 import { parseExposition, sampleValue, type Family } from './support/prometheus';
 import { logFile, startStack, stopProcess, type Stack } from './support/stack';
-import { slowPostgres, startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { proxiedRedis, slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { tokenFor } from './support/tokens';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -45,11 +45,11 @@ describe('the CONSUMER_LAG alert', () => {
   const NAME = 'alerts-lag';
   let stack: Stack;
   let redisProxy: TcpProxy;
+  let redisUrl: string;
   let events: EventProducer;
 
   beforeAll(async () => {
-    const redis = new URL(process.env.REDIS_URL as string);
-    redisProxy = await startTcpProxy({ host: redis.hostname, port: Number(redis.port || 6379) });
+    ({ proxy: redisProxy, redisUrl } = await proxiedRedis());
     stack = await startStack({ workers: 0, name: NAME });
     events = new EventProducer();
   });
@@ -62,7 +62,7 @@ describe('the CONSUMER_LAG alert', () => {
 
   it('is logged and counted once when a bridge that cannot reach Redis falls more than the threshold behind, with the lag of every partition in /metrics', async () => {
     // The bridge's Redis (where its jobs go) behind a proxy; lag measured every 200 ms against a threshold of 15.
-    const bridge = await stack.startBridge({ REDIS_URL: viaProxy(process.env.REDIS_URL as string, redisProxy), ALERT_CONSUMER_LAG_THRESHOLD: '15', KAFKA_LAG_LOG_INTERVAL_MS: '200' });
+    const bridge = await stack.startBridge({ REDIS_URL: redisUrl, ALERT_CONSUMER_LAG_THRESHOLD: '15', KAFKA_LAG_LOG_INTERVAL_MS: '200' });
     const url = stack.opsUrl(bridge);
     const topic = stack.paymentsTopic;
     const lagOf = (m: Map<string, Family>, partition: number) => sampleValue(m, 'coupon_kafka_consumer_lag', { topic, partition: String(partition) });

@@ -9,7 +9,7 @@ import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
 import { launch, logFile, startStack, stopProcess, waitForLine, type Stack } from './support/stack';
-import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { proxiedRedis, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -108,10 +108,10 @@ describe('an ingress whose Redis is unreachable', () => {
   let t: TestApp;
 
   beforeAll(async () => {
-    const redis = new URL(process.env.REDIS_URL as string);
-    proxy = await startTcpProxy({ host: redis.hostname, port: Number(redis.port || 6379) });
+    let redisUrl: string;
+    ({ proxy, redisUrl } = await proxiedRedis());
     // Only the queue connections go through the proxy: they are what an issue request needs for its 202.
-    t = await startTestApp({ redisUrl: viaProxy(process.env.REDIS_URL as string, proxy) });
+    t = await startTestApp({ redisUrl });
   });
 
   afterAll(async () => {

@@ -10,7 +10,7 @@ import { Api } from './support/http';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { freePort } from '../scripts/infra/process';
 import { launch, startStack, stopProcess, waitForLine } from './support/stack';
-import { startTcpProxy, viaProxy, type TcpProxy } from './support/tcp-proxy';
+import { proxiedRedis, type TcpProxy } from './support/tcp-proxy';
 import { tokenFor } from './support/tokens';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -51,15 +51,15 @@ describe('web readiness while Redis goes away and comes back', () => {
   let api: Api;
 
   beforeAll(async () => {
-    const redis = new URL(process.env.REDIS_URL as string);
-    proxy = await startTcpProxy({ host: redis.hostname, port: Number(redis.port || 6379) });
+    let redisUrl: string;
+    ({ proxy, redisUrl } = await proxiedRedis());
     const port = await freePort();
     const prefix = uniqueId('q');
     // Every Redis connection of the process goes through the proxy.
     web = launch('readiness-web', 'ingress/server.ts', {
       PORT: String(port),
       QUEUE_PREFIX: prefix,
-      REDIS_URL: viaProxy(process.env.REDIS_URL as string, proxy),
+      REDIS_URL: redisUrl,
       NODE_ENV: 'test',
       LOG_LEVEL: 'info',
     });

@@ -103,6 +103,14 @@ export function viaProxy(url: string, proxy: TcpProxy): string {
 }
 
 /** A proxy in front of the test Postgres that adds `latencyMs` each way, and the URL through it. */
+/** A proxy in front of the test Redis, and the REDIS_URL that goes through it. */
+export async function proxiedRedis(): Promise<{ proxy: TcpProxy; redisUrl: string }> {
+  const direct = process.env.REDIS_URL as string;
+  const redis = new URL(direct);
+  const proxy = await startTcpProxy({ host: redis.hostname, port: Number(redis.port || 6379) });
+  return { proxy, redisUrl: viaProxy(direct, proxy) };
+}
+
 export async function slowPostgres(latencyMs: number): Promise<{ proxy: TcpProxy; databaseUrl: string }> {
   const direct = process.env.DATABASE_URL as string;
   const pg = new URL(direct);
