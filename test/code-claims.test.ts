@@ -2,6 +2,7 @@
 // good lets go of its code, so the code is not CODE_ALREADY_USED to everyone for the claim's ten
 // minutes, and a claim is never let go for a code that a coupon holds.
 import { createHmac, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { closeSequelize, sequelize } from '../core/postgres';
@@ -11,7 +12,7 @@ import { claimCode, releaseUnusedCode } from '../workers/code-claims';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { startStack, type Stack } from './support/stack';
+import { logFile, startStack, type Stack } from './support/stack';
 import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -100,6 +101,33 @@ describe('single-use code claims', () => {
     // Now it is used, for everyone.
     const late = await redeem(uniqueId('late'), code);
     expect(late.reason?.code).toBe('CODE_ALREADY_USED');
+    expect(await couponsWithCode(policyId)).toHaveLength(1);
+  }, 30_000);
+
+  it('answers succeeded for a redeem whose coupon was written but whose answer was lost, and keeps its code used', async () => {
+    const { policyId, codes } = await codePolicy(2, 1);
+    const code = codes[0] as string;
+    const owner = uniqueId('owner');
+
+    // The first coupon insert reaches Postgres and commits; its answer never reaches the worker.
+    let cuts = 0;
+    pgProxy.cutReplyOn = (chunk) => chunk.includes('insert_issued_coupons') && cuts++ === 0;
+    let job;
+    try {
+      job = await redeem(owner, code);
+    } finally {
+      pgProxy.cutReplyOn = null;
+    }
+    expect(cuts).toBeGreaterThanOrEqual(1);
+    expect(job.status).toBe('succeeded');
+    // The answer came from the coupon the lost insert had written, found by the next attempt.
+    const replayed = readFileSync(logFile('code-claims-worker-1'), 'utf8').split('\n').filter((l) => l.includes(job.id.split('.')[0]) && l.includes('coupon issued by an earlier run'));
+    expect(replayed).toHaveLength(1);
+    expect(await couponsWithCode(policyId)).toEqual([{ user_id: owner, code_hash: hmac(code), slot: 1 }]);
+
+    // The claim was not let go: the code is used for everyone, and the stock unit it did not take is still there.
+    const other = await redeem(uniqueId('other'), code);
+    expect(other.reason?.code).toBe('CODE_ALREADY_USED');
     expect(await couponsWithCode(policyId)).toHaveLength(1);
   }, 30_000);
 

@@ -1,5 +1,6 @@
 // A TCP proxy for fault injection: adds latency to every chunk in both directions, can cut every
-// connection at once or the one connection that sends a given request, and can play an unreachable
+// connection at once, the one connection that sends a given request, or that connection once its
+// answer comes (the request took effect, the answer is lost), and can play an unreachable
 // server for a while (pause, then resume on the same port). Tests put it between a process and
 // Postgres or Redis.
 import { createServer, connect, type Server, type Socket } from 'node:net';
@@ -12,6 +13,11 @@ export interface TcpProxy {
    * as a network blip or a server restart cuts a connection in the middle of a request.
    */
   cutOn: ((chunk: Buffer) => boolean) | null;
+  /**
+   * When set, a chunk from the client that it matches is relayed, and its connection is cut when the
+   * server's answer comes, which is not relayed: the request took effect, its caller never hears so.
+   */
+  cutReplyOn: ((chunk: Buffer) => boolean) | null;
   cutAll(): void;
   /**
    * Plays a server that is away, until resume(): cuts every connection, then either refuses new ones
@@ -26,10 +32,19 @@ export interface TcpProxy {
 
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
-  const state: { latencyMs: number; dropping: boolean; cutOn: ((chunk: Buffer) => boolean) | null } = { latencyMs, dropping: false, cutOn: null };
+  type Match = ((chunk: Buffer) => boolean) | null;
+  const state: { latencyMs: number; dropping: boolean; cutOn: Match; cutReplyOn: Match } = { latencyMs, dropping: false, cutOn: null, cutReplyOn: null };
+  /** Upstream sockets whose next answer is to be swallowed, with the connection. */
+  const replyCut = new WeakSet<Socket>();
   const relay = (from: Socket, to: Socket, fromClient: boolean) => {
     from.on('data', (chunk: Buffer) => {
       if (fromClient && state.cutOn?.(chunk)) {
+        from.destroy();
+        to.destroy();
+        return;
+      }
+      if (fromClient && state.cutReplyOn?.(chunk)) replyCut.add(to);
+      if (!fromClient && replyCut.has(from)) {
         from.destroy();
         to.destroy();
         return;
@@ -69,6 +84,12 @@ export async function startTcpProxy(target: { host: string; port: number }, late
     },
     set cutOn(match: ((chunk: Buffer) => boolean) | null) {
       state.cutOn = match;
+    },
+    get cutReplyOn() {
+      return state.cutReplyOn;
+    },
+    set cutReplyOn(match: ((chunk: Buffer) => boolean) | null) {
+      state.cutReplyOn = match;
     },
     cutAll() {
       for (const s of sockets) s.destroy();
