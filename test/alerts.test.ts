@@ -3,12 +3,11 @@
 // issue jobs fail for good because the worker's Postgres is away. Each is a log line with an
 // `alert` field and a count in coupon_alerts_total on the process's /metrics.
 import type { ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { EventProducer, eventually, paymentEvent } from './support/checkout';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
 import { parseExposition, sampleValue, type Family } from './support/prometheus';
-import { logFile, startStack, stopProcess, type Stack } from './support/stack';
+import { logLines, startStack, stopProcess, type Stack } from './support/stack';
 import { proxiedRedis, slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { tokenFor } from './support/tokens';
 
@@ -28,18 +27,8 @@ function sumOf(families: Map<string, Family>, name: string, labels: Record<strin
     .reduce((sum, s) => sum + s.value, 0);
 }
 
-/** The JSON lines of a process's log that carry `alert`. */
-async function alertLines(name: string, alert: string): Promise<Record<string, unknown>[]> {
-  const text = await readFile(logFile(name), 'utf8');
-  return text.split('\n').flatMap((raw) => {
-    try {
-      const line = JSON.parse(raw) as Record<string, unknown>;
-      return line.alert === alert ? [line] : [];
-    } catch {
-      return [];
-    }
-  });
-}
+/** The lines of a process's log that carry `alert`. */
+const alertLines = async (name: string, alert: string) => logLines(name).filter((line) => line.alert === alert);
 
 describe('the CONSUMER_LAG alert', () => {
   const NAME = 'alerts-lag';

@@ -2,7 +2,6 @@
 // good lets go of its code, so the code is not CODE_ALREADY_USED to everyone for the claim's ten
 // minutes, and a claim is never let go for a code that a coupon holds.
 import { createHmac, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { closeSequelize, sequelize } from '../core/postgres';
@@ -12,7 +11,7 @@ import { claimCode, releaseUnusedCode } from '../workers/code-claims';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { logFile, startStack, type Stack } from './support/stack';
+import { logLines, startStack, type Stack } from './support/stack';
 import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -121,7 +120,7 @@ describe('single-use code claims', () => {
     expect(cuts).toBeGreaterThanOrEqual(1);
     expect(job.status).toBe('succeeded');
     // The answer came from the coupon the lost insert had written, found by the next attempt.
-    const replayed = readFileSync(logFile('code-claims-worker-1'), 'utf8').split('\n').filter((l) => l.includes(job.id.split('.')[0]) && l.includes('coupon issued by an earlier run'));
+    const replayed = logLines('code-claims-worker-1').filter((l) => String(l.jobId).startsWith(job.id.split('.')[0] as string) && l.msg === 'coupon issued by an earlier run');
     expect(replayed).toHaveLength(1);
     expect(await couponsWithCode(policyId)).toEqual([{ user_id: owner, code_hash: hmac(code), slot: 1 }]);
 

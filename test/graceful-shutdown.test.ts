@@ -1,12 +1,11 @@
 // Graceful shutdown: a worker sent SIGTERM mid-sale finishes what it holds and exits 0 by itself, losing
 // nothing; the web process exits 0 on SIGTERM too.
 import type { ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { Api, mapLimit } from './support/http';
 import { jobsCarrying, wasTakenOver } from './support/jobs';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
-import { logFile, startStack, type Stack } from './support/stack';
+import { logLines, startStack, type Stack } from './support/stack';
 import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -45,14 +44,7 @@ function terminated(child: ChildProcess): Promise<{ code: number | null; signal:
 async function messagesOf(name: string, last: string): Promise<(string | undefined)[]> {
   const until = Date.now() + 5_000;
   for (;;) {
-    const text = await readFile(logFile(name), 'utf8');
-    const messages = text.split('\n').flatMap((raw) => {
-      try {
-        return [(JSON.parse(raw) as { msg?: string }).msg];
-      } catch {
-        return [];
-      }
-    });
+    const messages = logLines(name).map((line) => line.msg);
     if (messages.at(-1) === last || Date.now() > until) return messages;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }

@@ -1,35 +1,25 @@
 // Running the service: health checks, 503 when the queue's Redis is away (I9), the Kafka bridge
 // process, and the trace id that follows a request from HTTP into the worker's log.
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import type { ChildProcess } from 'node:child_process';
 import { QUEUES } from '../queues/names';
 import { startTestApp, type TestApp } from './support/app';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { launch, logFile, startStack, stopProcess, waitForLine, type Stack } from './support/stack';
+import { launch, logLines, startStack, stopProcess, waitForLine, type LogLine, type Stack } from './support/stack';
 import { proxiedRedis, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-type LogLine = Record<string, unknown> & { msg?: string };
 
 /** Polls a process's pino log until some line matches, and returns every matching line. */
 async function logLinesOf(name: string, match: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine[]> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const text = await readFile(logFile(name), 'utf8').catch(() => '');
-    const lines = text.split('\n').flatMap((raw) => {
-      try {
-        return [JSON.parse(raw) as LogLine];
-      } catch {
-        return [];
-      }
-    });
-    const found = lines.filter(match);
+    const found = logLines(name).filter(match);
     if (found.length > 0 || Date.now() > until) return found;
     await sleep(100);
   }

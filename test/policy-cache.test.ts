@@ -2,7 +2,6 @@
 // started late), this test process following the same Redis channel, Postgres and Redis. An admin's
 // change made through one web must reach every process within a second: a paused policy stops
 // issuing everywhere, a new shared code or EVENT trigger is seen everywhere.
-import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { logger } from '../core/logger';
@@ -18,7 +17,7 @@ import { eventually } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
-import { logFile, startStack, type Stack } from './support/stack';
+import { logLines, startStack, type Stack } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
 
 let stack: Stack;
@@ -118,18 +117,8 @@ async function userEvent(type: string, userId = uniqueId('eu')) {
   return { eventId: event.eventId, policies: value.result.policies };
 }
 
-/** The JSON log lines of a process of this stack. */
-function logLines(name: string): Record<string, unknown>[] {
-  return readFileSync(logFile(`policy-cache-${name}`), 'utf8')
-    .split('\n')
-    .flatMap((line) => {
-      try {
-        return [JSON.parse(line) as Record<string, unknown>];
-      } catch {
-        return [];
-      }
-    });
-}
+/** The log lines of a process of this stack. */
+const stackLogLines = (name: string) => logLines(`policy-cache-${name}`);
 
 /** How long after `since` `read` answered `want` (polled as `eventually` polls, every 100 ms); fails after 5 s. */
 async function msUntil<T>(read: () => Promise<T>, want: T, since: number): Promise<number> {
@@ -224,21 +213,26 @@ describe('the policy cache of every process', () => {
     const triggered = async () => (await policyCache.eventPolicies(trigger)).includes(policyId);
     expect(await msUntil(triggered, true, createdAt)).toBeLessThan(1_000);
 
-    // Until both workers have handled an event of the type, so both hold the policy in a loaded snapshot.
-    const handledBy = (eventIds: Set<string>) =>
-      stack.workers.map((_, i) => logLines(`worker-${i + 1}`).some((l) => l.msg === 'user event processed' && eventIds.has(String(l.eventId))));
-    const warm = new Set<string>();
-    await eventually(
-      async () => {
-        const { eventId, policies } = await userEvent(trigger);
-        expect(policies).toEqual([expect.objectContaining({ policyId, outcome: 'issued' })]);
-        warm.add(eventId);
-        return handledBy(warm);
-      },
-      (by) => by.every(Boolean),
-      20_000,
-      'an event handled by each worker',
-    );
+    // Sends events of the type, each answered `policies`, until both workers have handled one of them
+    // (so both hold the policy in a loaded snapshot); the ids of the events sent.
+    const untilEachWorkerHandled = async (policies: unknown, what: string) => {
+      const sent = new Set<string>();
+      const handledBy = () =>
+        stack.workers.map((_, i) => stackLogLines(`worker-${i + 1}`).some((l) => l.msg === 'user event processed' && sent.has(String(l.eventId))));
+      await eventually(
+        async () => {
+          const event = await userEvent(trigger);
+          expect(event.policies).toEqual(policies);
+          sent.add(event.eventId);
+          return handledBy();
+        },
+        (by) => by.every(Boolean),
+        20_000,
+        what,
+      );
+      return sent;
+    };
+    const warm = await untilEachWorkerHandled([expect.objectContaining({ policyId, outcome: 'issued' })], 'an event handled by each worker');
 
     // Paused through one web: events right after trigger nothing, in whichever worker.
     expect((await webs[0].patch(`/api/v1/coupons/policies/${policyId}`, admin, { status: 'PAUSED' })).status).toBe(200);
@@ -247,18 +241,7 @@ describe('the policy cache of every process', () => {
     // Postgres guard behind it would refuse too, so this is what shows the cache itself was told.
     expect(await redis.hget(policyKeys(policyId).meta, 'status')).toBe('PAUSED');
     expect(await msUntil(triggered, false, pausedAt)).toBeLessThan(1_000);
-    const whilePaused = new Set<string>();
-    await eventually(
-      async () => {
-        const { eventId, policies } = await userEvent(trigger);
-        expect(policies).toEqual([]);
-        whilePaused.add(eventId);
-        return handledBy(whilePaused);
-      },
-      (by) => by.every(Boolean),
-      20_000,
-      'a paused-time event handled by each worker',
-    );
+    await untilEachWorkerHandled([], 'a paused-time event handled by each worker');
 
     // Resumed through the other web: triggered again at once.
     expect((await webs[1].patch(`/api/v1/coupons/policies/${policyId}`, admin, { status: 'ACTIVE' })).status).toBe(200);
@@ -285,7 +268,7 @@ describe('the policy cache of every process', () => {
     expect(await redis.hget(policyKeys(active).meta, 'status')).toBe('ACTIVE');
     expect(await redis.exists(policyKeys(paused).meta)).toBe(0);
     // The log reaches its file through a pipe: wait until the ready line is there too.
-    const lines = await eventually(async () => logLines(name), (l) => l.some((x) => x.msg === 'worker started'), 5_000, 'the worker log on disk');
+    const lines = await eventually(async () => stackLogLines(name), (l) => l.some((x) => x.msg === 'worker started'), 5_000, 'the worker log on disk');
     const admission = lines.find((l) => l.msg === 'admission state warmed with the ACTIVE policies');
     const lookups = lines.find((l) => l.msg === 'policy cache warmed with the shared codes and ACTIVE EVENT policies');
     expect(admission?.policies).toBeGreaterThanOrEqual(2);
@@ -296,7 +279,7 @@ describe('the policy cache of every process', () => {
     expect(order.indexOf('admission state warmed with the ACTIVE policies')).toBeLessThan(order.indexOf('worker started'));
 
     // A web warms its own lookups (the shared codes it resolves) at start; the admission state is the workers'.
-    const web = logLines('web-2');
+    const web = stackLogLines('web-2');
     expect(web.find((l) => l.msg === 'policy cache warmed with the shared codes and ACTIVE EVENT policies')).toMatchObject({ sharedCodes: expect.any(Number), triggers: expect.any(Number) });
     expect(web.map((l) => l.msg)).not.toContain('admission state warmed with the ACTIVE policies');
   });

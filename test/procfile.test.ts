@@ -11,7 +11,7 @@ import { freePort } from '../scripts/infra/process';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
-import { logFile, waitForLine } from './support/stack';
+import { logFile, logLines, waitForLine } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
 
 const ROOT = resolve(__dirname, '..');
@@ -80,18 +80,6 @@ function terminate(proc: Proc): void {
   process.kill(pid, 'SIGTERM');
 }
 
-/** Lines of a process's pino log. */
-function logLines(name: string): { msg?: string; jobId?: string }[] {
-  return readFileSync(logFile(name), 'utf8')
-    .split('\n')
-    .flatMap((raw) => {
-      try {
-        return [JSON.parse(raw) as { msg?: string; jobId?: string }];
-      } catch {
-        return [];
-      }
-    });
-}
 
 const basic = `Basic ${Buffer.from(`${BOARD.user}:${BOARD.password}`).toString('base64')}`;
 

@@ -43,7 +43,7 @@ import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { fmtInt, fmtMs, gitState, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
-import { benchDatabase, buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -55,7 +55,7 @@ const configSchema = z.object({
   CONNECTIONS: int(256),
   WORKERS: int(1),
   JWT_SECRET: z.string().min(32).optional(),
-  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
+  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).optional(),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
   KAFKA_BROKERS: z.string().default('127.0.0.1:9092'),
   BUILD: z.stringbool().default(true),
@@ -156,14 +156,14 @@ async function main(): Promise<number> {
   process.once('SIGINT', () => void stopAll().finally(() => process.exit(130)));
 
   try {
-    const services = await ensureServices({ databaseUrl: cfg.DATABASE_URL, redisUrl: cfg.REDIS_URL, kafkaBrokers: brokers, log: consoleLogger });
+    const services = await ensureServices({ databaseUrl: cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL, redisUrl: cfg.REDIS_URL, kafkaBrokers: brokers, log: consoleLogger });
     stopHooks.push(() => services.stop());
 
     // ---- the stack ----
     let stack: Stack;
     let topic = 'payments.v1';
     let groupId = 'coupon-bridge';
-    let databaseUrl = cfg.DATABASE_URL;
+    let databaseUrl = cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL;
     if (cfg.STACK !== 'spawn' && (await isReady(cfg.BASE_URL))) {
       const secret = secretForRunningStack(cfg.JWT_SECRET);
       if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with`);
@@ -178,12 +178,9 @@ async function main(): Promise<number> {
       const queuePrefix = `bench-${tag}`;
       topic = `payments.v1.bench-${tag}`;
       groupId = `bench-bridge-${tag}`;
-      const database = benchDatabase(cfg.DATABASE_URL, `checkout_${tag}`);
+      const database = benchDatabase(cfg.DATABASE_URL, `checkout_${tag}`, note);
       databaseUrl = database.url;
-      if (database.scratch) {
-        note(`scratch database ${new URL(databaseUrl).pathname.slice(1)} (dropped at the end; set DATABASE_URL to use another)`);
-        stopHooks.push(() => database.drop());
-      }
+      stopHooks.push(database.drop);
       stack = await spawnStack({
         workers: cfg.WORKERS,
         databaseUrl,

@@ -48,7 +48,7 @@ import { mapLimit } from '../../core/concurrency';
 import { parseRequestId } from '../../queues/names';
 import { fmtInt, fmtMs, gitState, median, note, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
-import { benchDatabase, buildProject, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -65,7 +65,7 @@ const configSchema = z.object({
   // One worker process: on 2 cores a second one adds context switches and smaller batches, not throughput.
   WORKERS: int(1),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
-  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
+  DATABASE_URL: urlWith(['postgres:', 'postgresql:']).optional(),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
   QUEUE_PREFIX: z.string().min(1).optional(),
   BUILD: z.stringbool().default(true),
@@ -645,7 +645,7 @@ async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Pro
     const secret = secretForRunningStack(cfg.JWT_SECRET);
     if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
     note(`using the running stack at ${cfg.BASE_URL} (queue prefix ${cfg.QUEUE_PREFIX ?? 'coupon'})`);
-    return { stack: reuseStack(cfg.BASE_URL, cfg.QUEUE_PREFIX ?? 'coupon', secret), databaseUrl: cfg.DATABASE_URL };
+    return { stack: reuseStack(cfg.BASE_URL, cfg.QUEUE_PREFIX ?? 'coupon', secret), databaseUrl: cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL };
   }
   if (cfg.STACK === 'reuse') throw new Error(`nothing ready at ${cfg.BASE_URL}/health/ready (STACK=reuse)`);
   if (cfg.STACK === 'auto') note(`nothing ready at ${cfg.BASE_URL}; starting a stack of our own`);
@@ -655,11 +655,8 @@ async function chooseStack(cfg: Config, stopHooks: (() => Promise<void>)[]): Pro
   }
   const generatedPrefix = cfg.QUEUE_PREFIX === undefined;
   const queuePrefix = cfg.QUEUE_PREFIX ?? `bench-${randomUUID().slice(0, 8)}`;
-  const database = benchDatabase(cfg.DATABASE_URL, `flash_${randomUUID().slice(0, 8)}`);
-  if (database.scratch) {
-    note(`scratch database ${new URL(database.url).pathname.slice(1)} (dropped at the end; set DATABASE_URL to use another)`);
-    stopHooks.push(() => database.drop());
-  }
+  const database = benchDatabase(cfg.DATABASE_URL, `flash_${randomUUID().slice(0, 8)}`, note);
+  stopHooks.push(database.drop);
   const stack = await spawnStack({
     workers: cfg.WORKERS,
     databaseUrl: database.url,

@@ -48,22 +48,25 @@ export function secretForRunningStack(fromEnv: string | undefined): string | und
   return /^JWT_SECRET=(.+)$/m.exec(readFileSync(DEV_SECRETS, 'utf8'))?.[1]?.trim();
 }
 
+/** The development database: what a running stack uses, and the server a scratch database goes on. */
+export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/coupons';
+
 /**
- * The database a spawned stack runs on: `base` when DATABASE_URL was given, else a scratch database
- * of this run (created and migrated by spawnStack) that drop() removes at the end. A run then starts
- * from empty tables: the rows earlier runs leave behind (30,000 coupons, reservations and events per
- * checkout run) slowed Postgres by a quarter after about fifteen runs.
+ * The database a spawned stack runs on: `given` (DATABASE_URL) when there is one, else a scratch
+ * database of this run (created and migrated by spawnStack) that drop() removes at the end. A run then
+ * starts from empty tables: the rows earlier runs leave behind (30,000 coupons, reservations and
+ * events per checkout run) slowed Postgres by a quarter after about fifteen runs.
  */
-export function benchDatabase(base: string, tag: string): { url: string; scratch: boolean; drop: () => Promise<void> } {
-  if (process.env.DATABASE_URL) return { url: base, scratch: false, drop: async () => undefined };
+export function benchDatabase(given: string | undefined, tag: string, log: (line: string) => void): { url: string; drop: () => Promise<void> } {
+  if (given) return { url: given, drop: async () => undefined };
   const name = `coupons_bench_${tag.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`;
-  const url = new URL(base);
+  const url = new URL(DEFAULT_DATABASE_URL);
   url.pathname = `/${name}`;
+  log(`scratch database ${name} (dropped at the end; set DATABASE_URL to use another)`);
   return {
     url: url.toString(),
-    scratch: true,
     async drop() {
-      const admin = new URL(base);
+      const admin = new URL(DEFAULT_DATABASE_URL);
       admin.pathname = '/postgres';
       const client = new PgClient({ connectionString: admin.toString(), application_name: 'coupon-bench' });
       await client.connect();

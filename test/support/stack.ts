@@ -1,7 +1,7 @@
 // Runs the real processes (web and workers, from source through tsx) for end-to-end tests, each stack
 // on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { freePort } from '../../scripts/infra/process';
 import { uniqueId } from './fixtures';
@@ -38,6 +38,23 @@ export interface Stack {
 /** Where the output of the process launched as `name` goes. */
 export function logFile(name: string): string {
   return join(LOG_DIR, `${name}.log`);
+}
+
+/** One line of a process's pino log. */
+export type LogLine = Record<string, unknown> & { msg?: string };
+
+/** The pino lines in logFile(name) so far (none when it does not exist yet); other output is skipped. */
+export function logLines(name: string): LogLine[] {
+  if (!existsSync(logFile(name))) return [];
+  return readFileSync(logFile(name), 'utf8')
+    .split('\n')
+    .flatMap((raw) => {
+      try {
+        return [JSON.parse(raw) as LogLine];
+      } catch {
+        return [];
+      }
+    });
 }
 
 /** Starts one service process from source (`entry`, e.g. ingress/bridge/main.ts), its output in logFile(name). */
