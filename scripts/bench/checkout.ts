@@ -14,7 +14,8 @@
 // Environment (defaults in brackets):
 //   RATE [1000]  DURATION_S [30]  USERS [RATE x DURATION_S]  CONNECTIONS [256]  WORKERS [1]
 //   STACK [auto]  BASE_URL [http://127.0.0.1:3000]  BUILD [true]  JWT_SECRET  (as for the flash-sale bench)
-//   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]  REDIS_URL [redis://127.0.0.1:6379]
+//   DATABASE_URL [reused stack: postgres://postgres@127.0.0.1:5432/coupons; spawned: a scratch one]
+//   REDIS_URL [redis://127.0.0.1:6379]
 //   KAFKA_BROKERS [127.0.0.1:9092]   a broker is started from the Maven jars when none answers
 //   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
 //   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)

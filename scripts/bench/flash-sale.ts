@@ -18,7 +18,8 @@
 //   WARMUP [10000]                     requests of an unmeasured sale before the runs (0: none)
 //   JWT_SECRET                        reused stack: this, else JWT_SECRET=... from .data/dev-secrets.env
 //                                     (written by `npm start`); spawned stack: this, else a random one
-//   DATABASE_URL [postgres://postgres@127.0.0.1:5432/coupons]   REDIS_URL [redis://127.0.0.1:6379]
+//   DATABASE_URL [reused stack: postgres://postgres@127.0.0.1:5432/coupons; spawned: a scratch one]
+//   REDIS_URL [redis://127.0.0.1:6379]
 //   QUEUE_PREFIX                      BullMQ prefix of the stack: [coupon] for a reused stack; a spawned
 //                                     stack gets a fresh bench-<random> one (removed at the end) so no
 //                                     other worker on this machine takes its jobs
