@@ -7,6 +7,7 @@ import { createReservations } from './0005-reservations';
 import { checkoutFunctions } from './0006-checkout-functions';
 import { createCouponCodes } from './0007-coupon-codes';
 import { createCodeBatches } from './0008-code-batches';
+import { eventStateProbes } from './0009-event-state-probes';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches, eventStateProbes];
