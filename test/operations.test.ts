@@ -79,8 +79,9 @@ describe('a running stack', () => {
     const workerLines = await logLinesOf(`${name}-worker-1`, (l) => l.jobId === jobId && l.msg === 'coupon issued');
     expect(workerLines).toHaveLength(1);
     expect(workerLines[0]).toMatchObject({ traceId, jobId, process: 'worker' });
+    // The web logs one line per request: the issue request's names the job it queued.
     const webLines = await logLinesOf(`${name}-web`, (l) => l.jobId === jobId);
-    expect(webLines.map((l) => [l.msg, l.traceId])).toEqual([['issue enqueued', traceId]]);
+    expect(webLines.map((l) => [l.msg, l.traceId, l.enqueued, l.method, l.path, l.status])).toEqual([['request', traceId, 'issue', 'POST', '/api/v1/coupons/issue', 202]]);
   });
 
   it('gives a request without a usable X-Request-Id a generated trace id that reaches the worker log', async () => {

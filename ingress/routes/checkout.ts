@@ -12,6 +12,7 @@ import { derivedJobId } from '../../queues/names';
 import type { AppEnv } from '../context';
 import { claimIdempotencyKey, fingerprint, idempotencyKeySchema } from '../idempotency';
 import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
+import { logWith } from '../middleware/trace';
 import { jsonBody, parseWith } from '../validation';
 import { answerJob } from './jobs';
 
@@ -43,7 +44,7 @@ export function checkoutRoutes(queues: Queues) {
     const jobId = derivedJobId('reserve', user.id, key);
     const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
     const added = await addJob(queues, 'reserve', job, jobId);
-    c.get('log').info({ jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' }, 'reserve enqueued');
+    logWith(c, { enqueued: 'reserve', jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' });
     return answerJob(c, queues, jobId, added);
   });
 
@@ -55,7 +56,7 @@ export function checkoutRoutes(queues: Queues) {
     assertSelfOrAdmin(user, reservation.userId);
     const jobId = derivedJobId(kind, reservationId);
     const added = await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
-    c.get('log').info({ jobId, reservationId }, `${kind} enqueued`);
+    logWith(c, { enqueued: kind, jobId, reservationId });
     return answerJob(c, queues, jobId, added);
   };
   app.post('/reservations/:id/cancel', reservationAction('cancel'));

@@ -10,6 +10,7 @@ import type { Queues } from '../../queues/connection';
 import { createIssueBatcher } from '../../queues/enqueue';
 import { idSchema, type IssueJob } from '../../queues/jobs';
 import type { AppEnv } from '../context';
+import { logWith } from '../middleware/trace';
 import { jsonBody } from '../validation';
 import { answerJob } from './jobs';
 
@@ -69,7 +70,7 @@ export function issueRoutes(deps: { queues: Queues; codeSecret: string; wrongCod
       traceId: c.get('traceId'),
       requestedAt: new Date().toISOString(),
     });
-    c.get('log').info({ jobId, policyId: target.policyId, via: target.via ?? 'policy' }, 'issue enqueued');
+    logWith(c, { enqueued: 'issue', jobId, policyId: target.policyId, via: target.via ?? 'policy' });
     return answerJob(c, deps.queues, jobId);
   });
 

@@ -19,6 +19,7 @@ import { codePolicyRefusal } from '../../workers/generate-codes';
 import { openStock, writePolicyMeta } from '../../workers/admission/admission';
 import type { AppEnv } from '../context';
 import { requireAdmin } from '../middleware/auth';
+import { logWith } from '../middleware/trace';
 import { jsonBody, parseWith, query } from '../validation';
 import { answerJob } from './jobs';
 
@@ -101,7 +102,7 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     const user = c.get('user');
     const jobId = newJobId('generate-codes', randomUUID());
     const added = await addJob(queues, 'generate-codes', { ...input, policyId: id, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
-    c.get('log').info({ jobId, policyId: id, count: input.count }, 'code generation enqueued');
+    logWith(c, { enqueued: 'generate-codes', jobId, policyId: id, count: input.count });
     return answerJob(c, queues, jobId, added);
   });
 
@@ -115,7 +116,7 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     const user = c.get('user');
     const jobId = newJobId('direct-issue', randomUUID());
     const added = await addJob(queues, 'direct-issue', { policyId: id, userIds, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
-    c.get('log').info({ jobId, policyId: id, users: userIds.length }, 'direct grant enqueued');
+    logWith(c, { enqueued: 'direct-issue', jobId, policyId: id, users: userIds.length });
     return answerJob(c, queues, jobId, added);
   });
 

@@ -21,6 +21,7 @@
 //   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
 //   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)
 //   RUNS [1]                         measured runs, each with its own shoppers; the bar is judged on the median
+//   LOG_LEVEL [warn]                 the spawned stack's log level (info: with the per-request lines)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
 // consumer group and, unless DATABASE_URL is given, a scratch database dropped at the end. The coupons

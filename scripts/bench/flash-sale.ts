@@ -24,6 +24,7 @@
 //                                     stack gets a fresh bench-<random> one (removed at the end) so no
 //                                     other worker on this machine takes its jobs
 //   BUILD [true]                      false: start the spawned stack from the existing dist/
+//   LOG_LEVEL [warn]                  the spawned stack's log level (info: with the per-request lines)
 //   REQUEST_TIMEOUT_S [10]  SETTLE_TIMEOUT_MS [120000]  SAMPLE_JOBS [100] (job ids read back over HTTP)
 //
 // A spawned stack runs on a scratch database of its own, dropped at the end, unless DATABASE_URL is
