@@ -273,6 +273,14 @@ describe('poison messages', () => {
       admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: dlq, configEntries: [{ name: 'max.message.bytes', value: bytes }] }] });
     try {
       await setLimit('2000');
+      // The broker applies a topic's new limit a moment after it accepted the change (seconds on a
+      // broker that has just started): probe until a message of this size is refused as too large.
+      await eventually(
+        () => events.send(dlq, [{ key: 'probe', value: 'x'.repeat(5_000) }]).then(() => 'accepted', (error: { type?: string }) => error.type ?? 'failed'),
+        (outcome) => outcome === 'MESSAGE_TOO_LARGE',
+        20_000,
+        'the dead-letter topic refusing large messages',
+      );
       const { couponId, orderId } = await reserved();
       await events.send(stack.paymentsTopic, [
         { key: orderId, value: 'x'.repeat(5_000), partition: 1 },
