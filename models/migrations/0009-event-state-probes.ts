@@ -1,10 +1,12 @@
 // checkout_event_states (0006) with lookups whose plans do not depend on table statistics.
 //
-// Measured on a database whose statistics were taken before a sale (autovacuum off, or simply not
-// caught up): the planner flattened the lateral processed_events lookup into a hash join and read
-// the whole table on every call (about 2 ms per call at 15,000 events, growing with the table), and
-// it counted an order's PENDING reservations by scanning every PENDING reservation through the
-// expiry index (80-300 rows a probe during a sale, where the order has one or two).
+// Measured in the checkout benchmark: the planner flattened the lateral processed_events lookup into
+// a hash join and read the whole table on every call (about 2 ms a call at 15,000 events, growing
+// with the table). It prices a batch at its guess of 100 events, for which one pass over the table
+// looks cheaper than 100 probes; a worker's batch holds about a dozen. And with statistics taken
+// while no reservation was PENDING, it counted an order's PENDING reservations by reading every
+// PENDING reservation through the expiry index (80-300 rows a probe during a sale, where the order
+// has one or two).
 // - processed_events: a lateral subquery with a LIMIT is never pulled up into a join, so each event
 //   is one primary-key probe, however large the table is or is believed to be.
 // - The PENDING count is taken over the order's reservations (ix_reservations_order), filtered in
