@@ -9,6 +9,7 @@ let client: Client;
 
 const HISTORY = 20_000; // events already processed, each with its CONFIRMED reservation and USED coupon
 const PENDING = 300; // reservations in flight when the events arrive
+const COUPONS = HISTORY + PENDING + 2; // and two coupons reserved, by two users, under one order id
 
 beforeAll(async () => {
   client = new Client({ connectionString: await freshDatabase('coupons_test_plans') });
@@ -16,9 +17,9 @@ beforeAll(async () => {
   await client.query(`INSERT INTO coupon_policies (id, name, discount_type, discount_value, issue_method, issue_starts_at, valid_days)
                       VALUES ('plans', 'plans', 'FIXED', 1000, 'DOWNLOAD', now() - interval '1 day', 7)`);
   // In slices: each coupon row takes a per-user advisory lock, and one transaction holds only so many.
-  for (let from = 1; from <= HISTORY + PENDING; from += 2_000) {
+  for (let from = 1; from <= COUPONS; from += 2_000) {
     await client.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-                        SELECT 'c' || g, 'plans', 'u' || g, 'q' || g, now() + interval '7 days' FROM generate_series($1::int, $2::int) g`, [from, Math.min(HISTORY + PENDING, from + 1_999)]);
+                        SELECT 'c' || g, 'plans', 'u' || g, 'q' || g, now() + interval '7 days' FROM generate_series($1::int, $2::int) g`, [from, Math.min(COUPONS, from + 1_999)]);
   }
   await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, 'CONFIRMED', now(), now(), 'PAYMENT_COMPLETED'
@@ -30,6 +31,9 @@ beforeAll(async () => {
   await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, now() + interval '10 minutes'
                         FROM generate_series($1::int + 1, $1::int + $2::int) g`, [HISTORY, PENDING]);
+  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
+                      VALUES ('r-two-a', 'c' || $1::int, 'ua', 'o-two', 50000, 1000, 'rq-two-a', now() + interval '10 minutes'),
+                             ('r-two-b', 'c' || $1::int + 1, 'ub', 'o-two', 50000, 1000, 'rq-two-b', now() + interval '10 minutes')`, [HISTORY + PENDING + 1]);
 });
 
 afterAll(async () => {
@@ -50,6 +54,10 @@ describe('checkout_event_states', () => {
       ...Array.from({ length: 20 }, (_, i) => ({ key: `new-${i}`, source: 'payments', eventId: `n${i}`, reservationId: null, orderId: `o${HISTORY + 1 + i}`, userId: null })),
       ...Array.from({ length: 20 }, (_, i) => ({ key: `old-${i}`, source: 'payments', eventId: `e${i * 997 + 1}`, reservationId: null, orderId: `o${i * 997 + 1}`, userId: `u${i * 997 + 1}` })),
       ...Array.from({ length: 10 }, (_, i) => ({ key: `named-${i}`, source: 'payments', eventId: `m${i}`, reservationId: `r${HISTORY + 100 + i}`, orderId: `o${HISTORY + 100 + i}`, userId: null })),
+      // An order id two users reserved under: ambiguous alone, one each with the user or the reservation.
+      { key: 'two', source: 'payments', eventId: 't1', reservationId: null, orderId: 'o-two', userId: null },
+      { key: 'two-by-user', source: 'payments', eventId: 't2', reservationId: null, orderId: 'o-two', userId: 'ub' },
+      { key: 'two-named', source: 'payments', eventId: 't3', reservationId: 'r-two-a', orderId: 'o-two', userId: null },
     ];
     // pg_stat_xact_user_tables counts what this backend did that is not yet reported, earlier
     // transactions included: the call's share is the difference across it, within one transaction.
@@ -81,6 +89,9 @@ describe('checkout_event_states', () => {
         expect(byKey.get(`old-${i}`)).toMatchObject({ done_outcome: 'APPLIED', pending_for_order: 0, r_id: `r${i * 997 + 1}`, r_status: 'CONFIRMED' });
       }
       for (let i = 0; i < 10; i += 1) expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
+      expect(byKey.get('two')).toMatchObject({ pending_for_order: 2, r_status: 'PENDING' });
+      expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING' });
+      expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'PENDING' });
 
       for (const c of counts) expect({ table: c.relname, seqScans: c.seqScans }).toEqual({ table: c.relname, seqScans: 0 });
       // Each event reads its order's reservation once or twice and a coupon; walking every PENDING

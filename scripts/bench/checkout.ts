@@ -457,18 +457,21 @@ async function main(): Promise<number> {
       machineBusyPct: med((m) => m.machineBusyPct),
     };
     const sustainedRuns = runs.filter((r) => r.sustained).length;
+    const keptPaceRuns = runs.filter((r) => r.keptPace).length;
     const underBarRuns = runs.filter((r) => r.p95UnderBar).length;
     const ofRuns = (k: number) => (runs.length > 1 ? `, ${k} of ${runs.length} runs` : '');
+    const shortestLoadS = Math.min(...runs.map((r) => r.measure.loadSeconds));
     const bars = [
       {
         name: 'checkouts per second (sustained)',
         ok: sustainedRuns === runs.length,
-        shown: `${fmtInt(cfg.RATE)} for ${cfg.DURATION_S} s, ${sustainedRuns === runs.length ? 'kept pace' : 'fell behind'}${ofRuns(sustainedRuns)}`,
+        shown: `${fmtInt(cfg.RATE)} for ${round(shortestLoadS, 1)} s, ${keptPaceRuns === runs.length ? 'kept pace' : 'fell behind'}${ofRuns(keptPaceRuns)}`,
         target: `>= ${fmtInt(BAR.checkoutsPerSec)} for ${BAR.seconds} s${runs.length > 1 ? ', every run' : ''}`,
       },
       {
         name: `p95 event -> USED${runs.length > 1 ? ' (median)' : ''}`,
-        ok: medians.eventToUsedMs.p95 !== null && medians.eventToUsedMs.p95 < BAR.p95EventToUsedMs,
+        // A run without a p95 (no coupon used) fails the bar rather than drop out of the median.
+        ok: runs.every((r) => r.measure.eventToUsedMs.p95 !== null) && medians.eventToUsedMs.p95 !== null && medians.eventToUsedMs.p95 < BAR.p95EventToUsedMs,
         shown: `${fmtMs(medians.eventToUsedMs.p95)}${ofRuns(underBarRuns)}`,
         target: `< ${BAR.p95EventToUsedMs} ms`,
       },
@@ -499,12 +502,11 @@ async function main(): Promise<number> {
       machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
       git: gitState(),
       bar: BAR,
-      // One run: its own numbers; several: the medians (each run's are under `runs`).
-      measure: runs.length === 1 ? runs[0]?.measure : medians,
+      // The same shape for any RUNS: every run with its numbers and invariants, and their medians.
+      medians,
       bars,
-      invariants: runs.length === 1 ? runs[0]?.invariants : undefined,
       invariantsHeld,
-      runs: runs.length > 1 ? runs : undefined,
+      runs,
     };
     summary.push(writeResults('checkout', 'checkout-latest.json', startedAt, report));
     process.stdout.write(`${summary.join('\n')}\n`);
