@@ -13,7 +13,7 @@ export interface AppEnv {
     user: AuthUser;
     /** The client's address: the socket's, or the first X-Forwarded-For entry with TRUST_PROXY. */
     clientIp: string;
-    /** What the handler adds to its request's log line (ingress/middleware/trace.ts). */
-    logFields: Record<string, unknown>;
+    /** What the handler added to its request's log line with logWith (ingress/middleware/trace.ts). */
+    logFields?: Record<string, unknown>;
   };
 }

@@ -16,7 +16,6 @@ export function trace(log: Logger): MiddlewareHandler<AppEnv> {
     const reqLog = log.child({ traceId });
     c.set('traceId', traceId);
     c.set('log', reqLog);
-    c.set('logFields', {});
     // Set before the handler builds its response: a header added to a finished response makes
     // @hono/node-server materialise a full Web Response, which costs a tenth of a request's CPU.
     c.header('X-Request-Id', traceId);
@@ -35,5 +34,5 @@ export function trace(log: Logger): MiddlewareHandler<AppEnv> {
  * Redis. Later fields of the same name win.
  */
 export function logWith(c: Context<AppEnv>, fields: Record<string, unknown>): void {
-  Object.assign(c.get('logFields'), fields);
+  c.set('logFields', { ...c.get('logFields'), ...fields });
 }

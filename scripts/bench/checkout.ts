@@ -352,7 +352,7 @@ async function main(): Promise<number> {
 
     // ---- one measured run: its own shoppers and policy, the load, the settle, the numbers ----
     const measureRun = async (run: number) => {
-      const measured = await prepare(cfg.RUNS > 1 ? `${tag}r${run}` : tag, users);
+      const measured = await prepare(`${tag}r${run}`, users);
       const { policyId, checkouts } = measured;
       note(`load${cfg.RUNS > 1 ? ` (run ${run}/${cfg.RUNS})` : ''}: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`);
       const endCpu = startCpuPhase(classifier(stack.mode === 'spawned' ? stack.pids : null));
