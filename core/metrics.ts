@@ -133,7 +133,7 @@ export const kafkaMessagesDeadLettered = new Counter({
 });
 
 const GROUPS: Record<'web' | 'worker' | 'bridge', Metric[]> = {
-  web: [httpRequestDuration, dbPoolConnections, dbPoolWaiting],
+  web: [httpRequestDuration, dbPoolConnections, dbPoolWaiting, issueRequestsTotal],
   worker: [dbPoolConnections, dbPoolWaiting, jobsTotal, jobDuration, issueRequestsTotal, queueJobs, couponsIssuedTotal, couponsUsedTotal, paymentConflictsTotal],
   bridge: [kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
 };

@@ -5,8 +5,10 @@ import { requireCodeSecret } from '../core/config';
 import type { Logger } from '../core/logger';
 import { exposeMetrics, metricsContentType, metricsText } from '../core/metrics';
 import type { Queues } from '../queues/connection';
+import { createRejectionCounter } from '../workers/rejection-stats';
 import { BULL_BOARD_PATH, bullBoardRoutes, type BullBoardCredentials } from './bull-board';
 import type { AppEnv } from './context';
+import { createOutcomeHub, lazyOutcomeHub, type OutcomeHub } from './outcome-hub';
 import { authenticate } from './middleware/auth';
 import { limitBody } from './middleware/body-limit';
 import { recordHttpMetrics } from './middleware/metrics';
@@ -32,6 +34,8 @@ export interface AppDeps {
   isDraining?: () => boolean;
   /** Mounts Bull Board at /admin/queues behind these Basic credentials; without them it is not mounted. */
   bullBoard?: BullBoardCredentials;
+  /** The subscription to the workers' issue outcomes; created with the app when not given. */
+  outcomes?: OutcomeHub;
   /** Rate limits other than the configured ones (tests): budgets, Redis key prefix, code guard. */
   rateLimits?: { address?: Budget; user?: Budget; trustProxy?: boolean; prefix?: string; codeGuard?: CodeGuard };
 }
@@ -65,10 +69,12 @@ export function createApp(deps: AppDeps) {
   // Stats paths sit under the policy and user prefixes (/coupons/policies/:id/stats, ...): mounted first.
   api.route('/', statsRoutes(deps.redis));
   api.route('/coupons/policies', policyRoutes(deps.redis, deps.queues));
-  api.route('/coupons/issue', issueRoutes({ queues: deps.queues, codeSecret: deps.codeSecret ?? requireCodeSecret(), wrongCodes: codeGuard }));
+  const outcomes = deps.outcomes ?? lazyOutcomeHub(() => createOutcomeHub(deps.log));
+  const rejections = createRejectionCounter(deps.redis, deps.log);
+  api.route('/coupons/issue', issueRoutes({ queues: deps.queues, codeSecret: deps.codeSecret ?? requireCodeSecret(), wrongCodes: codeGuard, outcomes, rejections, log: deps.log }));
   api.route('/coupons/users', userRoutes());
   api.route('/coupons', checkoutRoutes(deps.queues));
-  api.route('/jobs', jobRoutes(deps.queues));
+  api.route('/jobs', jobRoutes(deps.queues, outcomes));
   app.route('/api/v1', api);
 
   return app;

@@ -9,6 +9,7 @@ import { initUserCouponCache } from '../models/user-coupon-cache';
 import { startPolicyCache } from '../models/policy-cache';
 import { createQueues } from '../queues/connection';
 import { createApp } from './app';
+import { createOutcomeHub } from './outcome-hub';
 import { BULL_BOARD_PATH } from './bull-board';
 
 /** How long a production web answers 503 on /health/ready after SIGTERM, unless WEB_DRAIN_GRACE_MS says otherwise. */
@@ -29,7 +30,10 @@ async function main(): Promise<void> {
   // Never served without credentials: unset, it is not mounted at all (404).
   if (bullBoard) log.info({ path: BULL_BOARD_PATH }, 'Bull Board on, behind Basic auth');
   else log[cfg.BULL_BOARD_USER || cfg.BULL_BOARD_PASSWORD ? 'warn' : 'info']('Bull Board off: set BULL_BOARD_USER and BULL_BOARD_PASSWORD');
-  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard });
+  // The workers' issue outcomes reach this process through one subscription.
+  const outcomes = createOutcomeHub(log);
+  await outcomes.ready;
+  const app = createApp({ queues, redis, log, outcomes, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard });
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
     log.info({ port: info.port }, 'web listening');
   });
@@ -42,6 +46,7 @@ async function main(): Promise<void> {
     const graceMs = cfg.WEB_DRAIN_GRACE_MS ?? (cfg.NODE_ENV === 'production' ? PRODUCTION_DRAIN_GRACE_MS : 100);
     setTimeout(() => {
       server.close(async () => {
+        await outcomes.close();
         await queues.close();
         await stopPolicyCache();
         redis.disconnect();

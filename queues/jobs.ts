@@ -80,7 +80,17 @@ export type UserEventJob = z.infer<typeof userEventJobSchema>;
  */
 export const MAX_ISSUE_BATCH = 128;
 export const issueBatchSchema = z.object({
-  requests: z.array(issueJobSchema.extend({ requestId: z.string().min(1).max(140) })).min(1).max(MAX_ISSUE_BATCH),
+  requests: z
+    .array(
+      issueJobSchema.extend({
+        requestId: z.string().min(1).max(140),
+        // Set when the web admitted the request already (it holds a slot): the policy's quantity and
+        // its admission count then, for the sell-out alerts.
+        admittedAs: z.object({ total: z.number().int().nullable(), admitted: z.number().int().nullable() }).optional(),
+      }),
+    )
+    .min(1)
+    .max(MAX_ISSUE_BATCH),
 });
 export type IssueBatch = z.infer<typeof issueBatchSchema>;
 

@@ -9,7 +9,7 @@ import { CouponPolicy } from '../models/policy';
 import { invalidateUserCoupons } from '../models/user-coupon-cache';
 import { couponExpiry, type IssueMethod } from '../models/policy-rules';
 import type { CouponView, JobOutcome } from '../queues/jobs';
-import { admit, releaseAdmission, settleAdmission, type AdmissionDeps } from './admission/admission';
+import { admit, releaseAdmission, settleAdmission, type Admission, type AdmissionDeps } from './admission/admission';
 import { claimCode, markCodeUsed, releaseCode, releaseUnusedCode } from './code-claims';
 import { noteAdmitted, noteSoldOutRefusal } from './stock-alerts';
 
@@ -28,6 +28,8 @@ export interface IssueRequest {
   methods: readonly IssueMethod[];
   /** A single-use code being redeemed (its hash): the coupon carries it, so it is used once. */
   codeHash?: string;
+  /** Set when the web admitted the request already: the policy's quantity and its admission count then. */
+  admittedAs?: { total: number | null; admitted: number | null };
 }
 
 /** How this run of the request stands among the attempts of its job. */
@@ -72,13 +74,15 @@ export async function issueCoupon(
       log.info('code already used or being redeemed by another request');
       return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
     }
-    const admission = await admit(deps, { policyId, requestId, userId, methods: request.methods });
+    const admission = await admitWaitingForStock(deps, request, attempt);
     if (admission.kind === 'refused') {
       log.debug({ code: admission.code }, 'issue refused');
       if (admission.code === 'SOLD_OUT') noteSoldOutRefusal(log, policyId, admission.total);
       return await refuse(admission.code);
     }
-    noteAdmitted(log, policyId, admission.total, admission.admitted);
+    // A request the web admitted carries the count it was admitted as: the alert marks are its to see.
+    const mark = admission.resumed && request.admittedAs ? request.admittedAs : admission;
+    noteAdmitted(log, policyId, mark.total, mark.admitted);
 
     const issuedAt = new Date();
     const validity = await validityOf(admission, policyId);
@@ -156,6 +160,28 @@ export async function issueCoupon(
       if (codeHash && committed === null) await releaseUnusedCode(deps.redis, codeHash, requestId).catch(() => undefined);
     }
     throw error;
+  }
+}
+
+/** How long a request waits for a pending admission to give a unit back before its attempt ends. */
+const STOCK_WAIT_MS = 5_000;
+
+/**
+ * Admits the request; while the stock is gone but other admissions are still pending (one may fail
+ * and give its unit back), waits for them instead of answering SOLD_OUT, so SOLD_OUT is final. The
+ * admissions it waits for are running now (or stranded by a crash, which the reconciler undoes):
+ * past STOCK_WAIT_MS the attempt is retried, and the last attempt takes SOLD_OUT as the answer.
+ */
+async function admitWaitingForStock(deps: AdmissionDeps, request: IssueRequest, attempt: Attempt): Promise<Exclude<Admission, { kind: 'wait' }>> {
+  const started = Date.now();
+  for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
+    const admission = await admit(deps, request);
+    if (admission.kind !== 'wait') return admission;
+    if (Date.now() - started >= STOCK_WAIT_MS) {
+      if (attempt.last) return { kind: 'refused', code: 'SOLD_OUT' };
+      throw new RetryableIssueError(`stock of policy ${request.policyId} is still held by pending admissions`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, pause));
   }
 }
 

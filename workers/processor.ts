@@ -14,7 +14,8 @@ import {
   type CouponView,
   type JobOutcome,
 } from '../queues/jobs';
-import { requestIdOf, type JobKind } from '../queues/names';
+import { parseRequestId, requestIdOf, type JobKind } from '../queues/names';
+import { publishOutcomes, type StoredOutcome } from '../queues/outcomes';
 import type { AdmissionDeps } from './admission/admission';
 import { generateCodesJob } from './generate-codes';
 import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueRequest } from './issue-coupon';
@@ -99,13 +100,43 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Batch
   const toIssue = requests.flatMap((r, i) =>
     r.policyId === null
       ? []
-      : [{ i, request: { policyId: r.policyId, userId: r.userId, requestId: r.requestId, traceId: r.traceId, methods: METHODS_BY_WAY[r.via ?? 'policy'], ...(r.via === 'single-code' && r.codeHash && { codeHash: r.codeHash }) } }],
+      : [
+          {
+            i,
+            request: {
+              policyId: r.policyId,
+              userId: r.userId,
+              requestId: r.requestId,
+              traceId: r.traceId,
+              methods: METHODS_BY_WAY[r.via ?? 'policy'],
+              ...(r.via === 'single-code' && r.codeHash && { codeHash: r.codeHash }),
+              ...(r.admittedAs && { admittedAs: r.admittedAs }),
+            },
+          },
+        ],
   );
   const issued = await issueAll(deps, job, toIssue.map((t) => t.request), log);
   toIssue.forEach((t, k) => {
     results[t.i] = issued[k];
   });
-  return { results: results as JobOutcome<CouponView>[] };
+  const final = results as JobOutcome<CouponView>[];
+  // Each request's outcome where its poll reads it, and pushed to the web processes holding waiters.
+  // Before the job completes: a client told its outcome never finds the job view saying otherwise.
+  const finishedAt = Date.now();
+  await publishOutcomes(
+    deps.redis,
+    String(job.id),
+    requests.flatMap((r, i) => {
+      const index = parseRequestId(r.requestId).index;
+      return index === null ? [] : [[index, storedOutcome(r, final[i]!, finishedAt)] as [number, StoredOutcome]];
+    }),
+  );
+  return { results: final };
+}
+
+function storedOutcome(r: { userId: string; requestedAt: string }, o: JobOutcome<CouponView>, finishedAt: number): StoredOutcome {
+  const base = { s: o.outcome, u: r.userId, c: Date.parse(r.requestedAt), f: finishedAt };
+  return o.outcome === 'succeeded' ? { ...base, r: o.result } : { ...base, e: o.reason };
 }
 
 export interface GrantResult {

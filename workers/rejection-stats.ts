@@ -30,6 +30,8 @@ export function rejectionsOf(job: Pick<Job, 'name' | 'data'>, result: unknown): 
 export interface RejectionCounter {
   /** Counts the rejections in a completed job's result (fire and forget). */
   countJob(job: Job, result: unknown): void;
+  /** Counts refusals decided outside a job (the web's admission of a sale's requests), fire and forget. */
+  count(rejections: Rejection[]): void;
   /** Resolves once every count handed in so far has reached Redis (or failed): call before disconnecting. */
   flushed(): Promise<void>;
 }
@@ -56,16 +58,19 @@ export function createRejectionCounter(redis: Redis, log: Logger): RejectionCoun
     if (failed) throw failed;
     return batches.map(() => undefined);
   });
+  const count = (rejections: Rejection[], jobId?: string) => {
+    if (rejections.length === 0) return;
+    const done = write(rejections).catch((error: unknown) => {
+      log.warn({ err: error, jobId, rejections: rejections.length }, 'issue rejections not counted in the stats');
+    });
+    pending.add(done);
+    void done.finally(() => pending.delete(done));
+  };
   return {
     countJob(job, result) {
-      const rejections = rejectionsOf(job, result);
-      if (rejections.length === 0) return;
-      const done = write(rejections).catch((error: unknown) => {
-        log.warn({ err: error, jobId: job.id, rejections: rejections.length }, 'issue rejections not counted in the stats');
-      });
-      pending.add(done);
-      void done.finally(() => pending.delete(done));
+      count(rejectionsOf(job, result), job.id);
     },
+    count,
     async flushed() {
       await Promise.all([...pending]);
     },

@@ -1,5 +1,7 @@
 // POST /coupons/issue: by policy id, or by a code (a CODE policy's shared code or a single-use code).
-// Validates, resolves a code to its policy, enqueues and answers 202 with the job to poll.
+// Validates, resolves a code to its policy and hands the request to the intake (ingress/issue-intake.ts),
+// which decides it in Redis or queues it; answers 202 with the request to poll or, with
+// `Prefer: wait`, 200 with the outcome: one round trip to know win or lose.
 import { Hono } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
@@ -7,12 +9,16 @@ import { sequelize } from '../../core/postgres';
 import { codeHash, normalizeCode, policyOfCode, redeemCodeSchema } from '../../models/codes';
 import { policyCache } from '../../models/policy-cache';
 import type { Queues } from '../../queues/connection';
-import { createIssueBatcher } from '../../queues/enqueue';
 import { idSchema, type IssueJob } from '../../queues/jobs';
 import type { AppEnv } from '../context';
 import { logWith } from '../middleware/trace';
 import { jsonBody } from '../validation';
-import { answerJob } from './jobs';
+import type { Logger } from '../../core/logger';
+import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
+import { createIssueIntake, type IntakeAnswer } from '../issue-intake';
+import type { OutcomeHub } from '../outcome-hub';
+import type { RejectionCounter } from '../../workers/rejection-stats';
+import { accepted, finishedAnswer, preferredWaitMs } from './jobs';
 
 export const issueBody = z
   .object({
@@ -32,9 +38,18 @@ export interface WrongCodeGuard {
 
 type Resolved = Pick<IssueJob, 'policyId' | 'via' | 'codeHash'>;
 
-export function issueRoutes(deps: { queues: Queues; codeSecret: string; wrongCodes: WrongCodeGuard }) {
+export interface IssueRouteDeps {
+  queues: Queues;
+  codeSecret: string;
+  wrongCodes: WrongCodeGuard;
+  outcomes: OutcomeHub;
+  rejections: RejectionCounter;
+  log: Logger;
+}
+
+export function issueRoutes(deps: IssueRouteDeps) {
   const app = new Hono<AppEnv>();
-  const enqueueIssue = createIssueBatcher(deps.queues);
+  const intake = createIssueIntake({ queues: deps.queues, hub: deps.outcomes, rejections: deps.rejections, log: deps.log });
 
   /**
    * The policy a code names. A shared code is looked up in the policy cache, a single-use code by its
@@ -63,16 +78,34 @@ export function issueRoutes(deps: { queues: Queues; codeSecret: string; wrongCod
       body.code !== undefined
         ? await resolveCode(body.code, { userId: user.id, ip: c.get('clientIp') })
         : { policyId: body.policyId as string };
-    const jobId = await enqueueIssue({
+    const waitMs = preferredWaitMs(c) ?? 0;
+    const answer = await intake({
       ...target,
       userId: body.userId ?? user.id,
       actorId: user.id,
       traceId: c.get('traceId'),
       requestedAt: new Date().toISOString(),
+      waitMs,
     });
-    logWith(c, { enqueued: 'issue', jobId, policyId: target.policyId, via: target.via ?? 'policy' });
-    return answerJob(c, deps.queues, jobId);
+    logWith(c, { enqueued: answer.decided ? undefined : 'issue', jobId: answer.requestId, policyId: target.policyId, via: target.via ?? 'policy', ...(answer.decided?.e && { refused: answer.decided.e.code }) });
+    if (waitMs === 0) return accepted(c, answer.requestId);
+    const outcome = answer.decided ?? (await outcomeOf(deps, answer, waitMs));
+    if (!outcome || outcome.s === 'pending') return accepted(c, answer.requestId);
+    const { ownerId: _owner, ...view } = viewOfOutcome(answer.requestId, outcome);
+    return finishedAnswer(c, view, waitMs);
   });
 
   return app;
+}
+
+/** A queued request's outcome: pushed by its worker within waitMs, else what is stored then (null when unreadable). */
+async function outcomeOf(deps: IssueRouteDeps, answer: IntakeAnswer, waitMs: number): Promise<StoredOutcome | null> {
+  const pushed = await answer.outcome;
+  if (pushed) return pushed;
+  // The wait ran out, or the push was missed (the subscription was reconnecting): read what is stored.
+  // The request is queued: whatever goes wrong here, the answer stays a 202, never a 503.
+  return readOutcome(deps.queues.connection, answer.requestId).catch((error: unknown) => {
+    deps.log.warn({ err: error, jobId: answer.requestId }, 'reading the outcome failed; answering 202');
+    return null;
+  });
 }

@@ -8,8 +8,10 @@ import { generatedCodesKey } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
-import { parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
+import { JOB_KINDS, QUEUES, parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
+import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import type { AppEnv } from '../context';
+import type { OutcomeHub } from '../outcome-hub';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
@@ -47,7 +49,10 @@ async function readJob(queues: Queues, queueName: QueueName, id: string): Promis
 function viewOf(job: Job, state: string, id: string, index: number | null): OwnedJobView | null {
   // A batch job is only ever read one request at a time; the batch itself is nobody's job.
   if ((job.name === 'issue-batch') !== (index !== null)) return null;
-  const request = index === null ? job.data : (job.data as { requests?: unknown[] }).requests?.[index];
+  // A batch carries only the requests its web could not decide; each names its own id.
+  const requests = (job.data as { requests?: { requestId?: unknown }[] }).requests;
+  const position = index === null ? -1 : (requests?.findIndex((r) => r?.requestId === id) ?? -1);
+  const request = index === null ? job.data : requests?.[position];
   if (!request || typeof request !== 'object') return null;
   const base = {
     id,
@@ -58,7 +63,7 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
   };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
-    const value: unknown = index === null ? job.returnvalue : (job.returnvalue as { results?: unknown[] } | null)?.results?.[index];
+    const value: unknown = index === null ? job.returnvalue : (job.returnvalue as { results?: unknown[] } | null)?.results?.[position];
     const parsed = jobOutcomeSchema.safeParse(value);
     if (parsed.success) {
       const outcome = parsed.data;
@@ -89,13 +94,13 @@ async function withCodesOnce(queues: Queues, view: JobView, ownerId: string, rea
   return { ...view, result: { ...result, codes: JSON.parse(stored) as string[] } };
 }
 
-export function jobRoutes(queues: Queues) {
+export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
   const app = new Hono<AppEnv>();
 
   app.get('/:jobId', async (c) => {
     const jobId = parseWith(jobIdParam, c.req.param('jobId'));
     const { waitMs } = query(c, waitQuery);
-    const view = await settledView(c, queues, jobId, waitMs);
+    const view = isIssueRequest(jobId) ? await issueRequestView(c, queues, outcomes, jobId, waitMs) : await settledView(c, queues, jobId, waitMs);
     if (!view) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
     return c.json(view);
   });
@@ -129,6 +134,19 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
 
 const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
 
+/** The wait a client asked for with `Prefer: wait=N` (RFC 7240, N seconds, at most 10), in ms; null without one. */
+export function preferredWaitMs(c: Context<AppEnv>): number | null {
+  const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
+  return wait ? Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS) : null;
+}
+
+/** 200 with a finished job view, as the answer to a request sent with `Prefer: wait`. */
+export function finishedAnswer(c: Context<AppEnv>, view: JobView, waitMs: number) {
+  c.header('Preference-Applied', `wait=${waitMs / 1000}`);
+  c.header('Content-Location', `/api/v1/jobs/${view.id}`);
+  return c.json({ ...view, jobId: view.id, statusUrl: `/api/v1/jobs/${view.id}` }, 200);
+}
+
 /**
  * The answer to a request that made a job: 202 with the job to poll or, when the client sent
  * `Prefer: wait=N` (RFC 7240, N seconds, at most 10) and the job finished within that, 200 with the
@@ -136,9 +154,8 @@ const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
  * job is the same, and it stays readable at its statusUrl.
  */
 export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string, added?: Job) {
-  const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
-  if (!wait) return accepted(c, jobId);
-  const waitMs = Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS);
+  const waitMs = preferredWaitMs(c);
+  if (waitMs === null) return accepted(c, jobId);
   // The job is queued: whatever goes wrong while waiting (Redis blinks), the answer stays a 202,
   // never a 503 that would tell the client to queue it again.
   const view = await settledView(c, queues, jobId, waitMs, added).catch((error: unknown) => {
@@ -146,7 +163,47 @@ export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: strin
     return null;
   });
   if (!view || view.status === 'pending') return accepted(c, jobId);
-  c.header('Preference-Applied', `wait=${waitMs / 1000}`);
-  c.header('Content-Location', `/api/v1/jobs/${jobId}`);
-  return c.json({ ...view, jobId, statusUrl: `/api/v1/jobs/${jobId}` }, 200);
+  return finishedAnswer(c, { ...view, id: jobId }, waitMs);
+}
+
+const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch'].prefix}_`) && parseRequestId(id).index !== null;
+
+/**
+ * The view of one issue request: its own stored outcome (one HGET, never the batch), waiting up to
+ * waitMs for the worker's push while it is pending. A request still pending after that whose batch
+ * finished without deciding it (the job failed or stalled out as a whole) is read the long way,
+ * where Postgres has the last word.
+ */
+export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<JobView | null> {
+  let stored = await readOutcome(queues.connection, requestId);
+  // Batches queued before outcomes were stored per request are read from their job.
+  if (!stored) return settledView(c, queues, requestId, waitMs);
+  assertSelfOrAdmin(c.get('user'), stored.u);
+  if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs);
+  if (stored.s === 'pending' && (await batchFinished(queues, requestId))) return settledView(c, queues, requestId, 0);
+  const { ownerId: _owner, ...view } = viewOfOutcome(requestId, stored);
+  return view;
+}
+
+/** Waits for a pending request's outcome: the push, or what is stored when the wait ends. */
+export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<StoredOutcome> {
+  const pushed = outcomes.wait(requestId, waitMs);
+  // Registered first, then read: an outcome published between the two reads is not missed.
+  const now = await readOutcome(queues.connection, requestId);
+  if (now && now.s !== 'pending') return now;
+  const outcome = await pushed;
+  if (outcome) return outcome;
+  const last = await readOutcome(queues.connection, requestId);
+  if (!last) throw new Error(`the outcome of ${requestId} vanished while waiting`);
+  return last;
+}
+
+/** Whether the batch job of a request finished (or is gone): then a pending record will never change. */
+async function batchFinished(queues: Queues, requestId: string): Promise<boolean> {
+  const queue = queues.get(QUEUES.issue);
+  const [finishedOn, exists] = await Promise.all([
+    queues.connection.hget(queue.toKey(parseRequestId(requestId).jobId), 'finishedOn'),
+    queues.connection.exists(queue.toKey(parseRequestId(requestId).jobId)),
+  ]);
+  return finishedOn !== null || exists === 0;
 }

@@ -2,6 +2,7 @@
 import type { Hono } from 'hono';
 import { createApp } from '../../ingress/app';
 import type { AppEnv } from '../../ingress/context';
+import { createOutcomeHub } from '../../ingress/outcome-hub';
 import { logger } from '../../core/logger';
 import { closeSequelize, sequelize } from '../../core/postgres';
 import { createRedis, waitForReady } from '../../core/redis';
@@ -24,7 +25,9 @@ export async function startTestApp(opts: { redisUrl?: string } = {}): Promise<Te
   const redis = createRedis('client');
   initUserCouponCache(redis);
   await waitForReady(queues.connection);
-  const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret() });
+  const outcomes = createOutcomeHub(logger(), opts.redisUrl);
+  await outcomes.ready;
+  const app = createApp({ queues, redis, log: logger(), outcomes, jwtSecret: testSecret() });
   return {
     app,
     queues,
@@ -47,6 +50,7 @@ export async function startTestApp(opts: { redisUrl?: string } = {}): Promise<Te
       return { status: res.status, body: parsed, headers: res.headers };
     },
     async close() {
+      await outcomes.close();
       await queues.close();
       redis.disconnect();
       await closeSequelize();

@@ -25,7 +25,9 @@ export type Admission =
       total: number | null;
       admitted: number | null;
     }
-  | { kind: 'refused'; code: ErrorCode; total?: number | null };
+  | { kind: 'refused'; code: ErrorCode; total?: number | null }
+  /** Stock is gone but admissions are pending, so a unit may come back: ask again shortly. */
+  | { kind: 'wait' };
 
 const REFUSALS: ReadonlySet<string> = new Set([
   'POLICY_NOT_FOUND',
@@ -41,17 +43,34 @@ export interface AdmissionDeps {
   locks: Locks;
 }
 
-/** Admits (or refuses) one issue request; a retried request gets its own slot back. */
-export async function admit(
-  deps: AdmissionDeps,
-  req: { policyId: string; requestId: string; userId: string; methods: readonly IssueMethod[] },
-): Promise<Admission> {
-  const redis = withAdmissionScripts(deps.redis);
-  const k = policyKeys(req.policyId);
-  for (let round = 0; round < 3; round += 1) {
-    const [status, slot, validUntil, validDays, resumed, total, admitted] = await redis.admitCoupon(
-      k.meta, k.stock, k.free, k.users, k.pending, req.requestId, req.userId, req.methods.join(','),
-    );
+export interface AdmissionRequest {
+  requestId: string;
+  userId: string;
+}
+
+/** What admit.lua answered for one request; `missing` when the policy's state must be loaded first. */
+export type AdmissionAnswer = Admission | { kind: 'missing'; what: 'meta' | 'stock' };
+
+/**
+ * Runs admit.lua once for any number of requests of one policy. `waitWhenPending`: answer `wait`
+ * rather than SOLD_OUT while admissions are pending, so SOLD_OUT is told only when no unit can
+ * come back. Loads nothing: a policy whose state is not in Redis answers `missing` for each request.
+ */
+export async function admitOnce(
+  redisClient: Redis,
+  policyId: string,
+  methods: readonly IssueMethod[],
+  requests: readonly AdmissionRequest[],
+  waitWhenPending: boolean,
+): Promise<AdmissionAnswer[]> {
+  const k = policyKeys(policyId);
+  const reply = await withAdmissionScripts(redisClient).admitCoupons(
+    k.meta, k.stock, k.free, k.users, k.pending, methods.join(','), waitWhenPending ? '1' : '0',
+    ...requests.flatMap((r) => [r.requestId, r.userId]),
+  );
+  const [validUntil, validDays, total] = reply.slice(0, 3).map(String) as [string, string, string];
+  return requests.map((_, i): AdmissionAnswer => {
+    const [status, slot, resumed, admitted] = reply.slice(3 + i * 4, 7 + i * 4) as [string, number, number, number];
     if (status === 'ADMITTED') {
       return {
         kind: 'admitted',
@@ -60,13 +79,31 @@ export async function admit(
         validUntil: validUntil ? new Date(Number(validUntil)) : null,
         validDays: validDays ? Number(validDays) : null,
         total: total ? Number(total) : null,
-        admitted: admitted ? Number(admitted) : null,
+        admitted: admitted > 0 ? admitted : null,
       };
     }
-    if (status === 'META_MISSING') await once(`meta:${req.policyId}`, () => loadPolicyMeta(redis, req.policyId));
-    else if (status === 'STOCK_MISSING') await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
-    else if (REFUSALS.has(status)) return { kind: 'refused', code: status as ErrorCode, ...(total && { total: Number(total) }) };
-    else throw new Error(`admission script answered ${status}`);
+    if (status === 'WAIT') return { kind: 'wait' };
+    if (status === 'META_MISSING') return { kind: 'missing', what: 'meta' };
+    if (status === 'STOCK_MISSING') return { kind: 'missing', what: 'stock' };
+    if (REFUSALS.has(status)) return { kind: 'refused', code: status as ErrorCode, ...(total && { total: Number(total) }) };
+    throw new Error(`admission script answered ${status}`);
+  });
+}
+
+/**
+ * Admits (or refuses) one issue request; a retried request gets its own slot back. Loads the
+ * policy's admission state from Postgres when Redis does not have it.
+ */
+export async function admit(
+  deps: AdmissionDeps,
+  req: { policyId: string; requestId: string; userId: string; methods: readonly IssueMethod[] },
+  waitWhenPending = true,
+): Promise<Admission> {
+  for (let round = 0; round < 3; round += 1) {
+    const [answer] = await admitOnce(deps.redis, req.policyId, req.methods, [req], waitWhenPending);
+    if (answer!.kind !== 'missing') return answer!;
+    if (answer!.what === 'meta') await once(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
+    else await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
 }

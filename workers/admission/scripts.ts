@@ -4,14 +4,15 @@ import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 
 const SCRIPTS = {
-  admitCoupon: { file: 'admit.lua', keys: 5 },
+  admitCoupons: { file: 'admit.lua', keys: 5 },
   releaseCoupon: { file: 'release.lua', keys: 4 },
   settleCoupon: { file: 'settle.lua', keys: 4 },
   setPolicyMeta: { file: 'set-meta.lua', keys: 1 },
 } as const;
 
 export interface AdmissionCommands {
-  admitCoupon(meta: string, stock: string, free: string, users: string, pending: string, requestId: string, userId: string, methods: string): Promise<[string, number, string, string, number?, string?, number?]>;
+  /** admit.lua: [validUntil, validDays, total, then status, slot, resumed, admitted per request]. */
+  admitCoupons(meta: string, stock: string, free: string, users: string, pending: string, methods: string, waitWhenPending: '0' | '1', ...requestAndUser: string[]): Promise<(string | number)[]>;
   releaseCoupon(stock: string, free: string, users: string, pending: string, requestId: string, returnSlot: '0' | '1'): Promise<number>;
   settleCoupon(stock: string, free: string, users: string, pending: string, requestId: string, couponSlot: string): Promise<number>;
   setPolicyMeta(meta: string, version: string, ttlMs: string, ...fields: string[]): Promise<number>;

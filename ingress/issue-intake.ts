@@ -1,0 +1,144 @@
+// The issue requests one web process receives in one turn of its event loop, decided as far as Redis
+// can decide them before anything is queued. During a sale most requests lose: they are refused by
+// one admission script call per policy and turn, answered at once, and never become jobs. Only the
+// winners (admitted, each holding its slot) and the requests Redis cannot decide yet travel to a
+// worker as one batch job, which writes the coupons to Postgres and publishes their outcomes.
+//
+//   admit.lua per policy ─┬─ refused (final) ──────────── outcome stored, answered now
+//                         ├─ admitted (slot held) ──┐
+//                         └─ wait / not loaded ─────┴─ one issue-batch job ─► worker ─► outcome pushed
+//
+// A win is told only once the coupon is committed (the worker's outcome); SOLD_OUT only when no unit
+// can come back: while admissions are pending, a request that finds the stock gone waits in the job
+// for them (workers/issue-coupon.ts) instead of being refused.
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { coalescePerTurn } from '../core/concurrency';
+import { AppError, reason } from '../core/errors';
+import type { Logger } from '../core/logger';
+import { issueRequestsTotal } from '../core/metrics';
+import type { Queues } from '../queues/connection';
+import { addJob } from '../queues/enqueue';
+import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
+import { newJobId, requestIdOf } from '../queues/names';
+import { storeOutcomes, type StoredOutcome } from '../queues/outcomes';
+import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../workers/admission/admission';
+import { ISSUE_BY_POLICY_METHODS } from '../workers/issue-coupon';
+import { noteSoldOutRefusal } from '../workers/stock-alerts';
+import type { RejectionCounter } from '../workers/rejection-stats';
+import type { OutcomeHub } from './outcome-hub';
+
+export interface IntakeRequest extends IssueJob {
+  /** How long the client waits for the outcome (Prefer: wait), in ms; 0 when it polls. */
+  waitMs: number;
+}
+
+export interface IntakeAnswer {
+  requestId: string;
+  /** The final outcome, when the web decided the request itself. */
+  decided?: StoredOutcome;
+  /** For a queued request whose client waits: its outcome once a worker publishes it (null: not in time). */
+  outcome?: Promise<StoredOutcome | null>;
+}
+
+export interface IntakeDeps {
+  queues: Queues;
+  hub: OutcomeHub;
+  rejections: RejectionCounter;
+  log: Logger;
+}
+
+interface Item {
+  data: IntakeRequest;
+  index: number;
+  requestId: string;
+  decided?: StoredOutcome;
+  admittedAs?: { total: number | null; admitted: number | null };
+}
+
+/** Takes issue requests; each resolves once it is decided or queued, or rejects with 503 when it could not be queued. */
+export function createIssueIntake(deps: IntakeDeps): (request: IntakeRequest) => Promise<IntakeAnswer> {
+  return coalescePerTurn((batch: IntakeRequest[]) => takeTurn(deps, batch), MAX_ISSUE_BATCH);
+}
+
+async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(IntakeAnswer | Error)[]> {
+  const jobId = newJobId('issue-batch', randomUUID());
+  const now = Date.now();
+  const items: Item[] = batch.map((data, index) => ({ data, index, requestId: requestIdOf(jobId, index) }));
+  await admitByPolicy(deps, items, now);
+
+  const carried = items.filter((i) => !i.decided);
+  const waits = new Map(carried.filter((i) => i.data.waitMs > 0).map((i) => [i.index, deps.hub.wait(i.requestId, i.data.waitMs)]));
+  try {
+    // The record goes first: a worker that finishes the job overwrites it, never the other way round.
+    await storeOutcomes(deps.queues.connection, jobId, items.map((i) => [i.index, i.decided ?? pendingRecord(i, now)]));
+    if (carried.length > 0) {
+      const requests = carried.map(({ data: { waitMs: _wait, ...data }, requestId, admittedAs }) => ({ ...data, requestId, ...(admittedAs && { admittedAs }) }));
+      await addJob(deps.queues, 'issue-batch', { requests }, jobId);
+    }
+  } catch (error) {
+    // Nothing was queued: the slots held for the carried requests go back now, not at the reconciler's pace.
+    await releaseCarried(deps, carried);
+    const unavailable = error instanceof AppError ? error : new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
+    // A refusal the web decided is final whatever became of the others.
+    return items.map((i) => (i.decided ? { requestId: i.requestId, decided: i.decided } : unavailable));
+  }
+  countDecided(deps, items);
+  return items.map((i) => (i.decided ? { requestId: i.requestId, decided: i.decided } : { requestId: i.requestId, outcome: waits.get(i.index) }));
+}
+
+/**
+ * One admit.lua call per policy named in the turn. Requests by code go to the worker as they are (a
+ * single-use code must be claimed first); a code that names no policy is refused here.
+ */
+async function admitByPolicy(deps: IntakeDeps, items: Item[], now: number): Promise<void> {
+  const byPolicy = new Map<string, Item[]>();
+  for (const item of items) {
+    const { policyId, via } = item.data;
+    if (policyId === null) item.decided = refusal(item, 'CODE_NOT_FOUND', now);
+    else if ((via ?? 'policy') === 'policy') byPolicy.set(policyId, [...(byPolicy.get(policyId) ?? []), item]);
+  }
+  await Promise.all(
+    [...byPolicy].map(async ([policyId, group]) => {
+      let answers: AdmissionAnswer[];
+      try {
+        answers = await admitOnce(deps.queues.connection, policyId, ISSUE_BY_POLICY_METHODS, group.map((i) => ({ requestId: i.requestId, userId: i.data.userId })), true);
+      } catch (error) {
+        // Redis did not answer: the requests go to the job as they are (or the add fails with 503 too).
+        deps.log.warn({ err: error, policyId }, 'admission in the web failed; leaving the requests to a worker');
+        return;
+      }
+      answers.forEach((answer, k) => {
+        const item = group[k]!;
+        if (answer.kind === 'refused') {
+          item.decided = refusal(item, answer.code, now);
+          if (answer.code === 'SOLD_OUT') noteSoldOutRefusal(deps.log, policyId, answer.total);
+        } else if (answer.kind === 'admitted') {
+          item.admittedAs = { total: answer.total, admitted: answer.admitted };
+        }
+      });
+    }),
+  );
+}
+
+function refusal(item: Item, code: Parameters<typeof reason>[0], now: number): StoredOutcome {
+  return { s: 'rejected', u: item.data.userId, c: now, f: now, e: reason(code) };
+}
+
+function pendingRecord(item: Item, now: number): StoredOutcome {
+  return { s: 'pending', u: item.data.userId, c: now };
+}
+
+async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<void> {
+  await Promise.all(
+    carried
+      .filter((i) => i.admittedAs && i.data.policyId)
+      .map((i) => releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).catch(() => false)),
+  );
+}
+
+function countDecided(deps: IntakeDeps, items: Item[]): void {
+  const refused = items.flatMap((i) => (i.decided?.e ? [{ policyId: i.data.policyId, code: i.decided.e.code }] : []));
+  for (const r of refused) issueRequestsTotal.inc({ outcome: 'rejected', reason: r.code });
+  deps.rejections.count(refused);
+}

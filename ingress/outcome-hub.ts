@@ -1,0 +1,93 @@
+// One subscription per web process to the outcomes the workers publish (queues/outcomes.ts), and
+// the requests of this process waiting for them: a finished batch resolves each of its waiting
+// requests with one map lookup, instead of every waiting request reading the whole batch job.
+import type { Redis } from 'ioredis';
+import type { Logger } from '../core/logger';
+import { createRedis } from '../core/redis';
+import { outcomeChannel, type OutcomeMessage, type StoredOutcome } from '../queues/outcomes';
+import { requestIdOf } from '../queues/names';
+
+export interface OutcomeHub {
+  /**
+   * Resolves with the request's final outcome when a worker publishes it within `ms`, else null.
+   * Register before the outcome can be published (before the job is added, or before reading the
+   * stored outcome), so that no message falls between the read and the wait.
+   */
+  wait(requestId: string, ms: number): Promise<StoredOutcome | null>;
+  /** Requests waiting now (a gauge for operators and tests). */
+  waiting(): number;
+  /** Resolves once the subscription is in place (a wait before that may only learn from its final read). */
+  ready: Promise<void>;
+  close(): Promise<void>;
+}
+
+type Waiter = (outcome: StoredOutcome | null) => void;
+
+export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
+  // A subscribed connection can do nothing else; it retries forever and resubscribes on reconnect.
+  const subscriber: Redis = createRedis('worker', redisUrl);
+  const waiters = new Map<string, Waiter[]>();
+
+  const resolve = (requestId: string, outcome: StoredOutcome | null) => {
+    const list = waiters.get(requestId);
+    if (!list) return;
+    waiters.delete(requestId);
+    for (const w of list) w(outcome);
+  };
+
+  subscriber.on('message', (_channel: string, raw: string) => {
+    if (waiters.size === 0) return;
+    let message: OutcomeMessage;
+    try {
+      message = JSON.parse(raw) as OutcomeMessage;
+    } catch (error) {
+      log.warn({ err: error }, 'unreadable outcome message');
+      return;
+    }
+    for (const [index, outcome] of message.outcomes) resolve(requestIdOf(message.job, index), outcome);
+  });
+  const ready = subscriber.subscribe(outcomeChannel()).then(() => undefined);
+  // A subscription that fails now is retried by ioredis on reconnect; waits fall back to a read.
+  ready.catch((error: unknown) => log.warn({ err: error }, 'outcome subscription failed'));
+
+  return {
+    wait(requestId, ms) {
+      return new Promise((done) => {
+        let timer: NodeJS.Timeout | undefined;
+        const waiter: Waiter = (outcome) => {
+          if (timer) clearTimeout(timer);
+          done(outcome);
+        };
+        const list = waiters.get(requestId);
+        if (list) list.push(waiter);
+        else waiters.set(requestId, [waiter]);
+        timer = setTimeout(() => {
+          const left = (waiters.get(requestId) ?? []).filter((w) => w !== waiter);
+          if (left.length > 0) waiters.set(requestId, left);
+          else waiters.delete(requestId);
+          done(null);
+        }, ms);
+      });
+    },
+    waiting: () => waiters.size,
+    ready,
+    async close() {
+      for (const requestId of [...waiters.keys()]) resolve(requestId, null);
+      subscriber.disconnect();
+    },
+  };
+}
+
+/** A hub made on its first wait: an app that never waits on an issue outcome opens no subscription. */
+export function lazyOutcomeHub(create: () => OutcomeHub): OutcomeHub {
+  let hub: OutcomeHub | undefined;
+  const get = () => (hub ??= create());
+  return {
+    wait: (requestId, ms) => get().wait(requestId, ms),
+    waiting: () => hub?.waiting() ?? 0,
+    get ready() {
+      return hub?.ready ?? Promise.resolve();
+    },
+    close: async () => hub?.close(),
+  };
+}

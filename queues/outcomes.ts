@@ -1,0 +1,81 @@
+// The outcome of each issue request, kept where a poll reads it in one HGET and pushed to the web
+// processes the moment it is known. A batch job carries many requests; reading the job to answer one
+// of them would load and parse all of them, so each request's outcome is stored on its own:
+//
+//   <QUEUE_PREFIX>:out:<batchJobId>   hash  <index> -> StoredOutcome (JSON), for 24 hours
+//   <QUEUE_PREFIX>:outcomes           channel: one message per batch a worker finished
+//
+// The web writes a record for every request of a turn before its job is added: the final outcome
+// of a request it decided itself (a refusal), `pending` for one the job carries. The worker
+// overwrites the pending ones with their final outcome once the batch is decided, then publishes
+// them. A record says `succeeded` only once the coupon is committed in Postgres.
+import type { Redis } from 'ioredis';
+import { config } from '../core/config';
+import type { JobView } from './jobs';
+import { parseRequestId } from './names';
+
+/** As long as a batch job's result is kept (queues/connection.ts). */
+export const OUTCOME_TTL_MS = 24 * 3600 * 1000;
+
+export interface StoredOutcome {
+  /** pending | succeeded | rejected | failed */
+  s: JobView['status'];
+  /** The user the request is for (the owner of its job view). */
+  u: string;
+  /** createdAt and finishedAt, epoch milliseconds. */
+  c: number;
+  f?: number;
+  /** The coupon, for a succeeded request. */
+  r?: unknown;
+  /** The reason, for a rejected or failed request. */
+  e?: { code: string; message: string };
+}
+
+export const outcomeKey = (batchJobId: string) => `${config().QUEUE_PREFIX}:out:${batchJobId}`;
+export const outcomeChannel = () => `${config().QUEUE_PREFIX}:outcomes`;
+
+/** A published message: the batch job and the final outcomes of the requests it decided. */
+export interface OutcomeMessage {
+  job: string;
+  outcomes: [index: number, outcome: StoredOutcome][];
+}
+
+/** The job view of one request from its stored outcome; ownerId is for the access check. */
+export function viewOfOutcome(requestId: string, o: StoredOutcome): JobView & { ownerId: string } {
+  return {
+    id: requestId,
+    type: 'issue',
+    status: o.s,
+    ...(o.r !== undefined && { result: o.r }),
+    ...(o.e && { reason: o.e }),
+    createdAt: new Date(o.c).toISOString(),
+    ...(o.f !== undefined && { finishedAt: new Date(o.f).toISOString() }),
+    ownerId: o.u,
+  };
+}
+
+/** Stores outcomes of requests of one batch job (fields by request index); one round trip. */
+export async function storeOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes']): Promise<void> {
+  if (outcomes.length === 0) return;
+  const key = outcomeKey(batchJobId);
+  const fields = outcomes.flatMap(([index, o]) => [String(index), JSON.stringify(o)]);
+  const replies = await redis.multi().hset(key, ...fields).pexpire(key, OUTCOME_TTL_MS).exec();
+  const failed = replies?.find(([error]) => error)?.[0];
+  if (failed) throw failed;
+}
+
+/** Stores the final outcomes of a batch's requests, then tells every web process (one PUBLISH). */
+export async function publishOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes']): Promise<void> {
+  if (outcomes.length === 0) return;
+  await storeOutcomes(redis, batchJobId, outcomes);
+  const message: OutcomeMessage = { job: batchJobId, outcomes };
+  await redis.publish(outcomeChannel(), JSON.stringify(message));
+}
+
+/** The stored outcome of one request of a batch (`<jobId>.<index>`); null when none is stored. */
+export async function readOutcome(redis: Redis, requestId: string): Promise<StoredOutcome | null> {
+  const { jobId, index } = parseRequestId(requestId);
+  if (index === null) return null;
+  const raw = await redis.hget(outcomeKey(jobId), String(index));
+  return raw === null ? null : (JSON.parse(raw) as StoredOutcome);
+}
