@@ -26,15 +26,22 @@ import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../workers/ad
 import { ISSUE_BY_POLICY_METHODS } from '../workers/issue-coupon';
 import { noteSoldOutRefusal } from '../workers/stock-alerts';
 import type { RejectionCounter } from '../workers/rejection-stats';
+import { IDEMPOTENCY_TTL_SECONDS } from './idempotency';
 import type { OutcomeHub } from './outcome-hub';
 
 export interface IntakeRequest extends IssueJob {
   /** How long the client waits for the outcome (Prefer: wait), in ms; 0 when it polls. */
   waitMs: number;
+  /** The request's Idempotency-Key, as its Redis key and the fingerprint of what it asks. */
+  idempotency?: { redisKey: string; fingerprint: string };
 }
 
 export interface IntakeAnswer {
   requestId: string;
+  /** The Idempotency-Key was used for another request: 409. */
+  conflict?: boolean;
+  /** The Idempotency-Key's first request (requestId is that request's id): answer with its outcome. */
+  replay?: boolean;
   /** The final outcome, when the web decided the request itself. */
   decided?: StoredOutcome;
   /** For a queued request whose client waits: its outcome once a worker publishes it (null: not in time). */
@@ -52,6 +59,8 @@ interface Item {
   data: IntakeRequest;
   index: number;
   requestId: string;
+  /** Answered from the Idempotency-Key's first request, or refused for another body: not issued at all. */
+  keyed?: { replayOf: string } | { conflict: true };
   decided?: StoredOutcome;
   admittedAs?: { total: number | null; admitted: number | null };
 }
@@ -64,7 +73,13 @@ export function createIssueIntake(deps: IntakeDeps): (request: IntakeRequest) =>
 async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(IntakeAnswer | Error)[]> {
   const jobId = newJobId('issue-batch', randomUUID());
   const now = Date.now();
-  const items: Item[] = batch.map((data, index) => ({ data, index, requestId: requestIdOf(jobId, index) }));
+  const all: Item[] = batch.map((data, index) => ({ data, index, requestId: requestIdOf(jobId, index) }));
+  try {
+    await claimKeys(deps, all);
+  } catch (error) {
+    return all.map(() => new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error));
+  }
+  const items = all.filter((i) => !i.keyed);
   await admitByPolicy(deps, items, now);
 
   const carried = items.filter((i) => !i.decided);
@@ -79,12 +94,42 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
   } catch (error) {
     // Nothing was queued: the slots held for the carried requests go back now, not at the reconciler's pace.
     await releaseCarried(deps, carried);
+    // Their keys name requests that were never queued: a retry under the same key starts afresh.
+    const claimed = items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
+    if (claimed.length > 0) await deps.queues.connection.del(...claimed).catch(() => 0);
     const unavailable = error instanceof AppError ? error : new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
     // A refusal the web decided is final whatever became of the others.
-    return items.map((i) => (i.decided ? { requestId: i.requestId, decided: i.decided } : unavailable));
+    return all.map((i) => (i.keyed ? keyedAnswer(i) : i.decided ? { requestId: i.requestId, decided: i.decided } : unavailable));
   }
   countDecided(deps, items);
-  return items.map((i) => (i.decided ? { requestId: i.requestId, decided: i.decided } : { requestId: i.requestId, outcome: waits.get(i.index) }));
+  return all.map((i) =>
+    i.keyed ? keyedAnswer(i) : i.decided ? { requestId: i.requestId, decided: i.decided } : { requestId: i.requestId, outcome: waits.get(i.index) },
+  );
+}
+
+function keyedAnswer(i: Item): IntakeAnswer {
+  return i.keyed && 'replayOf' in i.keyed ? { requestId: i.keyed.replayOf, replay: true } : { requestId: i.requestId, conflict: true };
+}
+
+/**
+ * Claims the Idempotency-Keys of the turn's requests that carry one: `SET NX GET` of
+ * `<fingerprint>|<requestId>` for a day. A key seen before names its first request (the same body:
+ * answered with that request's outcome) or another body (409); neither is issued again.
+ */
+async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
+  const keyed = items.filter((i) => i.data.idempotency);
+  const previous = await Promise.all(
+    keyed.map((i) => {
+      const { redisKey, fingerprint } = i.data.idempotency!;
+      return deps.queues.connection.call('SET', redisKey, `${fingerprint}|${i.requestId}`, 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS));
+    }),
+  );
+  keyed.forEach((item, k) => {
+    const prior = previous[k];
+    if (typeof prior !== 'string') return;
+    const [fingerprint, requestId] = prior.split('|');
+    item.keyed = fingerprint === item.data.idempotency!.fingerprint && requestId ? { replayOf: requestId } : { conflict: true };
+  });
 }
 
 /**
@@ -122,7 +167,7 @@ async function admitByPolicy(deps: IntakeDeps, items: Item[], now: number): Prom
 }
 
 function refusal(item: Item, code: Parameters<typeof reason>[0], now: number): StoredOutcome {
-  return { s: 'rejected', u: item.data.userId, c: now, f: now, e: reason(code) };
+  return { s: 'rejected', u: item.data.userId, c: now, f: now, e: reason(code), w: 1 };
 }
 
 function pendingRecord(item: Item, now: number): StoredOutcome {

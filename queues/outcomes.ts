@@ -29,6 +29,8 @@ export interface StoredOutcome {
   r?: unknown;
   /** The reason, for a rejected or failed request. */
   e?: { code: string; message: string };
+  /** 1 when the web decided the request itself (it never became a job). */
+  w?: 1;
 }
 
 export const outcomeKey = (batchJobId: string) => `${config().QUEUE_PREFIX}:out:${batchJobId}`;

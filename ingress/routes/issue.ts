@@ -2,7 +2,7 @@
 // Validates, resolves a code to its policy and hands the request to the intake (ingress/issue-intake.ts),
 // which decides it in Redis or queues it; answers 202 with the request to poll or, with
 // `Prefer: wait`, 200 with the outcome: one round trip to know win or lose.
-import { Hono } from 'hono';
+import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import { sequelize } from '../../core/postgres';
@@ -18,7 +18,11 @@ import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/out
 import { createIssueIntake, type IntakeAnswer } from '../issue-intake';
 import type { OutcomeHub } from '../outcome-hub';
 import type { RejectionCounter } from '../../workers/rejection-stats';
-import { accepted, finishedAnswer, preferredWaitMs } from './jobs';
+import { accepted, finishedAnswer, issueRequestView, preferredWaitMs } from './jobs';
+import { fingerprint, idempotencyKeySchema } from '../idempotency';
+import { parseWith } from '../validation';
+import { config } from '../../core/config';
+import { createHash } from 'node:crypto';
 
 export const issueBody = z
   .object({
@@ -79,7 +83,9 @@ export function issueRoutes(deps: IssueRouteDeps) {
         ? await resolveCode(body.code, { userId: user.id, ip: c.get('clientIp') })
         : { policyId: body.policyId as string };
     const waitMs = preferredWaitMs(c) ?? 0;
+    const idempotency = idempotencyOf(c, user.id, body.userId ?? user.id, target);
     const answer = await intake({
+      ...(idempotency && { idempotency }),
       ...target,
       userId: body.userId ?? user.id,
       actorId: user.id,
@@ -87,6 +93,8 @@ export function issueRoutes(deps: IssueRouteDeps) {
       requestedAt: new Date().toISOString(),
       waitMs,
     });
+    if (answer.conflict) throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body in the last 24 hours.');
+    if (answer.replay) return replayAnswer(c, deps, answer.requestId, waitMs);
     logWith(c, { enqueued: answer.decided ? undefined : 'issue', jobId: answer.requestId, policyId: target.policyId, via: target.via ?? 'policy', ...(answer.decided?.e && { refused: answer.decided.e.code }) });
     if (waitMs === 0) return accepted(c, answer.requestId);
     const outcome = answer.decided ?? (await outcomeOf(deps, answer, waitMs));
@@ -108,4 +116,28 @@ async function outcomeOf(deps: IssueRouteDeps, answer: IntakeAnswer, waitMs: num
     deps.log.warn({ err: error, jobId: answer.requestId }, 'reading the outcome failed; answering 202');
     return null;
   });
+}
+
+/**
+ * The Idempotency-Key of an issue request, optional: a client that may retry a request whose answer
+ * it never got (a dropped connection, a web process that died) sends one, and the retry answers the
+ * first request's outcome instead of USER_LIMIT_REACHED. Scoped to the caller, as for reserve.
+ */
+function idempotencyOf(c: Context<AppEnv>, callerId: string, userId: string, target: Resolved) {
+  const header = c.req.header('idempotency-key');
+  if (header === undefined) return undefined;
+  const key = parseWith(idempotencyKeySchema, header);
+  return {
+    redisKey: `${config().QUEUE_PREFIX}:idem-issue:${createHash('sha256').update(`${callerId}\u0000${key}`).digest('hex')}`,
+    fingerprint: fingerprint({ policyId: target.policyId, via: target.via ?? 'policy', codeHash: target.codeHash ?? null, userId }),
+  };
+}
+
+/** A replayed Idempotency-Key: the first request's job, and with Prefer: wait its outcome. */
+async function replayAnswer(c: Context<AppEnv>, deps: IssueRouteDeps, requestId: string, waitMs: number) {
+  logWith(c, { replayOf: requestId });
+  if (waitMs === 0) return accepted(c, requestId);
+  const view = await issueRequestView(c, deps.queues, deps.outcomes, requestId, waitMs);
+  if (!view || view.status === 'pending') return accepted(c, requestId);
+  return finishedAnswer(c, view, waitMs);
 }

@@ -180,8 +180,25 @@ export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outco
   if (!stored) return settledView(c, queues, requestId, waitMs);
   assertSelfOrAdmin(c.get('user'), stored.u);
   if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs);
-  if (stored.s === 'pending' && (await batchFinished(queues, requestId))) return settledView(c, queues, requestId, 0);
+  if (stored.s === 'pending' && (await batchFinished(queues, requestId))) {
+    return (await settledView(c, queues, requestId, 0)) ?? (await lostRequestView(requestId, stored));
+  }
   const { ownerId: _owner, ...view } = viewOfOutcome(requestId, stored);
+  return view;
+}
+
+/**
+ * A pending request whose batch job is gone: its web died before the add, or Redis lost the job.
+ * Postgres says whether its coupon was written; if not, it never will be, and it ends failed (I7).
+ */
+async function lostRequestView(requestId: string, stored: StoredOutcome): Promise<JobView> {
+  const coupon = await findCouponByRequest(requestId);
+  const { ownerId: _owner, ...view } = viewOfOutcome(
+    requestId,
+    coupon
+      ? { ...stored, s: 'succeeded', r: couponView(coupon) }
+      : { ...stored, s: 'failed', e: { code: 'INTERNAL', message: 'The request was lost before a worker took it; ask again.' } },
+  );
   return view;
 }
 

@@ -3,12 +3,22 @@ import { Queue, type Job } from 'bullmq';
 import IORedis from 'ioredis';
 import { parseRequestId } from '../../queues/names';
 
-/** The issue jobs that carried these requests (one per batch), or undefined where a job is gone. */
+/**
+ * The issue jobs that carried these requests (one per batch), or undefined where a job is gone.
+ * Requests the web decided itself (refusals) never became jobs and are left out.
+ */
 export async function jobsCarrying(queuePrefix: string, requestIds: string[]): Promise<(Job | undefined)[]> {
   const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
   const queue = new Queue('issue', { connection, prefix: queuePrefix });
   try {
-    const jobIds = [...new Set(requestIds.map((id) => parseRequestId(id).jobId))];
+    const carried = await Promise.all(
+      requestIds.map(async (id) => {
+        const { jobId, index } = parseRequestId(id);
+        const raw = await connection.hget(`${queuePrefix}:out:${jobId}`, String(index));
+        return raw !== null && (JSON.parse(raw) as { w?: number }).w === 1 ? null : id;
+      }),
+    );
+    const jobIds = [...new Set(carried.flatMap((id) => (id === null ? [] : [parseRequestId(id).jobId])))];
     return await Promise.all(jobIds.map((id) => queue.getJob(id)));
   } finally {
     await queue.close();
