@@ -146,8 +146,9 @@ const operations: Op[] = [
   { method: 'post', path: `${API}/coupons/issue`, tag: 'Issue', summary: 'Ask for a coupon, by policy id or by code', who: 'user', job: true,
     // The schema's refinement (exactly one of policyId and code), which JSON Schema cannot take from zod.
     body: issueBody.meta({ oneOf: [{ required: ['policyId'] }, { required: ['code'] }] }),
-    description: 'Give either policyId or code. An admin may name userId. Rejections: POLICY_NOT_FOUND, POLICY_NOT_ACTIVE, METHOD_NOT_SUPPORTED, OUTSIDE_ISSUE_WINDOW, USER_LIMIT_REACHED, SOLD_OUT, CODE_NOT_FOUND, CODE_ALREADY_USED. Wrong codes count against the caller and its address (429 past the budget).',
-    errors: [403] },
+    headers: [{ name: 'Idempotency-Key', required: false, schema: idempotencyKeySchema, description: "Optional, the caller's own for 24 h: a retry with the same key and body answers the first request's job (and, with Prefer: wait, its outcome) instead of USER_LIMIT_REACHED; another body is 409 IDEMPOTENCY_KEY_REUSED." }],
+    description: 'Give either policyId or code. An admin may name userId. During a sale send Prefer: wait=N: the answer is then the final outcome (200), won (the coupon is committed) or lost (final: SOLD_OUT only when no unit can come back), in one round trip. Rejections: POLICY_NOT_FOUND, POLICY_NOT_ACTIVE, METHOD_NOT_SUPPORTED, OUTSIDE_ISSUE_WINDOW, USER_LIMIT_REACHED, SOLD_OUT, CODE_NOT_FOUND, CODE_ALREADY_USED. Wrong codes count against the caller and its address (429 past the budget).',
+    errors: [403, 409] },
   { method: 'post', path: `${API}/coupons/validate`, tag: 'Checkout', summary: 'Whether a coupon is usable for an order, and its discount', who: 'owner', body: validateBody,
     description: 'A read that changes nothing, with the rules of reserve.', ok: { status: 200, description: 'The verdict', schema: ref('Validation') }, errors: [403, 404] },
   { method: 'post', path: `${API}/coupons/reserve`, tag: 'Checkout', summary: 'Reserve a coupon for an order', who: 'user', body: reserveBody, job: true,
