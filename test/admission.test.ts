@@ -95,6 +95,24 @@ describe('admission state', () => {
     expect((await couponsOf(policy.id)).map((r) => r.slot)).toEqual([1, 2]);
   });
 
+  it('gives back within seconds, not lock periods, the slot of an admission whose job was never added; keeps a young one whose job exists', async () => {
+    const policy = await newPolicy({ totalQuantity: 2 });
+    // A web process admitted a request and died before adding its job.
+    const orphan = await admit({ redis, locks }, { policyId: policy.id, requestId: `iss_${randomUUID()}.0`, userId: uniqueId('orphan'), methods: ['FIRST_COME'] });
+    expect(orphan).toMatchObject({ kind: 'admitted', slot: 1 });
+    // Another admitted request whose job is queued (delayed, so no worker takes it during the test).
+    const liveJob = `iss_${randomUUID()}`;
+    const liveUser = uniqueId('live');
+    await queue.add('issue-batch', { requests: [] }, { jobId: liveJob, delay: 60_000 });
+    expect(await admit({ redis, locks }, { policyId: policy.id, requestId: `${liveJob}.0`, userId: liveUser, methods: ['FIRST_COME'] })).toMatchObject({ kind: 'admitted', slot: 2 });
+
+    // Two lock periods have not passed for either, but the orphan's job does not exist at all.
+    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 60_000, 0);
+    expect(report).toMatchObject({ released: 1, settled: 0 });
+    expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 1 });
+    await (await queue.getJob(liveJob))?.remove();
+  });
+
   it('settles, without giving back, an admission whose coupon reached Postgres', async () => {
     const policy = await newPolicy({ totalQuantity: 2 });
     const requestId = `iss_${randomUUID()}`;

@@ -67,8 +67,8 @@ describe('a Redis restart mid-sale', () => {
     const accepted = [...before, ...after].filter((r) => r.reply.status === 202 || r.reply.status === 200);
     expect(accepted.length).toBe(before.length + after.length); // outside the outage, every request is taken
     expect(accepted.filter((r) => r.reply.status === 200 && !waits.has(r.user))).toEqual([]);
-    const jobs = await mapLimit(accepted, 32, ({ user, reply }) =>
-      reply.status === 200 ? reply.body : api.settle(reply.body.jobId, tokens.get(user) as string, 90_000),
+    const jobs = await mapLimit(accepted, 32, ({ user, reply }): Promise<any> =>
+      reply.status === 200 ? Promise.resolve(reply.body) : api.settle(reply.body.jobId, tokens.get(user) as string, 90_000),
     );
     const statuses = jobs.map((j) => j.status);
     expect(statuses.filter((s) => s === 'pending' || s === 'failed')).toEqual([]);

@@ -24,8 +24,19 @@ export interface ReconcileReport {
   released: number;
 }
 
-/** One pass over every policy's pending admissions older than `minAgeMs`. */
-export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number): Promise<ReconcileReport> {
+/**
+ * How old an admission without any job must be before it is judged. The web admits a sale's
+ * requests and adds their job a moment later; an admission older than this whose job was never
+ * added belongs to a web process that died in between. Judged sooner than a job's lock periods, so
+ * its unit is back while the sale's late requests still wait for one (workers/issue-coupon.ts).
+ */
+export const ORPHAN_ADMISSION_AGE_MS = 5_000;
+
+/**
+ * One pass over every policy's pending admissions older than `minAgeMs`, and those whose job does
+ * not exist at all once they are older than `orphanAgeMs`.
+ */
+export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number, orphanAgeMs = Math.min(minAgeMs, ORPHAN_ADMISSION_AGE_MS)): Promise<ReconcileReport> {
   const report: ReconcileReport = { examined: 0, settled: 0, released: 0 };
   const policyIds = await deps.redis.smembers(trackedPoliciesKey());
   const now = Date.now();
@@ -37,10 +48,10 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number)
       cursor = next;
       for (let i = 0; i + 1 < flat.length; i += 2) {
         const requestId = flat[i] as string;
-        const admittedAt = Number((flat[i + 1] as string).split('|').pop());
-        if (now - admittedAt < minAgeMs) continue;
+        const age = now - Number((flat[i + 1] as string).split('|').pop());
+        if (age < orphanAgeMs) continue;
         report.examined += 1;
-        const verdict = await judge(deps, requestId);
+        const verdict = await judge(deps, requestId, age >= minAgeMs);
         if (verdict.kind === 'settle') {
           await settleAdmission(deps.redis, policyId, requestId, verdict.slot);
           report.settled += 1;
@@ -56,9 +67,11 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number)
 
 type Verdict = { kind: 'keep' } | { kind: 'settle'; slot: number | null } | { kind: 'release' };
 
-async function judge(deps: ReconcileDeps, requestId: string): Promise<Verdict> {
+async function judge(deps: ReconcileDeps, requestId: string, oldEnough: boolean): Promise<Verdict> {
   const job = await deps.issueQueue.getJob(parseRequestId(requestId).jobId);
   if (job) {
+    // A job that exists is judged only past two lock periods: its worker may still be writing.
+    if (!oldEnough) return { kind: 'keep' };
     const state = await job.getState();
     if (LIVE_STATES.has(state)) return { kind: 'keep' };
   }
