@@ -1,4 +1,4 @@
-// The coupon_policies table: the Sequelize model, its queries and the API view of a policy.
+// The coupon_policies table: the Sequelize model and its queries (the API views are in policy-views.ts).
 import {
   DataTypes,
   Model,
@@ -14,6 +14,7 @@ import {
 } from 'sequelize';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import type { IssueMethod, PolicyCreate, PolicyRules, PolicyStatus } from './policy-rules';
+import type { PolicyCounts } from './policy-views';
 
 export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCreationAttributes<CouponPolicy>> {
   declare id: string;
@@ -115,11 +116,6 @@ export function policyRules(p: CouponPolicy): PolicyRules {
   };
 }
 
-export interface PolicyCounts {
-  issuedCount: number;
-  usedCount: number;
-}
-
 export async function countCoupons(db: Sequelize, policyIds: string[]): Promise<Map<string, PolicyCounts>> {
   const counts = new Map<string, PolicyCounts>(policyIds.map((id) => [id, { issuedCount: 0, usedCount: 0 }]));
   if (policyIds.length === 0) return counts;
@@ -131,38 +127,6 @@ export async function countCoupons(db: Sequelize, policyIds: string[]): Promise<
   for (const r of rows) counts.set(r.policy_id, { issuedCount: Number(r.issued), usedCount: Number(r.used) });
   return counts;
 }
-
-export function policyView(p: CouponPolicy, counts: PolicyCounts = { issuedCount: 0, usedCount: 0 }) {
-  return {
-    id: p.id,
-    name: p.name,
-    ...(p.description !== null && { description: p.description }),
-    discount: {
-      type: p.discountType,
-      value: p.discountValue,
-      ...(p.maxDiscountAmount !== null && { maxDiscountAmount: p.maxDiscountAmount }),
-      ...(p.minOrderAmount !== null && { minOrderAmount: p.minOrderAmount }),
-    },
-    issueMethod: p.issueMethod,
-    totalQuantity: p.totalQuantity,
-    perUserLimit: p.perUserLimit,
-    issueWindow: { startsAt: p.issueStartsAt.toISOString(), ...(p.issueEndsAt && { endsAt: p.issueEndsAt.toISOString() }) },
-    validity: {
-      ...(p.validUntil && { until: p.validUntil.toISOString() }),
-      ...(p.validDays !== null && { days: p.validDays }),
-    },
-    ...(p.code !== null && { code: p.code }),
-    ...(p.triggerEvent !== null && { triggerEvent: p.triggerEvent }),
-    status: p.status,
-    restoreOnRefund: p.restoreOnRefund,
-    issuedCount: counts.issuedCount,
-    usedCount: counts.usedCount,
-    createdAt: p.createdAt.toISOString(),
-    updatedAt: p.updatedAt.toISOString(),
-  };
-}
-
-export type PolicyView = ReturnType<typeof policyView>;
 
 export interface PolicyPage {
   rows: CouponPolicy[];
