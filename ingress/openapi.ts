@@ -5,7 +5,8 @@
 import { z } from 'zod';
 import { errorCatalogue } from '../core/errors';
 import { codeRequestSchema } from '../models/codes';
-import { DISCOUNT_TYPES, ISSUE_METHODS, POLICY_STATUSES, policyCreateSchema, policyPatchSchema } from '../models/policy-rules';
+import { policyCreateSchema, policyPatchSchema } from '../models/policy-rules';
+import { policyAdminViewSchema, policyUserViewSchema } from '../models/policy-views';
 import { overallStatsSchema, policyStatsSchema, userStatsSchema } from '../models/stats';
 import { couponViewSchema, idSchema, reasonSchema } from '../queues/jobs';
 import { JOB_KINDS, type JobKind } from '../queues/names';
@@ -30,34 +31,13 @@ const jobTypes = (Object.keys(JOB_KINDS) as JobKind[]).map((k) => (k === 'issue-
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 
-// Response shapes that have no schema of their own in the code (the routes build them from models).
-const policyViewSchema = z.object({
-  id: z.string(),
-  name: z.string(),
-  description: z.string().optional(),
-  discount: z.object({
-    type: z.enum(DISCOUNT_TYPES),
-    value: z.number().int(),
-    maxDiscountAmount: z.number().int().optional(),
-    minOrderAmount: z.number().int().optional(),
-  }),
-  issueMethod: z.enum(ISSUE_METHODS),
-  totalQuantity: z.number().int().nullable(),
-  perUserLimit: z.number().int(),
-  issueWindow: z.object({ startsAt: z.string(), endsAt: z.string().optional() }),
-  validity: z.object({ until: z.string().optional(), days: z.number().int().optional() }),
-  code: z.string().optional(),
-  triggerEvent: z.string().optional(),
-  status: z.enum(POLICY_STATUSES),
-  restoreOnRefund: z.boolean(),
-  issuedCount: z.number().int(),
-  usedCount: z.number().int(),
-  createdAt: z.string(),
-  updatedAt: z.string(),
-});
+// A policy read by either audience: the caller's role picks the view (I12).
+const policyForCaller = { oneOf: [ref('UserPolicy'), ref('AdminPolicy')], description: 'UserPolicy for a user, AdminPolicy for an admin' };
 
 export const docShapes = {
-  Policy: policyViewSchema,
+  // The schemas that shape the answers (models/policy-views.ts), one per audience.
+  AdminPolicy: policyAdminViewSchema,
+  UserPolicy: policyUserViewSchema,
   Coupon: couponViewSchema,
   JobAccepted: z.object({
     jobId: z.string(),
@@ -127,15 +107,16 @@ const id = { id: idSchema };
 const operations: Op[] = [
   { method: 'post', path: `${API}/coupons/policies`, tag: 'Policies', summary: 'Create a policy', who: 'admin', body: policyCreateSchema,
     description: 'FIRST_COME needs totalQuantity; only a CODE policy has a shared code; an EVENT policy, and only it, has a triggerEvent; issueWindow.endsAt is after startsAt; validity gives until, days or both.',
-    ok: { status: 201, description: 'The policy', schema: ref('Policy') }, errors: [403, 409] },
+    ok: { status: 201, description: 'The policy', schema: ref('AdminPolicy') }, errors: [403, 409] },
   { method: 'get', path: `${API}/coupons/policies`, tag: 'Policies', summary: 'List policies, newest first', who: 'user', query: policyListQuery,
-    description: 'An admin sees every policy (filtered by status); a user sees the ACTIVE ones only.',
-    ok: { status: 200, description: 'A page', schema: { type: 'object', properties: { data: { type: 'array', items: ref('Policy') }, nextCursor: { type: ['string', 'null'] } }, required: ['data', 'nextCursor'] } } },
+    description: 'An admin sees every policy (filtered by status) as AdminPolicy; a user sees the ACTIVE ones only, as UserPolicy (no shared code, trigger event, refund rule or counters).',
+    ok: { status: 200, description: 'A page', schema: { type: 'object', properties: { data: { type: 'array', items: policyForCaller }, nextCursor: { type: ['string', 'null'] } }, required: ['data', 'nextCursor'] } } },
   { method: 'get', path: `${API}/coupons/policies/{id}`, tag: 'Policies', summary: 'Read a policy', who: 'user', params: id,
-    description: 'A user reads ACTIVE policies only (others are 404).', ok: { status: 200, description: 'The policy with issuedCount and usedCount', schema: ref('Policy') }, errors: [404] },
+    description: 'An admin reads any policy as AdminPolicy (with issuedCount and usedCount); a user reads ACTIVE policies only (others are 404), as UserPolicy.',
+    ok: { status: 200, description: "The policy in the caller's view", schema: policyForCaller }, errors: [404] },
   { method: 'patch', path: `${API}/coupons/policies/{id}`, tag: 'Policies', summary: 'Change a policy', who: 'admin', params: id, body: policyPatchSchema,
     description: 'Pause, resume or end (ENDED is final), extend issueWindow.endsAt, raise totalQuantity, rename.',
-    ok: { status: 200, description: 'The policy', schema: ref('Policy') }, errors: [403, 404, 409] },
+    ok: { status: 200, description: 'The policy', schema: ref('AdminPolicy') }, errors: [403, 404, 409] },
   { method: 'post', path: `${API}/coupons/policies/{id}/codes`, tag: 'Policies', summary: "Generate a CODE policy's single-use codes", who: 'admin', params: id, body: codeRequestSchema, job: true,
     description: "The first read of the finished job lists the codes; later reads say codesDelivered: true. 409 for a policy that is not CODE or has a shared code.", errors: [403, 404, 409] },
   { method: 'post', path: `${API}/coupons/policies/{id}/direct-issue`, tag: 'Policies', summary: 'Grant a DIRECT policy to up to 1,000 users', who: 'admin', params: id, body: directIssueBody, job: true,
@@ -230,8 +211,8 @@ function operation(op: Op): Json {
   };
 }
 
-/** The operations documented, as (METHOD, OpenAPI path) pairs. */
-export const documentedRoutes = () => operations.map((op) => ({ method: op.method.toUpperCase(), path: op.path }));
+/** The operations documented, as (METHOD, OpenAPI path) pairs, with who may call each. */
+export const documentedRoutes = () => operations.map((op) => ({ method: op.method.toUpperCase(), path: op.path, who: op.who }));
 
 let built: Json | undefined;
 

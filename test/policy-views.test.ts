@@ -1,0 +1,142 @@
+// I12, property-level views: a user reads no field only an admin may. Walks every route a user may
+// read (every GET the API reference lists for a user, plus validate and the job answers of the
+// user's own requests) as a user, over the real web and worker, and fails on any admin-only key
+// anywhere in any answer, or on the shared code or trigger event anywhere in the text.
+import { documentedRoutes } from '../ingress/openapi';
+import { errorCatalogue } from '../core/errors';
+import { ADMIN_ONLY_POLICY_FIELDS, policyAdminViewSchema, policyUserViewSchema } from '../models/policy-views';
+import { reserve } from './support/checkout';
+import { createPolicy, uniqueId } from './support/fixtures';
+import { Api } from './support/http';
+import { startStack, type Stack } from './support/stack';
+import { adminToken, tokenFor } from './support/tokens';
+
+let stack: Stack;
+let api: Api;
+
+beforeAll(async () => {
+  stack = await startStack({ workers: 1, name: 'policy-views' });
+  api = new Api(stack.baseUrl, 16);
+});
+
+afterAll(async () => {
+  await api?.close();
+  await stack?.stop();
+});
+
+/** Keys no user answer may hold: the admin-only policy fields and the coupon rows' internals. */
+const FORBIDDEN_KEYS = new Set([...ADMIN_ONLY_POLICY_FIELDS, 'version', 'slot', 'requestId', 'request_id', 'codeHash', 'code_hash', 'createdBy']);
+const ERROR_CODES = new Set(Object.keys(errorCatalogue));
+
+/**
+ * Every admin-only key in `value`, by JSON path. `code` is also the key of an error or refusal code
+ * (`{error: {code}}`, `{reason: {code}}`): there, and only with a value of the catalogue, it is allowed.
+ */
+function adminOnlyKeys(value: unknown, path = '$', parentKey = ''): string[] {
+  if (Array.isArray(value)) return value.flatMap((v, i) => adminOnlyKeys(v, `${path}[${i}]`, parentKey));
+  if (value === null || typeof value !== 'object') return [];
+  return Object.entries(value).flatMap(([key, v]) => {
+    const isErrorCode = key === 'code' && (parentKey === 'reason' || parentKey === 'error') && ERROR_CODES.has(String(v));
+    const here = FORBIDDEN_KEYS.has(key) && !isErrorCode ? [`${path}.${key}`] : [];
+    return [...here, ...adminOnlyKeys(v, `${path}.${key}`, key)];
+  });
+}
+
+interface Seen {
+  route: string;
+  status: number;
+  body: unknown;
+}
+
+describe('what a user reads', () => {
+  it('holds no admin-only field on any user-readable route, in any answer', async () => {
+    const admin = await adminToken();
+    const userId = uniqueId('viewer');
+    const user = await tokenFor(userId);
+    const sharedCode = `SECRET${uniqueId('x').slice(2, 10).toUpperCase()}`;
+    const trigger = `VIEWS_${uniqueId('x').slice(2, 10).toUpperCase()}`;
+    const codePolicy = await createPolicy(api, { issueMethod: 'CODE', totalQuantity: 10, code: sharedCode, restoreOnRefund: false });
+    const eventPolicy = await createPolicy(api, { issueMethod: 'EVENT', totalQuantity: null, triggerEvent: trigger });
+    const downloadPolicy = await createPolicy(api, { issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
+
+    const seen: Seen[] = [];
+    const read = async (route: string, method: string, path: string, opts: { body?: unknown; headers?: Record<string, string> } = {}) => {
+      const reply = await api.call(method, path, { token: user, ...opts });
+      seen.push({ route, status: reply.status, body: reply.body });
+      return reply;
+    };
+    const settle = async (jobId: string) => {
+      for (;;) {
+        const reply = await read('GET /api/v1/jobs/{jobId}', 'GET', `/api/v1/jobs/${jobId}?waitMs=5000`);
+        if (reply.status !== 200 || reply.body.status !== 'pending') return reply.body;
+      }
+    };
+
+    // The user's own jobs: an issue by shared code, one by policy id, a refusal, a reserve and a cancel
+    // (with Prefer: wait too, which answers the job view from the POST).
+    const byCode = await settle((await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId);
+    expect(byCode).toMatchObject({ status: 'succeeded', result: { policyId: codePolicy } });
+    const waited = await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { policyId: downloadPolicy }, headers: { prefer: 'wait=10' } });
+    expect(waited.body).toMatchObject({ status: 'succeeded', result: { policyId: downloadPolicy } });
+    const refused = await settle((await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId);
+    expect(refused).toMatchObject({ status: 'rejected', reason: { code: 'USER_LIMIT_REACHED' } });
+    const couponId = byCode.result.id as string;
+    await read('POST /api/v1/coupons/validate', 'POST', '/api/v1/coupons/validate', { body: { couponId, orderAmount: 50_000 } });
+    const reserved = await reserve(api, user, { couponId, orderId: uniqueId('order'), orderAmount: 50_000 });
+    const reservation = await settle(reserved.body.jobId);
+    expect(reservation).toMatchObject({ status: 'succeeded', result: { couponId } });
+    const cancel = await read('POST /api/v1/coupons/reservations/{id}/cancel', 'POST', `/api/v1/coupons/reservations/${reservation.result.reservationId}/cancel`);
+    await settle(cancel.body.jobId);
+
+    // Every GET a user may call.
+    await read('GET /api/v1/coupons/policies', 'GET', '/api/v1/coupons/policies?limit=100');
+    for (const id of [codePolicy, eventPolicy, downloadPolicy]) {
+      const one = await read('GET /api/v1/coupons/policies/{id}', 'GET', `/api/v1/coupons/policies/${id}`);
+      expect(one.status).toBe(200);
+      expect(policyUserViewSchema.strict().safeParse(one.body).success).toBe(true);
+    }
+    for (const status of ['', '?status=AVAILABLE', '?status=RESERVED', '?status=USED', '?status=EXPIRED']) {
+      await read('GET /api/v1/coupons/users/{userId}', 'GET', `/api/v1/coupons/users/${userId}${status}`);
+    }
+    await read('GET /api/v1/coupons/users/{userId}/stats', 'GET', `/api/v1/coupons/users/${userId}/stats`);
+    await read('GET /api/v1/coupons/policies/{id}', 'GET', '/api/v1/coupons/policies/no-such-policy');
+
+    // Every user-readable GET route of the API reference was walked: a new one fails here until it is.
+    const userReadable = documentedRoutes().filter((r) => r.method === 'GET' && r.path.startsWith('/api/v1') && ['user', 'self', 'owner'].includes(r.who));
+    const walked = new Set(seen.map((s) => s.route));
+    expect(userReadable.map((r) => `${r.method} ${r.path}`).filter((r) => !walked.has(r))).toEqual([]);
+
+    // The user's list shows the policies (so the walk saw them), in the user's view.
+    const list = seen.find((s) => s.route === 'GET /api/v1/coupons/policies')?.body as { data: { id: string }[] };
+    expect(list.data.map((p) => p.id)).toEqual(expect.arrayContaining([codePolicy, eventPolicy, downloadPolicy]));
+
+    for (const s of seen) {
+      expect({ route: s.route, adminOnly: adminOnlyKeys(s.body) }).toEqual({ route: s.route, adminOnly: [] });
+      const text = JSON.stringify(s.body);
+      expect({ route: s.route, hasCode: text.includes(sharedCode), hasTrigger: text.includes(trigger) }).toEqual({ route: s.route, hasCode: false, hasTrigger: false });
+    }
+    expect(seen.length).toBeGreaterThan(15);
+
+    // The walk finds what it looks for: an admin's read of the same policy holds those fields.
+    const asAdmin = await api.get(`/api/v1/coupons/policies/${codePolicy}`, admin);
+    expect(policyAdminViewSchema.strict().safeParse(asAdmin.body).success).toBe(true);
+    expect(adminOnlyKeys(asAdmin.body).sort()).toEqual(['$.code', '$.issuedCount', '$.restoreOnRefund', '$.updatedAt', '$.usedCount']);
+    expect(asAdmin.body).toMatchObject({ code: sharedCode, issuedCount: 1, restoreOnRefund: false });
+    expect((await api.get(`/api/v1/coupons/policies/${eventPolicy}`, admin)).body.triggerEvent).toBe(trigger);
+  });
+
+  it('gives a user the offer: terms, window, validity, status and whether it is sold out', async () => {
+    const admin = await adminToken();
+    const user = await tokenFor(uniqueId('viewer'));
+    const policyId = await createPolicy(api, { issueMethod: 'FIRST_COME', totalQuantity: 1, description: 'one only' });
+    const before = await api.get(`/api/v1/coupons/policies/${policyId}`, user);
+    expect(Object.keys(before.body).sort()).toEqual(['createdAt', 'description', 'discount', 'id', 'issueMethod', 'issueWindow', 'name', 'perUserLimit', 'soldOut', 'status', 'totalQuantity', 'validity']);
+    expect(before.body).toMatchObject({ soldOut: false, totalQuantity: 1, description: 'one only' });
+    const issued = await api.call('POST', '/api/v1/coupons/issue', { token: user, body: { policyId }, headers: { prefer: 'wait=10' } });
+    expect(issued.body.status).toBe('succeeded');
+    expect((await api.get(`/api/v1/coupons/policies/${policyId}`, user)).body.soldOut).toBe(true);
+    // Raising the quantity clears it.
+    await api.patch(`/api/v1/coupons/policies/${policyId}`, admin, { totalQuantity: 2 });
+    expect((await api.get(`/api/v1/coupons/policies/${policyId}`, user)).body.soldOut).toBe(false);
+  });
+});
