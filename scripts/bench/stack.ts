@@ -131,7 +131,15 @@ export interface SpawnOptions {
   bridge?: boolean;
   /** More environment for every process (topics, group, TTLs). */
   env?: Record<string, string>;
+  /** Run web and workers under `node --cpu-prof` writing here (PROFILE=1): a saturated run can then be explained. */
+  profileDir?: string;
   log: (line: string) => void;
+}
+
+/** `node <args>` becomes `node --cpu-prof --cpu-prof-dir=<dir> <args>` (written when the process exits). */
+function profiled(argv: string[], dir: string | undefined): string[] {
+  if (!dir || argv[0] !== 'node') return argv;
+  return ['node', '--cpu-prof', `--cpu-prof-dir=${dir}`, ...argv.slice(1)];
 }
 
 export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
@@ -219,8 +227,9 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     );
   };
 
-  const web = launch('web', webCmd);
-  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, workerCmd));
+  if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
+  const web = launch('web', profiled(webCmd, opts.profileDir));
+  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, profiled(workerCmd, opts.profileDir)));
   const bridgeCmd = commands.get('bridge');
   if (opts.bridge && !bridgeCmd) throw new Error('the Procfile has no bridge process');
   const bridge = opts.bridge && bridgeCmd ? launch('bridge', bridgeCmd) : undefined;
