@@ -18,7 +18,7 @@
 //                                     reuse | spawn (always start one: npm run build, 1 web + WORKERS
 //                                     workers + a bridge from the Procfile on a free port, stopped at the end)
 //   USERS [20000]  STOCK [2000]  CONNECTIONS [200]  RUNS [3]  WORKERS [1]  MODES [wait,poll]
-//   BASELINES [admit,hello,insert]    baseline routes measured each run (admit is the ratio's baseline)
+//   BASELINES [admit,hello,insert]    baseline routes measured each run (admit is the ratio's baseline; none: no baseline)
 //   WARMUP [10000]                    users of an unmeasured sale first (stock a tenth), audited too (0: none)
 //   BRIDGE [true]                     the spawned stack runs the Kafka bridge too, as a deployment does
 //   KAFKA_BROKERS [127.0.0.1:9092]    for the bridge; a broker is started when none answers
@@ -52,7 +52,7 @@ import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack,
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const list = <T extends string>(values: readonly [T, ...T[]], def: string) =>
-  z.string().default(def).transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean)).pipe(z.array(z.enum(values)));
+  z.string().default(def).transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x && x !== 'none')).pipe(z.array(z.enum(values)));
 
 const configSchema = z.object({
   BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),
@@ -174,6 +174,7 @@ async function measureRun(ctx: SaleContext, cfg: Config, baseline: Baseline | nu
 /** Each way of asking's outcome rate as a share of each baseline route's (Hono alone, one Lua script, one INSERT). */
 function ratioLines(cfg: Config, sales: Record<string, SaleResult>): string[] {
   const bases = ['baseline', 'hello', 'insert'].filter((b) => sales[b]);
+  if (bases.length === 0) return [];
   return cfg.MODES.map((mode) => {
     const ours = sales[mode]?.figures.outcomesPerSec ?? 0;
     const parts = bases.map((b) => `${b === 'baseline' ? 'one Lua admission' : b === 'hello' ? 'Hono alone' : 'one INSERT'} ${round(ours / Math.max(1, sales[b]?.figures.outcomesPerSec ?? 0), 2)}`);
