@@ -48,11 +48,12 @@ import { Client as PgClient } from 'pg';
 import { Agent, request } from 'undici';
 import { z } from 'zod';
 import { urlWith } from '../../core/config';
+import { fixKafkajsIdleLoop } from '../../ingress/bridge/kafkajs-idle';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
-import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, waitForBridge, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -137,22 +138,6 @@ function eventPublisher(producer: Producer, topic: string) {
   };
 }
 
-async function waitForBridge(kafka: Kafka, groupId: string, timeoutMs = 90_000): Promise<void> {
-  const admin = kafka.admin();
-  await admin.connect();
-  try {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const { groups } = await admin.describeGroups([groupId]);
-      if (groups[0]?.state === 'Stable' && groups[0].members.length > 0) return;
-      if (Date.now() > until) throw new Error(`the bridge's consumer group ${groupId} is not stable after ${timeoutMs} ms`);
-      await sleep(250);
-    }
-  } finally {
-    await admin.disconnect();
-  }
-}
-
 /**
  * The invariants of one load of checkouts, from Postgres. Every checkout started counts: a reserve
  * refused at the door (429, 503, 5xx) or failed, or a payment not published, fails the run, so a
@@ -183,6 +168,7 @@ async function auditCheckouts(pg: PgClient, policyId: string, checkouts: Checkou
 
 async function main(): Promise<number> {
   const cfg = loadConfig();
+  fixKafkajsIdleLoop(); // the bench's producer: without it the bench client would burn CPU idling
   const users = cfg.USERS ?? cfg.RATE * cfg.DURATION_S;
   const startedAt = new Date();
   const tag = randomBytes(4).toString('hex');
