@@ -10,6 +10,7 @@ import type { Phase } from '../../core/ops-server';
 import { waitForReady } from '../../core/redis';
 import { createQueues } from '../../queues/connection';
 import { startBridgeConsumer } from './consumer';
+import { fixKafkajsIdleLoop } from './kafkajs-idle';
 import { scheduleLagReport } from './lag';
 import { startBridgeOps } from './ops';
 import { paymentsRoute, userEventsRoute } from './routes';
@@ -17,6 +18,8 @@ import { paymentsRoute, userEventsRoute } from './routes';
 async function main(): Promise<void> {
   const cfg = config();
   const log = logger().child({ process: 'bridge' });
+  // Before the first Kafka client: without it every connection wakes the process every millisecond.
+  if (!fixKafkajsIdleLoop()) log.warn('kafkajs is not 2.2.4: its idle-loop fix (ingress/bridge/kafkajs-idle.ts) was not applied; check whether it is still needed');
   const kafka = createKafka(log);
   const queues = createQueues();
   exposeMetrics('bridge');

@@ -4,8 +4,8 @@
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
-export type CpuGroup = 'bench' | 'web' | 'worker' | 'bridge' | 'postgres' | 'redis' | 'kafka';
-const GROUPS: CpuGroup[] = ['bench', 'web', 'worker', 'bridge', 'postgres', 'redis', 'kafka'];
+export type CpuGroup = 'bench' | 'web' | 'worker' | 'bridge' | 'postgres' | 'redis' | 'kafka' | 'baseline';
+const GROUPS: CpuGroup[] = ['bench', 'web', 'worker', 'bridge', 'postgres', 'redis', 'kafka', 'baseline'];
 
 /** Decides which group a process belongs to; null leaves it in "other". */
 export type Classifier = (pid: number, comm: string, cmdline: () => string) => CpuGroup | null;
@@ -114,10 +114,12 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
 
 /**
  * Groups by pid when the bench started the processes itself, and by command line otherwise
- * (a reused stack: `node dist/ingress/server.js`, `tsx workers/main.ts` and the like).
+ * (a reused stack: `node dist/ingress/server.js`, `tsx workers/main.ts` and the like). `baseline`: the
+ * flash-sale bench's bare baseline server.
  */
-export function classifier(own: { web: number[]; workers: number[]; bridge?: number[] } | null): Classifier {
+export function classifier(own: { web: number[]; workers: number[]; bridge?: number[] } | null, baseline: number[] = []): Classifier {
   const web = new Set(own?.web ?? []);
+  const baselines = new Set(baseline);
   const workers = new Set(own?.workers ?? []);
   const bridges = new Set(own?.bridge ?? []);
   return (pid, comm, cmdline) => {
@@ -125,6 +127,7 @@ export function classifier(own: { web: number[]; workers: number[]; bridge?: num
     if (web.has(pid)) return 'web';
     if (workers.has(pid)) return 'worker';
     if (bridges.has(pid)) return 'bridge';
+    if (baselines.has(pid)) return 'baseline';
     if (comm === 'postgres') return 'postgres';
     if (comm.startsWith('redis-server')) return 'redis';
     if (comm === 'java' && /kafka/i.test(cmdline())) return 'kafka';

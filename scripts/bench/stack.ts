@@ -8,6 +8,7 @@ import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';
 import path from 'node:path';
 import { Queue } from 'bullmq';
+import type { Kafka } from 'kafkajs';
 import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
 
@@ -131,7 +132,15 @@ export interface SpawnOptions {
   bridge?: boolean;
   /** More environment for every process (topics, group, TTLs). */
   env?: Record<string, string>;
+  /** Run web, workers and the bridge under `node --cpu-prof` writing here (PROFILE=1): a saturated run can then be explained. */
+  profileDir?: string;
   log: (line: string) => void;
+}
+
+/** `node <args>` becomes `node --cpu-prof --cpu-prof-dir=<dir> <args>` (written when the process exits). */
+function profiled(argv: string[], dir: string | undefined): string[] {
+  if (!dir || argv[0] !== 'node') return argv;
+  return ['node', '--cpu-prof', `--cpu-prof-dir=${dir}`, ...argv.slice(1)];
 }
 
 export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
@@ -219,11 +228,12 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     );
   };
 
-  const web = launch('web', webCmd);
-  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, workerCmd));
+  if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
+  const web = launch('web', profiled(webCmd, opts.profileDir));
+  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, profiled(workerCmd, opts.profileDir)));
   const bridgeCmd = commands.get('bridge');
   if (opts.bridge && !bridgeCmd) throw new Error('the Procfile has no bridge process');
-  const bridge = opts.bridge && bridgeCmd ? launch('bridge', bridgeCmd) : undefined;
+  const bridge = opts.bridge && bridgeCmd ? launch('bridge', profiled(bridgeCmd, opts.profileDir)) : undefined;
   const baseUrl = `http://127.0.0.1:${port}`;
   opts.log(`started web (pid ${web.pid}) on ${baseUrl} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
 
@@ -262,5 +272,22 @@ async function waitUntilReady(baseUrl: string, opts: SpawnOptions, children: { n
   } finally {
     await queue.close();
     connection.disconnect();
+  }
+}
+
+/** Waits until the bridge's consumer group is stable with a member: it consumes from then on. */
+export async function waitForBridge(kafka: Kafka, groupId: string, timeoutMs = 90_000): Promise<void> {
+  const admin = kafka.admin();
+  await admin.connect();
+  try {
+    const until = Date.now() + timeoutMs;
+    for (;;) {
+      const { groups } = await admin.describeGroups([groupId]);
+      if (groups[0]?.state === 'Stable' && groups[0].members.length > 0) return;
+      if (Date.now() > until) throw new Error(`the bridge's consumer group ${groupId} is not stable after ${timeoutMs} ms`);
+      await sleep(250);
+    }
+  } finally {
+    await admin.disconnect();
   }
 }

@@ -1,0 +1,136 @@
+// The flash-sale bench's load generator: every user asks once, through a fixed number of keep-alive
+// connections, and keeps asking until it knows its outcome, as a shopper's page would. Two ways of
+// asking: `wait` (POST with `Prefer: wait=10`, answered 200 with the outcome; a 202 is long-polled) and
+// `poll` (POST, 202, then long-poll the statusUrl). Per user it records when the first answer came and
+// when the outcome was known; everything the bench reports about a sale is computed from these.
+// Request headers and bodies are built before the clock starts, so the generator costs little CPU
+// on a box it shares with the service.
+import { Pool } from 'undici';
+
+export type AskMode = 'wait' | 'poll';
+
+/** What one user learned: a final outcome, or a refusal at the door (an HTTP status, or 0 for a network error). */
+export interface Shopper {
+  sentAt: number;
+  firstAt: number;
+  firstStatus: number;
+  /** When the outcome (or the refusal) was known; 0 while unknown. */
+  doneAt: number;
+  /** 'won', a rejection reason code (SOLD_OUT, ...), 'failed', or 'refused'. */
+  outcome: 'won' | 'failed' | 'refused' | string | null;
+  /** The HTTP status that refused the user (0: no answer at all). */
+  refusedWith?: number;
+  couponId?: string;
+  jobId?: string;
+  /** A refusal's or failure's answer, cut short, for the report. */
+  detail?: string;
+}
+
+export interface LoadOptions {
+  baseUrl: string;
+  connections: number;
+  mode: AskMode;
+  /** One `authorization` header value per user. */
+  auth: string[];
+  /** The POST body every user sends. */
+  body: string;
+  path?: string;
+  /** Per-request timeout. */
+  timeoutMs?: number;
+}
+
+export interface LoadResult {
+  shoppers: Shopper[];
+  /** performance.now() when the first request went out. */
+  startedAt: number;
+  /** Requests sent in all (POSTs and polls). */
+  requests: number;
+}
+
+const POLL_WAIT_MS = 10_000;
+
+interface JobView {
+  status?: string;
+  jobId?: string;
+  statusUrl?: string;
+  result?: { id?: string };
+  reason?: { code?: string };
+}
+
+/** Drives one sale: every user once, `connections` of them at a time; resolves when every user knows. */
+export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
+  const pool = new Pool(opts.baseUrl, {
+    connections: opts.connections,
+    pipelining: 1,
+    keepAliveTimeout: 60_000,
+    headersTimeout: opts.timeoutMs ?? 15_000,
+    bodyTimeout: opts.timeoutMs ?? 15_000,
+  });
+  const path = opts.path ?? '/api/v1/coupons/issue';
+  const headers = opts.auth.map((authorization) =>
+    opts.mode === 'wait'
+      ? ['authorization', authorization, 'content-type', 'application/json', 'prefer', 'wait=10']
+      : ['authorization', authorization, 'content-type', 'application/json'],
+  );
+  const pollHeaders = opts.auth.map((authorization) => ['authorization', authorization]);
+  const shoppers: Shopper[] = opts.auth.map(() => ({ sentAt: 0, firstAt: 0, firstStatus: 0, doneAt: 0, outcome: null }));
+  let next = 0;
+  let requests = 0;
+  const send = async (method: 'GET' | 'POST', url: string, hdrs: string[], body?: string) => {
+    requests += 1;
+    const res = await pool.request({ method, path: url, headers: hdrs, body });
+    return { status: res.statusCode, text: await res.body.text() };
+  };
+
+  const shop = async (user: number) => {
+    const s = shoppers[user] as Shopper;
+    s.sentAt = performance.now();
+    try {
+      let reply = await send('POST', path, headers[user] as string[], opts.body);
+      s.firstAt = performance.now();
+      s.firstStatus = reply.status;
+      for (;;) {
+        if (reply.status !== 200 && reply.status !== 202) return refuse(s, reply.status, reply.text);
+        const view = JSON.parse(reply.text) as JobView;
+        if (view.jobId) s.jobId = view.jobId;
+        if (view.status !== 'pending') return settle(s, view);
+        const statusUrl = view.statusUrl ?? `/api/v1/jobs/${view.jobId}`;
+        reply = await send('GET', `${statusUrl}?waitMs=${POLL_WAIT_MS}`, pollHeaders[user] as string[]);
+      }
+    } catch (error) {
+      if (!s.firstAt) s.firstAt = performance.now();
+      refuse(s, 0, error instanceof Error ? error.message : String(error));
+    }
+  };
+
+  const startedAt = performance.now();
+  const lane = async () => {
+    while (next < shoppers.length) await shop(next++);
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(opts.connections, shoppers.length) }, lane));
+  } finally {
+    await pool.close();
+  }
+  return { shoppers, startedAt, requests };
+}
+
+function settle(s: Shopper, view: JobView): void {
+  s.doneAt = performance.now();
+  if (view.status === 'succeeded') {
+    s.outcome = 'won';
+    s.couponId = view.result?.id;
+  } else if (view.status === 'rejected') {
+    s.outcome = view.reason?.code ?? 'UNKNOWN';
+  } else {
+    s.outcome = 'failed';
+    s.detail = `${view.status}: ${view.reason?.code ?? ''}`;
+  }
+}
+
+function refuse(s: Shopper, status: number, text: string): void {
+  s.doneAt = performance.now();
+  s.outcome = 'refused';
+  s.refusedWith = status;
+  s.detail = `${status} ${text.slice(0, 200)}`;
+}
