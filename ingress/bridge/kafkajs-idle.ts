@@ -3,7 +3,7 @@
 // request pending and no throttle it schedules it at a negative delay, which Node runs after 1 ms:
 // each connection the bridge has had (consumer, group coordinator, DLQ producer, lag and readiness
 // admins) woke its process about a thousand times a second with nothing to do. Measured with
-// `npm run bench:idle` on 2 cores, this was most of the idle bridge's CPU. Upstream: tulios/kafkajs
+// `npm run bench:idle` on 2 cores, the idle bridge went from 3.9 to 1.4 % of a core. Upstream: tulios/kafkajs
 // issues #1556 and #1704, unmerged fix #1667.
 // The replacement schedules a check only when there is something to check: a pending request (the
 // same timing as before), or a throttle to wait out. A request pushed later is sent at once or, when
