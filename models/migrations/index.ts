@@ -8,6 +8,7 @@ import { checkoutFunctions } from './0006-checkout-functions';
 import { createCouponCodes } from './0007-coupon-codes';
 import { createCodeBatches } from './0008-code-batches';
 import { eventStateProbes } from './0009-event-state-probes';
+import { orderOwners } from './0010-order-owners';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches, eventStateProbes];
+export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches, eventStateProbes, orderOwners];
