@@ -26,6 +26,8 @@ export const errorCatalogue = {
   COUPON_NOT_AVAILABLE: { status: 409, message: 'The coupon cannot be used now.' },
   COUPON_EXPIRED: { status: 409, message: 'The coupon has expired.' },
   ORDER_AMOUNT_TOO_LOW: { status: 409, message: 'The order amount is below the coupon minimum.' },
+  ORDER_NOT_OWNED: { status: 403, message: 'The order belongs to another user.' },
+  ORDER_ALREADY_HAS_COUPON: { status: 409, message: 'The order already holds a coupon.' },
   RESERVATION_NOT_FOUND: { status: 404, message: 'No such reservation.' },
   RESERVATION_NOT_PENDING: { status: 409, message: 'The reservation is no longer pending.' },
 } as const;

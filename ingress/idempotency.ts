@@ -1,29 +1,25 @@
 // Idempotency keys for POST /coupons/reserve, as Stripe promises them: a key is the user's own, the
 // first request under it is remembered for 24 hours, the same request again gets the first answer,
 // and another request under the same key is refused (409). The first answer is a 202 for a job whose
-// id derives from (user, key), so it is the same answer every time; Postgres (reservations.request_id)
-// keeps the reservation single even if this Redis record were lost.
-import { createHash } from 'node:crypto';
+// id derives from (user, key, body), so it is the same answer every time. This Redis record answers
+// fast; Postgres decides when it is gone: the reservation a key made keeps the key's request id and
+// the body's fingerprint, and the worker refuses another body with IDEMPOTENCY_KEY_REUSED.
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
-import { config } from '../core/config';
 import { AppError } from '../core/errors';
+import { bodyFingerprint } from '../queues/jobs';
+import { idempotencyRecordKey, reserveRequestId } from '../queues/names';
 
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 
 /** Printable ASCII without spaces, 1-255 characters: UUIDs, ULIDs and the like. */
 export const idempotencyKeySchema = z.string().regex(/^[\x21-\x7e]{1,255}$/, '1-255 printable ASCII characters without spaces');
 
-const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
-
 /** Keys are scoped to the user: two users may send the same key without meeting. */
-const redisKeyOf = (userId: string, key: string) => `${config().QUEUE_PREFIX}:idem:${sha256(`${userId}\u0000${key}`)}`;
+const redisKeyOf = (userId: string, key: string) => idempotencyRecordKey(reserveRequestId(userId, key));
 
 /** A stable digest of a JSON body: key order does not matter. */
-export function fingerprint(body: Record<string, unknown>): string {
-  const canonical = JSON.stringify(Object.keys(body).sort().map((k) => [k, body[k]]));
-  return sha256(canonical);
-}
+export const fingerprint = bodyFingerprint;
 
 /**
  * Claims `key` for this user and body. Resolves when the request may go ahead (first time, or the same

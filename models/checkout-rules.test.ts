@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { discountFor, planPayment, usability, type DiscountRule, type HeldCouponFacts, type ReservationFacts } from './checkout-rules';
+import { discountFor, foreignPayer, isSameReserveRequest, planPayment, usability, type DiscountRule, type HeldCouponFacts, type ReservationFacts } from './checkout-rules';
 
 const fixed = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({ type: 'FIXED', value, maxDiscountAmount: null, minOrderAmount: null, ...extra });
 const percent = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({ type: 'PERCENTAGE', value, maxDiscountAmount: null, minOrderAmount: null, ...extra });
@@ -148,5 +148,34 @@ describe('planPayment', () => {
         expect(reversed.coupon.status).toBe(inOrder.coupon.status);
       }),
     );
+  });
+});
+
+describe('isSameReserveRequest', () => {
+  const made = { couponId: 'c1', orderId: 'o1', orderAmount: 50_000, fingerprint: 'fp-a' };
+
+  it('tells a replay from another body under the key by the fingerprint', () => {
+    expect(isSameReserveRequest(made, { ...made })).toBe(true);
+    expect(isSameReserveRequest(made, { ...made, fingerprint: 'fp-b' })).toBe(false);
+  });
+
+  it('compares the columns of a reservation made before fingerprints were kept', () => {
+    const legacy = { ...made, fingerprint: null };
+    expect(isSameReserveRequest(legacy, { ...made, fingerprint: 'fp-a' })).toBe(true);
+    expect(isSameReserveRequest(legacy, { ...made, couponId: 'c2' })).toBe(false);
+    expect(isSameReserveRequest(legacy, { ...made, orderId: 'o2' })).toBe(false);
+    expect(isSameReserveRequest(legacy, { ...made, orderAmount: 50_001 })).toBe(false);
+  });
+});
+
+describe('foreignPayer', () => {
+  it("records an event naming someone other than the order's owner as a conflict", () => {
+    expect(foreignPayer('mallory', 'alice')).toMatchObject({ action: 'none', conflict: true, reason: { code: 'ORDER_NOT_OWNED' } });
+  });
+
+  it('lets the event go on without a user, for the owner, or for an order nobody owns yet', () => {
+    expect(foreignPayer(undefined, 'alice')).toBeNull();
+    expect(foreignPayer('alice', 'alice')).toBeNull();
+    expect(foreignPayer('alice', null)).toBeNull();
   });
 });

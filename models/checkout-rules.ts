@@ -42,6 +42,25 @@ export function usability(coupon: CouponFacts, rule: DiscountRule, orderAmount: 
 
 export type ReservationState = 'PENDING' | 'CONFIRMED' | 'CANCELLED' | 'EXPIRED';
 
+/** What a reserve asked for, as its reservation records it. */
+export interface ReserveRequestFacts {
+  couponId: string;
+  orderId: string;
+  orderAmount: number;
+  /** The digest of the body sent under the Idempotency-Key; null on rows from before it was kept. */
+  fingerprint: string | null;
+}
+
+/**
+ * Whether the reservation a request id (a user's Idempotency-Key) made was made for this body: then
+ * it is the answer (a replay); otherwise the key is reused for another body and refused (I8). Rows
+ * without a fingerprint are compared by their own columns, which are that body.
+ */
+export function isSameReserveRequest(made: ReserveRequestFacts, asked: ReserveRequestFacts): boolean {
+  if (made.fingerprint !== null && asked.fingerprint !== null) return made.fingerprint === asked.fingerprint;
+  return made.couponId === asked.couponId && made.orderId === asked.orderId && made.orderAmount === asked.orderAmount;
+}
+
 export const PAYMENT_EVENT_TYPES = ['PAYMENT_COMPLETED', 'PAYMENT_FAILED', 'PAYMENT_CANCELLED', 'PAYMENT_REFUNDED'] as const;
 export type PaymentEventType = (typeof PAYMENT_EVENT_TYPES)[number];
 
@@ -76,6 +95,16 @@ const none = (code: Parameters<typeof reason>[0], message: string, conflict = fa
   conflict,
   reason: reason(code, message),
 });
+
+/**
+ * An event that names a user (`payer`) other than its order's owner touches nothing of the order
+ * (I10): recorded as a conflict. Null when the event may go on (no user named, nobody owns the
+ * order yet, or the owner named).
+ */
+export function foreignPayer(payer: string | undefined, owner: string | null): PaymentPlan | null {
+  if (payer === undefined || owner === null || payer === owner) return null;
+  return none('ORDER_NOT_OWNED', `The event names user ${payer}, who does not own the order.`, true);
+}
 
 /**
  * The state machine of checkout. `coupon` is the coupon the reservation is for. Events of one order

@@ -18,6 +18,8 @@ import {
 import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
 import { reason, type Reason } from '../core/errors';
 import {
+  foreignPayer,
+  isSameReserveRequest,
   planPayment,
   usability,
   type CouponState,
@@ -38,6 +40,7 @@ export class Reservation extends Model<InferAttributes<Reservation>, InferCreati
   declare discountAmount: number;
   declare status: CreationOptional<ReservationState>;
   declare requestId: string;
+  declare requestFingerprint: CreationOptional<string | null>;
   declare expiresAt: Date;
   declare endedAt: CreationOptional<Date | null>;
   declare endReason: CreationOptional<string | null>;
@@ -66,6 +69,7 @@ export function initReservationModel(db: Sequelize): void {
       discountAmount: money('discountAmount', 'discount_amount'),
       status: { type: DataTypes.TEXT, allowNull: false, defaultValue: 'PENDING' },
       requestId: { type: DataTypes.TEXT, allowNull: false, field: 'request_id' },
+      requestFingerprint: { type: DataTypes.TEXT, allowNull: true, field: 'request_fingerprint' },
       expiresAt: { type: DataTypes.DATE, allowNull: false, field: 'expires_at' },
       endedAt: { type: DataTypes.DATE, allowNull: true, field: 'ended_at' },
       endReason: { type: DataTypes.TEXT, allowNull: true, field: 'end_reason' },
@@ -112,6 +116,7 @@ interface CouponRow {
   status: CouponState;
   expires_at: Date;
   reservation_id: string | null;
+  order_id: string | null;
   discount_type: DiscountRule['type'];
   discount_value: string;
   max_discount_amount: string | null;
@@ -119,7 +124,7 @@ interface CouponRow {
   restore_on_refund: boolean;
 }
 
-const COUPON_COLUMNS = `c.id, c.user_id, c.status, c.expires_at, c.reservation_id,
+const COUPON_COLUMNS = `c.id, c.user_id, c.status, c.expires_at, c.reservation_id, c.order_id,
   p.discount_type, p.discount_value, p.max_discount_amount, p.min_order_amount, p.restore_on_refund`;
 
 function ruleOf(c: CouponRow): DiscountRule {
@@ -173,6 +178,7 @@ function reservationFromJson(row: Record<string, unknown>): Reservation {
       discountAmount: Number(row.discount_amount),
       status: row.status as ReservationState,
       requestId: String(row.request_id),
+      requestFingerprint: (row.request_fingerprint as string | null) ?? null,
       expiresAt: at(row.expires_at) as Date,
       endedAt: at(row.ended_at),
       endReason: (row.end_reason as string | null) ?? null,
@@ -190,13 +196,18 @@ export interface ReserveInput {
   userId: string;
   orderId: string;
   orderAmount: number;
-  /** The reserve job: a rerun or a re-added job finds the reservation it made. */
+  /** The user's Idempotency-Key (reserveRequestId): a rerun, or a replay, finds the reservation it made. */
   requestId: string;
+  /** The body's digest (reserveFingerprint): another body under the same request id is refused (I8). */
+  fingerprint: string;
   ttlSeconds: number;
   now?: Date;
 }
 
-export type ReserveOutcome = { kind: 'reserved'; reservation: Reservation; replay: boolean } | { kind: 'refused'; reason: Reason };
+export type ReserveOutcome =
+  | { kind: 'reserved'; reservation: Reservation; replay: boolean }
+  /** `boundTo`: for IDEMPOTENCY_KEY_REUSED, the reservation the key made. */
+  | { kind: 'refused'; reason: Reason; boundTo?: Reservation };
 
 type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
 
@@ -211,11 +222,44 @@ const writeReservation = batchedQuery<{ req: string } & Record<string, unknown>,
 /** How often a decision is made again when the rows changed between the read and the write. */
 const MAX_DECISIONS = 5;
 
+/** The refusals reserve_coupons names by their constraint. */
+const REFUSED_BY: Record<string, Reason['code']> = {
+  uq_reservations_pending_coupon: 'COUPON_NOT_AVAILABLE',
+  uq_reservations_live_order: 'ORDER_ALREADY_HAS_COUPON',
+  fk_reservations_order_owner: 'ORDER_NOT_OWNED',
+};
+
+/** A reservation its request id made before: the answer for the same body, a refusal for another (I8). */
+async function answerEarlier(input: ReserveInput, earlier: Reservation): Promise<ReserveOutcome> {
+  const made = { couponId: earlier.couponId, orderId: earlier.orderId, orderAmount: earlier.orderAmount, fingerprint: earlier.requestFingerprint ?? null };
+  if (!isSameReserveRequest(made, input)) {
+    return { kind: 'refused', reason: reason('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key reserved a coupon for another request.'), boundTo: earlier };
+  }
+  // The earlier run may have died before invalidating.
+  await invalidateUserCoupons([earlier.userId]);
+  return { kind: 'reserved', reservation: earlier, replay: true };
+}
+
+/**
+ * A coupon the rules refuse: the answer is still a reservation when this request made it before,
+ * or when the coupon is reserved for this very order and amount already (another key, same ask).
+ */
+async function answerUnusable(input: ReserveInput, coupon: CouponRow | null, refusal: Reason): Promise<ReserveOutcome> {
+  const earlier = await Reservation.findOne({ where: { requestId: input.requestId } });
+  if (earlier) return answerEarlier(input, earlier);
+  if (coupon?.status === 'RESERVED' && coupon.user_id === input.userId && coupon.order_id === input.orderId && coupon.reservation_id) {
+    const live = await Reservation.findByPk(coupon.reservation_id);
+    if (live?.status === 'PENDING' && live.orderAmount === input.orderAmount) return { kind: 'reserved', reservation: live, replay: true };
+  }
+  return { kind: 'refused', reason: refusal };
+}
+
 /**
  * Moves an ISSUED coupon to RESERVED for an order. The coupon is read, the rules decide
  * (usability, discount), and the write takes effect only if the coupon is still ISSUED, valid and
- * the user's; otherwise it is read and decided again. The partial unique index on PENDING
- * reservations refuses a second one whatever happens above it (I4).
+ * the user's; otherwise it is read and decided again. Postgres refuses whatever happens above it:
+ * a second PENDING reservation of the coupon (I4), a second live coupon on the order, and an order
+ * that another user reserved on first (I10).
  */
 export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome> {
   for (let decision = 0; decision < MAX_DECISIONS; decision += 1) {
@@ -226,16 +270,7 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
       !coupon || coupon.user_id !== input.userId
         ? { usable: false, discountAmount: 0, reason: reason('COUPON_NOT_FOUND') }
         : usability({ status: coupon.status, expiresAt: coupon.expires_at }, ruleOf(coupon), input.orderAmount, now);
-    if (!verdict.usable) {
-      // Reserved already by this very request (a rerun after its write): that is the answer.
-      const earlier = await Reservation.findOne({ where: { requestId: input.requestId } });
-      if (earlier) {
-        // The earlier run may have died before invalidating.
-        await invalidateUserCoupons([earlier.userId]);
-        return { kind: 'reserved', reservation: earlier, replay: true };
-      }
-      return { kind: 'refused', reason: verdict.reason };
-    }
+    if (!verdict.usable) return answerUnusable(input, coupon, verdict.reason);
     const written = await writeReservation({
       req: input.requestId,
       id: randomUUID(),
@@ -244,18 +279,20 @@ export async function reserveCoupon(input: ReserveInput): Promise<ReserveOutcome
       order: input.orderId,
       amount: input.orderAmount,
       discount: verdict.discountAmount,
+      fingerprint: input.fingerprint,
       at: now.toISOString(),
       expires: new Date(now.getTime() + input.ttlSeconds * 1000).toISOString(),
     });
+    const refusal = REFUSED_BY[written?.outcome ?? ''];
+    if (refusal) return { kind: 'refused', reason: reason(refusal) };
     switch (written?.outcome) {
       case 'reserved':
-      case 'duplicate-request':
         await invalidateUserCoupons([input.userId]);
-        return { kind: 'reserved', reservation: reservationFromJson(written.reservation ?? {}), replay: written.outcome !== 'reserved' };
+        return { kind: 'reserved', reservation: reservationFromJson(written.reservation ?? {}), replay: false };
+      case 'duplicate-request':
+        return answerEarlier(input, reservationFromJson(written.reservation ?? {}));
       case 'stale':
         continue; // the coupon changed since it was read: decide again on what it is now
-      case 'uq_reservations_pending_coupon':
-        return { kind: 'refused', reason: reason('COUPON_NOT_AVAILABLE') };
       default:
         throw new Error(`reserve_coupons answered ${written?.outcome ?? 'nothing'} for ${input.requestId}`);
     }
@@ -302,6 +339,8 @@ interface EventState {
   c_expires: Date | null;
   c_reservation: string | null;
   restore_on_refund: boolean | null;
+  /** The owner of the event's order; null when nobody reserved on it. */
+  o_user: string | null;
 }
 
 /**
@@ -338,6 +377,36 @@ async function earlierOutcome(event: CheckoutEvent): Promise<CheckoutOutcome> {
 }
 
 /**
+ * What an event does to the rows as read: the plan, and the reservation it is about (null: none it
+ * may touch). `orderTaken`: Postgres refused a late confirm because the order holds another coupon.
+ */
+function decideEvent(event: CheckoutEvent, state: EventState | null, now: Date, orderTaken: boolean): { plan: PaymentPlan; found: EventState | null } {
+  // Someone who does not own the order touches nothing of it (I10).
+  const foreign = foreignPayer(event.userId, state?.o_user ?? null);
+  if (foreign) return { plan: foreign, found: null };
+  if ((state?.pending_for_order ?? 0) > 1) {
+    // Rows from before one coupon per order: never guess which of them a payment paid for.
+    const message = `Order ${event.orderId} has ${state?.pending_for_order} PENDING reservations; the event must name its reservationId.`;
+    return { plan: { action: 'none', conflict: true, reason: reason('RESERVATION_NOT_FOUND', message) }, found: null };
+  }
+  const found = state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
+  if (!found) return { plan: { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') }, found };
+  if (event.orderId !== undefined && found.r_order !== event.orderId) {
+    return { plan: { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.r_id} is for another order.`) }, found };
+  }
+  const plan = planPayment(
+    event.type,
+    { id: found.r_id as string, status: found.r_status as ReservationState, refundedAt: found.r_refunded ? now : null },
+    { status: found.c_status as CouponState, expiresAt: new Date(found.c_expires as Date), reservationId: found.c_reservation },
+    { restoreOnRefund: Boolean(found.restore_on_refund), now },
+  );
+  if (orderTaken && plan.action === 'confirm-late') {
+    return { plan: { action: 'none', conflict: true, reason: reason('ORDER_ALREADY_HAS_COUPON', 'The payment completed after its reservation ended; the order holds another coupon now.') }, found };
+  }
+  return { plan, found };
+}
+
+/**
  * Applies one payment event (or a confirm or cancel) exactly once in effect: its id is recorded in
  * processed_events by the same statement that makes the change, so a redelivery finds the row and
  * stops. The rules decide on the rows as read; the write takes effect only if they are unchanged.
@@ -345,6 +414,7 @@ async function earlierOutcome(event: CheckoutEvent): Promise<CheckoutOutcome> {
  */
 export async function applyCheckoutEvent(event: CheckoutEvent): Promise<CheckoutOutcome> {
   const key = `${event.source}/${event.eventId}`;
+  let orderTaken = false;
   for (let decision = 0; decision < MAX_DECISIONS; decision += 1) {
     const now = event.now ?? new Date();
     const state = await readEventState({
@@ -361,28 +431,8 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
       return { kind: 'duplicate', outcome: state.done_outcome, reasonCode: state.done_reason };
     }
 
-    const ambiguous = (state?.pending_for_order ?? 0) > 1;
-    const found = !ambiguous && state?.r_id && state.c_id && !(event.ownerId !== undefined && state.r_user !== event.ownerId) ? state : null;
-    let plan: PaymentPlan;
-    if (ambiguous) {
-      // Never guess which of an order's reservations a payment paid for.
-      plan = {
-        action: 'none',
-        conflict: true,
-        reason: reason('RESERVATION_NOT_FOUND', `Order ${event.orderId} has ${state?.pending_for_order} PENDING reservations; the event must name its reservationId.`),
-      };
-    } else if (!found) {
-      plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') };
-    } else if (event.orderId !== undefined && found.r_order !== event.orderId) {
-      plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.r_id} is for another order.`) };
-    } else {
-      plan = planPayment(
-        event.type,
-        { id: found.r_id as string, status: found.r_status as ReservationState, refundedAt: found.r_refunded ? now : null },
-        { status: found.c_status as CouponState, expiresAt: new Date(found.c_expires as Date), reservationId: found.c_reservation },
-        { restoreOnRefund: Boolean(found.restore_on_refund), now },
-      );
-    }
+    const { plan: decided, found } = decideEvent(event, state, now, orderTaken);
+    let plan = decided;
     if (plan.action === 'wait') {
       if (!event.noWait) return { kind: 'wait', why: plan.why };
       plan = { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_PENDING', `Gave up waiting: ${plan.why}.`) };
@@ -405,6 +455,10 @@ export async function applyCheckoutEvent(event: CheckoutEvent): Promise<Checkout
       expect: found && { reservation: found.r_status, refunded: Boolean(found.r_refunded), coupon: found.c_status, couponReservation: found.c_reservation },
     });
     if (written?.outcome === 'stale') continue;
+    if (written?.outcome === 'uq_reservations_live_order') {
+      orderTaken = true; // decide again: the late payment is now a conflict
+      continue;
+    }
     if (written?.outcome === 'duplicate') return earlierOutcome(event);
     if (written?.outcome !== 'done') throw new Error(`apply_checkout_events answered ${written?.outcome ?? 'nothing'} for ${key}`);
     const reservation = written.reservation ? reservationFromJson(written.reservation) : null;

@@ -1,4 +1,5 @@
 // Payload and result schemas of every job, and how a finished job reads to a client.
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { ErrorCode } from '../core/errors';
 import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
@@ -102,8 +103,21 @@ export const reserveJobSchema = z.object({
   couponId: idSchema,
   orderId: idSchema,
   orderAmount: moneySchema,
+  /** reserveRequestId(user, key); jobs queued before it existed use their job id, which had that form. */
+  requestId: z.string().min(1).max(140).optional(),
 });
 export type ReserveJob = z.infer<typeof reserveJobSchema>;
+
+/** A stable digest of a JSON body: key order does not matter. */
+export function bodyFingerprint(body: Record<string, unknown>): string {
+  const canonical = JSON.stringify(Object.keys(body).sort().map((k) => [k, body[k]]));
+  return createHash('sha256').update(canonical).digest('hex');
+}
+
+/** The fingerprint of a reserve request's body: what an Idempotency-Key is bound to (I8). */
+export function reserveFingerprint(body: { couponId: string; orderId: string; orderAmount: number }): string {
+  return bodyFingerprint({ couponId: body.couponId, orderId: body.orderId, orderAmount: body.orderAmount });
+}
 
 /** Cancel (owner or admin) and confirm (admin) of one reservation; userId is the reservation's owner. */
 export const reservationActionJobSchema = z.object({

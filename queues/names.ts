@@ -1,5 +1,6 @@
 // Queue names, job names and job ids: the contract between the ingress and the workers.
 import { createHash } from 'node:crypto';
+import { config } from '../core/config';
 
 export const QUEUES = {
   /** Issue requests, in batches (one job per web process and event-loop turn). */
@@ -43,6 +44,32 @@ export function newJobId(kind: JobKind, unique: string): string {
 export function derivedJobId(kind: JobKind, ...parts: string[]): string {
   const digest = createHash('sha256').update(parts.join('\u0000')).digest('hex').slice(0, 40);
   return newJobId(kind, digest);
+}
+
+/**
+ * The Postgres request id of a reserve under an Idempotency-Key (reservations.request_id): one per
+ * (user, key), whatever the body, so Postgres finds what a key reserved and tells another body from
+ * a replay (the fingerprint). Before 0010 it was the job id itself; it still has that form.
+ */
+export function reserveRequestId(userId: string, key: string): string {
+  return derivedJobId('reserve', userId, key);
+}
+
+/**
+ * The Redis record of an Idempotency-Key (the body fingerprint it is bound to, 24 h), named by the
+ * key's request id so the worker can set it right when Postgres knows better.
+ */
+export function idempotencyRecordKey(requestId: string): string {
+  return `${config().QUEUE_PREFIX}:idem:${requestId}`;
+}
+
+/**
+ * The job id of a reserve: one per (user, key, body). A replay of the same body re-adds the same job
+ * (a no-op while it exists); another body under the key is another job, never the first one's
+ * answer, even when the Redis record of the key is gone (its worker refuses it from Postgres).
+ */
+export function reserveJobId(userId: string, key: string, bodyFingerprint: string): string {
+  return derivedJobId('reserve', userId, key, bodyFingerprint);
 }
 
 /**

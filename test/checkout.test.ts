@@ -55,15 +55,16 @@ describe('POST /coupons/reserve', () => {
   it('reserves an issued coupon for an order with its discount and a 10-minute expiry', async () => {
     const shopper = await shopperWith(api, policyId);
     const [couponId] = shopper.coupons as [string];
+    const orderId = uniqueId('order');
     const before = Date.now();
-    const job = await reserveAndSettle(api, shopper, couponId, 'order-1', 45_000);
-    expect(job).toMatchObject({ type: 'reserve', status: 'succeeded', result: { couponId, orderId: 'order-1', discountAmount: 3000 } });
+    const job = await reserveAndSettle(api, shopper, couponId, orderId, 45_000);
+    expect(job).toMatchObject({ type: 'reserve', status: 'succeeded', result: { couponId, orderId, discountAmount: 3000 } });
     const expiresIn = Date.parse(job.result.expiresAt) - before;
     expect(expiresIn).toBeGreaterThan(590_000);
     expect(expiresIn).toBeLessThan(620_000);
 
     const coupon = await couponRow(couponId);
-    expect(coupon).toMatchObject({ status: 'RESERVED', order_id: 'order-1', reservation_id: job.result.reservationId });
+    expect(coupon).toMatchObject({ status: 'RESERVED', order_id: orderId, reservation_id: job.result.reservationId });
     const list = await api.get(`/api/v1/coupons/users/${shopper.id}?status=RESERVED`, shopper.token);
     expect(list.body.data.map((c: { id: string }) => c.id)).toEqual([couponId]);
   });
@@ -87,7 +88,8 @@ describe('POST /coupons/reserve', () => {
   it('gives exactly one of 50 concurrent reservations of one coupon for 50 orders', async () => {
     const shopper = await shopperWith(api, policyId);
     const [couponId] = shopper.coupons as [string];
-    const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(api, shopper.token, { couponId, orderId: `race-${i}`, orderAmount: 20_000 })));
+    const race = uniqueId('race');
+    const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(api, shopper.token, { couponId, orderId: `${race}-${i}`, orderAmount: 20_000 })));
     expect(replies.map((r) => r.status)).toEqual(Array(50).fill(202));
     expect(new Set(replies.map((r) => r.body.jobId)).size).toBe(50);
     const jobs = await Promise.all(replies.map((r) => api.settle(r.body.jobId, shopper.token)));
@@ -140,9 +142,9 @@ describe('POST /coupons/reserve', () => {
     expect(changed.body.error.code).toBe('IDEMPOTENCY_KEY_REUSED');
     expect((await reserve(api, shopper.token, { ...body, orderAmount: 30_001 }, key)).status).toBe(409);
 
-    // Another user's identical key is theirs alone.
+    // Another user's identical key is theirs alone (for an order of their own: the first is the shopper's).
     const stranger = await shopperWith(api, policyId);
-    const theirs = await reserve(api, stranger.token, { couponId: stranger.coupons[0] as string, orderId: body.orderId, orderAmount: 30_000 }, key);
+    const theirs = await reserve(api, stranger.token, { couponId: stranger.coupons[0] as string, orderId: uniqueId('order'), orderAmount: 30_000 }, key);
     expect(theirs.status).toBe(202);
     expect(theirs.body.jobId).not.toBe(first.body.jobId);
     expect((await api.settle(theirs.body.jobId, stranger.token)).status).toBe('succeeded');
@@ -213,13 +215,14 @@ describe('cancel and confirm', () => {
   it('lets an admin confirm a pending reservation: the coupon is used, once', async () => {
     const shopper = await shopperWith(api, policyId);
     const [couponId] = shopper.coupons as [string];
-    const reserved = await reserveAndSettle(api, shopper, couponId, 'paid-order');
+    const orderId = uniqueId('paid-order');
+    const reserved = await reserveAndSettle(api, shopper, couponId, orderId);
     const reservationId = reserved.result.reservationId as string;
 
     const confirm = await api.post(`/api/v1/coupons/reservations/${reservationId}/confirm`, admin);
     expect(confirm.status).toBe(202);
     expect(await api.settle(confirm.body.jobId, admin)).toMatchObject({ type: 'confirm', status: 'succeeded', result: { status: 'CONFIRMED', endReason: 'CONFIRMED_BY_ADMIN' } });
-    expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: 'paid-order', reservation_id: reservationId });
+    expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: orderId, reservation_id: reservationId });
 
     const cancel = await api.post(`/api/v1/coupons/reservations/${reservationId}/cancel`, shopper.token);
     expect(await api.settle(cancel.body.jobId, shopper.token)).toMatchObject({ status: 'rejected', reason: { code: 'RESERVATION_NOT_PENDING' } });

@@ -9,7 +9,7 @@ let client: Client;
 
 const HISTORY = 20_000; // events already processed, each with its CONFIRMED reservation and USED coupon
 const PENDING = 300; // reservations in flight when the events arrive
-const COUPONS = HISTORY + PENDING + 2; // and two coupons reserved, by two users, under one order id
+const COUPONS = HISTORY + PENDING + 2; // and two coupons reserved one after the other under one order id
 
 beforeAll(async () => {
   client = new Client({ connectionString: await freshDatabase('coupons_test_plans') });
@@ -21,19 +21,23 @@ beforeAll(async () => {
     await client.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
                         SELECT 'c' || g, 'plans', 'u' || g, 'q' || g, now() + interval '7 days' FROM generate_series($1::int, $2::int) g`, [from, Math.min(COUPONS, from + 1_999)]);
   }
+  // Every order's owner: the user who reserved on it.
+  await client.query(`INSERT INTO orders (order_id, user_id) SELECT 'o' || g, 'u' || g FROM generate_series(1, $1::int) g`, [HISTORY + PENDING]);
+  await client.query(`INSERT INTO orders (order_id, user_id) VALUES ('o-two', 'ua')`);
   await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, 'CONFIRMED', now(), now(), 'PAYMENT_COMPLETED'
                         FROM generate_series(1, $1::int) g`, [HISTORY]);
   await client.query(`INSERT INTO processed_events (source, event_id, type, order_id, reservation_id, outcome)
                       SELECT 'payments', 'e' || g, 'PAYMENT_COMPLETED', 'o' || g, 'r' || g, 'APPLIED' FROM generate_series(1, $1::int) g`, [HISTORY]);
   // Statistics from before the sale: no reservation was PENDING when they were taken.
-  await client.query('ANALYZE coupons, reservations, processed_events');
+  await client.query('ANALYZE coupons, reservations, processed_events, orders');
   await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, now() + interval '10 minutes'
                         FROM generate_series($1::int + 1, $1::int + $2::int) g`, [HISTORY, PENDING]);
-  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
-                      VALUES ('r-two-a', 'c' || $1::int, 'ua', 'o-two', 50000, 1000, 'rq-two-a', now() + interval '10 minutes'),
-                             ('r-two-b', 'c' || $1::int + 1, 'ub', 'o-two', 50000, 1000, 'rq-two-b', now() + interval '10 minutes')`, [HISTORY + PENDING + 1]);
+  // An order whose first reservation timed out and whose second is PENDING, both by its owner.
+  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason, created_at)
+                      VALUES ('r-two-a', 'c' || $1::int, 'ua', 'o-two', 50000, 1000, 'rq-two-a', 'EXPIRED', now(), now(), 'TIMEOUT', now() - interval '1 minute'),
+                             ('r-two-b', 'c' || $1::int + 1, 'ua', 'o-two', 50000, 1000, 'rq-two-b', 'PENDING', now() + interval '10 minutes', NULL, NULL, now())`, [HISTORY + PENDING + 1]);
 });
 
 afterAll(async () => {
@@ -54,7 +58,8 @@ describe('checkout_event_states', () => {
       ...Array.from({ length: 20 }, (_, i) => ({ key: `new-${i}`, source: 'payments', eventId: `n${i}`, reservationId: null, orderId: `o${HISTORY + 1 + i}`, userId: null })),
       ...Array.from({ length: 20 }, (_, i) => ({ key: `old-${i}`, source: 'payments', eventId: `e${i * 997 + 1}`, reservationId: null, orderId: `o${i * 997 + 1}`, userId: `u${i * 997 + 1}` })),
       ...Array.from({ length: 10 }, (_, i) => ({ key: `named-${i}`, source: 'payments', eventId: `m${i}`, reservationId: `r${HISTORY + 100 + i}`, orderId: `o${HISTORY + 100 + i}`, userId: null })),
-      // An order id two users reserved under: ambiguous alone, one each with the user or the reservation.
+      // An order with an ended and a PENDING reservation: the PENDING one, none for a user who does
+      // not own the order (the worker records that as a conflict), the ended one when named.
       { key: 'two', source: 'payments', eventId: 't1', reservationId: null, orderId: 'o-two', userId: null },
       { key: 'two-by-user', source: 'payments', eventId: 't2', reservationId: null, orderId: 'o-two', userId: 'ub' },
       { key: 'two-named', source: 'payments', eventId: 't3', reservationId: 'r-two-a', orderId: 'o-two', userId: null },
@@ -64,14 +69,14 @@ describe('checkout_event_states', () => {
     const readCounts = async () =>
       (
         await client.query<Counts>(
-          "SELECT relname, seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('processed_events', 'reservations', 'coupons')",
+          "SELECT relname, seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('processed_events', 'reservations', 'coupons', 'orders')",
         )
       ).rows;
     await client.query('BEGIN');
     try {
       const before = new Map((await readCounts()).map((c) => [c.relname, c]));
-      const { rows } = await client.query<{ key: string; done_outcome: string | null; pending_for_order: number; r_id: string | null; r_status: string | null; c_status: string | null }>(
-        'SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status FROM checkout_event_states($1::jsonb)',
+      const { rows } = await client.query<{ key: string; done_outcome: string | null; pending_for_order: number; r_id: string | null; r_status: string | null; c_status: string | null; o_user: string | null }>(
+        'SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status, o_user FROM checkout_event_states($1::jsonb)',
         [JSON.stringify(events)],
       );
       const counts = (await readCounts()).map((c) => ({
@@ -89,15 +94,16 @@ describe('checkout_event_states', () => {
         expect(byKey.get(`old-${i}`)).toMatchObject({ done_outcome: 'APPLIED', pending_for_order: 0, r_id: `r${i * 997 + 1}`, r_status: 'CONFIRMED' });
       }
       for (let i = 0; i < 10; i += 1) expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
-      expect(byKey.get('two')).toMatchObject({ pending_for_order: 2, r_status: 'PENDING' });
-      expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING' });
-      expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'PENDING' });
+      expect(byKey.get('two')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING', o_user: 'ua' });
+      expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 0, r_id: null, o_user: 'ua' });
+      expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'EXPIRED', o_user: 'ua' });
+      expect(byKey.get('new-0')).toMatchObject({ o_user: `u${HISTORY + 1}` });
 
       for (const c of counts) expect({ table: c.relname, seqScans: c.seqScans }).toEqual({ table: c.relname, seqScans: 0 });
-      // Each event reads its order's reservation once or twice and a coupon; walking every PENDING
-      // reservation would read about 300 rows an event.
-      expect(counts.reduce((sum, c) => sum + c.fetched, 0)).toBeLessThanOrEqual(events.length * 5);
-      expect(counts.map((c) => c.relname).sort()).toEqual(['coupons', 'processed_events', 'reservations']);
+      // Each event reads its order's reservation once or twice, its owner and a coupon; walking every
+      // PENDING reservation would read about 300 rows an event.
+      expect(counts.reduce((sum, c) => sum + c.fetched, 0)).toBeLessThanOrEqual(events.length * 6);
+      expect(counts.map((c) => c.relname).sort()).toEqual(['coupons', 'orders', 'processed_events', 'reservations']);
     } finally {
       await client.query('ROLLBACK');
     }

@@ -215,36 +215,55 @@ describe('PAYMENT_REFUNDED', () => {
 });
 
 describe('which reservation an event is about', () => {
-  it('records a conflict instead of guessing when an order has two PENDING reservations, and applies the one named', async () => {
+  it('finds the one coupon an order holds, so a payment without reservationId confirms it', async () => {
     const shopper = await shopperWith(api, policyId, 2);
     const [a, b] = shopper.coupons as [string, string];
     const orderId = uniqueId('two-coupon-order');
     const first = await reserveAndSettle(api, shopper, a, orderId);
-    const second = await reserveAndSettle(api, shopper, b, orderId);
-    expect([first.status, second.status]).toEqual(['succeeded', 'succeeded']);
+    expect(first.status).toBe('succeeded');
+    // A second coupon on the order is refused (I10): the discount cannot be taken twice.
+    expect(await reserveAndSettle(api, shopper, b, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_ALREADY_HAS_COUPON' } });
 
     const vague = paymentEvent('PAYMENT_COMPLETED', orderId);
     await publish(vague);
-    expect((await paymentJob(vague.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'RESERVATION_NOT_FOUND' } });
-    expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['RESERVED', 'RESERVED']);
-
-    const named = paymentEvent('PAYMENT_COMPLETED', orderId, { reservationId: second.result.reservationId });
-    await publish(named);
-    await until(b, 'USED');
-    expect((await couponRow(a))?.status).toBe('RESERVED');
+    expect((await paymentJob(vague.eventId)).result).toMatchObject({ outcome: 'APPLIED', reservation: { reservationId: first.result.reservationId, status: 'CONFIRMED' } });
+    expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['USED', 'ISSUED']);
   });
 
-  it("uses the event's userId, so a reservation made under someone else's order id is not confirmed by their payment", async () => {
+  it("touches nothing of an order for an event naming a user who does not own it, and refuses them a reservation under it", async () => {
     const owner = await shopperWith(api, policyId);
     const intruder = await shopperWith(api, policyId);
     const orderId = uniqueId('order');
     expect((await reserveAndSettle(api, owner, owner.coupons[0] as string, orderId)).status).toBe('succeeded');
-    // A later reservation by another user under the same order id.
-    expect((await reserveAndSettle(api, intruder, intruder.coupons[0] as string, orderId)).status).toBe('succeeded');
+    expect(await reserveAndSettle(api, intruder, intruder.coupons[0] as string, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_NOT_OWNED' } });
+
+    for (const type of ['PAYMENT_CANCELLED', 'PAYMENT_COMPLETED']) {
+      const foreign = paymentEvent(type, orderId, { userId: intruder.id });
+      await publish(foreign);
+      expect((await paymentJob(foreign.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'ORDER_NOT_OWNED' } });
+      expect(await processedEvents(foreign.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'ORDER_NOT_OWNED', reservation_id: null }]);
+    }
+    expect((await couponRow(owner.coupons[0] as string))?.status).toBe('RESERVED');
 
     await publish(paymentEvent('PAYMENT_COMPLETED', orderId, { userId: owner.id }));
     await until(owner.coupons[0] as string, 'USED');
-    expect((await couponRow(intruder.coupons[0] as string))?.status).toBe('RESERVED');
+    expect((await couponRow(intruder.coupons[0] as string))?.status).toBe('ISSUED');
+  });
+
+  it('records a late payment as a conflict when its order has taken another coupon since', async () => {
+    const shopper = await shopperWith(api, policyId, 2);
+    const [a, b] = shopper.coupons as [string, string];
+    const late = await reserved({ ...shopper, coupons: [a] });
+    await expirePending(a);
+    const now = await reserveAndSettle(api, shopper, b, late.orderId);
+    expect(now.status).toBe('succeeded');
+
+    const event = paymentEvent('PAYMENT_COMPLETED', late.orderId, { reservationId: late.reservationId });
+    await publish(event);
+    expect((await paymentJob(event.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'ORDER_ALREADY_HAS_COUPON' } });
+    expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'ORDER_ALREADY_HAS_COUPON', reservation_id: late.reservationId }]);
+    expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['ISSUED', 'RESERVED']);
+    expect((await reservationsOf(a)).map((r) => r.status)).toEqual(['EXPIRED']);
   });
 });
 

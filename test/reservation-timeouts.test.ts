@@ -88,13 +88,14 @@ describe('reservation timeouts', () => {
     await db().query(
       `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at, status, order_id, reservation_id, reserved_at)
        SELECT 'bk-' || $2 || '-' || g, $1, 'bk-user-' || $2 || '-' || g, 'bk-req-' || $2 || '-' || g, now() + interval '7 days',
-              'RESERVED', 'bk-order-' || g, 'bk-res-' || $2 || '-' || g, now() - interval '1 hour'
+              'RESERVED', 'bk-order-' || $2 || '-' || g, 'bk-res-' || $2 || '-' || g, now() - interval '1 hour'
          FROM generate_series(1, 2500) g`,
       [policyId, tag],
     );
+    await db().query(`INSERT INTO orders (order_id, user_id) SELECT 'bk-order-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g FROM generate_series(1, 2500) g`, [tag]);
     await db().query(
       `INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
-       SELECT 'bk-res-' || $1 || '-' || g, 'bk-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g, 'bk-order-' || g, 20000, 3000,
+       SELECT 'bk-res-' || $1 || '-' || g, 'bk-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g, 'bk-order-' || $1 || '-' || g, 20000, 3000,
               'bk-rreq-' || $1 || '-' || g, now() - interval '50 minutes'
          FROM generate_series(1, 2500) g`,
       [tag],

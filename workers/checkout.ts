@@ -3,6 +3,7 @@
 // event-loop turn (models/reservation.ts); a Redis lock on the coupon keeps concurrent reserves of
 // one coupon queueing in Redis rather than deciding on the same row.
 import { UnrecoverableError, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { raiseAlert } from '../core/alerts';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
@@ -20,14 +21,16 @@ import {
   type ReservationResult,
   type ReservationView,
 } from '../models/reservation';
-import { paymentJobSchema, reservationActionJobSchema, reserveJobSchema, type JobOutcome } from '../queues/jobs';
-import type { JobKind } from '../queues/names';
+import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
+import { idempotencyRecordKey, type JobKind } from '../queues/names';
 import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 import { noteCouponUsed } from './usage-metrics';
 
 export interface CheckoutDeps {
   locks: Locks;
+  /** Sets an Idempotency-Key's record back to the body the key reserved for. */
+  redis: Redis;
   log: Logger;
 }
 
@@ -72,18 +75,33 @@ async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Reserva
       userId: data.userId,
       orderId: data.orderId,
       orderAmount: data.orderAmount,
-      requestId: String(job.id),
+      requestId: data.requestId ?? String(job.id),
+      fingerprint: reserveFingerprint(data),
       ttlSeconds: config().RESERVATION_TTL_SECONDS,
     }),
   );
   if (!outcome) throw new Error('coupon lock not acquired');
   if (outcome.kind === 'refused') {
     log.info({ code: outcome.reason.code }, 'reservation refused');
+    if (outcome.boundTo) await rebindIdempotencyRecord(deps, log, outcome.boundTo);
     return { outcome: 'rejected', reason: outcome.reason };
   }
   const r = outcome.reservation;
   log.info({ reservationId: r.id, discountAmount: r.discountAmount, expiresAt: r.expiresAt, replay: outcome.replay }, 'coupon reserved');
   return { outcome: 'succeeded', result: reservationResult(r) };
+}
+
+/**
+ * A body refused because its key reserved for another one found the key's Redis record gone and
+ * claimed it anew: the record is set back to the body the key reserved for, so that body's replays
+ * get their first answer again and others their 409 at the web. Only while the record exists; a
+ * failure costs only that (Postgres decides either way).
+ */
+async function rebindIdempotencyRecord(deps: CheckoutDeps, log: Logger, made: Reservation): Promise<void> {
+  const fingerprint = made.requestFingerprint ?? reserveFingerprint(made);
+  await deps.redis.set(idempotencyRecordKey(made.requestId), fingerprint, 'KEEPTTL', 'XX').catch((error: unknown) => {
+    log.warn({ err: error }, 'idempotency record not rebound');
+  });
 }
 
 const ACTIONS = {

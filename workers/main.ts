@@ -58,11 +58,11 @@ async function main(): Promise<void> {
     settings: { backoffStrategy: cappedBackoff },
   };
   const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks, codeSecret }, log), { ...workerOptions, connection: createRedis('worker') });
-  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, log }), {
+  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, redis, log }), {
     ...workerOptions,
     connection: createRedis('worker'),
   });
-  const paymentsWorker = new Worker(QUEUES.payments, createCheckoutProcessor({ locks, log }), { ...workerOptions, connection: createRedis('worker') });
+  const paymentsWorker = new Worker(QUEUES.payments, createCheckoutProcessor({ locks, redis, log }), { ...workerOptions, connection: createRedis('worker') });
   const workers = [issueWorker, checkoutWorker, paymentsWorker];
   for (const worker of workers) {
     worker.on('error', (error) => log.error({ err: error, queue: worker.name }, 'worker error'));

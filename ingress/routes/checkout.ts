@@ -7,10 +7,10 @@ import { usability } from '../../models/checkout-rules';
 import { readCouponForCheckout, Reservation } from '../../models/reservation';
 import type { Queues } from '../../queues/connection';
 import { addJob } from '../../queues/enqueue';
-import { idSchema, moneySchema } from '../../queues/jobs';
-import { derivedJobId } from '../../queues/names';
+import { idSchema, moneySchema, reserveFingerprint } from '../../queues/jobs';
+import { derivedJobId, reserveJobId, reserveRequestId } from '../../queues/names';
 import type { AppEnv } from '../context';
-import { claimIdempotencyKey, fingerprint, idempotencyKeySchema } from '../idempotency';
+import { claimIdempotencyKey, idempotencyKeySchema } from '../idempotency';
 import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
 import { logWith } from '../middleware/trace';
 import { jsonBody, parseWith } from '../validation';
@@ -37,12 +37,15 @@ export function checkoutRoutes(queues: Queues) {
     parseWith(idempotencyKeySchema, key);
     const body = await jsonBody(c, reserveBody);
     const user = c.get('user');
-    const first = await claimIdempotencyKey(queues.connection, user.id, key, fingerprint(body));
-    // The same job id for the same (user, key): a replay re-adds it, which is a no-op while it exists
-    // and queues it when the first request's add failed (that one heard 503; the key stays claimed,
-    // so a retry with the same body goes through and another body is still refused).
-    const jobId = derivedJobId('reserve', user.id, key);
-    const job = { ...body, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
+    const bodyFingerprint = reserveFingerprint(body);
+    const first = await claimIdempotencyKey(queues.connection, user.id, key, bodyFingerprint);
+    // The same job id for the same (user, key, body): a replay re-adds it, which is a no-op while it
+    // exists and queues it when the first request's add failed (that one heard 503; the key stays
+    // claimed, so a retry with the same body goes through and another body is still refused). Should
+    // the key's record be gone, another body is another job, which Postgres refuses if the key reserved.
+    const jobId = reserveJobId(user.id, key, bodyFingerprint);
+    const requestId = reserveRequestId(user.id, key);
+    const job = { ...body, requestId, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
     const added = await addJob(queues, 'reserve', job, jobId);
     logWith(c, { enqueued: 'reserve', jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' });
     return answerJob(c, queues, jobId, added);

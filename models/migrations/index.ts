@@ -8,7 +8,20 @@ import { checkoutFunctions } from './0006-checkout-functions';
 import { createCouponCodes } from './0007-coupon-codes';
 import { createCodeBatches } from './0008-code-batches';
 import { eventStateProbes } from './0009-event-state-probes';
+import { orderOwners } from './0010-order-owners';
 import { policyCounters } from './0011-policy-counters';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [createCouponPolicies, createCoupons, guardStatusAndLimits, insertIssuedCoupons, createReservations, checkoutFunctions, createCouponCodes, createCodeBatches, eventStateProbes, policyCounters];
+export const migrations: Migration[] = [
+  createCouponPolicies,
+  createCoupons,
+  guardStatusAndLimits,
+  insertIssuedCoupons,
+  createReservations,
+  checkoutFunctions,
+  createCouponCodes,
+  createCodeBatches,
+  eventStateProbes,
+  orderOwners,
+  policyCounters,
+];
