@@ -33,6 +33,9 @@ export const configSchema = z.object({
   DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
   DATABASE_POOL_MAX: intFrom(10, 1),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  // How long a Redis command the web waits on may take before the request gives up (503, or a rate
+  // limit counted in memory): a Redis that stops answering must not hang requests (core/redis.ts).
+  REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(500),
   KAFKA_BROKERS: brokers.default(['127.0.0.1:9092']),
   KAFKA_CLIENT_ID: z.string().min(1).default('coupon-service'),
   KAFKA_PAYMENTS_TOPIC: z.string().min(1).default('payments.v1'),

@@ -19,7 +19,7 @@ async function main(): Promise<void> {
   const log = logger().child({ process: 'web' });
   initModels(sequelize());
   const queues = createQueues();
-  const redis = createRedis('client');
+  const redis = createRedis('ingress');
   initUserCouponCache(redis);
   // The producer connection has no offline queue: wait for it once, so the first requests don't 503.
   await waitForReady(queues.connection, 15_000);
