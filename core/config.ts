@@ -82,7 +82,16 @@ export const configSchema = z.object({
   // How long a stats answer is served from the cache at least (models/stats-cache.ts); 0: no cache.
   STATS_CACHE_MS: intFrom(1_000, 0),
   BULL_BOARD_USER: z.string().min(1).optional(),
-  BULL_BOARD_PASSWORD: z.string().min(1).optional(),
+  // Guessable passwords are refused: the web does not start with a shorter one.
+  BULL_BOARD_PASSWORD: z.string().min(12, 'must be at least 12 characters').optional(),
+  // Wrong Bull Board credentials an address may send per window; past that it is refused 429 for
+  // BULL_BOARD_LOCKOUT_S, right password or not.
+  BULL_BOARD_AUTH_FAILURES: intFrom(10, 1),
+  BULL_BOARD_AUTH_WINDOW_S: intFrom(900, 1),
+  BULL_BOARD_LOCKOUT_S: intFrom(900, 1),
+  // When set, the web serves /metrics, /health/ready and Bull Board on this port only (0: any free
+  // port, logged), so they can stay off the public balancer; PORT keeps the API, /docs and /health/live.
+  OPS_PORT: z.coerce.number().int().min(0).max(65_535).optional(),
   // Rate limits (ingress/middleware/rate-limit.ts), counted in Redis so they hold across web
   // processes: POINTS requests per window of DURATION_S seconds, 0 turns a limiter off. Per client
   // address, before authentication: generous, as thousands of shoppers may share one carrier NAT.

@@ -8,7 +8,7 @@ import { initModels } from '../models';
 import { initUserCouponCache } from '../models/user-coupon-cache';
 import { startPolicyCache } from '../models/policy-cache';
 import { createQueues } from '../queues/connection';
-import { createApp } from './app';
+import { createApp, createOpsApp } from './app';
 import { BULL_BOARD_PATH } from './bull-board';
 
 /** How long a production web answers 503 on /health/ready after SIGTERM, unless WEB_DRAIN_GRACE_MS says otherwise. */
@@ -29,9 +29,15 @@ async function main(): Promise<void> {
   // Never served without credentials: unset, it is not mounted at all (404).
   if (bullBoard) log.info({ path: BULL_BOARD_PATH }, 'Bull Board on, behind Basic auth');
   else log[cfg.BULL_BOARD_USER || cfg.BULL_BOARD_PASSWORD ? 'warn' : 'info']('Bull Board off: set BULL_BOARD_USER and BULL_BOARD_PASSWORD');
-  const app = createApp({ queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard });
+  const separateOps = cfg.OPS_PORT !== undefined;
+  const deps = { queues, redis, log, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard, separateOps };
+  const app = createApp(deps);
+  // With OPS_PORT, metrics, readiness and Bull Board answer there only (keep it off the public balancer).
+  const opsServer = separateOps
+    ? serve({ fetch: createOpsApp(deps).fetch, port: cfg.OPS_PORT, hostname: '0.0.0.0' }, (info) => log.info({ port: info.port }, 'ops server listening'))
+    : undefined;
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
-    log.info({ port: info.port }, 'web listening');
+    log.info({ port: info.port, opsPort: separateOps ? 'separate' : 'same' }, 'web listening');
   });
 
   const shutdown = (signal: string) => {
@@ -41,6 +47,7 @@ async function main(): Promise<void> {
     // Give load balancers a moment to see /health/ready turn 503, then stop accepting.
     const graceMs = cfg.WEB_DRAIN_GRACE_MS ?? (cfg.NODE_ENV === 'production' ? PRODUCTION_DRAIN_GRACE_MS : 100);
     setTimeout(() => {
+      opsServer?.close();
       server.close(async () => {
         await queues.close();
         await stopPolicyCache();
