@@ -58,7 +58,16 @@ export const configSchema = z.object({
   ALERT_JOB_FAILURES_WINDOW_MS: intFrom(60_000, 1_000),
   ALERT_CONSUMER_LAG_THRESHOLD: intFrom(10_000, 1),
   // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
-  JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
+  // A comma-separated list rotates keys: the first signs (scripts/token.ts), every one verifies.
+  JWT_SECRET: z
+    .string()
+    .refine((v) => v.split(',').every((k) => k.trim().length >= 32), 'every key must be at least 32 characters (HS256 key)')
+    .optional(),
+  // When set, a token must carry this iss / aud.
+  JWT_ISSUER: z.string().min(1).optional(),
+  JWT_AUDIENCE: z.string().min(1).optional(),
+  // Where RS256/ES256 verification keys are served (a JWKS); HS256 tokens still verify with JWT_SECRET.
+  JWT_JWKS_URL: urlWith(['https:', 'http:']).optional(),
   // Key of the HMAC under which single-use coupon codes are stored (models/codes.ts). Changing it
   // makes every stored code unredeemable. Required by the web and worker processes.
   CODE_HMAC_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -166,8 +175,11 @@ function requireSecret(name: 'JWT_SECRET' | 'CODE_HMAC_SECRET', why: string): st
   return secret;
 }
 
-/** The HS256 secret of the web process. */
-export const requireJwtSecret = () => requireSecret('JWT_SECRET', 'to verify bearer tokens');
+/** The HS256 secret(s) of the web process; none needed when a JWKS verifies tokens. */
+export const requireJwtSecret = () => (config().JWT_JWKS_URL && !config().JWT_SECRET ? '' : requireSecret('JWT_SECRET', 'to verify bearer tokens'));
+
+/** The key tokens are signed with: the first of JWT_SECRET's list. */
+export const signingJwtSecret = () => (requireSecret('JWT_SECRET', 'to sign tokens').split(',')[0] as string).trim();
 
 /** The key single-use codes are hashed with (web and worker). */
 export const requireCodeSecret = () => requireSecret('CODE_HMAC_SECRET', 'to hash coupon codes');

@@ -31,6 +31,8 @@ export interface AppDeps {
   /** Key of the coupon-code hashes; CODE_HMAC_SECRET when not given. */
   codeSecret?: string;
   isDraining?: () => boolean;
+  /** Issuer, audience and JWKS other than JWT_ISSUER, JWT_AUDIENCE, JWT_JWKS_URL (tests). */
+  jwt?: { issuer?: string; audience?: string; jwksUrl?: string };
   /** Mounts Bull Board at /admin/queues behind these Basic credentials; without them it is not mounted. */
   bullBoard?: BullBoardCredentials;
   /**
@@ -95,7 +97,8 @@ export function createApp(deps: AppDeps) {
   // Per address before authentication, so a flood of bad tokens is limited too; per user after it.
   api.use('*', limitByAddress({ redis, budget: limits.address, trustProxy: limits.trustProxy, prefix: limits.prefix }));
   api.use('*', limitBody(MAX_BODY_BYTES));
-  api.use('*', authenticate(deps.jwtSecret));
+  const cfg = config();
+  api.use('*', authenticate({ secrets: deps.jwtSecret, issuer: cfg.JWT_ISSUER, audience: cfg.JWT_AUDIENCE, jwksUrl: cfg.JWT_JWKS_URL, ...deps.jwt }));
   api.use('*', limitByUser({ redis, budget: limits.user, prefix: limits.prefix }));
   // Stats paths sit under the policy and user prefixes (/coupons/policies/:id/stats, ...): mounted first.
   api.route('/', statsRoutes(deps.redis));
