@@ -35,7 +35,7 @@ export const configSchema = z.object({
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
   // How long a Redis command the web waits on may take before the request gives up (503, or a rate
   // limit counted in memory): a Redis that stops answering must not hang requests (core/redis.ts).
-  REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(500),
+  REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(1_000),
   KAFKA_BROKERS: brokers.default(['127.0.0.1:9092']),
   KAFKA_CLIENT_ID: z.string().min(1).default('coupon-service'),
   KAFKA_PAYMENTS_TOPIC: z.string().min(1).default('payments.v1'),
