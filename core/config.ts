@@ -33,6 +33,9 @@ export const configSchema = z.object({
   DATABASE_URL: urlWith(['postgres:', 'postgresql:']).default('postgres://postgres@127.0.0.1:5432/coupons'),
   DATABASE_POOL_MAX: intFrom(10, 1),
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
+  // How long a Redis command the web waits on may take before the request gives up (503, or a rate
+  // limit counted in memory): a Redis that stops answering must not hang requests (core/redis.ts).
+  REDIS_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(50).max(10_000).default(1_000),
   KAFKA_BROKERS: brokers.default(['127.0.0.1:9092']),
   KAFKA_CLIENT_ID: z.string().min(1).default('coupon-service'),
   KAFKA_PAYMENTS_TOPIC: z.string().min(1).default('payments.v1'),
@@ -55,7 +58,16 @@ export const configSchema = z.object({
   ALERT_JOB_FAILURES_WINDOW_MS: intFrom(60_000, 1_000),
   ALERT_CONSUMER_LAG_THRESHOLD: intFrom(10_000, 1),
   // Required by the web process (see requireJwtSecret); scripts such as migrate run without it.
-  JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
+  // A comma-separated list rotates keys: the first signs (scripts/token.ts), every one verifies.
+  JWT_SECRET: z
+    .string()
+    .refine((v) => v.split(',').every((k) => k.trim().length >= 32), 'every key must be at least 32 characters (HS256 key)')
+    .optional(),
+  // When set, a token must carry this iss / aud.
+  JWT_ISSUER: z.string().min(1).optional(),
+  JWT_AUDIENCE: z.string().min(1).optional(),
+  // Where RS256/ES256 verification keys are served (a JWKS); HS256 tokens still verify with JWT_SECRET.
+  JWT_JWKS_URL: urlWith(['https:', 'http:']).optional(),
   // Key of the HMAC under which single-use coupon codes are stored (models/codes.ts). Changing it
   // makes every stored code unredeemable. Required by the web and worker processes.
   CODE_HMAC_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -79,7 +91,16 @@ export const configSchema = z.object({
   // How long a stats answer is served from the cache at least (models/stats-cache.ts); 0: no cache.
   STATS_CACHE_MS: intFrom(1_000, 0),
   BULL_BOARD_USER: z.string().min(1).optional(),
-  BULL_BOARD_PASSWORD: z.string().min(1).optional(),
+  // Guessable passwords are refused: the web does not start with a shorter one.
+  BULL_BOARD_PASSWORD: z.string().min(12, 'must be at least 12 characters').optional(),
+  // Wrong Bull Board credentials an address may send per window; past that it is refused 429 for
+  // BULL_BOARD_LOCKOUT_S, right password or not.
+  BULL_BOARD_AUTH_FAILURES: intFrom(10, 1),
+  BULL_BOARD_AUTH_WINDOW_S: intFrom(900, 1),
+  BULL_BOARD_LOCKOUT_S: intFrom(900, 1),
+  // When set, the web serves /metrics, /health/ready and Bull Board on this port only (0: any free
+  // port, logged), so they can stay off the public balancer; PORT keeps the API, /docs and /health/live.
+  OPS_PORT: z.coerce.number().int().min(0).max(65_535).optional(),
   // Rate limits (ingress/middleware/rate-limit.ts), counted in Redis so they hold across web
   // processes: POINTS requests per window of DURATION_S seconds, 0 turns a limiter off. Per client
   // address, before authentication: generous, as thousands of shoppers may share one carrier NAT.
@@ -154,8 +175,11 @@ function requireSecret(name: 'JWT_SECRET' | 'CODE_HMAC_SECRET', why: string): st
   return secret;
 }
 
-/** The HS256 secret of the web process. */
-export const requireJwtSecret = () => requireSecret('JWT_SECRET', 'to verify bearer tokens');
+/** The HS256 secret(s) of the web process; none needed when a JWKS verifies tokens. */
+export const requireJwtSecret = () => (config().JWT_JWKS_URL && !config().JWT_SECRET ? '' : requireSecret('JWT_SECRET', 'to verify bearer tokens'));
+
+/** The key tokens are signed with: the first of JWT_SECRET's list. */
+export const signingJwtSecret = () => (requireSecret('JWT_SECRET', 'to sign tokens').split(',')[0] as string).trim();
 
 /** The key single-use codes are hashed with (web and worker). */
 export const requireCodeSecret = () => requireSecret('CODE_HMAC_SECRET', 'to hash coupon codes');

@@ -4,7 +4,7 @@ import IORedis, { type Redis, type RedisOptions } from 'ioredis';
 import { config } from './config';
 import { logger } from './logger';
 
-export type RedisRole = 'producer' | 'worker' | 'client';
+export type RedisRole = 'producer' | 'worker' | 'client' | 'ingress';
 
 const roleOptions: Record<RedisRole, RedisOptions> = {
   // BullMQ Queue and the ingress: no offline queue, so a command while disconnected errors at once.
@@ -20,7 +20,20 @@ const roleOptions: Record<RedisRole, RedisOptions> = {
   // Plain commands from workers (admission scripts, locks): retry a little, then let the job retry.
   // Auto-pipelining sends the admissions of a batch's requests in one write.
   client: { maxRetriesPerRequest: 3, connectTimeout: 5_000, enableAutoPipelining: true },
+  // The web's plain commands (rate limits, caches): like client, but a request never waits on them
+  // for long (commandTimeout, below).
+  ingress: { maxRetriesPerRequest: 1, connectTimeout: 2_000, enableAutoPipelining: true },
 };
+
+/**
+ * Roles whose every command gives up after REDIS_COMMAND_TIMEOUT_MS: the connections a request
+ * waits on. A Redis that stops answering (connection open, no replies) then costs a request one
+ * timeout per call, and the request is answered 503 (or, for a rate limit, counted in memory)
+ * instead of hanging. Never the worker role: its blocking reads wait for jobs on purpose. An add that
+ * timed out may still reach Redis later; every job id that matters for a retry is derived from the
+ * request (reserve, cancel, confirm, events), and the quantity and per-user limits hold in any case.
+ */
+const TIMED_ROLES: ReadonlySet<RedisRole> = new Set(['producer', 'ingress']);
 
 /** A connection's errors are logged at most this often: while Redis is away each retry fails again. */
 const ERROR_LOG_INTERVAL_MS = 5_000;
@@ -28,6 +41,7 @@ const ERROR_LOG_INTERVAL_MS = 5_000;
 export function createRedis(role: RedisRole, url = config().REDIS_URL): Redis {
   const redis = new IORedis(url, {
     ...roleOptions[role],
+    ...(TIMED_ROLES.has(role) && { commandTimeout: config().REDIS_COMMAND_TIMEOUT_MS }),
     connectionName: `coupon-${role}`,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
   });

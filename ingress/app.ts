@@ -1,7 +1,7 @@
 // The HTTP application: middleware, routes and error mapping. server.ts only wires it to a port.
 import { Hono } from 'hono';
 import type { Redis } from 'ioredis';
-import { requireCodeSecret } from '../core/config';
+import { config, requireCodeSecret } from '../core/config';
 import type { Logger } from '../core/logger';
 import { exposeMetrics, metricsContentType, metricsText } from '../core/metrics';
 import type { Queues } from '../queues/connection';
@@ -12,6 +12,7 @@ import { createOutcomeHub, lazyOutcomeHub, type OutcomeHub } from './outcome-hub
 import { authenticate } from './middleware/auth';
 import { limitBody } from './middleware/body-limit';
 import { recordHttpMetrics } from './middleware/metrics';
+import { securityHeaders } from './middleware/security-headers';
 import { notFound, onError } from './middleware/errors';
 import { createCodeGuard, limitByAddress, limitByUser, type Budget, type CodeGuard } from './middleware/rate-limit';
 import { trace } from './middleware/trace';
@@ -32,29 +33,65 @@ export interface AppDeps {
   /** Key of the coupon-code hashes; CODE_HMAC_SECRET when not given. */
   codeSecret?: string;
   isDraining?: () => boolean;
+  /** Issuer, audience and JWKS other than JWT_ISSUER, JWT_AUDIENCE, JWT_JWKS_URL (tests). */
+  jwt?: { issuer?: string; audience?: string; jwksUrl?: string };
   /** Mounts Bull Board at /admin/queues behind these Basic credentials; without them it is not mounted. */
   bullBoard?: BullBoardCredentials;
   /** The subscription to the workers' issue outcomes; created with the app when not given. */
   outcomes?: OutcomeHub;
+  /**
+   * The ops surface (/metrics, /health/ready, Bull Board) is served by createOpsApp on a port of its
+   * own (OPS_PORT): this app then serves the API, /docs and /health/live only.
+   */
+  separateOps?: boolean;
+  /** Bull Board's lockout other than the configured one (tests): wrong credentials per window, block. */
+  boardLockout?: { failures?: number; windowS?: number; blockS?: number };
   /** Rate limits other than the configured ones (tests): budgets, Redis key prefix, code guard. */
   rateLimits?: { address?: Budget; user?: Budget; trustProxy?: boolean; prefix?: string; codeGuard?: CodeGuard };
 }
 
 const MAX_BODY_BYTES = 64 * 1024;
 
-export function createApp(deps: AppDeps) {
+/** Metrics, readiness and Bull Board: outside /api/v1, so no token and no API rate limit. */
+function mountOps(app: Hono<AppEnv>, deps: AppDeps): void {
+  app.get('/metrics', async (c) => c.body(await metricsText(), 200, { 'content-type': metricsContentType }));
+  app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false)));
+  if (!deps.bullBoard) return;
+  const cfg = config();
+  const lockout = {
+    redis: deps.redis,
+    failures: deps.boardLockout?.failures ?? cfg.BULL_BOARD_AUTH_FAILURES,
+    windowS: deps.boardLockout?.windowS ?? cfg.BULL_BOARD_AUTH_WINDOW_S,
+    blockS: deps.boardLockout?.blockS ?? cfg.BULL_BOARD_LOCKOUT_S,
+    trustProxy: deps.rateLimits?.trustProxy ?? cfg.TRUST_PROXY,
+    prefix: deps.rateLimits?.prefix ?? `${cfg.QUEUE_PREFIX}:rl`,
+  };
+  app.route(BULL_BOARD_PATH, bullBoardRoutes(deps.queues, deps.bullBoard, lockout));
+}
+
+function baseApp(): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.onError(onError);
   app.notFound(notFound);
+  app.use('*', securityHeaders());
+  return app;
+}
+
+/** The ops surface alone, for its own port (OPS_PORT): /metrics, /health/live, /health/ready, Bull Board. */
+export function createOpsApp(deps: AppDeps) {
+  const app = baseApp();
+  mountOps(app, deps);
+  return app;
+}
+
+export function createApp(deps: AppDeps) {
+  const app = baseApp();
   exposeMetrics('web');
   app.use('*', recordHttpMetrics());
-  // For Prometheus: outside /api/v1, so no token and no rate limit.
-  app.get('/metrics', async (c) => c.body(await metricsText(), 200, { 'content-type': metricsContentType }));
-
-  app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false)));
+  if (deps.separateOps) app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false), { ready: false }));
+  else mountOps(app, deps);
   // The API reference: public, outside /api/v1 and its rate limits.
   app.route('/docs', docsRoutes());
-  if (deps.bullBoard) app.route(BULL_BOARD_PATH, bullBoardRoutes(deps.queues, deps.bullBoard));
 
   const limits = deps.rateLimits ?? {};
   const redis = deps.redis;
@@ -64,7 +101,8 @@ export function createApp(deps: AppDeps) {
   // Per address before authentication, so a flood of bad tokens is limited too; per user after it.
   api.use('*', limitByAddress({ redis, budget: limits.address, trustProxy: limits.trustProxy, prefix: limits.prefix }));
   api.use('*', limitBody(MAX_BODY_BYTES));
-  api.use('*', authenticate(deps.jwtSecret));
+  const cfg = config();
+  api.use('*', authenticate({ secrets: deps.jwtSecret, issuer: cfg.JWT_ISSUER, audience: cfg.JWT_AUDIENCE, jwksUrl: cfg.JWT_JWKS_URL, ...deps.jwt }));
   api.use('*', limitByUser({ redis, budget: limits.user, prefix: limits.prefix }));
   // Stats paths sit under the policy and user prefixes (/coupons/policies/:id/stats, ...): mounted first.
   api.route('/', statsRoutes(deps.redis));

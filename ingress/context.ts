@@ -11,7 +11,7 @@ export interface AppEnv {
     traceId: string;
     log: Logger;
     user: AuthUser;
-    /** The client's address: the socket's, or the first X-Forwarded-For entry with TRUST_PROXY. */
+    /** The client's address as budgets count it: the socket's, or the last X-Forwarded-For entry with TRUST_PROXY; an IPv6 address as its /64. */
     clientIp: string;
     /** What the handler added to its request's log line with logWith (ingress/middleware/trace.ts). */
     logFields?: Record<string, unknown>;

@@ -81,7 +81,7 @@ const WHO: Record<Who, string> = {
   self: 'The user named in the path, or an admin.',
   owner: 'The owner of the resource, or an admin.',
   public: 'No authentication.',
-  basic: 'HTTP Basic (BULL_BOARD_USER, BULL_BOARD_PASSWORD); mounted only when both are set.',
+  basic: 'HTTP Basic (BULL_BOARD_USER, BULL_BOARD_PASSWORD); mounted only when both are set; on OPS_PORT when that is set. Wrong credentials lock the address out (429) after BULL_BOARD_AUTH_FAILURES.',
 };
 
 interface Op {
@@ -234,7 +234,7 @@ export function openApiDocument(): Json {
       description: [
         'Flash-sale coupons: policies, issue (first come, download, codes, events, direct grants), checkout and live statistics.',
         'Changes go through jobs: a 202 names the job; poll GET /api/v1/jobs/{jobId}?waitMs=5000 for its outcome.',
-        'Money is an integer in the smallest currency unit; times are ISO-8601 UTC.',
+        'Money is an integer in the smallest currency unit, at most 10^12; times are ISO-8601 with an offset, within 2000-01-01 .. 2099-12-31 (UTC); a paging cursor is opaque: send back the nextCursor you got.',
         '',
         'Every error is {"error": {"code", "message", "details"?}}. Codes (HTTP status for errors of a request; the business refusals are job outcomes):',
         '',
@@ -248,7 +248,7 @@ export function openApiDocument(): Json {
       schemas,
       responses,
       securitySchemes: {
-        bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'HS256 with JWT_SECRET; claims sub (user id), role (user | admin), exp.' },
+        bearerAuth: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT', description: 'HS256 with JWT_SECRET (any key of its list), or RS256/ES256 from JWT_JWKS_URL; claims sub (user id), role (user | admin), exp, and iss/aud when JWT_ISSUER/JWT_AUDIENCE are set.' },
         basicAuth: { type: 'http', scheme: 'basic' },
       },
     },

@@ -8,7 +8,7 @@ import { initModels } from '../models';
 import { initUserCouponCache } from '../models/user-coupon-cache';
 import { startPolicyCache } from '../models/policy-cache';
 import { createQueues } from '../queues/connection';
-import { createApp } from './app';
+import { createApp, createOpsApp } from './app';
 import { createOutcomeHub } from './outcome-hub';
 import { BULL_BOARD_PATH } from './bull-board';
 
@@ -20,7 +20,7 @@ async function main(): Promise<void> {
   const log = logger().child({ process: 'web' });
   initModels(sequelize());
   const queues = createQueues();
-  const redis = createRedis('client');
+  const redis = createRedis('ingress');
   initUserCouponCache(redis);
   // The producer connection has no offline queue: wait for it once, so the first requests don't 503.
   await waitForReady(queues.connection, 15_000);
@@ -33,9 +33,15 @@ async function main(): Promise<void> {
   // The workers' issue outcomes reach this process through one subscription.
   const outcomes = createOutcomeHub(log);
   await outcomes.ready;
-  const app = createApp({ queues, redis, log, outcomes, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard });
+  const separateOps = cfg.OPS_PORT !== undefined;
+  const deps = { queues, redis, log, outcomes, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard, separateOps };
+  const app = createApp(deps);
+  // With OPS_PORT, metrics, readiness and Bull Board answer there only (keep it off the public balancer).
+  const opsServer = separateOps
+    ? serve({ fetch: createOpsApp(deps).fetch, port: cfg.OPS_PORT, hostname: '0.0.0.0' }, (info) => log.info({ port: info.port }, 'ops server listening'))
+    : undefined;
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
-    log.info({ port: info.port }, 'web listening');
+    log.info({ port: info.port, opsPort: separateOps ? 'separate' : 'same' }, 'web listening');
   });
 
   const shutdown = (signal: string) => {
@@ -45,6 +51,7 @@ async function main(): Promise<void> {
     // Give load balancers a moment to see /health/ready turn 503, then stop accepting.
     const graceMs = cfg.WEB_DRAIN_GRACE_MS ?? (cfg.NODE_ENV === 'production' ? PRODUCTION_DRAIN_GRACE_MS : 100);
     setTimeout(() => {
+      opsServer?.close();
       server.close(async () => {
         await outcomes.close();
         await queues.close();

@@ -1,5 +1,7 @@
 // Keyset paging: opaque cursors ((timestamp, id) of a page's last row, base64url) and the query parts that use them.
 import { Op, type Order, type WhereOptions } from 'sequelize';
+import { instantInBounds } from '../core/bounds';
+import { idSchema } from '../queues/jobs';
 
 export interface Cursor {
   at: Date;
@@ -10,13 +12,22 @@ export function encodeCursor(at: Date, id: string): string {
   return Buffer.from(JSON.stringify([at.toISOString(), id])).toString('base64url');
 }
 
+/**
+ * The cursor a client sent back, or null when it is not one this service could have made. A client
+ * can write any cursor, so both parts are held to what the API accepts (a date within the years
+ * 2000..2099, an id as idSchema says) before they reach a query: a year-0000 date or a NUL byte
+ * would make Postgres fail the request.
+ */
 export function decodeCursor(cursor: string): Cursor | null {
   try {
+    if (!/^[A-Za-z0-9_-]*$/.test(cursor)) return null;
     const parsed: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
     if (!Array.isArray(parsed) || parsed.length !== 2) return null;
     const [at, id] = parsed as unknown[];
-    if (typeof at !== 'string' || typeof id !== 'string' || Number.isNaN(Date.parse(at))) return null;
-    return { at: new Date(at), id };
+    if (typeof at !== 'string' || typeof id !== 'string' || !idSchema.safeParse(id).success) return null;
+    const ms = Date.parse(at);
+    if (!instantInBounds(ms)) return null;
+    return { at: new Date(ms), id };
   } catch {
     return null;
   }

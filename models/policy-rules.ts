@@ -1,6 +1,7 @@
 // Coupon policy rules as pure functions over plain data: the shapes a policy may take, how it may change,
 // whether it issues at a given instant and when its coupons expire. No I/O here.
 import { z } from 'zod';
+import { boundedDateTime, MAX_MONEY } from '../core/bounds';
 import { AppError, type Reason, reason } from '../core/errors';
 
 export const DISCOUNT_TYPES = ['FIXED', 'PERCENTAGE'] as const;
@@ -10,8 +11,8 @@ export const POLICY_STATUSES = ['ACTIVE', 'PAUSED', 'ENDED'] as const;
 export type IssueMethod = (typeof ISSUE_METHODS)[number];
 export type PolicyStatus = (typeof POLICY_STATUSES)[number];
 
-const MAX_MONEY = 1_000_000_000_000; // a trillion in the smallest unit: beyond any real order
-const isoDateTime = z.iso.datetime({ offset: true });
+// Dates within the years 2000..2099 and money up to a trillion in the smallest unit (core/bounds.ts).
+const isoDateTime = boundedDateTime();
 const money = z.number().int().min(0).max(MAX_MONEY);
 
 export const discountSchema = z

@@ -1,6 +1,7 @@
 // Payload and result schemas of every job, and how a finished job reads to a client.
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { boundedDateTime, MAX_MONEY } from '../core/bounds';
 import type { ErrorCode } from '../core/errors';
 import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
 import { MAX_CODE_LENGTH, MAX_CODES_PER_JOB, MIN_CODE_LENGTH } from '../models/codes';
@@ -58,7 +59,7 @@ export const userEventSchema = z.object({
   eventId: idSchema,
   type: z.string().regex(/^[A-Z][A-Z0-9_]{1,63}$/, 'an event type such as USER_SIGNED_UP'),
   userId: idSchema,
-  occurredAt: z.iso.datetime({ offset: true }),
+  occurredAt: boundedDateTime(),
 });
 export type UserEvent = z.infer<typeof userEventSchema>;
 
@@ -96,7 +97,7 @@ export const issueBatchSchema = z.object({
 export type IssueBatch = z.infer<typeof issueBatchSchema>;
 
 /** Money in the smallest currency unit: a non-negative integer, at most a trillion. */
-export const moneySchema = z.number().int().min(0).max(1_000_000_000_000);
+export const moneySchema = z.number().int().min(0).max(MAX_MONEY);
 
 export const reserveJobSchema = z.object({
   ...jobMeta,
@@ -135,7 +136,7 @@ export const paymentEventSchema = z.object({
   reservationId: idSchema.optional(),
   userId: idSchema.optional(),
   amount: moneySchema.optional(),
-  occurredAt: z.iso.datetime({ offset: true }),
+  occurredAt: boundedDateTime(),
 });
 export type PaymentEvent = z.infer<typeof paymentEventSchema>;
 

@@ -1,8 +1,9 @@
-// `npm run token -- <userId> [user|admin] [ttlSeconds]`: prints a bearer token signed with JWT_SECRET,
+// `npm run token -- <userId> [user|admin] [ttlSeconds]`: prints a bearer token signed with JWT_SECRET
+// (its first key when it lists several),
 // for trying the API by hand.
 import { createSecretKey } from 'node:crypto';
 import { SignJWT } from 'jose';
-import { requireJwtSecret } from '../core/config';
+import { signingJwtSecret } from '../core/config';
 
 const [sub, role = 'user', ttl = '3600'] = process.argv.slice(2);
 if (!sub || (role !== 'user' && role !== 'admin') || !/^\d+$/.test(ttl)) {
@@ -14,7 +15,7 @@ new SignJWT({ role })
   .setSubject(sub)
   .setIssuedAt()
   .setExpirationTime(Math.floor(Date.now() / 1000) + Number(ttl))
-  .sign(createSecretKey(Buffer.from(requireJwtSecret(), 'utf8')))
+  .sign(createSecretKey(Buffer.from(signingJwtSecret(), 'utf8')))
   .then((token) => {
   process.stdout.write(`${token}\n`);
 });

@@ -1,4 +1,12 @@
 // Authentication and the per-user access rules, over the in-process app with real Postgres and Redis.
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Redis } from 'ioredis';
+import { exportJWK, generateKeyPair, SignJWT, type KeyLike } from 'jose';
+import { parseConfig } from '../core/config';
+import { logger } from '../core/logger';
+import { createRedis } from '../core/redis';
+import { createApp } from '../ingress/app';
 import { policyBody, uniqueId } from './support/fixtures';
 import { startTestApp, type TestApp } from './support/app';
 import { adminToken, tokenFor } from './support/tokens';
@@ -82,5 +90,73 @@ describe('access rules', () => {
     const token = await tokenFor(uniqueId('u'));
     expect((await t.call('GET', '/api/v1/jobs/iss_00000000-0000-0000-0000-000000000000', { token })).status).toBe(404);
     expect((await t.call('GET', '/api/v1/jobs/..%2F..%2Fetc', { token })).status).toBe(400);
+  });
+});
+
+describe('issuer, audience, key rotation and a JWKS', () => {
+  const OLD = 'old-key-old-key-old-key-old-key-0123';
+  const NEW = 'new-key-new-key-new-key-new-key-0123';
+  let jwks: Server;
+  let jwksUrl: string;
+  let rsa: KeyLike;
+  let ec: KeyLike;
+  let stranger: KeyLike;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    const [rsaPair, ecPair, otherPair] = await Promise.all([generateKeyPair('RS256'), generateKeyPair('ES256'), generateKeyPair('RS256')]);
+    rsa = rsaPair.privateKey;
+    ec = ecPair.privateKey;
+    stranger = otherPair.privateKey;
+    const keys = [{ ...(await exportJWK(rsaPair.publicKey)), kid: 'rsa-1', alg: 'RS256' }, { ...(await exportJWK(ecPair.publicKey)), kid: 'ec-1', alg: 'ES256' }];
+    jwks = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ keys }));
+    });
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    jwksUrl = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`;
+    redis = createRedis('client');
+  });
+
+  afterAll(async () => {
+    redis?.disconnect();
+    await new Promise((resolve) => jwks?.close(resolve));
+  });
+
+  const appWith = (jwtSecret: string, jwt: { issuer?: string; audience?: string; jwksUrl?: string } = {}) =>
+    createApp({ queues: t.queues, redis, log: logger(), jwtSecret, codeSecret: 'c'.repeat(40), jwt });
+  const statusOf = async (app: ReturnType<typeof createApp>, token: string) =>
+    (await app.request('/api/v1/coupons/users/alice', { headers: { authorization: `Bearer ${token}` } })).status;
+  const signed = (key: KeyLike | Uint8Array, alg: string, claims: Record<string, unknown> = {}, kid?: string) =>
+    new SignJWT({ role: 'user', ...claims }).setProtectedHeader({ alg, ...(kid && { kid }) }).setSubject('alice').setExpirationTime('5m').sign(key);
+  const hs = (secret: string, claims: Record<string, unknown> = {}) => signed(new TextEncoder().encode(secret), 'HS256', claims);
+
+  it('verifies with every key of a comma-separated JWT_SECRET, so tokens of the old key work during a rotation', async () => {
+    const app = appWith(`${NEW}, ${OLD}`);
+    expect(await statusOf(app, await hs(NEW))).toBe(200);
+    expect(await statusOf(app, await hs(OLD))).toBe(200);
+    expect(await statusOf(app, await hs('another-key-another-key-another-key-0'))).toBe(401);
+    expect(await statusOf(appWith(NEW), await hs(OLD))).toBe(401); // the old key removed: its tokens end
+    expect(() => parseConfig({ JWT_SECRET: `${NEW},short` })).toThrow(/JWT_SECRET/);
+  });
+
+  it('checks iss and aud when JWT_ISSUER and JWT_AUDIENCE are set', async () => {
+    const app = appWith(NEW, { issuer: 'https://auth.example', audience: 'coupons' });
+    expect(await statusOf(app, await hs(NEW, { iss: 'https://auth.example', aud: 'coupons' }))).toBe(200);
+    expect(await statusOf(app, await hs(NEW, { iss: 'https://auth.example', aud: ['other', 'coupons'] }))).toBe(200);
+    expect(await statusOf(app, await hs(NEW, { iss: 'https://evil.example', aud: 'coupons' }))).toBe(401);
+    expect(await statusOf(app, await hs(NEW, { iss: 'https://auth.example', aud: 'other' }))).toBe(401);
+    expect(await statusOf(app, await hs(NEW))).toBe(401);
+  });
+
+  it('verifies RS256 and ES256 tokens against JWT_JWKS_URL, and nothing signed by another key', async () => {
+    const app = appWith(NEW, { jwksUrl });
+    expect(await statusOf(app, await signed(rsa, 'RS256', {}, 'rsa-1'))).toBe(200);
+    expect(await statusOf(app, await signed(ec, 'ES256', {}, 'ec-1'))).toBe(200);
+    expect(await statusOf(app, await signed(stranger, 'RS256', {}, 'rsa-1'))).toBe(401);
+    expect(await statusOf(app, await signed(stranger, 'RS256', {}, 'unknown-kid'))).toBe(401);
+    expect(await statusOf(app, await hs(NEW))).toBe(200); // HS256 still verifies with JWT_SECRET
+    // Without a JWKS, an RS256 token is refused, whatever it says.
+    expect(await statusOf(appWith(NEW), await signed(rsa, 'RS256', {}, 'rsa-1'))).toBe(401);
   });
 });

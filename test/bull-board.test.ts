@@ -1,6 +1,7 @@
 // Bull Board at /admin/queues: every path under it (page, static assets, API) needs the Basic
 // credentials; without configured credentials it does not exist.
 import type { Redis } from 'ioredis';
+import { config, parseConfig } from '../core/config';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis, waitForReady } from '../core/redis';
@@ -9,6 +10,7 @@ import { initModels } from '../models';
 import { initUserCouponCache } from '../models/user-coupon-cache';
 import { createQueues, type Queues } from '../queues/connection';
 import { QUEUES } from '../queues/names';
+import { uniqueId } from './support/fixtures';
 import { testSecret } from './support/tokens';
 
 const USER = 'ops';
@@ -27,7 +29,8 @@ beforeAll(async () => {
   initUserCouponCache(redis);
   await waitForReady(queues.connection);
   const deps = { queues, redis, log: logger(), jwtSecret: testSecret() };
-  board = createApp({ ...deps, bullBoard: { username: USER, password: PASSWORD } });
+  // The wrong credentials of these tests all come from one address: no lockout here (tested below).
+  board = createApp({ ...deps, bullBoard: { username: USER, password: PASSWORD }, boardLockout: { failures: 1_000_000 } });
   withoutBoard = createApp(deps);
 });
 
@@ -55,7 +58,9 @@ describe('Bull Board', () => {
         const res = await board.request(path, { headers: authorization ? { authorization } : {} });
         expect([path, authorization, res.status]).toEqual([path, authorization, 401]);
         expect(res.headers.get('www-authenticate')).toBe('Basic realm="Bull Board"');
-        expect(await res.text()).not.toContain('Bull');
+        const text = await res.text();
+        expect(text).not.toContain('Bull');
+        expect(JSON.parse(text)).toEqual({ error: { code: 'UNAUTHENTICATED', message: expect.any(String) } });
       }
     }
     // Changing calls too: nothing happens without credentials.
@@ -97,6 +102,32 @@ describe('Bull Board', () => {
     const res = await board.request('/api/v1/coupons/policies', { headers: { authorization: basic(USER, PASSWORD) } });
     expect(res.status).toBe(401);
     expect(await res.json()).toEqual({ error: { code: 'UNAUTHENTICATED', message: expect.any(String) } });
+  });
+
+  it('locks an address out after its wrong passwords: 429 with Retry-After, right password or not; other addresses go on', async () => {
+    const limits = { trustProxy: true, prefix: `${uniqueId('board')}:rl` };
+    const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret(), bullBoard: { username: USER, password: PASSWORD }, rateLimits: limits });
+    const from = (ip: string, authorization: string) => ({ headers: { authorization, 'x-forwarded-for': ip } });
+    // A burst of guesses at once: each is counted before it is answered, so only the budget get a verdict.
+    const burst = await Promise.all(Array.from({ length: 30 }, (_, i) => app.request('/admin/queues', from('2001:db8:7:7::1', basic(USER, `guess-${i}`)))));
+    const statuses = burst.map((r) => r.status);
+    expect(statuses.filter((s) => s === 401)).toHaveLength(config().BULL_BOARD_AUTH_FAILURES);
+    expect(statuses.filter((s) => s === 429)).toHaveLength(30 - config().BULL_BOARD_AUTH_FAILURES);
+    // Locked out: the right password too, and from any address of the same /64.
+    const locked = await app.request('/admin/queues', from('2001:db8:7:7::2', basic(USER, PASSWORD)));
+    expect(locked.status).toBe(429);
+    expect(Number(locked.headers.get('retry-after'))).toBeGreaterThan(60);
+    expect(await locked.json()).toEqual({ error: { code: 'RATE_LIMITED', message: expect.any(String) } });
+    expect((await app.request('/admin/queues', from('203.0.113.9', basic(USER, PASSWORD)))).status).toBe(200);
+    // No credentials at all (a browser's first request) is a challenge, not a guess.
+    for (let i = 0; i < 20; i += 1) expect((await app.request('/admin/queues', { headers: { 'x-forwarded-for': '203.0.113.10' } })).status).toBe(401);
+    expect((await app.request('/admin/queues', from('203.0.113.10', basic(USER, PASSWORD)))).status).toBe(200);
+  });
+
+  it('refuses a password shorter than 12 characters: the web does not start, the board is not built', () => {
+    expect(() => parseConfig({ BULL_BOARD_USER: 'ops', BULL_BOARD_PASSWORD: 'short-pass1' })).toThrow(/BULL_BOARD_PASSWORD: must be at least 12 characters/);
+    expect(parseConfig({ BULL_BOARD_USER: 'ops', BULL_BOARD_PASSWORD: 'long-enough-1' }).BULL_BOARD_PASSWORD).toBe('long-enough-1');
+    expect(() => createApp({ queues, redis, log: logger(), jwtSecret: testSecret(), bullBoard: { username: USER, password: 'short-pass1' } })).toThrow(/at least 12/);
   });
 
   it('does not exist without configured credentials: 404 on every path', async () => {

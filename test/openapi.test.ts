@@ -78,7 +78,7 @@ describe('the OpenAPI document', () => {
     // With Bull Board mounted, so its entry point is among the routes too.
     const redis = createRedis('client');
     try {
-      const app = createApp({ queues: t.queues, redis, log: logger(), jwtSecret: testSecret(), codeSecret: 'c'.repeat(40), bullBoard: { username: 'ops', password: 'secret' } });
+      const app = createApp({ queues: t.queues, redis, log: logger(), jwtSecret: testSecret(), codeSecret: 'c'.repeat(40), bullBoard: { username: 'ops', password: 'secret-secret-secret' } });
       // Bull Board's own assets and the JSON API of its page are its business; its page is documented.
       const served = servedRoutes(app).filter((r) => !r.split(' ')[1]?.startsWith('/admin/queues/'));
       const documented = documentedRoutes().map((r) => `${r.method} ${r.path}`).sort();

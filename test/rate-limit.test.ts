@@ -9,6 +9,9 @@ import { createApp, type AppDeps } from '../ingress/app';
 import type { AppEnv } from '../ingress/context';
 import { onError } from '../ingress/middleware/errors';
 import { createCodeGuard, limitByAddress, RateLimitedError, type CodeGuard } from '../ingress/middleware/rate-limit';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { initModels } from '../models';
+import * as codes from '../models/codes';
 import { createQueues, type Queues } from '../queues/connection';
 import { freePort } from '../scripts/infra/process';
 import { startTestApp, type TestApp } from './support/app';
@@ -70,6 +73,8 @@ function expectRateLimited(reply: { status: number; headers: Headers; body: unkn
 }
 
 beforeAll(async () => {
+  // The issue route looks codes up in Postgres (the burst test).
+  initModels(sequelize());
   queues = createQueues();
   await waitForReady(queues.connection);
 });
@@ -78,6 +83,7 @@ afterAll(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
   await queues?.close();
   for (const redis of clients) redis.disconnect();
+  await closeSequelize();
 });
 
 describe('per-user limit', () => {
@@ -125,6 +131,18 @@ describe('per-address limit', () => {
     expect((await call({ headers: from('198.51.100.2') })).status).toBe(401);
   });
 
+  it('counts every address of an IPv6 /64 as one, and an IPv4-mapped address as its IPv4 address', async () => {
+    const call = await webProcess({ prefix: prefix(), trustProxy: true, user: off, address: { points: 2, durationS: 60 } });
+    const from = (ip: string) => ({ 'x-forwarded-for': ip });
+    expect((await call({ headers: from('2001:db8:1:2::a') })).status).toBe(401);
+    expect((await call({ headers: from('2001:db8:1:2:ffff:ffff:ffff:b') })).status).toBe(401);
+    expectRateLimited(await call({ headers: from('2001:DB8:1:2::c') }), 60); // a third address of the same /64
+    expect((await call({ headers: from('2001:db8:1:3::a') })).status).toBe(401); // the next /64 is another client
+    expect((await call({ headers: from('198.51.100.9') })).status).toBe(401);
+    expect((await call({ headers: from('::ffff:198.51.100.9') })).status).toBe(401);
+    expectRateLimited(await call({ headers: from('198.51.100.9') }), 60);
+  });
+
   it('ignores X-Forwarded-For without TRUST_PROXY, so a client cannot pick a fresh address', async () => {
     const call = await webProcess({ prefix: prefix(), trustProxy: false, user: off, address: { points: 2, durationS: 60 } });
     expect((await call({ headers: { 'x-forwarded-for': '192.0.2.1' } })).status).toBe(401);
@@ -152,14 +170,21 @@ describe('per-address limit', () => {
 
 describe('wrong-code guard', () => {
   const guardOf = async () => createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser: 3, perAddress: 5, windowS: 60, blockS: 120 });
-  const blockedFor = async (guard: CodeGuard, who: { userId: string; ip: string }): Promise<number> => {
+  /** One attempt: 0 when it may go ahead, else the Retry-After of the 429. */
+  const attempt = async (guard: CodeGuard, who: { userId: string; ip: string }): Promise<number> => {
     try {
-      await guard.assertNotBlocked(who);
+      await guard.takeAttempt(who);
       return 0;
     } catch (error) {
       expect(error).toBeInstanceOf(RateLimitedError);
       return (error as RateLimitedError).retryAfterS;
     }
+  };
+  /** An attempt with a code that exists: given back at once. */
+  const rightCode = async (guard: CodeGuard, who: { userId: string; ip: string }): Promise<number> => {
+    const refused = await attempt(guard, who);
+    if (refused === 0) await guard.refundAttempt(who);
+    return refused;
   };
 
   it('blocks a user after its N wrong codes, from any address; others stay free until their address is spent', async () => {
@@ -167,50 +192,68 @@ describe('wrong-code guard', () => {
     const [u1, u2, u3, u4] = ['u1', 'u2', 'u3', 'u4'].map(uniqueId) as [string, string, string, string];
     const [ip1, ip2, ip3] = ['198.51.100.1', '198.51.100.2', '198.51.100.3'];
 
-    for (let i = 0; i < 3; i += 1) {
-      expect(await blockedFor(guard, { userId: u1, ip: ip1 })).toBe(0);
-      await guard.recordWrongCode({ userId: u1, ip: ip1 }); // the third is still a wrong code, not a 429
-    }
-    const retryAfter = await blockedFor(guard, { userId: u1, ip: ip1 });
+    for (let i = 0; i < 3; i += 1) expect(await attempt(guard, { userId: u1, ip: ip1 })).toBe(0); // three wrong codes
+    const retryAfter = await attempt(guard, { userId: u1, ip: ip1 });
     expect(retryAfter).toBeGreaterThan(60); // the block (120 s), not what is left of the window
     expect(retryAfter).toBeLessThanOrEqual(120);
-    expect(await blockedFor(guard, { userId: u1, ip: ip3 })).toBeGreaterThan(0); // same user, another address
-    expect(await blockedFor(guard, { userId: u2, ip: ip2 })).toBe(0); // another user, another address
+    expect(await rightCode(guard, { userId: u1, ip: ip3 })).toBeGreaterThan(0); // same user, another address, even a right code
+    expect(await rightCode(guard, { userId: u2, ip: ip2 })).toBe(0); // another user, another address
 
-    // ip1 has 3 of its 5: two more wrong codes from another user there spend it.
-    expect(await blockedFor(guard, { userId: u3, ip: ip1 })).toBe(0);
-    await guard.recordWrongCode({ userId: u3, ip: ip1 });
-    await guard.recordWrongCode({ userId: u3, ip: ip1 });
-    expect(await blockedFor(guard, { userId: u4, ip: ip1 })).toBeGreaterThan(60); // a fresh user at the spent address
-    expect(await blockedFor(guard, { userId: u3, ip: ip3 })).toBe(0); // u3 itself has 2 of 3 elsewhere
+    // ip1 has 3 of its 5 (the refused attempt was given back to it): two more wrong codes spend it.
+    expect(await attempt(guard, { userId: u3, ip: ip1 })).toBe(0);
+    expect(await attempt(guard, { userId: u3, ip: ip1 })).toBe(0);
+    expect(await rightCode(guard, { userId: u4, ip: ip1 })).toBeGreaterThan(60); // a fresh user at the spent address
+    expect(await rightCode(guard, { userId: u3, ip: ip3 })).toBe(0); // u3 itself has 2 of 3 elsewhere
+    expect(await rightCode(guard, { userId: u4, ip: ip3 })).toBe(0); // the refusal at ip1 cost u4 nothing
   });
 
-  it('throws 429 from recordWrongCode for a wrong code past the budget (attempts that raced the check)', async () => {
+  it('lets right codes through without counting them', async () => {
     const guard = await guardOf();
-    const who = { userId: uniqueId('racer'), ip: '203.0.113.50' };
-    await Promise.all([1, 2, 3].map(() => guard.recordWrongCode(who)));
-    await expect(guard.recordWrongCode(who)).rejects.toBeInstanceOf(RateLimitedError);
+    const who = { userId: uniqueId('lucky'), ip: '203.0.113.40' };
+    for (let i = 0; i < 20; i += 1) expect(await rightCode(guard, who)).toBe(0);
+    for (let i = 0; i < 3; i += 1) expect(await attempt(guard, who)).toBe(0);
+    expect(await attempt(guard, who)).toBeGreaterThan(0);
+  });
+
+  it('counts a burst of concurrent guesses before any is looked up: of 50 at once, at most the budget reach the lookup', async () => {
+    const perUser = 10;
+    const guard = createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser, perAddress: 1_000, windowS: 600, blockS: 900 });
+    const app = createApp({ queues, redis: await limiterRedis(), log: logger(), jwtSecret: process.env.JWT_SECRET as string, codeSecret: CODE_SECRET, rateLimits: { prefix: prefix(), address: off, user: off, codeGuard: guard } });
+    const token = await tokenFor(uniqueId('guesser'));
+    const lookups = jest.spyOn(codes, 'policyOfCode');
+    try {
+      const replies = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          app.request('/api/v1/coupons/issue', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ code: `GUESS${i}XYZ${uniqueId('c')}` }) }),
+        ),
+      );
+      const statuses = replies.map((r) => r.status);
+      expect(statuses.filter((s) => s === 202).length).toBeLessThanOrEqual(perUser);
+      expect(statuses.filter((s) => s !== 202 && s !== 429)).toEqual([]);
+      expect(lookups.mock.calls.length).toBeLessThanOrEqual(perUser);
+    } finally {
+      lookups.mockRestore();
+    }
   });
 
   it('forgets wrong codes once their window is over', async () => {
-    const guard = createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser: 3, perAddress: 0, windowS: 1, blockS: 60 });
+    const guard = createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser: 2, perAddress: 0, windowS: 1, blockS: 60 });
     const who = { userId: uniqueId('slow'), ip: 'unknown' };
-    await guard.recordWrongCode(who);
-    await guard.recordWrongCode(who);
+    expect(await attempt(guard, who)).toBe(0);
+    expect(await attempt(guard, who)).toBe(0);
     await sleep(1_100);
-    await guard.recordWrongCode(who);
-    await guard.recordWrongCode(who);
-    await expect(guard.assertNotBlocked(who)).resolves.toBeUndefined();
+    expect(await attempt(guard, who)).toBe(0);
+    expect(await attempt(guard, who)).toBe(0);
   });
 
   it('answers 429 with Retry-After through the error handler', async () => {
     const guard = await guardOf();
     const who = { userId: uniqueId('http'), ip: '203.0.113.60' };
-    for (let i = 0; i < 3; i += 1) await guard.recordWrongCode(who);
+    for (let i = 0; i < 3; i += 1) await guard.takeAttempt(who);
     const app = new Hono<AppEnv>();
     app.onError(onError);
     app.post('/redeem', async (c) => {
-      await guard.assertNotBlocked(who);
+      await guard.takeAttempt(who);
       return c.json({ ok: true });
     });
     const res = await app.request('/redeem', { method: 'POST' });
@@ -237,12 +280,11 @@ describe('two web processes over one Redis', () => {
     const keys = prefix();
     const [guard1, guard2] = (await Promise.all([limiterRedis(), limiterRedis()])).map((redis) => createCodeGuard({ redis, prefix: keys, perUser: 3, perAddress: 100, windowS: 60, blockS: 120 })) as [CodeGuard, CodeGuard];
     const who = { userId: uniqueId('u'), ip: '203.0.113.70' };
-    await guard1.recordWrongCode(who);
-    await guard1.recordWrongCode(who);
-    await expect(guard1.assertNotBlocked(who)).resolves.toBeUndefined();
-    await guard2.recordWrongCode(who);
-    await expect(guard1.assertNotBlocked(who)).rejects.toBeInstanceOf(RateLimitedError);
-    await expect(guard2.assertNotBlocked(who)).rejects.toBeInstanceOf(RateLimitedError);
+    await guard1.takeAttempt(who);
+    await guard1.takeAttempt(who);
+    await guard2.takeAttempt(who);
+    await expect(guard1.takeAttempt(who)).rejects.toBeInstanceOf(RateLimitedError);
+    await expect(guard2.takeAttempt(who)).rejects.toBeInstanceOf(RateLimitedError);
   });
 });
 
@@ -260,9 +302,9 @@ describe('Redis away', () => {
 
     const guard = createCodeGuard({ redis: nowhere, prefix: prefix(), perUser: 2, perAddress: 100, windowS: 60, blockS: 60 });
     const who = { userId: uniqueId('u'), ip: '203.0.113.80' };
-    await guard.recordWrongCode(who);
-    await guard.recordWrongCode(who);
-    await expect(guard.assertNotBlocked(who)).rejects.toBeInstanceOf(RateLimitedError);
+    await guard.takeAttempt(who);
+    await guard.takeAttempt(who);
+    await expect(guard.takeAttempt(who)).rejects.toBeInstanceOf(RateLimitedError);
     // ioredis keeps a 2 s timer (disconnectTimeout) after disconnecting a client with no live socket:
     // the file waits it out, so jest exits cleanly.
     release(nowhere);

@@ -1,7 +1,8 @@
-// Bearer JWT (HS256) authentication and the role and ownership rules of the API.
+// Bearer JWT authentication (HS256 under one or more secrets, RS256/ES256 from a JWKS; optional issuer
+// and audience) and the role and ownership rules of the API.
 import { createSecretKey } from 'node:crypto';
 import type { MiddlewareHandler } from 'hono';
-import { jwtVerify } from 'jose';
+import { createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
 import { idSchema } from '../../queues/jobs';
@@ -16,9 +17,55 @@ const claimsSchema = z.object({
 /** Tokens verified lately: a checkout sends one token with its POST and again with each poll. */
 const VERIFIED_CACHE_SIZE = 10_000;
 
-export function authenticate(secret: string): MiddlewareHandler<AppEnv> {
-  // One key object for the process: importing the key per request would cost more than the HMAC itself.
-  const key = createSecretKey(Buffer.from(secret, 'utf8'));
+/** How bearer tokens are verified: HS256 keys (the first signs, all verify), and optionally RS256/ES256 keys from a JWKS. */
+export interface JwtVerification {
+  /** JWT_SECRET, a comma-separated list for key rotation. */
+  secrets: string;
+  issuer?: string;
+  audience?: string;
+  /** JWT_JWKS_URL: RS256/ES256 tokens are verified against the keys served there. */
+  jwksUrl?: string;
+}
+
+const ASYMMETRIC = ['RS256', 'ES256'];
+
+/** The payload of a token whose signature checks out, or null; 503 when the JWKS cannot be fetched. */
+function verifier(opts: JwtVerification): (token: string) => Promise<unknown> {
+  // One key object per secret for the process: importing a key per request would cost more than the HMAC.
+  const keys = opts.secrets.split(',').map((s) => s.trim()).filter(Boolean).map((s) => createSecretKey(Buffer.from(s, 'utf8')));
+  const jwks = opts.jwksUrl ? createRemoteJWKSet(new URL(opts.jwksUrl), { timeoutDuration: 2_000 }) : undefined;
+  const claims = { requiredClaims: ['exp', 'sub'], ...(opts.issuer && { issuer: opts.issuer }), ...(opts.audience && { audience: opts.audience }) };
+  return async (token) => {
+    let alg: string | undefined;
+    try {
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      return null;
+    }
+    if (alg === 'HS256') {
+      // Only HS256 with our keys ("none" and key-confusion tricks fail); exp must be present and future.
+      for (const key of keys) {
+        try {
+          return (await jwtVerify(token, key, { ...claims, algorithms: ['HS256'] })).payload;
+        } catch (error) {
+          if (!(error instanceof joseErrors.JWSSignatureVerificationFailed)) return null;
+        }
+      }
+      return null;
+    }
+    if (!jwks || !alg || !ASYMMETRIC.includes(alg)) return null;
+    try {
+      return (await jwtVerify(token, jwks, { ...claims, algorithms: ASYMMETRIC })).payload;
+    } catch (error) {
+      if (error instanceof joseErrors.JOSEError && !(error instanceof joseErrors.JWKSTimeout)) return null;
+      // The key set could not be fetched: not the caller's fault.
+      throw new AppError('UNAVAILABLE', 'The token keys cannot be fetched right now; retry later.', undefined, error);
+    }
+  };
+}
+
+export function authenticate(jwt: string | JwtVerification): MiddlewareHandler<AppEnv> {
+  const verify = verifier(typeof jwt === 'string' ? { secrets: jwt } : jwt);
   // The exact token string, once its signature checked out, maps to its claims; exp is still checked
   // on every use. Oldest entries go first when full.
   const verified = new Map<string, AuthUser & { exp: number }>();
@@ -33,13 +80,8 @@ export function authenticate(secret: string): MiddlewareHandler<AppEnv> {
       throw new AppError('UNAUTHENTICATED', 'The token is invalid or expired.');
     }
     if (!user) {
-      let payload: unknown;
-      try {
-        // Only HS256 is accepted (so "none" and key-confusion tricks fail), and exp must be present and future.
-        ({ payload } = await jwtVerify(token, key, { algorithms: ['HS256'], requiredClaims: ['exp', 'sub'] }));
-      } catch {
-        throw new AppError('UNAUTHENTICATED', 'The token is invalid or expired.');
-      }
+      const payload = await verify(token);
+      if (payload === null) throw new AppError('UNAUTHENTICATED', 'The token is invalid or expired.');
       const claims = claimsSchema.safeParse(payload);
       if (!claims.success) throw new AppError('UNAUTHENTICATED', 'The token lacks sub, role or exp.');
       user = { id: claims.data.sub, role: claims.data.role, exp: claims.data.exp };

@@ -12,7 +12,7 @@ export function errorBody(code: ErrorCode, message: string, details?: unknown) {
 
 function answer(c: Context<AppEnv>, error: AppError) {
   if (error instanceof RateLimitedError) c.header('Retry-After', String(error.retryAfterS));
-  else if (error.code === 'RATE_LIMITED' && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
+  else if ((error.code === 'RATE_LIMITED' || error.code === 'UNAVAILABLE') && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
   return c.json(errorBody(error.code, error.message, error.details), error.status as 400);
 }
 
@@ -42,7 +42,8 @@ export const onError: ErrorHandler<AppEnv> = (error, c) => {
   return c.json(errorBody('INTERNAL', errorCatalogue.INTERNAL.message), 500);
 };
 
-const REDIS_OUTAGE = /^(Stream isn't writeable|Connection is closed|Reached the max retries per request)/;
+// ioredis: not connected, the connection dropped, or no answer within commandTimeout (core/redis.ts).
+const REDIS_OUTAGE = /^(Stream isn't writeable|Connection is closed|Reached the max retries per request|Command timed out)/;
 /** SQLSTATEs of a server that cancelled or is going away: statement timeout, admin shutdown, crash, starting up, and connection exceptions (08xxx). */
 const PG_OUTAGE = /^(57014|57P01|57P02|57P03|08...)$/;
 

@@ -2,6 +2,7 @@
 // (before authentication) and per user (after it) on every /api/v1 route, and the brute-force guard
 // for wrong coupon codes. A limiter never fails a request: while Redis is not ready each process
 // counts in memory instead (the insurance limiter), and anything else unexpected lets the request by.
+import { isIPv6 } from 'node:net';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import type { Context, MiddlewareHandler } from 'hono';
 import type { Redis } from 'ioredis';
@@ -33,19 +34,53 @@ export class RateLimitedError extends AppError {
 
 const defaultPrefix = () => `${config().QUEUE_PREFIX}:rl`;
 
-function clientAddress(c: Context<AppEnv>, trustProxy: boolean): string {
+/** The eight 16-bit groups of an IPv6 address (without zone), or null when it is not one. */
+function ipv6Groups(address: string): number[] | null {
+  if (!isIPv6(address)) return null;
+  let text = address;
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (v4) {
+    const [a, b, c, d] = v4.slice(1).map(Number) as [number, number, number, number];
+    text = `${text.slice(0, v4.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head = '', tail] = text.split('::') as [string, string | undefined];
+  const parse = (part: string) => (part ? part.split(':').map((h) => parseInt(h, 16)) : []);
+  const left = parse(head);
+  const right = parse(tail ?? '');
+  return tail === undefined ? left : [...left, ...Array<number>(8 - left.length - right.length).fill(0), ...right];
+}
+
+/**
+ * The key a client address is budgeted under. An IPv6 client usually holds a whole /64 (one
+ * customer's prefix) and can pick a fresh address in it for every request, so every address of a
+ * /64 counts as one: `2001:db8:1:2::/64`. An IPv4-mapped address (`::ffff:198.51.100.7`) is its IPv4
+ * address; IPv4 addresses and anything else are kept as they are.
+ */
+export function budgetAddress(address: string): string {
+  const bare = address.replace(/%.*$/, '');
+  const groups = ipv6Groups(bare);
+  if (!groups) return bare;
+  if (groups.slice(0, 5).every((g) => g === 0) && groups[5] === 0xffff) {
+    const [hi = 0, lo = 0] = groups.slice(6);
+    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+}
+
+/** The client's address as budgets count it (budgetAddress): the socket's, or with trustProxy the last X-Forwarded-For entry. */
+export function clientAddress(c: Context, trustProxy: boolean): string {
   if (trustProxy) {
     const forwarded = c.req.header('x-forwarded-for');
     if (forwarded) {
       // The last entry is the one our proxy appended (the address it saw); anything left of it came
       // from the client and could be made up. Capped: the value becomes part of a Redis key.
       const last = forwarded.slice(forwarded.lastIndexOf(',') + 1).trim().slice(0, 64);
-      if (last) return last;
+      if (last) return budgetAddress(last);
     }
   }
   if (!c.env) return UNKNOWN_ADDRESS;
   try {
-    return getConnInfo(c).remote.address ?? UNKNOWN_ADDRESS;
+    return budgetAddress(getConnInfo(c).remote.address ?? UNKNOWN_ADDRESS);
   } catch {
     return UNKNOWN_ADDRESS;
   }
@@ -144,22 +179,20 @@ export interface CodeAttempt {
  * (the issue route, handed the guard by createApp) calls:
  *
  *   const who = { userId: c.get('user').id, ip: c.get('clientIp') };
- *   await guard.assertNotBlocked(who);        // before looking the code up; consumes nothing
- *   if (!found) {
- *     await guard.recordWrongCode(who);       // only for a code that does not exist
- *     throw new AppError('CODE_NOT_FOUND');
- *   }
+ *   await guard.takeAttempt(who);             // before looking the code up: counts it at once
+ *   if (found) await guard.refundAttempt(who); // a code that exists costs nothing
  *
- * Both throw a RateLimitedError (429 RATE_LIMITED with Retry-After) and nothing else: Redis trouble
- * falls back to memory, so a caller need not handle other errors. A user or address may send
- * `perUser`/`perAddress` wrong codes within `windowS`; the last of them is still answered as a
- * wrong code but blocks that user or address for `blockS`, and assertNotBlocked refuses every later
- * attempt, right code or wrong, until then. recordWrongCode itself throws only for an attempt past
- * the budget (requests that raced past assertNotBlocked, or another process's).
+ * An attempt is counted (one atomic increment in Redis per budget) before the lookup, so a burst of
+ * concurrent guesses cannot all pass a check before any is counted: of any number sent at once, at
+ * most the budget get looked up. A user or address may send `perUser`/`perAddress` wrong codes
+ * within `windowS`; the attempt after that is refused and blocks that user or address, for any code,
+ * right or wrong, for `blockS`. takeAttempt throws a RateLimitedError (429 RATE_LIMITED with
+ * Retry-After) and nothing else: Redis trouble falls back to memory, so a caller need not handle
+ * other errors. refundAttempt never throws.
  */
 export interface CodeGuard {
-  assertNotBlocked(who: CodeAttempt): Promise<void>;
-  recordWrongCode(who: CodeAttempt): Promise<void>;
+  takeAttempt(who: CodeAttempt): Promise<void>;
+  refundAttempt(who: CodeAttempt): Promise<void>;
 }
 
 export interface CodeGuardOptions {
@@ -172,41 +205,30 @@ export interface CodeGuardOptions {
   prefix?: string;
 }
 
-/** The in-memory blocks of a Redis limiter, which its get() does not consult (untyped upstream). */
-type WithMemoryBlocks = { getInMemoryBlockMsBeforeExpire(rlKey: string): number };
-
-/** Wrong codes of one kind of key; both methods resolve to the ms the key stays blocked, or 0. */
-function failureCounter(redis: Redis, keyPrefix: string, allowed: number, windowS: number, blockS: number) {
+/** Code attempts of one kind of key: take resolves to the ms the key stays blocked (0: go ahead). */
+function attemptCounter(redis: Redis, keyPrefix: string, allowed: number, windowS: number, blockS: number) {
   if (allowed <= 0) return undefined;
-  // The library blocks on the first consume past `points`: with allowed - 1 that is the allowed-th
-  // failure, which is the one that starts the block.
-  const rules = { keyPrefix, points: allowed - 1, duration: windowS, blockDuration: blockS };
+  // The library refuses, and blocks for blockDuration, the first consume past `points`.
+  const rules = { keyPrefix, points: allowed, duration: windowS, blockDuration: blockS };
   const limiter = new RateLimiterRedis({
     ...rules,
     storeClient: redis,
-    inMemoryBlockOnConsumed: allowed,
+    // A key past its budget is refused from memory for the block, without a Redis round trip.
+    inMemoryBlockOnConsumed: allowed + 1,
     inMemoryBlockDuration: blockS,
     rejectIfRedisNotReady: true,
     insuranceLimiter: new RateLimiterMemory(rules),
   });
   return {
-    async blockedMs(key: string): Promise<number> {
-      const inMemory = (limiter as unknown as WithMemoryBlocks).getInMemoryBlockMsBeforeExpire(limiter.getKey(key));
-      if (inMemory > 0) return inMemory;
-      const state = await limiter.get(key);
-      return state && state.consumedPoints >= allowed ? Math.max(state.msBeforeNext, 1) : 0;
-    },
-    async fail(key: string): Promise<number> {
-      try {
-        await limiter.consume(key);
-        return 0;
-      } catch (refusal) {
-        if (!(refusal instanceof RateLimiterRes)) throw refusal;
-        // Exactly `allowed`: this failure used the last one (and started the block). A key refused from
-        // memory reports 0 consumed: past the budget too.
-        return refusal.consumedPoints === allowed ? 0 : Math.max(refusal.msBeforeNext, 1);
-      }
-    },
+    take: (key: string): Promise<number> =>
+      limiter.consume(key).then(
+        () => 0,
+        (refusal: unknown) => {
+          if (refusal instanceof RateLimiterRes) return Math.max(refusal.msBeforeNext, 1);
+          throw refusal;
+        },
+      ),
+    refund: (key: string): Promise<unknown> => limiter.reward(key, 1),
   };
 }
 
@@ -214,25 +236,30 @@ export function createCodeGuard(opts: CodeGuardOptions): CodeGuard {
   const prefix = opts.prefix ?? defaultPrefix();
   const windowS = opts.windowS ?? config().CODE_FAILURE_WINDOW_S;
   const blockS = opts.blockS ?? config().CODE_FAILURE_BLOCK_S;
-  const byUser = failureCounter(opts.redis, `${prefix}:code-user`, opts.perUser ?? config().CODE_FAILURES_PER_USER, windowS, blockS);
-  const byAddress = failureCounter(opts.redis, `${prefix}:code-ip`, opts.perAddress ?? config().CODE_FAILURES_PER_IP, windowS, blockS);
-  const worst = async (checks: (Promise<number> | undefined)[]): Promise<number> => {
-    try {
-      return Math.max(0, ...(await Promise.all(checks)).map((ms) => ms ?? 0));
-    } catch (error) {
-      logger().warn({ err: error }, 'code guard failed; attempt let through');
-      return 0;
-    }
-  };
-  const refuse = (ms: number) => {
-    if (ms > 0) throw new RateLimitedError(ms, 'Too many wrong coupon codes');
+  const byUser = attemptCounter(opts.redis, `${prefix}:code-user`, opts.perUser ?? config().CODE_FAILURES_PER_USER, windowS, blockS);
+  const byAddress = attemptCounter(opts.redis, `${prefix}:code-ip`, opts.perAddress ?? config().CODE_FAILURES_PER_IP, windowS, blockS);
+  const counted = (who: CodeAttempt) => [byUser && { counter: byUser, key: who.userId }, byAddress && { counter: byAddress, key: who.ip }].filter((x) => !!x);
+  const refund = async (entries: ReturnType<typeof counted>) => {
+    await Promise.all(entries.map(({ counter, key }) => counter.refund(key))).catch((error: unknown) => logger().warn({ err: error }, 'code guard refund failed'));
   };
   return {
-    async assertNotBlocked({ userId, ip }) {
-      refuse(await worst([byUser?.blockedMs(userId), byAddress?.blockedMs(ip)]));
+    async takeAttempt(who) {
+      const entries = counted(who);
+      let waits: number[];
+      try {
+        waits = await Promise.all(entries.map(({ counter, key }) => counter.take(key)));
+      } catch (error) {
+        logger().warn({ err: error }, 'code guard failed; attempt let through');
+        return;
+      }
+      const worst = Math.max(0, ...waits);
+      if (worst === 0) return;
+      // Refused by one budget: the others give back what this attempt took from them.
+      await refund(entries.filter((_, i) => waits[i] === 0));
+      throw new RateLimitedError(worst, 'Too many wrong coupon codes');
     },
-    async recordWrongCode({ userId, ip }) {
-      refuse(await worst([byUser?.fail(userId), byAddress?.fail(ip)]));
+    async refundAttempt(who) {
+      await refund(counted(who));
     },
   };
 }

@@ -1,10 +1,23 @@
 // GET /docs (the API reference as a page) and GET /docs/openapi.json (the OpenAPI document). The page
 // is rendered here from the document, without scripts or assets from elsewhere, so it works offline
 // and behind any content policy.
+import { createHash } from 'node:crypto';
 import { Hono } from 'hono';
 import { openApiDocument } from '../openapi';
 
 type Json = Record<string, any>;
+
+/** The page's one stylesheet, inline; the content policy allows exactly it, by its hash. */
+const STYLE = `
+body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:13px}code{font-size:13px}
+table{border-collapse:collapse;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
+.op{border-top:1px solid #eee;padding:.4rem 0}.m{display:inline-block;min-width:4rem;padding:0 .3rem;color:#fff;border-radius:3px;font-size:13px;text-align:center}
+.get{background:#2b7bb9}.post{background:#2e8540}.patch{background:#b58105}
+`;
+
+/** `sha256-...` of STYLE, for the page's Content-Security-Policy (ingress/middleware/security-headers.ts). */
+export const DOCS_STYLE_HASH = `sha256-${createHash('sha256').update(STYLE, 'utf8').digest('base64')}`;
 
 const escape = (text: unknown) =>
   String(text).replace(/[&<>"']/g, (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch] as string);
@@ -55,13 +68,7 @@ ${op.requestBody ? `<details open><summary>request body (application/json)</summ
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escape(doc.info.title)}</title>
-<style>
-body{font:15px/1.5 system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
-pre{background:#f6f8fa;padding:.6rem;overflow:auto;font-size:13px}code{font-size:13px}
-table{border-collapse:collapse;margin:.4rem 0}td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
-.op{border-top:1px solid #eee;padding:.4rem 0}.m{display:inline-block;min-width:4rem;padding:0 .3rem;color:#fff;border-radius:3px;font-size:13px;text-align:center}
-.get{background:#2b7bb9}.post{background:#2e8540}.patch{background:#b58105}
-</style></head><body>
+<style>${STYLE}</style></head><body>
 <h1>${escape(doc.info.title)}</h1>
 <p>OpenAPI ${escape(doc.openapi)} document: <a href="/docs/openapi.json">/docs/openapi.json</a>. Authentication: <code>Authorization: Bearer &lt;JWT&gt;</code> (${escape(doc.components.securitySchemes.bearerAuth.description)})</p>
 <pre>${escape(doc.info.description)}</pre>

@@ -6,10 +6,12 @@ import { sequelize } from '../../core/postgres';
 import type { Queues } from '../../queues/connection';
 import { QUEUES } from '../../queues/names';
 
-export function healthRoutes(queues: Queues, isDraining: () => boolean) {
+/** `ready: false` leaves /ready out: with OPS_PORT set it is served on the ops port only, since it queries Postgres. */
+export function healthRoutes(queues: Queues, isDraining: () => boolean, opts: { ready?: boolean } = {}) {
   const app = new Hono();
 
   app.get('/live', (c) => c.json({ status: 'ok' }));
+  if (opts.ready === false) return app;
 
   app.get('/ready', async (c) => {
     const report = await readiness(

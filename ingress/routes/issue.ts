@@ -34,10 +34,10 @@ export const issueBody = z
   .strict()
   .refine((b) => (b.policyId === undefined) !== (b.code === undefined), { message: 'give either policyId or code' });
 
-/** Counts wrong codes per caller and address (ingress/middleware/rate-limit.ts); both throw 429 when over budget. */
+/** Counts code attempts per caller and address before the lookup (ingress/middleware/rate-limit.ts); takeAttempt throws 429 past the budget. */
 export interface WrongCodeGuard {
-  assertNotBlocked(who: { userId: string; ip: string }): Promise<void>;
-  recordWrongCode(who: { userId: string; ip: string }): Promise<void>;
+  takeAttempt(who: { userId: string; ip: string }): Promise<void>;
+  refundAttempt(who: { userId: string; ip: string }): Promise<void>;
 }
 
 type Resolved = Pick<IssueJob, 'policyId' | 'via' | 'codeHash'>;
@@ -57,18 +57,26 @@ export function issueRoutes(deps: IssueRouteDeps) {
 
   /**
    * The policy a code names. A shared code is looked up in the policy cache, a single-use code by its
-   * keyed hash. A code that names nothing counts against the caller's wrong-code budget, and is
-   * still answered as a job (rejected CODE_NOT_FOUND) like every other issue request.
+   * keyed hash. Every attempt is counted before the lookup and given back when the code exists, so
+   * a code that names nothing costs the caller one of its wrong-code budget, and is still answered
+   * as a job (rejected CODE_NOT_FOUND) like every other issue request.
    */
   const resolveCode = async (code: string, who: { userId: string; ip: string }): Promise<Resolved> => {
-    await deps.wrongCodes.assertNotBlocked(who);
+    await deps.wrongCodes.takeAttempt(who);
     const normalized = normalizeCode(code);
+    const found = await lookUpCode(normalized).catch(async (error: unknown) => {
+      await deps.wrongCodes.refundAttempt(who);
+      throw error;
+    });
+    if (found.policyId) await deps.wrongCodes.refundAttempt(who);
+    return found;
+  };
+  const lookUpCode = async (normalized: string): Promise<Resolved> => {
     const shared = await policyCache.sharedCodePolicy(normalized);
     if (shared) return { policyId: shared, via: 'shared-code' };
     const hash = codeHash(deps.codeSecret, normalized);
     const policyId = await policyOfCode(sequelize(), hash);
     if (policyId) return { policyId, via: 'single-code', codeHash: hash };
-    await deps.wrongCodes.recordWrongCode(who);
     return { policyId: null, via: 'single-code' };
   };
 

@@ -1,8 +1,8 @@
 // A TCP proxy for fault injection: adds latency to every chunk in both directions, can cut every
 // connection at once, the one connection that sends a given request, or that connection once its
 // answer comes (the request took effect, the answer is lost), and can play an unreachable
-// server for a while (pause, then resume on the same port). Tests put it between a process and
-// Postgres or Redis.
+// server for a while (pause, then resume on the same port) or one that stops answering (stall).
+// Tests put it between a process and Postgres or Redis.
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
 export interface TcpProxy {
@@ -20,6 +20,11 @@ export interface TcpProxy {
   cutReplyOn: ((chunk: Buffer) => boolean) | null;
   cutAll(): void;
   /**
+   * Plays a server that stops answering: connections stay open, nothing is relayed either way
+   * (and what was not relayed is lost), until resume().
+   */
+  stall(): void;
+  /**
    * Plays a server that is away, until resume(): cuts every connection, then either refuses new ones
    * (`refuse`: the port is closed, as when Redis is down) or accepts and drops each at once (`drop`: as
    * a TCP load balancer in front of a dead server does).
@@ -33,11 +38,12 @@ export interface TcpProxy {
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   type Match = ((chunk: Buffer) => boolean) | null;
-  const state: { latencyMs: number; dropping: boolean; cutOn: Match; cutReplyOn: Match } = { latencyMs, dropping: false, cutOn: null, cutReplyOn: null };
+  const state: { latencyMs: number; dropping: boolean; stalled: boolean; cutOn: Match; cutReplyOn: Match } = { latencyMs, dropping: false, stalled: false, cutOn: null, cutReplyOn: null };
   /** Upstream sockets whose next answer is to be swallowed, with the connection. */
   const replyCut = new WeakSet<Socket>();
   const relay = (from: Socket, to: Socket, fromClient: boolean) => {
     from.on('data', (chunk: Buffer) => {
+      if (state.stalled) return;
       if (fromClient && state.cutOn?.(chunk)) {
         from.destroy();
         to.destroy();
@@ -104,8 +110,16 @@ export async function startTcpProxy(target: { host: string; port: number }, late
       for (const s of sockets) s.destroy();
       await closed;
     },
+    stall() {
+      state.stalled = true;
+    },
     async resume() {
       state.dropping = false;
+      if (state.stalled) {
+        // The stalled connections lost bytes mid-protocol: they are cut, and their clients reconnect.
+        state.stalled = false;
+        for (const s of sockets) s.destroy();
+      }
       if (!server.listening) await new Promise<void>((resolve) => server.listen(address.port, '127.0.0.1', resolve));
     },
     close() {
