@@ -40,11 +40,18 @@ function terminated(child: ChildProcess): Promise<{ code: number | null; signal:
   });
 }
 
-/** The messages of a process's pino log, once its last line is `last` (the file is written a little after exit). */
+/**
+ * The messages of a process's pino log in the order they were logged (by their time: lines from the
+ * pipe may reach the file a little out of order), once the last is `last` (the file is written a
+ * little after exit).
+ */
 async function messagesOf(name: string, last: string): Promise<(string | undefined)[]> {
   const until = Date.now() + 5_000;
   for (;;) {
-    const messages = logLines(name).map((line) => line.msg);
+    const messages = logLines(name)
+      .map((line, i) => ({ line, i, at: Date.parse(String(line.time)) }))
+      .sort((a, b) => a.at - b.at || a.i - b.i)
+      .map(({ line }) => line.msg);
     if (messages.at(-1) === last || Date.now() > until) return messages;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
