@@ -141,7 +141,11 @@ async function admitByPolicy(deps: IntakeDeps, items: Item[], now: number): Prom
   for (const item of items) {
     const { policyId, via } = item.data;
     if (policyId === null) item.decided = refusal(item, 'CODE_NOT_FOUND', now);
-    else if ((via ?? 'policy') === 'policy') byPolicy.set(policyId, [...(byPolicy.get(policyId) ?? []), item]);
+    else if ((via ?? 'policy') === 'policy') {
+      const group = byPolicy.get(policyId);
+      if (group) group.push(item);
+      else byPolicy.set(policyId, [item]);
+    }
   }
   await Promise.all(
     [...byPolicy].map(async ([policyId, group]) => {
