@@ -17,7 +17,9 @@
 //   BASE_URL [http://127.0.0.1:3000]  STACK [auto: a running stack at BASE_URL, else one of its own]
 //                                     reuse | spawn (always start one: npm run build, 1 web + WORKERS
 //                                     workers + a bridge from the Procfile on a free port, stopped at the end)
-//   USERS [20000]  STOCK [2000]  CONNECTIONS [200]  RUNS [3]  WORKERS [1]  MODES [wait,poll]
+//   USERS [20000]  STOCK [2000]  CONNECTIONS [200]  RUNS [3]  WORKERS [1]  WEBS [1]  MODES [wait,poll]
+//                                     WEBS > 1: a spawned stack runs that many web processes, each on its own
+//                                     port, and each user asks one of them (user i the i-th mod WEBS): a balancer
 //   BASELINES [admit,hello,insert]    baseline routes measured each run (admit is the ratio's baseline; none: no baseline)
 //   WARMUP [10000]                    users of an unmeasured sale first (stock a tenth), audited too (0: none)
 //   BRIDGE [true]                     the spawned stack runs the Kafka bridge too, as a deployment does
@@ -63,6 +65,7 @@ const configSchema = z.object({
   RUNS: int(3),
   // One worker process: on 2 cores a second one adds context switches and smaller batches, not throughput.
   WORKERS: int(1),
+  WEBS: int(1),
   MODES: list(['wait', 'poll'], 'wait,poll'),
   BASELINES: list(['admit', 'hello', 'insert'], 'admit,hello,insert'),
   JWT_SECRET: z.string().min(32, 'must be at least 32 characters (HS256 key)').optional(),
@@ -114,6 +117,7 @@ async function chooseStack(cfg: Config, stopHooks: StopHooks): Promise<{ stack: 
   }
   const stack = await spawnStack({
     workers: cfg.WORKERS,
+    webs: cfg.WEBS,
     databaseUrl: database.url,
     redisUrl: cfg.REDIS_URL,
     queuePrefix,
@@ -237,7 +241,7 @@ async function main(): Promise<number> {
     };
 
     process.stdout.write(
-      `Flash sale: ${fmtInt(cfg.USERS)} users, ${fmtInt(cfg.STOCK)} coupons, ${connections} connections, ${cfg.RUNS} run(s) of ${cfg.MODES.join(' + ')}${baseline ? ` + baseline (${cfg.BASELINES.join(', ')})` : ''}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s)${cfg.BRIDGE ? ', 1 bridge' : ''})` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
+      `Flash sale: ${fmtInt(cfg.USERS)} users, ${fmtInt(cfg.STOCK)} coupons, ${connections} connections, ${cfg.RUNS} run(s) of ${cfg.MODES.join(' + ')}${baseline ? ` + baseline (${cfg.BASELINES.join(', ')})` : ''}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (${cfg.WEBS} web(s), ${cfg.WORKERS} worker(s)${cfg.BRIDGE ? ', 1 bridge' : ''})` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
     );
     const warm = await warmUp(ctx, cfg, baseline);
     process.stdout.write(`${TABLE_HEADER}\n`);

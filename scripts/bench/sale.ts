@@ -139,7 +139,7 @@ export async function serviceSale(ctx: SaleContext, opts: { label: string; mode:
   // ---- load ----
   const memoryBefore = await usedMemory(ctx.redis);
   const endCpu = startCpuPhase(ctx.cpuClassifier);
-  const load = await runShoppers({ baseUrl: ctx.stack.baseUrl, connections: ctx.connections, mode: opts.mode, auth, body: JSON.stringify({ policyId }) });
+  const load = await runShoppers({ baseUrl: ctx.stack.baseUrls, connections: ctx.connections, mode: opts.mode, auth, body: JSON.stringify({ policyId }) });
   // ---- settle ----
   const settle = await drained(ctx.queue, ctx.settleTimeoutMs);
   const cpu = endCpu();

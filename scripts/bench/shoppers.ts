@@ -27,7 +27,8 @@ export interface Shopper {
 }
 
 export interface LoadOptions {
-  baseUrl: string;
+  /** One URL, or several web processes: user i goes to baseUrl[i % n], as a balancer would spread them. */
+  baseUrl: string | string[];
   connections: number;
   mode: AskMode;
   /** One `authorization` header value per user. */
@@ -59,13 +60,17 @@ interface JobView {
 
 /** Drives one sale: every user once, `connections` of them at a time; resolves when every user knows. */
 export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
-  const pool = new Pool(opts.baseUrl, {
-    connections: opts.connections,
-    pipelining: 1,
-    keepAliveTimeout: 60_000,
-    headersTimeout: opts.timeoutMs ?? 15_000,
-    bodyTimeout: opts.timeoutMs ?? 15_000,
-  });
+  const urls = Array.isArray(opts.baseUrl) ? opts.baseUrl : [opts.baseUrl];
+  const pools = urls.map(
+    (url) =>
+      new Pool(url, {
+        connections: Math.ceil(opts.connections / urls.length),
+        pipelining: 1,
+        keepAliveTimeout: 60_000,
+        headersTimeout: opts.timeoutMs ?? 15_000,
+        bodyTimeout: opts.timeoutMs ?? 15_000,
+      }),
+  );
   const path = opts.path ?? '/api/v1/coupons/issue';
   const headers = opts.auth.map((authorization) =>
     opts.mode === 'wait'
@@ -76,9 +81,9 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
   const shoppers: Shopper[] = opts.auth.map(() => ({ sentAt: 0, firstAt: 0, firstStatus: 0, doneAt: 0, outcome: null }));
   let next = 0;
   let requests = 0;
-  const send = async (method: 'GET' | 'POST', url: string, hdrs: string[], body?: string) => {
+  const send = async (user: number, method: 'GET' | 'POST', url: string, hdrs: string[], body?: string) => {
     requests += 1;
-    const res = await pool.request({ method, path: url, headers: hdrs, body });
+    const res = await (pools[user % pools.length] as Pool).request({ method, path: url, headers: hdrs, body });
     return { status: res.statusCode, text: await res.body.text() };
   };
 
@@ -86,7 +91,7 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
     const s = shoppers[user] as Shopper;
     s.sentAt = performance.now();
     try {
-      let reply = await send('POST', path, headers[user] as string[], opts.body);
+      let reply = await send(user, 'POST', path, headers[user] as string[], opts.body);
       s.firstAt = performance.now();
       s.firstStatus = reply.status;
       for (;;) {
@@ -95,7 +100,7 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
         if (view.jobId) s.jobId = view.jobId;
         if (view.status !== 'pending') return settle(s, view);
         const statusUrl = view.statusUrl ?? `/api/v1/jobs/${view.jobId}`;
-        reply = await send('GET', `${statusUrl}?waitMs=${POLL_WAIT_MS}`, pollHeaders[user] as string[]);
+        reply = await send(user, 'GET', `${statusUrl}?waitMs=${POLL_WAIT_MS}`, pollHeaders[user] as string[]);
       }
     } catch (error) {
       if (!s.firstAt) s.firstAt = performance.now();
@@ -110,7 +115,7 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
   try {
     await Promise.all(Array.from({ length: Math.min(opts.connections, shoppers.length) }, lane));
   } finally {
-    await pool.close();
+    await Promise.all(pools.map((p) => p.close()));
   }
   return { shoppers, startedAt, requests };
 }

@@ -20,6 +20,8 @@ const STOP_TIMEOUT_MS = 20_000;
 export interface Stack {
   mode: 'reused' | 'spawned';
   baseUrl: string;
+  /** Every web process's URL (the first is baseUrl): a load generator spreads users over them, as a balancer would. */
+  baseUrls: string[];
   queuePrefix: string;
   jwtSecret: string;
   /** Pids of the processes the bench started (empty when reused). */
@@ -84,6 +86,7 @@ export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: stri
   return {
     mode: 'reused',
     baseUrl,
+    baseUrls: [baseUrl],
     queuePrefix,
     jwtSecret,
     pids: { web: [], workers: [] },
@@ -124,6 +127,8 @@ export async function buildProject(): Promise<void> {
 
 export interface SpawnOptions {
   workers: number;
+  /** Web processes, each on a port of its own (default 1). */
+  webs?: number;
   databaseUrl: string;
   redisUrl: string;
   queuePrefix: string;
@@ -185,9 +190,9 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
 
   const problems = { counts: {} as Record<string, number>, examples: [] as string[] };
   const children: { name: string; child: ChildProcess; log: WriteStream }[] = [];
-  const launch = (name: string, argv: string[]) => {
+  const launch = (name: string, argv: string[], extraEnv: NodeJS.ProcessEnv = {}) => {
     const [command, ...args] = argv as [string, ...string[]];
-    const child = spawn(command, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { cwd: ROOT, env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
     const log = createWriteStream(path.join(logDir, `${name}.log`));
     let partial = '';
     const scan = (chunk: Buffer) => {
@@ -230,15 +235,19 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
 
   if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
   const web = launch('web', profiled(webCmd, opts.profileDir));
+  // More webs share the stack's Redis and queues, each on its own port (what a balancer spreads over).
+  const morePorts = await Promise.all(Array.from({ length: Math.max(0, (opts.webs ?? 1) - 1) }, () => freePort()));
+  const moreWebs = morePorts.map((p, i) => launch(`web-${i + 2}`, profiled(webCmd, opts.profileDir), { PORT: String(p) }));
   const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, profiled(workerCmd, opts.profileDir)));
   const bridgeCmd = commands.get('bridge');
   if (opts.bridge && !bridgeCmd) throw new Error('the Procfile has no bridge process');
   const bridge = opts.bridge && bridgeCmd ? launch('bridge', profiled(bridgeCmd, opts.profileDir)) : undefined;
   const baseUrl = `http://127.0.0.1:${port}`;
-  opts.log(`started web (pid ${web.pid}) on ${baseUrl} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
+  const baseUrls = [baseUrl, ...morePorts.map((p) => `http://127.0.0.1:${p}`)];
+  opts.log(`started web (pid ${[web, ...moreWebs].map((w) => w.pid).join(', ')}) on ${baseUrls.join(', ')} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
 
   try {
-    await waitUntilReady(baseUrl, opts, children);
+    for (const url of baseUrls) await waitUntilReady(url, opts, children);
   } catch (error) {
     await stop();
     throw error;
@@ -246,9 +255,10 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   return {
     mode: 'spawned',
     baseUrl,
+    baseUrls,
     queuePrefix: opts.queuePrefix,
     jwtSecret,
-    pids: { web: [web.pid ?? -1], workers: workers.map((w) => w.pid ?? -1), ...(bridge && { bridge: [bridge.pid ?? -1] }) },
+    pids: { web: [web, ...moreWebs].map((w) => w.pid ?? -1), workers: workers.map((w) => w.pid ?? -1), ...(bridge && { bridge: [bridge.pid ?? -1] }) },
     logDir,
     logProblems: () => ({ counts: { ...problems.counts }, examples: [...problems.examples] }),
     stop,
