@@ -84,27 +84,46 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
 
   const carried = items.filter((i) => !i.decided);
   const waits = new Map(carried.filter((i) => i.data.waitMs > 0).map((i) => [i.index, deps.hub.wait(i.requestId, i.data.waitMs)]));
+  let stored = false;
   try {
     // The record goes first: a worker that finishes the job overwrites it, never the other way round.
     await storeOutcomes(deps.queues.connection, jobId, items.map((i) => [i.index, i.decided ?? pendingRecord(i, now)]));
+    stored = true;
     if (carried.length > 0) {
       const requests = carried.map(({ data: { waitMs: _wait, ...data }, requestId, admittedAs }) => ({ ...data, requestId, ...(admittedAs && { admittedAs }) }));
       await addJob(deps.queues, 'issue-batch', { requests }, jobId);
     }
   } catch (error) {
-    // Nothing was queued: the slots held for the carried requests go back now, not at the reconciler's pace.
-    await releaseCarried(deps, carried);
-    // Their keys name requests that were never queued: a retry under the same key starts afresh.
-    const claimed = items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
-    if (claimed.length > 0) await deps.queues.connection.del(...claimed).catch(() => 0);
+    for (const i of carried) deps.hub.cancel(i.requestId);
+    await undoTurn(deps, carried, items, error);
     const unavailable = error instanceof AppError ? error : new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
-    // A refusal the web decided is final whatever became of the others.
-    return all.map((i) => (i.keyed ? keyedAnswer(i) : i.decided ? { requestId: i.requestId, decided: i.decided } : unavailable));
+    // A refusal the web decided is final whatever became of the others, once its record is stored
+    // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
+    const replaysThisTurn = (i: Item) => i.keyed && 'replayOf' in i.keyed && i.keyed.replayOf.startsWith(`${jobId}.`);
+    return all.map((i) =>
+      i.keyed ? (replaysThisTurn(i) ? unavailable : keyedAnswer(i)) : i.decided && stored ? { requestId: i.requestId, decided: i.decided } : unavailable,
+    );
   }
   countDecided(deps, items);
   return all.map((i) =>
     i.keyed ? keyedAnswer(i) : i.decided ? { requestId: i.requestId, decided: i.decided } : { requestId: i.requestId, outcome: waits.get(i.index) },
   );
+}
+
+/** An ioredis command that got no answer within commandTimeout: Redis may still have run it. */
+const mayHaveRun = (error: unknown) => error instanceof Error && /Command timed out/.test(error.message);
+
+/**
+ * The turn's requests were not (knowingly) queued: their slots go back now rather than at the
+ * reconciler's pace, and their keys are freed so a retry starts afresh. Unless the job add timed
+ * out: Redis may have run it after all, so the slots and keys stay, and what became of them is
+ * settled by the job, or by the reconciler when no job ever arrived.
+ */
+async function undoTurn(deps: IntakeDeps, carried: Item[], items: Item[], error: unknown): Promise<void> {
+  if (mayHaveRun(error)) return;
+  await releaseCarried(deps, carried);
+  const claimed = items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
+  if (claimed.length > 0) await deps.queues.connection.del(...claimed).catch(() => 0);
 }
 
 function keyedAnswer(i: Item): IntakeAnswer {

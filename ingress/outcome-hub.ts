@@ -14,6 +14,8 @@ export interface OutcomeHub {
    * stored outcome), so that no message falls between the read and the wait.
    */
   wait(requestId: string, ms: number): Promise<StoredOutcome | null>;
+  /** Ends the waits for a request at once (with null): its turn could not be queued. */
+  cancel(requestId: string): void;
   /** Requests waiting now (a gauge for operators and tests). */
   waiting(): number;
   /** Resolves once the subscription is in place (a wait before that may only learn from its final read). */
@@ -69,6 +71,7 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
         }, ms);
       });
     },
+    cancel: (requestId) => resolve(requestId, null),
     waiting: () => waiters.size,
     ready,
     async close() {
@@ -84,6 +87,7 @@ export function lazyOutcomeHub(create: () => OutcomeHub): OutcomeHub {
   const get = () => (hub ??= create());
   return {
     wait: (requestId, ms) => get().wait(requestId, ms),
+    cancel: (requestId) => hub?.cancel(requestId),
     waiting: () => hub?.waiting() ?? 0,
     get ready() {
       return hub?.ready ?? Promise.resolve();

@@ -113,6 +113,31 @@ describe('a flash sale told in one round trip', () => {
     expect((await api.get(`/api/v1/jobs/${batch}.127`, admin)).status).toBe(404);
   });
 
+  it('answers from Postgres when a stored outcome cannot be right: a coupon held under a "failed" record, a job that never came', async () => {
+    const policyId = await createPolicy(5);
+    const user = uniqueId('pg-word');
+    const token = await tokenFor(user);
+    const won = await api.call('POST', '/api/v1/coupons/issue', { token, body: { policyId }, headers: WAIT });
+    expect(won.body.status).toBe('succeeded');
+    // Its record says failed (an attempt whose insert committed but whose answer was lost): the coupon wins.
+    const [batch, index] = String(won.body.jobId).split('.') as [string, string];
+    const key = `${stack.queuePrefix}:out:${batch}`;
+    const record = JSON.parse((await redis.hget(key, index)) as string);
+    await redis.hset(key, index, JSON.stringify({ ...record, s: 'failed', r: undefined, e: { code: 'INTERNAL', message: 'x' } }));
+    const read = await api.get(`/api/v1/jobs/${won.body.jobId}`, token);
+    expect(read.body).toMatchObject({ status: 'succeeded', result: { id: won.body.result.id } });
+
+    // A pending record whose job is not there: pending while it is young (the add may be on its way),
+    // failed once it is older than the reconciler's orphan age, never a 404.
+    const orphanBatch = `iss_${randomUUID()}`;
+    const young = { s: 'pending', u: user, c: Date.now() };
+    await redis.hset(`${stack.queuePrefix}:out:${orphanBatch}`, '0', JSON.stringify(young), '1', JSON.stringify({ ...young, c: Date.now() - 60_000 }));
+    expect((await api.get(`/api/v1/jobs/${orphanBatch}.0`, token)).body.status).toBe('pending');
+    const lost = await api.get(`/api/v1/jobs/${orphanBatch}.1`, token);
+    expect(lost.body).toMatchObject({ status: 'failed', reason: { code: 'INTERNAL' } });
+    await redis.del(`${stack.queuePrefix}:out:${orphanBatch}`);
+  });
+
   it('tells SOLD_OUT only when no unit can come back: a request waits for a pending admission and takes the unit it gives back', async () => {
     const policyId = await createPolicy(1);
     // An admission whose job never came (its web died after admitting): the only unit is held.

@@ -18,7 +18,7 @@ import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/out
 import { createIssueIntake, type IntakeAnswer } from '../issue-intake';
 import type { OutcomeHub } from '../outcome-hub';
 import type { RejectionCounter } from '../../workers/rejection-stats';
-import { accepted, finishedAnswer, issueRequestView, preferredWaitMs } from './jobs';
+import { accepted, finishedAnswer, issueRequestView, preferredWaitMs, withPostgresWord } from './jobs';
 import { fingerprint, idempotencyKeySchema } from '../idempotency';
 import { parseWith } from '../validation';
 import { config } from '../../core/config';
@@ -107,7 +107,7 @@ export function issueRoutes(deps: IssueRouteDeps) {
     if (waitMs === 0) return accepted(c, answer.requestId);
     const outcome = answer.decided ?? (await outcomeOf(deps, answer, waitMs));
     if (!outcome || outcome.s === 'pending') return accepted(c, answer.requestId);
-    const { ownerId: _owner, ...view } = viewOfOutcome(answer.requestId, outcome);
+    const { ownerId: _owner, ...view } = viewOfOutcome(answer.requestId, await withPostgresWord(answer.requestId, outcome).catch(() => outcome));
     return finishedAnswer(c, view, waitMs);
   });
 

@@ -12,6 +12,7 @@ import { JOB_KINDS, QUEUES, parseRequestId, queueOfJobId, type QueueName } from 
 import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import type { AppEnv } from '../context';
 import type { OutcomeHub } from '../outcome-hub';
+import { ORPHAN_ADMISSION_AGE_MS } from '../../workers/reconcile-admissions';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
@@ -180,11 +181,22 @@ export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outco
   if (!stored) return settledView(c, queues, requestId, waitMs);
   assertSelfOrAdmin(c.get('user'), stored.u);
   if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs);
-  if (stored.s === 'pending' && (await batchFinished(queues, requestId))) {
+  if (stored.s === 'pending' && (await batchFinished(queues, requestId, stored))) {
     return (await settledView(c, queues, requestId, 0)) ?? (await lostRequestView(requestId, stored));
   }
-  const { ownerId: _owner, ...view } = viewOfOutcome(requestId, stored);
+  const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
   return view;
+}
+
+/**
+ * A request stored as failed may still have written its coupon (its insert committed, the answer was
+ * lost, and Postgres could not be asked on the last attempt): Postgres has the last word, so nobody
+ * holding a coupon is told "failed".
+ */
+export async function withPostgresWord(requestId: string, stored: StoredOutcome): Promise<StoredOutcome> {
+  if (stored.s !== 'failed') return stored;
+  const coupon = await findCouponByRequest(requestId);
+  return coupon ? { ...stored, s: 'succeeded', r: couponView(coupon), e: undefined } : stored;
 }
 
 /**
@@ -215,12 +227,16 @@ export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, request
   return last;
 }
 
-/** Whether the batch job of a request finished (or is gone): then a pending record will never change. */
-async function batchFinished(queues: Queues, requestId: string): Promise<boolean> {
+/**
+ * Whether the batch job of a request finished, or is gone: then a pending record will never change.
+ * A job not there yet is gone only once its record is older than the reconciler's orphan age: the web
+ * stores the record a moment before it adds the job.
+ */
+async function batchFinished(queues: Queues, requestId: string, stored: StoredOutcome): Promise<boolean> {
   const queue = queues.get(QUEUES.issue);
   const [finishedOn, exists] = await Promise.all([
     queues.connection.hget(queue.toKey(parseRequestId(requestId).jobId), 'finishedOn'),
     queues.connection.exists(queue.toKey(parseRequestId(requestId).jobId)),
   ]);
-  return finishedOn !== null || exists === 0;
+  return finishedOn !== null || (exists === 0 && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS);
 }
