@@ -20,12 +20,13 @@ import { issueRequestsTotal } from '../core/metrics';
 import type { Queues } from '../queues/connection';
 import { addJob } from '../queues/enqueue';
 import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
-import { newJobId, requestIdOf } from '../queues/names';
-import { storeOutcomes, type StoredOutcome } from '../queues/outcomes';
+import { QUEUES, newJobId, parseRequestId, requestIdOf } from '../queues/names';
+import { readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
 import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../workers/admission/admission';
 import { ISSUE_BY_POLICY_METHODS } from '../workers/issue-coupon';
 import { noteSoldOutRefusal } from '../workers/stock-alerts';
 import type { RejectionCounter } from '../workers/rejection-stats';
+import { ORPHAN_ADMISSION_AGE_MS } from '../workers/reconcile-admissions';
 import { IDEMPOTENCY_TTL_SECONDS } from './idempotency';
 import type { OutcomeHub } from './outcome-hub';
 
@@ -137,18 +138,33 @@ function keyedAnswer(i: Item): IntakeAnswer {
  */
 async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
   const keyed = items.filter((i) => i.data.idempotency);
+  const claim = (i: Item) => `${i.data.idempotency!.fingerprint}|${i.requestId}|${Date.now()}`;
   const previous = await Promise.all(
-    keyed.map((i) => {
-      const { redisKey, fingerprint } = i.data.idempotency!;
-      return deps.queues.connection.call('SET', redisKey, `${fingerprint}|${i.requestId}`, 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS));
+    keyed.map((i) => deps.queues.connection.call('SET', i.data.idempotency!.redisKey, claim(i), 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS))),
+  );
+  await Promise.all(
+    keyed.map(async (item, k) => {
+      const prior = previous[k];
+      if (typeof prior !== 'string') return;
+      const [fingerprint, requestId, claimedAt] = prior.split('|');
+      if (fingerprint !== item.data.idempotency!.fingerprint || !requestId) {
+        item.keyed = { conflict: true };
+      } else if (Date.now() - Number(claimedAt ?? 0) >= ORPHAN_ADMISSION_AGE_MS && (await vanished(deps, requestId))) {
+        // The key's first request was never stored nor queued (its web died between claiming the key
+        // and writing the request down): this retry takes the key over and is asked afresh.
+        await deps.queues.connection.call('SET', item.data.idempotency!.redisKey, claim(item), 'XX', 'EX', String(IDEMPOTENCY_TTL_SECONDS));
+      } else {
+        item.keyed = { replayOf: requestId };
+      }
     }),
   );
-  keyed.forEach((item, k) => {
-    const prior = previous[k];
-    if (typeof prior !== 'string') return;
-    const [fingerprint, requestId] = prior.split('|');
-    item.keyed = fingerprint === item.data.idempotency!.fingerprint && requestId ? { replayOf: requestId } : { conflict: true };
-  });
+}
+
+/** A request with neither an outcome record nor a batch job: it never got past its web's turn. */
+async function vanished(deps: IntakeDeps, requestId: string): Promise<boolean> {
+  const { jobId } = parseRequestId(requestId);
+  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId), deps.queues.connection.exists(deps.queues.get(QUEUES.issue).toKey(jobId))]);
+  return record === null && job === 0;
 }
 
 /**

@@ -2,7 +2,8 @@
 // answer to the POST; refusals are decided by the web and never become jobs; a poll reads only its
 // own request's outcome; SOLD_OUT is told only when no unit can come back; and a client whose web
 // died while it waited gets the same outcome when it retries with its Idempotency-Key.
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { fingerprint } from '../ingress/idempotency';
 import IORedis from 'ioredis';
 import { Queue, type Job } from 'bullmq';
 import { Api, mapLimit } from './support/http';
@@ -187,6 +188,29 @@ describe('a flash sale told in one round trip', () => {
     expect(reused.body.error.code).toBe('IDEMPOTENCY_KEY_REUSED');
     expect(await couponsOf(policyId)).toHaveLength(1);
     expect(await couponsOf(otherPolicy)).toHaveLength(0);
+  });
+});
+
+describe('an Idempotency-Key whose first request vanished', () => {
+  it('is taken over by a retry once the first request has neither a record nor a job, past the orphan age', async () => {
+    const policyId = await createPolicy(3);
+    const user = uniqueId('vanished');
+    const token = await tokenFor(user);
+    const key = randomUUID();
+    // A web claimed the key and died before it wrote the request down or queued it.
+    const redisKey = `${stack.queuePrefix}:idem-issue:${createHash('sha256').update(`${user}\u0000${key}`).digest('hex')}`;
+    const lostId = `iss_${randomUUID()}.0`;
+    const fp = fingerprint({ policyId, via: 'policy', codeHash: null, userId: user });
+    await redis.set(redisKey, `${fp}|${lostId}|${Date.now() - 60_000}`, 'EX', 3600);
+
+    const retry = await api.call('POST', '/api/v1/coupons/issue', { token, body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } });
+    expect(retry.status).toBe(200);
+    expect(retry.body.status).toBe('succeeded');
+    expect(retry.body.jobId).not.toBe(lostId);
+    // The key now names the retry: another retry answers the same.
+    const again = await api.call('POST', '/api/v1/coupons/issue', { token, body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } });
+    expect(again.body).toMatchObject({ jobId: retry.body.jobId, status: 'succeeded', result: { id: retry.body.result.id } });
+    expect(await couponsOf(policyId)).toHaveLength(1);
   });
 });
 
