@@ -81,3 +81,18 @@ export async function readOutcome(redis: Redis, requestId: string): Promise<Stor
   const raw = await redis.hget(outcomeKey(jobId), String(index));
   return raw === null ? null : (JSON.parse(raw) as StoredOutcome);
 }
+
+/** The final outcomes stored for these requests of one batch (undefined where none is, or it is pending). */
+export async function readFinalOutcomes(redis: Redis, batchJobId: string, requestIds: string[]): Promise<(StoredOutcome | undefined)[]> {
+  const indexes = requestIds.map((id) => parseRequestId(id).index);
+  const fields = indexes.flatMap((i) => (i === null ? [] : [String(i)]));
+  if (fields.length === 0) return requestIds.map(() => undefined);
+  const raw = await redis.hmget(outcomeKey(batchJobId), ...fields);
+  const byIndex = new Map(fields.map((f, k) => [f, raw[k]]));
+  return indexes.map((i) => {
+    const value = i === null ? null : byIndex.get(String(i));
+    if (!value) return undefined;
+    const outcome = JSON.parse(value) as StoredOutcome;
+    return outcome.s === 'pending' ? undefined : outcome;
+  });
+}

@@ -1,7 +1,7 @@
 // The admission step against real Redis and Postgres: rebuilding lost state, and giving back the
 // stock of requests that will never write their coupon.
 import { randomUUID } from 'node:crypto';
-import { Queue, QueueEvents, Worker } from 'bullmq';
+import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis } from '../core/redis';
@@ -14,6 +14,7 @@ import { policyKeys } from '../workers/admission/keys';
 import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
 import { reconcileAdmissions } from '../workers/reconcile-admissions';
+import { storeOutcomes } from '../queues/outcomes';
 import { couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 
@@ -111,6 +112,21 @@ describe('admission state', () => {
     expect(report).toMatchObject({ released: 1, settled: 0 });
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 1 });
     await (await queue.getJob(liveJob))?.remove();
+  });
+
+  it('keeps, on a rerun of a batch, the outcomes its first run told: a shopper told SOLD_OUT is not issued a unit that came back', async () => {
+    const policy = await newPolicy({ totalQuantity: 1 });
+    const jobId = `iss_${randomUUID()}`;
+    const user = uniqueId('told');
+    const requestedAt = new Date().toISOString();
+    const request = { policyId: policy.id, userId: user, actorId: user, traceId: uniqueId('t'), requestedAt, requestId: `${jobId}.0` };
+    // The first run told SOLD_OUT and died before completing the job; a unit is free now.
+    await storeOutcomes(redis, jobId, [[0, { s: 'rejected', u: user, c: Date.now(), f: Date.now(), e: { code: 'SOLD_OUT', message: 'gone' } }]]);
+    const rerun = { id: jobId, name: 'issue-batch', data: { requests: [request] }, attemptsStarted: 2, attemptsMade: 0, opts: { attempts: 5 } } as unknown as Job;
+    const result = (await createIssueProcessor({ redis, locks }, log)(rerun)) as { results: { outcome: string; reason?: { code: string } }[] };
+    expect(result.results).toEqual([{ outcome: 'rejected', reason: { code: 'SOLD_OUT', message: 'gone' } }]);
+    expect(await couponsOf(policy.id)).toEqual([]);
+    expect(await admissionSnapshot(redis, policy.id)).toMatchObject({ issued: 0, pending: 0 });
   });
 
   it('settles, without giving back, an admission whose coupon reached Postgres', async () => {

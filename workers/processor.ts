@@ -3,7 +3,7 @@
 // own id (`<jobId>.<part>`), so a rerun finds what an earlier run of the same request wrote.
 import { UnrecoverableError, type Job } from 'bullmq';
 import { mapLimit } from '../core/concurrency';
-import { reason } from '../core/errors';
+import { reason, type Reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import type { IssueMethod } from '../models/policy-rules';
 import { policyCache } from '../models/policy-cache';
@@ -15,7 +15,7 @@ import {
   type JobOutcome,
 } from '../queues/jobs';
 import { parseRequestId, requestIdOf, type JobKind } from '../queues/names';
-import { publishOutcomes, type StoredOutcome } from '../queues/outcomes';
+import { publishOutcomes, readFinalOutcomes, type StoredOutcome } from '../queues/outcomes';
 import type { AdmissionDeps } from './admission/admission';
 import { generateCodesJob } from './generate-codes';
 import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueRequest } from './issue-coupon';
@@ -93,12 +93,15 @@ async function issueAll(
 
 async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<BatchOutcome> {
   const { requests } = jobData(job, issueBatchSchema);
-  const results: (JobOutcome<CouponView> | undefined)[] = requests.map((r) =>
+  // A rerun (the worker died after telling the outcomes, before completing the job) keeps what was
+  // told: a shopper told SOLD_OUT is not issued a unit that came back since.
+  const told = attemptOf(job).rerun ? await readFinalOutcomes(deps.redis, String(job.id), requests.map((r) => r.requestId)) : [];
+  const results: (JobOutcome<CouponView> | undefined)[] = requests.map((r, i) =>
     // A code that names no policy: nothing to issue, and nothing to hold.
-    r.policyId === null ? { outcome: 'rejected', reason: reason('CODE_NOT_FOUND') } : undefined,
+    r.policyId === null ? { outcome: 'rejected', reason: reason('CODE_NOT_FOUND') } : told[i] ? jobOutcomeOf(told[i]) : undefined,
   );
   const toIssue = requests.flatMap((r, i) =>
-    r.policyId === null
+    r.policyId === null || results[i]
       ? []
       : [
           {
@@ -132,6 +135,13 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Batch
     }),
   );
   return { results: final };
+}
+
+/** The outcome a stored record told, as a job result. */
+function jobOutcomeOf(o: StoredOutcome): JobOutcome<CouponView> {
+  if (o.s === 'succeeded') return { outcome: 'succeeded', result: o.r as CouponView };
+  const told = o.e ?? reason('INTERNAL', 'The request failed after retries.');
+  return o.s === 'rejected' ? { outcome: 'rejected', reason: told as Reason } : { outcome: 'failed', reason: told as Reason };
 }
 
 function storedOutcome(r: { userId: string; requestedAt: string }, o: JobOutcome<CouponView>, finishedAt: number): StoredOutcome {
