@@ -42,8 +42,6 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
 import { Agent, request } from 'undici';
 import { z } from 'zod';
@@ -53,7 +51,7 @@ import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
-import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, waitForBridge, type Stack } from './stack';
+import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, removeQueues, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, waitForBridge, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -218,13 +216,7 @@ async function main(): Promise<number> {
       stopHooks.push(async () => {
         note('stopping the stack (SIGTERM)');
         await stack.stop();
-        const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
-        for (const name of ['issue', 'checkout', 'payments']) {
-          const queue = new Queue(name, { connection, prefix: queuePrefix });
-          await queue.obliterate({ force: true }).catch(() => undefined);
-          await queue.close();
-        }
-        connection.disconnect();
+        await removeQueues(cfg.REDIS_URL, queuePrefix);
       });
     }
     const kafka = new Kafka({ clientId: 'coupon-bench', brokers, logLevel: logLevel.NOTHING });

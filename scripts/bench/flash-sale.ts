@@ -50,7 +50,7 @@ import { fmtInt, gitState, note, round, runBench, signer, sleep, writeResults } 
 import { classifier } from './cpu';
 import { baselineSale, serviceSale, type SaleContext, type SaleResult } from './sale';
 import { BAR, BAR_MODE, barLines, invariantLines, medianRow, mediansOf, saleRow, TABLE_HEADER, type RunSales } from './sale-report';
-import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, removeQueues, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const list = <T extends string>(values: readonly [T, ...T[]], def: string) =>
@@ -133,13 +133,7 @@ async function chooseStack(cfg: Config, stopHooks: StopHooks): Promise<{ stack: 
     if (cfg.PROFILE) note(`CPU profiles of web and workers in .data/profiles (open in Chrome DevTools or speedscope)`);
     if (cfg.QUEUE_PREFIX !== undefined) return;
     // The bench's own queues are of no use to anyone afterwards.
-    const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
-    for (const name of ['issue', 'checkout', 'payments']) {
-      const queue = new Queue(name, { connection, prefix: queuePrefix });
-      await queue.obliterate({ force: true }).catch((e: Error) => note(`could not remove queue ${queuePrefix}:${name}: ${e.message}`));
-      await queue.close();
-    }
-    connection.disconnect();
+    await removeQueues(cfg.REDIS_URL, queuePrefix, note);
   });
   return { stack, databaseUrl: database.url };
 }

@@ -19,8 +19,6 @@
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { cpus, loadavg } from 'node:os';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
 import { z } from 'zod';
 import { urlWith } from '../../core/config';
@@ -28,7 +26,7 @@ import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { gitState, median, note, runBench, sleep, writeResults } from './common';
 import { classifier, startCpuPhase, type Classifier, type CpuReport } from './cpu';
-import { benchDatabase, buildProject, ROOT, spawnStack, waitForBridge } from './stack';
+import { benchDatabase, buildProject, removeQueues, ROOT, spawnStack, waitForBridge } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -102,13 +100,7 @@ async function main(): Promise<number> {
     });
     stopHooks.push(async () => {
       await stack.stop();
-      const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
-      for (const name of ['issue', 'checkout', 'payments']) {
-        const queue = new Queue(name, { connection, prefix: queuePrefix });
-        await queue.obliterate({ force: true }).catch(() => undefined);
-        await queue.close();
-      }
-      connection.disconnect();
+      await removeQueues(cfg.REDIS_URL, queuePrefix);
     });
     await waitForBridge(new Kafka({ clientId: 'coupon-bench', brokers, logLevel: logLevel.NOTHING }), groupId);
     note(`stack consuming; settling ${cfg.SETTLE_S} s, then ${cfg.ROUNDS} idle phase(s) of ${cfg.IDLE_S} s`);

@@ -25,15 +25,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
 import { Agent, request } from 'undici';
 import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
-import { benchDatabase, buildProject, ROOT, spawnStack, type Stack } from './stack';
+import { benchDatabase, buildProject, removeQueues, ROOT, spawnStack, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -203,13 +201,7 @@ async function startStack(cfg: Config, tag: string, hooks: (() => Promise<void>)
   hooks.push(async () => {
     note('stopping the stack (SIGTERM)');
     await stack.stop();
-    const connection = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
-    for (const name of ['issue', 'checkout', 'payments']) {
-      const queue = new Queue(name, { connection, prefix: queuePrefix });
-      await queue.obliterate({ force: true }).catch(() => undefined);
-      await queue.close();
-    }
-    connection.disconnect();
+    await removeQueues(cfg.REDIS_URL, queuePrefix);
   });
   return { stack, databaseUrl: database.url };
 }

@@ -301,3 +301,17 @@ export async function waitForBridge(kafka: Kafka, groupId: string, timeoutMs = 9
     await admin.disconnect();
   }
 }
+
+/** Removes a spawned stack's queues (every job and key under its prefix): nobody uses them after the bench. */
+export async function removeQueues(redisUrl: string, queuePrefix: string, log: (line: string) => void = () => undefined): Promise<void> {
+  const connection = new IORedis(redisUrl, { maxRetriesPerRequest: null });
+  try {
+    for (const name of ['issue', 'checkout', 'payments']) {
+      const queue = new Queue(name, { connection, prefix: queuePrefix });
+      await queue.obliterate({ force: true }).catch((e: Error) => log(`could not remove queue ${queuePrefix}:${name}: ${e.message}`));
+      await queue.close();
+    }
+  } finally {
+    connection.disconnect();
+  }
+}
