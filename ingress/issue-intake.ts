@@ -20,13 +20,12 @@ import { issueRequestsTotal } from '../core/metrics';
 import type { Queues } from '../queues/connection';
 import { addJob } from '../queues/enqueue';
 import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
-import { QUEUES, newJobId, parseRequestId, requestIdOf } from '../queues/names';
-import { readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
+import { newJobId, requestIdOf } from '../queues/names';
+import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
 import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../workers/admission/admission';
 import { ISSUE_BY_POLICY_METHODS } from '../workers/issue-coupon';
 import { noteSoldOutRefusal } from '../workers/stock-alerts';
 import type { RejectionCounter } from '../workers/rejection-stats';
-import { ORPHAN_ADMISSION_AGE_MS } from '../workers/reconcile-admissions';
 import { IDEMPOTENCY_TTL_SECONDS } from './idempotency';
 import type { OutcomeHub } from './outcome-hub';
 
@@ -162,9 +161,8 @@ async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
 
 /** A request with neither an outcome record nor a batch job: it never got past its web's turn. */
 async function vanished(deps: IntakeDeps, requestId: string): Promise<boolean> {
-  const { jobId } = parseRequestId(requestId);
-  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId), deps.queues.connection.exists(deps.queues.get(QUEUES.issue).toKey(jobId))]);
-  return record === null && job === 0;
+  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId), batchJobState(deps.queues, requestId)]);
+  return record === null && job === 'absent';
 }
 
 /**
@@ -223,6 +221,9 @@ async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<void> 
 
 function countDecided(deps: IntakeDeps, items: Item[]): void {
   const refused = items.flatMap((i) => (i.decided?.e ? [{ policyId: i.data.policyId, code: i.decided.e.code }] : []));
-  for (const r of refused) issueRequestsTotal.inc({ outcome: 'rejected', reason: r.code });
+  // One increment per code and turn: a sale's turn refuses a hundred requests for the same reason.
+  const byCode = new Map<string, number>();
+  for (const r of refused) byCode.set(r.code, (byCode.get(r.code) ?? 0) + 1);
+  for (const [code, n] of byCode) issueRequestsTotal.inc({ outcome: 'rejected', reason: code }, n);
   deps.rejections.count(refused);
 }

@@ -16,8 +16,6 @@ export interface OutcomeHub {
   wait(requestId: string, ms: number): Promise<StoredOutcome | null>;
   /** Ends the waits for a request at once (with null): its turn could not be queued. */
   cancel(requestId: string): void;
-  /** Requests waiting now (a gauge for operators and tests). */
-  waiting(): number;
   /** Resolves once the subscription is in place (a wait before that may only learn from its final read). */
   ready: Promise<void>;
   close(): Promise<void>;
@@ -72,7 +70,6 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
       });
     },
     cancel: (requestId) => resolve(requestId, null),
-    waiting: () => waiters.size,
     ready,
     async close() {
       for (const requestId of [...waiters.keys()]) resolve(requestId, null);
@@ -88,7 +85,6 @@ export function lazyOutcomeHub(create: () => OutcomeHub): OutcomeHub {
   return {
     wait: (requestId, ms) => get().wait(requestId, ms),
     cancel: (requestId) => hub?.cancel(requestId),
-    waiting: () => hub?.waiting() ?? 0,
     get ready() {
       return hub?.ready ?? Promise.resolve();
     },

@@ -1,11 +1,8 @@
 // Enqueue helpers: a job is in Redis before the client hears 202, or the client hears 503 (I7, I9).
-import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
-import { coalescePerTurn } from '../core/concurrency';
 import { AppError } from '../core/errors';
 import { KIND_OPTIONS, type Queues } from './connection';
-import { MAX_ISSUE_BATCH, type IssueJob } from './jobs';
-import { JOB_KINDS, newJobId, requestIdOf, type JobKind } from './names';
+import { JOB_KINDS, type JobKind } from './names';
 
 /**
  * Adds a job; any failure is a 503. There is deliberately no timer of our own: a 503 must mean
@@ -20,18 +17,4 @@ export async function addJob(queues: Queues, kind: JobKind, data: object, jobId:
   } catch (error) {
     throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
   }
-}
-
-/**
- * Coalesces the issue requests a web process receives within one turn of its event loop into one
- * batch job (at most MAX_ISSUE_BATCH each). Every request hears 202 only once its batch is in
- * Redis, and all of a batch hear 503 together when it cannot be queued.
- */
-export function createIssueBatcher(queues: Queues): (data: IssueJob) => Promise<string> {
-  return coalescePerTurn(async (batch: IssueJob[]) => {
-    const jobId = newJobId('issue-batch', randomUUID());
-    const requests = batch.map((data, i) => ({ ...data, requestId: requestIdOf(jobId, i) }));
-    await addJob(queues, 'issue-batch', { requests }, jobId);
-    return requests.map((r) => r.requestId);
-  }, MAX_ISSUE_BATCH);
 }

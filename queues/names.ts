@@ -64,6 +64,14 @@ export function idempotencyRecordKey(requestId: string): string {
 }
 
 /**
+ * The Redis record of an issue request's Idempotency-Key (`<fingerprint>|<requestId>|<claimed ms>`,
+ * 24 h): scoped to the caller like a reserve's, apart from it by the kind in the name.
+ */
+export function issueIdempotencyRecordKey(userId: string, key: string): string {
+  return idempotencyRecordKey(derivedJobId('issue-batch', userId, key));
+}
+
+/**
  * The job id of a reserve: one per (user, key, body). A replay of the same body re-adds the same job
  * (a no-op while it exists); another body under the key is another job, never the first one's
  * answer, even when the Redis record of the key is gone (its worker refuses it from Postgres).

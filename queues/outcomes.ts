@@ -12,10 +12,18 @@
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import type { JobView } from './jobs';
-import { parseRequestId } from './names';
+import type { Queues } from './connection';
+import { QUEUES, parseRequestId } from './names';
 
 /** As long as a batch job's result is kept (queues/connection.ts). */
 export const OUTCOME_TTL_MS = 24 * 3600 * 1000;
+
+/**
+ * How old an admission, or an outcome record, must be before the absence of its batch job means the
+ * job will never come: the web admits a turn's requests and writes their records a moment before it
+ * adds the job, so a job missing for longer belongs to a web process that died in between.
+ */
+export const ORPHAN_ADMISSION_AGE_MS = 5_000;
 
 export interface StoredOutcome {
   /** pending | succeeded | rejected | failed */
@@ -95,4 +103,14 @@ export async function readFinalOutcomes(redis: Redis, batchJobId: string, reques
     const outcome = JSON.parse(value) as StoredOutcome;
     return outcome.s === 'pending' ? undefined : outcome;
   });
+}
+
+/**
+ * Where the batch job carrying a request stands, in one HMGET of the job's hash: `absent` (never
+ * added, or removed), `running` (queued or active), `finished` (completed or failed for good).
+ */
+export async function batchJobState(queues: Queues, requestId: string): Promise<'absent' | 'running' | 'finished'> {
+  const jobKey = queues.get(QUEUES.issue).toKey(parseRequestId(requestId).jobId);
+  const [timestamp, finishedOn] = await queues.connection.hmget(jobKey, 'timestamp', 'finishedOn');
+  return finishedOn !== null ? 'finished' : timestamp !== null ? 'running' : 'absent';
 }

@@ -2,8 +2,13 @@
 // answer to the POST; refusals are decided by the web and never become jobs; a poll reads only its
 // own request's outcome; SOLD_OUT is told only when no unit can come back; and a client whose web
 // died while it waited gets the same outcome when it retries with its Idempotency-Key.
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { fingerprint } from '../ingress/idempotency';
+import { config } from '../core/config';
+import { issueIdempotencyRecordKey } from '../queues/names';
+
+/** The QUEUE_PREFIX of this test process (the stack's processes have their own). */
+const testPrefix = () => config().QUEUE_PREFIX;
 import IORedis from 'ioredis';
 import { Queue, type Job } from 'bullmq';
 import { Api, mapLimit } from './support/http';
@@ -198,7 +203,7 @@ describe('an Idempotency-Key whose first request vanished', () => {
     const token = await tokenFor(user);
     const key = randomUUID();
     // A web claimed the key and died before it wrote the request down or queued it.
-    const redisKey = `${stack.queuePrefix}:idem-issue:${createHash('sha256').update(`${user}\u0000${key}`).digest('hex')}`;
+    const redisKey = `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
     const lostId = `iss_${randomUUID()}.0`;
     const fp = fingerprint({ policyId, via: 'policy', codeHash: null, userId: user });
     await redis.set(redisKey, `${fp}|${lostId}|${Date.now() - 60_000}`, 'EX', 3600);

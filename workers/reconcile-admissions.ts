@@ -5,6 +5,9 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
 import { findCouponByRequest } from '../models/coupon';
 import { parseRequestId } from '../queues/names';
+// An admission without any job is judged past ORPHAN_ADMISSION_AGE_MS, sooner than a job's lock
+// periods, so its unit is back while the sale's late requests still wait for one (issue-coupon.ts).
+import { ORPHAN_ADMISSION_AGE_MS } from '../queues/outcomes';
 import { policyKeys, reconcileLockKey, trackedPoliciesKey } from './admission/keys';
 import { releaseAdmission, settleAdmission } from './admission/admission';
 import { withLock, type Locks } from './lock';
@@ -23,14 +26,6 @@ export interface ReconcileReport {
   settled: number;
   released: number;
 }
-
-/**
- * How old an admission without any job must be before it is judged. The web admits a sale's
- * requests and adds their job a moment later; an admission older than this whose job was never
- * added belongs to a web process that died in between. Judged sooner than a job's lock periods, so
- * its unit is back while the sale's late requests still wait for one (workers/issue-coupon.ts).
- */
-export const ORPHAN_ADMISSION_AGE_MS = 5_000;
 
 /**
  * One pass over every policy's pending admissions older than `minAgeMs`, and those whose job does

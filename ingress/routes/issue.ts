@@ -14,6 +14,7 @@ import type { AppEnv } from '../context';
 import { logWith } from '../middleware/trace';
 import { jsonBody } from '../validation';
 import type { Logger } from '../../core/logger';
+import { issueIdempotencyRecordKey } from '../../queues/names';
 import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import { createIssueIntake, type IntakeAnswer } from '../issue-intake';
 import type { OutcomeHub } from '../outcome-hub';
@@ -21,8 +22,6 @@ import type { RejectionCounter } from '../../workers/rejection-stats';
 import { accepted, finishedAnswer, issueRequestView, preferredWaitMs, withPostgresWord } from './jobs';
 import { fingerprint, idempotencyKeySchema } from '../idempotency';
 import { parseWith } from '../validation';
-import { config } from '../../core/config';
-import { createHash } from 'node:crypto';
 
 export const issueBody = z
   .object({
@@ -136,7 +135,7 @@ function idempotencyOf(c: Context<AppEnv>, callerId: string, userId: string, tar
   if (header === undefined) return undefined;
   const key = parseWith(idempotencyKeySchema, header);
   return {
-    redisKey: `${config().QUEUE_PREFIX}:idem-issue:${createHash('sha256').update(`${callerId}\u0000${key}`).digest('hex')}`,
+    redisKey: issueIdempotencyRecordKey(callerId, key),
     fingerprint: fingerprint({ policyId: target.policyId, via: target.via ?? 'policy', codeHash: target.codeHash ?? null, userId }),
   };
 }

@@ -8,11 +8,10 @@ import { generatedCodesKey } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
-import { JOB_KINDS, QUEUES, parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
-import { readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
+import { JOB_KINDS, parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
+import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import type { AppEnv } from '../context';
 import type { OutcomeHub } from '../outcome-hub';
-import { ORPHAN_ADMISSION_AGE_MS } from '../../workers/reconcile-admissions';
 import { assertSelfOrAdmin } from '../middleware/auth';
 import { parseWith, query } from '../validation';
 
@@ -229,14 +228,10 @@ export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, request
 
 /**
  * Whether the batch job of a request finished, or is gone: then a pending record will never change.
- * A job not there yet is gone only once its record is older than the reconciler's orphan age: the web
- * stores the record a moment before it adds the job.
+ * A job not there yet is gone only once its record is older than the orphan age: the web stores the
+ * record a moment before it adds the job.
  */
 async function batchFinished(queues: Queues, requestId: string, stored: StoredOutcome): Promise<boolean> {
-  const queue = queues.get(QUEUES.issue);
-  const [finishedOn, exists] = await Promise.all([
-    queues.connection.hget(queue.toKey(parseRequestId(requestId).jobId), 'finishedOn'),
-    queues.connection.exists(queue.toKey(parseRequestId(requestId).jobId)),
-  ]);
-  return finishedOn !== null || (exists === 0 && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS);
+  const state = await batchJobState(queues, requestId);
+  return state === 'finished' || (state === 'absent' && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS);
 }
