@@ -64,22 +64,25 @@ export function viewOfOutcome(requestId: string, o: StoredOutcome): JobView & { 
   };
 }
 
-/** Stores outcomes of requests of one batch job (fields by request index); one round trip. */
-export async function storeOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes']): Promise<void> {
+/**
+ * Stores outcomes of requests of one batch job (fields by request index) in one transaction, and
+ * with `publish` also tells every web process in it: one round trip either way, and no web hears
+ * of an outcome a poll could not read yet.
+ */
+export async function storeOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes'], publish = false): Promise<void> {
   if (outcomes.length === 0) return;
   const key = outcomeKey(batchJobId);
   const fields = outcomes.flatMap(([index, o]) => [String(index), JSON.stringify(o)]);
-  const replies = await redis.multi().hset(key, ...fields).pexpire(key, OUTCOME_TTL_MS).exec();
+  const tx = redis.multi().hset(key, ...fields).pexpire(key, OUTCOME_TTL_MS);
+  if (publish) tx.publish(outcomeChannel(), JSON.stringify({ job: batchJobId, outcomes } satisfies OutcomeMessage));
+  const replies = await tx.exec();
   const failed = replies?.find(([error]) => error)?.[0];
   if (failed) throw failed;
 }
 
-/** Stores the final outcomes of a batch's requests, then tells every web process (one PUBLISH). */
-export async function publishOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes']): Promise<void> {
-  if (outcomes.length === 0) return;
-  await storeOutcomes(redis, batchJobId, outcomes);
-  const message: OutcomeMessage = { job: batchJobId, outcomes };
-  await redis.publish(outcomeChannel(), JSON.stringify(message));
+/** Stores the final outcomes of a batch's requests and tells every web process, in one round trip. */
+export function publishOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes']): Promise<void> {
+  return storeOutcomes(redis, batchJobId, outcomes, true);
 }
 
 /** The stored outcome of one request of a batch (`<jobId>.<index>`); null when none is stored. */
