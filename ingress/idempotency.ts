@@ -7,6 +7,7 @@
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { AppError } from '../core/errors';
+import { notQueued } from '../queues/enqueue';
 import { bodyFingerprint } from '../queues/jobs';
 import { idempotencyRecordKey, reserveRequestId } from '../queues/names';
 
@@ -32,7 +33,7 @@ export async function claimIdempotencyKey(redis: Redis, userId: string, key: str
     // One round trip: set if absent, and read what was there.
     previous = await redis.call('SET', redisKey, bodyFingerprint, 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS));
   } catch (error) {
-    throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
+    throw notQueued(error);
   }
   if (previous === null) return 'first';
   if (previous === bodyFingerprint) return 'replay';

@@ -18,7 +18,7 @@ import { AppError, reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import { issueRequestsTotal } from '../core/metrics';
 import type { Queues } from '../queues/connection';
-import { addJob } from '../queues/enqueue';
+import { addJob, notQueued } from '../queues/enqueue';
 import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
 import { newJobId, requestIdOf } from '../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
@@ -77,7 +77,7 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
   try {
     await claimKeys(deps, all);
   } catch (error) {
-    return all.map(() => new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error));
+    return all.map(() => notQueued(error));
   }
   const items = all.filter((i) => !i.keyed);
   await admitByPolicy(deps, items, now);
@@ -96,7 +96,7 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
   } catch (error) {
     for (const i of carried) deps.hub.cancel(i.requestId);
     await undoTurn(deps, carried, items, error);
-    const unavailable = error instanceof AppError ? error : new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
+    const unavailable = error instanceof AppError ? error : notQueued(error);
     // A refusal the web decided is final whatever became of the others, once its record is stored
     // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
     const replaysThisTurn = (i: Item) => i.keyed && 'replayOf' in i.keyed && i.keyed.replayOf.startsWith(`${jobId}.`);

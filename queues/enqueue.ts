@@ -11,10 +11,15 @@ import { JOB_KINDS, type JobKind } from './names';
  * With an id that exists already, BullMQ keeps the existing job and the add is a no-op: that is
  * how derived ids (derivedJobId) collapse retries into one job.
  */
+/** The 503 of a request that could not be queued (I9): the client may send it again. */
+export function notQueued(cause?: unknown): AppError {
+  return new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, cause);
+}
+
 export async function addJob(queues: Queues, kind: JobKind, data: object, jobId: string): Promise<Job> {
   try {
     return await queues.get(JOB_KINDS[kind].queue).add(kind, data, { ...KIND_OPTIONS[kind], jobId });
   } catch (error) {
-    throw new AppError('UNAVAILABLE', 'The request could not be queued; retry later.', undefined, error);
+    throw notQueued(error);
   }
 }
