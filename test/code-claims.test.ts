@@ -11,7 +11,7 @@ import { claimCode, releaseUnusedCode } from '../workers/code-claims';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { logLines, startStack, type Stack } from './support/stack';
+import { logLinesWhen, startStack, type Stack } from './support/stack';
 import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -120,7 +120,7 @@ describe('single-use code claims', () => {
     expect(cuts).toBeGreaterThanOrEqual(1);
     expect(job.status).toBe('succeeded');
     // The answer came from the coupon the lost insert had written, found by the next attempt.
-    const replayed = logLines('code-claims-worker-1').filter((l) => String(l.jobId).startsWith(job.id.split('.')[0] as string) && l.msg === 'coupon issued by an earlier run');
+    const replayed = await logLinesWhen('code-claims-worker-1', (l) => String(l.jobId).startsWith(job.id.split('.')[0] as string) && l.msg === 'coupon issued by an earlier run');
     expect(replayed).toHaveLength(1);
     expect(await couponsWithCode(policyId)).toEqual([{ user_id: owner, code_hash: hmac(code), slot: 1 }]);
 

@@ -14,7 +14,7 @@ import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEven
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { metricNamesIn, parseExposition, sampleValue, type Family } from './support/prometheus';
-import { logFile, logLines, startStack, stopProcess, type Stack } from './support/stack';
+import { logFile, logLines, logLinesWhen, startStack, stopProcess, type Stack } from './support/stack';
 import { slowPostgres } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -176,8 +176,7 @@ describe('metrics of a running stack', () => {
     expect(results[10].reason.code).toBe('SOLD_OUT');
     expect(await couponsOf(soldOutPolicy)).toHaveLength(10);
 
-    const lines = logLines(`${NAME}-worker-1`);
-    const alerts = lines.filter((l) => l.policyId === soldOutPolicy && typeof l.alert === 'string');
+    const alerts = await logLinesWhen(`${NAME}-worker-1`, (l) => l.policyId === soldOutPolicy && typeof l.alert === 'string', 2);
     expect(alerts.map((l) => [l.alert, l.level])).toEqual([
       ['POLICY_90_PERCENT', 'warn'],
       ['POLICY_SOLD_OUT', 'warn'],

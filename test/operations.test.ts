@@ -7,7 +7,7 @@ import { startTestApp, type TestApp } from './support/app';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { launch, logLines, startStack, stopProcess, waitForLine, type LogLine, type Stack } from './support/stack';
+import { launch, logLinesWhen, startStack, stopProcess, waitForLine, type LogLine, type Stack } from './support/stack';
 import { proxiedRedis, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -15,15 +15,6 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 
-/** Polls a process's pino log until some line matches, and returns every matching line. */
-async function logLinesOf(name: string, match: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine[]> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const found = logLines(name).filter(match);
-    if (found.length > 0 || Date.now() > until) return found;
-    await sleep(100);
-  }
-}
 
 function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
@@ -76,11 +67,11 @@ describe('a running stack', () => {
     const { jobId, echoed } = await issueOnce({ 'X-Request-Id': traceId });
     expect(echoed).toBe(traceId);
 
-    const workerLines = await logLinesOf(`${name}-worker-1`, (l) => l.jobId === jobId && l.msg === 'coupon issued');
+    const workerLines = await logLinesWhen(`${name}-worker-1`, (l) => l.jobId === jobId && l.msg === 'coupon issued');
     expect(workerLines).toHaveLength(1);
     expect(workerLines[0]).toMatchObject({ traceId, jobId, process: 'worker' });
     // The web logs one line per request: the issue request's names the job it queued.
-    const webLines = await logLinesOf(`${name}-web`, (l) => l.jobId === jobId);
+    const webLines = await logLinesWhen(`${name}-web`, (l) => l.jobId === jobId);
     expect(webLines.map((l) => [l.msg, l.traceId, l.enqueued, l.method, l.path, l.status])).toEqual([['request', traceId, 'issue', 'POST', '/api/v1/coupons/issue', 202]]);
   });
 
@@ -88,7 +79,7 @@ describe('a running stack', () => {
     for (const headers of [{}, { 'X-Request-Id': 'bad id with spaces' }] as Record<string, string>[]) {
       const { jobId, echoed } = await issueOnce(headers);
       expect(echoed).toMatch(UUID);
-      const workerLines = await logLinesOf(`${name}-worker-1`, (l) => l.jobId === jobId && l.msg === 'coupon issued');
+      const workerLines = await logLinesWhen(`${name}-worker-1`, (l) => l.jobId === jobId && l.msg === 'coupon issued');
       expect(workerLines.map((l) => l.traceId)).toEqual([echoed]);
     }
   });
@@ -177,9 +168,9 @@ describe('the Kafka bridge process', () => {
     } finally {
       await stopProcess(bridge, 'SIGKILL');
     }
-    const [consuming] = await logLinesOf(name, (l) => l.msg === 'bridge consuming');
+    const [consuming] = await logLinesWhen(name, (l) => l.msg === 'bridge consuming');
     expect(consuming).toMatchObject({ process: 'bridge', level: 'info', groupId: 'coupon-bridge', topics: [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1', process.env.KAFKA_USER_EVENTS_TOPIC || 'user-events.v1'] });
     expect((consuming?.brokers as string[]).length).toBeGreaterThan(0);
-    expect(await logLinesOf(name, (l) => l.msg === 'bridge stopped')).toHaveLength(1);
+    expect(await logLinesWhen(name, (l) => l.msg === 'bridge stopped')).toHaveLength(1);
   });
 });

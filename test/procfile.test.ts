@@ -9,6 +9,7 @@ import IORedis from 'ioredis';
 import { QUEUES } from '../queues/names';
 import { freePort } from '../scripts/infra/process';
 import { closeDb, couponsOf } from './support/db';
+import { eventually } from './support/checkout';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { logFile, logLines, waitForLine } from './support/stack';
@@ -195,7 +196,9 @@ describe('a multi-process run from the Procfile commands', () => {
     }
 
     // The coupons were written by more than one worker process.
-    const issuedBy = workers.map((w) => logLines(w.name).filter((l) => l.msg === 'coupon issued').length);
+    // (A log line may land a moment after the answer it explains.)
+    const countIssued = async () => workers.map((w) => logLines(w.name).filter((l) => l.msg === 'coupon issued').length);
+    const issuedBy = await eventually(countIssued, (counts) => counts.reduce((x, y) => x + y, 0) >= 200, 10_000, 'the workers to log 200 issues');
     expect(issuedBy.reduce((x, y) => x + y, 0)).toBe(200);
     expect(issuedBy.filter((n) => n > 0).length).toBeGreaterThan(1);
 

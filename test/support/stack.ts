@@ -57,6 +57,20 @@ export function logLines(name: string): LogLine[] {
     });
 }
 
+/**
+ * Polls a process's log until at least `atLeast` lines match (or `timeoutMs` passes), and returns
+ * every matching line. A line reaches the file through the child's pipe and this process's event
+ * loop, so it may land a moment after the answer it explains: read logs after an event with this.
+ */
+export async function logLinesWhen(name: string, match: (line: LogLine) => boolean, atLeast = 1, timeoutMs = 10_000): Promise<LogLine[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const found = logLines(name).filter(match);
+    if (found.length >= atLeast || Date.now() > until) return found;
+    await new Promise((resolveLater) => setTimeout(resolveLater, 100));
+  }
+}
+
 /** Starts one service process from source (`entry`, e.g. ingress/bridge/main.ts), its output in logFile(name). */
 export function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
   mkdirSync(LOG_DIR, { recursive: true });
