@@ -118,7 +118,7 @@ const operations: Op[] = [
     description: 'Pause, resume or end (ENDED is final), extend issueWindow.endsAt, raise totalQuantity, rename.',
     ok: { status: 200, description: 'The policy', schema: ref('AdminPolicy') }, errors: [403, 404, 409] },
   { method: 'post', path: `${API}/coupons/policies/{id}/codes`, tag: 'Policies', summary: "Generate a CODE policy's single-use codes", who: 'admin', params: id, body: codeRequestSchema, job: true,
-    description: "The first read of the finished job lists the codes; later reads say codesDelivered: true. 409 for a policy that is not CODE or has a shared code.", errors: [403, 404, 409] },
+    description: "The first read of the finished job lists the codes; later reads say codesDelivered: true (codesExpired: true when nobody fetched them within a day; until then they wait encrypted in Postgres). 409 for a policy that is not CODE or has a shared code.", errors: [403, 404, 409] },
   { method: 'post', path: `${API}/coupons/policies/{id}/direct-issue`, tag: 'Policies', summary: 'Grant a DIRECT policy to up to 1,000 users', who: 'admin', params: id, body: directIssueBody, job: true,
     description: 'Result: {requested, issued, rejected, failed, rejectedBy, results: [{userId, outcome, couponId?, reason?}]}.', errors: [403, 404, 409] },
   { method: 'get', path: `${API}/coupons/policies/{id}/stats`, tag: 'Stats', summary: "A policy's live statistics", who: 'admin', params: id,

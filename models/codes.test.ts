@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { CODE_ALPHABET, codeHash, codeRequestSchema, generateCodes, normalizeCode } from './codes';
+import { CODE_ALPHABET, codeHash, codeRequestSchema, generateCodes, normalizeCode, openCodes, sealCodes } from './codes';
 
 const SECRET = 'unit-test-code-secret-0123456789abcdef';
 
@@ -56,5 +56,36 @@ describe('codeRequestSchema', () => {
     for (const bad of [{ count: 0 }, { count: 100_001 }, { count: 1, length: 7 }, { count: 1, length: 33 }, { count: 1, prefix: 'a b' }, { count: 1, prefix: '' }, { count: 1.5 }, { count: 1, x: 1 }]) {
       expect(codeRequestSchema.safeParse(bad).success).toBe(false);
     }
+  });
+});
+
+describe('sealCodes and openCodes', () => {
+  const secret = 'a-deployment-code-secret-of-32-chars!';
+  const codes = generateCodes(100, 12, 'SALE-');
+
+  it('opens what it sealed, for the same batch and secret only', () => {
+    const sealed = sealCodes(secret, 'cod_1', codes);
+    expect(openCodes(secret, 'cod_1', sealed)).toEqual(codes);
+    expect(() => openCodes(secret, 'cod_2', sealed)).toThrow();
+    expect(() => openCodes(`${secret}x`, 'cod_1', sealed)).toThrow();
+  });
+
+  it('holds no code in the clear, and seals the same codes differently each time', () => {
+    const one = sealCodes(secret, 'cod_1', codes);
+    const two = sealCodes(secret, 'cod_1', codes);
+    expect(one.equals(two)).toBe(false);
+    for (const code of codes) expect(one.includes(Buffer.from(code))).toBe(false);
+  });
+
+  it('refuses a blob with any byte altered', () => {
+    fc.assert(
+      fc.property(fc.nat(), fc.integer({ min: 1, max: 255 }), (at, flip) => {
+        const sealed = sealCodes(secret, 'cod_1', codes.slice(0, 3));
+        const i = at % sealed.length;
+        sealed[i] = (sealed[i] as number) ^ flip;
+        expect(() => openCodes(secret, 'cod_1', sealed)).toThrow();
+      }),
+      { numRuns: 200 },
+    );
   });
 });

@@ -1,6 +1,6 @@
 // Coupon codes: how single-use codes are generated and stored, and how a code a user types in is
 // matched. Codes are matched case-insensitively; only their keyed hash is ever stored.
-import { createHmac, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import { QueryTypes, type Sequelize, type Transaction } from 'sequelize';
 import { z } from 'zod';
 
@@ -99,11 +99,13 @@ export async function discardUnfinishedBatch(db: Sequelize, batchId: string): Pr
 }
 
 /**
- * Marks a batch finished before its codes are handed out, if every one of `hashes` is still stored:
- * false when another run of the job discarded some of them or finished the batch first. Discarding
- * and finishing take the same lock, so a run either seals a complete set or seals nothing.
+ * Marks a batch finished and stores its codes, sealed (sealCodes), in one transaction, if every one
+ * of `hashes` is still stored: false when another run of the job discarded some of them or finished
+ * the batch first. Discarding and finishing take the same lock, so a run either seals a complete set
+ * or seals nothing, and a finished batch always has its codes in Postgres until they are handed out.
  */
-export async function finishBatch(db: Sequelize, batchId: string, policyId: string, hashes: string[]): Promise<boolean> {
+export async function finishBatch(db: Sequelize, batch: { batchId: string; policyId: string; hashes: string[]; sealed: Buffer }): Promise<boolean> {
+  const { batchId, policyId, hashes, sealed } = batch;
   return db.transaction(async (transaction) => {
     await lockBatch(db, batchId, transaction);
     const [kept] = await db.query<{ n: string }>('SELECT count(*) AS n FROM coupon_codes WHERE batch_id = $1 AND code_hash = ANY($2::text[])', {
@@ -113,12 +115,89 @@ export async function finishBatch(db: Sequelize, batchId: string, policyId: stri
     });
     if (Number(kept?.n ?? 0) !== hashes.length) return false;
     const rows = await db.query(
-      `INSERT INTO code_batches (batch_id, policy_id, count) VALUES ($1, $2, $3)
+      `INSERT INTO code_batches (batch_id, policy_id, count, sealed_codes) VALUES ($1, $2, $3, $4)
        ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id`,
-      { bind: [batchId, policyId, hashes.length], type: QueryTypes.SELECT, transaction },
+      { bind: [batchId, policyId, hashes.length, sealed], type: QueryTypes.SELECT, transaction },
     );
     return rows.length === 1;
   });
+}
+
+/** How long a finished batch keeps codes nobody fetched (the job's own result is kept as long). */
+export const UNFETCHED_CODES_KEPT_S = 24 * 3600;
+
+/** What the owner's read of a finished batch finds: its codes (taken out by this read), or why none. */
+export type CodeDelivery = { codes: Buffer } | { delivered: true } | { expired: true };
+
+/**
+ * Takes a finished batch's sealed codes out of Postgres: the first call gets them and the row keeps
+ * only the time they were delivered; every later call (and a concurrent one, which waits on the row
+ * lock and then finds them gone) learns they were delivered. Codes older than UNFETCHED_CODES_KEPT_S
+ * are never handed out.
+ */
+export async function takeSealedCodes(db: Sequelize, batchId: string): Promise<CodeDelivery> {
+  const taken = await db.query<{ sealed_codes: Buffer }>(
+    `WITH held AS (
+       SELECT batch_id, sealed_codes FROM code_batches
+        WHERE batch_id = $1 AND sealed_codes IS NOT NULL AND finished_at > now() - make_interval(secs => $2)
+        FOR UPDATE
+     )
+     UPDATE code_batches b SET sealed_codes = NULL, delivered_at = now()
+       FROM held WHERE b.batch_id = held.batch_id AND held.sealed_codes IS NOT NULL
+     RETURNING held.sealed_codes`,
+    { bind: [batchId, UNFETCHED_CODES_KEPT_S], type: QueryTypes.SELECT },
+  );
+  if (taken[0]) return { codes: taken[0].sealed_codes };
+  const [row] = await db.query<{ delivered_at: Date | null }>('SELECT delivered_at FROM code_batches WHERE batch_id = $1', {
+    bind: [batchId],
+    type: QueryTypes.SELECT,
+  });
+  return row?.delivered_at ? { delivered: true } : { expired: true };
+}
+
+/** Drops the sealed codes of batches finished more than UNFETCHED_CODES_KEPT_S ago; how many. */
+export async function dropUnfetchedCodes(db: Sequelize): Promise<number> {
+  const [, meta] = await db.query(
+    `UPDATE code_batches SET sealed_codes = NULL
+      WHERE sealed_codes IS NOT NULL AND finished_at <= now() - make_interval(secs => $1)`,
+    { bind: [UNFETCHED_CODES_KEPT_S] },
+  );
+  return (meta as { rowCount?: number } | undefined)?.rowCount ?? 0;
+}
+
+// Sealing: AES-256-GCM under a key derived (HKDF-SHA256) from the deployment's code secret, so the
+// codes at rest are unreadable without it and a second secret need not be configured. The batch id
+// is the additional data: a sealed blob opens only as the codes of the batch it was sealed for.
+const SEAL_VERSION = 1;
+const SEAL_INFO = 'coupon-service/generated-codes/v1';
+const sealKeys = new Map<string, Buffer>();
+
+function sealKey(secret: string): Buffer {
+  let key = sealKeys.get(secret);
+  if (!key) {
+    key = Buffer.from(hkdfSync('sha256', secret, '', SEAL_INFO, 32));
+    sealKeys.set(secret, key);
+  }
+  return key;
+}
+
+/** The codes of a batch, encrypted for storage: version byte, 12-byte IV, 16-byte tag, ciphertext. */
+export function sealCodes(secret: string, batchId: string, codes: string[]): Buffer {
+  const iv = randomBytes(12);
+  const cipher = createCipheriv('aes-256-gcm', sealKey(secret), iv);
+  cipher.setAAD(Buffer.from(batchId, 'utf8'));
+  const body = Buffer.concat([cipher.update(JSON.stringify(codes), 'utf8'), cipher.final()]);
+  return Buffer.concat([Buffer.from([SEAL_VERSION]), iv, cipher.getAuthTag(), body]);
+}
+
+/** The codes sealCodes sealed for `batchId`; throws when the blob was altered, is another batch's, or the secret differs. */
+export function openCodes(secret: string, batchId: string, sealed: Buffer): string[] {
+  if (sealed[0] !== SEAL_VERSION) throw new Error(`sealed codes of an unknown version ${sealed[0]}`);
+  const decipher = createDecipheriv('aes-256-gcm', sealKey(secret), sealed.subarray(1, 13));
+  decipher.setAAD(Buffer.from(batchId, 'utf8'));
+  decipher.setAuthTag(sealed.subarray(13, 29));
+  const plain = Buffer.concat([decipher.update(sealed.subarray(29)), decipher.final()]).toString('utf8');
+  return z.array(z.string()).parse(JSON.parse(plain));
 }
 
 async function lockBatch(db: Sequelize, batchId: string, transaction: Transaction): Promise<void> {
@@ -133,11 +212,3 @@ export async function policyOfCode(db: Sequelize, hash: string): Promise<string 
   });
   return rows[0]?.policy_id ?? null;
 }
-
-/**
- * Where a finished generation job leaves its codes for the one read that hands them out: the job's
- * own result holds no code, so neither Bull Board nor a later read can show them.
- */
-export const generatedCodesKey = (prefix: string, jobId: string) => `${prefix}:codes:{${jobId}}`;
-/** Codes nobody fetched are dropped after a day, like the job's result. */
-export const GENERATED_CODES_TTL_S = 24 * 3600;

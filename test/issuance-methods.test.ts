@@ -4,7 +4,8 @@
 import { createHmac } from 'node:crypto';
 import { Queue, QueueEvents } from 'bullmq';
 import IORedis from 'ioredis';
-import { CODE_ALPHABET } from '../models/codes';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { CODE_ALPHABET, dropUnfetchedCodes } from '../models/codes';
 import { derivedJobId } from '../queues/names';
 import { eventually, EventProducer } from './support/checkout';
 import { closeDb, db } from './support/db';
@@ -35,6 +36,7 @@ afterAll(async () => {
   await events.close();
   await api?.close();
   await stack?.stop();
+  await closeSequelize();
   await closeDb();
 });
 
@@ -208,6 +210,68 @@ describe('code generation jobs', () => {
     expect(view.body.result.codes).toBeUndefined();
     const redeemed = await redeemAll([{ user: uniqueId('keeper'), body: { code: codes[0] } }]);
     expect(redeemed[0]?.job.status).toBe('succeeded');
+  });
+
+  it('keeps the codes of a finished batch in Postgres, sealed, until their owner takes them, once, whatever Redis loses', async () => {
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: null });
+    const jobId = await generate(policyId, { count: 40 });
+    // Another admin waits for the job to finish: its reads list no codes and take none.
+    const otherAdmin = await tokenFor('admin-2', 'admin');
+    const seenByOther = await api.settle(jobId, otherAdmin);
+    expect(seenByOther.status).toBe('succeeded');
+    expect(seenByOther.result.codes).toBeUndefined();
+    expect(seenByOther.result.codesDelivered).toBeUndefined();
+
+    // The codes are in Postgres, sealed: the stored bytes hold none of them in the clear, and no
+    // Redis key of the stack holds them (a Redis restarted empty would lose nothing of them).
+    const sealedRow = async () =>
+      (await db().query<{ sealed_codes: Buffer | null; delivered_at: Date | null }>('SELECT sealed_codes, delivered_at FROM code_batches WHERE batch_id = $1', [jobId])).rows[0];
+    const before = await sealedRow();
+    expect(before?.sealed_codes?.length).toBeGreaterThan(40 * 12);
+    expect(before?.delivered_at).toBeNull();
+    const redis = new IORedis(process.env.REDIS_URL as string);
+    try {
+      expect(await redis.keys(`${stack.queuePrefix}:codes:*`)).toEqual([]);
+    } finally {
+      redis.disconnect();
+    }
+
+    // Two reads by the owner at once: exactly one lists the codes, the other says they were delivered.
+    const [a, b] = await Promise.all([api.get(`/api/v1/jobs/${jobId}`, admin), api.get(`/api/v1/jobs/${jobId}`, admin)]);
+    const withCodes = [a, b].filter((r) => Array.isArray(r.body.result.codes));
+    expect(withCodes).toHaveLength(1);
+    expect([a, b].filter((r) => r.body.result.codesDelivered === true)).toHaveLength(1);
+    const codes = withCodes[0]?.body.result.codes as string[];
+    expect(codes).toHaveLength(40);
+    for (const code of codes) expect(before?.sealed_codes?.includes(Buffer.from(code))).toBe(false);
+    // They are the batch's codes: their keyed hashes are the ones stored.
+    const stored = (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE batch_id = $1', [jobId])).rows.map((r) => r.code_hash).sort();
+    expect(codes.map((code) => createHmac('sha256', process.env.CODE_HMAC_SECRET as string).update(code).digest('hex')).sort()).toEqual(stored);
+
+    // Taken out: Postgres keeps only when.
+    const after = await sealedRow();
+    expect(after?.sealed_codes).toBeNull();
+    expect(after?.delivered_at).toBeInstanceOf(Date);
+    expect((await api.get(`/api/v1/jobs/${jobId}`, admin)).body.result).toMatchObject({ count: 40, codesDelivered: true });
+  });
+
+  it('drops the codes nobody fetched within a day, and says so', async () => {
+    const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: null });
+    const jobId = await generate(policyId, { count: 5 });
+    const otherAdmin = await tokenFor('admin-2', 'admin');
+    expect((await api.settle(jobId, otherAdmin)).status).toBe('succeeded');
+    await db().query("UPDATE code_batches SET finished_at = now() - interval '25 hours' WHERE batch_id = $1", [jobId]);
+
+    // Past their day the owner's read gets none, though they are still stored...
+    const late = await api.get(`/api/v1/jobs/${jobId}`, admin);
+    expect(late.body.result.codes).toBeUndefined();
+    expect(late.body.result.codesExpired).toBe(true);
+    // ...until the worker's drop (once a minute; called here directly) removes them for good.
+    const { rows } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
+    expect(rows[0]?.sealed).toBe(true);
+    expect(await dropUnfetchedCodes(sequelize())).toBeGreaterThanOrEqual(1);
+    const { rows: after } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
+    expect(after[0]?.sealed).toBe(false);
   });
 
   it('refuses codes for a policy that is not a CODE policy or has a shared code', async () => {

@@ -1,12 +1,11 @@
-// Generates a CODE policy's single-use codes: random codes from a CSPRNG, only their keyed hashes
-// in Postgres, progress reported as it goes, and the codes themselves handed out once through the
-// job view (GET /jobs/:id) and then gone.
+// Generates a CODE policy's single-use codes: random codes from a CSPRNG, their keyed hashes in
+// Postgres, progress reported as it goes, and the codes themselves sealed (encrypted) in the batch's
+// row until the job view (GET /jobs/:id) hands them out once to their owner.
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
 import { sequelize } from '../core/postgres';
 import type { Logger } from '../core/logger';
-import { codeHash, discardUnfinishedBatch, finishBatch, generateCodes, generatedCodesKey, GENERATED_CODES_TTL_S, insertCodeHashes } from '../models/codes';
+import { codeHash, discardUnfinishedBatch, dropUnfetchedCodes, finishBatch, generateCodes, insertCodeHashes, sealCodes } from '../models/codes';
 import { CouponPolicy } from '../models/policy';
 import { generateCodesJobSchema, type JobOutcome } from '../queues/jobs';
 import { reason } from '../core/errors';
@@ -20,7 +19,7 @@ export interface GeneratedCodes {
   count: number;
   length: number;
   prefix?: string;
-  /** The codes, in the first read of the finished job only (see ingress/routes/jobs.ts). */
+  /** The codes, in the first read of the finished job by its owner only (see ingress/routes/jobs.ts). */
   codes?: string[];
 }
 
@@ -68,12 +67,31 @@ export async function generateCodesJob(deps: { redis: Redis; codeSecret: string 
     await job.updateProgress({ done: codes.length, total: data.count });
   }
 
-  // Sealed first: from here on no run discards these codes. When another run of this job discarded
-  // some of ours or sealed its own set first, ours are never shown.
-  if (!(await finishBatch(sequelize(), batchId, data.policyId, hashesOfCodes))) {
+  // Finished and stored in one transaction: from here on no run discards these codes, and they are
+  // in Postgres for their owner's first read. When another run of this job discarded some of ours or
+  // finished its own set first, ours are never stored or shown.
+  const sealed = sealCodes(deps.codeSecret, batchId, codes);
+  if (!(await finishBatch(sequelize(), { batchId, policyId: data.policyId, hashes: hashesOfCodes, sealed }))) {
     throw new Error(`code batch ${batchId} was changed or finished by another run of its job`);
   }
-  await deps.redis.set(generatedCodesKey(config().QUEUE_PREFIX, batchId), JSON.stringify(codes), 'EX', GENERATED_CODES_TTL_S);
   jobLog.info({ count: codes.length }, 'codes generated');
   return { outcome: 'succeeded', result: { ...summary, count: codes.length } };
+}
+
+/**
+ * Drops, once a minute and at start, the sealed codes of batches nobody fetched within a day
+ * (models/codes.ts UNFETCHED_CODES_KEPT_S): codes at rest are kept no longer than they can be read.
+ */
+export function scheduleUnfetchedCodesDrop(log: Logger, everyMs = 60_000): () => void {
+  const drop = () =>
+    dropUnfetchedCodes(sequelize()).then(
+      (dropped) => {
+        if (dropped > 0) log.info({ batches: dropped }, 'unfetched generated codes dropped');
+      },
+      (error: unknown) => log.warn({ err: error }, 'dropping unfetched generated codes failed; retrying later'),
+    );
+  void drop();
+  const timer = setInterval(() => void drop(), everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }

@@ -17,6 +17,7 @@ import { cappedBackoff } from './backoff';
 import { warmPolicyMeta } from './admission/admission';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
+import { scheduleUnfetchedCodesDrop } from './generate-codes';
 import { failedForGood, instrumentWorker, watchJobFailures } from './job-metrics';
 import { createIssueProcessor } from './processor';
 import { scheduleReconciler } from './reconcile-admissions';
@@ -83,6 +84,7 @@ async function main(): Promise<void> {
   trackQueueDepth(Object.values(QUEUES).map((name) => queues.get(name)));
   const stopUsageMetrics = startUsageMetrics(log);
   const stopSweeper = scheduleExpirySweeper(log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
+  const stopCodesDrop = scheduleUnfetchedCodesDrop(log);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,
@@ -97,6 +99,7 @@ async function main(): Promise<void> {
     phase = 'draining';
     log.info({ signal }, 'worker draining: finishing in-flight jobs');
     stopReconciler();
+    stopCodesDrop();
     // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
     await Promise.all([...workers.map((w) => w.close()), stopSweeper()]);
     await queues.close();

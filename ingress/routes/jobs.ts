@@ -2,9 +2,10 @@
 import type { Job } from 'bullmq';
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
-import { config } from '../../core/config';
+import { requireCodeSecret } from '../../core/config';
+import { sequelize } from '../../core/postgres';
 import { AppError } from '../../core/errors';
-import { generatedCodesKey } from '../../models/codes';
+import { openCodes, takeSealedCodes } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
@@ -82,16 +83,18 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
 
 /**
  * A finished code generation lists its codes in the first read by its owner, and never again: the
- * codes are taken out of Redis as they are read (GETDEL), so they exist nowhere but with that admin.
+ * read takes them out of Postgres (models/codes.ts takeSealedCodes), so from then on they exist
+ * nowhere but with that admin. Later reads say `codesDelivered: true` (or `codesExpired: true` for
+ * codes nobody fetched within a day).
  */
-async function withCodesOnce(queues: Queues, view: JobView, ownerId: string, reader: string): Promise<JobView> {
+async function withCodesOnce(view: JobView, ownerId: string, reader: string): Promise<JobView> {
   if (view.type !== 'generate-codes' || view.status !== 'succeeded') return view;
   // Only the admin who asked takes them: another admin reading the job must not empty it.
   if (reader !== ownerId) return view;
-  const stored = await queues.connection.getdel(generatedCodesKey(config().QUEUE_PREFIX, view.id));
   const result = view.result as Record<string, unknown>;
-  if (stored === null) return { ...view, result: { ...result, codesDelivered: true } };
-  return { ...view, result: { ...result, codes: JSON.parse(stored) as string[] } };
+  const delivery = await takeSealedCodes(sequelize(), view.id);
+  if ('codes' in delivery) return { ...view, result: { ...result, codes: openCodes(requireCodeSecret(), view.id, delivery.codes) } };
+  return { ...view, result: { ...result, ...('delivered' in delivery ? { codesDelivered: true } : { codesExpired: true }) } };
 }
 
 export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
@@ -129,7 +132,7 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
   if (!view) return null;
   assertSelfOrAdmin(c.get('user'), view.ownerId);
   const { ownerId, ...body } = view;
-  return withCodesOnce(queues, body, ownerId, c.get('user').id);
+  return withCodesOnce(body, ownerId, c.get('user').id);
 }
 
 const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;

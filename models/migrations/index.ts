@@ -10,6 +10,7 @@ import { createCodeBatches } from './0008-code-batches';
 import { eventStateProbes } from './0009-event-state-probes';
 import { orderOwners } from './0010-order-owners';
 import { policyCounters } from './0011-policy-counters';
+import { codeDelivery } from './0012-code-delivery';
 import type { Migration } from './types';
 
 export const migrations: Migration[] = [
@@ -24,4 +25,5 @@ export const migrations: Migration[] = [
   eventStateProbes,
   orderOwners,
   policyCounters,
+  codeDelivery,
 ];
