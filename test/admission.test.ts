@@ -9,11 +9,11 @@ import { initModels } from '../models';
 import { insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy, policyRowFromCreate } from '../models/policy';
 import { policyCreateSchema } from '../models/policy-rules';
-import { admissionSnapshot, admit, openStock, settleAdmission, writePolicyMeta } from '../workers/admission/admission';
-import { policyKeys } from '../workers/admission/keys';
+import { admissionSnapshot, admit, openStock, releaseAdmission, settleAdmission, writePolicyMeta } from '../workers/admission/admission';
+import { policyKeys, trackedPoliciesKey } from '../workers/admission/keys';
 import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
-import { reconcileAdmissions } from '../workers/reconcile-admissions';
+import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../workers/reconcile-admissions';
 import { storeOutcomes } from '../queues/outcomes';
 import { couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
@@ -112,6 +112,45 @@ describe('admission state', () => {
     expect(report).toMatchObject({ released: 1, settled: 0 });
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 1 });
     await (await queue.getJob(liveJob))?.remove();
+  });
+
+  it('drops the admission state of an ended policy once nothing of it is pending, and never rebuilds it for late requests', async () => {
+    const policy = await newPolicy({ totalQuantity: 5 });
+    for (const user of ['a', 'b', 'c']) expect((await issue(policy.id, uniqueId(user))).outcome).toBe('succeeded');
+    const held = `iss_${randomUUID()}`;
+    expect(await admit({ redis, locks }, { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] })).toMatchObject({ kind: 'admitted' });
+    await policy.update({ status: 'ENDED' });
+    await writePolicyMeta(redis, policy);
+    const k = policyKeys(policy.id);
+    const stateKeys = () => redis.exists(k.stock, k.free, k.users, k.pending);
+    const tracked = () => redis.sismember(trackedPoliciesKey(), policy.id);
+
+    // An admission still pending keeps the state (and the policy tracked) until it is settled or released.
+    expect(await freeEndedPolicies({ redis }, [policy.id])).toBe(0);
+    expect(await stateKeys()).toBeGreaterThanOrEqual(3);
+    expect(await tracked()).toBe(1);
+    expect(await releaseAdmission(redis, policy.id, held, true)).toBe(true);
+    expect(await freeEndedPolicies({ redis }, [policy.id])).toBe(1);
+    expect(await stateKeys()).toBe(0);
+    expect(await tracked()).toBe(0);
+
+    // A late request is refused from the policy's rules; nothing is rebuilt for it.
+    expect((await issue(policy.id, uniqueId('late'))).reason?.code).toBe('POLICY_NOT_ACTIVE');
+    expect(await stateKeys()).toBe(0);
+    expect(await couponsOf(policy.id)).toHaveLength(3);
+  });
+
+  it('drops the state of a policy whose issue window closed past the grace, and keeps an open one\'s', async () => {
+    const closed = await newPolicy({ totalQuantity: 5 });
+    const open = await newPolicy({ totalQuantity: 5 });
+    for (const policy of [closed, open]) expect((await issue(policy.id, uniqueId('u'))).outcome).toBe('succeeded');
+    await sequelize().query(`UPDATE coupon_policies SET issue_starts_at = now() - interval '2 days', issue_ends_at = now() - make_interval(secs => $2) WHERE id = $1`, {
+      bind: [closed.id, ENDED_STATE_GRACE_S + 60],
+    });
+    expect(await freeEndedPolicies({ redis }, [closed.id, open.id])).toBe(1);
+    expect(await redis.exists(policyKeys(closed.id).users)).toBe(0);
+    expect(await redis.exists(policyKeys(open.id).users)).toBe(1);
+    expect(await admissionSnapshot(redis, open.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
   });
 
   it('keeps, on a rerun of a batch, the outcomes its first run told: a shopper told SOLD_OUT is not issued a unit that came back', async () => {

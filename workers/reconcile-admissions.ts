@@ -2,7 +2,9 @@
 // job's last attempt, or the job was removed. Without this, a crash could lose stock (I3).
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { QueryTypes } from 'sequelize';
 import type { Logger } from '../core/logger';
+import { sequelize } from '../core/postgres';
 import { findCouponByRequest } from '../models/coupon';
 import { parseRequestId } from '../queues/names';
 // An admission without any job is judged past ORPHAN_ADMISSION_AGE_MS, sooner than a job's lock
@@ -10,6 +12,7 @@ import { parseRequestId } from '../queues/names';
 import { ORPHAN_ADMISSION_AGE_MS } from '../queues/outcomes';
 import { policyKeys, reconcileLockKey, trackedPoliciesKey } from './admission/keys';
 import { releaseAdmission, settleAdmission } from './admission/admission';
+import { withAdmissionScripts } from './admission/scripts';
 import { withLock, type Locks } from './lock';
 
 const LIVE_STATES = new Set(['active', 'waiting', 'waiting-children', 'delayed', 'prioritized', 'wait']);
@@ -25,14 +28,23 @@ export interface ReconcileReport {
   examined: number;
   settled: number;
   released: number;
+  /** Policies whose admission state was dropped: they can admit nobody any more. */
+  freed: number;
 }
+
+/**
+ * How long after its issue window closed a policy keeps its admission state: the window is judged
+ * by Redis's clock in admit.lua and by Postgres's here, and the late requests of a sale are refused
+ * from the policy's rules either way.
+ */
+export const ENDED_STATE_GRACE_S = 600;
 
 /**
  * One pass over every policy's pending admissions older than `minAgeMs`, and those whose job does
  * not exist at all once they are older than `orphanAgeMs`.
  */
 export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number, orphanAgeMs = Math.min(minAgeMs, ORPHAN_ADMISSION_AGE_MS)): Promise<ReconcileReport> {
-  const report: ReconcileReport = { examined: 0, settled: 0, released: 0 };
+  const report: ReconcileReport = { examined: 0, settled: 0, released: 0, freed: 0 };
   const policyIds = await deps.redis.smembers(trackedPoliciesKey());
   const now = Date.now();
   for (const policyId of policyIds) {
@@ -57,7 +69,36 @@ export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number,
     } while (cursor !== '0');
   }
   if (report.settled + report.released > 0) deps.log.warn({ ...report }, 'reconciled stale admissions');
+  report.freed = await freeEndedPolicies(deps, policyIds);
+  if (report.freed > 0) deps.log.info({ policies: report.freed }, 'admission state of ended policies dropped');
   return report;
+}
+
+/**
+ * Drops the admission state (above all the hash of every user ever admitted) of the tracked policies
+ * that can admit nobody any more: ENDED, or the issue window closed ENDED_STATE_GRACE_S ago, or gone
+ * from Postgres. A policy with admissions still pending keeps its state until they are settled or
+ * released (free-ended.lua checks and drops in one step). It leaves the tracked set first: a rebuild
+ * meanwhile (its window extended) adds it back, and so does a policy whose state could not be dropped.
+ */
+export async function freeEndedPolicies(deps: Pick<ReconcileDeps, 'redis'>, policyIds: string[]): Promise<number> {
+  if (policyIds.length === 0) return 0;
+  const open = await sequelize().query<{ id: string }>(
+    `SELECT id FROM coupon_policies
+      WHERE id = ANY($1::text[]) AND status <> 'ENDED'
+        AND (issue_ends_at IS NULL OR issue_ends_at > now() - make_interval(secs => $2))`,
+    { bind: [policyIds, ENDED_STATE_GRACE_S], type: QueryTypes.SELECT },
+  );
+  const stillOpen = new Set(open.map((p) => p.id));
+  const redis = withAdmissionScripts(deps.redis);
+  let freed = 0;
+  for (const policyId of policyIds.filter((id) => !stillOpen.has(id))) {
+    await redis.srem(trackedPoliciesKey(), policyId);
+    const k = policyKeys(policyId);
+    if ((await redis.freeEndedPolicy(k.stock, k.free, k.users, k.pending)) === 1) freed += 1;
+    else await redis.sadd(trackedPoliciesKey(), policyId);
+  }
+  return freed;
 }
 
 type Verdict = { kind: 'keep' } | { kind: 'settle'; slot: number | null } | { kind: 'release' };

@@ -8,6 +8,7 @@ const SCRIPTS = {
   releaseCoupon: { file: 'release.lua', keys: 4 },
   settleCoupon: { file: 'settle.lua', keys: 4 },
   setPolicyMeta: { file: 'set-meta.lua', keys: 1 },
+  freeEndedPolicy: { file: 'free-ended.lua', keys: 4 },
 } as const;
 
 export interface AdmissionCommands {
@@ -16,6 +17,7 @@ export interface AdmissionCommands {
   releaseCoupon(stock: string, free: string, users: string, pending: string, requestId: string, returnSlot: '0' | '1'): Promise<number>;
   settleCoupon(stock: string, free: string, users: string, pending: string, requestId: string, couponSlot: string): Promise<number>;
   setPolicyMeta(meta: string, version: string, ttlMs: string, ...fields: string[]): Promise<number>;
+  freeEndedPolicy(stock: string, free: string, users: string, pending: string): Promise<number>;
 }
 
 export type AdmissionRedis = Redis & AdmissionCommands;

@@ -40,14 +40,16 @@ if not meta[1] then
   closed = 'META_MISSING'
 elseif meta[1] == 'MISSING' then
   closed = 'POLICY_NOT_FOUND'
-elseif redis.call('EXISTS', KEYS[2]) == 0 then
-  closed = 'STOCK_MISSING'
 elseif not string.find(',' .. ARGV[1] .. ',', ',' .. meta[2] .. ',', 1, true) then
   closed = 'METHOD_NOT_SUPPORTED'
 elseif meta[1] ~= 'ACTIVE' then
   closed = 'POLICY_NOT_ACTIVE'
 elseif now < tonumber(meta[3]) or (meta[4] ~= '' and now >= tonumber(meta[4])) then
   closed = 'OUTSIDE_ISSUE_WINDOW'
+elseif redis.call('EXISTS', KEYS[2]) == 0 then
+  -- Last: a closed policy is refused without its stock, so the state of an ended policy, once
+  -- dropped (free-ended.lua), is never rebuilt for requests that come too late.
+  closed = 'STOCK_MISSING'
 end
 
 local waitWhenPending = ARGV[2] == '1'
