@@ -18,8 +18,10 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
   checkout: {
     attempts: 8,
     backoff: { type: 'exponential', delay: 250 },
-    // A reserve's result answers replays of its Idempotency-Key for 24 hours, so it is kept that long.
-    removeOnComplete: { age: 24 * 3600, count: 1_000_000 },
+    // Bounded by age and size (about 1 KB a job): a day at 1,000 checkouts a second would be 86
+    // million jobs. A reservation's answer outlives its job (GET /jobs/:id reads it from Postgres),
+    // and a replay of a key whose job is gone is decided by Postgres (I8).
+    removeOnComplete: { age: 3600, count: 100_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
   payments: {

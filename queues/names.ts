@@ -72,12 +72,23 @@ export function issueIdempotencyRecordKey(userId: string, key: string): string {
 }
 
 /**
- * The job id of a reserve: one per (user, key, body). A replay of the same body re-adds the same job
- * (a no-op while it exists); another body under the key is another job, never the first one's
- * answer, even when the Redis record of the key is gone (its worker refuses it from Postgres).
+ * The job id of a reserve: one per (user, key, body), `<request id>-<fingerprint, 32 hex>`. A replay
+ * of the same body re-adds the same job (a no-op while it exists); another body under the key is
+ * another job, never the first one's answer, even when the Redis record of the key is gone (its
+ * worker refuses it from Postgres). The id names the reservation's request id, so the answer of a
+ * reserve outlives its job: GET /jobs/:id finds the reservation in Postgres (parseReserveJobId).
  */
 export function reserveJobId(userId: string, key: string, bodyFingerprint: string): string {
-  return derivedJobId('reserve', userId, key, bodyFingerprint);
+  return `${reserveRequestId(userId, key)}-${bodyFingerprint.slice(0, RESERVE_FINGERPRINT_CHARS)}`;
+}
+
+const RESERVE_FINGERPRINT_CHARS = 32;
+const RESERVE_JOB_ID = new RegExp(`^(${JOB_KINDS.reserve.prefix}_[0-9a-f]{40})-([0-9a-f]{${RESERVE_FINGERPRINT_CHARS}})$`);
+
+/** The request id and the start of the body's fingerprint a reserve's job id carries; null for any other id. */
+export function parseReserveJobId(jobId: string): { requestId: string; fingerprintPrefix: string } | null {
+  const match = RESERVE_JOB_ID.exec(jobId);
+  return match ? { requestId: match[1] as string, fingerprintPrefix: match[2] as string } : null;
 }
 
 /**

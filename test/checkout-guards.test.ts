@@ -185,3 +185,41 @@ describe('an Idempotency-Key whose Redis record is gone (I8 from Postgres)', () 
     }
   });
 });
+
+describe('what Redis keeps of a reserve (bounded by age and size)', () => {
+  it("answers a reservation from Postgres once its job is gone, to its owner only; the key's record lives an hour", async () => {
+    const shopper = await shopperWith(api, policyId, 1);
+    const body = { couponId: shopper.coupons[0] as string, orderId: uniqueId('order'), orderAmount: 40_000 };
+    const key = randomUUID();
+    const first = await reserve(api, shopper.token, body, key);
+    const answered = await api.settle(first.body.jobId, shopper.token);
+    expect(answered.status).toBe('succeeded');
+
+    const records = await redis.keys(`${stack.queuePrefix}:idem:*`);
+    const ttls = await Promise.all(records.map((k) => redis.ttl(k)));
+    expect(ttls.length).toBeGreaterThan(0);
+    for (const ttl of ttls) expect(ttl).toBeGreaterThan(0);
+    for (const ttl of ttls) expect(ttl).toBeLessThanOrEqual(3600);
+
+    // The job leaves Redis (an hour later, or sooner past 100,000 jobs); its statusUrl still answers.
+    const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+    const queue = new Queue('checkout', { connection, prefix: stack.queuePrefix });
+    try {
+      await (await queue.getJob(first.body.jobId))?.remove();
+      expect(await queue.getJob(first.body.jobId)).toBeUndefined();
+    } finally {
+      await queue.close();
+      connection.disconnect();
+    }
+    const later = await api.get(`/api/v1/jobs/${first.body.jobId}`, shopper.token);
+    expect(later.status).toBe(200);
+    expect(later.body).toMatchObject({ id: first.body.jobId, type: 'reserve', status: 'succeeded', result: answered.result });
+
+    // Nobody else reads it, and a job id naming the request with another body's fingerprint finds nothing.
+    const stranger = await shopperWith(api, policyId, 0);
+    expect([403, 404]).toContain((await api.get(`/api/v1/jobs/${first.body.jobId}`, stranger.token)).status);
+    const forged = `${(first.body.jobId as string).slice(0, -32)}${'0'.repeat(32)}`;
+    expect((await api.get(`/api/v1/jobs/${forged}`, shopper.token)).status).toBe(404);
+  });
+});
+

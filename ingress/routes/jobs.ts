@@ -8,8 +8,9 @@ import { AppError } from '../../core/errors';
 import { openCodes, takeSealedCodes } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
+import { Reservation, reservationResult } from '../../models/reservation';
 import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
-import { JOB_KINDS, parseRequestId, queueOfJobId, type QueueName } from '../../queues/names';
+import { JOB_KINDS, parseRequestId, parseReserveJobId, queueOfJobId, type QueueName } from '../../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import type { AppEnv } from '../context';
 import type { OutcomeHub } from '../outcome-hub';
@@ -120,7 +121,7 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
   const queueName = queueOfJobId(jobId);
   if (!queueName) return null;
   const first = added ? undefined : await readJob(queues, queueName, jobId);
-  if (first === null) return null;
+  if (first === null) return reserveAnsweredByPostgres(c, jobId);
   if (first) assertSelfOrAdmin(c.get('user'), first.view.ownerId);
   let view = first?.view;
   const waitFor = added ?? (view?.status === 'pending' ? first?.job : undefined);
@@ -133,6 +134,22 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
   assertSelfOrAdmin(c.get('user'), view.ownerId);
   const { ownerId, ...body } = view;
   return withCodesOnce(body, ownerId, c.get('user').id);
+}
+
+/**
+ * The answer of a reserve whose job Redis no longer keeps (checkout jobs are kept an hour, at most
+ * 100,000: a day's worth at 1,000 a second would not fit): the reservation its job id names, from
+ * Postgres, for as long as the reservation exists. A reserve that was refused left no reservation;
+ * its answer lives as long as its job, and the same request sent again is decided again.
+ */
+async function reserveAnsweredByPostgres(c: Context<AppEnv>, jobId: string): Promise<JobView | null> {
+  const named = parseReserveJobId(jobId);
+  if (!named) return null;
+  const reservation = await Reservation.findOne({ where: { requestId: named.requestId } });
+  if (!reservation?.requestFingerprint?.startsWith(named.fingerprintPrefix)) return null;
+  assertSelfOrAdmin(c.get('user'), reservation.userId);
+  const at = reservation.createdAt.toISOString();
+  return { id: jobId, type: 'reserve', status: 'succeeded', result: reservationResult(reservation), createdAt: at, finishedAt: at };
 }
 
 const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
