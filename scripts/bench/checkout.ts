@@ -41,6 +41,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
+import IORedis from 'ioredis';
 import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
 import { Client as PgClient } from 'pg';
 import { Agent, request } from 'undici';
@@ -49,7 +50,7 @@ import { urlWith } from '../../core/config';
 import { fixKafkajsIdleLoop } from '../../ingress/bridge/kafkajs-idle';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
-import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep, wallNow, writeResults } from './common';
+import { fmtInt, fmtMs, gitState, median, note, percentile, redisUsedMemory, round, runBench, signer, sleep, wallNow, writeResults } from './common';
 import { classifier, startCpuPhase } from './cpu';
 import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, removeQueues, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, waitForBridge, type Stack } from './stack';
 
@@ -226,10 +227,13 @@ async function main(): Promise<number> {
     const pg = new PgClient({ connectionString: databaseUrl, application_name: 'coupon-bench' });
     await pg.connect();
     const agent = new Agent({ connections: cfg.CONNECTIONS, pipelining: 1, keepAliveTimeout: 30_000 });
+    // What a checkout leaves in Redis (INFO memory before the load and after the settle).
+    const redis = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: 1 });
     stopHooks.push(async () => {
       await producer.disconnect();
       await pg.end();
       await agent.close();
+      redis.disconnect();
     });
     const sign = signer(stack.jwtSecret);
     const call = async (method: 'GET' | 'POST', url: string, token: string, body?: unknown, headers: Record<string, string> = {}) => {
@@ -368,6 +372,7 @@ async function main(): Promise<number> {
       const measured = await prepare(`${tag}r${run}`, users);
       const { policyId, checkouts } = measured;
       note(`load${cfg.RUNS > 1 ? ` (run ${run}/${cfg.RUNS})` : ''}: ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`);
+      const memoryBefore = await redisUsedMemory(redis);
       const endCpu = startCpuPhase(classifier(stack.mode === 'spawned' ? stack.pids : null));
       const { loadStart, loadEnd, started: next, maxInFlight, behind } = await drive(measured, cfg.RATE);
       const lastReservedAt = Math.max(...checkouts.map((c) => c.reservedAt ?? 0));
@@ -377,6 +382,7 @@ async function main(): Promise<number> {
       note(`waiting for ${fmtInt(published.length)} payments to be applied`);
       const used = await settle(policyId, published.length);
       const cpu = endCpu();
+      const memoryAfter = await redisUsedMemory(redis);
 
       // ---- measurements ----
       const usedRows = await pg.query<{ id: string; used_at: Date }>("SELECT id, used_at FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
@@ -413,6 +419,8 @@ async function main(): Promise<number> {
         // CPU milliseconds per checkout, load and settle together, by part of the system.
         cpuMsPerCheckout: Object.fromEntries(Object.entries(cpu.groupsMs).filter(([g]) => g !== 'baseline').map(([g, ms]) => [g, used ? round(ms / used, 3) : null])),
         machineBusyPct: cpu.machineBusyPct,
+        // Jobs, their results, idempotency records, stream entries: what the checkouts left in Redis.
+        redisBytesPerCheckout: used ? round((memoryAfter - memoryBefore) / used, 0) : null,
       };
       for (const key of ['reserveMs', 'eventToUsedMs'] as const) {
         for (const [k, v] of Object.entries(measure[key])) (measure[key] as Record<string, number | null>)[k] = v === null ? null : round(v, 1);
@@ -431,7 +439,7 @@ async function main(): Promise<number> {
         `  reserve (POST → reservation exists): p50 ${fmtMs(measure.reserveMs.p50)} / p95 ${fmtMs(measure.reserveMs.p95)} / p99 ${fmtMs(measure.reserveMs.p99)}`,
         `  event published → coupon USED:      p50 ${fmtMs(measure.eventToUsedMs.p50)} / p95 ${fmtMs(measure.eventToUsedMs.p95)} / p99 ${fmtMs(measure.eventToUsedMs.p99)} / max ${fmtMs(measure.eventToUsedMs.max)}`,
         `  last coupon USED ${fmtMs(measure.tailAfterLoadMs)} after the last checkout started (${keptPace ? 'kept pace' : 'fell behind'}); at most ${fmtInt(maxInFlight)} checkouts in flight`,
-        `  cpu ms per checkout: ${Object.entries(measure.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${cpu.machineBusyPct}% busy`,
+        `  cpu ms per checkout: ${Object.entries(measure.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${cpu.machineBusyPct}% busy; redis ${measure.redisBytesPerCheckout === null ? 'n/a' : fmtInt(measure.redisBytesPerCheckout)} B/checkout`,
         ...invariants.map((i) => `  ${i.ok ? 'PASS' : 'FAIL'}  ${i.name.padEnd(44)} ${i.detail}`),
       ];
       if (failures.length) lines.push(`  failures: ${Object.entries(failureKinds).map(([k, n]) => `${n} × ${k}`).join('; ')}`);
@@ -454,6 +462,7 @@ async function main(): Promise<number> {
       eventToUsedMs: { p50: med((m) => m.eventToUsedMs.p50), p95: med((m) => m.eventToUsedMs.p95), p99: med((m) => m.eventToUsedMs.p99) },
       cpuMsPerCheckout: Object.fromEntries(Object.keys(runs[0]?.measure.cpuMsPerCheckout ?? {}).map((g) => [g, med((m) => m.cpuMsPerCheckout[g] ?? null)])),
       machineBusyPct: med((m) => m.machineBusyPct),
+      redisBytesPerCheckout: med((m) => m.redisBytesPerCheckout),
     };
     const sustainedRuns = runs.filter((r) => r.sustained).length;
     const keptPaceRuns = runs.filter((r) => r.keptPace).length;
@@ -483,7 +492,7 @@ async function main(): Promise<number> {
       summary.push(
         `Summary (median of ${runs.length} runs): ${fmtInt(medians.checkoutsPerSec ?? 0)} checkouts/s; reserve p50 ${fmtMs(medians.reserveMs.p50)} / p95 ${fmtMs(medians.reserveMs.p95)}; event → USED p50 ${fmtMs(medians.eventToUsedMs.p50)} / p95 ${fmtMs(medians.eventToUsedMs.p95)} / p99 ${fmtMs(medians.eventToUsedMs.p99)}`,
         `  p95 event → USED by run: ${p95s.map((p) => fmtMs(p)).join(' · ')}`,
-        `  cpu ms per checkout: ${Object.entries(medians.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${medians.machineBusyPct}% busy`,
+        `  cpu ms per checkout: ${Object.entries(medians.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${medians.machineBusyPct}% busy; redis ${medians.redisBytesPerCheckout === null ? 'n/a' : fmtInt(medians.redisBytesPerCheckout)} B/checkout`,
       );
     }
     summary.push(

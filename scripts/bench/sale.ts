@@ -6,7 +6,7 @@ import type { Queue } from 'bullmq';
 import type IORedis from 'ioredis';
 import type { Client as PgClient } from 'pg';
 import type { Baseline } from './baseline';
-import { fmtInt, fmtMs, note, percentile, round, sleep } from './common';
+import { fmtInt, fmtMs, note, percentile, redisUsedMemory, round, sleep } from './common';
 import { startCpuPhase, type Classifier, type CpuGroup, type CpuReport } from './cpu';
 import { auditSale, countOutcomes, type Check, type CouponStats, type OutcomeCounts } from './sale-audit';
 import { runShoppers, type AskMode, type LoadResult } from './shoppers';
@@ -81,10 +81,6 @@ function perShopper(cpu: CpuReport, users: number): Record<CpuGroup | 'other', n
   return Object.fromEntries(Object.entries(cpu.groupsMs).map(([g, ms]) => [g, round(ms / Math.max(1, users), 3)])) as Record<CpuGroup | 'other', number>;
 }
 
-async function usedMemory(redis: IORedis): Promise<number> {
-  return Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1] ?? 0);
-}
-
 /** A fresh FIRST_COME policy with `stock` coupons, open now. */
 async function createPolicy(ctx: SaleContext, stock: number, tag: string): Promise<string> {
   const res = await fetch(new URL('/api/v1/coupons/policies', ctx.stack.baseUrl), {
@@ -137,13 +133,13 @@ export async function serviceSale(ctx: SaleContext, opts: { label: string; mode:
   note(`${opts.label}: policy ${policyId}, ${fmtInt(opts.users)} users, asking with ${opts.mode === 'wait' ? 'Prefer: wait' : 'POST then poll'}`);
 
   // ---- load ----
-  const memoryBefore = await usedMemory(ctx.redis);
+  const memoryBefore = await redisUsedMemory(ctx.redis);
   const endCpu = startCpuPhase(ctx.cpuClassifier);
   const load = await runShoppers({ baseUrl: ctx.stack.baseUrls, connections: ctx.connections, mode: opts.mode, auth, body: JSON.stringify({ policyId }) });
   // ---- settle ----
   const settle = await drained(ctx.queue, ctx.settleTimeoutMs);
   const cpu = endCpu();
-  const memoryAfter = await usedMemory(ctx.redis);
+  const memoryAfter = await redisUsedMemory(ctx.redis);
   // ---- audit ----
   const audit = await auditSale({ pg: ctx.pg, policyId, stock: opts.stock, users, userPrefix, shoppers: load.shoppers, drained: settle });
   const accepted = load.shoppers.filter((s) => s.firstStatus === 200 || s.firstStatus === 202).length;
