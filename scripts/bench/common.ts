@@ -31,12 +31,12 @@ export function percentile(sorted: number[], p: number): number | null {
   return sorted[rank] as number;
 }
 
-/** Signs HS256 tokens valid for six hours with one key object. */
 /** Redis's `used_memory` (INFO memory), to report what a request leaves behind in bytes. */
 export async function redisUsedMemory(redis: IORedis): Promise<number> {
   return Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1] ?? 0);
 }
 
+/** Signs HS256 tokens valid for six hours with one key object. */
 export function signer(secret: string) {
   const key = createSecretKey(Buffer.from(secret, 'utf8'));
   const exp = Math.floor(Date.now() / 1000) + 6 * 3600;
