@@ -14,6 +14,8 @@ export interface Logger {
 export interface Service {
   name: string;
   started: boolean;
+  /** The server's pid, when this process started it. */
+  pid?: number;
   stop(): Promise<void>;
 }
 

@@ -90,7 +90,7 @@ async function startRedis(binary: string, redisUrl: string, host: string, port: 
     throw error;
   }
   log.info(`redis: started ${host}:${port} (pid ${child.pid}, data in ${dir})`);
-  return { name: 'redis', started: true, stop };
+  return { name: 'redis', started: true, pid: child.pid, stop };
 }
 
 async function findOrInstallRedis(log: Logger): Promise<string> {
