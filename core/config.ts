@@ -87,6 +87,10 @@ export const configSchema = z.object({
   // How often, and after how long, admissions whose job died are given back (workers/reconcile-admissions.ts).
   ADMISSION_RECONCILE_INTERVAL_MS: intFrom(10_000, 100),
   ADMISSION_RECONCILE_AGE_MS: intFrom(30_000, 100),
+  // How often one worker of the fleet sweeps the event inbox (workers/inbox-sweep.ts), and how old an
+  // event must be before its missing job is added again and its applied row deleted (I11).
+  INBOX_SWEEP_INTERVAL_MS: intFrom(5_000, 100),
+  INBOX_REDRIVE_AGE_MS: intFrom(10_000, 100),
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
   // How long a stats answer is served from the cache at least (models/stats-cache.ts); 0: no cache.
   STATS_CACHE_MS: intFrom(1_000, 0),

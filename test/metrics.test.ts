@@ -282,7 +282,7 @@ describe('metrics of a running stack', () => {
   it("answers the worker's and the bridge's /health/live and /health/ready with 200", async () => {
     for (const [child, checks] of [
       [worker, { postgres: 'ok', redis: 'ok' }],
-      [bridge, { redis: 'ok', kafka: 'ok' }],
+      [bridge, { postgres: 'ok', redis: 'ok', kafka: 'ok' }],
     ] as const) {
       const live = await fetch(`${stack.opsUrl(child)}/health/live`);
       expect(live.status).toBe(200);

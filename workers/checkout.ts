@@ -21,6 +21,7 @@ import {
   type ReservationResult,
   type ReservationView,
 } from '../models/reservation';
+import { earlierPaymentPending } from '../models/inbox';
 import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
 import { idempotencyRecordKey, type JobKind } from '../queues/names';
 import { jobData } from './job-data';
@@ -133,6 +134,11 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
 async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
   const { event, traceId, source } = jobData(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
+  // A refund ahead of its payment is retried for about half a minute, then recorded as ignored;
+  // but not while an event of its order that the bridge accepted earlier is still in the inbox
+  // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
+  const waitedEnough = job.attemptsMade >= WAIT_ATTEMPTS;
+  const earlierPending = waitedEnough && (await earlierPaymentPending(event.eventId, event.orderId));
   const outcome = await applyOrWait({
     source: 'payments',
     eventId: event.eventId,
@@ -141,8 +147,10 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
     reservationId: event.reservationId,
     userId: event.userId,
     endReason: event.type,
-    // A refund ahead of its payment is retried for about half a minute, then recorded as ignored.
-    noWait: job.attemptsMade >= WAIT_ATTEMPTS,
+    noWait: waitedEnough && !earlierPending,
+  }).catch((error: unknown) => {
+    if (earlierPending && error instanceof NotYetApplicable) log.info({ attempts: job.attemptsMade + 1 }, `${event.type} keeps waiting: an earlier event of its order is not applied yet`);
+    throw error;
   });
   logOutcome(log, event.type, outcome);
   const base = { eventId: event.eventId };
