@@ -49,8 +49,6 @@ export interface PaymentResult {
 export class NotYetApplicable extends Error {}
 
 const COUPON_LOCK_TTL_MS = 5_000;
-/** Attempts (with backoff from 250 ms: about 30 s in all) an event that does not apply yet waits. */
-const WAIT_ATTEMPTS = 8;
 const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
 
 export function createCheckoutProcessor(deps: CheckoutDeps) {
@@ -134,10 +132,10 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
 async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
   const { event, traceId, source } = jobData(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
-  // A refund ahead of its payment is retried for about half a minute, then recorded as ignored;
+  // A refund ahead of its payment is retried PAYMENT_WAIT_ATTEMPTS times, then recorded as ignored;
   // but not while an event of its order that the bridge accepted earlier is still in the inbox
   // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
-  const waitedEnough = job.attemptsMade >= WAIT_ATTEMPTS;
+  const waitedEnough = job.attemptsMade >= config().PAYMENT_WAIT_ATTEMPTS;
   const earlierPending = waitedEnough && (await earlierPaymentPending(event.eventId, event.orderId));
   const outcome = await applyOrWait({
     source: 'payments',
