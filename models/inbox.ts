@@ -1,6 +1,7 @@
 // The event inbox (migration 0013): the bridge's durable copy of every event it accepted from Kafka,
 // kept until the event has been applied, so a job Redis lost can be added again (I11).
 import { QueryTypes } from 'sequelize';
+import { config } from '../core/config';
 import { sequelize } from '../core/postgres';
 import type { JobKind } from '../queues/names';
 
@@ -21,13 +22,14 @@ export interface InboxEntry {
  */
 export async function writeInbox(entries: InboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
-  const rows = entries.map((e) => ({ source: e.source, event_id: e.eventId, job_kind: e.job.kind, job_id: e.job.id, job_data: e.job.data, order_id: e.orderId }));
+  const prefix = config().QUEUE_PREFIX;
+  const rows = entries.map((e) => ({ source: e.source, event_id: e.eventId, queue_prefix: prefix, job_kind: e.job.kind, job_id: e.job.id, job_data: e.job.data, order_id: e.orderId }));
   // WITH ORDINALITY keeps the batch's order in seq: the order of the partition's events.
   await sequelize().query(
-    `INSERT INTO event_inbox (source, event_id, job_kind, job_id, job_data, order_id)
-     SELECT x.source, x.event_id, x.job_kind, x.job_id, x.job_data, x.order_id
+    `INSERT INTO event_inbox (source, event_id, queue_prefix, job_kind, job_id, job_data, order_id)
+     SELECT x.source, x.event_id, x.queue_prefix, x.job_kind, x.job_id, x.job_data, x.order_id
        FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a(row, n),
-            jsonb_to_record(a.row) AS x(source text, event_id text, job_kind text, job_id text, job_data jsonb, order_id text)
+            jsonb_to_record(a.row) AS x(source text, event_id text, queue_prefix text, job_kind text, job_id text, job_data jsonb, order_id text)
       ORDER BY a.n
      ON CONFLICT (source, event_id) DO NOTHING`,
     { bind: [JSON.stringify(rows)], type: QueryTypes.INSERT },
@@ -47,8 +49,8 @@ export interface InboxRow {
 }
 
 /**
- * Up to `limit` rows after `afterSeq` (in seq order) received more than `olderThanMs` ago, each with
- * whether its event was applied. A user event's row is deleted when it is applied, so one that is
+ * Up to `limit` rows of this deployment (QUEUE_PREFIX) after `afterSeq` (in seq order) received
+ * more than `olderThanMs` ago, each with whether its event was applied. A user event's row is deleted when it is applied, so one that is
  * here is not.
  */
 export async function oldInboxRows(afterSeq: string, olderThanMs: number, limit: number): Promise<InboxRow[]> {
@@ -65,10 +67,10 @@ export async function oldInboxRows(afterSeq: string, olderThanMs: number, limit:
     `SELECT i.seq, i.source, i.event_id, i.job_kind, i.job_id, i.job_data, i.received_at,
             EXISTS (SELECT 1 FROM processed_events p WHERE p.source = i.source AND p.event_id = i.event_id) AS applied
        FROM event_inbox i
-      WHERE i.seq > $1 AND i.received_at < now() - make_interval(secs => $2::double precision / 1000)
+      WHERE i.seq > $1 AND i.queue_prefix = $4 AND i.received_at < now() - make_interval(secs => $2::double precision / 1000)
       ORDER BY i.seq
       LIMIT $3`,
-    { bind: [afterSeq, olderThanMs, limit], type: QueryTypes.SELECT },
+    { bind: [afterSeq, olderThanMs, limit, config().QUEUE_PREFIX], type: QueryTypes.SELECT },
   );
   return rows.map((r) => ({
     seq: String(r.seq),
@@ -103,7 +105,7 @@ export async function earlierPaymentPending(eventId: string, orderId: string): P
     `SELECT EXISTS (
        SELECT 1
          FROM event_inbox me
-         JOIN event_inbox e ON e.order_id = me.order_id AND e.seq < me.seq AND e.source = me.source
+         JOIN event_inbox e ON e.order_id = me.order_id AND e.seq < me.seq AND e.source = me.source AND e.queue_prefix = me.queue_prefix
         WHERE me.source = 'payments' AND me.event_id = $1 AND me.order_id = $2
           AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.source = e.source AND p.event_id = e.event_id)
      ) AS pending`,

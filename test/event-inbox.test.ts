@@ -25,7 +25,8 @@ let api: Api;
 let admin: string;
 let policyId: string;
 let redis: IORedis;
-let published = 0;
+/** Messages published so far, per topic. */
+const published = new Map<string, number>();
 const events = new EventProducer();
 const kafkaAdmin = new Kafka({ clientId: 'inbox-test', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING }).admin();
 
@@ -49,24 +50,29 @@ afterAll(async () => {
 
 /** Publishes payment events (keyed by order, as the payment system does) and counts the messages. */
 async function publish(...payments: { orderId: string }[]): Promise<void> {
-  await events.send(
+  await send(
     stack.paymentsTopic,
     payments.map((p) => ({ key: p.orderId, value: JSON.stringify(p) })),
   );
-  published += payments.length;
+}
+
+async function send(topic: string, messages: { key: string; value: string }[]): Promise<void> {
+  await events.send(topic, messages);
+  published.set(topic, (published.get(topic) ?? 0) + messages.length);
 }
 
 /** Resolves once the bridge has committed every message published so far: Kafka may forget them. */
-async function allCommitted(): Promise<void> {
+async function allCommitted(topicName = stack.paymentsTopic): Promise<void> {
   const committed = async () => {
-    const [topic] = await kafkaAdmin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [stack.paymentsTopic] });
+    const [topic] = await kafkaAdmin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [topicName] });
     return (topic?.partitions ?? []).reduce((sum, p) => sum + Math.max(0, Number(p.offset)), 0);
   };
-  await eventually(committed, (n) => n === published, 60_000, `${published} offsets committed`);
+  const expected = published.get(topicName) ?? 0;
+  await eventually(committed, (n) => n === expected, 60_000, `${expected} offsets of ${topicName} committed`);
 }
 
-async function inboxRows(eventIds: string[]) {
-  const { rows } = await db().query<{ event_id: string; job_id: string }>("SELECT event_id, job_id FROM event_inbox WHERE source = 'payments' AND event_id = ANY($1)", [eventIds]);
+async function inboxRows(eventIds: string[], source = 'payments') {
+  const { rows } = await db().query<{ event_id: string; job_id: string }>('SELECT event_id, job_id FROM event_inbox WHERE source = $1 AND event_id = ANY($2)', [source, eventIds]);
   return rows;
 }
 
@@ -207,4 +213,27 @@ it('keeps a redriven payment ahead of the refund that followed it', async () => 
   const { rows } = await db().query<{ status: string; refunded: boolean }>('SELECT status, refunded_at IS NOT NULL AS refunded FROM reservations WHERE id = $1', [reservationId]);
   expect(rows).toEqual([{ status: 'CONFIRMED', refunded: true }]);
   expect(await couponRow(couponId)).toMatchObject({ status: 'ISSUED' });
+});
+
+it('issues the coupons of accepted user events after Redis lost their jobs', async () => {
+  const trigger = `SIGNED_UP_${uniqueId('x').slice(2, 10).toUpperCase()}`;
+  const eventPolicy = await createCheckoutPolicy(api, { issueMethod: 'EVENT', triggerEvent: trigger, perUserLimit: 5 });
+  await stopWorkers();
+  const list = Array.from({ length: 20 }, (_, i) => ({ eventId: uniqueId(`ue${i}`), type: trigger, userId: uniqueId(`signup${i}`), occurredAt: new Date().toISOString() }));
+  const eventIds = list.map((e) => e.eventId);
+  await send(
+    stack.userEventsTopic,
+    list.map((e) => ({ key: e.userId, value: JSON.stringify(e) })),
+  );
+  await allCommitted(stack.userEventsTopic);
+  expect(await inboxRows(eventIds, 'user-events')).toHaveLength(list.length);
+  await emptyRedis();
+
+  await stack.startWorker();
+  const issued = () => db().query<{ user_id: string }>('SELECT user_id FROM coupons WHERE policy_id = $1', [eventPolicy]).then((r) => r.rows);
+  await eventually(issued, (rows) => rows.length >= list.length, 60_000, `${list.length} coupons issued`);
+  // The worker deletes an applied user event's row itself (no processed_events row says it is done).
+  await eventually(() => inboxRows(eventIds, 'user-events'), (rows) => rows.length === 0, 30_000, 'applied user events deleted');
+  const rows = await issued();
+  expect(rows.map((r) => r.user_id).sort()).toEqual(list.map((e) => e.userId).sort());
 });

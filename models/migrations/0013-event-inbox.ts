@@ -20,7 +20,9 @@ export const eventInbox: Migration = {
         -- processed_events.source of the event ('payments'), or 'user-events'.
         source      text NOT NULL,
         event_id    text NOT NULL,
-        -- The job exactly as the bridge added it: kind (queues/names.ts JOB_KINDS), id and data.
+        -- The job exactly as the bridge added it: the deployment's queues (QUEUE_PREFIX; each
+        -- deployment sweeps its own rows), kind (queues/names.ts JOB_KINDS), id and data.
+        queue_prefix text NOT NULL,
         job_kind    text NOT NULL,
         job_id      text NOT NULL,
         job_data    jsonb NOT NULL,
