@@ -64,12 +64,16 @@ export async function oldInboxRows(afterSeq: string, olderThanMs: number, limit:
     received_at: Date;
     applied: boolean;
   }>(
-    `SELECT i.seq, i.source, i.event_id, i.job_kind, i.job_id, i.job_data, i.received_at,
-            EXISTS (SELECT 1 FROM processed_events p WHERE p.source = i.source AND p.event_id = i.event_id) AS applied
-       FROM event_inbox i
-      WHERE i.seq > $1 AND i.queue_prefix = $4 AND i.received_at < now() - make_interval(secs => $2::double precision / 1000)
-      ORDER BY i.seq
-      LIMIT $3`,
+    // An applied row is only deleted: its job's data is not read.
+    `SELECT o.seq, o.source, o.event_id, o.job_kind, o.job_id, o.received_at, o.applied,
+            CASE WHEN o.applied THEN NULL ELSE (SELECT d.job_data FROM event_inbox d WHERE d.seq = o.seq) END AS job_data
+       FROM (SELECT i.seq, i.source, i.event_id, i.job_kind, i.job_id, i.received_at,
+                    EXISTS (SELECT 1 FROM processed_events p WHERE p.source = i.source AND p.event_id = i.event_id) AS applied
+               FROM event_inbox i
+              WHERE i.seq > $1 AND i.queue_prefix = $4 AND i.received_at < now() - make_interval(secs => $2::double precision / 1000)
+              ORDER BY i.seq
+              LIMIT $3) o
+      ORDER BY o.seq`,
     { bind: [afterSeq, olderThanMs, limit, config().QUEUE_PREFIX], type: QueryTypes.SELECT },
   );
   return rows.map((r) => ({
