@@ -6,7 +6,8 @@ import { sequelize } from '../core/postgres';
 import type { JobKind } from '../queues/names';
 
 /** Where an event came from: processed_events.source for payments, so the two tables join on the key. */
-export type InboxSource = 'payments' | 'user-events';
+export const INBOX_SOURCES = ['payments', 'user-events'] as const;
+export type InboxSource = (typeof INBOX_SOURCES)[number];
 
 export interface InboxEntry {
   source: InboxSource;

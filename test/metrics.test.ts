@@ -23,7 +23,7 @@ const RULES_FILE = join(ROOT, 'docs/prometheus/alerts.yml');
 const RUNBOOK_FILE = join(ROOT, 'docs/RUNBOOK.md');
 /** Series Prometheus makes itself (per scrape target, and for its alerts), which no process of ours exports. */
 const PROMETHEUS_BUILTINS = new Set(['up', 'scrape_duration_seconds', 'scrape_samples_scraped', 'scrape_samples_post_metric_relabeling', 'scrape_series_added', 'ALERTS', 'ALERTS_FOR_STATE']);
-const RUNBOOK_ANCHORS = ['lock-timeouts', 'redis-down', 'consumer-lag', 'slow-queries', 'connection-pools', 'job-failures', 'payment-conflicts', 'sold-out', 'first-look'];
+const RUNBOOK_ANCHORS = ['lock-timeouts', 'redis-down', 'events-lost-by-redis', 'consumer-lag', 'slow-queries', 'connection-pools', 'job-failures', 'payment-conflicts', 'sold-out', 'first-look'];
 
 interface Rule {
   alert: string;

@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import type { Logger } from '../core/logger';
 import { inboxEventsRedriven } from '../core/metrics';
-import { deleteInboxRows, oldInboxRows, type InboxRow } from '../models/inbox';
+import { deleteInboxRows, INBOX_SOURCES, oldInboxRows, type InboxRow } from '../models/inbox';
 import type { Queues } from '../queues/connection';
 import { addJobs } from '../queues/enqueue';
 import { JOB_KINDS } from '../queues/names';
@@ -83,6 +83,8 @@ const sweepLockKey = () => `${config().QUEUE_PREFIX}:lock:inbox-sweep`;
 
 /** Sweeps every `everyMs` in one process of the fleet at a time; the first pass at once (a worker starting after an outage). */
 export function scheduleInboxSweep(deps: InboxSweepDeps, everyMs: number, minAgeMs: number): () => Promise<void> {
+  // Series from 0, so Prometheus's increase() sees the first redrive of each.
+  for (const source of INBOX_SOURCES) inboxEventsRedriven.inc({ source }, 0);
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let current: Promise<unknown> = Promise.resolve();
