@@ -142,7 +142,7 @@ export const kafkaMessagesDeadLettered = new Counter({
 const GROUPS: Record<'web' | 'worker' | 'bridge', Metric[]> = {
   web: [httpRequestDuration, dbPoolConnections, dbPoolWaiting, issueRequestsTotal],
   worker: [dbPoolConnections, dbPoolWaiting, jobsTotal, jobDuration, issueRequestsTotal, queueJobs, couponsIssuedTotal, couponsUsedTotal, paymentConflictsTotal, inboxEventsRedriven],
-  bridge: [kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
+  bridge: [dbPoolConnections, dbPoolWaiting, kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
 };
 
 let defaultsOn = false;
