@@ -11,6 +11,7 @@ import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';
 import { Api } from './support/http';
 import { logLines, logLinesWhen, startStack, stopProcess, type Stack } from './support/stack';
+import { slowPostgres } from './support/tcp-proxy';
 import { adminToken } from './support/tokens';
 
 jest.setTimeout(240_000);
@@ -236,4 +237,35 @@ it('issues the coupons of accepted user events after Redis lost their jobs', asy
   await eventually(() => inboxRows(eventIds, 'user-events'), (rows) => rows.length === 0, 30_000, 'applied user events deleted');
   const rows = await issued();
   expect(rows.map((r) => r.user_id).sort()).toEqual(list.map((e) => e.userId).sort());
+});
+
+it('commits no offset while Postgres is away: the event waits in Kafka, then is applied', async () => {
+  const [order] = await reservations(1);
+  const { couponId, orderId } = order as Awaited<ReturnType<typeof reservations>>[number];
+  const { proxy, databaseUrl } = await slowPostgres(0);
+  try {
+    await Promise.all(stack.bridges.map((b) => stopProcess(b)));
+    await stack.startBridge({ DATABASE_URL: databaseUrl });
+    const bridgeLog = `${STACK}-bridge-${stack.bridges.length}`;
+    await proxy.pause('refuse');
+
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await publish(event);
+    const failed = await logLinesWhen(bridgeLog, (l) => l.msg === 'write 1 events to the inbox failed; retrying', 1, 30_000);
+    expect(failed.length).toBeGreaterThan(0);
+    // Not accepted: no job, the offset where it was (one message short), the coupon still reserved.
+    const [topic] = await kafkaAdmin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [stack.paymentsTopic] });
+    expect((topic?.partitions ?? []).reduce((sum, p) => sum + Math.max(0, Number(p.offset)), 0)).toBe((published.get(stack.paymentsTopic) ?? 0) - 1);
+    expect(await jobsInRedis([event.eventId])).toBe(0);
+    expect(await couponRow(couponId)).toMatchObject({ status: 'RESERVED' });
+
+    await proxy.resume();
+    await allCommitted();
+    await eventually(() => couponRow(couponId), (c) => c?.status === 'USED', 60_000, 'coupon USED');
+    expect(await processedEvents(event.eventId)).toHaveLength(1);
+  } finally {
+    await proxy.resume();
+    await Promise.all(stack.bridges.map((b) => stopProcess(b)));
+    await proxy.close();
+  }
 });
