@@ -81,12 +81,20 @@ export const configSchema = z.object({
   // The same for the payments queue. The bridge already hands payments over in batches (one per
   // Kafka fetch), so a rest there only delays them; it is short by default.
   PAYMENT_BATCH_WAIT_MS: intFrom(10, 0),
+  // Attempts a refund that reached the worker before its payment waits (backoff doubling from 250 ms,
+  // about a minute in all with 8) before it is recorded as having changed nothing; it waits on
+  // while an earlier event of its order is in the inbox unapplied (workers/checkout.ts).
+  PAYMENT_WAIT_ATTEMPTS: intFrom(8, 0),
   // How long a worker may go without renewing a job lock before the job is handed to another worker.
   JOB_LOCK_MS: intFrom(15_000, 1000),
   JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),
   // How often, and after how long, admissions whose job died are given back (workers/reconcile-admissions.ts).
   ADMISSION_RECONCILE_INTERVAL_MS: intFrom(10_000, 100),
   ADMISSION_RECONCILE_AGE_MS: intFrom(30_000, 100),
+  // How often one worker of the fleet sweeps the event inbox (workers/inbox-sweep.ts), and how old an
+  // event must be before its missing job is added again and its applied row deleted (I11).
+  INBOX_SWEEP_INTERVAL_MS: intFrom(5_000, 100),
+  INBOX_REDRIVE_AGE_MS: intFrom(10_000, 100),
   QUEUE_PREFIX: z.string().min(1).default('coupon'),
   // How long a stats answer is served from the cache at least (models/stats-cache.ts); 0: no cache.
   STATS_CACHE_MS: intFrom(1_000, 0),

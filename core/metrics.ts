@@ -109,6 +109,13 @@ export const paymentConflictsTotal = new Counter({
   registers: none,
 });
 
+export const inboxEventsRedriven = new Counter({
+  name: 'coupon_inbox_events_redriven_total',
+  help: 'Events of the inbox whose job Redis had lost, added again by the inbox sweep, by source.',
+  labelNames: ['source'] as const,
+  registers: none,
+});
+
 // ---- bridge ----
 
 export const kafkaConsumerLag = new Gauge({
@@ -134,8 +141,8 @@ export const kafkaMessagesDeadLettered = new Counter({
 
 const GROUPS: Record<'web' | 'worker' | 'bridge', Metric[]> = {
   web: [httpRequestDuration, dbPoolConnections, dbPoolWaiting, issueRequestsTotal],
-  worker: [dbPoolConnections, dbPoolWaiting, jobsTotal, jobDuration, issueRequestsTotal, queueJobs, couponsIssuedTotal, couponsUsedTotal, paymentConflictsTotal],
-  bridge: [kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
+  worker: [dbPoolConnections, dbPoolWaiting, jobsTotal, jobDuration, issueRequestsTotal, queueJobs, couponsIssuedTotal, couponsUsedTotal, paymentConflictsTotal, inboxEventsRedriven],
+  bridge: [dbPoolConnections, dbPoolWaiting, kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
 };
 
 let defaultsOn = false;

@@ -27,7 +27,9 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
   payments: {
     // A payment must not be lost to an outage: system faults are retried for about an hour and a
     // half (backoff doubling from 250 ms, capped at a minute: workers/backoff.ts). Its offset is
-    // committed already, so a job that gave up is only in the failed set (kept 7 days).
+    // committed already, so a job that gave up waits in the failed set (kept 7 days) for a retry;
+    // its event stays in the inbox until applied, and the inbox sweep adds the job again should
+    // Redis no longer have it (workers/inbox-sweep.ts).
     attempts: 100,
     backoff: { type: 'capped', delay: 250 },
     removeOnComplete: { age: 24 * 3600, count: 200_000 },
@@ -37,7 +39,7 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
 
 /**
  * Per kind of job, where it differs from its queue's defaults. A user event's Kafka offset is
- * committed once its job exists, so, like a payment, it must outlast an outage (about 90 minutes,
+ * committed once it is in the inbox and its job exists, so, like a payment, it must outlast an outage (about 90 minutes,
  * backoff capped at a minute); a code generation's result must outlive a sale's flood of issue
  * batches, so it is kept for its day whatever their number.
  */

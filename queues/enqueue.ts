@@ -1,5 +1,5 @@
 // Enqueue helpers: a job is in Redis before the client hears 202, or the client hears 503 (I7, I9).
-import type { Job } from 'bullmq';
+import type { Job, JobsOptions } from 'bullmq';
 import { AppError } from '../core/errors';
 import { KIND_OPTIONS, type Queues } from './connection';
 import { JOB_KINDS, type JobKind } from './names';
@@ -22,4 +22,20 @@ export async function addJob(queues: Queues, kind: JobKind, data: object, jobId:
   } catch (error) {
     throw notQueued(error);
   }
+}
+
+/**
+ * Adds jobs with ids of their own (derived from Kafka events), one addBulk per queue, each queue's
+ * jobs in the order given. An id that exists already keeps its job: adding an event's job again,
+ * from a redelivery or a redrive of the inbox, is a no-op while the job is in Redis.
+ */
+export async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: object }[]): Promise<void> {
+  const byQueue = new Map<(typeof JOB_KINDS)[JobKind]['queue'], { name: string; data: object; opts: JobsOptions }[]>();
+  for (const job of jobs) {
+    const queue = JOB_KINDS[job.kind].queue;
+    const list = byQueue.get(queue) ?? [];
+    list.push({ name: job.kind, data: job.data, opts: { ...KIND_OPTIONS[job.kind], jobId: job.id } });
+    byQueue.set(queue, list);
+  }
+  await Promise.all([...byQueue].map(([queue, list]) => queues.get(queue).addBulk(list)));
 }

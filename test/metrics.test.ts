@@ -23,7 +23,7 @@ const RULES_FILE = join(ROOT, 'docs/prometheus/alerts.yml');
 const RUNBOOK_FILE = join(ROOT, 'docs/RUNBOOK.md');
 /** Series Prometheus makes itself (per scrape target, and for its alerts), which no process of ours exports. */
 const PROMETHEUS_BUILTINS = new Set(['up', 'scrape_duration_seconds', 'scrape_samples_scraped', 'scrape_samples_post_metric_relabeling', 'scrape_series_added', 'ALERTS', 'ALERTS_FOR_STATE']);
-const RUNBOOK_ANCHORS = ['lock-timeouts', 'redis-down', 'consumer-lag', 'slow-queries', 'connection-pools', 'job-failures', 'payment-conflicts', 'sold-out', 'first-look'];
+const RUNBOOK_ANCHORS = ['lock-timeouts', 'redis-down', 'events-lost-by-redis', 'consumer-lag', 'slow-queries', 'connection-pools', 'job-failures', 'payment-conflicts', 'sold-out', 'first-look'];
 
 interface Rule {
   alert: string;
@@ -282,7 +282,7 @@ describe('metrics of a running stack', () => {
   it("answers the worker's and the bridge's /health/live and /health/ready with 200", async () => {
     for (const [child, checks] of [
       [worker, { postgres: 'ok', redis: 'ok' }],
-      [bridge, { redis: 'ok', kafka: 'ok' }],
+      [bridge, { postgres: 'ok', redis: 'ok', kafka: 'ok' }],
     ] as const) {
       const live = await fetch(`${stack.opsUrl(child)}/health/live`);
       expect(live.status).toBe(200);

@@ -174,7 +174,7 @@ describe('readiness while draining', () => {
       const held = waitForLine(bridge, 'failpoint bridge.before-commit', 30_000);
       await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', uniqueId('order')));
       await held;
-      expect(await readyAnswer(url, Date.now())).toMatchObject({ status: 200, body: { status: 'ready', checks: { redis: 'ok', kafka: 'ok' } } });
+      expect(await readyAnswer(url, Date.now())).toMatchObject({ status: 200, body: { status: 'ready', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } } });
 
       const draining = waitForLine(bridge, 'bridge stopping');
       bridge.kill('SIGTERM');
@@ -186,8 +186,8 @@ describe('readiness while draining', () => {
         await sleep(50);
       }
       expect(answers.length).toBeGreaterThanOrEqual(3);
-      // Redis and Kafka answer: the 503 is the drain's alone.
-      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { redis: 'ok', kafka: 'ok' } }, at: expect.any(Number) });
+      // Postgres, Redis and Kafka answer: the 503 is the drain's alone.
+      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } }, at: expect.any(Number) });
       expect({ exitCode: bridge.exitCode, signal: bridge.signalCode }).toEqual({ exitCode: null, signal: null });
     } finally {
       // Its batch never finishes, so neither does its drain.

@@ -21,6 +21,7 @@ import {
   type ReservationResult,
   type ReservationView,
 } from '../models/reservation';
+import { earlierPaymentPending } from '../models/inbox';
 import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
 import { idempotencyRecordKey, type JobKind } from '../queues/names';
 import { jobData } from './job-data';
@@ -48,8 +49,6 @@ export interface PaymentResult {
 export class NotYetApplicable extends Error {}
 
 const COUPON_LOCK_TTL_MS = 5_000;
-/** Attempts (with backoff from 250 ms: about 30 s in all) an event that does not apply yet waits. */
-const WAIT_ATTEMPTS = 8;
 const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
 
 export function createCheckoutProcessor(deps: CheckoutDeps) {
@@ -133,6 +132,11 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
 async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
   const { event, traceId, source } = jobData(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
+  // A refund ahead of its payment is retried PAYMENT_WAIT_ATTEMPTS times, then recorded as ignored;
+  // but not while an event of its order that the bridge accepted earlier is still in the inbox
+  // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
+  const waitedEnough = job.attemptsMade >= config().PAYMENT_WAIT_ATTEMPTS;
+  const earlierPending = waitedEnough && (await earlierPaymentPending(event.eventId, event.orderId));
   const outcome = await applyOrWait({
     source: 'payments',
     eventId: event.eventId,
@@ -141,8 +145,10 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
     reservationId: event.reservationId,
     userId: event.userId,
     endReason: event.type,
-    // A refund ahead of its payment is retried for about half a minute, then recorded as ignored.
-    noWait: job.attemptsMade >= WAIT_ATTEMPTS,
+    noWait: waitedEnough && !earlierPending,
+  }).catch((error: unknown) => {
+    if (earlierPending && error instanceof NotYetApplicable) log.info({ attempts: job.attemptsMade + 1 }, `${event.type} keeps waiting: an earlier event of its order is not applied yet`);
+    throw error;
   });
   logOutcome(log, event.type, outcome);
   const base = { eventId: event.eventId };

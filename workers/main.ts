@@ -1,4 +1,5 @@
-// The worker process: consumes the job queues, runs the admission reconciler, drains on SIGTERM.
+// The worker process: consumes the job queues, runs the admission reconciler, the reservation
+// timeout sweep and the inbox sweep, drains on SIGTERM.
 import { Worker } from 'bullmq';
 import { initAlertSeries } from '../core/alerts';
 import { config, opsPortOf, requireCodeSecret } from '../core/config';
@@ -18,6 +19,7 @@ import { warmPolicyMeta } from './admission/admission';
 import { createCheckoutProcessor } from './checkout';
 import { scheduleExpirySweeper } from './expire-reservations';
 import { scheduleUnfetchedCodesDrop } from './generate-codes';
+import { scheduleInboxSweep } from './inbox-sweep';
 import { failedForGood, instrumentWorker, watchJobFailures } from './job-metrics';
 import { createIssueProcessor } from './processor';
 import { scheduleReconciler } from './reconcile-admissions';
@@ -85,6 +87,8 @@ async function main(): Promise<void> {
   const stopUsageMetrics = startUsageMetrics(log);
   const stopSweeper = scheduleExpirySweeper(log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopCodesDrop = scheduleUnfetchedCodesDrop(log);
+  // Events the bridge accepted whose jobs Redis lost are added again from the Postgres inbox (I11).
+  const stopInboxSweep = scheduleInboxSweep({ queues, locks, log }, cfg.INBOX_SWEEP_INTERVAL_MS, cfg.INBOX_REDRIVE_AGE_MS);
   const stopReconciler = scheduleReconciler(
     { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,
@@ -101,7 +105,7 @@ async function main(): Promise<void> {
     stopReconciler();
     stopCodesDrop();
     // close() stops taking jobs and waits for the active ones; anything cut off is stalled and retried elsewhere.
-    await Promise.all([...workers.map((w) => w.close()), stopSweeper()]);
+    await Promise.all([...workers.map((w) => w.close()), stopSweeper(), stopInboxSweep()]);
     await queues.close();
     await stopPolicyCache();
     await stopUsageMetrics();

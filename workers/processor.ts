@@ -6,6 +6,7 @@ import { mapLimit } from '../core/concurrency';
 import { reason, type Reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import type { IssueMethod } from '../models/policy-rules';
+import { markInboxApplied } from '../models/inbox';
 import { policyCache } from '../models/policy-cache';
 import {
   directIssueJobSchema,
@@ -241,6 +242,9 @@ async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOut
   // (retried from there, by the same request ids), not complete it as if the event were done.
   const failed = outcomes.filter((o) => o.outcome === 'failed').length;
   if (failed > 0) throw new Error(`${failed} of the event's ${outcomes.length} requests failed for good`);
+  // Every request is final: the event is applied, and the inbox no longer needs it (I11). Should the
+  // worker die before the job completes, its rerun finds the coupons by request id.
+  await markInboxApplied('user-events', event.eventId);
   const policies = outcomes.map((o, k) => {
     const g = grantResult(event.userId, o);
     return { policyId: requests[k]!.policyId, outcome: g.outcome, ...(g.couponId && { couponId: g.couponId }), ...(g.reason && { reason: g.reason }) };

@@ -1,23 +1,30 @@
 // The bridge's consumer: Kafka messages in, BullMQ jobs out, at least once and never blocked by a bad
-// message. For each batch of a partition: turn messages into jobs, add them (ids derived from event
-// ids, so a redelivery re-adds the same job, a no-op), send what cannot become a job to
-// `<topic>.dlq` with the reason, and only then resolve the offsets; kafkajs commits the resolved
-// offsets (and nothing beyond them) when the batch handler returns. A crash anywhere
-// before the commit redelivers the batch; the derived job ids and processed_events absorb it.
+// message. For each batch of a partition: turn messages into jobs, write the events to the inbox in
+// Postgres (one statement; I11: from there a job Redis lost is added again), add the jobs (ids
+// derived from event ids, so a redelivery re-adds the same job, a no-op), send what cannot become a
+// job to `<topic>.dlq` with the reason, and only then resolve the offsets; kafkajs commits the
+// resolved offsets (and nothing beyond them) when the batch handler returns. A crash anywhere before
+// the commit redelivers the batch; the inbox's unique event key, the derived job ids and
+// processed_events absorb it.
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../../core/config';
 import { failpoint } from '../../core/failpoints';
 import { createProducer, dlqTopicOf } from '../../core/kafka';
 import type { Logger } from '../../core/logger';
 import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../../core/metrics';
-import type { JobsOptions } from 'bullmq';
-import { KIND_OPTIONS, type Queues } from '../../queues/connection';
-import { JOB_KINDS, type JobKind } from '../../queues/names';
+import type { Queues } from '../../queues/connection';
+import { addJobs } from '../../queues/enqueue';
+import type { JobKind } from '../../queues/names';
+import { writeInbox, type InboxEntry, type InboxSource } from '../../models/inbox';
 
-export type ToJob = { ok: true; job: { kind: JobKind; id: string; data: object } } | { ok: false; reason: string };
+export type ToJob =
+  | { ok: true; job: { kind: JobKind; id: string; data: object }; eventId: string; orderId: string | null }
+  | { ok: false; reason: string };
 
 export interface MessageRoute {
   topic: string;
+  /** The inbox's name for the topic's events (processed_events.source for payments). */
+  source: InboxSource;
   toJob(message: KafkaMessage, partition: number): ToJob;
 }
 
@@ -113,14 +120,21 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
     if (!live()) return;
     const chunk = batch.messages.slice(start, start + CHUNK);
     const jobs: { kind: JobKind; id: string; data: object }[] = [];
+    const inbox: InboxEntry[] = [];
     const dead: { message: KafkaMessage; reason: string }[] = [];
     for (const message of chunk) {
       const mapped = route.toJob(message, batch.partition);
-      if (mapped.ok) jobs.push(mapped.job);
-      else dead.push({ message, reason: mapped.reason });
+      if (mapped.ok) {
+        jobs.push(mapped.job);
+        inbox.push({ source: route.source, eventId: mapped.eventId, job: mapped.job, orderId: mapped.orderId });
+      } else dead.push({ message, reason: mapped.reason });
     }
 
     if (jobs.length > 0) {
+      // Durable first: once the offset moves, Kafka may forget the events, and Redis may lose the
+      // jobs (a restart without its data, a failover to a lagging replica); the inbox keeps them.
+      const written = await persist(() => writeInbox(inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
+      if (written === 'stopped') return;
       const done = await persist(() => addJobs(deps.queues, jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
       if (done === 'stopped') return;
     }
@@ -144,7 +158,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       }
     }
 
-    // Everything of this chunk is in Redis or in the DLQ: only now may Kafka forget it. The resolved
+    // Everything of this chunk is in the inbox and Redis, or in the DLQ: only now may Kafka forget it. The resolved
     // offset is committed when this handler returns (kafkajs's auto-commit commits resolved offsets
     // only), so a crash before that redelivers the batch.
     await failpoint('bridge.before-commit');
@@ -156,19 +170,8 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
   }
 }
 
-async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: object }[]): Promise<void> {
-  const byQueue = new Map<string, { name: string; data: object; opts: JobsOptions }[]>();
-  for (const job of jobs) {
-    const queue = JOB_KINDS[job.kind].queue;
-    const list = byQueue.get(queue) ?? [];
-    list.push({ name: job.kind, data: job.data, opts: { ...KIND_OPTIONS[job.kind], jobId: job.id } });
-    byQueue.set(queue, list);
-  }
-  await Promise.all([...byQueue].map(([queue, list]) => queues.get(queue as (typeof JOB_KINDS)[JobKind]['queue']).addBulk(list)));
-}
-
 /**
- * Runs `fn` until it succeeds, backing off and heartbeating meanwhile: while Redis or the DLQ is away
+ * Runs `fn` until it succeeds, backing off and heartbeating meanwhile: while Postgres, Redis or the DLQ is away
  * the partition waits (nothing can be handed over), and the group keeps this member. Gives up when
  * the consumer stops or loses the partition ('stopped': the batch is redelivered to whoever has it),
  * or when `final` says an error will never go away ('refused').

@@ -1,12 +1,14 @@
 // The Kafka bridge process: turns payment events into checkout jobs and user events into issue jobs. It creates its topics (and
 // their dead-letter topics) if they are missing, consumes every partition concurrently, commits an
-// offset only once its messages are jobs in Redis or dead letters in Kafka, and logs its lag.
+// offset only once its messages are in the Postgres inbox and jobs in Redis, or dead letters in
+// Kafka, and logs its lag.
 import { initAlertSeries } from '../../core/alerts';
 import { config, opsPortOf } from '../../core/config';
 import { createKafka, createTopicsIfMissing } from '../../core/kafka';
 import { logger } from '../../core/logger';
 import { exposeMetrics } from '../../core/metrics';
 import type { Phase } from '../../core/ops-server';
+import { closeSequelize, sequelize } from '../../core/postgres';
 import { waitForReady } from '../../core/redis';
 import { createQueues } from '../../queues/connection';
 import { startBridgeConsumer } from './consumer';
@@ -28,6 +30,7 @@ async function main(): Promise<void> {
   let phase: Phase = 'starting';
   const ops = await startBridgeOps({ port: opsPortOf(cfg, 'BRIDGE_OPS_PORT'), kafka, queues, log, phase: () => phase });
   await waitForReady(queues.connection, 30_000);
+  await sequelize().authenticate();
 
   const routes = [paymentsRoute(cfg.KAFKA_PAYMENTS_TOPIC), userEventsRoute(cfg.KAFKA_USER_EVENTS_TOPIC)];
   const topics = routes.map((r) => r.topic);
@@ -47,6 +50,7 @@ async function main(): Promise<void> {
     await stopConsumer?.();
     await stopLag?.();
     await queues.close();
+    await closeSequelize();
     await ops.close();
     log.info('bridge stopped');
     process.exit(exitCode);

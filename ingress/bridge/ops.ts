@@ -1,7 +1,9 @@
-// The bridge's ops server: /metrics, /health/live, and /health/ready, which answers 200 while Redis
-// (where the jobs go) and Kafka (where the events come from) answer and the consumer runs.
+// The bridge's ops server: /metrics, /health/live, and /health/ready, which answers 200 while Postgres
+// (the inbox) and Redis (where the jobs go) and Kafka (where the events come from) answer and the
+// consumer runs.
 import type { Kafka } from 'kafkajs';
 import type { Logger } from '../../core/logger';
+import { sequelize } from '../../core/postgres';
 import { readiness, startOpsServer, type OpsServer, type Phase } from '../../core/ops-server';
 import type { Queues } from '../../queues/connection';
 
@@ -39,7 +41,7 @@ export async function startBridgeOps(opts: { port: number; kafka: Kafka; queues:
   const server = await startOpsServer({
     port: opts.port,
     log: opts.log,
-    ready: () => readiness({ redis: () => opts.queues.connection.ping(), kafka: () => probe.check() }, opts.phase),
+    ready: () => readiness({ postgres: () => sequelize().query('SELECT 1'), redis: () => opts.queues.connection.ping(), kafka: () => probe.check() }, opts.phase),
   });
   return {
     port: server.port,

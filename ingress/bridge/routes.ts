@@ -5,13 +5,15 @@ import type { KafkaMessage } from 'kafkajs';
 import type { z } from 'zod';
 import { paymentEventSchema, paymentJobSchema, userEventJobSchema, userEventSchema } from '../../queues/jobs';
 import { derivedJobId, type JobKind } from '../../queues/names';
+import type { InboxSource } from '../../models/inbox';
 import type { MessageRoute } from './consumer';
 
 /** A trace id header taken as given; anything else gets a fresh one. */
 const SANE_TRACE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 
-function eventRoute<E extends { eventId: string }>(opts: {
+function eventRoute<E extends { eventId: string; orderId?: string }>(opts: {
   topic: string;
+  source: InboxSource;
   kind: JobKind;
   what: string;
   eventSchema: z.ZodType<E>;
@@ -20,6 +22,7 @@ function eventRoute<E extends { eventId: string }>(opts: {
   const { topic, kind, what } = opts;
   return {
     topic,
+    source: opts.source,
     toJob(message: KafkaMessage, partition: number) {
       let json: unknown;
       try {
@@ -43,17 +46,17 @@ function eventRoute<E extends { eventId: string }>(opts: {
       // The job exactly as the worker will read it: what it would refuse goes to the DLQ instead.
       const job = opts.jobSchema.safeParse(data);
       if (!job.success) return { ok: false, reason: `not a valid ${kind} job: ${job.error.issues[0]?.message ?? 'invalid'}` };
-      return { ok: true, job: { kind, id: derivedJobId(kind, event.eventId), data: job.data as object } };
+      return { ok: true, job: { kind, id: derivedJobId(kind, event.eventId), data: job.data as object }, eventId: event.eventId, orderId: event.orderId ?? null };
     },
   };
 }
 
 /** payments.v1 → payment jobs (payments queue), applied by the checkout processor. */
 export function paymentsRoute(topic: string): MessageRoute {
-  return eventRoute({ topic, kind: 'payment', what: 'payment event', eventSchema: paymentEventSchema, jobSchema: paymentJobSchema });
+  return eventRoute({ topic, source: 'payments', kind: 'payment', what: 'payment event', eventSchema: paymentEventSchema, jobSchema: paymentJobSchema });
 }
 
 /** user-events.v1 → user-event jobs (issue queue): every ACTIVE EVENT policy the type triggers issues. */
 export function userEventsRoute(topic: string): MessageRoute {
-  return eventRoute({ topic, kind: 'user-event', what: 'user event', eventSchema: userEventSchema, jobSchema: userEventJobSchema });
+  return eventRoute({ topic, source: 'user-events', kind: 'user-event', what: 'user event', eventSchema: userEventSchema, jobSchema: userEventJobSchema });
 }

@@ -11,6 +11,7 @@ import { eventStateProbes } from './0009-event-state-probes';
 import { orderOwners } from './0010-order-owners';
 import { policyCounters } from './0011-policy-counters';
 import { codeDelivery } from './0012-code-delivery';
+import { eventInbox } from './0013-event-inbox';
 import type { Migration } from './types';
 
 export const migrations: Migration[] = [
@@ -26,4 +27,5 @@ export const migrations: Migration[] = [
   orderOwners,
   policyCounters,
   codeDelivery,
+  eventInbox,
 ];
