@@ -16,4 +16,4 @@ npm run build
 
 # exec, and node with tsx's loader rather than `npx tsx` (which adds two more processes):
 # a signal that npm forwards to its child then reaches start.ts itself.
-exec node --import tsx scripts/start.ts
+exec node --import tsx scripts/start.ts "$@"

@@ -1,34 +1,31 @@
 // `npm start` after the build: brings up Postgres, Redis and Kafka (local servers, or
-// containers when Docker answers), runs the migrations, then runs the Procfile processes with
-// prefixed output until Ctrl-C, and stops everything it started on the way out.
+// containers when Docker answers), runs the migrations, then runs the Procfile processes (as many of
+// each as the formation asks: `npm start -- worker=3`) under a supervisor that restarts a process
+// that dies, until Ctrl-C; then it stops everything it started, in order.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import readline from 'node:readline';
-import { config } from '../core/config';
+import { config, opsPortOf, type Config } from '../core/config';
 import { ensureTopics } from './infra/kafka';
-import { consoleLogger as log, repoRoot, sleep } from './infra/process';
+import { consoleLogger as log, groupAlive, repoRoot, signalGroup, sleep } from './infra/process';
 import { ensureServices, type RunningServices } from './infra/services';
+import { parseStartArgs, planInstances, USAGE, UsageError, type BasePorts, type Instance, type StartArgs } from './supervisor/formation';
+import { Supervisor } from './supervisor/supervisor';
 
 const ROOT = repoRoot();
 const DEV_SECRETS = path.join(ROOT, '.data', 'dev-secrets.env');
 const STOP_GRACE_MS = 15_000;
-const COLORS = [36, 33, 35, 32, 34, 31];
-
-interface Running {
-  name: string;
-  child: ChildProcess;
-}
 
 const state = {
   services: undefined as Promise<RunningServices> | undefined,
-  children: [] as Running[],
+  migrate: undefined as ChildProcess | undefined,
+  supervisor: undefined as Supervisor | undefined,
   shuttingDown: false,
-  labelWidth: 0,
 };
 
 async function main(): Promise<void> {
+  const args = startArgs();
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   watchParent();
@@ -36,6 +33,8 @@ async function main(): Promise<void> {
   const useContainers = !['DATABASE_URL', 'REDIS_URL', 'KAFKA_BROKERS'].some((name) => process.env[name]);
   ensureDevSecrets();
   const cfg = config();
+  // Planned before anything starts: a typo in the formation costs no service start-up.
+  const instances = plan(args, cfg);
 
   state.services = ensureServices({
     databaseUrl: cfg.DATABASE_URL,
@@ -58,18 +57,52 @@ async function main(): Promise<void> {
     KAFKA_BROKERS: brokers.join(','),
   };
   log.info('migrate: running npm run migrate...');
-  const migrate = startChild('migrate', 'npm run migrate', env, 'inherit');
-  const migrateCode = await exitCode(migrate.child);
+  const migrateCode = await migrate(env);
   if (state.shuttingDown) return;
   if (migrateCode !== 0) {
     log.warn(`migrate: failed with exit code ${migrateCode}; stopping`);
     return shutdown(1);
   }
 
-  const procfile = readProcfile();
-  state.labelWidth = Math.max(...procfile.map(([name]) => name.length));
-  for (const [name, command] of procfile) watch(startChild(name, command, env, 'prefixed'));
-  log.info(`start: ${procfile.map(([name]) => name).join(', ')} running; API on http://localhost:${cfg.PORT}; Ctrl-C stops everything`);
+  state.supervisor = new Supervisor(instances, {
+    cwd: ROOT,
+    env,
+    log,
+    stopGraceMs: STOP_GRACE_MS,
+    onGiveUp: (reason) => void shutdown(1, reason),
+  });
+  state.supervisor.start();
+  log.info(`start: ${instances.map((i) => i.name).join(', ')} running; a process that dies is restarted; Ctrl-C stops everything`);
+}
+
+/** The command line (`npm start -- worker=3`); a mistake in it ends the run before anything starts. */
+function startArgs(): StartArgs {
+  try {
+    const args = parseStartArgs(process.argv.slice(2));
+    if (!args.help) return args;
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(0);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`start: ${error.message}\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
+
+function plan(args: StartArgs, cfg: Config): Instance[] {
+  const ports: BasePorts = {
+    web: cfg.PORT,
+    webOps: cfg.OPS_PORT,
+    worker: opsPortOf(cfg, 'WORKER_OPS_PORT'),
+    bridge: opsPortOf(cfg, 'BRIDGE_OPS_PORT'),
+  };
+  try {
+    return planInstances(readProcfile(path.resolve(ROOT, args.procfile ?? 'Procfile')), args.formation, ports);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    process.stderr.write(`start: ${error.message}\n${USAGE}\n`);
+    process.exit(2);
+  }
 }
 
 /**
@@ -101,8 +134,9 @@ function ensureDevSecrets(): void {
 }
 
 /** `name: command` lines; blank lines and # comments are skipped. */
-function readProcfile(): [string, string][] {
-  const text = readFileSync(path.join(ROOT, 'Procfile'), 'utf8');
+function readProcfile(file: string): [string, string][] {
+  if (!existsSync(file)) throw new UsageError(`no Procfile at ${file}`);
+  const text = readFileSync(file, 'utf8');
   return text
     .split('\n')
     .map((line) => /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim()))
@@ -111,46 +145,15 @@ function readProcfile(): [string, string][] {
 }
 
 /**
- * Runs a command through a shell in its own process group: a terminal's Ctrl-C then reaches
- * only this script, which stops the app first and the services after it, in that order.
+ * `npm run migrate` in a process group of its own, like the Procfile processes: a terminal's Ctrl-C
+ * reaches only this script, which then stops it. Its exit code.
  */
-function startChild(name: string, command: string, env: NodeJS.ProcessEnv, output: 'inherit' | 'prefixed'): Running {
-  const child = spawn(command, {
-    cwd: ROOT,
-    env,
-    shell: true,
-    detached: true,
-    stdio: output === 'inherit' ? ['ignore', 'inherit', 'inherit'] : ['ignore', 'pipe', 'pipe'],
-  });
-  if (output === 'prefixed') prefixOutput(name, child);
-  const running: Running = { name, child };
-  state.children.push(running);
-  return running;
-}
-
-function prefixOutput(name: string, child: ChildProcess): void {
-  const color = COLORS[state.children.length % COLORS.length];
-  const plain = `${name.padEnd(state.labelWidth)} |`;
-  const label = process.stdout.isTTY ? `\x1b[${color}m${plain}\x1b[0m` : plain;
-  for (const [stream, sink] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {
-    if (stream) readline.createInterface({ input: stream }).on('line', (line) => sink.write(`${label} ${line}\n`));
-  }
-}
-
-function exitCode(child: ChildProcess): Promise<number> {
+function migrate(env: NodeJS.ProcessEnv): Promise<number> {
+  const child = spawn('npm run migrate', { cwd: ROOT, env, shell: true, detached: true, stdio: ['ignore', 'inherit', 'inherit'] });
+  state.migrate = child;
   return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve(child.exitCode);
     child.once('error', () => resolve(127));
     child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
-  });
-}
-
-/** A Procfile process that exits on its own takes the whole service down with it. */
-function watch(running: Running): void {
-  running.child.once('exit', (code, signal) => {
-    if (state.shuttingDown) return;
-    log.warn(`${running.name}: exited unexpectedly (${signal ? `signal ${signal}` : `exit code ${code}`}); stopping everything`);
-    void shutdown(1);
   });
 }
 
@@ -170,58 +173,32 @@ function watchParent(): void {
 function onSignal(signal: NodeJS.Signals): void {
   if (state.shuttingDown) {
     log.warn(`${signal} again: killing the processes now`);
-    for (const { child } of state.children) signalGroup(child, 'SIGKILL');
+    state.supervisor?.killAll();
+    if (state.migrate?.exitCode === null) signalGroup(state.migrate.pid, 'SIGKILL');
     return;
   }
   log.info(`start: ${signal} received, stopping...`);
   void shutdown(0);
 }
 
-async function shutdown(code: number): Promise<void> {
+/**
+ * Stops the processes (web first, see Supervisor.stop), then the services we started, and exits.
+ * `failure` says why when the run ends on its own (a crash loop): exit code 1.
+ */
+async function shutdown(code: number, failure?: string): Promise<void> {
   if (state.shuttingDown) return;
   state.shuttingDown = true;
-  await stopChildren();
+  if (failure) log.warn(`start: ${failure}; stopping everything`);
+  const migrating = state.migrate?.exitCode === null && state.migrate.signalCode === null ? state.migrate.pid : undefined;
+  signalGroup(migrating, 'SIGTERM');
+  await state.supervisor?.stop();
+  while (groupAlive(migrating)) await sleep(100);
   // Services that are still starting get stopped once they are up.
   const services = await state.services?.catch(() => undefined);
   await services?.stop();
-  log.info('start: stopped');
+  if (state.supervisor) log.info(`start: restarts per process: ${state.supervisor.restartCounts()}`);
+  log.info(failure ? `start: stopped because ${failure} (exit code ${code})` : `start: stopped (exit code ${code})`);
   process.exit(code);
-}
-
-/**
- * SIGTERM to each process group, then wait for the groups to empty: the shell dies at once,
- * the command it runs may take its time to drain. SIGKILL whatever is left after the grace.
- */
-async function stopChildren(): Promise<void> {
-  const groups = state.children.filter(({ child }) => groupAlive(child));
-  for (const { child } of groups) signalGroup(child, 'SIGTERM');
-  const deadline = Date.now() + STOP_GRACE_MS;
-  while (groups.some(({ child }) => groupAlive(child)) && Date.now() < deadline) await sleep(100);
-  const stuck = groups.filter(({ child }) => groupAlive(child));
-  if (stuck.length === 0) return;
-  log.warn(`start: ${stuck.map((r) => r.name).join(', ')} still running after ${STOP_GRACE_MS / 1000} s; killing`);
-  for (const { child } of stuck) signalGroup(child, 'SIGKILL');
-  while (stuck.some(({ child }) => groupAlive(child))) await sleep(100);
-}
-
-function groupAlive(child: ChildProcess): boolean {
-  if (child.pid === undefined) return false;
-  try {
-    process.kill(-child.pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Signals the child's whole process group: the shell and the command it runs. */
-function signalGroup(child: ChildProcess, signal: NodeJS.Signals): void {
-  if (child.pid === undefined) return;
-  try {
-    process.kill(-child.pid, signal);
-  } catch {
-    // The group is already gone.
-  }
 }
 
 main().catch(async (error: Error) => {

@@ -179,6 +179,27 @@ export async function terminate(pid: number, opts: { host: string; port: number;
   }
 }
 
+/** True while any process of the group led by pgid runs (a command started detached leads its own). */
+export function groupAlive(pgid: number | undefined): boolean {
+  if (pgid === undefined) return false;
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Signals a whole process group: a shell and the command it runs. */
+export function signalGroup(pgid: number | undefined, sig: NodeJS.Signals): void {
+  if (pgid === undefined) return;
+  try {
+    process.kill(-pgid, sig);
+  } catch {
+    // The group is already gone.
+  }
+}
+
 function signal(pid: number, sig: NodeJS.Signals): void {
   try {
     process.kill(pid, sig);
