@@ -1,13 +1,14 @@
 // The service as a Procfile runner starts it: the Procfile's own commands, compiled JS from dist/,
 // two web processes (each on its own PORT) and three workers sharing the queues, plus the bridge.
 // A sale split across both webs must come out exact, and every process must drain and exit 0.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
 import { QUEUES } from '../queues/names';
 import { freePort } from '../scripts/infra/process';
+import { buildIfStale, procfile } from './support/build';
 import { closeDb, couponsOf } from './support/db';
 import { eventually } from './support/checkout';
 import { policyBody, uniqueId } from './support/fixtures';
@@ -16,41 +17,7 @@ import { logFile, logLines, waitForLine } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
 
 const ROOT = resolve(__dirname, '..');
-const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'scripts'];
 const BOARD = { user: 'ops', password: 'procfile-board-password' };
-
-/** `name: command` lines of the Procfile. */
-function procfile(): Map<string, string> {
-  const commands = new Map<string, string>();
-  for (const line of readFileSync(join(ROOT, 'Procfile'), 'utf8').split('\n')) {
-    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
-    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim());
-  }
-  return commands;
-}
-
-function newestMtime(dir: string, accept: (file: string) => boolean): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(path, accept));
-    else if (accept(entry.name)) newest = Math.max(newest, statSync(path).mtimeMs);
-  }
-  return newest;
-}
-
-/** Runs `npm run build` when a script of the Procfile is missing or older than a source file. */
-function buildIfStale(commands: string[]): void {
-  const scripts = commands.flatMap((c) => c.split(/\s+/).filter((arg) => arg.endsWith('.js'))).map((s) => join(ROOT, s));
-  const sources = Math.max(
-    ...SOURCES.map((d) => newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua'))),
-    ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(ROOT, f)).mtimeMs),
-  );
-  const fresh = scripts.every((s) => existsSync(s) && statSync(s).mtimeMs >= sources);
-  if (fresh) return;
-  const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 240_000 });
-  if (build.status !== 0) throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${`${build.stdout}${build.stderr}`.slice(-4000)}`);
-}
 
 interface Proc {
   name: string;

@@ -1,0 +1,40 @@
+// The compiled service the Procfile runs: its commands, and a build when dist/ is older than the sources.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(__dirname, '../..');
+const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'scripts'];
+
+/** `name: command` lines of the Procfile. */
+export function procfile(): Map<string, string> {
+  const commands = new Map<string, string>();
+  for (const line of readFileSync(join(ROOT, 'Procfile'), 'utf8').split('\n')) {
+    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
+    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim());
+  }
+  return commands;
+}
+
+function newestMtime(dir: string, accept: (file: string) => boolean): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) newest = Math.max(newest, newestMtime(path, accept));
+    else if (accept(entry.name)) newest = Math.max(newest, statSync(path).mtimeMs);
+  }
+  return newest;
+}
+
+/** Runs `npm run build` when a script of the Procfile is missing or older than a source file. */
+export function buildIfStale(commands: string[]): void {
+  const scripts = commands.flatMap((c) => c.split(/\s+/).filter((arg) => arg.endsWith('.js'))).map((s) => join(ROOT, s));
+  const sources = Math.max(
+    ...SOURCES.map((d) => newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua'))),
+    ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(ROOT, f)).mtimeMs),
+  );
+  const fresh = scripts.every((s) => existsSync(s) && statSync(s).mtimeMs >= sources);
+  if (fresh) return;
+  const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 240_000 });
+  if (build.status !== 0) throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${`${build.stdout}${build.stderr}`.slice(-4000)}`);
+}
