@@ -80,21 +80,26 @@ async function eventuallyTrue(check: () => boolean | Promise<boolean>, timeoutMs
 }
 
 /**
- * Waits until a worker is caught in the middle of an issue batch: the job is active, and the worker
- * has logged coupons of it while more of its requests are still to be written. Returns the worker
- * and the job, read just before the kill (a coupon write takes a few 50 ms round trips here).
+ * Catches a worker in the middle of an issue batch: a job is active and the worker has logged
+ * coupons of it. The worker is frozen (SIGSTOP) and the job read again, so the check cannot race the
+ * job's end: still active, in its first run, while its holder is frozen means the kill lands on work in flight.
+ * Returns the frozen worker, its pid and the job.
  */
-async function workerMidBatch(queue: Queue, timeoutMs: number): Promise<{ worker: string; jobId: string }> {
+async function freezeWorkerMidBatch(queue: Queue, timeoutMs: number): Promise<{ worker: string; pid: number; jobId: string }> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const active = await queue.getActive();
+    const active = new Set((await queue.getActive()).map((job) => job.id as string));
     for (const worker of ['worker.1', 'worker.2']) {
-      const issued = runner.logOf(worker).filter((l) => l.msg === 'coupon issued' && typeof l.jobId === 'string').map((l) => parseRequestId(l.jobId as string).jobId);
-      for (const job of active) {
-        const written = issued.filter((id) => id === job.id).length;
-        const requests = (job.data as { requests?: unknown[] }).requests?.length ?? 0;
-        if (written > 0 && written < requests) return { worker, jobId: job.id as string };
-      }
+      const jobs = runner.logOf(worker).flatMap((l) => (l.msg === 'coupon issued' && typeof l.jobId === 'string' ? [parseRequestId(l.jobId).jobId] : []));
+      const jobId = jobs.find((id) => active.has(id));
+      if (!jobId) continue;
+      const pid = runner.pidsOf(worker)[0] as number;
+      process.kill(pid, 'SIGSTOP');
+      const job = await queue.getJob(jobId);
+      // In its first run, so the worker that logged its coupons is the one holding it.
+      const firstRun = job?.attemptsStarted === 1 && !wasTakenOver(job);
+      if (firstRun && (await job.getState()) === 'active') return { worker, pid, jobId };
+      process.kill(pid, 'SIGCONT');
     }
     if (Date.now() > until) throw new Error('no worker was caught in the middle of a batch');
     await new Promise((r) => setTimeout(r, 10));
@@ -115,13 +120,10 @@ describe('npm start with worker=2, one worker SIGKILLed mid-sale', () => {
     let victim = '';
     try {
       const sale = mapLimit(users, 32, (_user, i) => api.post('/api/v1/coupons/issue', tokens[i], { policyId }));
-      const caught = await workerMidBatch(queue, 30_000);
+      const caught = await freezeWorkerMidBatch(queue, 30_000);
       victim = caught.worker;
-      const cutJob = caught.jobId;
-      const [oldPid] = runner.pidsOf(victim);
-      process.kill(oldPid as number, 'SIGKILL');
-      // The job the worker was writing is unfinished after the kill: work really was in flight.
-      expect(await (await queue.getJob(cutJob))?.getState()).toBe('active');
+      const { pid: oldPid, jobId: cutJob } = caught;
+      process.kill(oldPid, 'SIGKILL');
 
       // The runner notices, says so, and starts the worker again under a new pid.
       await runner.waitFor(new RegExp(`^warning: start: ${victim.replace('.', '\\.')} exited unexpectedly \\(signal SIGKILL, pid ${oldPid}.*restart 1 \\(attempt 1 in a row\\) in 0\\.5 s`), 20_000);
