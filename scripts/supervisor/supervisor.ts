@@ -20,6 +20,8 @@ export interface SupervisorOptions {
   stopGraceMs: number;
   /** Called once when a process crash-loops; the caller stops everything (stop()) and exits. */
   onGiveUp(message: string): void;
+  /** Where the processes' output lines go; by default to this process's stdout and stderr, each prefixed with its process's name. */
+  output?: (name: string, line: string, stream: 'stdout' | 'stderr') => void;
 }
 
 interface Managed {
@@ -51,6 +53,12 @@ export class Supervisor {
 
   start(): void {
     for (const m of this.managed) this.spawn(m);
+  }
+
+  /** The pid of the named process (web.1, worker.2) while it runs; undefined while it waits for a restart. */
+  pidOf(name: string): number | undefined {
+    const m = this.managed.find((x) => x.instance.name === name);
+    return m?.child && m.child.exitCode === null && m.child.signalCode === null ? m.child.pid : undefined;
   }
 
   /** Restarts per process so far, e.g. `web.1 0, worker.1 2`. */
@@ -145,6 +153,13 @@ export class Supervisor {
   }
 
   private prefixOutput(m: Managed, child: ChildProcess): void {
+    const output = this.opts.output;
+    if (output) {
+      for (const [stream, name] of [[child.stdout, 'stdout'], [child.stderr, 'stderr']] as const) {
+        if (stream) readline.createInterface({ input: stream }).on('line', (line) => output(m.instance.name, line, name));
+      }
+      return;
+    }
     const plain = `${m.instance.name.padEnd(this.labelWidth)} |`;
     const label = process.stdout.isTTY ? `\x1b[${m.color}m${plain}\x1b[0m` : plain;
     for (const [stream, sink] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {

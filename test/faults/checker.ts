@@ -1,0 +1,153 @@
+// The fault suite's one checker: reads every answer the clients got and the final database, and
+// counts the violations of each invariant. A count of 0 for every row is the bar, whatever fault ran.
+import type { Pool } from 'pg';
+import type { Checkout, Shopper } from './load';
+
+export interface Violations {
+  /** I1: coupons beyond the policy's quantity. */
+  I1_overIssued: number;
+  /** I2: users holding more coupons of the policy than its per-user limit. */
+  I2_overLimit: number;
+  /** I3: units of stock never issued although shoppers asked for more than the stock. */
+  I3_unitsLost: number;
+  /** Slots outside 1..quantity or held twice. */
+  I3_badSlots: number;
+  /** I4/I5: shoppers told "won" without a coupon, or holding one after being told "lost". */
+  I4_toldWrong: number;
+  /** I7: shoppers (or reserves) that never learned their outcome. */
+  I7_neverTold: number;
+  /** I6/I10: coupons with more than one live reservation, orders holding more than one coupon. */
+  I10_doubleReserved: number;
+  /** Reserves told "reserved" whose reservation is not in Postgres, or refused for no reason a fault explains. */
+  I9_reserveWrong: number;
+  /** I5/I11: payment events applied more than once, or not at all (a paid coupon not USED). */
+  I11_paymentsWrong: number;
+  /** Refunded coupons not restored, or restored ones still USED. */
+  I11_refundsWrong: number;
+}
+
+export interface CheckInput {
+  pg: Pool;
+  policyId: string;
+  stock: number;
+  perUserLimit: number;
+  shoppers: Shopper[];
+  checkouts: Checkout[];
+}
+
+export interface CheckReport {
+  violations: Violations;
+  /** Violations summed. */
+  total: number;
+  counts: { coupons: number; won: number; lost: number; failedRequests: number; reserved: number; used: number; restored: number };
+  /** A few examples per violated invariant, for the log. */
+  examples: Record<string, string[]>;
+}
+
+export async function check(input: CheckInput): Promise<CheckReport> {
+  const { pg, policyId, stock, perUserLimit, shoppers, checkouts } = input;
+  const examples: Record<string, string[]> = {};
+  const note = (what: keyof Violations, example: string) => {
+    const list = (examples[what] ??= []);
+    if (list.length < 5) list.push(example);
+  };
+  const v: Violations = {
+    I1_overIssued: 0,
+    I2_overLimit: 0,
+    I3_unitsLost: 0,
+    I3_badSlots: 0,
+    I4_toldWrong: 0,
+    I7_neverTold: 0,
+    I10_doubleReserved: 0,
+    I9_reserveWrong: 0,
+    I11_paymentsWrong: 0,
+    I11_refundsWrong: 0,
+  };
+
+  const { rows: coupons } = await pg.query<{ id: string; user_id: string; slot: number; status: string; reservation_id: string | null }>(
+    'SELECT id, user_id, slot, status, reservation_id FROM coupons WHERE policy_id = $1',
+    [policyId],
+  );
+  v.I1_overIssued = Math.max(0, coupons.length - stock);
+  const perUser = new Map<string, number>();
+  for (const c of coupons) perUser.set(c.user_id, (perUser.get(c.user_id) ?? 0) + 1);
+  for (const [user, n] of perUser) if (n > perUserLimit) (v.I2_overLimit += 1), note('I2_overLimit', `${user} holds ${n}`);
+  const demand = shoppers.length * perUserLimit;
+  v.I3_unitsLost = Math.max(0, Math.min(stock, demand) - coupons.length);
+  const slots = new Set<number>();
+  for (const c of coupons) {
+    if (c.slot < 1 || c.slot > stock || slots.has(c.slot)) (v.I3_badSlots += 1), note('I3_badSlots', `slot ${c.slot}`);
+    slots.add(c.slot);
+  }
+
+  const holders = new Map(coupons.map((c) => [c.user_id, c]));
+  for (const s of shoppers) {
+    if (!s.final) (v.I7_neverTold += 1), note('I7_neverTold', `${s.user}: ${s.answers.map((a) => a.status).join(',')}`);
+    else if (s.final.outcome === 'won' && !holders.has(s.user)) (v.I4_toldWrong += 1), note('I4_toldWrong', `${s.user} told won, holds nothing`);
+    else if (s.final.outcome === 'lost' && holders.has(s.user)) (v.I4_toldWrong += 1), note('I4_toldWrong', `${s.user} told ${s.final.code}, holds a coupon`);
+  }
+
+  const { rows: reservations } = await pg.query<{ id: string; coupon_id: string; order_id: string; status: string; refunded_at: Date | null }>(
+    'SELECT r.id, r.coupon_id, r.order_id, r.status, r.refunded_at FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1',
+    [policyId],
+  );
+  const live = reservations.filter((r) => r.status === 'PENDING' || r.status === 'CONFIRMED');
+  const liveByCoupon = new Map<string, number>();
+  const liveByOrder = new Map<string, number>();
+  for (const r of live) {
+    liveByCoupon.set(r.coupon_id, (liveByCoupon.get(r.coupon_id) ?? 0) + 1);
+    liveByOrder.set(r.order_id, (liveByOrder.get(r.order_id) ?? 0) + 1);
+  }
+  for (const [id, n] of [...liveByCoupon, ...liveByOrder]) if (n > 1) (v.I10_doubleReserved += 1), note('I10_doubleReserved', `${id}: ${n} live`);
+
+  const byId = new Map(reservations.map((r) => [r.id, r]));
+  const couponById = new Map(coupons.map((c) => [c.id, c]));
+  const { rows: applied } = await pg.query<{ event_id: string; outcome: string }>(
+    "SELECT event_id, outcome FROM processed_events WHERE source = 'payments' AND event_id = ANY($1::text[])",
+    [checkouts.flatMap((c) => c.events.map((e) => e.eventId))],
+  );
+  const outcomeOf = new Map(applied.map((a) => [a.event_id, a.outcome]));
+  let used = 0;
+  let restored = 0;
+  for (const c of checkouts) {
+    if (!c.reservation && !c.refusal) (v.I7_neverTold += 1), note('I7_neverTold', `reserve of ${c.couponId}`);
+    if (c.refusal) (v.I9_reserveWrong += 1), note('I9_reserveWrong', `${c.couponId} refused ${c.refusal}`);
+    if (!c.reservation) continue;
+    const r = byId.get(c.reservation.id);
+    const coupon = couponById.get(c.couponId);
+    if (!r || r.coupon_id !== c.couponId) {
+      v.I9_reserveWrong += 1;
+      note('I9_reserveWrong', `${c.couponId} told reserved as ${c.reservation.id}, not in Postgres`);
+      continue;
+    }
+    for (const e of c.events) {
+      if (outcomeOf.get(e.eventId) !== 'APPLIED') (v.I11_paymentsWrong += 1), note('I11_paymentsWrong', `${e.type} ${e.eventId}: ${outcomeOf.get(e.eventId) ?? 'never processed'}`);
+    }
+    if (c.refund) {
+      restored += 1;
+      if (!r.refunded_at || coupon?.status !== 'ISSUED') (v.I11_refundsWrong += 1), note('I11_refundsWrong', `${c.couponId}: ${coupon?.status}, refunded ${r.refunded_at}`);
+    } else {
+      used += 1;
+      if (r.status !== 'CONFIRMED' || coupon?.status !== 'USED' || coupon.reservation_id !== r.id) {
+        v.I11_paymentsWrong += 1;
+        note('I11_paymentsWrong', `${c.couponId}: coupon ${coupon?.status}, reservation ${r.status}`);
+      }
+    }
+  }
+
+  const total = Object.values(v).reduce((x, y) => x + y, 0);
+  return {
+    violations: v,
+    total,
+    counts: {
+      coupons: coupons.length,
+      won: shoppers.filter((s) => s.final?.outcome === 'won').length,
+      lost: shoppers.filter((s) => s.final?.outcome === 'lost').length,
+      failedRequests: shoppers.reduce((n, s) => n + s.failedRequests, 0),
+      reserved: checkouts.filter((c) => c.reservation).length,
+      used,
+      restored,
+    },
+    examples,
+  };
+}

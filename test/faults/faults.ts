@@ -1,0 +1,183 @@
+// The faults the suite injects, each at a moment when work is in flight, and what it found in flight
+// when it struck: a fault that hit nothing proves nothing, so the scenario fails it.
+import IORedis from 'ioredis';
+import { sleep } from '../../scripts/infra/process';
+import type { World } from './world';
+
+/** Where in a scenario a fault strikes: mid-sale, mid-reserve, or while payments are applied. */
+export type Phase = 'sale' | 'reserve' | 'payments';
+
+export interface InFlight {
+  /** Admissions of the sale's policy holding a unit not yet settled (the issue path's work in flight). */
+  pendingAdmissions: number;
+  /** Jobs active or waiting, per queue. */
+  jobs: Record<string, number>;
+  /** Clients of the scenario that did not know their outcome yet. */
+  clientsWaiting: number;
+}
+
+export interface FaultContext {
+  world: World;
+  policyId: string;
+  log: (line: string) => void;
+  /** What is in flight right now (read just before the fault strikes). */
+  inFlight(): Promise<InFlight>;
+}
+
+export interface Fault {
+  name: string;
+  phase: Phase;
+  /** What it does, for the report. */
+  what: string;
+  /** Strikes; resolves when the fault is over (the process restarted, Redis back, the proxy relaying). */
+  strike(ctx: FaultContext): Promise<string>;
+  /** Whether the work found in flight is work this fault can break. */
+  hit(found: InFlight): boolean;
+}
+
+const anyJobs = (found: InFlight, queue: string) => (found.jobs[queue] ?? 0) > 0;
+
+/** Waits until the supervisor has the process running under a new pid. */
+async function restarted(world: World, name: string, oldPid: number, timeoutMs = 30_000): Promise<number> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const pid = world.supervisor.pidOf(name);
+    if (pid !== undefined && pid !== oldPid) return pid;
+    if (Date.now() > until) throw new Error(`${name} was not restarted within ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
+function killProcess(name: string, phase: Phase, hit: Fault['hit']): Fault {
+  return {
+    name: `kill-${name.replace(/\.\d+$/, '')}${phase === 'sale' ? '' : `-${phase}`}`,
+    phase,
+    what: `SIGKILL ${name}; the supervisor restarts it`,
+    hit,
+    async strike({ world }) {
+      const pid = world.signal(name, 'SIGKILL');
+      const again = await restarted(world, name, pid);
+      return `${name} pid ${pid} killed, restarted as ${again}`;
+    },
+  };
+}
+
+export const FAULTS: Fault[] = [
+  killProcess('worker.1', 'sale', (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue')),
+  killProcess('web.1', 'sale', (f) => f.clientsWaiting > 0),
+  killProcess('worker.1', 'payments', (f) => anyJobs(f, 'payments')),
+  killProcess('bridge.1', 'payments', (f) => f.clientsWaiting > 0),
+  killProcess('web.1', 'reserve', (f) => f.clientsWaiting > 0),
+  {
+    name: 'stop-worker',
+    phase: 'sale',
+    what: 'SIGSTOP worker.2 past its lock and the stall check, then SIGCONT: two runs of its jobs',
+    hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
+    async strike({ world }) {
+      const pid = world.signal('worker.2', 'SIGSTOP');
+      await sleep(9_000);
+      process.kill(pid, 'SIGCONT');
+      return `worker.2 pid ${pid} stopped 9 s (lock 4 s, stall check every 1 s)`;
+    },
+  },
+  {
+    name: 'redis-kill',
+    phase: 'sale',
+    what: 'SIGKILL Redis (its append-only file may miss the last second), restart it with its data',
+    hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
+    async strike({ world }) {
+      world.redis.kill();
+      await sleep(1_000);
+      await world.redis.start();
+      return 'Redis killed, restarted with its append-only file after 1 s';
+    },
+  },
+  {
+    name: 'redis-empty',
+    phase: 'sale',
+    what: 'SIGKILL Redis and restart it empty (a failover to a replica that had nothing)',
+    hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
+    async strike({ world }) {
+      world.redis.kill();
+      await world.redis.start({ empty: true });
+      return 'Redis killed, restarted empty';
+    },
+  },
+  {
+    name: 'redis-empty-payments',
+    phase: 'payments',
+    what: 'Redis restarted empty while payment events wait in the queue',
+    hit: (f) => anyJobs(f, 'payments') || f.clientsWaiting > 0,
+    async strike({ world }) {
+      world.redis.kill();
+      await world.redis.start({ empty: true });
+      return 'Redis killed, restarted empty';
+    },
+  },
+  {
+    name: 'redis-away',
+    phase: 'sale',
+    what: 'Redis unreachable for 5 s (connections cut, new ones refused)',
+    hit: (f) => f.clientsWaiting > 0,
+    async strike({ world }) {
+      await world.redis.proxy.pause('refuse');
+      await sleep(5_000);
+      await world.redis.proxy.resume();
+      return 'Redis away 5 s';
+    },
+  },
+  {
+    name: 'postgres-restart',
+    phase: 'sale',
+    what: 'Postgres restarts: every connection cut, new ones refused for 3 s',
+    hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
+    async strike({ world }) {
+      await world.postgres.proxy.pause('refuse');
+      await sleep(3_000);
+      await world.postgres.proxy.resume();
+      return 'Postgres away 3 s';
+    },
+  },
+  {
+    name: 'postgres-restart-reserve',
+    phase: 'reserve',
+    what: 'Postgres restarts mid-checkout: every connection cut, new ones refused for 3 s',
+    hit: (f) => f.clientsWaiting > 0,
+    async strike({ world }) {
+      await world.postgres.proxy.pause('refuse');
+      await sleep(3_000);
+      await world.postgres.proxy.resume();
+      return 'Postgres away 3 s';
+    },
+  },
+  {
+    name: 'postgres-slow',
+    phase: 'sale',
+    what: 'Postgres answers 100 ms late for 8 s',
+    hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
+    async strike({ world }) {
+      world.postgres.proxy.latencyMs = 100;
+      await sleep(8_000);
+      world.postgres.proxy.latencyMs = 0;
+      return 'Postgres 100 ms slower for 8 s';
+    },
+  },
+];
+
+/** What is in flight in the world's queues and the sale's admission state. */
+export async function readInFlight(world: World, policyId: string, clientsWaiting: number): Promise<InFlight> {
+  const redis = new IORedis(world.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2_000 });
+  redis.on('error', () => undefined);
+  try {
+    const pendingAdmissions = await redis.hlen(`${world.queuePrefix}:adm:{${policyId}}:pending`).catch(() => 0);
+    const jobs: Record<string, number> = {};
+    for (const queue of ['issue', 'checkout', 'payments']) {
+      const key = (state: string) => `${world.queuePrefix}:${queue}:${state}`;
+      const [active, waiting] = await Promise.all([redis.llen(key('active')).catch(() => 0), redis.llen(key('wait')).catch(() => 0)]);
+      jobs[queue] = active + waiting;
+    }
+    return { pendingAdmissions, jobs, clientsWaiting };
+  } finally {
+    redis.disconnect();
+  }
+}

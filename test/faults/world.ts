@@ -1,0 +1,180 @@
+// The world the fault suite breaks: the service as `npm start` runs it (the Procfile's processes
+// under the supervisor, which restarts what dies), a Redis of its own (append-only file, so it can be
+// killed and restarted with or without its data), and a TCP proxy in front of Redis and of Postgres
+// (to make either unreachable, or Postgres slow, or to cut every connection as a restart does).
+import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
+import path from 'node:path';
+import { Pool } from 'pg';
+import { runMigrations } from '../../models/migrator';
+import { ensureTopics } from '../../scripts/infra/kafka';
+import { freePort, repoRoot, sleep, type Logger } from '../../scripts/infra/process';
+import { ensureRedis, ping } from '../../scripts/infra/redis';
+import { planInstances } from '../../scripts/supervisor/formation';
+import { Supervisor } from '../../scripts/supervisor/supervisor';
+import { buildIfStale, procfile } from '../support/build';
+import { EventProducer } from '../support/checkout';
+import { Api } from '../support/http';
+import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
+
+export interface Formation {
+  web: number;
+  worker: number;
+  bridge: number;
+}
+
+export interface World {
+  apis: Api[];
+  pg: Pool;
+  queuePrefix: string;
+  paymentsTopic: string;
+  events: EventProducer;
+  /** The Redis the service uses, through the proxy (for reading queue state). */
+  redisUrl: string;
+  supervisor: Supervisor;
+  /** Sends `signal` to the named process (web.1, worker.2, bridge.1); its pid. */
+  signal(name: string, signal: NodeJS.Signals): number;
+  /** The supervisor's restarts so far, per process. */
+  restarts(): string;
+  redis: {
+    /** SIGKILL: what the append-only file had not synced (up to a second) is lost. */
+    kill(): void;
+    /** Starts it again on the same port, with its data or (`empty`) without. */
+    start(opts?: { empty?: boolean }): Promise<void>;
+    proxy: TcpProxy;
+  };
+  postgres: { proxy: TcpProxy };
+  stop(): Promise<void>;
+}
+
+const quiet: Logger = { info: () => undefined, warn: (m) => process.stderr.write(`[faults] ${m}\n`) };
+
+export async function createWorld(opts: { formation: Formation; tag: string; log: (line: string) => void; env?: Record<string, string> }): Promise<World> {
+  const { tag, log } = opts;
+  buildIfStale([...procfile().values()]);
+
+  // Redis of its own, behind a proxy.
+  const redisPort = await freePort();
+  const redisDir = path.join(repoRoot(), '.data', 'redis', String(redisPort));
+  rmSync(redisDir, { recursive: true, force: true });
+  const realRedisUrl = `redis://127.0.0.1:${redisPort}`;
+  let redisService = await ensureRedis(realRedisUrl, quiet);
+  const redisProxy = await startTcpProxy({ host: '127.0.0.1', port: redisPort });
+  const redisUrl = `redis://127.0.0.1:${redisProxy.port}`;
+
+  // A scratch database of its own, behind a proxy.
+  const admin = new Pool({ connectionString: 'postgres://postgres@127.0.0.1:5432/postgres', max: 1 });
+  const database = `coupons_faults_${tag}`.replace(/[^a-z0-9_]/g, '_');
+  await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+  await admin.query(`CREATE DATABASE ${database}`);
+  await runMigrations(`postgres://postgres@127.0.0.1:5432/${database}`);
+  const pgProxy = await startTcpProxy({ host: '127.0.0.1', port: 5432 });
+  const pg = new Pool({ connectionString: `postgres://postgres@127.0.0.1:5432/${database}`, max: 4 });
+
+  const queuePrefix = `faults-${tag}`;
+  const paymentsTopic = `payments.v1.faults-${tag}`;
+  const userEventsTopic = `user-events.v1.faults-${tag}`;
+  await ensureTopics((process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(','), [paymentsTopic, userEventsTopic], 6);
+  const events = new EventProducer();
+  const webPort = await freePort();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    NODE_ENV: 'test',
+    LOG_LEVEL: process.env.LOG_LEVEL || 'warn',
+    DATABASE_URL: `postgres://postgres@127.0.0.1:${pgProxy.port}/${database}`,
+    REDIS_URL: redisUrl,
+    QUEUE_PREFIX: queuePrefix,
+    KAFKA_PAYMENTS_TOPIC: paymentsTopic,
+    KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
+    KAFKA_GROUP_ID: `faults-bridge-${tag}`,
+    RATE_LIMIT_IP_POINTS: '0',
+    // Short lock periods, so a killed or stopped worker's jobs are taken over within seconds.
+    JOB_LOCK_MS: '4000',
+    JOB_STALLED_INTERVAL_MS: '1000',
+    ADMISSION_RECONCILE_INTERVAL_MS: '1000',
+    ADMISSION_RECONCILE_AGE_MS: '8000',
+    ...opts.env,
+  };
+  const logDir = path.join(repoRoot(), '.data', 'faults', 'logs', tag);
+  mkdirSync(logDir, { recursive: true });
+  const logs = new Map<string, WriteStream>();
+  const logFile = (name: string) => {
+    let stream = logs.get(name);
+    if (!stream) logs.set(name, (stream = createWriteStream(path.join(logDir, `${name}.log`), { flags: 'a' })));
+    return stream;
+  };
+  const instances = planInstances([...procfile().entries()], { ...opts.formation }, { web: webPort, worker: 0, bridge: 0 });
+  let gaveUp: string | undefined;
+  const supervisor = new Supervisor(instances, {
+    cwd: repoRoot(),
+    env,
+    log: { info: () => undefined, warn: (m) => log(m) },
+    stopGraceMs: 15_000,
+    onGiveUp: (message) => {
+      gaveUp = message;
+      log(`supervisor gave up: ${message}`);
+    },
+    // Each process's output in a file of its own, for when a scenario fails.
+    output: (name, line) => logFile(name).write(`${line}\n`),
+  });
+  supervisor.start();
+  const baseUrls = Array.from({ length: opts.formation.web }, (_, i) => `http://127.0.0.1:${webPort + i}`);
+  const apis = baseUrls.map((url) => new Api(url, 256));
+  await waitReady(apis, () => gaveUp);
+  log(`world ${tag}: ${instances.map((i) => i.name).join(', ')}; webs ${baseUrls.join(' ')}; redis ${realRedisUrl} via ${redisUrl}`);
+
+  return {
+    apis,
+    pg,
+    queuePrefix,
+    paymentsTopic,
+    events,
+    redisUrl,
+    supervisor,
+    signal: (name, signal) => {
+      const pid = supervisor.pidOf(name);
+      if (pid === undefined) throw new Error(`${name} is not running`);
+      process.kill(pid, signal);
+      return pid;
+    },
+    restarts: () => supervisor.restartCounts(),
+    redis: {
+      kill: () => {
+        if (redisService.pid !== undefined) process.kill(redisService.pid, 'SIGKILL');
+      },
+      start: async ({ empty = false } = {}) => {
+        while (await ping(realRedisUrl)) await sleep(50);
+        if (empty) rmSync(redisDir, { recursive: true, force: true });
+        redisService = await ensureRedis(realRedisUrl, quiet);
+      },
+      proxy: redisProxy,
+    },
+    postgres: { proxy: pgProxy },
+    stop: async () => {
+      await supervisor.stop();
+      for (const stream of logs.values()) stream.end();
+      await Promise.all(apis.map((a) => a.close()));
+      await events.close();
+      await pg.end();
+      await redisProxy.close();
+      await pgProxy.close();
+      await redisService.stop();
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => undefined);
+      await admin.end();
+    },
+  };
+}
+
+/** Every web answers /health/ready (and so has its Redis and Postgres); fails if the supervisor gave up. */
+async function waitReady(apis: Api[], gaveUp: () => string | undefined): Promise<void> {
+  const deadline = Date.now() + 90_000;
+  for (const api of apis) {
+    for (;;) {
+      const failed = gaveUp();
+      if (failed) throw new Error(failed);
+      const ready = await api.get('/health/ready').then((r) => r.status === 200, () => false);
+      if (ready) break;
+      if (Date.now() > deadline) throw new Error(`${api.baseUrl} not ready within 90 s`);
+      await sleep(200);
+    }
+  }
+}
