@@ -1,28 +1,42 @@
-// Redis restarts in the middle of a sale: the web answers 503 while it is away (never a 202 it
-// cannot keep), the workers resume on their own when it is back, and the stock stays exact.
+// Redis goes down in the middle of a sale, stopped (SIGTERM: it writes its append-only file out) or
+// killed (SIGKILL: no shutdown at all), while admitted requests are in flight and stock is left: the
+// web answers 503 while it is away (never a 202 it cannot keep), the workers resume on their own
+// when it is back, every accepted request settles and the stock stays exact.
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { Api, mapLimit } from './support/http';
+import IORedis from 'ioredis';
+import { eventually } from './support/checkout';
+import { Api, mapLimit, type Reply } from './support/http';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { startStack, type Stack } from './support/stack';
+import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 import { ensureRedis } from '../scripts/infra/redis';
-import { freePort, repoRoot, type Service } from '../scripts/infra/process';
+import { freePort, isPortOpen, repoRoot, waitUntil, type Service } from '../scripts/infra/process';
 
 const quiet = { info: () => undefined, warn: () => undefined };
+const STOCK = 150;
 let redisUrl: string;
+let redisPort: number;
 let redis: Service;
 let stack: Stack;
 let api: Api;
+let pgProxy: TcpProxy;
 
 beforeAll(async () => {
   // A Redis of this test's own (append-only file, so accepted jobs survive the restart).
-  const port = await freePort();
-  rmSync(path.join(repoRoot(), '.data', 'redis', String(port)), { recursive: true, force: true });
-  redisUrl = `redis://127.0.0.1:${port}`;
+  redisPort = await freePort();
+  rmSync(path.join(repoRoot(), '.data', 'redis', String(redisPort)), { recursive: true, force: true });
+  redisUrl = `redis://127.0.0.1:${redisPort}`;
   redis = await ensureRedis(redisUrl, quiet);
-  stack = await startStack({ workers: 1, name: 'redis-restart', env: { REDIS_URL: redisUrl, JOB_LOCK_MS: '3000', JOB_STALLED_INTERVAL_MS: '1000' } });
+  expect(redis.started).toBe(true);
+  // The worker reaches Postgres through a proxy adding 20 ms each way, so an admitted request stays
+  // pending (its slot held, its coupon not written) long enough for Redis to go down under it.
+  const slow = await slowPostgres(20);
+  pgProxy = slow.proxy;
+  stack = await startStack({ workers: 0, name: 'redis-restart', env: { REDIS_URL: redisUrl, JOB_LOCK_MS: '3000', JOB_STALLED_INTERVAL_MS: '1000' } });
+  await stack.startWorker({ DATABASE_URL: slow.databaseUrl });
   api = new Api(stack.baseUrl, 64);
 });
 
@@ -30,13 +44,42 @@ afterAll(async () => {
   await api?.close();
   await stack?.stop();
   await redis?.stop();
+  await pgProxy?.close();
   await closeDb();
 });
 
-describe('a Redis restart mid-sale', () => {
+/** What the admission step of a policy holds: units taken (slots handed out and not given back) and admissions pending. */
+async function admissionState(policyId: string): Promise<{ taken: number; pending: number }> {
+  const client = new IORedis(redisUrl, { maxRetriesPerRequest: 1 });
+  const base = `${stack.queuePrefix}:adm:{${policyId}}`;
+  try {
+    const [next, free, pending] = await Promise.all([client.hget(`${base}:stock`, 'next'), client.llen(`${base}:free`), client.hlen(`${base}:pending`)]);
+    return { taken: Math.max(0, Number(next ?? 1) - 1 - free), pending };
+  } finally {
+    client.disconnect();
+  }
+}
+
+/** SIGKILLs the Redis server (its pid from INFO) and waits until its port is closed. */
+async function killRedis(): Promise<void> {
+  const client = new IORedis(redisUrl, { maxRetriesPerRequest: 1 });
+  const info = await client.info('server').finally(() => client.disconnect());
+  const pid = Number(/process_id:(\d+)/.exec(info)?.[1]);
+  expect(pid).toBeGreaterThan(0);
+  process.kill(pid, 'SIGKILL');
+  await waitUntil('redis killed', async () => !(await isPortOpen('127.0.0.1', redisPort, 300)), { timeoutMs: 10_000, intervalMs: 100 });
+}
+
+const stopRedis = () => redis.stop();
+type Asked = { user: string; reply: Reply };
+
+describe.each([
+  ['stopped (SIGTERM)', stopRedis],
+  ['killed (SIGKILL)', killRedis],
+])('Redis %s mid-sale', (_how, takeRedisDown) => {
   it('answers 503 while Redis is away, then resumes, and every accepted request settles with exact stock', async () => {
     const admin = await adminToken();
-    const created = await api.post('/api/v1/coupons/policies', admin, policyBody({ totalQuantity: 150 }));
+    const created = await api.post('/api/v1/coupons/policies', admin, policyBody({ totalQuantity: STOCK }));
     expect(created.status).toBe(201);
     const policyId = created.body.id as string;
     const users = Array.from({ length: 600 }, (_, i) => uniqueId(`rr${i}`));
@@ -46,40 +89,56 @@ describe('a Redis restart mid-sale', () => {
     const ask = (user: string) =>
       api
         .call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: waits.has(user) ? { prefer: 'wait=10' } : {} })
-        .then((reply) => ({ user, reply }));
+        .then((reply): Asked => ({ user, reply }));
 
-    const before = await mapLimit(users.slice(0, 200), 32, ask);
+    // Fewer shoppers than units ask before Redis goes back up, so stock is left by construction.
+    // Redis goes down once some have their answer and others hold admissions whose coupon is not written.
+    const early = users.slice(0, 140);
+    let answered = 0;
+    const outage = (async () => {
+      await eventually(async () => answered, (n) => n >= 30, 60_000, '30 answers');
+      const atOutage = await eventually(() => admissionState(policyId), (s) => s.pending > 0, 60_000, 'admissions in flight');
+      await takeRedisDown();
+      return atOutage;
+    })();
+    outage.catch(() => undefined); // awaited below, once the requests are in
+    const inFlight = await mapLimit(early, 16, async (user) => {
+      const asked = await ask(user);
+      answered += 1;
+      return asked;
+    });
+    const atOutage = await outage;
+    expect(atOutage.pending).toBeGreaterThan(0); // admitted requests were in flight
+    expect(atOutage.taken).toBeLessThan(STOCK); // and stock was left
+    expect(inFlight.map((r) => r.reply.status).filter((s) => ![200, 202, 503].includes(s))).toEqual([]);
 
-    await redis.stop();
-    const during = await mapLimit(users.slice(200, 260), 16, ask);
+    const during = await mapLimit(users.slice(140, 200), 16, ask);
     expect(during.map((r) => r.reply.status)).toEqual(Array(60).fill(503));
     expect((await api.get('/health/ready')).status).toBe(503);
 
     redis = await ensureRedis(redisUrl, quiet);
-    let ready = 503;
-    for (let i = 0; i < 100 && ready !== 200; i += 1) {
-      ready = (await api.get('/health/ready')).status;
-      if (ready !== 200) await new Promise((r) => setTimeout(r, 200));
-    }
-    expect(ready).toBe(200);
-    const after = await mapLimit([...users.slice(200, 260), ...users.slice(260)], 32, ask);
+    expect(redis.started).toBe(true);
+    await eventually(async () => (await api.get('/health/ready')).status, (s) => s === 200, 30_000, 'ready again');
+    // Those refused while Redis was away ask again, as a client told 503 would, and the rest ask.
+    const refused = [...inFlight, ...during].filter((r) => r.reply.status === 503).map((r) => r.user);
+    const after = await mapLimit([...refused, ...users.slice(200)], 32, ask);
+    expect(after.filter((r) => r.reply.status !== 200 && r.reply.status !== 202)).toEqual([]); // outside the outage, every request is taken
 
-    const accepted = [...before, ...after].filter((r) => r.reply.status === 202 || r.reply.status === 200);
-    expect(accepted.length).toBe(before.length + after.length); // outside the outage, every request is taken
+    const accepted = [...inFlight, ...after].filter((r) => r.reply.status === 202 || r.reply.status === 200);
     expect(accepted.filter((r) => r.reply.status === 200 && !waits.has(r.user))).toEqual([]);
     const jobs = await mapLimit(accepted, 32, ({ user, reply }): Promise<any> =>
       reply.status === 200 ? Promise.resolve(reply.body) : api.settle(reply.body.jobId, tokens.get(user) as string, 90_000),
     );
     const statuses = jobs.map((j) => j.status);
     expect(statuses.filter((s) => s === 'pending' || s === 'failed')).toEqual([]);
-    expect(statuses.filter((s) => s === 'succeeded')).toHaveLength(150);
+    expect(statuses.filter((s) => s === 'succeeded')).toHaveLength(STOCK);
 
     const rows = await couponsOf(policyId);
-    expect(rows).toHaveLength(150);
+    expect(rows).toHaveLength(STOCK);
     // The shoppers told "won" are exactly the holders, whichever way they asked.
     const winners = accepted.filter((_, i) => jobs[i].status === 'succeeded').map((r) => r.user);
     expect(new Set(rows.map((r) => r.user_id))).toEqual(new Set(winners));
-    expect(new Set(rows.map((r) => r.user_id)).size).toBe(150);
-    expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: 150 }, (_, i) => i + 1));
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(STOCK);
+    expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: STOCK }, (_, i) => i + 1));
   });
 });
