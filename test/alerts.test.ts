@@ -11,8 +11,6 @@ import { logLines, startStack, stopProcess, type Stack } from './support/stack';
 import { proxiedRedis, slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { tokenFor } from './support/tokens';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 async function scrape(opsUrl: string): Promise<Map<string, Family>> {
   const res = await fetch(`${opsUrl}/metrics`);
   expect(res.status).toBe(200);
@@ -81,8 +79,11 @@ describe('the CONSUMER_LAG alert', () => {
     // The lag of the other topic is measured too, and is nothing.
     expect(sampleValue(lagging, 'coupon_kafka_consumer_lag', { topic: stack.userEventsTopic, partition: '0' })).toBe(0);
 
-    // Still behind five measurements later: still one alert, not one per measurement.
-    await sleep(1_000);
+    // Still behind five measurements later: still one alert, not one per measurement. A measurement's
+    // alert would be logged right after its own line, so before the next measurement's.
+    const measuredLagging = () => logLines(`${NAME}-bridge-1`).filter((l) => l.msg === 'consumer lag' && l.topic === topic && l.lag === 20).length;
+    const soFar = measuredLagging();
+    await eventually(async () => measuredLagging(), (n) => n >= soFar + 5, 15_000, 'five more lag measurements');
     expect(await alertLines(`${NAME}-bridge-1`, 'CONSUMER_LAG')).toHaveLength(1);
     expect(sampleValue(await scrape(url), 'coupon_alerts_total', { alert: 'CONSUMER_LAG' })).toBe(1);
 

@@ -2,12 +2,11 @@
 // are being applied, with every payment event delivered twice. Afterwards every coupon is used
 // exactly once, by the order that reserved it, and every event took effect once.
 import type { ChildProcess } from 'node:child_process';
-import { Queue } from 'bullmq';
-import IORedis from 'ioredis';
 import { createCheckoutPolicy, eventually, EventProducer, paymentEvent, reserve } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
+import { activeJobIds, jobsById, wasTakenOver } from './support/jobs';
 import { startStack, type Stack } from './support/stack';
 import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { tokenFor } from './support/tokens';
@@ -19,7 +18,8 @@ let workerEnv: Record<string, string>;
 const events = new EventProducer();
 
 // Short locks so a killed worker's jobs are taken over within seconds; a slow Postgres (20 ms each
-// way) keeps jobs in flight long enough for the kills to land on them.
+// way) keeps jobs in flight long enough for the kills to land on them. One worker runs up to each
+// kill, so every job active once it is dead is one the kill cut off.
 const FAST_STALL = { JOB_LOCK_MS: '2000', JOB_STALLED_INTERVAL_MS: '1000', WORKER_CONCURRENCY: '16' };
 const SHOPPERS = 300;
 
@@ -28,7 +28,6 @@ beforeAll(async () => {
   pgProxy = slow.proxy;
   workerEnv = { ...FAST_STALL, DATABASE_URL: slow.databaseUrl };
   stack = await startStack({ workers: 0, bridge: true, name: 'checkout-crash', env: FAST_STALL });
-  await stack.startWorker(workerEnv);
   await stack.startWorker(workerEnv);
   api = new Api(stack.baseUrl, 128);
 });
@@ -48,25 +47,25 @@ function killed(child: ChildProcess): Promise<void> {
   });
 }
 
-/** Kills the oldest live worker and starts a fresh one, as a process manager would. */
-async function replaceAWorker(): Promise<ChildProcess> {
-  const victim = stack.workers.find((w) => w.exitCode === null && w.signalCode === null) as ChildProcess;
-  await killed(victim);
-  await stack.startWorker(workerEnv);
-  return victim;
+/**
+ * Once a job of the queue is active, SIGKILLs the one live worker and reads which jobs of the queue
+ * are still active: with no worker left, those are the ones the kill cut off. Then starts
+ * `replacements` fresh workers, as a process manager would.
+ */
+async function killMidJob(queueName: string, replacements: number): Promise<string[]> {
+  const [victim, ...others] = stack.workers.filter((w) => w.exitCode === null && w.signalCode === null);
+  expect(others).toEqual([]);
+  await eventually(() => activeJobIds(stack.queuePrefix, queueName), (ids) => ids.length > 0, 60_000, `a ${queueName} job in flight`);
+  await killed(victim as ChildProcess);
+  const cutOff = await activeJobIds(stack.queuePrefix, queueName);
+  await Promise.all(Array.from({ length: replacements }, () => stack.startWorker(workerEnv)));
+  return cutOff;
 }
 
-/** How many jobs of a queue were started more than once (taken over after their worker died). */
-async function takenOver(queueName: string): Promise<number> {
-  const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
-  const queue = new Queue(queueName, { connection, prefix: stack.queuePrefix });
-  try {
-    const jobs = await queue.getJobs(['completed', 'failed', 'active', 'waiting', 'delayed']);
-    return jobs.filter((j) => j.attemptsStarted > 1 || j.stalledCounter > 0).length;
-  } finally {
-    await queue.close();
-    connection.disconnect();
-  }
+/** Whether each job was taken over (started again after its worker died) and finished. */
+async function takenOverAndFinished(queueName: string, ids: string[]) {
+  const jobs = await jobsById(stack.queuePrefix, queueName, ids);
+  return jobs.map((j) => j && { finished: j.finishedOn !== undefined, takenOver: wasTakenOver(j) });
 }
 
 describe('workers killed mid-checkout', () => {
@@ -82,16 +81,17 @@ describe('workers killed mid-checkout', () => {
     const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({ userId: `${tag}-u${i + 1}`, couponId: `${tag}-${i + 1}`, orderId: `${tag}-o${i + 1}` }));
     const tokens = await Promise.all(shoppers.map((s) => tokenFor(s.userId)));
 
-    // Reservations, with a worker killed a third of the way in.
+    // Reservations, with the worker killed a third of the way in, on a reserve job in flight.
     let accepted = 0;
-    let crash: Promise<unknown> | undefined;
+    const firstKill = eventually(async () => accepted, (n) => n >= 100, 60_000, '100 reserves accepted').then(() => killMidJob('checkout', 1));
+    firstKill.catch(() => undefined); // awaited below, once the requests are in
     const replies = await mapLimit(shoppers, 64, async (s, i) => {
       const reply = await reserve(api, tokens[i] as string, { couponId: s.couponId, orderId: s.orderId, orderAmount: 30_000 });
       accepted += reply.status === 202 ? 1 : 0;
-      if (accepted === 100 && !crash) crash = replaceAWorker();
       return reply;
     });
-    await crash;
+    const reservesCutOff = await firstKill;
+    expect(reservesCutOff.length).toBeGreaterThan(0);
     expect(replies.map((r) => r.status)).toEqual(Array(SHOPPERS).fill(202));
     const reserved = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, tokens[i] as string, 120_000));
     expect(reserved.map((j) => j.status)).toEqual(Array(SHOPPERS).fill('succeeded')); // I7: none lost, none failed
@@ -106,9 +106,10 @@ describe('workers killed mid-checkout', () => {
       60_000,
       'payments under way',
     );
-    const second = replaceAWorker();
+    const secondKill = killMidJob('payments', 2);
     await events.send(stack.paymentsTopic, messages.slice(200));
-    await second;
+    const paymentsCutOff = await secondKill;
+    expect(paymentsCutOff.length).toBeGreaterThan(0);
 
     const usedAll = await eventually(
       async () => (await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>('SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1', [policyId])).rows,
@@ -132,7 +133,8 @@ describe('workers killed mid-checkout', () => {
     );
     expect(processed).toHaveLength(SHOPPERS); // I5: each event recorded once
     expect(processed.every((p) => p.outcome === 'APPLIED')).toBe(true);
-    // The kills really cut jobs off mid-flight, and other workers finished them.
-    expect((await takenOver('checkout')) + (await takenOver('payments'))).toBeGreaterThan(0);
+    // Each kill cut jobs off mid-flight, and other workers took every one of them over and finished it.
+    expect(await takenOverAndFinished('checkout', reservesCutOff)).toEqual(reservesCutOff.map(() => ({ finished: true, takenOver: true })));
+    expect(await takenOverAndFinished('payments', paymentsCutOff)).toEqual(paymentsCutOff.map(() => ({ finished: true, takenOver: true })));
   });
 });

@@ -4,6 +4,7 @@
 import { createHmac } from 'node:crypto';
 import { Queue, QueueEvents } from 'bullmq';
 import IORedis from 'ioredis';
+import { Kafka, logLevel } from 'kafkajs';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { CODE_ALPHABET, dropUnfetchedCodes } from '../models/codes';
 import { derivedJobId } from '../queues/names';
@@ -343,7 +344,7 @@ describe('user events', () => {
 
     await eventually(async () => (await countOf(first)) + (await countOf(second)), (n) => n >= 400, 60_000, '400 coupons');
     // Let any duplicate that would slip through land before counting.
-    await settleQueue();
+    await settleUserEvents();
     for (const policyId of [first, second]) {
       const rows = await couponRows(policyId);
       expect(rows).toHaveLength(200);
@@ -390,6 +391,7 @@ describe('user events', () => {
     expect((await api.patch(`/api/v1/coupons/policies/${paused}`, admin, { status: 'PAUSED' })).status).toBe(200);
     await send(20);
     await eventually(() => countOf(kept), (n) => n === 40, 30_000, 'the active policy issues');
+    // Each event's job serves both policies: once the queue is idle, every one of the 20 has finished.
     await settleQueue();
     expect(await countOf(paused)).toBe(20);
 
@@ -482,11 +484,40 @@ async function settleQueue(): Promise<void> {
   const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
   try {
     await eventually(() => queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'), (c) => Object.values(c).every((n) => n === 0), 30_000, 'issue queue idle');
-    // The bridge may still hold messages it has not enqueued; give it a moment.
-    await new Promise((r) => setTimeout(r, 1_000));
-    await eventually(() => queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'), (c) => Object.values(c).every((n) => n === 0), 30_000, 'issue queue idle');
   } finally {
     await queue.close();
     connection.disconnect();
   }
+}
+
+/**
+ * Waits until the bridge has handed over every user event sent so far, then for the queue to be
+ * idle: one marker event per partition of the topic, after everything else on it, each issuing a
+ * coupon of a policy of its own. The bridge hands a partition's messages over in order, so once
+ * every marker's coupon exists, every earlier message is a job, and once the queue is idle, each
+ * of those jobs has finished.
+ */
+async function settleUserEvents(): Promise<void> {
+  const kafka = new Kafka({ clientId: 'coupon-tests-admin', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
+  const admin = kafka.admin();
+  await admin.connect();
+  let partitions: number[];
+  try {
+    const { topics } = await admin.fetchTopicMetadata({ topics: [stack.userEventsTopic] });
+    partitions = (topics[0]?.partitions ?? []).map((p) => p.partitionId);
+  } finally {
+    await admin.disconnect();
+  }
+  expect(partitions.length).toBeGreaterThan(0);
+  const trigger = `MARKER_${uniqueId('x').slice(2, 10).toUpperCase()}`;
+  const marker = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null });
+  await events.send(
+    stack.userEventsTopic,
+    partitions.map((partition) => {
+      const e = { eventId: uniqueId('mark'), type: trigger, userId: uniqueId('marker'), occurredAt: new Date().toISOString() };
+      return { key: e.userId, value: JSON.stringify(e), partition };
+    }),
+  );
+  await eventually(() => countOf(marker), (n) => n === partitions.length, 60_000, 'every partition past its marker');
+  await settleQueue();
 }

@@ -120,8 +120,15 @@ describe('an ingress whose Redis is unreachable', () => {
 
       // One request is on the wire (the proxy holds its bytes) when Redis goes away, the rest come after.
       proxy.latencyMs = 300;
+      const onTheWire = new Promise<void>((seen) => {
+        proxy.cutOn = (chunk) => {
+          if (chunk.includes(user)) seen();
+          return false; // relayed (after the latency) as usual: this only watches
+        };
+      });
       const cutOff = timedIssue();
-      await sleep(100);
+      await onTheWire;
+      proxy.cutOn = null;
       await proxy.pause(mode);
       const refused = await Promise.all([cutOff, ...Array.from({ length: 20 }, timedIssue)]);
       expect(refused.map((r) => r.status)).toEqual(Array(21).fill(503));
@@ -146,8 +153,8 @@ describe('an ingress whose Redis is unreachable', () => {
       expect(meanwhile.filter((s) => s !== 503)).toEqual([]);
       expect((await t.call('GET', '/health/ready')).status).toBe(200);
 
-      // A 503 means "not queued": no refused request turns into a job once Redis is back.
-      await sleep(500);
+      // A 503 means "not queued": no refused request turns into a job once Redis is back. A command
+      // resent after the reconnect would have gone to Redis ahead of the add of the 202 just answered.
       const jobs = await t.queues.get(QUEUES.issue).getJobs(['waiting', 'delayed', 'active', 'completed', 'failed']);
       const requests = jobs.flatMap((job) => (job.data as { requests?: { userId: string; requestId: string }[] }).requests ?? []);
       const mine = requests.filter((r) => r.userId === user).map((r) => r.requestId);

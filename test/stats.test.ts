@@ -154,8 +154,19 @@ describe('statistics', () => {
       const reply = await api.post('/api/v1/coupons/issue', collector.token, { policyId: downloadId });
       expect((await api.settle(reply.body.jobId, collector.token)).status).toBe('succeeded');
     }
-    // Every job has settled; the rejection counters trail a job's completion by one event-loop turn.
-    const settled = Date.now() + 500;
+    // Every job has settled; the rejection counters trail a job's completion by one event-loop turn:
+    // wait until Redis holds every refusal the test saw, then ask for answers computed after that.
+    const counters = new IORedis(process.env.REDIS_URL as string);
+    try {
+      const counted = async () => [await counters.hgetall(`${stack.queuePrefix}:stats:{${saleId}}:rejected`), await counters.hgetall(`${stack.queuePrefix}:stats:rejected`)];
+      const all = { ...rejectedSeen, POLICY_NOT_FOUND: 1, CODE_NOT_FOUND: 1 };
+      const same = (hash: Record<string, string> | undefined, byReason: Record<string, number>) =>
+        Object.keys(hash ?? {}).length === Object.keys(byReason).length && Object.entries(byReason).every(([code, n]) => Number(hash?.[code]) === n);
+      await eventually(counted, ([sale, service]) => same(sale, rejectedSeen) && same(service, all), 15_000, 'every rejection counted');
+    } finally {
+      counters.disconnect();
+    }
+    const settled = Date.now();
 
     // The policy's statistics.
     const stats = await statsAfter(`/api/v1/coupons/policies/${saleId}/stats`, settled);
@@ -246,16 +257,30 @@ describe('statistics', () => {
 
   it('serves a cached answer for about a second, and the stats route is not the policy route', async () => {
     const id = await createPolicy({ totalQuantity: 10 });
-    // A freshly computed answer, then the same one again while it is fresh.
-    const first = await eventually(async () => ({ at: Date.now(), reply: await api.get(`/api/v1/coupons/policies/${id}/stats`, admin) }), (r) => Date.parse(r.reply.body.asOf) >= r.at - 50, 10_000).then((r) => r.reply.body);
-    const again = await api.get(`/api/v1/coupons/policies/${id}/stats`, admin);
-    expect(again.body.asOf).toBe(first.asOf);
-    // The issue shows once the answer is recomputed.
-    const shopper = uniqueId('cache');
-    const token = await tokenFor(shopper);
-    const reply = await api.post('/api/v1/coupons/issue', token, { policyId: id });
-    expect((await api.settle(reply.body.jobId, token)).status).toBe('succeeded');
-    const later = await statsAfter(`/api/v1/coupons/policies/${id}/stats`, Date.now());
+    // An answer is stored fresh for at least STATS_CACHE_MS (1 s) from when it was computed.
+    const first = (await api.get(`/api/v1/coupons/policies/${id}/stats`, admin)).body;
+    const cached = new IORedis(process.env.REDIS_URL as string);
+    const key = `${stack.queuePrefix}:stats:cache:policy:{${id}}`;
+    const setFreshUntil = async (at: number) => {
+      const entry = JSON.parse((await cached.get(key)) as string) as { freshUntil: number };
+      await cached.set(key, JSON.stringify({ ...entry, freshUntil: at }), 'PX', 60_000);
+    };
+    try {
+      expect((JSON.parse((await cached.get(key)) as string) as { freshUntil: number }).freshUntil).toBeGreaterThanOrEqual(Date.parse(first.asOf) + 1_000);
+      // While it is fresh (made to last an hour, whatever the machine's pace), the same answer again,
+      // though a coupon is issued meanwhile.
+      await setFreshUntil(Date.now() + 3_600_000);
+      const shopper = uniqueId('cache');
+      const token = await tokenFor(shopper);
+      const reply = await api.post('/api/v1/coupons/issue', token, { policyId: id });
+      expect((await api.settle(reply.body.jobId, token)).status).toBe('succeeded');
+      expect((await api.get(`/api/v1/coupons/policies/${id}/stats`, admin)).body).toEqual(first);
+      // Once it is stale, the issue shows in the recomputed answer.
+      await setFreshUntil(Date.now() - 1);
+    } finally {
+      cached.disconnect();
+    }
+    const later = await statsAfter(`/api/v1/coupons/policies/${id}/stats`, Date.parse(first.asOf));
     expect(later).toMatchObject({ issued: 1, remaining: 9, available: 1 });
 
     const policy = await api.get(`/api/v1/coupons/policies/${id}`, admin);
@@ -300,22 +325,35 @@ describe('the stats cache', () => {
   it('computes once for concurrent readers, keeps a slow answer fresh ten times as long, and serves it stale while another process recomputes', async () => {
     const prefix = uniqueId('sc');
     const cache = createStatsCache(redis, { prefix, freshMs: 100 });
+    const key = `${prefix}:stats:cache:k`;
     let runs = 0;
+    let took = { from: 0, to: 0 };
     const slow = async () => {
       runs += 1;
+      const from = Date.now();
       await sleep(100);
+      took = { from, to: Date.now() };
       return { run: runs };
+    };
+    /** The stored answer's end of freshness; moving it stands in for the clock moving on. */
+    const freshUntil = async () => (JSON.parse((await redis.get(key)) as string) as { freshUntil: number }).freshUntil;
+    const setFreshUntil = async (at: number) => {
+      const entry = JSON.parse((await redis.get(key)) as string) as { freshUntil: number };
+      await redis.set(key, JSON.stringify({ ...entry, freshUntil: at }), 'PX', 60_000);
     };
     // Ten readers at once: one computation.
     expect(await Promise.all(Array.from({ length: 10 }, () => cache.read('k', slow)))).toEqual(Array(10).fill({ run: 1 }));
-    // 100 ms to compute: fresh for about a second, not just the 100 ms floor.
-    await sleep(400);
+    // At least 100 ms to compute: fresh for ten times that from its end, not just the 100 ms floor.
+    expect(await freshUntil()).toBeGreaterThanOrEqual(took.to + 10 * (took.to - took.from));
+    // While fresh (an hour more of it, whatever the machine's pace), the answer is served as it is.
+    await setFreshUntil(Date.now() + 3_600_000);
     expect(await cache.read('k', slow)).toEqual({ run: 1 });
-    await sleep(2_100);
+    // Once stale, it is computed again.
+    await setFreshUntil(Date.now() - 1);
     expect(await cache.read('k', slow)).toEqual({ run: 2 });
     // Stale, but another process holds the recomputation lock: the last answer, no computation.
-    await sleep(2_500);
-    await redis.set(`${prefix}:stats:cache:k:lock`, 'someone-else', 'PX', 5_000);
+    await setFreshUntil(Date.now() - 1);
+    await redis.set(`${key}:lock`, 'someone-else', 'PX', 5_000);
     expect(await cache.read('k', slow)).toEqual({ run: 2 });
     expect(runs).toBe(2);
     // A cache of 0 ms is no cache.

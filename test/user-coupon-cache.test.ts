@@ -183,22 +183,24 @@ describe('the cache itself', () => {
 
   it('shows a cached coupon EXPIRED once its expiresAt passed, and refetches an AVAILABLE page then', async () => {
     const userId = uniqueId('exp');
-    const expiresAt = new Date(Date.now() + 1_500);
+    // The reads are given the clock (listUserCoupons' `now`): the cache is filled an hour before the
+    // coupon expires and read again just after, however fast the machine runs.
+    const expiresAt = inAnHour();
     const couponId = await insertCoupon(userId, expiresAt, new Date(Date.now() - 1_000));
     const all = await listUserCoupons({ userId, limit: 20 });
     expect(all.data.map((c) => [c.id, c.status])).toEqual([[couponId, 'AVAILABLE']]);
     expect((await listUserCoupons({ userId, status: 'AVAILABLE', limit: 20 })).data.map((c) => c.id)).toEqual([couponId]);
     expect(await cachedQueries(userId)).toEqual(['q:*:20:', 'q:AVAILABLE:20:']);
 
-    const hidden = await insertCoupon(userId, inAnHour());
-    await new Promise((r) => setTimeout(r, expiresAt.getTime() - Date.now() + 50));
+    const hidden = await insertCoupon(userId, new Date(expiresAt.getTime() + 3_600_000));
+    const now = new Date(expiresAt.getTime() + 50);
     // The unfiltered page comes from the cache (no hidden row), its status from the clock.
-    const later = await listUserCoupons({ userId, limit: 20 });
+    const later = await listUserCoupons({ userId, limit: 20, now });
     expect(later.data.map((c) => [c.id, c.status])).toEqual([[couponId, 'EXPIRED']]);
     // The AVAILABLE page ended with its coupon's expiry: read again from Postgres.
-    expect((await listUserCoupons({ userId, status: 'AVAILABLE', limit: 20 })).data.map((c) => c.id)).toEqual([hidden]);
+    expect((await listUserCoupons({ userId, status: 'AVAILABLE', limit: 20, now })).data.map((c) => c.id)).toEqual([hidden]);
     // EXPIRED pages are never cached: they grow as coupons expire.
-    expect((await listUserCoupons({ userId, status: 'EXPIRED', limit: 20 })).data.map((c) => c.id)).toEqual([couponId]);
+    expect((await listUserCoupons({ userId, status: 'EXPIRED', limit: 20, now })).data.map((c) => c.id)).toEqual([couponId]);
     expect(await cachedQueries(userId)).toEqual(['q:*:20:', 'q:AVAILABLE:20:']);
   });
 

@@ -197,7 +197,7 @@ const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch']
 export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<JobView | null> {
   let stored = await readOutcome(queues.connection, requestId);
   // Batches queued before outcomes were stored per request are read from their job.
-  if (!stored) return settledView(c, queues, requestId, waitMs);
+  if (!stored) return (await settledView(c, queues, requestId, waitMs)) ?? (await committedRequestView(c, requestId));
   assertSelfOrAdmin(c.get('user'), stored.u);
   if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs);
   if (stored.s === 'pending' && (await batchFinished(queues, requestId, stored))) {
@@ -205,6 +205,18 @@ export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outco
   }
   const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
   return view;
+}
+
+/**
+ * A request Redis knows nothing of, neither its record nor its job (Redis lost its last second of
+ * writes in a host crash), whose coupon Postgres holds: it succeeded, and its holder is told so
+ * rather than 404. Without a coupon it stays unknown (404): it was never written, ask again.
+ */
+async function committedRequestView(c: Context<AppEnv>, requestId: string): Promise<JobView | null> {
+  const coupon = await findCouponByRequest(requestId);
+  if (!coupon) return null;
+  assertSelfOrAdmin(c.get('user'), coupon.userId);
+  return { id: requestId, type: 'issue', status: 'succeeded', result: couponView(coupon), createdAt: coupon.createdAt.toISOString(), finishedAt: coupon.createdAt.toISOString() };
 }
 
 /**
