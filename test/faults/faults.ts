@@ -2,7 +2,7 @@
 // when it struck: a fault that hit nothing proves nothing, so the scenario fails it.
 import IORedis from 'ioredis';
 import { sleep } from '../../scripts/infra/process';
-import type { World } from './world';
+import type { Formation, World } from './world';
 
 /** Where in a scenario a fault strikes: mid-sale, mid-reserve, or while payments are applied. */
 export type Phase = 'sale' | 'reserve' | 'payments';
@@ -33,6 +33,8 @@ export interface Fault {
   strike(ctx: FaultContext): Promise<string>;
   /** Whether the work found in flight is work this fault can break. */
   hit(found: InFlight): boolean;
+  /** The world it needs, where it differs: more processes, a Kafka broker of its own. */
+  world?: { formation?: Partial<Formation>; kafka?: 'own' };
 }
 
 const anyJobs = (found: InFlight, queue: string) => (found.jobs[queue] ?? 0) > 0;
@@ -160,6 +162,29 @@ export const FAULTS: Fault[] = [
       await sleep(8_000);
       world.postgres.proxy.latencyMs = 0;
       return 'Postgres 100 ms slower for 8 s';
+    },
+  },
+  {
+    name: 'kafka-restart',
+    phase: 'payments',
+    what: 'the Kafka broker stopped for 3 s and started again with its data, mid-checkout',
+    hit: (f) => f.clientsWaiting > 0,
+    world: { kafka: 'own' },
+    async strike({ world }) {
+      await world.restartKafka(3_000);
+      return 'broker down 3 s';
+    },
+  },
+  {
+    name: 'rebalance',
+    phase: 'payments',
+    what: 'a second bridge leaves its consumer group mid-checkout and joins again (two rebalances)',
+    hit: (f) => f.clientsWaiting > 0,
+    world: { formation: { bridge: 2 } },
+    async strike({ world }) {
+      const pid = world.signal('bridge.2', 'SIGTERM');
+      await restarted(world, 'bridge.2', pid);
+      return `bridge.2 pid ${pid} left (SIGTERM) and came back`;
     },
   },
 ];

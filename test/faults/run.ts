@@ -64,8 +64,13 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
   const rows: SuiteRow[] = [];
   for (const [i, plan] of plans.entries()) {
     opts.log(`${plan.name}: starting (${i + 1}/${plans.length})`);
-    const world = await createWorld({ formation: { web: 2, worker: 3, bridge: 1 }, tag: `${process.pid}_${i}`, log: opts.log });
+    // The world every fault of the plan needs: 2 webs, 3 workers, 1 bridge, unless one asks for more.
+    const needs = plan.strikes.map((s) => s.fault.world ?? {});
+    const formation = Object.assign({ web: 2, worker: 3, bridge: 1 }, ...needs.map((n) => n.formation ?? {}));
+    const kafka = needs.some((n) => n.kafka === 'own') ? 'own' : 'shared';
+    let world: Awaited<ReturnType<typeof createWorld>> | undefined;
     try {
+      world = await createWorld({ formation, kafka, tag: `${process.pid}_${i}`, log: opts.log });
       const result = await runScenario({ world, shoppers: opts.shoppers, stock: opts.stock, strikes: plan.strikes, log: opts.log });
       rows.push({ name: plan.name, result });
       opts.log(`${plan.name}: ${result.check.total} violation(s); restarts ${world.restarts()}`);
@@ -73,7 +78,7 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
       rows.push({ name: plan.name, error: (error as Error).stack ?? String(error) });
       opts.log(`${plan.name}: could not run: ${(error as Error).message}`);
     } finally {
-      await world.stop();
+      await world?.stop();
     }
   }
   return rows;

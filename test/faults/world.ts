@@ -6,8 +6,8 @@ import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs'
 import path from 'node:path';
 import { Pool } from 'pg';
 import { runMigrations } from '../../models/migrator';
-import { ensureTopics } from '../../scripts/infra/kafka';
-import { freePort, repoRoot, sleep, type Logger } from '../../scripts/infra/process';
+import { ensureKafka, ensureTopics } from '../../scripts/infra/kafka';
+import { freePort, isPortFree, repoRoot, sleep, type Logger } from '../../scripts/infra/process';
 import { ensureRedis, ping } from '../../scripts/infra/redis';
 import { planInstances } from '../../scripts/supervisor/formation';
 import { Supervisor } from '../../scripts/supervisor/supervisor';
@@ -43,13 +43,30 @@ export interface World {
     proxy: TcpProxy;
   };
   postgres: { proxy: TcpProxy };
+  /** Restarts the world's own Kafka broker (only with `kafka: 'own'`), keeping its data. */
+  restartKafka(downMs: number): Promise<void>;
   stop(): Promise<void>;
 }
 
 const quiet: Logger = { info: () => undefined, warn: (m) => process.stderr.write(`[faults] ${m}\n`) };
 
-export async function createWorld(opts: { formation: Formation; tag: string; log: (line: string) => void; env?: Record<string, string> }): Promise<World> {
+export interface WorldOptions {
+  formation: Formation;
+  tag: string;
+  log: (line: string) => void;
+  env?: Record<string, string>;
+  /** `own`: a Kafka broker of this world's own (a fault restarts it); default the shared KAFKA_BROKERS. */
+  kafka?: 'shared' | 'own';
+}
+
+export async function createWorld(opts: WorldOptions): Promise<World> {
   const { tag, log } = opts;
+  let kafkaService: Awaited<ReturnType<typeof ensureKafka>> | undefined;
+  let brokers = (process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(',');
+  if (opts.kafka === 'own') {
+    brokers = [`127.0.0.1:${await freePort()}`];
+    kafkaService = await ensureKafka(brokers, quiet);
+  }
   buildIfStale([...procfile().values()]);
 
   // Redis of its own, behind a proxy.
@@ -73,9 +90,9 @@ export async function createWorld(opts: { formation: Formation; tag: string; log
   const queuePrefix = `faults-${tag}`;
   const paymentsTopic = `payments.v1.faults-${tag}`;
   const userEventsTopic = `user-events.v1.faults-${tag}`;
-  await ensureTopics((process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(','), [paymentsTopic, userEventsTopic], 6);
-  const events = new EventProducer();
-  const webPort = await freePort();
+  await ensureTopics(brokers, [paymentsTopic, userEventsTopic], 6);
+  const events = new EventProducer(brokers);
+  const webPort = await freePorts(opts.formation.web);
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     NODE_ENV: 'test',
@@ -83,6 +100,7 @@ export async function createWorld(opts: { formation: Formation; tag: string; log
     DATABASE_URL: `postgres://postgres@127.0.0.1:${pgProxy.port}/${database}`,
     REDIS_URL: redisUrl,
     QUEUE_PREFIX: queuePrefix,
+    KAFKA_BROKERS: brokers.join(','),
     KAFKA_PAYMENTS_TOPIC: paymentsTopic,
     KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
     KAFKA_GROUP_ID: `faults-bridge-${tag}`,
@@ -119,10 +137,7 @@ export async function createWorld(opts: { formation: Formation; tag: string; log
   supervisor.start();
   const baseUrls = Array.from({ length: opts.formation.web }, (_, i) => `http://127.0.0.1:${webPort + i}`);
   const apis = baseUrls.map((url) => new Api(url, 256));
-  await waitReady(apis, () => gaveUp);
-  log(`world ${tag}: ${instances.map((i) => i.name).join(', ')}; webs ${baseUrls.join(' ')}; redis ${realRedisUrl} via ${redisUrl}`);
-
-  return {
+  const world: World = {
     apis,
     pg,
     queuePrefix,
@@ -149,6 +164,12 @@ export async function createWorld(opts: { formation: Formation; tag: string; log
       proxy: redisProxy,
     },
     postgres: { proxy: pgProxy },
+    restartKafka: async (downMs) => {
+      if (!kafkaService) throw new Error('this world uses the shared Kafka broker; give it kafka: "own"');
+      await kafkaService.stop();
+      await sleep(downMs);
+      kafkaService = await ensureKafka(brokers, quiet);
+    },
     stop: async () => {
       await supervisor.stop();
       for (const stream of logs.values()) stream.end();
@@ -158,10 +179,28 @@ export async function createWorld(opts: { formation: Formation; tag: string; log
       await redisProxy.close();
       await pgProxy.close();
       await redisService.stop();
+      await kafkaService?.stop();
       await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`).catch(() => undefined);
       await admin.end();
     },
   };
+  try {
+    await waitReady(apis, () => gaveUp);
+  } catch (error) {
+    await world.stop();
+    throw error;
+  }
+  log(`world ${tag}: ${instances.map((i) => i.name).join(', ')}; webs ${baseUrls.join(' ')}; redis ${realRedisUrl} via ${redisUrl}`);
+  return world;
+}
+
+/** The first of `count` consecutive free ports (the supervisor gives web N the port PORT + N - 1). */
+async function freePorts(count: number): Promise<number> {
+  for (;;) {
+    const first = await freePort();
+    const rest = await Promise.all(Array.from({ length: count - 1 }, (_, i) => isPortFree('127.0.0.1', first + i + 1)));
+    if (rest.every(Boolean)) return first;
+  }
 }
 
 /** Every web answers /health/ready (and so has its Redis and Postgres); fails if the supervisor gave up. */

@@ -91,9 +91,14 @@ export function paymentEvent(type: string, orderId: string, extra: Record<string
 
 /** A producer of test events, keyed by orderId as the payment system keys them. */
 export class EventProducer {
-  private readonly kafka = new Kafka({ clientId: 'coupon-tests', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
+  private readonly kafka: Kafka;
   private producer: Producer | undefined;
   private connected: Promise<void> | undefined;
+
+  /** `brokers` defaults to KAFKA_BROKERS. */
+  constructor(brokers: string[] = (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(',')) {
+    this.kafka = new Kafka({ clientId: 'coupon-tests', brokers, logLevel: logLevel.NOTHING });
+  }
 
   async send(topic: string, messages: { key: string; value: string | Buffer; partition?: number }[]): Promise<void> {
     if (!this.producer) {
