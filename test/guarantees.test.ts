@@ -141,6 +141,13 @@ describe('PAYMENT_COMPLETED and PAYMENT_FAILED for one order', () => {
     expect(await recorded(late.eventId)).toMatchObject({ outcome: 'APPLIED' });
     expect(await couponRow(second.couponId)).toMatchObject({ status: 'USED', reservation_id: second.reservationId });
     expect((await reservationsOf(second.couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
+    // A third order gets both in one send, back to back: workers may apply them in either order.
+    const third = await reservedCoupon(policyId);
+    const both = ['PAYMENT_COMPLETED', 'PAYMENT_FAILED'].map((type) => paymentEvent(type, third.orderId, { reservationId: third.reservationId }));
+    await events.send(stack.paymentsTopic, both.map((e) => ({ key: third.orderId, value: JSON.stringify(e) })));
+    for (const e of both) await recorded(e.eventId);
+    expect(await couponRow(third.couponId)).toMatchObject({ status: 'USED', reservation_id: third.reservationId });
+    expect((await reservationsOf(third.couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
   });
 });
 
