@@ -43,14 +43,18 @@ function random(seed: number): () => number {
   };
 }
 
-/** `count` different faults at moments drawn from the seed, at most one per phase and moment. */
+/**
+ * Up to `count` faults drawn from the seed, one per phase (a sale, its reserves, its payments), each
+ * at a moment drawn from the seed: a second fault in one phase would often find it over.
+ */
 export function scheduleOf(faults: Fault[], count: number, seed: number): Strike[] {
   const next = random(seed);
-  const pool = [...faults];
+  const phases = [...new Set(faults.map((f) => f.phase))];
   const strikes: Strike[] = [];
-  while (strikes.length < count && pool.length > 0) {
-    const [fault] = pool.splice(Math.floor(next() * pool.length), 1) as [Fault];
-    strikes.push({ fault, at: 0.15 + 0.6 * next() });
+  while (strikes.length < count && phases.length > 0) {
+    const [phase] = phases.splice(Math.floor(next() * phases.length), 1);
+    const pool = faults.filter((f) => f.phase === phase);
+    strikes.push({ fault: pool[Math.floor(next() * pool.length)] as Fault, at: 0.15 + 0.5 * next() });
   }
   return strikes;
 }
