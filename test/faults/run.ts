@@ -93,6 +93,12 @@ export function passed(row: SuiteRow): boolean {
   return !!row.result && row.result.check.total === 0 && row.result.strikes.every((s) => s.hit);
 }
 
+/** The recovery cell: time to the first outcome after the fault, or that outcomes kept coming during it. */
+function recovery(s: ScenarioResult['strikes'][number]): string {
+  if (s.recoveryMs !== null) return `${(s.recoveryMs / 1000).toFixed(1)} s`;
+  return s.toldDuring > 0 ? `never stopped (${s.toldDuring} told during it)` : 'none';
+}
+
 export function table(rows: SuiteRow[]): string {
   const lines = [
     '| fault | load | in flight when it struck | answers | violations | recovery |',
@@ -110,7 +116,7 @@ export function table(rows: SuiteRow[]): string {
     const bad = Object.entries(check.violations).filter(([, n]) => n > 0);
     const c = check.counts;
     lines.push(
-      `| ${row.name} | ${load.shoppers} shoppers, ${load.stock} coupons, ${load.checkouts} checkouts, ${load.events} events | ${flight} | ${c.won} won, ${c.lost} lost, ${c.failedRequests} failed requests asked again; ${c.reserved} reserved, ${c.used} used, ${c.restored} refunded | ${bad.length === 0 ? '0' : bad.map(([k, n]) => `**${k} ${n}**`).join(', ')} | ${strikes.map((s) => (s.recoveryMs === null ? 'none' : `${(s.recoveryMs / 1000).toFixed(1)} s`)).join(', ')} |`,
+      `| ${row.name} | ${load.shoppers} shoppers, ${load.stock} coupons, ${load.checkouts} checkouts, ${load.events} events | ${flight} | ${c.won} won, ${c.lost} lost, ${c.failedRequests} failed requests asked again; ${c.reserved} reserved, ${c.used} used, ${c.restored} refunded | ${bad.length === 0 ? '0' : bad.map(([k, n]) => `**${k} ${n}**`).join(', ')} | ${strikes.map(recovery).join(', ')} |`,
     );
   }
   return lines.join('\n');

@@ -24,6 +24,8 @@ export interface StrikeReport {
   hit: boolean;
   /** From the fault to the first outcome a client learned after the fault was over. */
   recoveryMs: number | null;
+  /** Outcomes clients learned while the fault lasted: the service never stopped. */
+  toldDuring: number;
 }
 
 export interface ScenarioResult {
@@ -92,7 +94,7 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
     for (const strike of inPhase(phase).sort((a, b) => a.at - b.at)) {
       if ((await Promise.race([progress.reached(Math.floor(total * strike.at)), ended])) === 'ended') {
         const found = await readInFlight(world, policyId, 0);
-        reports.push({ fault: strike.fault.name, phase, detail: 'the phase ended before its moment came', inFlight: found, hit: false, recoveryMs: null });
+        reports.push({ fault: strike.fault.name, phase, detail: 'the phase ended before its moment came', inFlight: found, hit: false, recoveryMs: null, toldDuring: 0 });
         continue;
       }
       const found = await readInFlight(world, policyId, waiting());
@@ -100,8 +102,10 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
       log(`${strike.fault.name}: striking (${JSON.stringify(found)})`);
       const detail = await strike.fault.strike({ world, policyId, log, inFlight: () => readInFlight(world, policyId, waiting()) });
       const over = Date.now();
-      const first = await recoveredAfter(over);
-      reports.push({ fault: strike.fault.name, phase, detail, inFlight: found, hit: strike.fault.hit(found), recoveryMs: first === null ? null : first - at });
+      const toldDuring = progress.finals.filter((t) => t > at && t <= over).length;
+      // A phase that finished while the fault lasted has no outcome after it: nothing to wait for.
+      const first = toldDuring > 0 && progress.finals.every((t) => t <= over) ? null : await recoveredAfter(over);
+      reports.push({ fault: strike.fault.name, phase, detail, inFlight: found, hit: strike.fault.hit(found), recoveryMs: first === null ? null : first - at, toldDuring });
     }
   };
 
