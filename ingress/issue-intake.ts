@@ -28,6 +28,7 @@ import { noteSoldOutRefusal } from '../workers/stock-alerts';
 import type { RejectionCounter } from '../workers/rejection-stats';
 import { IDEMPOTENCY_TTL_SECONDS } from './idempotency';
 import type { OutcomeHub } from './outcome-hub';
+import { failpoint } from '../core/failpoints';
 
 export interface IntakeRequest extends IssueJob {
   /** How long the client waits for the outcome (Prefer: wait), in ms; 0 when it polls. */
@@ -81,6 +82,8 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
   }
   const items = all.filter((i) => !i.keyed);
   await admitByPolicy(deps, items, now);
+  // A web that dies here holds admissions whose records and job do not exist yet.
+  await failpoint('web.after-admission');
 
   const carried = items.filter((i) => !i.decided);
   const waits = new Map(carried.filter((i) => i.data.waitMs > 0).map((i) => [i.index, deps.hub.wait(i.requestId, i.data.waitMs)]));

@@ -27,6 +27,7 @@ import { idempotencyRecordKey, type JobKind } from '../queues/names';
 import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 import { noteCouponUsed } from './usage-metrics';
+import { failpoint } from '../core/failpoints';
 
 export interface CheckoutDeps {
   locks: Locks;
@@ -86,6 +87,8 @@ async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Reserva
     return { outcome: 'rejected', reason: outcome.reason };
   }
   const r = outcome.reservation;
+  // A worker that dies here has committed the reservation and answered nobody.
+  await failpoint('checkout.after-commit');
   log.info({ reservationId: r.id, discountAmount: r.discountAmount, expiresAt: r.expiresAt, replay: outcome.replay }, 'coupon reserved');
   return { outcome: 'succeeded', result: reservationResult(r) };
 }

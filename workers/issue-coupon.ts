@@ -12,6 +12,7 @@ import type { CouponView, JobOutcome } from '../queues/jobs';
 import { admit, releaseAdmission, settleAdmission, type Admission, type AdmissionDeps } from './admission/admission';
 import { claimCode, markCodeUsed, releaseCode, releaseUnusedCode } from './code-claims';
 import { noteAdmitted, noteSoldOutRefusal } from './stock-alerts';
+import { failpoint } from '../core/failpoints';
 
 /** A policy asked for by id issues only if it is one of these; the other methods have their own way in. */
 export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
@@ -84,6 +85,8 @@ export async function issueCoupon(
     const mark = admission.resumed && request.admittedAs ? request.admittedAs : admission;
     noteAdmitted(log, policyId, mark.total, mark.admitted);
 
+    // A worker that dies here holds the admission's unit, and no coupon is written.
+    await failpoint('issue.after-admission');
     const issuedAt = new Date();
     const validity = await validityOf(admission, policyId);
     const written = await insertIssuedCoupon({
@@ -99,6 +102,8 @@ export async function issueCoupon(
       case 'inserted':
         couponsIssuedTotal.inc({ policy_id: policyId });
         counted = true;
+        // A worker that dies here has committed the coupon; its admission is not settled yet.
+        await failpoint('issue.after-commit');
         await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
         if (codeHash) await markCodeUsed(deps.redis, codeHash);
         log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');

@@ -21,6 +21,7 @@ import type { AdmissionDeps } from './admission/admission';
 import { generateCodesJob } from './generate-codes';
 import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueRequest } from './issue-coupon';
 import { jobData } from './job-data';
+import { failpoint } from '../core/failpoints';
 
 export interface BatchOutcome {
   results: JobOutcome<CouponView>[];
@@ -127,6 +128,8 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Batch
   // Each request's outcome where its poll reads it, and pushed to the web processes holding waiters.
   // Before the job completes: a client told its outcome never finds the job view saying otherwise.
   const finishedAt = Date.now();
+  // A worker that dies here has committed the batch's coupons and told nobody.
+  await failpoint('issue.before-answer');
   await publishOutcomes(
     deps.redis,
     String(job.id),

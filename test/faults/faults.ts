@@ -1,6 +1,9 @@
 // The faults the suite injects, each at a moment when work is in flight, and what it found in flight
 // when it struck: a fault that hit nothing proves nothing, so the scenario fails it.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import IORedis from 'ioredis';
+import { failpointMarkDir } from '../../core/failpoints';
 import { sleep } from '../../scripts/infra/process';
 import type { Formation, World } from './world';
 
@@ -33,8 +36,10 @@ export interface Fault {
   strike(ctx: FaultContext): Promise<string>;
   /** Whether the work found in flight is work this fault can break. */
   hit(found: InFlight): boolean;
-  /** The world it needs, where it differs: more processes, a Kafka broker of its own. */
-  world?: { formation?: Partial<Formation>; kafka?: 'own' };
+  /** The world it needs, where it differs: more processes, a Kafka broker of its own, failpoints armed. */
+  world?: { formation?: Partial<Formation>; kafka?: 'own'; env?: Record<string, string> };
+  /** For a fault that strikes on its own (a failpoint): whether it struck, read once strike() is over. */
+  hitAfter?(world: World): boolean;
 }
 
 const anyJobs = (found: InFlight, queue: string) => (found.jobs[queue] ?? 0) > 0;
@@ -64,7 +69,41 @@ function killProcess(name: string, phase: Phase, hit: Fault['hit']): Fault {
   };
 }
 
+/** Whether the once-only failpoint `name` fired in this world (it leaves a mark: core/failpoints.ts). */
+const fired = (world: World, name: string) => existsSync(path.join(failpointMarkDir(world.queuePrefix), name));
+
+/** The processes the supervisor restarted so far (`web.1 0, worker.2 1` → [worker.2]). */
+function restartedNames(world: World): string[] {
+  return [...world.restarts().matchAll(/(\S+) (\d+)/g)].filter((m) => Number(m[2]) > 0).map((m) => m[1] as string);
+}
+
+/**
+ * A process that dies at a named step of its work, the Nth time one of the world's processes gets
+ * there (`exit@N`, once per world): a crash exactly after the Redis admission, after the Postgres
+ * commit, or before the answer. The supervisor restarts it.
+ */
+function crashAt(step: string, atHit: number, phase: Phase, what: string): Fault {
+  return {
+    name: `crash-at-${step}`,
+    phase,
+    what: `${what} (failpoint ${step}=exit@${atHit}); the supervisor restarts it`,
+    world: { env: { FAILPOINTS: `${step}=exit@${atHit}` } },
+    hit: () => false,
+    hitAfter: (world) => fired(world, step) && restartedNames(world).length > 0,
+    async strike({ world }) {
+      const until = Date.now() + 30_000;
+      while (!(fired(world, step) && restartedNames(world).length > 0) && Date.now() < until) await sleep(100);
+      return fired(world, step) ? `died at ${step}; restarted: ${restartedNames(world).join(', ')}` : `${step} was not reached ${atHit} times`;
+    },
+  };
+}
+
 export const FAULTS: Fault[] = [
+  crashAt('web.after-admission', 15, 'sale', 'a web dies after its turn admitted requests in Redis, before their records and job exist'),
+  crashAt('issue.after-admission', 25, 'sale', 'a worker dies holding an admitted unit, before writing the coupon'),
+  crashAt('issue.after-commit', 25, 'sale', 'a worker dies after committing a coupon, before settling its admission'),
+  crashAt('issue.before-answer', 3, 'sale', "a worker dies after a batch's coupons are committed, before its outcomes are told"),
+  crashAt('checkout.after-commit', 25, 'reserve', 'a worker dies after committing a reservation, before answering'),
   killProcess('worker.1', 'sale', (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue')),
   killProcess('web.1', 'sale', (f) => f.clientsWaiting > 0),
   killProcess('worker.1', 'payments', (f) => anyJobs(f, 'payments')),

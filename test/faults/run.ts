@@ -72,9 +72,11 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
     const needs = plan.strikes.map((s) => s.fault.world ?? {});
     const formation = Object.assign({ web: 2, worker: 3, bridge: 1 }, ...needs.map((n) => n.formation ?? {}));
     const kafka = needs.some((n) => n.kafka === 'own') ? 'own' : 'shared';
+    // Failpoints of several faults are armed together (FAILPOINTS is a list).
+    const failpoints = needs.flatMap((n) => (n.env?.FAILPOINTS ? [n.env.FAILPOINTS] : [])).join(',');
     let world: Awaited<ReturnType<typeof createWorld>> | undefined;
     try {
-      world = await createWorld({ formation, kafka, tag: `${process.pid}_${i}`, log: opts.log });
+      world = await createWorld({ formation, kafka, tag: `${process.pid}_${i}`, log: opts.log, ...(failpoints && { env: { FAILPOINTS: failpoints } }) });
       const result = await runScenario({ world, shoppers: opts.shoppers, stock: opts.stock, strikes: plan.strikes, log: opts.log });
       rows.push({ name: plan.name, result });
       opts.log(`${plan.name}: ${result.check.total} violation(s); restarts ${world.restarts()}`);

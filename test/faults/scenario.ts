@@ -105,7 +105,8 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
       const toldDuring = progress.finals.filter((t) => t > at && t <= over).length;
       // A phase that finished while the fault lasted has no outcome after it: nothing to wait for.
       const first = toldDuring > 0 && progress.finals.every((t) => t <= over) ? null : await recoveredAfter(over);
-      reports.push({ fault: strike.fault.name, phase, detail, inFlight: found, hit: strike.fault.hit(found), recoveryMs: first === null ? null : first - at, toldDuring });
+      const hit = strike.fault.hitAfter ? strike.fault.hitAfter(world) : strike.fault.hit(found);
+      reports.push({ fault: strike.fault.name, phase, detail, inFlight: found, hit, recoveryMs: first === null ? null : first - at, toldDuring });
     }
   };
 
