@@ -24,16 +24,29 @@ export interface InboxEntry {
 export async function writeInbox(entries: InboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
   const prefix = config().QUEUE_PREFIX;
-  const rows = entries.map((e) => ({ source: e.source, event_id: e.eventId, queue_prefix: prefix, job_kind: e.job.kind, job_id: e.job.id, job_data: e.job.data, order_id: e.orderId }));
+  // One array per column (unnest keeps them in step and in order): cheaper for Postgres than
+  // taking a JSON document of the batch apart row by row.
+  const column = <T>(pick: (e: InboxEntry) => T) => entries.map(pick);
   // WITH ORDINALITY keeps the batch's order in seq: the order of the partition's events.
   await sequelize().query(
     `INSERT INTO event_inbox (source, event_id, queue_prefix, job_kind, job_id, job_data, order_id)
-     SELECT x.source, x.event_id, x.queue_prefix, x.job_kind, x.job_id, x.job_data, x.order_id
-       FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS a(row, n),
-            jsonb_to_record(a.row) AS x(source text, event_id text, queue_prefix text, job_kind text, job_id text, job_data jsonb, order_id text)
-      ORDER BY a.n
+     SELECT x.source, x.event_id, $1, x.job_kind, x.job_id, x.job_data::jsonb, x.order_id
+       FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY
+            AS x(source, event_id, job_kind, job_id, job_data, order_id, n)
+      ORDER BY x.n
      ON CONFLICT (source, event_id) DO NOTHING`,
-    { bind: [JSON.stringify(rows)], type: QueryTypes.INSERT },
+    {
+      bind: [
+        prefix,
+        column((e) => e.source),
+        column((e) => e.eventId),
+        column((e) => e.job.kind),
+        column((e) => e.job.id),
+        column((e) => JSON.stringify(e.job.data)),
+        column((e) => e.orderId),
+      ],
+      type: QueryTypes.INSERT,
+    },
   );
 }
 

@@ -12,6 +12,7 @@ import { orderOwners } from './0010-order-owners';
 import { policyCounters } from './0011-policy-counters';
 import { codeDelivery } from './0012-code-delivery';
 import { eventInbox } from './0013-event-inbox';
+import { inboxWithoutOrderIndex } from './0014-inbox-without-order-index';
 import type { Migration } from './types';
 
 export const migrations: Migration[] = [
@@ -28,4 +29,5 @@ export const migrations: Migration[] = [
   policyCounters,
   codeDelivery,
   eventInbox,
+  inboxWithoutOrderIndex,
 ];
