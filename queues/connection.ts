@@ -10,9 +10,10 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
   issue: {
     attempts: 5,
     backoff: { type: 'exponential', delay: 250 },
-    // Results stay readable through GET /jobs/:id for a day, and at most 50k jobs (an issue batch
-    // job carries up to 128 requests, about 64 KB) stay in Redis.
-    removeOnComplete: { age: 24 * 3600, count: 50_000 },
+    // A finished batch (up to 128 requests, up to 64 KB) is needed by nobody: each request's outcome
+    // is its own record (queues/outcomes.ts, a day) and its coupon is in Postgres. Kept an hour, at
+    // most 10,000 (50,000 were about 3 GB); grants and code generations keep theirs a day (below).
+    removeOnComplete: { age: 3600, count: 10_000 },
     removeOnFail: { age: 7 * 24 * 3600, count: 50_000 },
   },
   checkout: {
@@ -40,11 +41,12 @@ export const JOB_OPTIONS: Record<QueueName, JobsOptions> = {
 /**
  * Per kind of job, where it differs from its queue's defaults. A user event's Kafka offset is
  * committed once it is in the inbox and its job exists, so, like a payment, it must outlast an outage (about 90 minutes,
- * backoff capped at a minute); a code generation's result must outlive a sale's flood of issue
- * batches, so it is kept for its day whatever their number.
+ * backoff capped at a minute); a code generation's or a grant's result (read through
+ * GET /jobs/:id) must outlive a sale's flood of issue batches, so it is kept for its day whatever their number.
  */
 export const KIND_OPTIONS: Partial<Record<JobKind, JobsOptions>> = {
   'user-event': { attempts: 100, backoff: { type: 'capped', delay: 250 } },
+  'direct-issue': { removeOnComplete: { age: 24 * 3600 } },
   'generate-codes': { removeOnComplete: { age: 24 * 3600 } },
 };
 
