@@ -24,6 +24,8 @@ export interface Violations {
   I11_paymentsWrong: number;
   /** Refunded coupons not restored, or restored ones still USED. */
   I11_refundsWrong: number;
+  /** I5/I11 for user events: coupons of the EVENT policy beyond one per event (a duplicate took effect) or short of it (an event lost). */
+  I5_userEventsWrong: number;
 }
 
 export interface CheckInput {
@@ -33,13 +35,15 @@ export interface CheckInput {
   perUserLimit: number;
   shoppers: Shopper[];
   checkouts: Checkout[];
+  /** The EVENT policy the scenario's user events trigger, and how many distinct events it sent (each twice). */
+  userEvents: { policyId: string; events: number };
 }
 
 export interface CheckReport {
   violations: Violations;
   /** Violations summed. */
   total: number;
-  counts: { coupons: number; won: number; lost: number; failedRequests: number; reserved: number; used: number; restored: number };
+  counts: { coupons: number; won: number; lost: number; failedRequests: number; reserved: number; used: number; restored: number; eventCoupons: number };
   /** A few examples per violated invariant, for the log. */
   examples: Record<string, string[]>;
 }
@@ -62,6 +66,7 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     I9_reserveWrong: 0,
     I11_paymentsWrong: 0,
     I11_refundsWrong: 0,
+    I5_userEventsWrong: 0,
   };
 
   const { rows: coupons } = await pg.query<{ id: string; user_id: string; slot: number; status: string; reservation_id: string | null }>(
@@ -135,6 +140,11 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     }
   }
 
+  const { rows: eventCoupons } = await pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [input.userEvents.policyId]);
+  const issuedForEvents = Number(eventCoupons[0]?.n ?? 0);
+  v.I5_userEventsWrong = Math.abs(issuedForEvents - input.userEvents.events);
+  if (v.I5_userEventsWrong > 0) note('I5_userEventsWrong', `${issuedForEvents} coupons for ${input.userEvents.events} events`);
+
   const total = Object.values(v).reduce((x, y) => x + y, 0);
   return {
     violations: v,
@@ -147,6 +157,7 @@ export async function check(input: CheckInput): Promise<CheckReport> {
       reserved: checkouts.filter((c) => c.reservation).length,
       used,
       restored,
+      eventCoupons: issuedForEvents,
     },
     examples,
   };

@@ -118,7 +118,7 @@ export function table(rows: SuiteRow[]): string {
     const bad = Object.entries(check.violations).filter(([, n]) => n > 0);
     const c = check.counts;
     lines.push(
-      `| ${row.name} | ${load.shoppers} shoppers, ${load.stock} coupons, ${load.checkouts} checkouts, ${load.events} events | ${flight} | ${c.won} won, ${c.lost} lost, ${c.failedRequests} failed requests asked again; ${c.reserved} reserved, ${c.used} used, ${c.restored} refunded | ${bad.length === 0 ? '0' : bad.map(([k, n]) => `**${k} ${n}**`).join(', ')} | ${strikes.map(recovery).join(', ')} |`,
+      `| ${row.name} | ${load.shoppers} shoppers, ${load.stock} coupons, ${load.checkouts} checkouts, ${load.events} payment and ${load.userEvents} user events | ${flight} | ${c.won} won, ${c.lost} lost, ${c.failedRequests} failed requests asked again; ${c.reserved} reserved, ${c.used} used, ${c.restored} refunded; ${c.eventCoupons} event coupons | ${bad.length === 0 ? '0' : bad.map(([k, n]) => `**${k} ${n}**`).join(', ')} | ${strikes.map(recovery).join(', ')} |`,
     );
   }
   return lines.join('\n');

@@ -31,7 +31,7 @@ export interface StrikeReport {
 export interface ScenarioResult {
   strikes: StrikeReport[];
   check: CheckReport;
-  load: { shoppers: number; stock: number; checkouts: number; events: number };
+  load: { shoppers: number; stock: number; checkouts: number; events: number; userEvents: number };
   durationMs: number;
 }
 
@@ -79,6 +79,14 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
   const started = Date.now();
   const deadlineMs = opts.deadlineMs ?? 120_000;
   const policyId = await createPolicy(world.apis[0]!, { totalQuantity: opts.stock, perUserLimit: 1, name: uniqueId('faults') });
+  // User events, sent with the payments (every one twice), each issuing one coupon of an EVENT
+  // policy whose per-user limit (5) would let a duplicate through: 100 users with 2 events each.
+  const trigger = `FAULTS_${uniqueId('t').replace(/[^A-Za-z0-9]/g, '').slice(-10).toUpperCase()}`;
+  const eventPolicyId = await createPolicy(world.apis[0]!, { issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5, name: uniqueId('faults-events') });
+  const occurredAt = new Date(Date.now() + 1_000).toISOString();
+  const userEvents = Array.from({ length: 100 }, (_, i) => uniqueId(`ue${i}`)).flatMap((userId) =>
+    [0, 1].map(() => ({ key: userId, value: JSON.stringify({ eventId: randomUUID(), type: trigger, userId, occurredAt }) })),
+  );
   const shoppers: Shopper[] = await Promise.all(
     Array.from({ length: opts.shoppers }, async (_, i) => {
       const user = uniqueId(`f${i}`);
@@ -152,21 +160,32 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
     }
   })();
   await world.events.send(world.paymentsTopic, first ?? []);
+  await world.events.send(world.userEventsTopic, userEvents);
   const allSeen = (async () => {
     while (seen < eventIds.length && watching) await sleep(100);
   })();
   await strikePhase('payments', payments, eventIds.length, () => eventIds.length - seen, (t) => untilTold(payments, t), allSeen);
   await world.events.send(world.paymentsTopic, again ?? []);
+  await world.events.send(world.userEventsTopic, userEvents);
   const until = Date.now() + deadlineMs;
-  while (seen < eventIds.length && Date.now() < until) await sleep(200);
+  const eventCoupons = async () => Number((await world.pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [eventPolicyId])).rows[0]?.n ?? 0);
+  // Done when every payment is applied, every user event's coupon exists, and the bridge has taken
+  // every message of both topics (so the duplicates had their chance) with nothing of them left in the inbox.
+  const settled = async () =>
+    seen >= eventIds.length &&
+    (await eventCoupons()) >= userEvents.length &&
+    (await world.consumed(world.userEventsTopic)) &&
+    (await world.consumed(world.paymentsTopic)) &&
+    Number((await world.pg.query<{ n: string }>("SELECT count(*) AS n FROM event_inbox WHERE source = 'user-events' AND queue_prefix = $1", [world.queuePrefix])).rows[0]?.n ?? 0) === 0;
+  while (!(await settled()) && Date.now() < until) await sleep(300);
   watching = false;
   await watch;
 
-  const report = await check({ pg: world.pg, policyId, stock: opts.stock, perUserLimit: 1, shoppers, checkouts });
+  const report = await check({ pg: world.pg, policyId, stock: opts.stock, perUserLimit: 1, shoppers, checkouts, userEvents: { policyId: eventPolicyId, events: userEvents.length } });
   return {
     strikes: reports,
     check: report,
-    load: { shoppers: opts.shoppers, stock: opts.stock, checkouts: checkouts.length, events: eventIds.length * 2 },
+    load: { shoppers: opts.shoppers, stock: opts.stock, checkouts: checkouts.length, events: eventIds.length * 2, userEvents: userEvents.length * 2 },
     durationMs: Date.now() - started,
   };
 }

@@ -4,6 +4,7 @@
 // (to make either unreachable, or Postgres slow, or to cut every connection as a restart does).
 import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs';
 import path from 'node:path';
+import { Kafka, logLevel } from 'kafkajs';
 import { Pool } from 'pg';
 import { runMigrations } from '../../models/migrator';
 import { ensureKafka, ensureTopics } from '../../scripts/infra/kafka';
@@ -27,6 +28,7 @@ export interface World {
   pg: Pool;
   queuePrefix: string;
   paymentsTopic: string;
+  userEventsTopic: string;
   events: EventProducer;
   /** The Redis the service uses, through the proxy (for reading queue state). */
   redisUrl: string;
@@ -43,6 +45,8 @@ export interface World {
     proxy: TcpProxy;
   };
   postgres: { proxy: TcpProxy };
+  /** Whether the bridge committed every message of `topic` so far (its group's offsets at the end). */
+  consumed(topic: string): Promise<boolean>;
   /** Restarts the world's own Kafka broker (only with `kafka: 'own'`), keeping its data. */
   restartKafka(downMs: number): Promise<void>;
   stop(): Promise<void>;
@@ -90,6 +94,7 @@ export async function createWorld(opts: WorldOptions): Promise<World> {
   const queuePrefix = `faults-${tag}`;
   const paymentsTopic = `payments.v1.faults-${tag}`;
   const userEventsTopic = `user-events.v1.faults-${tag}`;
+  const groupId = `faults-bridge-${tag}`;
   await ensureTopics(brokers, [paymentsTopic, userEventsTopic], 6);
   const events = new EventProducer(brokers);
   const webPort = await freePorts(opts.formation.web);
@@ -103,7 +108,7 @@ export async function createWorld(opts: WorldOptions): Promise<World> {
     KAFKA_BROKERS: brokers.join(','),
     KAFKA_PAYMENTS_TOPIC: paymentsTopic,
     KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
-    KAFKA_GROUP_ID: `faults-bridge-${tag}`,
+    KAFKA_GROUP_ID: groupId,
     RATE_LIMIT_IP_POINTS: '0',
     // Short lock periods, so a killed or stopped worker's jobs are taken over within seconds.
     JOB_LOCK_MS: '4000',
@@ -142,6 +147,7 @@ export async function createWorld(opts: WorldOptions): Promise<World> {
     pg,
     queuePrefix,
     paymentsTopic,
+    userEventsTopic,
     events,
     redisUrl,
     supervisor,
@@ -164,6 +170,20 @@ export async function createWorld(opts: WorldOptions): Promise<World> {
       proxy: redisProxy,
     },
     postgres: { proxy: pgProxy },
+    consumed: async (topic) => {
+      const admin = new Kafka({ clientId: 'faults-admin', brokers, logLevel: logLevel.NOTHING }).admin();
+      await admin.connect();
+      try {
+        const ends = await admin.fetchTopicOffsets(topic);
+        const [committed] = await admin.fetchOffsets({ groupId, topics: [topic] });
+        const at = new Map((committed?.partitions ?? []).map((p) => [p.partition, Number(p.offset)]));
+        return ends.every((e) => Number(e.high) === 0 || at.get(e.partition) === Number(e.high));
+      } catch {
+        return false;
+      } finally {
+        await admin.disconnect();
+      }
+    },
     restartKafka: async (downMs) => {
       if (!kafkaService) throw new Error('this world uses the shared Kafka broker; give it kafka: "own"');
       await kafkaService.stop();
