@@ -2,18 +2,18 @@
 // "buggify" do: FAILPOINTS=bridge.before-commit=hang makes the bridge announce the point and hang
 // there, so a test can SIGKILL it at exactly that step. Honoured only when NODE_ENV=test.
 //
-// Actions: `hang`; `exit` (exit code 86 at once, as a crash there would end it); `exit@N` (exit at
-// the Nth time this process reaches the point, and only once per deployment: the first process to
-// get there leaves a mark under the temp dir, named by QUEUE_PREFIX, so a process restarted by a
-// supervisor, or another process of the deployment, passes it). The fault suite crashes a worker
-// mid-sale at an exact step this way (test/faults/faults.ts).
+// Actions: `hang`; `exit` (exit code 86 at once, as a crash there would end it); `exit@N` and
+// `hang@N` (the Nth time this process reaches the point, and only once per deployment: the first
+// process to get there leaves a mark under the temp dir, named by QUEUE_PREFIX, so a process
+// restarted by a supervisor, or another process of the deployment, passes it). The fault suite
+// crashes a worker mid-sale at an exact step this way (test/faults/faults.ts).
 import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { config } from './config';
 import { logger } from './logger';
 
-export type FailpointAction = { kind: 'hang' } | { kind: 'exit'; atHit: number; once: boolean };
+export type FailpointAction = { kind: 'hang' | 'exit'; atHit: number; once: boolean };
 
 interface Armed {
   action: FailpointAction;
@@ -22,12 +22,11 @@ interface Armed {
 
 let parsed: Map<string, Armed> | undefined;
 
-/** `hang`, `exit` or `exit@N` (N ≥ 1); null for anything else. */
+/** `hang`, `exit`, `hang@N` or `exit@N` (N ≥ 1); null for anything else. */
 export function parseFailpointAction(text: string): FailpointAction | null {
-  if (text === 'hang') return { kind: 'hang' };
-  if (text === 'exit') return { kind: 'exit', atHit: 1, once: false };
-  const at = /^exit@([1-9]\d{0,6})$/.exec(text);
-  return at ? { kind: 'exit', atHit: Number(at[1]), once: true } : null;
+  if (text === 'hang' || text === 'exit') return { kind: text, atHit: 1, once: false };
+  const at = /^(hang|exit)@([1-9]\d{0,6})$/.exec(text);
+  return at ? { kind: at[1] as 'hang' | 'exit', atHit: Number(at[2]), once: true } : null;
 }
 
 function table(): Map<string, Armed> {
@@ -67,10 +66,9 @@ export async function failpoint(name: string): Promise<void> {
   const armed = table().get(name);
   if (!armed) return;
   const { action } = armed;
-  if (action.kind === 'exit') {
-    armed.hits += 1;
-    if (armed.hits !== action.atHit || (action.once && !claimMark(name))) return;
-  }
+  armed.hits += 1;
+  // Without @N every hit stops; with it the Nth only, in the one process that claims the mark.
+  if (action.once && (armed.hits !== action.atHit || !claimMark(name))) return;
   logger().warn({ failpoint: name, action: action.kind }, `failpoint ${name}`);
   if (action.kind === 'exit') process.exit(86);
   await new Promise(() => undefined);
