@@ -270,7 +270,8 @@ describe('code generation jobs', () => {
     // ...until the worker's drop (once a minute; called here directly) removes them for good.
     const { rows } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
     expect(rows[0]?.sealed).toBe(true);
-    expect(await dropUnfetchedCodes(sequelize())).toBeGreaterThanOrEqual(1);
+    // Every worker drops such codes once a minute too, so this call or one of theirs may be the one.
+    await dropUnfetchedCodes(sequelize());
     const { rows: after } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
     expect(after[0]?.sealed).toBe(false);
   });
