@@ -11,7 +11,7 @@ import { mkdirSync, openSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { config } from './config';
-import { logger } from './logger';
+import { logger, type Logger } from './logger';
 
 export type FailpointAction = { kind: 'hang' | 'exit'; atHit: number; once: boolean };
 
@@ -61,15 +61,18 @@ function claimMark(name: string): boolean {
   }
 }
 
-/** Does nothing unless the named failpoint is armed; then logs "failpoint <name>" and hangs or exits. */
-export async function failpoint(name: string): Promise<void> {
+/**
+ * Does nothing unless the named failpoint is armed; then logs "failpoint <name>" (through `log`, so
+ * the line carries the request's or job's ids) and hangs or exits.
+ */
+export async function failpoint(name: string, log: Logger = logger()): Promise<void> {
   const armed = table().get(name);
   if (!armed) return;
   const { action } = armed;
   armed.hits += 1;
   // Without @N every hit stops; with it the Nth only, in the one process that claims the mark.
   if (action.once && (armed.hits !== action.atHit || !claimMark(name))) return;
-  logger().warn({ failpoint: name, action: action.kind }, `failpoint ${name}`);
+  log.warn({ failpoint: name, action: action.kind }, `failpoint ${name}`);
   if (action.kind === 'exit') process.exit(86);
   await new Promise(() => undefined);
 }

@@ -83,23 +83,24 @@ async function eventuallyTrue(check: () => boolean | Promise<boolean>, timeoutMs
 }
 
 /**
- * Catches a worker in the middle of an issue batch: a job is active and the worker has logged
- * coupons of it. The worker is frozen (SIGSTOP) and the job read again, so the check cannot race the
- * job's end: still active, in its first run, while its holder is frozen means the kill lands on work in flight.
+ * Catches the worker the failpoint stopped in the middle of an issue batch (its log line names the
+ * request, so the batch job; the other worker keeps working and must not be the one killed, or the
+ * stopped one would hold its batch, lock renewed, for ever). The worker is frozen (SIGSTOP) and the
+ * job read again: still active, in its first run, while its holder is frozen means the kill lands on
+ * work in flight.
  * Returns the frozen worker, its pid and the job.
  */
 async function freezeWorkerMidBatch(queue: Queue, timeoutMs: number): Promise<{ worker: string; pid: number; jobId: string }> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    const active = new Set((await queue.getActive()).map((job) => job.id as string));
     for (const worker of ['worker.1', 'worker.2']) {
-      const jobs = runner.logOf(worker).flatMap((l) => (l.msg === 'coupon issued' && typeof l.jobId === 'string' ? [parseRequestId(l.jobId).jobId] : []));
-      const jobId = jobs.find((id) => active.has(id));
-      if (!jobId) continue;
+      const line = runner.logOf(worker).find((l) => l.msg === 'failpoint issue.after-commit' && typeof l.jobId === 'string');
+      if (!line) continue;
+      const jobId = parseRequestId(line.jobId as string).jobId;
       const pid = runner.pidsOf(worker)[0] as number;
       process.kill(pid, 'SIGSTOP');
       const job = await queue.getJob(jobId);
-      // In its first run, so the worker that logged its coupons is the one holding it.
+      // In its first run, so the worker that stopped in it is the one holding it.
       const firstRun = job?.attemptsStarted === 1 && !wasTakenOver(job);
       if (firstRun && (await job.getState()) === 'active') return { worker, pid, jobId };
       process.kill(pid, 'SIGCONT');

@@ -86,7 +86,7 @@ export async function issueCoupon(
     noteAdmitted(log, policyId, mark.total, mark.admitted);
 
     // A worker that dies here holds the admission's unit, and no coupon is written.
-    await failpoint('issue.after-admission');
+    await failpoint('issue.after-admission', log);
     const issuedAt = new Date();
     const validity = await validityOf(admission, policyId);
     const written = await insertIssuedCoupon({
@@ -103,7 +103,7 @@ export async function issueCoupon(
         couponsIssuedTotal.inc({ policy_id: policyId });
         counted = true;
         // A worker that dies here has committed the coupon; its admission is not settled yet.
-        await failpoint('issue.after-commit');
+        await failpoint('issue.after-commit', log);
         await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
         if (codeHash) await markCodeUsed(deps.redis, codeHash);
         log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
