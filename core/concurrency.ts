@@ -84,3 +84,26 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what = 'no answe
     }),
   ]).finally(() => clearTimeout(timer));
 }
+
+/**
+ * Runs `work` now, then again `everyMs` after each run ends (never two at once); a failure goes to
+ * `onError` and the next run comes as usual. The returned stop waits for a run in progress.
+ */
+export function repeatAfter(work: () => Promise<unknown>, everyMs: number, onError: (error: unknown) => void): () => Promise<void> {
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let current: Promise<unknown> = Promise.resolve();
+  const tick = () => {
+    current = work()
+      .catch(onError)
+      .finally(() => {
+        if (!stopped) timer = setTimeout(tick, everyMs);
+      });
+  };
+  tick();
+  return async () => {
+    stopped = true;
+    if (timer) clearTimeout(timer);
+    await current;
+  };
+}

@@ -3,6 +3,7 @@
 // is worked off in batches of 100 until none is due, with a progress line now and then.
 import type { Logger } from '../core/logger';
 import { expireDueReservations, type SweepReport } from '../models/reservation';
+import { repeatAfter } from '../core/concurrency';
 
 export const SWEEP_BATCH = 100;
 const PROGRESS_EVERY_MS = 5_000;
@@ -30,19 +31,13 @@ export async function sweepExpiredReservations(log: Logger, shouldStop: () => bo
 /** Starts sweeping at once (catching up on whatever fell due while no worker ran), then every `everyMs`. */
 export function scheduleExpirySweeper(log: Logger, everyMs: number): () => Promise<void> {
   let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<unknown> = Promise.resolve();
-  const tick = () => {
-    current = sweepExpiredReservations(log, () => stopped)
-      .catch((error: unknown) => log.error({ err: error }, 'reservation sweep failed; retrying on the next tick'))
-      .finally(() => {
-        if (!stopped) timer = setTimeout(tick, everyMs);
-      });
-  };
-  tick();
-  return async () => {
+  const stop = repeatAfter(
+    () => sweepExpiredReservations(log, () => stopped),
+    everyMs,
+    (error) => log.error({ err: error }, 'reservation sweep failed; retrying on the next tick'),
+  );
+  return () => {
     stopped = true;
-    if (timer) clearTimeout(timer);
-    await current;
+    return stop();
   };
 }

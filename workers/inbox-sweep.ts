@@ -15,6 +15,7 @@ import type { Queues } from '../queues/connection';
 import { addJobs } from '../queues/enqueue';
 import { JOB_KINDS } from '../queues/names';
 import { withLock, type Locks } from './lock';
+import { repeatAfter } from '../core/concurrency';
 
 /** Rows read, judged and written per round trip. */
 const BATCH = 1_000;
@@ -85,20 +86,9 @@ const sweepLockKey = () => `${config().QUEUE_PREFIX}:lock:inbox-sweep`;
 export function scheduleInboxSweep(deps: InboxSweepDeps, everyMs: number, minAgeMs: number): () => Promise<void> {
   // Series from 0, so Prometheus's increase() sees the first redrive of each.
   for (const source of INBOX_SOURCES) inboxEventsRedriven.inc({ source }, 0);
-  let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  let current: Promise<unknown> = Promise.resolve();
-  const tick = () => {
-    current = withLock(deps.locks, sweepLockKey(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false })
-      .catch((error: unknown) => deps.log.error({ err: error }, 'inbox sweep failed; retrying on the next tick'))
-      .finally(() => {
-        if (!stopped) timer = setTimeout(tick, everyMs);
-      });
-  };
-  tick();
-  return async () => {
-    stopped = true;
-    if (timer) clearTimeout(timer);
-    await current;
-  };
+  return repeatAfter(
+    () => withLock(deps.locks, sweepLockKey(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false }),
+    everyMs,
+    (error) => deps.log.error({ err: error }, 'inbox sweep failed; retrying on the next tick'),
+  );
 }
