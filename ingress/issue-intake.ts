@@ -68,10 +68,62 @@ interface Item {
 
 /** Takes issue requests; each resolves once it is decided or queued, or rejects with 503 when it could not be queued. */
 export function createIssueIntake(deps: IntakeDeps): (request: IntakeRequest) => Promise<IntakeAnswer> {
-  return coalescePerTurn((batch: IntakeRequest[]) => takeTurn(deps, batch), MAX_ISSUE_BATCH);
+  const owed = new OwedReleases(deps);
+  return coalescePerTurn((batch: IntakeRequest[]) => takeTurn(deps, owed, batch), MAX_ISSUE_BATCH);
 }
 
-async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(IntakeAnswer | Error)[]> {
+/** How often a web retries giving back the slots of turns it could not queue, while Redis is away. */
+const OWED_RETRY_MS = 250;
+
+/**
+ * Slots this web admitted for turns it then could not queue, and could not give back because Redis
+ * went away in between (a Redis that stops gracefully keeps them on disk). Left alone they come back
+ * only at the reconciler's pace (ADMISSION_RECONCILE_AGE_MS), after the sale's last buyers may have
+ * been told SOLD_OUT, and their shoppers, told 503, would meet USER_LIMIT_REACHED on their retry.
+ * So they are given back as soon as Redis answers again, and before this web admits anything else.
+ */
+class OwedReleases {
+  private readonly owed = new Map<string, string>(); // requestId -> policyId
+  private settling: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly deps: IntakeDeps) {}
+
+  add(items: Item[]): void {
+    for (const i of items) this.owed.set(i.requestId, i.data.policyId!);
+    this.deps.log.warn({ count: items.length }, 'could not give back admitted slots: retrying until Redis answers');
+    this.timer ??= setInterval(() => void this.settle(), OWED_RETRY_MS).unref();
+  }
+
+  /** Gives back every owed slot Redis takes now (single-flight); resolves either way. */
+  settle(): Promise<void> {
+    if (this.owed.size === 0) return Promise.resolve();
+    this.settling ??= this.giveBack().finally(() => (this.settling = null));
+    return this.settling;
+  }
+
+  private async giveBack(): Promise<void> {
+    await Promise.all(
+      [...this.owed].map(async ([requestId, policyId]) => {
+        try {
+          await releaseAdmission(this.deps.queues.connection, policyId, requestId, true);
+          this.owed.delete(requestId);
+        } catch {
+          // Still away: the next round tries again.
+        }
+      }),
+    );
+    if (this.owed.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = null;
+      this.deps.log.info('gave back the admitted slots of turns that could not be queued');
+    }
+  }
+}
+
+async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeRequest[]): Promise<(IntakeAnswer | Error)[]> {
+  // Slots owed from an earlier turn go back before this turn admits: first come stays first served.
+  await owed.settle();
   const jobId = newJobId('issue-batch', randomUUID());
   const now = Date.now();
   const all: Item[] = batch.map((data, index) => ({ data, index, requestId: requestIdOf(jobId, index) }));
@@ -98,7 +150,7 @@ async function takeTurn(deps: IntakeDeps, batch: IntakeRequest[]): Promise<(Inta
     }
   } catch (error) {
     for (const i of carried) deps.hub.cancel(i.requestId);
-    await undoTurn(deps, carried, items, error);
+    await undoTurn(deps, owed, carried, items, error);
     const unavailable = error instanceof AppError ? error : notQueued(error);
     // A refusal the web decided is final whatever became of the others, once its record is stored
     // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
@@ -122,9 +174,10 @@ const mayHaveRun = (error: unknown) => error instanceof Error && /Command timed 
  * out: Redis may have run it after all, so the slots and keys stay, and what became of them is
  * settled by the job, or by the reconciler when no job ever arrived.
  */
-async function undoTurn(deps: IntakeDeps, carried: Item[], items: Item[], error: unknown): Promise<void> {
+async function undoTurn(deps: IntakeDeps, owed: OwedReleases, carried: Item[], items: Item[], error: unknown): Promise<void> {
   if (mayHaveRun(error)) return;
-  await releaseCarried(deps, carried);
+  const unreleased = await releaseCarried(deps, carried);
+  if (unreleased.length > 0) owed.add(unreleased);
   const claimed = items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
   if (claimed.length > 0) await deps.queues.connection.del(...claimed).catch(() => 0);
 }
@@ -214,12 +267,13 @@ function pendingRecord(item: Item, now: number): StoredOutcome {
   return { s: 'pending', u: item.data.userId, c: now };
 }
 
-async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<void> {
-  await Promise.all(
-    carried
-      .filter((i) => i.admittedAs && i.data.policyId)
-      .map((i) => releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).catch(() => false)),
+/** Gives back the slots of the carried requests; returns those Redis did not take (it is away). */
+async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<Item[]> {
+  const admitted = carried.filter((i) => i.admittedAs && i.data.policyId);
+  const released = await Promise.all(
+    admitted.map((i) => releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).then(() => true, () => false)),
   );
+  return admitted.filter((_, k) => !released[k]);
 }
 
 function countDecided(deps: IntakeDeps, items: Item[]): void {
