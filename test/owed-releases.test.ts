@@ -1,0 +1,202 @@
+// A web's turn admits requests (their slots taken in Redis), then loses Redis before it can store
+// their records or add their batch job: it answers 503, and cannot give the slots back while Redis
+// is away. It owes them: they go back as soon as Redis answers again, and before the web admits
+// anything else, not at the reconciler's pace (ingress/issue-intake.ts, OwedReleases).
+// The web's intake runs in-process over real Redis and Postgres; its producer connection is cut
+// exactly after the admission script ran, then healed; a worker of this file issues the coupons.
+import { createHash, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Worker } from 'bullmq';
+import type { Command, Redis } from 'ioredis';
+import { config } from '../core/config';
+import type { AppError } from '../core/errors';
+import { logger } from '../core/logger';
+import { closeSequelize, sequelize } from '../core/postgres';
+import { createRedis, waitForReady } from '../core/redis';
+import { createIssueIntake, type IntakeAnswer } from '../ingress/issue-intake';
+import { createOutcomeHub, type OutcomeHub } from '../ingress/outcome-hub';
+import { initModels } from '../models';
+import { CouponPolicy, policyRowFromCreate } from '../models/policy';
+import { policyCreateSchema } from '../models/policy-rules';
+import { createQueues, type Queues } from '../queues/connection';
+import { parseRequestId } from '../queues/names';
+import type { StoredOutcome } from '../queues/outcomes';
+import { admissionSnapshot, openStock, writePolicyMeta } from '../workers/admission/admission';
+import { policyKeys } from '../workers/admission/keys';
+import { createLocks } from '../workers/lock';
+import { createIssueProcessor } from '../workers/processor';
+import { createRejectionCounter } from '../workers/rejection-stats';
+import { eventually } from './support/checkout';
+import { closeDb, couponsOf } from './support/db';
+import { policyBody, uniqueId } from './support/fixtures';
+
+/** The reconciler gives a stranded slot back after 30-40 s; an owed one must be back well before. */
+const PROMPTLY_MS = 3_000;
+const WAIT_MS = 15_000;
+
+// Queues and admission state of their own, so no other worker or reconciler touches them.
+const sharedPrefix = process.env.QUEUE_PREFIX;
+const prefix = uniqueId('owed');
+let log: ReturnType<typeof logger>;
+let queues: Queues;
+let hub: OutcomeHub;
+let redis: Redis;
+let workerConnection: Redis;
+let worker: Worker;
+let link: ReturnType<typeof cuttableAfterAdmission>;
+let intake: ReturnType<typeof createIssueIntake>;
+
+/** admit.lua as the connection sends it: by its SHA1 (EVALSHA), or whole after a NOSCRIPT (EVAL). */
+const admitLua = readFileSync(join(__dirname, '../workers/admission/lua/admit.lua'), 'utf8');
+const admitSha = createHash('sha1').update(admitLua).digest('hex');
+const isAdmission = (command: Command) =>
+  (command.name === 'evalsha' && String(command.args[0]) === admitSha) || (command.name === 'eval' && String(command.args[0]) === admitLua);
+
+/**
+ * Makes the producer connection lose Redis right after a turn's admission ran: once armed, the
+ * next admit.lua call reaches Redis and its reply is delivered, then every command fails at once,
+ * as ioredis fails them on a closed connection, until the link is healed (Redis answers again).
+ * Nothing is sent to Redis while it is cut.
+ */
+function cuttableAfterAdmission(connection: Redis) {
+  let state: 'open' | 'armed' | 'cut' = 'open';
+  const send = connection.sendCommand.bind(connection);
+  connection.sendCommand = ((command: Command, stream?: unknown) => {
+    if (state === 'cut') {
+      command.reject(new Error('Connection is closed.'));
+      return command.promise;
+    }
+    // Set before the reply reaches the web's turn: ioredis hands a pipeline's replies on in a later tick.
+    if (state === 'armed' && isAdmission(command)) command.promise.then(() => void (state = 'cut'), () => undefined);
+    return send(command, stream as never);
+  }) as Redis['sendCommand'];
+  return {
+    armAfterAdmission: () => void (state = 'armed'),
+    heal: () => void (state = 'open'),
+    isCut: () => state === 'cut',
+  };
+}
+
+beforeAll(async () => {
+  process.env.QUEUE_PREFIX = prefix;
+  expect(config().QUEUE_PREFIX).toBe(prefix);
+  log = logger();
+  initModels(sequelize());
+  redis = createRedis('client');
+  queues = createQueues();
+  await waitForReady(queues.connection);
+  // BullMQ's own first commands (its Redis version check) are done before any cut.
+  await queues.get('issue').waitUntilReady();
+  link = cuttableAfterAdmission(queues.connection);
+  hub = createOutcomeHub(log);
+  await hub.ready;
+  intake = createIssueIntake({ queues, hub, rejections: createRejectionCounter(redis, log), log });
+  workerConnection = createRedis('worker');
+  worker = new Worker('issue', createIssueProcessor({ redis, locks: createLocks(redis) }, log), { connection: workerConnection, prefix, concurrency: 8 });
+});
+
+afterAll(async () => {
+  link?.heal();
+  await worker?.close();
+  workerConnection?.disconnect();
+  await hub?.close();
+  await queues?.get('issue').obliterate({ force: true });
+  await queues?.close();
+  redis?.disconnect();
+  await closeSequelize();
+  await closeDb();
+  process.env.QUEUE_PREFIX = sharedPrefix;
+});
+
+async function newPolicy(totalQuantity: number): Promise<string> {
+  const policy = await CouponPolicy.create(policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody({ totalQuantity, perUserLimit: 1 }))));
+  await writePolicyMeta(redis, policy);
+  await openStock(redis, policy.id);
+  return policy.id;
+}
+
+const ask = (policyId: string, userId: string, waitMs = WAIT_MS) =>
+  intake({ policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString(), waitMs });
+
+/** The request's final outcome: decided by the web, or published by the worker while the request waited. */
+async function finalOf(answer: IntakeAnswer): Promise<StoredOutcome | null> {
+  return answer.decided ?? (await answer.outcome) ?? null;
+}
+
+/** What the admission state holds for a policy and one of its users (read past the cut link). */
+async function stateOf(policyId: string, userId: string) {
+  const k = policyKeys(policyId);
+  const [snapshot, free, admitted] = await Promise.all([admissionSnapshot(redis, policyId), redis.lrange(k.free, 0, -1), redis.hget(k.users, userId)]);
+  return { ...snapshot, free, admitted: Number(admitted ?? 0) };
+}
+
+/** The request admitted by a turn that is then cut off from Redis: answered 503, its slot left held. */
+async function admitThenLoseRedis(policyId: string, userId: string): Promise<void> {
+  link.armAfterAdmission();
+  const failed = await ask(policyId, userId).then(
+    () => null,
+    (error: unknown) => error,
+  );
+  expect(link.isCut()).toBe(true);
+  expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
+}
+
+describe('slots of a turn that lost Redis after admitting', () => {
+  it('go back as soon as Redis answers again, without waiting for a request or the reconciler; the shopper is admitted again and no unit is lost', async () => {
+    const policyId = await newPolicy(3);
+    const shopper = uniqueId('cut');
+    await admitThenLoseRedis(policyId, shopper);
+
+    // The fault hit work in flight: the admission is held, and stays held while Redis is away
+    // (the web's retries every 250 ms cannot reach it).
+    const held = { next: 2, issued: 1, freeSlots: 0, pending: 1, free: [], admitted: 1 };
+    expect(await stateOf(policyId, shopper)).toEqual(held);
+    await new Promise((r) => setTimeout(r, 700));
+    expect(await stateOf(policyId, shopper)).toEqual(held);
+
+    // Redis answers again: with no request arriving, the slot is back within moments.
+    link.heal();
+    const back = { next: 2, issued: 0, freeSlots: 1, pending: 0, free: ['1'], admitted: 0 };
+    await eventually(() => stateOf(policyId, shopper), (s) => JSON.stringify(s) === JSON.stringify(back), PROMPTLY_MS, 'the owed slot given back');
+
+    // The shopper told 503 retries and is admitted (not USER_LIMIT_REACHED), taking the slot back.
+    const retried = await ask(policyId, shopper);
+    expect(retried.decided).toBeUndefined();
+    expect(await finalOf(retried)).toMatchObject({ s: 'succeeded', u: shopper });
+
+    // The rest of the stock sells to others to the last unit: none stayed held by the lost turn.
+    const others = Array.from({ length: 6 }, (_, i) => uniqueId(`other${i}`));
+    const outcomes = await Promise.all(others.map(async (user) => finalOf(await ask(policyId, user))));
+    expect(outcomes.filter((o) => o?.s === 'succeeded')).toHaveLength(2);
+    expect(outcomes.filter((o) => o?.s === 'rejected').map((o) => o?.e?.code)).toEqual(['SOLD_OUT', 'SOLD_OUT', 'SOLD_OUT', 'SOLD_OUT']);
+    const rows = await couponsOf(policyId);
+    expect(rows.map((r) => Number(r.slot))).toEqual([1, 2, 3]);
+    expect(new Set(rows.map((r) => r.user_id)).size).toBe(3);
+    expect(rows.find((r) => r.user_id === shopper)?.slot).toBe(1);
+    expect(await admissionSnapshot(redis, policyId)).toEqual({ next: 4, issued: 3, freeSlots: 0, pending: 0 });
+  });
+
+  it('go back before the web admits a new request: the only unit, owed, goes to the next shopper rather than a wait or SOLD_OUT', async () => {
+    const policyId = await newPolicy(1);
+    const first = uniqueId('cut');
+    await admitThenLoseRedis(policyId, first);
+    expect(await stateOf(policyId, first)).toMatchObject({ issued: 1, pending: 1, admitted: 1 });
+
+    // Redis answers again and, in the same moment, a new shopper asks, while the slot is still owed.
+    link.heal();
+    const next = uniqueId('next');
+    const answer = await ask(policyId, next);
+
+    // Its turn gave the owed slot back first, so the web admitted it (it holds the unit in its job).
+    expect(answer.decided).toBeUndefined();
+    const job = await queues.get('issue').getJob(parseRequestId(answer.requestId).jobId);
+    expect(job?.data.requests).toEqual([expect.objectContaining({ userId: next, admittedAs: { total: 1, admitted: 1 } })]);
+    expect(await finalOf(answer)).toMatchObject({ s: 'succeeded', u: next });
+    expect((await couponsOf(policyId)).map((r) => [r.user_id, Number(r.slot)])).toEqual([[next, 1]]);
+
+    // The first shopper's retry finds the stock gone, not its own limit reached.
+    expect(await finalOf(await ask(policyId, first))).toMatchObject({ s: 'rejected', e: { code: 'SOLD_OUT' } });
+    expect(await stateOf(policyId, first)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0, free: [], admitted: 0 });
+  });
+});
