@@ -285,8 +285,8 @@ export const baseline: Migration = {
       );
     `);
   },
-  // Takes the functions of models/sql/ along (the triggers go with their tables) and forgets their
-  // checksums, so the next `up` applies the files again.
+  // Takes the functions of models/sql/ along (the triggers go with their tables) and their
+  // checksums, so the next migration applies the files again.
   async down({ context: db }) {
     await db.query(`
       DROP TABLE event_inbox, policy_counters, processed_events, reservations, orders, coupons,
@@ -297,7 +297,7 @@ export const baseline: Migration = {
                     coupons_guard_update(), coupons_guard_transition(), reservations_guard_update(),
                     reservations_guard_fingerprint(), coupons_count_inserts(), coupons_count_uses(),
                     coupons_count_deletes(), coupons_count_truncate();
-      DELETE FROM ${SQL_FILES_TABLE};
+      DROP TABLE IF EXISTS ${SQL_FILES_TABLE};
     `);
   },
 };
