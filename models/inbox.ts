@@ -1,4 +1,4 @@
-// The event inbox (migration 0013): the bridge's durable copy of every event it accepted from Kafka,
+// The event inbox (table event_inbox): the bridge's durable copy of every event it accepted from Kafka,
 // kept until the event has been applied, so a job Redis lost can be added again (I11).
 import { QueryTypes } from 'sequelize';
 import { config } from '../core/config';

@@ -121,9 +121,9 @@ export const POLICY_COUNTS_SQL = `SELECT policy_id, sum(issued) AS issued, sum(u
   FROM policy_counters WHERE policy_id = ANY($1) GROUP BY policy_id`;
 
 /**
- * Each policy's issuedCount and usedCount from policy_counters (migration 0011): one index scan of
- * at most 8 shard rows a policy, kept by the writes to coupons. No coupon is read, so a policy of a
- * million coupons costs what an empty one does.
+ * Each policy's issuedCount and usedCount from policy_counters: one index scan of at most 8 shard
+ * rows a policy, kept by the writes to coupons (models/sql/policy_counters_add.sql). No coupon is
+ * read, so a policy of a million coupons costs what an empty one does.
  */
 export async function countCoupons(db: Sequelize, policyIds: string[]): Promise<Map<string, PolicyCounts>> {
   const counts = new Map<string, PolicyCounts>(policyIds.map((id) => [id, { issuedCount: 0, usedCount: 0 }]));

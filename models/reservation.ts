@@ -2,9 +2,10 @@
 // payment (or an admin's confirm, or a user's cancel), and time out what nobody paid for.
 //
 // Every change is decided in TypeScript (models/checkout-rules.ts) on rows read without locks, and
-// written as a compare-and-set by the batched functions of migration 0006: it takes effect only if
-// the rows are still as read, else the worker reads and decides again. Lock order: every write that
-// changes a reservation locks its coupon row first; one order everywhere means no deadlocks.
+// written as a compare-and-set by the batched functions of models/sql/ (reserve_coupons.sql,
+// apply_checkout_events.sql): it takes effect only if the rows are still as read, else the worker
+// reads and decides again. Lock order: every write that changes a reservation locks its coupon row
+// first; one order everywhere means no deadlocks.
 import { randomUUID } from 'node:crypto';
 import {
   DataTypes,
@@ -211,7 +212,7 @@ export type ReserveOutcome =
 
 type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
 
-/** The reservations decided in one turn, written by one call of reserve_coupons (migration 0006). */
+/** The reservations decided in one turn, written by one call of reserve_coupons (models/sql). */
 const writeReservation = batchedQuery<{ req: string } & Record<string, unknown>, ReserveRow>(
   'SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)',
   asJson,

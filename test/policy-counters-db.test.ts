@@ -1,6 +1,7 @@
-// policy_counters (migration 0011) in Postgres alone: a policy's counts are read without touching a
-// coupon, every kind of write keeps them equal to the rows (bulk statements, the batched issue
-// insert with refusals, deletes), and concurrent writers of one policy take different shards.
+// policy_counters (models/sql/policy_counters_add.sql, coupons_count.sql) in Postgres alone: a
+// policy's counts are read without touching a coupon, every kind of write keeps them equal to the
+// rows (bulk statements, the batched issue insert with refusals, deletes), and concurrent writers of
+// one policy take different shards.
 import { Client } from 'pg';
 import { POLICY_COUNTS_SQL } from '../models/policy';
 import { freshDatabase } from './support/db';

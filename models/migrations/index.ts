@@ -1,33 +1,27 @@
-// Every migration, in order. A new one is appended here; applied ones are never edited.
-import { createCouponPolicies } from './0001-coupon-policies';
-import { createCoupons } from './0002-coupons';
-import { guardStatusAndLimits } from './0003-guard-status-and-limits';
-import { insertIssuedCoupons } from './0004-insert-issued-coupons';
-import { createReservations } from './0005-reservations';
-import { checkoutFunctions } from './0006-checkout-functions';
-import { createCouponCodes } from './0007-coupon-codes';
-import { createCodeBatches } from './0008-code-batches';
-import { eventStateProbes } from './0009-event-state-probes';
-import { orderOwners } from './0010-order-owners';
-import { policyCounters } from './0011-policy-counters';
-import { codeDelivery } from './0012-code-delivery';
-import { eventInbox } from './0013-event-inbox';
-import { inboxWithoutOrderIndex } from './0014-inbox-without-order-index';
+// How the schema is made and changed (models/migrator.ts runs both steps, `npm run migrate`):
+//
+// 1. Versioned migrations, the list below, in order, each once (umzug; history in schema_migrations):
+//    tables, columns, constraints, indexes, data. A new one is appended here (0015-..., raw SQL
+//    through Sequelize, so every constraint has the name we give it); applied ones are never edited.
+//    0014-baseline is the schema that 0001-0014 made one by one, squashed: on a database that ran
+//    those, the migrator records it as applied without running it.
+// 2. Repeatable: every function (and its trigger) of the schema lives in one file of models/sql/,
+//    with a header saying what it does, its arguments, what it returns and which constraint names it
+//    answers. After the versioned migrations the migrator applies, in file-name order and in one
+//    transaction, each file whose text changed since it was last applied (checksums in
+//    schema_sql_files; models/sql-files.ts). So:
+//    - To change a function, edit its file. The file is the function's one current text: no
+//      migration spells a function out.
+//    - A file is CREATE OR REPLACE FUNCTION / CREATE OR REPLACE TRIGGER, runnable again and again.
+//      It may use any table (plpgsql resolves names when it runs) and the objects of its own file;
+//      a trigger comes after its function in the same file. A LANGUAGE sql function needs its
+//      tables, which the versioned migrations made before.
+//    - What CREATE OR REPLACE cannot do takes a versioned migration as well, which runs before the
+//      files: a new return type or argument list (the migration drops the old function, the edited
+//      file makes the new one), dropping a function or trigger (the migration drops it, and the file
+//      goes). Versioned migrations therefore must not call the functions of models/sql/: on a new
+//      database those do not exist yet.
+import { baseline } from './0014-baseline';
 import type { Migration } from './types';
 
-export const migrations: Migration[] = [
-  createCouponPolicies,
-  createCoupons,
-  guardStatusAndLimits,
-  insertIssuedCoupons,
-  createReservations,
-  checkoutFunctions,
-  createCouponCodes,
-  createCodeBatches,
-  eventStateProbes,
-  orderOwners,
-  policyCounters,
-  codeDelivery,
-  eventInbox,
-  inboxWithoutOrderIndex,
-];
+export const migrations: Migration[] = [baseline];
