@@ -5,9 +5,9 @@
 // may have missed announcements, so it empties its cache then too.
 import type { Redis } from 'ioredis';
 import { Op } from 'sequelize';
-import { config } from '../core/config';
 import type { Logger } from '../core/logger';
 import { createRedis } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { CouponPolicy } from './policy';
 
 export const POLICY_CACHE_TTL_MS = 5 * 60_000;
@@ -20,7 +20,7 @@ interface Snapshot {
   until: number;
 }
 
-const channel = () => `${config().QUEUE_PREFIX}:policy-changed`;
+const channel = () => redisKeys().policyChangedChannel();
 
 /**
  * One snapshot of the few policies these lookups concern (those with a shared code, and the ACTIVE

@@ -6,6 +6,7 @@
 // the previous one, which is then older by at most one computation; every answer carries its asOf.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { redisKeys } from '../core/redis-keys';
 
 /** How many times its computation time an answer stays fresh, at least. */
 const FRESH_FACTOR = 10;
@@ -22,15 +23,16 @@ interface Entry<T> {
 }
 
 export interface StatsCache {
-  /** The cached answer under `key`, or `compute()`'s (stored for the others). */
+  /** The cached answer under `key` (core/redis-keys.ts statsAnswers), or `compute()`'s (stored for the others). */
   read<T>(key: string, compute: () => Promise<T>): Promise<T>;
 }
 
 export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: number }): StatsCache {
+  const keys = redisKeys(opts.prefix);
   const inFlight = new Map<string, Promise<unknown>>();
 
   const load = async <T>(key: string, compute: () => Promise<T>): Promise<T> => {
-    const cacheKey = `${opts.prefix}:stats:cache:${key}`;
+    const cacheKey = keys.statsAnswer(key);
     const raw = await redis.get(cacheKey).catch(() => null);
     let entry: Entry<T> | null = null;
     try {
@@ -40,7 +42,7 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
     }
     if (entry && Date.now() < entry.freshUntil) return entry.value;
 
-    const lockKey = `${cacheKey}:lock`;
+    const lockKey = keys.statsAnswerLock(key);
     const token = randomUUID();
     const locked = await redis.set(lockKey, token, 'PX', LOCK_MS, 'NX').catch(() => 'OK');
     if (locked !== 'OK' && entry) return entry.value;

@@ -4,7 +4,7 @@
 // Postgres has the last word: the coupon carries the code's hash under a unique index, so a claim
 // lost with Redis, or taken over after it lapsed, can never issue a code twice.
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
+import { redisKeys } from '../core/redis-keys';
 import { codeIsUsed } from '../models/coupon';
 
 /** A claim outlives any run of its request; one whose job died lapses after this and frees the code. */
@@ -41,16 +41,14 @@ function withClaimScripts(redis: Redis): Redis & ClaimCommands {
   return redis as Redis & ClaimCommands;
 }
 
-const claimKey = (codeHash: string) => `${config().QUEUE_PREFIX}:code:{${codeHash}}`;
-
 /** True when `requestId` holds the code now (it just took it, or an earlier run of it did). */
 export async function claimCode(redis: Redis, codeHash: string, requestId: string): Promise<boolean> {
-  return (await withClaimScripts(redis).claimCode(claimKey(codeHash), requestId, String(CLAIM_TTL_MS))) === 1;
+  return (await withClaimScripts(redis).claimCode(redisKeys().codeClaim(codeHash), requestId, String(CLAIM_TTL_MS))) === 1;
 }
 
 /** The request will not issue with this code after all: let the next one try it. */
 export async function releaseCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
-  await withClaimScripts(redis).releaseCode(claimKey(codeHash), requestId);
+  await withClaimScripts(redis).releaseCode(redisKeys().codeClaim(codeHash), requestId);
 }
 
 /**
@@ -69,5 +67,5 @@ export async function releaseUnusedCode(redis: Redis, codeHash: string, requestI
 
 /** The code issued its coupon. */
 export async function markCodeUsed(redis: Redis, codeHash: string): Promise<void> {
-  await redis.pexpire(claimKey(codeHash), USED_TTL_MS);
+  await redis.pexpire(redisKeys().codeClaim(codeHash), USED_TTL_MS);
 }
