@@ -2,10 +2,11 @@
 // STATS_CACHE_MS, or for ten times what computing it took when that is longer: dashboards polling
 // every second then cost Postgres one computation per period, whatever the number of viewers and
 // web processes, and a slow computation (a big table) never keeps Postgres busy more than a tenth
-// of the time. One process recomputes a stale answer (a Redis lock) while the others go on serving
+// of the time. One process recomputes a stale answer (a lease, core/lease.ts) while the others go on serving
 // the previous one, which is then older by at most one computation; every answer carries its asOf.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { acquireLease, releaseLease } from '../core/lease';
 import { redisKeys } from '../core/redis-keys';
 
 /** How many times its computation time an answer stays fresh, at least. */
@@ -14,8 +15,6 @@ const FRESH_FACTOR = 10;
 const STALE_KEEP_MS = 60_000;
 /** Longest a recomputation holds the lock (the statement timeout is 15 s). */
 const LOCK_MS = 20_000;
-
-const RELEASE_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
 
 interface Entry<T> {
   value: T;
@@ -44,8 +43,8 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
 
     const lockKey = keys.statsAnswerLock(key);
     const token = randomUUID();
-    const locked = await redis.set(lockKey, token, 'PX', LOCK_MS, 'NX').catch(() => 'OK');
-    if (locked !== 'OK' && entry) return entry.value;
+    const locked = await acquireLease(redis, lockKey, token, LOCK_MS).catch(() => true);
+    if (!locked && entry) return entry.value;
     try {
       const started = Date.now();
       const value = await compute();
@@ -54,7 +53,7 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
       await redis.set(cacheKey, JSON.stringify(stored), 'PX', freshFor + STALE_KEEP_MS).catch(() => undefined);
       return value;
     } finally {
-      if (locked === 'OK') await redis.eval(RELEASE_LOCK, 1, lockKey, token).catch(() => undefined);
+      if (locked) await releaseLease(redis, lockKey, token).catch(() => false);
     }
   };
 
