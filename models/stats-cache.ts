@@ -2,10 +2,12 @@
 // STATS_CACHE_MS, or for ten times what computing it took when that is longer: dashboards polling
 // every second then cost Postgres one computation per period, whatever the number of viewers and
 // web processes, and a slow computation (a big table) never keeps Postgres busy more than a tenth
-// of the time. One process recomputes a stale answer (a lease, core/lease.ts) while the others go on serving
-// the previous one, which is then older by at most one computation; every answer carries its asOf.
+// of the time. One process recomputes a stale answer (it holds a lease, core/lease.ts) while the
+// others go on serving the previous one, which is then older by at most one computation; every
+// answer carries its asOf.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { singleFlight } from '../core/concurrency';
 import { acquireLease, releaseLease } from '../core/lease';
 import { redisKeys } from '../core/redis-keys';
 
@@ -28,7 +30,7 @@ export interface StatsCache {
 
 export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: number }): StatsCache {
   const keys = redisKeys(opts.prefix);
-  const inFlight = new Map<string, Promise<unknown>>();
+  const reads = singleFlight<string>();
 
   const load = async <T>(key: string, compute: () => Promise<T>): Promise<T> => {
     const cacheKey = keys.statsAnswer(key);
@@ -62,12 +64,7 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
       // Redis trouble costs only the cache (no waiting for a reconnect): the answer is computed.
       if (opts.freshMs <= 0 || redis.status !== 'ready') return compute();
       // Requests of one process for the same answer share one read.
-      let running = inFlight.get(key) as Promise<T> | undefined;
-      if (!running) {
-        running = load(key, compute).finally(() => inFlight.delete(key));
-        inFlight.set(key, running);
-      }
-      return running;
+      return reads.run(key, () => load(key, compute));
     },
   };
 }

@@ -2,6 +2,7 @@
 // Postgres (models/coupon.ts) refuses anything that would still break I1 or I2.
 import { QueryTypes } from 'sequelize';
 import type { Redis } from 'ioredis';
+import { singleFlight } from '../../core/concurrency';
 import type { ErrorCode } from '../../core/errors';
 import { redisKeys } from '../../core/redis-keys';
 import { sequelize } from '../../core/postgres';
@@ -102,23 +103,14 @@ export async function admit(
   for (let round = 0; round < 3; round += 1) {
     const [answer] = await admitOnce(deps.redis, req.policyId, req.methods, [req], waitWhenPending);
     if (answer!.kind !== 'missing') return answer!;
-    if (answer!.what === 'meta') await once(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
-    else await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
+    if (answer!.what === 'meta') await loads.run(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
+    else await loads.run(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
 }
 
-const inFlight = new Map<string, Promise<void>>();
-
-/** Runs fn once per key at a time in this process: a burst of jobs for a cold policy makes one load, not hundreds. */
-function once(key: string, fn: () => Promise<void>): Promise<void> {
-  let running = inFlight.get(key);
-  if (!running) {
-    running = fn().finally(() => inFlight.delete(key));
-    inFlight.set(key, running);
-  }
-  return running;
-}
+/** One load per policy and kind at a time in this process: a burst of jobs for a cold policy makes one load, not hundreds. */
+const loads = singleFlight<string, void>();
 
 /**
  * The coupon row of the request is committed (holding `couponSlot`): close its pending admission,
