@@ -1,4 +1,4 @@
-import { coalescePerTurn, isolatingFailures, mapLimit } from './concurrency';
+import { coalescePerTurn, isolatingFailures, mapLimit, singleFlight } from './concurrency';
 
 describe('coalescePerTurn', () => {
   it('hands the calls of one turn to one batch, in order, each with its own result', async () => {
@@ -49,5 +49,69 @@ describe('mapLimit', () => {
     });
     expect(out).toEqual([50, 10, 40, 20, 30]);
     expect(peak).toBe(2);
+  });
+});
+
+describe('singleFlight', () => {
+  /** Loads that settle when told to: resolve/reject settle the latest run, `run(i)` any earlier one. */
+  const controlled = () => {
+    const runs: { resolve: (v: string) => void; reject: (e: Error) => void }[] = [];
+    const load = () => new Promise<string>((resolve, reject) => runs.push({ resolve, reject }));
+    const latest = () => runs[runs.length - 1] as (typeof runs)[number];
+    return {
+      load,
+      runs: () => runs.length,
+      run: (i: number) => runs[i] as (typeof runs)[number],
+      resolve: (v: string) => latest().resolve(v),
+      reject: (e: Error) => latest().reject(e),
+    };
+  };
+
+  it('gives concurrent callers of one key one load, other keys their own, and loads again once it settled', async () => {
+    const flights = singleFlight<string, string>();
+    const a = controlled();
+    const b = controlled();
+    const first = [flights.run('a', a.load), flights.run('a', a.load), flights.run('a', a.load)];
+    const other = flights.run('b', b.load);
+    expect([a.runs(), b.runs()]).toEqual([1, 1]);
+    a.resolve('A1');
+    b.resolve('B1');
+    expect(await Promise.all(first)).toEqual(['A1', 'A1', 'A1']);
+    expect(await other).toBe('B1');
+    // Nothing is kept: the next call loads afresh.
+    const later = flights.run('a', a.load);
+    expect(a.runs()).toBe(2);
+    a.resolve('A2');
+    expect(await later).toBe('A2');
+  });
+
+  it('shares a failure with every caller of the load, and does not keep it', async () => {
+    const flights = singleFlight<string, string>();
+    const a = controlled();
+    const calls = [flights.run('a', a.load), flights.run('a', a.load)];
+    a.reject(new Error('down'));
+    const results = await Promise.allSettled(calls);
+    expect(results.map((r) => (r.status === 'rejected' ? (r.reason as Error).message : r.value))).toEqual(['down', 'down']);
+    expect(a.runs()).toBe(1);
+    const retry = flights.run('a', a.load);
+    expect(a.runs()).toBe(2);
+    a.resolve('back');
+    expect(await retry).toBe('back');
+  });
+
+  it('starts a new load after forget, while the callers of the old one still get its result', async () => {
+    const flights = singleFlight<string, string>();
+    const a = controlled();
+    const old = flights.run('a', a.load);
+    flights.forget('a');
+    const fresh = flights.run('a', a.load);
+    expect(a.runs()).toBe(2);
+    a.run(0).resolve('old');
+    expect(await old).toBe('old');
+    // The old load settling does not drop the fresh one: a caller now joins it.
+    const joined = flights.run('a', a.load);
+    expect(a.runs()).toBe(2);
+    a.run(1).resolve('fresh');
+    expect(await Promise.all([fresh, joined])).toEqual(['fresh', 'fresh']);
   });
 });

@@ -1,5 +1,6 @@
 // Small concurrency tools the hot path, the ops endpoints and the tests share: bounded parallel map,
-// the coalescing of calls made in one turn of the event loop into one batched call, and a timeout.
+// the coalescing of calls made in one turn of the event loop into one batched call, a timeout, a
+// run-then-wait loop, and the coalescing of concurrent loads of one key (single flight).
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
@@ -105,5 +106,31 @@ export function repeatAfter(work: () => Promise<unknown>, everyMs: number, onErr
     stopped = true;
     if (timer) clearTimeout(timer);
     await current;
+  };
+}
+
+/**
+ * Coalesces concurrent loads of the same key (single flight): while a load of a key runs, every
+ * call for that key gets its promise, value or failure alike; nothing is kept once it settles, so
+ * a failure is not cached and the next call loads again. `forget(key)` lets the next call start a
+ * load of its own while one runs (its callers still get its result): for a cache emptied meanwhile.
+ */
+export function singleFlight<K, V = unknown>() {
+  const running = new Map<K, Promise<V>>();
+  return {
+    run<T extends V>(key: K, load: () => Promise<T>): Promise<T> {
+      let flight = running.get(key) as Promise<T> | undefined;
+      if (!flight) {
+        const started: Promise<T> = load().finally(() => {
+          if (running.get(key) === started) running.delete(key);
+        });
+        running.set(key, started);
+        flight = started;
+      }
+      return flight;
+    },
+    forget(key: K): void {
+      running.delete(key);
+    },
   };
 }

@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import { config, requireCodeSecret } from '../core/config';
 import type { Logger } from '../core/logger';
 import { exposeMetrics, metricsContentType, metricsText } from '../core/metrics';
+import { redisKeys } from '../core/redis-keys';
 import type { Queues } from '../queues/connection';
 import { createRejectionCounter } from '../workers/rejection-stats';
 import { BULL_BOARD_PATH, bullBoardRoutes, type BullBoardCredentials } from './bull-board';
@@ -64,7 +65,7 @@ function mountOps(app: Hono<AppEnv>, deps: AppDeps): void {
     windowS: deps.boardLockout?.windowS ?? cfg.BULL_BOARD_AUTH_WINDOW_S,
     blockS: deps.boardLockout?.blockS ?? cfg.BULL_BOARD_LOCKOUT_S,
     trustProxy: deps.rateLimits?.trustProxy ?? cfg.TRUST_PROXY,
-    prefix: deps.rateLimits?.prefix ?? `${cfg.QUEUE_PREFIX}:rl`,
+    prefix: deps.rateLimits?.prefix ?? redisKeys().rateLimitNamespace(),
   };
   app.route(BULL_BOARD_PATH, bullBoardRoutes(deps.queues, deps.bullBoard, lockout));
 }

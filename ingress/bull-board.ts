@@ -12,6 +12,7 @@ import type { Context, MiddlewareHandler } from 'hono';
 import { csrf } from 'hono/csrf';
 import type { Redis } from 'ioredis';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { rateLimitKeyPrefixes } from '../core/redis-keys';
 import type { Queues } from '../queues/connection';
 import { QUEUES } from '../queues/names';
 import { errorBody } from './middleware/errors';
@@ -34,6 +35,7 @@ export interface BoardLockout {
   windowS: number;
   blockS: number;
   trustProxy: boolean;
+  /** The rate limits' namespace (`<QUEUE_PREFIX>:rl`, core/redis-keys.ts). */
   prefix: string;
 }
 
@@ -65,7 +67,7 @@ const challenge = (c: Context) => {
  * increment) before it is answered, so a burst of concurrent guesses is counted whole.
  */
 function basicAuthWithLockout(credentials: BullBoardCredentials, lockout: BoardLockout): MiddlewareHandler {
-  const rules = { keyPrefix: `${lockout.prefix}:board-auth`, points: lockout.failures, duration: lockout.windowS, blockDuration: lockout.blockS };
+  const rules = { keyPrefix: rateLimitKeyPrefixes(lockout.prefix).boardAuth, points: lockout.failures, duration: lockout.windowS, blockDuration: lockout.blockS };
   const limiter = new RateLimiterRedis({ ...rules, storeClient: lockout.redis, rejectIfRedisNotReady: true, inMemoryBlockOnConsumed: lockout.failures + 1, inMemoryBlockDuration: lockout.blockS, insuranceLimiter: new RateLimiterMemory(rules) });
   const refusal = (c: Context, msBeforeNext: number) => {
     const error = new RateLimitedError(msBeforeNext, 'Too many wrong credentials');

@@ -7,9 +7,10 @@
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { AppError } from '../core/errors';
+import { redisKeys } from '../core/redis-keys';
 import { notQueued } from '../queues/enqueue';
 import { bodyFingerprint } from '../queues/jobs';
-import { idempotencyRecordKey, reserveRequestId } from '../queues/names';
+import { reserveRequestId } from '../queues/names';
 
 /** How long an issue request's Idempotency-Key is remembered: as long as the outcomes of a sale. */
 export const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
@@ -26,7 +27,7 @@ export const RESERVE_KEY_TTL_SECONDS = 3600;
 export const idempotencyKeySchema = z.string().regex(/^[\x21-\x7e]{1,255}$/, '1-255 printable ASCII characters without spaces');
 
 /** Keys are scoped to the user: two users may send the same key without meeting. */
-const redisKeyOf = (userId: string, key: string) => idempotencyRecordKey(reserveRequestId(userId, key));
+const redisKeyOf = (userId: string, key: string) => redisKeys().idempotency(reserveRequestId(userId, key));
 
 /** A stable digest of a JSON body: key order does not matter. */
 export const fingerprint = bodyFingerprint;

@@ -4,7 +4,8 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
 import { createRedis } from '../core/redis';
-import { outcomeChannel, type OutcomeMessage, type StoredOutcome } from '../queues/outcomes';
+import { redisKeys } from '../core/redis-keys';
+import type { OutcomeMessage, StoredOutcome } from '../queues/outcomes';
 import { requestIdOf } from '../queues/names';
 
 export interface OutcomeHub {
@@ -46,7 +47,7 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
     }
     for (const [index, outcome] of message.outcomes) resolve(requestIdOf(message.job, index), outcome);
   });
-  const ready = subscriber.subscribe(outcomeChannel()).then(() => undefined);
+  const ready = subscriber.subscribe(redisKeys().outcomesChannel()).then(() => undefined);
   // A subscription that fails now is retried by ioredis on reconnect; waits fall back to a read.
   ready.catch((error: unknown) => log.warn({ err: error }, 'outcome subscription failed'));
 

@@ -5,9 +5,10 @@
 // may have missed announcements, so it empties its cache then too.
 import type { Redis } from 'ioredis';
 import { Op } from 'sequelize';
-import { config } from '../core/config';
+import { singleFlight } from '../core/concurrency';
 import type { Logger } from '../core/logger';
 import { createRedis } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { CouponPolicy } from './policy';
 
 export const POLICY_CACHE_TTL_MS = 5 * 60_000;
@@ -20,7 +21,7 @@ interface Snapshot {
   until: number;
 }
 
-const channel = () => `${config().QUEUE_PREFIX}:policy-changed`;
+const channel = () => redisKeys().policyChangedChannel();
 
 /**
  * One snapshot of the few policies these lookups concern (those with a shared code, and the ACTIVE
@@ -29,7 +30,8 @@ const channel = () => `${config().QUEUE_PREFIX}:policy-changed`;
  */
 class PolicyCache {
   private snapshot: Snapshot | null = null;
-  private loading: Promise<Snapshot> | null = null;
+  /** One load at a time; an invalidation lets the next lookup start another. */
+  private loads = singleFlight<'snapshot', Snapshot>();
   /** Bumped by every invalidation: a load that started before one is not kept. */
   private epoch = 0;
 
@@ -53,24 +55,18 @@ class PolicyCache {
   clear(): void {
     this.epoch += 1;
     this.snapshot = null;
-    this.loading = null;
+    this.loads.forget('snapshot');
   }
 
   private current(): Promise<Snapshot> {
     if (this.snapshot && this.snapshot.until > Date.now()) return Promise.resolve(this.snapshot);
-    if (!this.loading) {
+    return this.loads.run('snapshot', () => {
       const epoch = this.epoch;
-      const loading = this.load().then((snapshot) => {
+      return this.load().then((snapshot) => {
         if (epoch === this.epoch) this.snapshot = snapshot;
         return snapshot;
       });
-      this.loading = loading;
-      const done = () => {
-        if (this.loading === loading) this.loading = null;
-      };
-      loading.then(done, done);
-    }
-    return this.loading;
+    });
   }
 
   private async load(): Promise<Snapshot> {

@@ -2,10 +2,14 @@
 // STATS_CACHE_MS, or for ten times what computing it took when that is longer: dashboards polling
 // every second then cost Postgres one computation per period, whatever the number of viewers and
 // web processes, and a slow computation (a big table) never keeps Postgres busy more than a tenth
-// of the time. One process recomputes a stale answer (a Redis lock) while the others go on serving
-// the previous one, which is then older by at most one computation; every answer carries its asOf.
+// of the time. One process recomputes a stale answer (it holds a lease, core/lease.ts) while the
+// others go on serving the previous one, which is then older by at most one computation; every
+// answer carries its asOf.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { singleFlight } from '../core/concurrency';
+import { acquireLease, releaseLease } from '../core/lease';
+import { redisKeys } from '../core/redis-keys';
 
 /** How many times its computation time an answer stays fresh, at least. */
 const FRESH_FACTOR = 10;
@@ -14,23 +18,22 @@ const STALE_KEEP_MS = 60_000;
 /** Longest a recomputation holds the lock (the statement timeout is 15 s). */
 const LOCK_MS = 20_000;
 
-const RELEASE_LOCK = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`;
-
 interface Entry<T> {
   value: T;
   freshUntil: number;
 }
 
 export interface StatsCache {
-  /** The cached answer under `key`, or `compute()`'s (stored for the others). */
+  /** The cached answer under `key` (core/redis-keys.ts statsAnswers), or `compute()`'s (stored for the others). */
   read<T>(key: string, compute: () => Promise<T>): Promise<T>;
 }
 
 export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: number }): StatsCache {
-  const inFlight = new Map<string, Promise<unknown>>();
+  const keys = redisKeys(opts.prefix);
+  const reads = singleFlight<string>();
 
   const load = async <T>(key: string, compute: () => Promise<T>): Promise<T> => {
-    const cacheKey = `${opts.prefix}:stats:cache:${key}`;
+    const cacheKey = keys.statsAnswer(key);
     const raw = await redis.get(cacheKey).catch(() => null);
     let entry: Entry<T> | null = null;
     try {
@@ -40,10 +43,10 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
     }
     if (entry && Date.now() < entry.freshUntil) return entry.value;
 
-    const lockKey = `${cacheKey}:lock`;
+    const lockKey = keys.statsAnswerLock(key);
     const token = randomUUID();
-    const locked = await redis.set(lockKey, token, 'PX', LOCK_MS, 'NX').catch(() => 'OK');
-    if (locked !== 'OK' && entry) return entry.value;
+    const locked = await acquireLease(redis, lockKey, token, LOCK_MS).catch(() => true);
+    if (!locked && entry) return entry.value;
     try {
       const started = Date.now();
       const value = await compute();
@@ -52,7 +55,7 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
       await redis.set(cacheKey, JSON.stringify(stored), 'PX', freshFor + STALE_KEEP_MS).catch(() => undefined);
       return value;
     } finally {
-      if (locked === 'OK') await redis.eval(RELEASE_LOCK, 1, lockKey, token).catch(() => undefined);
+      if (locked) await releaseLease(redis, lockKey, token).catch(() => false);
     }
   };
 
@@ -61,12 +64,7 @@ export function createStatsCache(redis: Redis, opts: { prefix: string; freshMs: 
       // Redis trouble costs only the cache (no waiting for a reconnect): the answer is computed.
       if (opts.freshMs <= 0 || redis.status !== 'ready') return compute();
       // Requests of one process for the same answer share one read.
-      let running = inFlight.get(key) as Promise<T> | undefined;
-      if (!running) {
-        running = load(key, compute).finally(() => inFlight.delete(key));
-        inFlight.set(key, running);
-      }
-      return running;
+      return reads.run(key, () => load(key, compute));
     },
   };
 }

@@ -8,12 +8,7 @@
 import type { Redis } from 'ioredis';
 import { QueryTypes, type Sequelize } from 'sequelize';
 import { z } from 'zod';
-import { config } from '../core/config';
-
-/** The per-policy hash of issue rejections: field = reason code, value = count. */
-export const policyRejectionsKey = (policyId: string) => `${config().QUEUE_PREFIX}:stats:{${policyId}}:rejected`;
-/** All issue rejections of the deployment, including those that name no policy (CODE_NOT_FOUND, POLICY_NOT_FOUND). */
-export const allRejectionsKey = () => `${config().QUEUE_PREFIX}:stats:rejected`;
+import { redisKeys } from '../core/redis-keys';
 
 const MINUTE_MS = 60_000;
 const SERIES_MINUTES = 60;
@@ -190,7 +185,7 @@ export async function policyStats(db: Sequelize, redis: Redis | null, policyId: 
         WHERE pe.outcome = 'CONFLICT' AND c.policy_id = $id`,
       { id: policyId },
     ),
-    readRejections(redis, policyRejectionsKey(policyId)),
+    readRejections(redis, redisKeys().policyRejections(policyId)),
   ]);
   const policy = policies[0];
   if (!policy) return null;
@@ -244,7 +239,7 @@ export async function overallStats(
       bind,
     ),
     select<{ n: string }>(db, "SELECT count(*) AS n FROM processed_events WHERE outcome = 'CONFLICT'", {}),
-    readRejections(redis, allRejectionsKey()),
+    readRejections(redis, redisKeys().allRejections()),
   ]);
   const totals: StatusCounts = { issued: 0, available: 0, reserved: 0, used: 0, expired: 0 };
   const policies = { total: perPolicy.length, active: 0, paused: 0, ended: 0 };

@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { coalescePerTurn } from '../core/concurrency';
 import { config } from '../core/config';
+import { redisKeys } from '../core/redis-keys';
 
 /** The longest a page is served, whatever happens (an invalidation lost with a crashed worker). */
 export const USER_COUPON_CACHE_TTL_MS = 5 * 60_000;
@@ -30,8 +31,6 @@ export function initUserCouponCache(redis: Redis | 'disabled'): void {
   if (redis !== 'disabled') redis.defineCommand('storeUserCouponFill', { numberOfKeys: 1, lua: STORE_FILL });
   client = redis as CacheRedis | 'disabled';
 }
-
-export const userCouponCacheKey = (userId: string) => `${config().QUEUE_PREFIX}:ucl:{${userId}}`;
 
 /** Reads use the cache only while its connection is up: a list never waits for Redis to come back. */
 function reader(): CacheRedis | null {
@@ -57,7 +56,7 @@ interface Entry<T> {
 /** The cached value of `field` for the user; null on a miss, a page past the TTL, or no cache. */
 export async function readCached<T>(userId: string, field: string): Promise<T | null> {
   const redis = reader();
-  const raw = redis && (await redis.hget(userCouponCacheKey(userId), field));
+  const raw = redis && (await redis.hget(redisKeys().userCoupons(userId), field));
   if (!raw) return null;
   const entry = JSON.parse(raw) as Entry<T>;
   return Date.now() - entry.at < USER_COUPON_CACHE_TTL_MS ? entry.value : null;
@@ -67,7 +66,7 @@ export async function readCached<T>(userId: string, field: string): Promise<T | 
 export async function beginFill(userId: string): Promise<string | null> {
   const redis = reader();
   if (!redis) return null;
-  const key = userCouponCacheKey(userId);
+  const key = redisKeys().userCoupons(userId);
   const ticket = `#fill:${randomUUID()}`;
   await Promise.all([redis.hset(key, ticket, '1'), redis.pexpire(key, USER_COUPON_CACHE_TTL_MS)]);
   return ticket;
@@ -78,7 +77,7 @@ export async function finishFill<T>(userId: string, ticket: string, field: strin
   const redis = reader();
   if (!redis) return false;
   const entry: Entry<T> = { at: Date.now(), value };
-  return (await redis.storeUserCouponFill(userCouponCacheKey(userId), ticket, field, JSON.stringify(entry), String(USER_COUPON_CACHE_TTL_MS))) === 1;
+  return (await redis.storeUserCouponFill(redisKeys().userCoupons(userId), ticket, field, JSON.stringify(entry), String(USER_COUPON_CACHE_TTL_MS))) === 1;
 }
 
 /**
@@ -114,7 +113,7 @@ const MAX_OWED = 10_000;
 export async function invalidateUserCoupons(userIds: Iterable<string>): Promise<void> {
   const redis = writer();
   if (!redis) return;
-  const keys = [...new Set([...userIds].map(userCouponCacheKey))];
+  const keys = [...new Set([...userIds].map((userId) => redisKeys().userCoupons(userId)))];
   if (keys.length === 0 && owed.size === 0) return;
   await deleteTogether({ redis, keys });
 }

@@ -1,6 +1,6 @@
 // Queue names, job names and job ids: the contract between the ingress and the workers.
 import { createHash } from 'node:crypto';
-import { config } from '../core/config';
+import { redisKeys } from '../core/redis-keys';
 
 export const QUEUES = {
   /** Issue requests, in batches (one job per web process and event-loop turn). */
@@ -56,19 +56,11 @@ export function reserveRequestId(userId: string, key: string): string {
 }
 
 /**
- * The Redis record of an Idempotency-Key (the body fingerprint it is bound to, 24 h), named by the
- * key's request id so the worker can set it right when Postgres knows better.
- */
-export function idempotencyRecordKey(requestId: string): string {
-  return `${config().QUEUE_PREFIX}:idem:${requestId}`;
-}
-
-/**
  * The Redis record of an issue request's Idempotency-Key (`<fingerprint>|<requestId>|<claimed ms>`,
  * 24 h): scoped to the caller like a reserve's, apart from it by the kind in the name.
  */
 export function issueIdempotencyRecordKey(userId: string, key: string): string {
-  return idempotencyRecordKey(derivedJobId('issue-batch', userId, key));
+  return redisKeys().idempotency(derivedJobId('issue-batch', userId, key));
 }
 
 /**

@@ -5,12 +5,14 @@
 //   <QUEUE_PREFIX>:out:<batchJobId>   hash  <index> -> StoredOutcome (JSON), for 24 hours
 //   <QUEUE_PREFIX>:outcomes           channel: one message per batch a worker finished
 //
+// (both named in core/redis-keys.ts)
+//
 // The web writes a record for every request of a turn before its job is added: the final outcome
 // of a request it decided itself (a refusal), `pending` for one the job carries. The worker
 // overwrites the pending ones with their final outcome once the batch is decided, then publishes
 // them. A record says `succeeded` only once the coupon is committed in Postgres.
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
+import { redisKeys } from '../core/redis-keys';
 import type { JobView } from './jobs';
 import type { Queues } from './connection';
 import { QUEUES, parseRequestId } from './names';
@@ -41,9 +43,6 @@ export interface StoredOutcome {
   w?: 1;
 }
 
-export const outcomeKey = (batchJobId: string) => `${config().QUEUE_PREFIX}:out:${batchJobId}`;
-export const outcomeChannel = () => `${config().QUEUE_PREFIX}:outcomes`;
-
 /** A published message: the batch job and the final outcomes of the requests it decided. */
 export interface OutcomeMessage {
   job: string;
@@ -71,10 +70,10 @@ export function viewOfOutcome(requestId: string, o: StoredOutcome): JobView & { 
  */
 export async function storeOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes'], publish = false): Promise<void> {
   if (outcomes.length === 0) return;
-  const key = outcomeKey(batchJobId);
+  const key = redisKeys().outcomes(batchJobId);
   const fields = outcomes.flatMap(([index, o]) => [String(index), JSON.stringify(o)]);
   const tx = redis.multi().hset(key, ...fields).pexpire(key, OUTCOME_TTL_MS);
-  if (publish) tx.publish(outcomeChannel(), JSON.stringify({ job: batchJobId, outcomes } satisfies OutcomeMessage));
+  if (publish) tx.publish(redisKeys().outcomesChannel(), JSON.stringify({ job: batchJobId, outcomes } satisfies OutcomeMessage));
   const replies = await tx.exec();
   const failed = replies?.find(([error]) => error)?.[0];
   if (failed) throw failed;
@@ -89,7 +88,7 @@ export function publishOutcomes(redis: Redis, batchJobId: string, outcomes: Outc
 export async function readOutcome(redis: Redis, requestId: string): Promise<StoredOutcome | null> {
   const { jobId, index } = parseRequestId(requestId);
   if (index === null) return null;
-  const raw = await redis.hget(outcomeKey(jobId), String(index));
+  const raw = await redis.hget(redisKeys().outcomes(jobId), String(index));
   return raw === null ? null : (JSON.parse(raw) as StoredOutcome);
 }
 
@@ -98,7 +97,7 @@ export async function readFinalOutcomes(redis: Redis, batchJobId: string, reques
   const indexes = requestIds.map((id) => parseRequestId(id).index);
   const fields = indexes.flatMap((i) => (i === null ? [] : [String(i)]));
   if (fields.length === 0) return requestIds.map(() => undefined);
-  const raw = await redis.hmget(outcomeKey(batchJobId), ...fields);
+  const raw = await redis.hmget(redisKeys().outcomes(batchJobId), ...fields);
   const byIndex = new Map(fields.map((f, k) => [f, raw[k]]));
   return indexes.map((i) => {
     const value = i === null ? null : byIndex.get(String(i));

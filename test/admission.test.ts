@@ -5,12 +5,12 @@ import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { initModels } from '../models';
 import { insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy, policyRowFromCreate } from '../models/policy';
 import { policyCreateSchema } from '../models/policy-rules';
 import { admissionSnapshot, admit, openStock, releaseAdmission, settleAdmission, writePolicyMeta } from '../workers/admission/admission';
-import { policyKeys, trackedPoliciesKey } from '../workers/admission/keys';
 import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
 import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../workers/reconcile-admissions';
@@ -65,7 +65,7 @@ describe('admission state', () => {
     const early = ['a', 'b', 'c'].map((u) => uniqueId(u));
     for (const user of early) expect((await issue(policy.id, user)).outcome).toBe('succeeded');
 
-    const k = policyKeys(policy.id);
+    const k = redisKeys().admission(policy.id);
     await redis.del(k.stock, k.free, k.users, k.pending); // as if Redis restarted empty
 
     // A winner asking again is still refused, and the remaining three units go to new users only.
@@ -121,9 +121,9 @@ describe('admission state', () => {
     expect(await admit({ redis, locks }, { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] })).toMatchObject({ kind: 'admitted' });
     await policy.update({ status: 'ENDED' });
     await writePolicyMeta(redis, policy);
-    const k = policyKeys(policy.id);
+    const k = redisKeys().admission(policy.id);
     const stateKeys = () => redis.exists(k.stock, k.free, k.users, k.pending);
-    const tracked = () => redis.sismember(trackedPoliciesKey(), policy.id);
+    const tracked = () => redis.sismember(redisKeys().admissionPolicies(), policy.id);
 
     // An admission still pending keeps the state (and the policy tracked) until it is settled or released.
     expect(await freeEndedPolicies({ redis }, [policy.id])).toBe(0);
@@ -148,8 +148,8 @@ describe('admission state', () => {
       bind: [closed.id, ENDED_STATE_GRACE_S + 60],
     });
     expect(await freeEndedPolicies({ redis }, [closed.id, open.id])).toBe(1);
-    expect(await redis.exists(policyKeys(closed.id).users)).toBe(0);
-    expect(await redis.exists(policyKeys(open.id).users)).toBe(1);
+    expect(await redis.exists(redisKeys().admission(closed.id).users)).toBe(0);
+    expect(await redis.exists(redisKeys().admission(open.id).users)).toBe(1);
     expect(await admissionSnapshot(redis, open.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
   });
 

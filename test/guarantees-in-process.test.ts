@@ -6,13 +6,13 @@ import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { createRedis } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { insertIssuedCoupon } from '../models/coupon';
 import { CouponPolicy, policyRowFromCreate } from '../models/policy';
 import { policyCreateSchema } from '../models/policy-rules';
 import { publishOutcomes } from '../queues/outcomes';
 import { parseRequestId } from '../queues/names';
 import { admitOnce, openStock, writePolicyMeta } from '../workers/admission/admission';
-import { policyKeys } from '../workers/admission/keys';
 import { startTestApp, type TestApp } from './support/app';
 import { eventually } from './support/checkout';
 import { closeDb } from './support/db';
@@ -52,7 +52,7 @@ describe('set-meta.lua', () => {
     await writePolicyMeta(redis, policy);
     // ...and writes its copy after the admin's: the pause stays.
     await writePolicyMeta(redis, stale);
-    const meta = policyKeys(policy.id).meta;
+    const meta = redisKeys().admission(policy.id).meta;
     expect(await redis.hmget(meta, 'status', 'version')).toEqual(['PAUSED', String(policy.version)]);
     const ask = () => admitOnce(redis, policy.id, ['FIRST_COME'], [{ requestId: `iss_${randomUUID()}.0`, userId: uniqueId('u') }], false);
     expect(await ask()).toMatchObject([{ kind: 'refused', code: 'POLICY_NOT_ACTIVE' }]);

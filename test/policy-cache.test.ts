@@ -7,12 +7,12 @@ import { config } from '../core/config';
 import { logger } from '../core/logger';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis, waitForReady } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { initModels } from '../models';
 import { policyCache, startPolicyCache } from '../models/policy-cache';
 import { createQueues, type Queues } from '../queues/connection';
 import { addJob } from '../queues/enqueue';
 import { derivedJobId } from '../queues/names';
-import { policyKeys } from '../workers/admission/keys';
 import { eventually } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
@@ -138,7 +138,7 @@ describe('policy changes during a sale', () => {
     const pausedAt = Date.now();
     // The PATCH rewrote the Redis copy of the rules every worker admits by before it answered; the
     // Postgres guard behind it would refuse too, so this is what shows the cache itself was told.
-    expect(await redis.hget(policyKeys(policyId).meta, 'status')).toBe('PAUSED');
+    expect(await redis.hget(redisKeys().admission(policyId).meta, 'status')).toBe('PAUSED');
     // Requests keep coming for two more seconds: one of grace, one in which nothing may issue.
     await sleep(2_000);
     const before = await first.stop();
@@ -177,7 +177,7 @@ describe('policy changes during a sale', () => {
     const winners = [...before, ...after].filter((s) => s.job.status === 'succeeded').map((s) => s.user);
     expect(new Set(winners)).toEqual(new Set(rows.map((r) => r.user_id)));
     // The admission state agrees: every refused admission gave its slot back, none is left pending.
-    const k = policyKeys(policyId);
+    const k = redisKeys().admission(policyId);
     expect(await redis.hget(k.stock, 'issued')).toBe(String(total));
     expect(await redis.hlen(k.pending)).toBe(0);
   }, 60_000);
@@ -239,7 +239,7 @@ describe('the policy cache of every process', () => {
     const pausedAt = Date.now();
     // The PATCH rewrote the Redis copy of the rules every worker admits by before it answered; the
     // Postgres guard behind it would refuse too, so this is what shows the cache itself was told.
-    expect(await redis.hget(policyKeys(policyId).meta, 'status')).toBe('PAUSED');
+    expect(await redis.hget(redisKeys().admission(policyId).meta, 'status')).toBe('PAUSED');
     expect(await msUntil(triggered, false, pausedAt)).toBeLessThan(1_000);
     await untilEachWorkerHandled([], 'a paused-time event handled by each worker');
 
@@ -260,13 +260,13 @@ describe('the policy cache of every process', () => {
     await createPolicy(webs[0], { issueMethod: 'CODE', code, totalQuantity: 10 });
     await createPolicy(webs[0], { issueMethod: 'EVENT', triggerEvent: `WARMED_${uniqueId('x').slice(2, 10).toUpperCase()}`, totalQuantity: null });
     // As if the five-minute TTL of their admission rules had run out.
-    await redis.del(policyKeys(active).meta, policyKeys(paused).meta);
+    await redis.del(redisKeys().admission(active).meta, redisKeys().admission(paused).meta);
 
     await stack.startWorker();
     const name = `worker-${stack.workers.length}`;
     // "worker started" comes after the warm-up and before the worker takes any job.
-    expect(await redis.hget(policyKeys(active).meta, 'status')).toBe('ACTIVE');
-    expect(await redis.exists(policyKeys(paused).meta)).toBe(0);
+    expect(await redis.hget(redisKeys().admission(active).meta, 'status')).toBe('ACTIVE');
+    expect(await redis.exists(redisKeys().admission(paused).meta)).toBe(0);
     // The log reaches its file through a pipe: wait until the ready line is there too.
     const lines = await eventually(async () => stackLogLines(name), (l) => l.some((x) => x.msg === 'worker started'), 5_000, 'the worker log on disk');
     const admission = lines.find((l) => l.msg === 'admission state warmed with the ACTIVE policies');

@@ -7,9 +7,10 @@ import type { Redis } from 'ioredis';
 import { config } from '../core/config';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { createRedis, waitForReady } from '../core/redis';
+import { redisKeys } from '../core/redis-keys';
 import { initModels } from '../models';
 import { listUserCoupons } from '../models/coupon';
-import { beginFill, finishFill, initUserCouponCache, invalidateUserCoupons, readCached, userCouponCacheKey } from '../models/user-coupon-cache';
+import { beginFill, finishFill, initUserCouponCache, invalidateUserCoupons, readCached } from '../models/user-coupon-cache';
 import { createCheckoutPolicy, eventually, reserveAndSettle, shopperWith, type Shopper } from './support/checkout';
 import { closeDb, db, freshDatabase } from './support/db';
 import { uniqueId } from './support/fixtures';
@@ -52,7 +53,7 @@ afterAll(async () => {
 const ids = (page: { data: { id: string }[] }) => page.data.map((c) => c.id);
 const statuses = (page: { data: { status: string }[] }) => page.data.map((c) => c.status);
 /** The queries cached for the user (fill tickets left out). */
-const cachedQueries = async (userId: string) => (await redis.hkeys(userCouponCacheKey(userId))).filter((f) => f.startsWith('q:')).sort();
+const cachedQueries = async (userId: string) => (await redis.hkeys(redisKeys().userCoupons(userId))).filter((f) => f.startsWith('q:')).sort();
 
 async function list(shopper: Shopper, query = '') {
   const reply = await api.get(`/api/v1/coupons/users/${shopper.id}${query}`, shopper.token);
@@ -141,7 +142,7 @@ const inAnHour = () => new Date(Date.now() + 3_600_000);
 describe('the cache itself', () => {
   it('drops a fill that began before an invalidation', async () => {
     const userId = uniqueId('race');
-    const key = userCouponCacheKey(userId);
+    const key = redisKeys().userCoupons(userId);
     const ticket = await beginFill(userId);
     expect(ticket).not.toBeNull();
     // The fill's Postgres read happens here, before the change commits; the writer then invalidates.

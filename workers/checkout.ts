@@ -8,6 +8,7 @@ import { raiseAlert } from '../core/alerts';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
 import type { Logger } from '../core/logger';
+import { redisKeys } from '../core/redis-keys';
 import { paymentConflictsTotal } from '../core/metrics';
 import type { PaymentEventType } from '../models/checkout-rules';
 import {
@@ -23,7 +24,7 @@ import {
 } from '../models/reservation';
 import { earlierPaymentPending } from '../models/inbox';
 import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
-import { idempotencyRecordKey, type JobKind } from '../queues/names';
+import type { JobKind } from '../queues/names';
 import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 import { noteCouponUsed } from './usage-metrics';
@@ -50,7 +51,6 @@ export interface PaymentResult {
 export class NotYetApplicable extends Error {}
 
 const COUPON_LOCK_TTL_MS = 5_000;
-const couponLockKey = (couponId: string) => `${config().QUEUE_PREFIX}:lock:coupon:{${couponId}}`;
 
 export function createCheckoutProcessor(deps: CheckoutDeps) {
   const handlers: Partial<Record<JobKind, (job: Job) => Promise<unknown>>> = {
@@ -69,7 +69,7 @@ export function createCheckoutProcessor(deps: CheckoutDeps) {
 async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<ReservationResult>> {
   const data = jobData(job, reserveJobSchema);
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, couponId: data.couponId, orderId: data.orderId });
-  const outcome = await withLock(deps.locks, couponLockKey(data.couponId), COUPON_LOCK_TTL_MS, () =>
+  const outcome = await withLock(deps.locks, redisKeys().couponLock(data.couponId), COUPON_LOCK_TTL_MS, () =>
     reserveCoupon({
       couponId: data.couponId,
       userId: data.userId,
@@ -101,7 +101,7 @@ async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Reserva
  */
 async function rebindIdempotencyRecord(deps: CheckoutDeps, log: Logger, made: Reservation): Promise<void> {
   const fingerprint = made.requestFingerprint ?? reserveFingerprint(made);
-  await deps.redis.set(idempotencyRecordKey(made.requestId), fingerprint, 'KEEPTTL', 'XX').catch((error: unknown) => {
+  await deps.redis.set(redisKeys().idempotency(made.requestId), fingerprint, 'KEEPTTL', 'XX').catch((error: unknown) => {
     log.warn({ err: error }, 'idempotency record not rebound');
   });
 }

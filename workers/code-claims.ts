@@ -2,9 +2,11 @@
 // only one that takes a stock unit for it; the others are told CODE_ALREADY_USED at once, so two
 // users typing the same code cannot both hold stock (and push a third request into SOLD_OUT).
 // Postgres has the last word: the coupon carries the code's hash under a unique index, so a claim
-// lost with Redis, or taken over after it lapsed, can never issue a code twice.
+// lost with Redis, or taken over after it lapsed, can never issue a code twice. A claim is a lease
+// (core/lease.ts) held by the request's id, so a rerun of the same request holds it still.
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
+import { acquireLease, releaseLease } from '../core/lease';
+import { redisKeys } from '../core/redis-keys';
 import { codeIsUsed } from '../models/coupon';
 
 /** A claim outlives any run of its request; one whose job died lapses after this and frees the code. */
@@ -12,45 +14,14 @@ const CLAIM_TTL_MS = 10 * 60_000;
 /** A code that issued its coupon stays marked this long, sparing later tries a stock unit. */
 const USED_TTL_MS = 24 * 3600_000;
 
-const CLAIM = `
-local held = redis.call('GET', KEYS[1])
-if not held then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if held == ARGV[1] then return 1 end
-return 0`;
-
-const RELEASE = `
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0`;
-
-interface ClaimCommands {
-  claimCode(key: string, requestId: string, ttlMs: string): Promise<number>;
-  releaseCode(key: string, requestId: string): Promise<number>;
-}
-
-const loaded = new WeakSet<Redis>();
-
-function withClaimScripts(redis: Redis): Redis & ClaimCommands {
-  if (!loaded.has(redis)) {
-    redis.defineCommand('claimCode', { numberOfKeys: 1, lua: CLAIM });
-    redis.defineCommand('releaseCode', { numberOfKeys: 1, lua: RELEASE });
-    loaded.add(redis);
-  }
-  return redis as Redis & ClaimCommands;
-}
-
-const claimKey = (codeHash: string) => `${config().QUEUE_PREFIX}:code:{${codeHash}}`;
-
 /** True when `requestId` holds the code now (it just took it, or an earlier run of it did). */
 export async function claimCode(redis: Redis, codeHash: string, requestId: string): Promise<boolean> {
-  return (await withClaimScripts(redis).claimCode(claimKey(codeHash), requestId, String(CLAIM_TTL_MS))) === 1;
+  return acquireLease(redis, redisKeys().codeClaim(codeHash), requestId, CLAIM_TTL_MS);
 }
 
 /** The request will not issue with this code after all: let the next one try it. */
 export async function releaseCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
-  await withClaimScripts(redis).releaseCode(claimKey(codeHash), requestId);
+  await releaseLease(redis, redisKeys().codeClaim(codeHash), requestId);
 }
 
 /**
@@ -69,5 +40,5 @@ export async function releaseUnusedCode(redis: Redis, codeHash: string, requestI
 
 /** The code issued its coupon. */
 export async function markCodeUsed(redis: Redis, codeHash: string): Promise<void> {
-  await redis.pexpire(claimKey(codeHash), USED_TTL_MS);
+  await redis.pexpire(redisKeys().codeClaim(codeHash), USED_TTL_MS);
 }

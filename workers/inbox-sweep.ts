@@ -7,8 +7,8 @@
 // and the worker applies an event once (processed_events, unique request ids), so a redrive that
 // races a late add or a finished job costs a duplicate run at most, never a second effect.
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
 import type { Logger } from '../core/logger';
+import { redisKeys } from '../core/redis-keys';
 import { inboxEventsRedriven } from '../core/metrics';
 import { deleteInboxRows, INBOX_SOURCES, oldInboxRows, type InboxRow } from '../models/inbox';
 import type { Queues } from '../queues/connection';
@@ -80,14 +80,12 @@ async function missingJobs(queues: Queues, rows: InboxRow[]): Promise<InboxRow[]
   });
 }
 
-const sweepLockKey = () => `${config().QUEUE_PREFIX}:lock:inbox-sweep`;
-
 /** Sweeps every `everyMs` in one process of the fleet at a time; the first pass at once (a worker starting after an outage). */
 export function scheduleInboxSweep(deps: InboxSweepDeps, everyMs: number, minAgeMs: number): () => Promise<void> {
   // Series from 0, so Prometheus's increase() sees the first redrive of each.
   for (const source of INBOX_SOURCES) inboxEventsRedriven.inc({ source }, 0);
   return repeatAfter(
-    () => withLock(deps.locks, sweepLockKey(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false }),
+    () => withLock(deps.locks, redisKeys().inboxSweepLock(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false }),
     everyMs,
     (error) => deps.log.error({ err: error }, 'inbox sweep failed; retrying on the next tick'),
   );

@@ -4,13 +4,13 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { QueryTypes } from 'sequelize';
 import type { Logger } from '../core/logger';
+import { redisKeys } from '../core/redis-keys';
 import { sequelize } from '../core/postgres';
 import { findCouponByRequest } from '../models/coupon';
 import { parseRequestId } from '../queues/names';
 // An admission without any job is judged past ORPHAN_ADMISSION_AGE_MS, sooner than a job's lock
 // periods, so its unit is back while the sale's late requests still wait for one (issue-coupon.ts).
 import { ORPHAN_ADMISSION_AGE_MS } from '../queues/outcomes';
-import { policyKeys, reconcileLockKey, trackedPoliciesKey } from './admission/keys';
 import { releaseAdmission, settleAdmission } from './admission/admission';
 import { withAdmissionScripts } from './admission/scripts';
 import { withLock, type Locks } from './lock';
@@ -45,10 +45,10 @@ export const ENDED_STATE_GRACE_S = 600;
  */
 export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number, orphanAgeMs = Math.min(minAgeMs, ORPHAN_ADMISSION_AGE_MS)): Promise<ReconcileReport> {
   const report: ReconcileReport = { examined: 0, settled: 0, released: 0, freed: 0 };
-  const policyIds = await deps.redis.smembers(trackedPoliciesKey());
+  const policyIds = await deps.redis.smembers(redisKeys().admissionPolicies());
   const now = Date.now();
   for (const policyId of policyIds) {
-    const pending = policyKeys(policyId).pending;
+    const pending = redisKeys().admission(policyId).pending;
     let cursor = '0';
     do {
       const [next, flat] = await deps.redis.hscan(pending, cursor, 'COUNT', 500);
@@ -93,10 +93,10 @@ export async function freeEndedPolicies(deps: Pick<ReconcileDeps, 'redis'>, poli
   const redis = withAdmissionScripts(deps.redis);
   let freed = 0;
   for (const policyId of policyIds.filter((id) => !stillOpen.has(id))) {
-    await redis.srem(trackedPoliciesKey(), policyId);
-    const k = policyKeys(policyId);
+    await redis.srem(redisKeys().admissionPolicies(), policyId);
+    const k = redisKeys().admission(policyId);
     if ((await redis.freeEndedPolicy(k.stock, k.free, k.users, k.pending)) === 1) freed += 1;
-    else await redis.sadd(trackedPoliciesKey(), policyId);
+    else await redis.sadd(redisKeys().admissionPolicies(), policyId);
   }
   return freed;
 }
@@ -122,7 +122,7 @@ export function scheduleReconciler(deps: ReconcileDeps, everyMs: number, minAgeM
   const timer = setInterval(() => {
     if (running) return;
     running = true;
-    withLock(deps.locks, reconcileLockKey(), everyMs * 3, () => reconcileAdmissions(deps, minAgeMs), { wait: false })
+    withLock(deps.locks, redisKeys().admissionReconcileLock(), everyMs * 3, () => reconcileAdmissions(deps, minAgeMs), { wait: false })
       .catch((error: unknown) => deps.log.error({ err: error }, 'admission reconciler failed'))
       .finally(() => {
         running = false;

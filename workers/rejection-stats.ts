@@ -13,7 +13,7 @@ import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { coalescePerTurn } from '../core/concurrency';
 import type { Logger } from '../core/logger';
-import { allRejectionsKey, policyRejectionsKey } from '../models/stats';
+import { redisKeys } from '../core/redis-keys';
 import { issueAnswersOf } from './processor';
 
 export interface Rejection {
@@ -46,10 +46,10 @@ export function createRejectionCounter(redis: Redis, log: Logger): RejectionCoun
       perKey.set(key, codes);
     };
     for (const { policyId, code } of batches.flat()) {
-      bump(allRejectionsKey(), code, 1);
+      bump(redisKeys().allRejections(), code, 1);
       // A policy id that names nothing comes from the client: keying counters by it would let
       // anyone create Redis keys at will.
-      if (policyId !== null && code !== 'POLICY_NOT_FOUND') bump(policyRejectionsKey(policyId), code, 1);
+      if (policyId !== null && code !== 'POLICY_NOT_FOUND') bump(redisKeys().policyRejections(policyId), code, 1);
     }
     const pipeline = redis.pipeline();
     for (const [key, codes] of perKey) for (const [code, n] of codes) pipeline.hincrby(key, code, n);

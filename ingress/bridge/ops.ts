@@ -2,6 +2,7 @@
 // (the inbox) and Redis (where the jobs go) and Kafka (where the events come from) answer and the
 // consumer runs.
 import type { Kafka } from 'kafkajs';
+import { singleFlight } from '../../core/concurrency';
 import type { Logger } from '../../core/logger';
 import { sequelize } from '../../core/postgres';
 import { readiness, startOpsServer, type OpsServer, type Phase } from '../../core/ops-server';
@@ -14,10 +15,10 @@ import type { Queues } from '../../queues/connection';
 function kafkaProbe(kafka: Kafka) {
   const admin = kafka.admin({ retry: { retries: 0 } });
   let connected: Promise<void> | undefined;
-  let inFlight: Promise<unknown> | undefined;
+  const probes = singleFlight<'probe'>();
   return {
     check(): Promise<unknown> {
-      inFlight ??= (async () => {
+      return probes.run('probe', async () => {
         connected ??= admin.connect();
         try {
           await connected;
@@ -27,10 +28,7 @@ function kafkaProbe(kafka: Kafka) {
           await admin.disconnect().catch(() => undefined);
           throw error;
         }
-      })().finally(() => {
-        inFlight = undefined;
       });
-      return inFlight;
     },
     stop: () => admin.disconnect().catch(() => undefined),
   };

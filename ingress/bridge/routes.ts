@@ -1,15 +1,12 @@
 // Kafka topics → jobs: one job per event, its id derived from the event id, so a redelivered event
 // finds its job instead of making another. What the worker could never process goes to the DLQ.
-import { randomUUID } from 'node:crypto';
 import type { KafkaMessage } from 'kafkajs';
 import type { z } from 'zod';
+import { traceIdFrom } from '../../core/trace';
 import { paymentEventSchema, paymentJobSchema, userEventJobSchema, userEventSchema } from '../../queues/jobs';
 import { derivedJobId, type JobKind } from '../../queues/names';
 import type { InboxSource } from '../../models/inbox';
 import type { MessageRoute } from './consumer';
-
-/** A trace id header taken as given; anything else gets a fresh one. */
-const SANE_TRACE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 
 function eventRoute<E extends { eventId: string; orderId?: string }>(opts: {
   topic: string;
@@ -36,10 +33,9 @@ function eventRoute<E extends { eventId: string; orderId?: string }>(opts: {
         return { ok: false, reason: `not a ${what}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'invalid'}` };
       }
       const event = parsed.data;
-      const given = message.headers?.['trace-id']?.toString();
       const data = {
         event,
-        traceId: given && SANE_TRACE_ID.test(given) ? given : randomUUID(),
+        traceId: traceIdFrom(message.headers?.['trace-id']?.toString()),
         source: { topic, partition, offset: message.offset },
         receivedAt: new Date().toISOString(),
       };

@@ -10,6 +10,7 @@ import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limite
 import { config } from '../../core/config';
 import { AppError } from '../../core/errors';
 import { logger } from '../../core/logger';
+import { rateLimitKeyPrefixes, redisKeys } from '../../core/redis-keys';
 import type { AppEnv } from '../context';
 
 /** `points` per window of `durationS` seconds; 0 points turns the limiter off. */
@@ -32,7 +33,8 @@ export class RateLimitedError extends AppError {
   }
 }
 
-const defaultPrefix = () => `${config().QUEUE_PREFIX}:rl`;
+/** The limiters' keys: core/redis-keys.ts rateLimitKeyPrefixes under `<QUEUE_PREFIX>:rl`, or a test's own namespace. */
+const keyPrefixes = (namespace = redisKeys().rateLimitNamespace()) => rateLimitKeyPrefixes(namespace);
 
 /** The eight 16-bit groups of an IPv6 address (without zone), or null when it is not one. */
 function ipv6Groups(address: string): number[] | null {
@@ -134,7 +136,7 @@ export interface AddressLimitOptions {
   budget?: Budget;
   /** Default TRUST_PROXY: the last X-Forwarded-For entry (the one our proxy appended) instead of the socket's address. */
   trustProxy?: boolean;
-  /** Default `${QUEUE_PREFIX}:rl`. */
+  /** The limiters' namespace; default `<QUEUE_PREFIX>:rl` (core/redis-keys.ts). */
   prefix?: string;
 }
 
@@ -145,7 +147,7 @@ export interface AddressLimitOptions {
 export function limitByAddress(opts: AddressLimitOptions): MiddlewareHandler<AppEnv> {
   const budget = opts.budget ?? { points: config().RATE_LIMIT_IP_POINTS, durationS: config().RATE_LIMIT_IP_DURATION_S };
   const trustProxy = opts.trustProxy ?? config().TRUST_PROXY;
-  const limit = limitBy(requestCounter(opts.redis, `${opts.prefix ?? defaultPrefix()}:ip`, budget), (c) => c.get('clientIp'));
+  const limit = limitBy(requestCounter(opts.redis, keyPrefixes(opts.prefix).address, budget), (c) => c.get('clientIp'));
   return (c, next) => {
     c.set('clientIp', clientAddress(c, trustProxy));
     return limit(c, next);
@@ -162,7 +164,7 @@ export interface UserLimitOptions {
 /** Requests per authenticated user; goes after authenticate. */
 export function limitByUser(opts: UserLimitOptions): MiddlewareHandler<AppEnv> {
   const budget = opts.budget ?? { points: config().RATE_LIMIT_USER_POINTS, durationS: config().RATE_LIMIT_USER_DURATION_S };
-  return limitBy(requestCounter(opts.redis, `${opts.prefix ?? defaultPrefix()}:user`, budget), (c) => c.get('user').id);
+  return limitBy(requestCounter(opts.redis, keyPrefixes(opts.prefix).user, budget), (c) => c.get('user').id);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -233,11 +235,11 @@ function attemptCounter(redis: Redis, keyPrefix: string, allowed: number, window
 }
 
 export function createCodeGuard(opts: CodeGuardOptions): CodeGuard {
-  const prefix = opts.prefix ?? defaultPrefix();
+  const prefixes = keyPrefixes(opts.prefix);
   const windowS = opts.windowS ?? config().CODE_FAILURE_WINDOW_S;
   const blockS = opts.blockS ?? config().CODE_FAILURE_BLOCK_S;
-  const byUser = attemptCounter(opts.redis, `${prefix}:code-user`, opts.perUser ?? config().CODE_FAILURES_PER_USER, windowS, blockS);
-  const byAddress = attemptCounter(opts.redis, `${prefix}:code-ip`, opts.perAddress ?? config().CODE_FAILURES_PER_IP, windowS, blockS);
+  const byUser = attemptCounter(opts.redis, prefixes.codeUser, opts.perUser ?? config().CODE_FAILURES_PER_USER, windowS, blockS);
+  const byAddress = attemptCounter(opts.redis, prefixes.codeAddress, opts.perAddress ?? config().CODE_FAILURES_PER_IP, windowS, blockS);
   const counted = (who: CodeAttempt) => [byUser && { counter: byUser, key: who.userId }, byAddress && { counter: byAddress, key: who.ip }].filter((x) => !!x);
   const refund = async (entries: ReturnType<typeof counted>) => {
     await Promise.all(entries.map(({ counter, key }) => counter.refund(key))).catch((error: unknown) => logger().warn({ err: error }, 'code guard refund failed'));

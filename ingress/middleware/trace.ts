@@ -2,17 +2,14 @@
 // one line: method, path, status, duration and whatever the handler added with logWith (the job it
 // queued and what that job is about). One line a request, rather than one per step, is what a
 // request costs in log volume and CPU at thousands of requests a second.
-import { randomUUID } from 'node:crypto';
 import type { Context, MiddlewareHandler } from 'hono';
 import type { Logger } from '../../core/logger';
+import { traceIdFrom } from '../../core/trace';
 import type { AppEnv } from '../context';
-
-const SANE_ID = /^[A-Za-z0-9._:-]{8,128}$/;
 
 export function trace(log: Logger): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
-    const given = c.req.header('x-request-id');
-    const traceId = given && SANE_ID.test(given) ? given : randomUUID();
+    const traceId = traceIdFrom(c.req.header('x-request-id'));
     const reqLog = log.child({ traceId });
     c.set('traceId', traceId);
     c.set('log', reqLog);

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { config } from '../../core/config';
 import { AppError } from '../../core/errors';
 import { sequelize } from '../../core/postgres';
+import { statsAnswers } from '../../core/redis-keys';
 import { createStatsCache } from '../../models/stats-cache';
 import { overallStats, policyStats, userStats } from '../../models/stats';
 import { idSchema } from '../../queues/jobs';
@@ -30,20 +31,20 @@ export function statsRoutes(redis: Redis) {
 
   app.get('/coupons/policies/:id/stats', requireAdmin, async (c) => {
     const id = parseWith(idSchema, c.req.param('id'));
-    const stats = await cache.read(`policy:{${id}}`, () => policyStats(sequelize(), counters(), id));
+    const stats = await cache.read(statsAnswers.policy(id), () => policyStats(sequelize(), counters(), id));
     if (!stats) throw new AppError('NOT_FOUND', 'No such coupon policy.');
     return c.json(stats);
   });
 
   app.get('/stats', requireAdmin, async (c) => {
     const q = query(c, overallStatsQuery);
-    return c.json(await cache.read(`all:${q.window}:${q.top}`, () => overallStats(sequelize(), counters(), q)));
+    return c.json(await cache.read(statsAnswers.overall(q.window, q.top), () => overallStats(sequelize(), counters(), q)));
   });
 
   app.get('/coupons/users/:userId/stats', async (c) => {
     const userId = parseWith(idSchema, c.req.param('userId'));
     assertSelfOrAdmin(c.get('user'), userId);
-    return c.json(await cache.read(`user:{${userId}}`, () => userStats(sequelize(), userId)));
+    return c.json(await cache.read(statsAnswers.user(userId), () => userStats(sequelize(), userId)));
   });
 
   return app;

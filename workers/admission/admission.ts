@@ -2,12 +2,13 @@
 // Postgres (models/coupon.ts) refuses anything that would still break I1 or I2.
 import { QueryTypes } from 'sequelize';
 import type { Redis } from 'ioredis';
+import { singleFlight } from '../../core/concurrency';
 import type { ErrorCode } from '../../core/errors';
+import { redisKeys } from '../../core/redis-keys';
 import { sequelize } from '../../core/postgres';
 import { CouponPolicy } from '../../models/policy';
 import type { IssueMethod } from '../../models/policy-rules';
 import { withLock, type Locks } from '../lock';
-import { policyKeys, rebuildLockKey, trackedPoliciesKey } from './keys';
 import { withAdmissionScripts, type AdmissionRedis } from './scripts';
 
 const META_TTL_MS = 5 * 60_000;
@@ -63,7 +64,7 @@ export async function admitOnce(
   requests: readonly AdmissionRequest[],
   waitWhenPending: boolean,
 ): Promise<AdmissionAnswer[]> {
-  const k = policyKeys(policyId);
+  const k = redisKeys().admission(policyId);
   const reply = await withAdmissionScripts(redisClient).admitCoupons(
     k.meta, k.stock, k.free, k.users, k.pending, methods.join(','), waitWhenPending ? '1' : '0',
     ...requests.flatMap((r) => [r.requestId, r.userId]),
@@ -102,36 +103,27 @@ export async function admit(
   for (let round = 0; round < 3; round += 1) {
     const [answer] = await admitOnce(deps.redis, req.policyId, req.methods, [req], waitWhenPending);
     if (answer!.kind !== 'missing') return answer!;
-    if (answer!.what === 'meta') await once(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
-    else await once(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
+    if (answer!.what === 'meta') await loads.run(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
+    else await loads.run(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
 }
 
-const inFlight = new Map<string, Promise<void>>();
-
-/** Runs fn once per key at a time in this process: a burst of jobs for a cold policy makes one load, not hundreds. */
-function once(key: string, fn: () => Promise<void>): Promise<void> {
-  let running = inFlight.get(key);
-  if (!running) {
-    running = fn().finally(() => inFlight.delete(key));
-    inFlight.set(key, running);
-  }
-  return running;
-}
+/** One load per policy and kind at a time in this process: a burst of jobs for a cold policy makes one load, not hundreds. */
+const loads = singleFlight<string, void>();
 
 /**
  * The coupon row of the request is committed (holding `couponSlot`): close its pending admission,
  * giving back any other slot a later run of the same request was admitted with.
  */
 export async function settleAdmission(redisClient: Redis, policyId: string, requestId: string, couponSlot: number | null): Promise<void> {
-  const k = policyKeys(policyId);
+  const k = redisKeys().admission(policyId);
   await withAdmissionScripts(redisClient).settleCoupon(k.stock, k.free, k.users, k.pending, requestId, String(couponSlot ?? 0));
 }
 
 /** Undoes an admission whose coupon will never be written; `returnSlot` false when Postgres holds the slot. */
 export async function releaseAdmission(redisClient: Redis, policyId: string, requestId: string, returnSlot: boolean): Promise<boolean> {
-  const k = policyKeys(policyId);
+  const k = redisKeys().admission(policyId);
   const undone = await withAdmissionScripts(redisClient).releaseCoupon(k.stock, k.free, k.users, k.pending, requestId, returnSlot ? '1' : '0');
   return undone === 1;
 }
@@ -152,7 +144,7 @@ function metaFields(p: CouponPolicy): string[] {
 /** Publishes a policy's current rules to the admission step. Called after every policy write. */
 export async function writePolicyMeta(redisClient: Redis, policy: CouponPolicy): Promise<void> {
   const redis = withAdmissionScripts(redisClient);
-  await redis.setPolicyMeta(policyKeys(policy.id).meta, String(policy.version), String(META_TTL_MS), ...metaFields(policy));
+  await redis.setPolicyMeta(redisKeys().admission(policy.id).meta, String(policy.version), String(META_TTL_MS), ...metaFields(policy));
 }
 
 /** Publishes every ACTIVE policy's rules to the admission step, so a sale's first requests find them. */
@@ -167,8 +159,8 @@ export async function warmPolicyMeta(redisClient: Redis): Promise<number> {
  * known without reading Postgres, so the first second of a sale does not queue on a rebuild.
  */
 export async function openStock(redisClient: Redis, policyId: string): Promise<void> {
-  const k = policyKeys(policyId);
-  await redisClient.multi().hsetnx(k.stock, 'next', 1).hsetnx(k.stock, 'issued', 0).sadd(trackedPoliciesKey(), policyId).exec();
+  const k = redisKeys().admission(policyId);
+  await redisClient.multi().hsetnx(k.stock, 'next', 1).hsetnx(k.stock, 'issued', 0).sadd(redisKeys().admissionPolicies(), policyId).exec();
 }
 
 async function loadPolicyMeta(redis: AdmissionRedis, policyId: string): Promise<void> {
@@ -177,7 +169,7 @@ async function loadPolicyMeta(redis: AdmissionRedis, policyId: string): Promise<
     await writePolicyMeta(redis, policy);
   } else {
     // Remember the miss briefly, so a flood of requests for a bad id does not reach Postgres.
-    await redis.setPolicyMeta(policyKeys(policyId).meta, '0', String(MISSING_META_TTL_MS), 'status', 'MISSING');
+    await redis.setPolicyMeta(redisKeys().admission(policyId).meta, '0', String(MISSING_META_TTL_MS), 'status', 'MISSING');
   }
 }
 
@@ -186,8 +178,8 @@ async function loadPolicyMeta(redis: AdmissionRedis, policyId: string): Promise<
  * use of a policy, and after Redis lost its data. One process does it; the others wait for it.
  */
 export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promise<void> {
-  const k = policyKeys(policyId);
-  await withLock(deps.locks, rebuildLockKey(policyId), REBUILD_LOCK_TTL_MS, async () => {
+  const k = redisKeys().admission(policyId);
+  await withLock(deps.locks, redisKeys().admissionRebuildLock(policyId), REBUILD_LOCK_TTL_MS, async () => {
     if ((await deps.redis.exists(k.stock)) === 1) return; // another process finished it meanwhile
     const db = sequelize();
     const [totals] = await db.query<{ issued: string; max_slot: number | null }>(
@@ -210,14 +202,14 @@ export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promi
       tx.hset(k.users, ...holders.slice(i, i + 1000).flatMap((h) => [h.user_id, h.held]));
     }
     tx.hset(k.stock, 'next', maxSlot + 1, 'issued', Number(totals?.issued ?? 0));
-    tx.sadd(trackedPoliciesKey(), policyId);
+    tx.sadd(redisKeys().admissionPolicies(), policyId);
     await tx.exec();
   });
 }
 
 /** Counters for operators and tests: what the admission step believes. */
 export async function admissionSnapshot(redisClient: Redis, policyId: string) {
-  const k = policyKeys(policyId);
+  const k = redisKeys().admission(policyId);
   const [stock, free, pending] = await Promise.all([
     redisClient.hgetall(k.stock),
     redisClient.llen(k.free),
