@@ -23,7 +23,7 @@ import { createQueues, type Queues } from '../queues/connection';
 import { parseRequestId } from '../queues/names';
 import type { StoredOutcome } from '../queues/outcomes';
 import { admissionSnapshot, openStock, writePolicyMeta } from '../workers/admission/admission';
-import { policyKeys } from '../workers/admission/keys';
+import { redisKeys } from '../core/redis-keys';
 import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
 import { createRejectionCounter } from '../workers/rejection-stats';
@@ -126,7 +126,7 @@ async function finalOf(answer: IntakeAnswer): Promise<StoredOutcome | null> {
 
 /** What the admission state holds for a policy and one of its users (read past the cut link). */
 async function stateOf(policyId: string, userId: string) {
-  const k = policyKeys(policyId);
+  const k = redisKeys().admission(policyId);
   const [snapshot, free, admitted] = await Promise.all([admissionSnapshot(redis, policyId), redis.lrange(k.free, 0, -1), redis.hget(k.users, userId)]);
   return { ...snapshot, free, admitted: Number(admitted ?? 0) };
 }
