@@ -3,7 +3,7 @@
 /** @type {import('jest').Config} */
 module.exports = {
   testEnvironment: 'node',
-  roots: ['<rootDir>/models', '<rootDir>/ingress', '<rootDir>/workers', '<rootDir>/queues', '<rootDir>/core', '<rootDir>/scripts', '<rootDir>/test'],
+  roots: ['<rootDir>/models', '<rootDir>/usecases', '<rootDir>/ingress', '<rootDir>/workers', '<rootDir>/queues', '<rootDir>/core', '<rootDir>/scripts', '<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
   // Type checking is `npm run typecheck`; the transform only strips types, which keeps runs fast.
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },

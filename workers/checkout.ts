@@ -1,9 +1,11 @@
-// The checkout use cases: reserve a coupon for an order, cancel or confirm a reservation, apply a
-// payment event. Each job changes one reservation, written together with the other jobs of the same
-// event-loop turn (models/reservation.ts); a Redis lock on the coupon keeps concurrent reserves of
-// one coupon queueing in Redis rather than deciding on the same row.
+// The checkout queue's jobs: reserve a coupon for an order, cancel or confirm a reservation, apply a
+// payment event. Each job runs one use case (usecases/reserve.ts, usecases/payment-event.ts) that
+// changes one reservation, written together with the other jobs of the same event-loop turn; a
+// Redis lock on the coupon keeps concurrent reserves of one coupon queueing in Redis rather than
+// deciding on the same row.
 import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { Sequelize } from 'sequelize';
 import { raiseAlert } from '../core/alerts';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
@@ -11,17 +13,7 @@ import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
 import { paymentConflictsTotal } from '../core/metrics';
 import type { PaymentEventType } from '../models/checkout-rules';
-import {
-  applyCheckoutEvent,
-  Reservation,
-  reservationResult,
-  reservationView,
-  reserveCoupon,
-  type CheckoutEvent,
-  type CheckoutOutcome,
-  type ReservationResult,
-  type ReservationView,
-} from '../models/reservation';
+import { Reservation, reservationResult, reservationView, type ReservationResult, type ReservationView } from '../models/reservation';
 import { earlierPaymentPending } from '../models/inbox';
 import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
 import type { JobKind } from '../queues/names';
@@ -29,8 +21,12 @@ import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 import { noteCouponUsed } from './usage-metrics';
 import { failpoint } from '../core/failpoints';
+import { applyCheckoutEvent, type CheckoutEvent, type CheckoutOutcome } from '../usecases/payment-event';
+import { reserveCoupon } from '../usecases/reserve';
 
 export interface CheckoutDeps {
+  /** The database the use cases read and write. */
+  db: Sequelize;
   locks: Locks;
   /** Sets an Idempotency-Key's record back to the body the key reserved for. */
   redis: Redis;
@@ -70,7 +66,7 @@ async function reserve(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Reserva
   const data = jobData(job, reserveJobSchema);
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, couponId: data.couponId, orderId: data.orderId });
   const outcome = await withLock(deps.locks, redisKeys().couponLock(data.couponId), COUPON_LOCK_TTL_MS, () =>
-    reserveCoupon({
+    reserveCoupon(deps, {
       couponId: data.couponId,
       userId: data.userId,
       orderId: data.orderId,
@@ -116,7 +112,7 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, reservationId: data.reservationId });
   const byAdmin = data.actorId !== data.userId;
   const endReason = action === 'confirm' ? 'CONFIRMED_BY_ADMIN' : byAdmin ? 'CANCELLED_BY_ADMIN' : 'CANCELLED_BY_USER';
-  const outcome = await applyOrWait({ ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason });
+  const outcome = await applyOrWait(deps, { ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason });
   logOutcome(log, action, outcome);
   switch (outcome.kind) {
     case 'applied':
@@ -140,7 +136,7 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
   // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
   const waitedEnough = job.attemptsMade >= config().PAYMENT_WAIT_ATTEMPTS;
   const earlierPending = waitedEnough && (await earlierPaymentPending(event.eventId, event.orderId));
-  const outcome = await applyOrWait({
+  const outcome = await applyOrWait(deps, {
     source: 'payments',
     eventId: event.eventId,
     type: event.type,
@@ -178,8 +174,8 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<Payment
   }
 }
 
-async function applyOrWait(event: CheckoutEvent): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
-  const outcome = await applyCheckoutEvent(event);
+async function applyOrWait(deps: CheckoutDeps, event: CheckoutEvent): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
+  const outcome = await applyCheckoutEvent(deps, event);
   if (outcome.kind === 'wait') throw new NotYetApplicable(outcome.why);
   return outcome;
 }

@@ -1,20 +1,26 @@
 // Ends PENDING reservations nobody paid for (I6: by expiresAt + 5 s). Every worker sweeps every
 // second; SKIP LOCKED lets many sweepers share a backlog, and a backlog (after the fleet was down)
-// is worked off in batches of 100 until none is due, with a progress line now and then.
+// is worked off in batches of 100 until none is due, with a progress line now and then. This file
+// schedules the sweep; one batch of it is the use case in usecases/expire-reservations.ts.
 import type { Logger } from '../core/logger';
-import { expireDueReservations, type SweepReport } from '../models/reservation';
+import { expireDueReservations, type ExpiryDeps, type SweepReport } from '../usecases/expire-reservations';
 import { repeatAfter } from '../core/concurrency';
+
+export interface SweeperDeps extends ExpiryDeps {
+  log: Logger;
+}
 
 export const SWEEP_BATCH = 100;
 const PROGRESS_EVERY_MS = 5_000;
 
 /** Sweeps until no due reservation is left (or `shouldStop`); returns the totals. */
-export async function sweepExpiredReservations(log: Logger, shouldStop: () => boolean = () => false): Promise<SweepReport> {
+export async function sweepExpiredReservations(deps: SweeperDeps, shouldStop: () => boolean = () => false): Promise<SweepReport> {
+  const { log } = deps;
   const total: SweepReport = { expired: 0, released: 0 };
   const started = Date.now();
   let lastProgress = started;
   for (;;) {
-    const batch = await expireDueReservations(SWEEP_BATCH);
+    const batch = await expireDueReservations(deps, SWEEP_BATCH);
     total.expired += batch.expired;
     total.released += batch.released;
     // Another sweeper may hold some of the due rows: go on while this one still finds any.
@@ -29,10 +35,11 @@ export async function sweepExpiredReservations(log: Logger, shouldStop: () => bo
 }
 
 /** Starts sweeping at once (catching up on whatever fell due while no worker ran), then every `everyMs`. */
-export function scheduleExpirySweeper(log: Logger, everyMs: number): () => Promise<void> {
+export function scheduleExpirySweeper(deps: SweeperDeps, everyMs: number): () => Promise<void> {
+  const { log } = deps;
   let stopped = false;
   const stop = repeatAfter(
-    () => sweepExpiredReservations(log, () => stopped),
+    () => sweepExpiredReservations(deps, () => stopped),
     everyMs,
     (error) => log.error({ err: error }, 'reservation sweep failed; retrying on the next tick'),
   );

@@ -29,8 +29,8 @@ import { startUsageMetrics } from './usage-metrics';
 async function main(): Promise<void> {
   const cfg = config();
   const log = logger().child({ process: 'worker' });
-  initModels(sequelize());
-  await sequelize().authenticate();
+  const db = initModels(sequelize());
+  await db.authenticate();
 
   const redis = createRedis('client');
   exposeMetrics('worker');
@@ -61,11 +61,11 @@ async function main(): Promise<void> {
     settings: { backoffStrategy: cappedBackoff },
   };
   const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks, codeSecret }, log), { ...workerOptions, connection: createRedis('worker') });
-  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ locks, redis, log }), {
+  const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ db, locks, redis, log }), {
     ...workerOptions,
     connection: createRedis('worker'),
   });
-  const paymentsWorker = new Worker(QUEUES.payments, createCheckoutProcessor({ locks, redis, log }), { ...workerOptions, connection: createRedis('worker') });
+  const paymentsWorker = new Worker(QUEUES.payments, createCheckoutProcessor({ db, locks, redis, log }), { ...workerOptions, connection: createRedis('worker') });
   const workers = [issueWorker, checkoutWorker, paymentsWorker];
   for (const worker of workers) {
     worker.on('error', (error) => log.error({ err: error, queue: worker.name }, 'worker error'));
@@ -85,7 +85,7 @@ async function main(): Promise<void> {
   watchJobFailures(log, cfg.ALERT_JOB_FAILURES_THRESHOLD, cfg.ALERT_JOB_FAILURES_WINDOW_MS);
   trackQueueDepth(Object.values(QUEUES).map((name) => queues.get(name)));
   const stopUsageMetrics = startUsageMetrics(log);
-  const stopSweeper = scheduleExpirySweeper(log, cfg.RESERVATION_SWEEP_INTERVAL_MS);
+  const stopSweeper = scheduleExpirySweeper({ db, log }, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopCodesDrop = scheduleUnfetchedCodesDrop(log);
   // Events the bridge accepted whose jobs Redis lost are added again from the Postgres inbox (I11).
   const stopInboxSweep = scheduleInboxSweep({ queues, locks, log }, cfg.INBOX_SWEEP_INTERVAL_MS, cfg.INBOX_REDRIVE_AGE_MS);

@@ -3,8 +3,10 @@
 import { Hono, type Context } from 'hono';
 import { z } from 'zod';
 import { AppError } from '../../core/errors';
+import { sequelize } from '../../core/postgres';
+import { readCouponForCheckout } from '../../models/checkout-coupon';
 import { usability } from '../../models/checkout-rules';
-import { readCouponForCheckout, Reservation } from '../../models/reservation';
+import { Reservation } from '../../models/reservation';
 import type { Queues } from '../../queues/connection';
 import { addJob } from '../../queues/enqueue';
 import { idSchema, moneySchema, reserveFingerprint } from '../../queues/jobs';
@@ -24,7 +26,7 @@ export function checkoutRoutes(queues: Queues) {
 
   app.post('/validate', async (c) => {
     const body = await jsonBody(c, validateBody);
-    const coupon = await readCouponForCheckout(body.couponId);
+    const coupon = await readCouponForCheckout(sequelize(), body.couponId);
     if (!coupon) throw new AppError('NOT_FOUND', 'No such coupon.');
     assertSelfOrAdmin(c.get('user'), coupon.userId);
     const verdict = usability(coupon, coupon.rule, body.orderAmount, new Date());

@@ -4,7 +4,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 const ROOT = resolve(__dirname, '../..');
-const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'scripts'];
+const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'usecases', 'scripts'];
 
 /** `name: command` lines of the Procfile. */
 export function procfile(): Map<string, string> {
