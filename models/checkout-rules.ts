@@ -1,6 +1,7 @@
 // Checkout rules as pure functions over plain data: the discount an order gets, whether a coupon can
 // be reserved, and what a payment event does to a reservation and its coupon. No I/O here; the
-// workers load the rows, ask these functions, and write what they answer.
+// use cases (usecases/) load the rows, ask these functions (a payment event through planEvent,
+// plan-event.ts), and write what they answer.
 import { reason, type Reason } from '../core/errors';
 
 export interface DiscountRule {

@@ -1,7 +1,8 @@
 // The reservations table as a Sequelize model, the ways a reservation is shown (the result of a
 // reserve job, the view after a cancel, confirm or payment), and a row as the checkout functions
 // answer it made into a model. The checkout use cases that change reservations are in usecases/
-// (reserve.ts, payment-event.ts, expire-reservations.ts); their rules in checkout-rules.ts.
+// (reserve.ts, payment-event.ts, expire-reservations.ts); their rules in checkout-rules.ts and
+// plan-event.ts.
 import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from 'sequelize';
 import type { ReservationState } from './checkout-rules';
 
