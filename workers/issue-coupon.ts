@@ -2,9 +2,9 @@
 // comes through here (by policy id, by code, by user event, by direct grant), so I1, I2 and the
 // exactly-once write per request hold alike for all of them.
 import type { Logger } from '../core/logger';
-import { reason } from '../core/errors';
+import { reason, type ErrorCode } from '../core/errors';
 import { couponsIssuedTotal } from '../core/metrics';
-import { couponView, findCouponByRequest, insertIssuedCoupon } from '../models/coupon';
+import { couponView, findCouponByRequest, insertIssuedCoupon, type Coupon, type InsertOutcome } from '../models/coupon';
 import { CouponPolicy } from '../models/policy';
 import { invalidateUserCoupons } from '../models/user-coupon-cache';
 import { couponExpiry, type IssueMethod } from '../models/policy-rules';
@@ -48,12 +48,7 @@ export async function issueCoupon(
   log: Logger,
 ): Promise<JobOutcome<CouponView>> {
   const { policyId, userId, requestId, codeHash } = request;
-  // From here on a refusal must free the code again, or nobody could redeem it.
-  const refuse = async (code: Parameters<typeof reason>[0]): Promise<JobOutcome<CouponView>> => {
-    if (codeHash) await releaseCode(deps.redis, codeHash, requestId);
-    return { outcome: 'rejected', reason: reason(code) };
-  };
-  let counted = false;
+  const progress = { counted: false };
 
   // Everything from here, the rerun's lookup and the code's claim included, ends in the catch below
   // when it throws, so the last attempt always gives back what it holds.
@@ -79,7 +74,7 @@ export async function issueCoupon(
     if (admission.kind === 'refused') {
       log.debug({ code: admission.code }, 'issue refused');
       if (admission.code === 'SOLD_OUT') noteSoldOutRefusal(log, policyId, admission.total);
-      return await refuse(admission.code);
+      return await refuse(deps, request, admission.code);
     }
     // A request the web admitted carries the count it was admitted as: the alert marks are its to see.
     const mark = admission.resumed && request.admittedAs ? request.admittedAs : admission;
@@ -98,50 +93,8 @@ export async function issueCoupon(
       expiresAt: couponExpiry(validity, issuedAt),
       ...(codeHash && { codeHash }),
     });
-    switch (written.kind) {
-      case 'inserted':
-        couponsIssuedTotal.inc({ policy_id: policyId });
-        counted = true;
-        // A worker that dies here has committed the coupon; its admission is not settled yet.
-        await failpoint('issue.after-commit', log);
-        await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
-        if (codeHash) await markCodeUsed(deps.redis, codeHash);
-        log.info({ couponId: written.coupon.id, slot: admission.slot }, 'coupon issued');
-        return { outcome: 'succeeded', result: couponView(written.coupon) };
-      case 'duplicate-request':
-        // An earlier run of this request wrote the coupon. If this run holds another slot (it was
-        // admitted afresh after the earlier run settled), settling gives that slot back.
-        await settleAdmission(deps.redis, policyId, requestId, written.coupon.slot);
-        if (codeHash) await markCodeUsed(deps.redis, codeHash);
-        log.info({ couponId: written.coupon.id, slot: written.coupon.slot, replay: true }, 'coupon issued by an earlier run');
-        return { outcome: 'succeeded', result: couponView(written.coupon) };
-      case 'policy-inactive':
-        // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
-        await releaseAdmission(deps.redis, policyId, requestId, true);
-        return await refuse('POLICY_NOT_ACTIVE');
-      case 'user-limit':
-        // Redis believed the user had room; Postgres knows better. Give the slot back.
-        await releaseAdmission(deps.redis, policyId, requestId, true);
-        log.warn({ slot: admission.slot }, 'admission disagreed with Postgres on the per-user limit');
-        return await refuse('USER_LIMIT_REACHED');
-      case 'code-used':
-        // Another coupon holds the code (its claim lapsed or Redis lost it): the slot goes back,
-        // the claim stays as the mark of a used code.
-        await releaseAdmission(deps.redis, policyId, requestId, true);
-        if (codeHash) await markCodeUsed(deps.redis, codeHash);
-        log.warn('code claimed in Redis but already used in Postgres');
-        return { outcome: 'rejected', reason: reason('CODE_ALREADY_USED') };
-      case 'code-unknown':
-        // The code is no code of this policy: the ingress resolved it, so this only follows a
-        // code deleted meanwhile (a rerun of its generation job).
-        await releaseAdmission(deps.redis, policyId, requestId, true);
-        return await refuse('CODE_NOT_FOUND');
-      case 'slot-taken':
-        // The slot is already some coupon's: drop it and take another on the next attempt.
-        await releaseAdmission(deps.redis, policyId, requestId, false);
-        log.warn({ slot: admission.slot }, 'admission handed out a slot Postgres already holds');
-        throw new RetryableIssueError(`slot ${admission.slot} of policy ${policyId} was taken`);
-    }
+    // What follows each answer of the insert is a row of ON_INSERT (below).
+    return await afterInsert(deps, request, written, admission.slot, log, progress);
   } catch (error) {
     // A taken slot was dropped already (releasing again changes nothing), but its code's claim is
     // still held: every failure of the last attempt goes through here.
@@ -152,7 +105,7 @@ export async function issueCoupon(
       // `undefined`: Postgres could not be asked, so whether the coupon exists is not known.
       const committed = await findCouponByRequest(requestId).catch(() => undefined);
       if (committed) {
-        if (!counted) couponsIssuedTotal.inc({ policy_id: policyId });
+        if (!progress.counted) couponsIssuedTotal.inc({ policy_id: policyId });
         await invalidateUserCoupons([userId]).catch(() => undefined);
         await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
         if (codeHash) await markCodeUsed(deps.redis, codeHash).catch(() => undefined);
@@ -166,6 +119,122 @@ export async function issueCoupon(
     }
     throw error;
   }
+}
+
+/**
+ * A refusal once the code is claimed: the claim is freed again, or nobody could redeem the code.
+ * (Before the claim, and for a code another coupon holds, the answer is a plain rejection.)
+ */
+async function refuse(deps: AdmissionDeps, request: IssueRequest, code: ErrorCode): Promise<JobOutcome<CouponView>> {
+  if (request.codeHash) await releaseCode(deps.redis, request.codeHash, request.requestId);
+  return { outcome: 'rejected', reason: reason(code) };
+}
+
+/** What follows one answer of the coupon insert. */
+interface AfterInsert {
+  /** A coupon written now: counted in coupons_issued_total (and the issue.after-commit failpoint). */
+  counts?: true;
+  /**
+   * The request's admission: settled on the written coupon's slot, released with its unit back in
+   * the stock (`release`), or released with its slot dropped because Postgres holds it (`drop`).
+   */
+  admission: 'settle' | 'release' | 'drop';
+  /** The code's claim is marked used: a coupon holds the code, this request's or another's. */
+  markCodeUsed?: true;
+  log?: { level: 'info' | 'warn'; msg: string; fields?: (coupon: Coupon | null, admittedSlot: number | null) => object };
+  /**
+   * The answer: the written coupon; a refusal that frees the code's claim (`refuse`) or keeps it
+   * (`reject`); or a retry (RetryableIssueError), the next attempt taking another slot.
+   */
+  answer: 'coupon' | { refuse: ErrorCode } | { reject: ErrorCode } | 'retry';
+}
+
+/** An answer that carries no coupon can neither settle on its slot nor answer with it. */
+type AfterInsertOf<K extends InsertOutcome['kind']> =
+  Extract<InsertOutcome, { kind: K }> extends { coupon: Coupon } ? AfterInsert : AfterInsert & { admission: 'release' | 'drop'; answer: Exclude<AfterInsert['answer'], 'coupon'> };
+
+/** Each answer of the coupon insert (models/coupon.ts, insert_issued_coupons) and what follows it. */
+const ON_INSERT: { [K in InsertOutcome['kind']]: AfterInsertOf<K> } = {
+  inserted: {
+    counts: true,
+    admission: 'settle',
+    markCodeUsed: true,
+    log: { level: 'info', msg: 'coupon issued', fields: (coupon, admittedSlot) => ({ couponId: coupon?.id, slot: admittedSlot }) },
+    answer: 'coupon',
+  },
+  // An earlier run of this request wrote the coupon. If this run holds another slot (it was
+  // admitted afresh after the earlier run settled), settling gives that slot back.
+  'duplicate-request': {
+    admission: 'settle',
+    markCodeUsed: true,
+    log: { level: 'info', msg: 'coupon issued by an earlier run', fields: (coupon) => ({ couponId: coupon?.id, slot: coupon?.slot, replay: true }) },
+    answer: 'coupon',
+  },
+  // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
+  'policy-inactive': { admission: 'release', answer: { refuse: 'POLICY_NOT_ACTIVE' } },
+  // Redis believed the user had room; Postgres knows better. Give the slot back.
+  'user-limit': {
+    admission: 'release',
+    log: { level: 'warn', msg: 'admission disagreed with Postgres on the per-user limit', fields: (_, admittedSlot) => ({ slot: admittedSlot }) },
+    answer: { refuse: 'USER_LIMIT_REACHED' },
+  },
+  // Another coupon holds the code (its claim lapsed or Redis lost it): the slot goes back, the
+  // claim stays as the mark of a used code.
+  'code-used': {
+    admission: 'release',
+    markCodeUsed: true,
+    log: { level: 'warn', msg: 'code claimed in Redis but already used in Postgres' },
+    answer: { reject: 'CODE_ALREADY_USED' },
+  },
+  // The code is no code of this policy: the ingress resolved it, so this only follows a code
+  // deleted meanwhile (a rerun of its generation job).
+  'code-unknown': { admission: 'release', answer: { refuse: 'CODE_NOT_FOUND' } },
+  // The slot is already some coupon's: drop it and take another on the next attempt.
+  'slot-taken': {
+    admission: 'drop',
+    log: { level: 'warn', msg: 'admission handed out a slot Postgres already holds', fields: (_, admittedSlot) => ({ slot: admittedSlot }) },
+    answer: 'retry',
+  },
+};
+
+/**
+ * Carries out what follows the insert's answer, as its entry in ON_INSERT says, in this order:
+ * count, admission, code, log, answer. `progress.counted`: the coupon was counted (the last
+ * attempt's catch must not count it again).
+ */
+async function afterInsert(
+  deps: AdmissionDeps,
+  request: IssueRequest,
+  written: InsertOutcome,
+  admittedSlot: number | null,
+  log: Logger,
+  progress: { counted: boolean },
+): Promise<JobOutcome<CouponView>> {
+  const { policyId, requestId, codeHash } = request;
+  const rule = ON_INSERT[written.kind];
+  const coupon = 'coupon' in written ? written.coupon : null;
+  const theCoupon = (): Coupon => {
+    if (!coupon) throw new Error(`a coupon insert answered ${written.kind}, which carries no coupon`);
+    return coupon;
+  };
+  if (rule.counts) {
+    couponsIssuedTotal.inc({ policy_id: policyId });
+    progress.counted = true;
+    // A worker that dies here has committed the coupon; its admission is not settled yet.
+    await failpoint('issue.after-commit', log);
+  }
+  if (rule.admission === 'settle') await settleAdmission(deps.redis, policyId, requestId, theCoupon().slot);
+  else await releaseAdmission(deps.redis, policyId, requestId, rule.admission === 'release');
+  if (rule.markCodeUsed && codeHash) await markCodeUsed(deps.redis, codeHash);
+  if (rule.log) {
+    if (rule.log.fields) log[rule.log.level](rule.log.fields(coupon, admittedSlot), rule.log.msg);
+    else log[rule.log.level](rule.log.msg);
+  }
+  const { answer } = rule;
+  if (answer === 'coupon') return { outcome: 'succeeded', result: couponView(theCoupon()) };
+  if (answer === 'retry') throw new RetryableIssueError(`slot ${admittedSlot} of policy ${policyId} was taken`);
+  if ('refuse' in answer) return refuse(deps, request, answer.refuse);
+  return { outcome: 'rejected', reason: reason(answer.reject) };
 }
 
 /** How long a request waits for a pending admission to give a unit back before its attempt ends. */
