@@ -1,10 +1,10 @@
-// Batches the checkout's statements: the calls made against one database in the same turn of the
+// Batches the hot path's statements: the calls made against one database in the same turn of the
 // event loop (one per job or request that reached that point: a reserve's or a validate's read of
-// its coupon, a payment's read of its event state, the writes through reserve_coupons and
-// apply_checkout_events) go to Postgres as one statement, with their items as its one parameter.
-// Why: every round trip to Postgres costs the worker a context switch, and on a 2-core machine a
-// transaction of several statements per job held checkout to about 150 a second
-// (docs/ARCHITECTURE.md, "Checkout").
+// its coupon, a payment's read of its event state, the checkout writes through reserve_coupons and
+// apply_checkout_events, an issue's coupon insert through insert_issued_coupons) go to Postgres as
+// one statement, with their items as its one parameter. Why: every round trip to Postgres costs the
+// worker a context switch, and on a 2-core machine a transaction of several statements per job held
+// checkout to about 150 a second (docs/ARCHITECTURE.md, "Checkout").
 import { QueryTypes, type Sequelize } from 'sequelize';
 import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
 

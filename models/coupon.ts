@@ -11,8 +11,8 @@ import {
   type Sequelize,
   type WhereOptions,
 } from 'sequelize';
-import { coalescePerTurn } from '../core/concurrency';
 import type { CouponView } from '../queues/jobs';
+import { coalescePerDatabase } from './batched-query';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import { invalidateUserCoupons, readThroughUserCoupons } from './user-coupon-cache';
 
@@ -144,12 +144,12 @@ function outcomeOf(row: IssuedCouponInput, result: RowResult | undefined): Inser
 
 /**
  * Writes the coupon of one admitted issue request. The inserts asked for in the same turn of the
- * event loop travel together in one statement (insert_issued_coupons), one outcome per row. The
- * database decides the edge cases: a request already written (a rerun) returns its coupon, and the
- * slot, per-user and policy-status guards refuse what Redis should never have admitted.
+ * event loop on one database travel together in one statement (insert_issued_coupons), one outcome
+ * per row. The database decides the edge cases: a request already written (a rerun) returns its
+ * coupon, and the slot, per-user and policy-status guards refuse what Redis should never have admitted.
  */
-export const insertIssuedCoupon = coalescePerTurn(async (rows: IssuedCouponInput[]) => {
-  const results = await Coupon.sequelize!.query<RowResult>('SELECT req, outcome, coupon FROM insert_issued_coupons($1::jsonb)', {
+export const insertIssuedCoupon = coalescePerDatabase((db) => async (rows: IssuedCouponInput[]) => {
+  const results = await db.query<RowResult>('SELECT req, outcome, coupon FROM insert_issued_coupons($1::jsonb)', {
     bind: [JSON.stringify(rows.map((row) => ({ id: randomUUID(), ...row })))],
     type: QueryTypes.SELECT,
   });

@@ -29,7 +29,7 @@ let worker: Worker;
 
 beforeAll(async () => {
   initModels(sequelize());
-  worker = new Worker('issue', createIssueProcessor({ redis, locks }, log), { connection: workerConnection, prefix, concurrency: 8 });
+  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks }, log), { connection: workerConnection, prefix, concurrency: 8 });
 });
 
 afterAll(async () => {
@@ -162,7 +162,7 @@ describe('admission state', () => {
     // The first run told SOLD_OUT and died before completing the job; a unit is free now.
     await storeOutcomes(redis, jobId, [[0, { s: 'rejected', u: user, c: Date.now(), f: Date.now(), e: { code: 'SOLD_OUT', message: 'gone' } }]]);
     const rerun = { id: jobId, name: 'issue-batch', data: { requests: [request] }, attemptsStarted: 2, attemptsMade: 0, opts: { attempts: 5 } } as unknown as Job;
-    const result = (await createIssueProcessor({ redis, locks }, log)(rerun)) as { results: { outcome: string; reason?: { code: string } }[] };
+    const result = (await createIssueProcessor({ db: sequelize(), redis, locks }, log)(rerun)) as { results: { outcome: string; reason?: { code: string } }[] };
     expect(result.results).toEqual([{ outcome: 'rejected', reason: { code: 'SOLD_OUT', message: 'gone' } }]);
     expect(await couponsOf(policy.id)).toEqual([]);
     expect(await admissionSnapshot(redis, policy.id)).toMatchObject({ issued: 0, pending: 0 });
@@ -175,7 +175,7 @@ describe('admission state', () => {
     const admitted = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(admitted.kind).toBe('admitted');
     const now = new Date();
-    await insertIssuedCoupon({ policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
 
     const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
     expect(report.settled).toBeGreaterThanOrEqual(1);
@@ -189,7 +189,7 @@ describe('admission state', () => {
     const first = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(first).toMatchObject({ kind: 'admitted', slot: 1, resumed: false });
     const now = new Date();
-    await insertIssuedCoupon({ policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
     await settleAdmission(redis, policy.id, requestId, 1);
     // A zombie run of the same request, resumed after the settle, is admitted again with slot 2 ...
     const zombie = await admit({ redis, locks }, { policyId: policy.id, requestId, userId: `${userId}-z`, methods: ['FIRST_COME'] });
@@ -205,14 +205,14 @@ describe('admission state', () => {
     const base = { policyId: policy.id, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) };
     const alice = uniqueId('alice');
     const committedRequest = randomUUID();
-    await insertIssuedCoupon({ ...base, userId: uniqueId('early'), slot: 3, requestId: committedRequest });
+    await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('early'), slot: 3, requestId: committedRequest });
     // One turn of the event loop: these five travel together.
     const outcomes = await Promise.all([
-      insertIssuedCoupon({ ...base, userId: alice, slot: 1, requestId: randomUUID() }),
-      insertIssuedCoupon({ ...base, userId: alice, slot: 2, requestId: randomUUID() }), // alice's second: over the limit
-      insertIssuedCoupon({ ...base, userId: uniqueId('bob'), slot: 1, requestId: randomUUID() }), // slot 1 taken
-      insertIssuedCoupon({ ...base, userId: uniqueId('carol'), slot: 4, requestId: randomUUID() }), // beyond the quantity
-      insertIssuedCoupon({ ...base, userId: uniqueId('late'), slot: 2, requestId: committedRequest }), // a rerun
+      insertIssuedCoupon(sequelize(), { ...base, userId: alice, slot: 1, requestId: randomUUID() }),
+      insertIssuedCoupon(sequelize(), { ...base, userId: alice, slot: 2, requestId: randomUUID() }), // alice's second: over the limit
+      insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('bob'), slot: 1, requestId: randomUUID() }), // slot 1 taken
+      insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('carol'), slot: 4, requestId: randomUUID() }), // beyond the quantity
+      insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('late'), slot: 2, requestId: committedRequest }), // a rerun
     ]);
     expect(outcomes.map((o) => o.kind)).toEqual(['inserted', 'user-limit', 'slot-taken', 'slot-taken', 'duplicate-request']);
     const rerun = outcomes[4] as { coupon: { slot: number | null } };
@@ -224,7 +224,7 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 5 });
     await policy.update({ status: 'PAUSED' });
     const now = new Date();
-    const outcome = await insertIssuedCoupon({ policyId: policy.id, userId: uniqueId('p'), slot: 1, requestId: randomUUID(), issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    const outcome = await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId: uniqueId('p'), slot: 1, requestId: randomUUID(), issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
     expect(outcome.kind).toBe('policy-inactive');
   });
 
@@ -232,13 +232,13 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 1 });
     const now = new Date();
     const base = { policyId: policy.id, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) };
-    expect((await insertIssuedCoupon({ ...base, userId: uniqueId('u'), slot: 2, requestId: randomUUID() })).kind).toBe('slot-taken');
+    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('u'), slot: 2, requestId: randomUUID() })).kind).toBe('slot-taken');
     const user = uniqueId('u');
-    expect((await insertIssuedCoupon({ ...base, userId: user, slot: 1, requestId: randomUUID() })).kind).toBe('inserted');
-    expect((await insertIssuedCoupon({ ...base, userId: uniqueId('v'), slot: 1, requestId: randomUUID() })).kind).toBe('slot-taken');
+    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: user, slot: 1, requestId: randomUUID() })).kind).toBe('inserted');
+    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('v'), slot: 1, requestId: randomUUID() })).kind).toBe('slot-taken');
     const unlimited = await newPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
     const again = { ...base, policyId: unlimited.id, userId: user, slot: null };
-    expect((await insertIssuedCoupon({ ...again, requestId: randomUUID() })).kind).toBe('inserted');
-    expect((await insertIssuedCoupon({ ...again, requestId: randomUUID() })).kind).toBe('user-limit');
+    expect((await insertIssuedCoupon(sequelize(), { ...again, requestId: randomUUID() })).kind).toBe('inserted');
+    expect((await insertIssuedCoupon(sequelize(), { ...again, requestId: randomUUID() })).kind).toBe('user-limit');
   });
 });

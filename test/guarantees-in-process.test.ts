@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { config } from '../core/config';
+import { sequelize } from '../core/postgres';
 import { createRedis } from '../core/redis';
 import { redisKeys } from '../core/redis-keys';
 import { insertIssuedCoupon } from '../models/coupon';
@@ -85,7 +86,7 @@ describe('the job view of an issue request whose batch ended without storing its
         const fate = fateOf.get(request.userId)!;
         if (fate.startsWith('written')) {
           const at = new Date();
-          const written = await insertIssuedCoupon({ policyId, userId: request.userId, slot: null, requestId: request.requestId, issuedAt: at, expiresAt: new Date(at.getTime() + DAY_MS) });
+          const written = await insertIssuedCoupon(sequelize(), { policyId, userId: request.userId, slot: null, requestId: request.requestId, issuedAt: at, expiresAt: new Date(at.getTime() + DAY_MS) });
           if (written instanceof Error || written.kind !== 'inserted') throw new Error(`coupon not written: ${String(written)}`);
         }
         if (fate !== 'written, told failed') throw new UnrecoverableError('the batch failed as a whole');

@@ -93,7 +93,7 @@ beforeAll(async () => {
   await hub.ready;
   intake = createIssueIntake({ queues, hub, rejections: createRejectionCounter(redis, log), log });
   workerConnection = createRedis('worker');
-  worker = new Worker('issue', createIssueProcessor({ redis, locks: createLocks(redis) }, log), { connection: workerConnection, prefix, concurrency: 8 });
+  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks: createLocks(redis) }, log), { connection: workerConnection, prefix, concurrency: 8 });
 });
 
 afterAll(async () => {

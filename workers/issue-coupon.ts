@@ -1,6 +1,7 @@
 // Issues one coupon of any policy: admit in Redis, write in Postgres, settle. Every issue method
 // comes through here (by policy id, by code, by user event, by direct grant), so I1, I2 and the
 // exactly-once write per request hold alike for all of them.
+import type { Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { reason, type ErrorCode } from '../core/errors';
 import { couponsIssuedTotal } from '../core/metrics';
@@ -16,6 +17,11 @@ import { failpoint } from '../core/failpoints';
 
 /** A policy asked for by id issues only if it is one of these; the other methods have their own way in. */
 export const ISSUE_BY_POLICY_METHODS = ['FIRST_COME', 'DOWNLOAD'] as const;
+
+export interface IssueCouponDeps extends AdmissionDeps {
+  /** The database the coupon is written to. */
+  db: Sequelize;
+}
 
 /** Thrown when the attempt should be retried; the admission (and its slot) is kept for the retry. */
 export class RetryableIssueError extends Error {}
@@ -42,7 +48,7 @@ export interface Attempt {
 }
 
 export async function issueCoupon(
-  deps: AdmissionDeps,
+  deps: IssueCouponDeps,
   request: IssueRequest,
   attempt: Attempt,
   log: Logger,
@@ -84,7 +90,7 @@ export async function issueCoupon(
     await failpoint('issue.after-admission', log);
     const issuedAt = new Date();
     const validity = await validityOf(admission, policyId);
-    const written = await insertIssuedCoupon({
+    const written = await insertIssuedCoupon(deps.db, {
       policyId,
       userId,
       slot: admission.slot,

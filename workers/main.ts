@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     maxStalledCount: 3,
     settings: { backoffStrategy: cappedBackoff },
   };
-  const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ redis, locks, codeSecret }, log), { ...workerOptions, connection: createRedis('worker') });
+  const issueWorker = new Worker(QUEUES.issue, createIssueProcessor({ db, redis, locks, codeSecret }, log), { ...workerOptions, connection: createRedis('worker') });
   const checkoutWorker = new Worker(QUEUES.checkout, createCheckoutProcessor({ db, locks, redis, log }), {
     ...workerOptions,
     connection: createRedis('worker'),

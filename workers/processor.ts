@@ -17,9 +17,8 @@ import {
 } from '../queues/jobs';
 import { parseRequestId, requestIdOf, type JobKind } from '../queues/names';
 import { publishOutcomes, readFinalOutcomes, type StoredOutcome } from '../queues/outcomes';
-import type { AdmissionDeps } from './admission/admission';
 import { generateCodesJob } from './generate-codes';
-import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueRequest } from './issue-coupon';
+import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueCouponDeps, type IssueRequest } from './issue-coupon';
 import { jobData } from './job-data';
 import { failpoint } from '../core/failpoints';
 
@@ -27,7 +26,7 @@ export interface BatchOutcome {
   results: JobOutcome<CouponView>[];
 }
 
-export interface IssueDeps extends AdmissionDeps {
+export interface IssueDeps extends IssueCouponDeps {
   /** Key of the code hashes (CODE_HMAC_SECRET); only code generation needs it. */
   codeSecret?: string;
 }
