@@ -54,7 +54,7 @@ export interface EventState {
 /** A plan that settles the event now: recorded, and applied unless its action is `none`. */
 export type SettledPlan = Exclude<PaymentPlan, { action: 'wait' }>;
 
-/** One event as apply_checkout_events takes it (migrations 0006 and 0010). */
+/** One event as apply_checkout_events takes it (models/sql/apply_checkout_events.sql). */
 export interface EventWrite {
   key: string;
   source: string;

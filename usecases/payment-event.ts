@@ -1,9 +1,10 @@
 // Apply a payment event, or an admin's confirm, or a user's cancel, exactly once in effect: read,
-// decide, write. The state the event is about is read without locks (checkout_event_states), a pure
-// function decides (planEvent, models/plan-event.ts), and its write goes to apply_checkout_events
-// (migrations 0006 and 0010), batched with the other events of the same turn: a compare-and-set
-// that takes effect only if the rows are still as read, else they are read and decided again. Lock
-// order: every write that changes a reservation locks its coupon row first.
+// decide, write. The state the event is about is read without locks (checkout_event_states), a
+// pure function decides (planEvent, models/plan-event.ts), and its write goes to
+// apply_checkout_events (models/sql/apply_checkout_events.sql), batched with the other events of
+// the same turn: a compare-and-set that takes effect only if the rows are still as read, else they
+// are read and decided again. Lock order: every write that changes a reservation locks its coupon
+// row first.
 import { QueryTypes, type Sequelize } from 'sequelize';
 import type { Reason } from '../core/errors';
 import { asJson, batchedQuery } from '../models/batched-query';

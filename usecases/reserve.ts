@@ -1,8 +1,9 @@
 // Reserve a coupon for an order. The coupon is read without locks, the rules decide
 // (models/checkout-rules.ts), and the decision is written as a compare-and-set by reserve_coupons
-// (migrations 0006 and 0010), batched with the other reserves of the same turn: it takes effect
-// only if the coupon is still as read, else it is read and decided again. Lock order: every write
-// that changes a reservation locks its coupon row first; one order everywhere means no deadlocks.
+// (models/sql/reserve_coupons.sql), batched with the other reserves of the same turn: it takes
+// effect only if the coupon is still as read, else it is read and decided again. Lock order: every
+// write that changes a reservation locks its coupon row first; one order everywhere means no
+// deadlocks.
 import { randomUUID } from 'node:crypto';
 import type { Sequelize } from 'sequelize';
 import { reason, type Reason } from '../core/errors';
@@ -36,7 +37,7 @@ export type ReserveOutcome =
 
 type ReserveRow = { req: string; outcome: string; reservation: Record<string, unknown> | null };
 
-/** The reservations decided in one turn, written by one call of reserve_coupons (migration 0006). */
+/** The reservations decided in one turn, written by one call of reserve_coupons (models/sql). */
 const writeReservation = batchedQuery<{ req: string } & Record<string, unknown>, ReserveRow>(
   'SELECT req, outcome, reservation FROM reserve_coupons($1::jsonb)',
   asJson,
