@@ -12,7 +12,7 @@ import {
   type WhereOptions,
 } from 'sequelize';
 import { coalescePerTurn } from '../core/concurrency';
-import type { CouponView } from '../queues/jobs';
+import type { CouponView } from './coupon-view';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import { invalidateUserCoupons, readThroughUserCoupons } from './user-coupon-cache';
 

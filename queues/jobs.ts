@@ -143,19 +143,8 @@ export type PaymentEvent = z.infer<typeof paymentEventSchema>;
 export const paymentJobSchema = kafkaEventJob(paymentEventSchema);
 export type PaymentJob = z.infer<typeof paymentJobSchema>;
 
-export const couponViewSchema = z.object({
-  id: z.string(),
-  policyId: z.string(),
-  userId: z.string(),
-  status: z.enum(['AVAILABLE', 'RESERVED', 'USED', 'EXPIRED']),
-  issuedAt: z.string(),
-  expiresAt: z.string(),
-  reservedAt: z.string().optional(),
-  usedAt: z.string().optional(),
-  orderId: z.string().optional(),
-  reservationId: z.string().optional(),
-});
-export type CouponView = z.infer<typeof couponViewSchema>;
+// The coupon an issue request returns is the model's view of it; its type is part of these contracts.
+export type { CouponView } from '../models/coupon-view';
 
 /** What a processor returns. A business refusal is a result, never a thrown error, so it is not retried. */
 export type JobOutcome<T> =
