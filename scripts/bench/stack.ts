@@ -1,9 +1,10 @@
 // The stack under test: a running one found at BASE_URL, or one the bench builds and starts itself
-// from the Procfile (1 web, N workers, compiled JS) and stops at the end.
+// from the Procfile (1 web, N workers, compiled JS) and stops at the end; chooseStack picks.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { runMigrations } from '../../models/migrator';
+import { commandArgv, launchProcess, procfileCommands, stopProcess } from '../infra/app-process';
 import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';
 import path from 'node:path';
@@ -95,19 +96,9 @@ export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: stri
   };
 }
 
-
-/**
- * `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell
- * syntax beyond a leading `exec`, which a runner's shell needs to hand signals to node itself).
- */
+/** The Procfile's commands, each as argv. */
 function procfile(): Map<string, string[]> {
-  const lines = readFileSync(path.join(ROOT, 'Procfile'), 'utf8').split('\n');
-  const commands = new Map<string, string[]>();
-  for (const line of lines) {
-    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
-    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim().replace(/^exec\s+/, '').split(/\s+/));
-  }
-  return commands;
+  return new Map([...procfileCommands()].map(([name, command]) => [name, commandArgv(command)]));
 }
 
 function run(command: string, args: string[]): Promise<void> {
@@ -189,48 +180,25 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   mkdirSync(logDir, { recursive: true });
 
   const problems = { counts: {} as Record<string, number>, examples: [] as string[] };
-  const children: { name: string; child: ChildProcess; log: WriteStream }[] = [];
+  const children: { name: string; child: ChildProcess }[] = [];
   const launch = (name: string, argv: string[], extraEnv: NodeJS.ProcessEnv = {}) => {
-    const [command, ...args] = argv as [string, ...string[]];
-    const child = spawn(command, args, { cwd: ROOT, env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const log = createWriteStream(path.join(logDir, `${name}.log`));
-    let partial = '';
-    const scan = (chunk: Buffer) => {
-      log.write(chunk);
-      const lines = (partial + chunk.toString('utf8')).split('\n');
-      partial = lines.pop() ?? '';
-      for (const line of lines) {
+    const child = launchProcess({
+      argv,
+      env: { ...env, ...extraEnv },
+      logFile: path.join(logDir, `${name}.log`),
+      onLine(line) {
         const level = /"level":"(warn|error|fatal)"/.exec(line)?.[1] ?? (line.trim() && !line.startsWith('{') ? 'stderr' : undefined);
-        if (!level) continue;
+        if (!level) return;
         problems.counts[level] = (problems.counts[level] ?? 0) + 1;
         if (problems.examples.length < 10) problems.examples.push(`${name}: ${line.slice(0, 400)}`);
-      }
-    };
-    child.stdout?.on('data', scan);
-    child.stderr?.on('data', scan);
-    children.push({ name, child, log });
+      },
+    });
+    children.push({ name, child });
     return child;
   };
 
   const stop = async () => {
-    await Promise.all(
-      children.map(
-        ({ child, log }) =>
-          new Promise<void>((resolveStop) => {
-            const done = () => {
-              clearTimeout(timer);
-              log.end();
-              resolveStop();
-            };
-            const timer = setTimeout(() => {
-              if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-            }, STOP_TIMEOUT_MS);
-            if (child.exitCode !== null || child.signalCode !== null) return done();
-            child.once('exit', done);
-            child.kill('SIGTERM');
-          }),
-      ),
-    );
+    await Promise.all(children.map(({ child }) => stopProcess(child, 'SIGTERM', STOP_TIMEOUT_MS)));
   };
 
   if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
