@@ -283,3 +283,57 @@ export async function removeQueues(redisUrl: string, queuePrefix: string, log: (
     connection.disconnect();
   }
 }
+
+export interface StackChoice {
+  /** STACK: `auto` takes the running stack when it is ready and spawns one otherwise; `reuse` and `spawn` insist. */
+  stack: 'auto' | 'reuse' | 'spawn';
+  /** Where a running stack answers, and its queue prefix (none: always spawn). */
+  running?: { baseUrl: string; queuePrefix: string };
+  /** Signs a running stack's tokens (else .data/dev-secrets.env's); a spawned stack's, when given. */
+  jwtSecret?: string;
+  /** DATABASE_URL: a running stack's database (default DEFAULT_DATABASE_URL); a spawned one's instead of a scratch database. */
+  databaseUrl?: string;
+  redisUrl: string;
+  /** `npm run build` before spawning. */
+  build: boolean;
+  /** Names a spawned stack's scratch database (benchDatabase). */
+  databaseTag: string;
+  /** Runs once a spawned stack's database is chosen, before the spawn (e.g. ensures the broker its bridge needs). */
+  beforeSpawn?: (databaseUrl: string) => Promise<void>;
+  /** How to spawn: spawnStack's options but those chooseStack fills in. */
+  spawn: Omit<SpawnOptions, 'databaseUrl' | 'redisUrl' | 'jwtSecret' | 'log'>;
+  /** Leaves a spawned stack's queues in Redis at the end (a queue prefix the caller chose). */
+  keepQueues?: boolean;
+  /** Where the teardown goes (the bench runs its hooks in reverse): stop the stack, remove its queues, drop its database. */
+  stopHooks: (() => Promise<void>)[];
+  log: (line: string) => void;
+}
+
+/** A running stack at baseUrl, or one of the bench's own (with a scratch database and its own queue prefix). */
+export async function chooseStack(c: StackChoice): Promise<{ stack: Stack; databaseUrl: string }> {
+  const { running } = c;
+  if (c.stack !== 'spawn' && running && (await isReady(running.baseUrl))) {
+    const secret = secretForRunningStack(c.jwtSecret);
+    if (!secret) throw new Error(`${running.baseUrl} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
+    c.log(`using the running stack at ${running.baseUrl} (queue prefix ${running.queuePrefix})`);
+    return { stack: reuseStack(running.baseUrl, running.queuePrefix, secret), databaseUrl: c.databaseUrl ?? DEFAULT_DATABASE_URL };
+  }
+  if (c.stack === 'reuse') throw new Error(`nothing ready at ${running?.baseUrl ?? 'the running stack'}/health/ready (STACK=reuse)`);
+  if (c.build) {
+    c.log('npm run build');
+    await buildProject();
+  }
+  const database = benchDatabase(c.databaseUrl, c.databaseTag, c.log);
+  c.stopHooks.push(database.drop);
+  await c.beforeSpawn?.(database.url);
+  const stack = await spawnStack({ ...c.spawn, databaseUrl: database.url, redisUrl: c.redisUrl, jwtSecret: c.jwtSecret, log: c.log });
+  c.stopHooks.push(async () => {
+    c.log('stopping the stack (SIGTERM)');
+    await stack.stop();
+    if (c.spawn.profileDir) c.log(`CPU profiles of web and workers in ${path.relative(ROOT, c.spawn.profileDir)} (open in Chrome DevTools or speedscope)`);
+    if (c.keepQueues) return;
+    // The bench's own queues are of no use to anyone afterwards.
+    await removeQueues(c.redisUrl, c.spawn.queuePrefix, c.log);
+  });
+  return { stack, databaseUrl: database.url };
+}
