@@ -217,7 +217,7 @@ async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
 
 /** A request with neither an outcome record nor a batch job: it never got past its web's turn. */
 async function vanished(deps: IntakeDeps, requestId: string): Promise<boolean> {
-  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId), batchJobState(deps.queues, requestId)]);
+  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId, deps.log), batchJobState(deps.queues, requestId)]);
   return record === null && job === 'absent';
 }
 

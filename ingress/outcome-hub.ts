@@ -5,7 +5,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
 import { createRedis } from '../core/redis';
 import { redisKeys } from '../core/redis-keys';
-import type { OutcomeMessage, StoredOutcome } from '../queues/outcomes';
+import { outcomeMessageSchema, parseStoredOutcome, type StoredOutcome } from '../queues/outcomes';
 import { requestIdOf } from '../queues/names';
 
 export interface OutcomeHub {
@@ -38,14 +38,25 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
 
   subscriber.on('message', (_channel: string, raw: string) => {
     if (waiters.size === 0) return;
-    let message: OutcomeMessage;
+    let parsed: ReturnType<typeof outcomeMessageSchema.safeParse>;
     try {
-      message = JSON.parse(raw) as OutcomeMessage;
+      parsed = outcomeMessageSchema.safeParse(JSON.parse(raw));
     } catch (error) {
       log.warn({ err: error }, 'unreadable outcome message');
       return;
     }
-    for (const [index, outcome] of message.outcomes) resolve(requestIdOf(message.job, index), outcome);
+    if (!parsed.success) {
+      log.warn({ issue: parsed.error.issues[0]?.message }, 'malformed outcome message');
+      return;
+    }
+    const { job, outcomes } = parsed.data;
+    // Only the outcomes of requests waiting here are read: every web process hears every batch.
+    for (const [index, value] of outcomes) {
+      const requestId = requestIdOf(job, index);
+      if (!waiters.has(requestId)) continue;
+      // One that does not read wakes its waiters with nothing, as a wait that ran out: they read the record.
+      resolve(requestId, parseStoredOutcome(value, requestId, log));
+    }
   });
   const ready = subscriber.subscribe(redisKeys().outcomesChannel()).then(() => undefined);
   // A subscription that fails now is retried by ioredis on reconnect; waits fall back to a read.

@@ -11,8 +11,8 @@ import {
   type Sequelize,
   type WhereOptions,
 } from 'sequelize';
-import type { CouponView } from '../queues/jobs';
 import { coalescePerDatabase } from './batched-query';
+import type { CouponView } from './coupon-view';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import { invalidateUserCoupons, readThroughUserCoupons } from './user-coupon-cache';
 

@@ -1,4 +1,5 @@
-// Payload and result schemas of every job, and how a finished job reads to a client.
+// Payload schemas of every job, and how a finished job reads to a client. What the jobs return is in
+// queues/results.ts.
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { boundedDateTime, MAX_MONEY } from '../core/bounds';
@@ -143,34 +144,18 @@ export type PaymentEvent = z.infer<typeof paymentEventSchema>;
 export const paymentJobSchema = kafkaEventJob(paymentEventSchema);
 export type PaymentJob = z.infer<typeof paymentJobSchema>;
 
-export const couponViewSchema = z.object({
-  id: z.string(),
-  policyId: z.string(),
-  userId: z.string(),
-  status: z.enum(['AVAILABLE', 'RESERVED', 'USED', 'EXPIRED']),
-  issuedAt: z.string(),
-  expiresAt: z.string(),
-  reservedAt: z.string().optional(),
-  usedAt: z.string().optional(),
-  orderId: z.string().optional(),
-  reservationId: z.string().optional(),
-});
-export type CouponView = z.infer<typeof couponViewSchema>;
+// The coupon an issue request returns is the model's view of it; its type is part of these contracts.
+export type { CouponView } from '../models/coupon-view';
 
-/** What a processor returns. A business refusal is a result, never a thrown error, so it is not retried. */
+/** What a processor returns (its schema: queues/results.ts outcomeSchema). A business refusal is a result, never a thrown error, so it is not retried. */
 export type JobOutcome<T> =
   | { outcome: 'succeeded'; result: T }
   | { outcome: 'rejected'; reason: { code: ErrorCode; message: string } }
   // Only inside a batch: this request failed for good while the others of its batch finished.
   | { outcome: 'failed'; reason: { code: ErrorCode; message: string } };
 
-export const jobOutcomeSchema = z.discriminatedUnion('outcome', [
-  z.object({ outcome: z.literal('succeeded'), result: z.unknown() }),
-  z.object({ outcome: z.literal('rejected'), reason: reasonSchema }),
-  z.object({ outcome: z.literal('failed'), reason: reasonSchema }),
-]);
-
-export type JobStatus = 'pending' | 'succeeded' | 'rejected' | 'failed';
+export const JOB_STATUSES = ['pending', 'succeeded', 'rejected', 'failed'] as const;
+export type JobStatus = (typeof JOB_STATUSES)[number];
 
 export interface JobView {
   id: string;

@@ -12,8 +12,11 @@
 // overwrites the pending ones with their final outcome once the batch is decided, then publishes
 // them. A record says `succeeded` only once the coupon is committed in Postgres.
 import type { Redis } from 'ioredis';
+import { z } from 'zod';
 import { redisKeys } from '../core/redis-keys';
-import type { JobView } from './jobs';
+import { logger, type Logger } from '../core/logger';
+import { couponViewSchema } from '../models/coupon-view';
+import { JOB_STATUSES, reasonSchema, type JobView } from './jobs';
 import type { Queues } from './connection';
 import { QUEUES, parseRequestId } from './names';
 
@@ -27,26 +30,53 @@ export const OUTCOME_TTL_MS = 24 * 3600 * 1000;
  */
 export const ORPHAN_ADMISSION_AGE_MS = 5_000;
 
-export interface StoredOutcome {
+export const storedOutcomeSchema = z.object({
   /** pending | succeeded | rejected | failed */
-  s: JobView['status'];
+  s: z.enum(JOB_STATUSES),
   /** The user the request is for (the owner of its job view). */
-  u: string;
+  u: z.string(),
   /** createdAt and finishedAt, epoch milliseconds. */
-  c: number;
-  f?: number;
+  c: z.number(),
+  f: z.number().optional(),
   /** The coupon, for a succeeded request. */
-  r?: unknown;
+  r: couponViewSchema.optional(),
   /** The reason, for a rejected or failed request. */
-  e?: { code: string; message: string };
+  e: reasonSchema.optional(),
   /** 1 when the web decided the request itself (it never became a job). */
-  w?: 1;
-}
+  w: z.literal(1).optional(),
+});
+export type StoredOutcome = z.infer<typeof storedOutcomeSchema>;
 
 /** A published message: the batch job and the final outcomes of the requests it decided. */
 export interface OutcomeMessage {
   job: string;
   outcomes: [index: number, outcome: StoredOutcome][];
+}
+
+/**
+ * A published message with its outcomes unread: a web process reads only the outcomes of requests
+ * it waits for (parseStoredOutcome), not the whole batch, on every message of a sale.
+ */
+export const outcomeMessageSchema = z.object({
+  job: z.string(),
+  outcomes: z.array(z.tuple([z.number().int(), z.unknown()])),
+});
+
+/**
+ * A stored or published outcome read through its schema (a string is JSON first); null, with a
+ * warning, for one that does not read: it is answered as if none were stored.
+ */
+export function parseStoredOutcome(value: unknown, requestId: string, log: Logger = logger()): StoredOutcome | null {
+  let parsed: ReturnType<typeof storedOutcomeSchema.safeParse>;
+  try {
+    parsed = storedOutcomeSchema.safeParse(typeof value === 'string' ? JSON.parse(value) : value);
+  } catch (error) {
+    log.warn({ err: error, jobId: requestId }, 'unreadable outcome record; read as none');
+    return null;
+  }
+  if (parsed.success) return parsed.data;
+  log.warn({ jobId: requestId, issue: parsed.error.issues[0]?.message }, 'malformed outcome record; read as none');
+  return null;
 }
 
 /** The job view of one request from its stored outcome; ownerId is for the access check. */
@@ -84,26 +114,26 @@ export function publishOutcomes(redis: Redis, batchJobId: string, outcomes: Outc
   return storeOutcomes(redis, batchJobId, outcomes, true);
 }
 
-/** The stored outcome of one request of a batch (`<jobId>.<index>`); null when none is stored. */
-export async function readOutcome(redis: Redis, requestId: string): Promise<StoredOutcome | null> {
+/** The stored outcome of one request of a batch (`<jobId>.<index>`); null when none is stored, or it does not read. */
+export async function readOutcome(redis: Redis, requestId: string, log?: Logger): Promise<StoredOutcome | null> {
   const { jobId, index } = parseRequestId(requestId);
   if (index === null) return null;
   const raw = await redis.hget(redisKeys().outcomes(jobId), String(index));
-  return raw === null ? null : (JSON.parse(raw) as StoredOutcome);
+  return raw === null ? null : parseStoredOutcome(raw, requestId, log);
 }
 
-/** The final outcomes stored for these requests of one batch (undefined where none is, or it is pending). */
-export async function readFinalOutcomes(redis: Redis, batchJobId: string, requestIds: string[]): Promise<(StoredOutcome | undefined)[]> {
+/** The final outcomes stored for these requests of one batch (undefined where none is, it is pending, or it does not read). */
+export async function readFinalOutcomes(redis: Redis, batchJobId: string, requestIds: string[], log?: Logger): Promise<(StoredOutcome | undefined)[]> {
   const indexes = requestIds.map((id) => parseRequestId(id).index);
   const fields = indexes.flatMap((i) => (i === null ? [] : [String(i)]));
   if (fields.length === 0) return requestIds.map(() => undefined);
   const raw = await redis.hmget(redisKeys().outcomes(batchJobId), ...fields);
   const byIndex = new Map(fields.map((f, k) => [f, raw[k]]));
-  return indexes.map((i) => {
+  return indexes.map((i, k) => {
     const value = i === null ? null : byIndex.get(String(i));
     if (!value) return undefined;
-    const outcome = JSON.parse(value) as StoredOutcome;
-    return outcome.s === 'pending' ? undefined : outcome;
+    const outcome = parseStoredOutcome(value, requestIds[k]!, log);
+    return outcome?.s === 'pending' ? undefined : (outcome ?? undefined);
   });
 }
 

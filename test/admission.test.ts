@@ -15,6 +15,7 @@ import { createLocks } from '../workers/lock';
 import { createIssueProcessor } from '../workers/processor';
 import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../workers/reconcile-admissions';
 import { storeOutcomes } from '../queues/outcomes';
+import { issueBatchReturnSchema } from '../queues/results';
 import { couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 
@@ -55,8 +56,8 @@ async function issue(policyId: string, userId: string) {
   const request = { policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString(), requestId: `${jobId}.0` };
   const job = await queue.add('issue-batch', { requests: [request] }, { jobId, attempts: 3 });
   await job.waitUntilFinished(events, 30_000).catch(() => undefined);
-  const value = (await queue.getJob(jobId))?.returnvalue as { results: { outcome: string; reason?: { code: string } }[] } | undefined;
-  return value?.results[0] as { outcome: string; reason?: { code: string } };
+  const outcome = issueBatchReturnSchema.parse((await queue.getJob(jobId))?.returnvalue).results[0]!;
+  return { outcome: outcome.outcome, reason: outcome.outcome === 'succeeded' ? undefined : outcome.reason };
 }
 
 describe('admission state', () => {
@@ -162,7 +163,7 @@ describe('admission state', () => {
     // The first run told SOLD_OUT and died before completing the job; a unit is free now.
     await storeOutcomes(redis, jobId, [[0, { s: 'rejected', u: user, c: Date.now(), f: Date.now(), e: { code: 'SOLD_OUT', message: 'gone' } }]]);
     const rerun = { id: jobId, name: 'issue-batch', data: { requests: [request] }, attemptsStarted: 2, attemptsMade: 0, opts: { attempts: 5 } } as unknown as Job;
-    const result = (await createIssueProcessor({ db: sequelize(), redis, locks }, log)(rerun)) as { results: { outcome: string; reason?: { code: string } }[] };
+    const result = issueBatchReturnSchema.parse(await createIssueProcessor({ db: sequelize(), redis, locks }, log)(rerun));
     expect(result.results).toEqual([{ outcome: 'rejected', reason: { code: 'SOLD_OUT', message: 'gone' } }]);
     expect(await couponsOf(policy.id)).toEqual([]);
     expect(await admissionSnapshot(redis, policy.id)).toMatchObject({ issued: 0, pending: 0 });

@@ -8,6 +8,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import { closeSequelize, sequelize } from '../core/postgres';
 import { CODE_ALPHABET, dropUnfetchedCodes } from '../models/codes';
 import { derivedJobId } from '../queues/names';
+import { directIssueResultSchema, userEventReturnSchema } from '../queues/results';
 import { eventually, EventProducer } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { createPolicy as createPolicyVia, uniqueId } from './support/fixtures';
@@ -364,8 +365,8 @@ describe('user events', () => {
       await (await queue.getJob(jobId))?.remove();
       await events.send(stack.userEventsTopic, [{ key: replayed.userId, value: JSON.stringify(replayed) }]);
       const rerun = await eventually(() => queue.getJob(jobId), (job) => Boolean(job?.finishedOn), 30_000, 'replayed event job');
-      const result = rerun?.returnvalue.result;
-      expect(result.policies.map((p: { outcome: string }) => p.outcome)).toEqual(['issued', 'issued']);
+      const rerunResult = userEventReturnSchema.parse(rerun?.returnvalue);
+      expect(rerunResult.outcome === 'succeeded' && rerunResult.result.policies.map((p) => p.outcome)).toEqual(['issued', 'issued']);
     } finally {
       await queue.close();
       connection.disconnect();
@@ -445,15 +446,14 @@ describe('direct grants', () => {
     expect(reply.status).toBe(202);
     const job = await api.settle(reply.body.jobId, admin, 120_000);
     expect(job.status).toBe('succeeded');
-    expect(job.result).toMatchObject({ requested: 1000, issued: 600, rejected: 400, failed: 0, rejectedBy: { SOLD_OUT: 400 } });
-    expect(job.result.results).toHaveLength(1000);
-    expect(job.result.results.map((r: { userId: string }) => r.userId)).toEqual(userIds);
+    const grant = directIssueResultSchema.parse(job.result);
+    expect(grant).toMatchObject({ requested: 1000, issued: 600, rejected: 400, failed: 0, rejectedBy: { SOLD_OUT: 400 } });
+    expect(grant.results).toHaveLength(1000);
+    expect(grant.results.map((r) => r.userId)).toEqual(userIds);
 
     const rows = await couponRows(policyId);
     expect(rows).toHaveLength(600);
-    expect(new Set(rows.map((r) => r.user_id))).toEqual(
-      new Set(job.result.results.filter((r: { outcome: string }) => r.outcome === 'issued').map((r: { userId: string }) => r.userId)),
-    );
+    expect(new Set(rows.map((r) => r.user_id))).toEqual(new Set(grant.results.filter((r) => r.outcome === 'issued').map((r) => r.userId)));
 
     const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
     const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
@@ -467,7 +467,7 @@ describe('direct grants', () => {
     const user = uniqueId('twice');
     const reply = await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: [user, user] });
     const job = await api.settle(reply.body.jobId, admin);
-    expect(job.result.results.map((r: { outcome: string }) => r.outcome).sort()).toEqual(['issued', 'rejected']);
+    expect(directIssueResultSchema.parse(job.result).results.map((r) => r.outcome).sort()).toEqual(['issued', 'rejected']);
     expect(await countOf(policyId)).toBe(1);
 
     const tooMany = Array.from({ length: 1001 }, (_, i) => `u${i}`);

@@ -6,6 +6,7 @@ import { Queue } from 'bullmq';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
 import IORedis from 'ioredis';
 import { derivedJobId } from '../queues/names';
+import { paymentReturnSchema } from '../queues/results';
 import {
   couponRow,
   createCheckoutPolicy,
@@ -97,7 +98,7 @@ describe('PAYMENT_COMPLETED', () => {
       await (await queue.getJob(derivedJobId('payment', event.eventId)))?.remove();
       await publish(event);
       const replay = await eventually(() => queue.getJob(derivedJobId('payment', event.eventId)), (j) => Boolean(j?.finishedOn), 30_000, 'redelivered job done');
-      expect(replay?.returnvalue).toMatchObject({ outcome: 'succeeded', result: { outcome: 'DUPLICATE' } });
+      expect(paymentReturnSchema.parse(replay?.returnvalue)).toMatchObject({ outcome: 'succeeded', result: { outcome: 'DUPLICATE' } });
     } finally {
       await queue.close();
       connection.disconnect();

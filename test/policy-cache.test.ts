@@ -13,6 +13,7 @@ import { policyCache, startPolicyCache } from '../models/policy-cache';
 import { createQueues, type Queues } from '../queues/connection';
 import { addJob } from '../queues/enqueue';
 import { derivedJobId } from '../queues/names';
+import { userEventReturnSchema } from '../queues/results';
 import { eventually } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
@@ -113,7 +114,8 @@ async function userEvent(type: string, userId = uniqueId('eu')) {
   const jobId = derivedJobId('user-event', event.eventId);
   await addJob(queues, 'user-event', data, jobId);
   const job = await eventually(() => queues.get('issue').getJob(jobId), (j) => Boolean(j?.finishedOn), 15_000, `user event job ${jobId}`);
-  const value = job?.returnvalue as { result: { policies: { policyId: string; outcome: string }[] } };
+  const value = userEventReturnSchema.parse(job?.returnvalue);
+  if (value.outcome !== 'succeeded') throw new Error(`user event job ${jobId} ${value.outcome}: ${value.reason.code}`);
   return { eventId: event.eventId, policies: value.result.policies };
 }
 

@@ -1,5 +1,6 @@
 // Crash safety of issuance: a worker SIGKILLed in the middle of a sale loses no request and no stock.
 import type { ChildProcess } from 'node:child_process';
+import { directIssueResultSchema } from '../queues/results';
 import { Api, mapLimit } from './support/http';
 import { eventually } from './support/checkout';
 import { activeJobIds, admittedJobsInFlight, jobsById, jobsCarrying, pendingAdmissions, wasTakenOver } from './support/jobs';
@@ -131,13 +132,14 @@ describe('workers killed mid-grant', () => {
 
     const job = await api.settle(jobId, admin, 120_000);
     expect(job.status).toBe('succeeded');
-    expect(job.result).toMatchObject({ requested: 1000, issued: 600, rejected: 400, failed: 0, rejectedBy: { SOLD_OUT: 400 } });
+    const grant = directIssueResultSchema.parse(job.result);
+    expect(grant).toMatchObject({ requested: 1000, issued: 600, rejected: 400, failed: 0, rejectedBy: { SOLD_OUT: 400 } });
     const rows = await couponsOf(policyId);
     expect(rows).toHaveLength(600);
     expect(new Set(rows.map((r) => r.user_id)).size).toBe(600);
     expect(rows.map((r) => r.slot)).toEqual(Array.from({ length: 600 }, (_, i) => i + 1));
-    const issued = job.result.results.filter((r: { outcome: string }) => r.outcome === 'issued');
-    expect(new Set(issued.map((r: { couponId: string }) => r.couponId))).toEqual(new Set(rows.map((r) => r.id)));
+    const issued = grant.results.filter((r) => r.outcome === 'issued');
+    expect(new Set(issued.map((r) => r.couponId))).toEqual(new Set(rows.map((r) => r.id)));
     expect(await takenOver([jobId])).toBe(1);
   });
 });

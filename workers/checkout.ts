@@ -17,6 +17,7 @@ import { Reservation, reservationResult, reservationView, type ReservationResult
 import { earlierPaymentPending } from '../models/inbox';
 import { paymentJobSchema, reservationActionJobSchema, reserveFingerprint, reserveJobSchema, type JobOutcome } from '../queues/jobs';
 import type { JobKind } from '../queues/names';
+import type { PaymentResult, PaymentReturn } from '../queues/results';
 import { jobData } from './job-data';
 import { withLock, type Locks } from './lock';
 import { noteCouponUsed } from './usage-metrics';
@@ -31,16 +32,6 @@ export interface CheckoutDeps {
   /** Sets an Idempotency-Key's record back to the body the key reserved for. */
   redis: Redis;
   log: Logger;
-}
-
-/** A payment job's result: what the event did. Every payment event is processed; few are applied. */
-export interface PaymentResult {
-  eventId: string;
-  outcome: 'APPLIED' | 'IGNORED' | 'CONFLICT' | 'DUPLICATE';
-  reason?: { code: string; message: string };
-  /** For a DUPLICATE: what the first delivery did. */
-  earlier?: { outcome: PaymentResult['outcome']; reason?: { code: string; message: string } };
-  reservation?: ReservationView;
 }
 
 /** Thrown when the job should run again later (a refund ahead of its payment); BullMQ backs off. */
@@ -128,7 +119,7 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
   }
 }
 
-async function payment(deps: CheckoutDeps, job: Job): Promise<JobOutcome<PaymentResult>> {
+async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
   const { event, traceId, source } = jobData(job, paymentJobSchema);
   const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
   // A refund ahead of its payment is retried PAYMENT_WAIT_ATTEMPTS times, then recorded as ignored;

@@ -3,28 +3,29 @@
 // own id (`<jobId>.<part>`), so a rerun finds what an earlier run of the same request wrote.
 import { UnrecoverableError, type Job } from 'bullmq';
 import { mapLimit } from '../core/concurrency';
-import { reason, type Reason } from '../core/errors';
+import { reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import type { IssueMethod } from '../models/policy-rules';
 import { markInboxApplied } from '../models/inbox';
 import { policyCache } from '../models/policy-cache';
-import {
-  directIssueJobSchema,
-  issueBatchSchema,
-  userEventJobSchema,
-  type CouponView,
-  type JobOutcome,
-} from '../queues/jobs';
+import { directIssueJobSchema, issueBatchSchema, userEventJobSchema, type CouponView, type JobOutcome } from '../queues/jobs';
 import { parseRequestId, requestIdOf, type JobKind } from '../queues/names';
 import { publishOutcomes, readFinalOutcomes, type StoredOutcome } from '../queues/outcomes';
+import {
+  directIssueReturnSchema,
+  issueBatchReturnSchema,
+  userEventReturnSchema,
+  type DirectIssueResult,
+  type DirectIssueReturn,
+  type GrantResult,
+  type IssueBatchReturn,
+  type IssueOutcome,
+  type UserEventReturn,
+} from '../queues/results';
 import { generateCodesJob } from './generate-codes';
 import { ISSUE_BY_POLICY_METHODS, issueCoupon, type Attempt, type IssueCouponDeps, type IssueRequest } from './issue-coupon';
 import { jobData } from './job-data';
 import { failpoint } from '../core/failpoints';
-
-export interface BatchOutcome {
-  results: JobOutcome<CouponView>[];
-}
 
 export interface IssueDeps extends IssueCouponDeps {
   /** Key of the code hashes (CODE_HMAC_SECRET); only code generation needs it. */
@@ -92,12 +93,12 @@ async function issueAll(
   );
 }
 
-async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<BatchOutcome> {
+async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<IssueBatchReturn> {
   const { requests } = jobData(job, issueBatchSchema);
   // A rerun (the worker died after telling the outcomes, before completing the job) keeps what was
   // told: a shopper told SOLD_OUT is not issued a unit that came back since.
-  const told = attemptOf(job).rerun ? await readFinalOutcomes(deps.redis, String(job.id), requests.map((r) => r.requestId)) : [];
-  const results: (JobOutcome<CouponView> | undefined)[] = requests.map((r, i) =>
+  const told = attemptOf(job).rerun ? await readFinalOutcomes(deps.redis, String(job.id), requests.map((r) => r.requestId), log) : [];
+  const results: (IssueOutcome | undefined)[] = requests.map((r, i) =>
     // A code that names no policy: nothing to issue, and nothing to hold.
     r.policyId === null ? { outcome: 'rejected', reason: reason('CODE_NOT_FOUND') } : told[i] ? jobOutcomeOf(told[i]) : undefined,
   );
@@ -123,7 +124,7 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Batch
   toIssue.forEach((t, k) => {
     results[t.i] = issued[k];
   });
-  const final = results as JobOutcome<CouponView>[];
+  const final = results as IssueOutcome[];
   // Each request's outcome where its poll reads it, and pushed to the web processes holding waiters.
   // Before the job completes: a client told its outcome never finds the job view saying otherwise.
   const finishedAt = Date.now();
@@ -140,43 +141,25 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Batch
   return { results: final };
 }
 
-/** The outcome a stored record told, as a job result. */
-function jobOutcomeOf(o: StoredOutcome): JobOutcome<CouponView> {
-  if (o.s === 'succeeded') return { outcome: 'succeeded', result: o.r as CouponView };
+/** The outcome a stored record told, as a job result; none from a success without its coupon (issued again, it finds it). */
+function jobOutcomeOf(o: StoredOutcome): IssueOutcome | undefined {
+  if (o.s === 'succeeded') return o.r && { outcome: 'succeeded', result: o.r };
   const told = o.e ?? reason('INTERNAL', 'The request failed after retries.');
-  return o.s === 'rejected' ? { outcome: 'rejected', reason: told as Reason } : { outcome: 'failed', reason: told as Reason };
+  return o.s === 'rejected' ? { outcome: 'rejected', reason: told } : { outcome: 'failed', reason: told };
 }
 
-function storedOutcome(r: { userId: string; requestedAt: string }, o: JobOutcome<CouponView>, finishedAt: number): StoredOutcome {
+function storedOutcome(r: { userId: string; requestedAt: string }, o: IssueOutcome, finishedAt: number): StoredOutcome {
   const base = { s: o.outcome, u: r.userId, c: Date.parse(r.requestedAt), f: finishedAt };
   return o.outcome === 'succeeded' ? { ...base, r: o.result } : { ...base, e: o.reason };
 }
 
-export interface GrantResult {
-  userId: string;
-  outcome: 'issued' | 'rejected' | 'failed';
-  couponId?: string;
-  reason?: { code: string; message: string };
-}
-
-export interface DirectIssueResult {
-  policyId: string;
-  requested: number;
-  issued: number;
-  rejected: number;
-  failed: number;
-  /** Rejections by code, e.g. { SOLD_OUT: 400 }. */
-  rejectedBy: Record<string, number>;
-  results: GrantResult[];
-}
-
-function grantResult(userId: string, outcome: JobOutcome<CouponView>): GrantResult {
+function grantResult(userId: string, outcome: IssueOutcome): GrantResult {
   if (outcome.outcome === 'succeeded') return { userId, outcome: 'issued', couponId: outcome.result.id };
   return { userId, outcome: outcome.outcome === 'rejected' ? 'rejected' : 'failed', reason: outcome.reason };
 }
 
 /** An admin's grant: one request per user (`<jobId>.<index>`), in chunks with progress between. */
-async function directIssue(deps: IssueDeps, job: Job, log: Logger): Promise<JobOutcome<DirectIssueResult>> {
+async function directIssue(deps: IssueDeps, job: Job, log: Logger): Promise<DirectIssueReturn> {
   const data = jobData(job, directIssueJobSchema);
   const jobLog = log.child({ traceId: data.traceId, jobId: job.id, policyId: data.policyId });
   const attempt = attemptOf(job);
@@ -212,20 +195,13 @@ function summarize(policyId: string, results: GrantResult[]): DirectIssueResult 
   };
 }
 
-export interface UserEventResult {
-  eventId: string;
-  type: string;
-  userId: string;
-  policies: { policyId: string; outcome: 'issued' | 'rejected' | 'failed'; couponId?: string; reason?: { code: string; message: string } }[];
-}
-
 /**
  * A user event issues one coupon of every ACTIVE EVENT policy it triggers. The request of each
  * (event, policy) pair has the id `<jobId>.<policyId>`, and the job id derives from the event id,
  * so however often the event is delivered (and even after its job was removed) the pair finds its
  * coupon by request id (unique in Postgres) instead of making another.
  */
-async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<JobOutcome<UserEventResult>> {
+async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<UserEventReturn> {
   const { event, traceId, source } = jobData(job, userEventJobSchema);
   const jobLog = log.child({ traceId, jobId: job.id, eventId: event.eventId, kafka: source });
   // Policies created after the event occurred are not its to trigger: a late redelivery issues the same.
@@ -263,31 +239,40 @@ export interface IssueAnswer {
   reason?: { code: string; message: string };
 }
 
-type StoredAnswer = { outcome?: unknown; reason?: { code: string; message: string } };
+const answerOf = (policyId: string | null, outcome: 'succeeded' | 'issued' | 'rejected' | 'failed', why?: { code: string; message: string }): IssueAnswer => ({
+  policyId,
+  outcome: outcome === 'issued' ? 'succeeded' : outcome,
+  ...(why && { reason: why }),
+});
 
 /**
  * The answers to the requests a finished issue-queue job carried, read from its stored result (and,
- * for a batch, the requests' policies from its data); nothing for other jobs or results it cannot
- * read. A granted or event-issued coupon counts as succeeded. The one reading of these result
- * shapes, for the metrics and the rejection counters alike.
+ * for a batch, the requests' policies from its data); nothing for other jobs or results that do not
+ * read as their kind's (queues/results.ts). A granted or event-issued coupon counts as succeeded.
+ * The one reading of these results, for the metrics and the rejection counters alike.
  */
 export function issueAnswersOf(job: { name: string; data: unknown }, result: unknown): IssueAnswer[] {
-  const answer = (policyId: unknown, r: StoredAnswer | undefined): IssueAnswer => ({
-    policyId: typeof policyId === 'string' ? policyId : null,
-    outcome: r?.outcome === 'succeeded' || r?.outcome === 'issued' ? 'succeeded' : r?.outcome === 'rejected' ? 'rejected' : 'failed',
-    ...(r?.reason && { reason: r.reason }),
-  });
   switch (job.name) {
     case 'issue-batch': {
+      const batch = issueBatchReturnSchema.safeParse(result);
+      if (!batch.success) return [];
       const requests = (job.data as { requests?: { policyId?: unknown }[] } | null)?.requests ?? [];
-      return ((result as { results?: StoredAnswer[] } | null)?.results ?? []).map((r, i) => answer(requests[i]?.policyId, r));
+      return batch.data.results.map((r, i) => {
+        const policyId = requests[i]?.policyId;
+        return answerOf(typeof policyId === 'string' ? policyId : null, r.outcome, r.outcome === 'succeeded' ? undefined : r.reason);
+      });
     }
     case 'direct-issue': {
-      const grant = (result as { result?: { policyId?: unknown; results?: StoredAnswer[] } } | null)?.result;
-      return (grant?.results ?? []).map((r) => answer(grant?.policyId, r));
+      const grant = directIssueReturnSchema.safeParse(result);
+      if (!grant.success || grant.data.outcome !== 'succeeded') return [];
+      const { policyId, results } = grant.data.result;
+      return results.map((r) => answerOf(policyId, r.outcome, r.reason));
     }
-    case 'user-event':
-      return ((result as { result?: { policies?: (StoredAnswer & { policyId?: unknown })[] } } | null)?.result?.policies ?? []).map((p) => answer(p.policyId, p));
+    case 'user-event': {
+      const event = userEventReturnSchema.safeParse(result);
+      if (!event.success || event.data.outcome !== 'succeeded') return [];
+      return event.data.result.policies.map((p) => answerOf(p.policyId, p.outcome, p.reason));
+    }
     default:
       return [];
   }

@@ -119,7 +119,7 @@ async function outcomeOf(deps: IssueRouteDeps, answer: IntakeAnswer, waitMs: num
   if (pushed) return pushed;
   // The wait ran out, or the push was missed (the subscription was reconnecting): read what is stored.
   // The request is queued: whatever goes wrong here, the answer stays a 202, never a 503.
-  return readOutcome(deps.queues.connection, answer.requestId).catch((error: unknown) => {
+  return readOutcome(deps.queues.connection, answer.requestId, deps.log).catch((error: unknown) => {
     deps.log.warn({ err: error, jobId: answer.requestId }, 'reading the outcome failed; answering 202');
     return null;
   });

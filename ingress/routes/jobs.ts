@@ -9,9 +9,11 @@ import { openCodes, takeSealedCodes } from '../../models/codes';
 import type { Queues } from '../../queues/connection';
 import { couponView, findCouponByRequest } from '../../models/coupon';
 import { Reservation, reservationResult } from '../../models/reservation';
-import { jobOutcomeSchema, type JobView } from '../../queues/jobs';
+import type { Logger } from '../../core/logger';
+import type { JobView } from '../../queues/jobs';
 import { JOB_KINDS, parseRequestId, parseReserveJobId, queueOfJobId, type QueueName } from '../../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
+import { issueOutcomeAt, jobOutcomeSchemaOf } from '../../queues/results';
 import type { AppEnv } from '../context';
 import type { OutcomeHub } from '../outcome-hub';
 import { assertSelfOrAdmin } from '../middleware/auth';
@@ -31,12 +33,12 @@ type OwnedJobView = JobView & { ownerId: string };
  * One HGETALL: a job is finished once it has finishedOn, which BullMQ writes in the same script as
  * its return value (completed) or final failure, so the state and the result always agree.
  */
-async function readJob(queues: Queues, queueName: QueueName, id: string): Promise<{ job: Job; view: OwnedJobView } | null> {
+async function readJob(queues: Queues, queueName: QueueName, id: string, log: Logger): Promise<{ job: Job; view: OwnedJobView } | null> {
   const { jobId, index } = parseRequestId(id);
   const job = await queues.get(queueName).getJob(jobId);
   if (!job) return null;
   const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
-  const view = viewOf(job, state, id, index);
+  const view = viewOf(job, state, id, index, log);
   if (!view) return null;
   if (view.status === 'failed' && view.type === 'issue') {
     // A batch that failed or stalled out as a whole may still have written this request's coupon
@@ -48,7 +50,7 @@ async function readJob(queues: Queues, queueName: QueueName, id: string): Promis
 }
 
 /** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
-function viewOf(job: Job, state: string, id: string, index: number | null): OwnedJobView | null {
+function viewOf(job: Job, state: string, id: string, index: number | null, log: Logger): OwnedJobView | null {
   // A batch job is only ever read one request at a time; the batch itself is nobody's job.
   if ((job.name === 'issue-batch') !== (index !== null)) return null;
   // A batch carries only the requests its web could not decide; each names its own id.
@@ -65,13 +67,14 @@ function viewOf(job: Job, state: string, id: string, index: number | null): Owne
   };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
-    const value: unknown = index === null ? job.returnvalue : (job.returnvalue as { results?: unknown[] } | null)?.results?.[position];
-    const parsed = jobOutcomeSchema.safeParse(value);
+    // A batch's result is read at this request's entry only, not the coupons of the whole batch.
+    const parsed = index === null ? jobOutcomeSchemaOf(job.name).safeParse(job.returnvalue) : issueOutcomeAt(job.returnvalue, position);
     if (parsed.success) {
       const outcome = parsed.data;
       const detail = outcome.outcome === 'succeeded' ? { result: outcome.result } : { reason: outcome.reason };
       return { ...base, status: outcome.outcome, ...detail, ...(finishedAt && { finishedAt }) };
     }
+    log.warn({ jobId: id, issue: parsed.error.issues[0]?.message }, 'malformed job result; answered as failed');
   }
   if (state === 'completed' || state === 'failed') {
     // The internal cause stays in the logs; the client learns only that the system failed.
@@ -120,7 +123,7 @@ export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
 async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number, added?: Job): Promise<JobView | null> {
   const queueName = queueOfJobId(jobId);
   if (!queueName) return null;
-  const first = added ? undefined : await readJob(queues, queueName, jobId);
+  const first = added ? undefined : await readJob(queues, queueName, jobId, c.get('log'));
   if (first === null) return reserveAnsweredByPostgres(c, jobId);
   if (first) assertSelfOrAdmin(c.get('user'), first.view.ownerId);
   let view = first?.view;
@@ -128,7 +131,7 @@ async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, wa
   if (waitFor && waitMs > 0) {
     // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
     await waitFor.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-    view = (await readJob(queues, queueName, jobId))?.view ?? view;
+    view = (await readJob(queues, queueName, jobId, c.get('log')))?.view ?? view;
   }
   if (!view) return null;
   assertSelfOrAdmin(c.get('user'), view.ownerId);
@@ -195,11 +198,11 @@ const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch']
  * where Postgres has the last word.
  */
 export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<JobView | null> {
-  let stored = await readOutcome(queues.connection, requestId);
+  let stored = await readOutcome(queues.connection, requestId, c.get('log'));
   // Batches queued before outcomes were stored per request are read from their job.
   if (!stored) return (await settledView(c, queues, requestId, waitMs)) ?? (await committedRequestView(c, requestId));
   assertSelfOrAdmin(c.get('user'), stored.u);
-  if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs);
+  if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs, c.get('log'));
   if (stored.s === 'pending' && (await batchFinished(queues, requestId, stored))) {
     return (await settledView(c, queues, requestId, 0)) ?? (await lostRequestView(requestId, stored));
   }
@@ -246,14 +249,14 @@ async function lostRequestView(requestId: string, stored: StoredOutcome): Promis
 }
 
 /** Waits for a pending request's outcome: the push, or what is stored when the wait ends. */
-export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<StoredOutcome> {
+export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number, log?: Logger): Promise<StoredOutcome> {
   const pushed = outcomes.wait(requestId, waitMs);
   // Registered first, then read: an outcome published between the two reads is not missed.
-  const now = await readOutcome(queues.connection, requestId);
+  const now = await readOutcome(queues.connection, requestId, log);
   if (now && now.s !== 'pending') return now;
   const outcome = await pushed;
   if (outcome) return outcome;
-  const last = await readOutcome(queues.connection, requestId);
+  const last = await readOutcome(queues.connection, requestId, log);
   if (!last) throw new Error(`the outcome of ${requestId} vanished while waiting`);
   return last;
 }

@@ -50,7 +50,7 @@ import { fmtInt, gitState, note, round, runBench, signer, sleep, writeResults } 
 import { classifier } from './cpu';
 import { baselineSale, serviceSale, type SaleContext, type SaleResult } from './sale';
 import { BAR, BAR_MODE, barLines, invariantLines, medianRow, mediansOf, saleRow, TABLE_HEADER, type RunSales } from './sale-report';
-import { benchDatabase, buildProject, DEFAULT_DATABASE_URL, removeQueues, isReady, reuseStack, ROOT, secretForRunningStack, spawnStack, type Stack } from './stack';
+import { chooseStack, ROOT, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const list = <T extends string>(values: readonly [T, ...T[]], def: string) =>
@@ -95,47 +95,33 @@ function loadConfig(): Config {
 type StopHooks = (() => Promise<void>)[];
 
 /** A running stack at BASE_URL, or one of our own (with a scratch database, queue prefix, topics). */
-async function chooseStack(cfg: Config, stopHooks: StopHooks): Promise<{ stack: Stack; databaseUrl: string }> {
-  if (cfg.STACK !== 'spawn' && (await isReady(cfg.BASE_URL))) {
-    const secret = secretForRunningStack(cfg.JWT_SECRET);
-    if (!secret) throw new Error(`${cfg.BASE_URL} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
-    note(`using the running stack at ${cfg.BASE_URL} (queue prefix ${cfg.QUEUE_PREFIX ?? 'coupon'})`);
-    return { stack: reuseStack(cfg.BASE_URL, cfg.QUEUE_PREFIX ?? 'coupon', secret), databaseUrl: cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL };
-  }
-  if (cfg.STACK === 'reuse') throw new Error(`nothing ready at ${cfg.BASE_URL}/health/ready (STACK=reuse)`);
-  if (cfg.BUILD) {
-    note('npm run build');
-    await buildProject();
-  }
+function stackOf(cfg: Config, stopHooks: StopHooks): Promise<{ stack: Stack; databaseUrl: string }> {
   const tag = randomUUID().slice(0, 8);
-  const queuePrefix = cfg.QUEUE_PREFIX ?? `bench-${tag}`;
-  const database = benchDatabase(cfg.DATABASE_URL, `flash_${tag}`, note);
-  stopHooks.push(database.drop);
-  if (cfg.BRIDGE) {
-    const services = await ensureServices({ databaseUrl: database.url, redisUrl: cfg.REDIS_URL, kafkaBrokers: cfg.KAFKA_BROKERS.split(','), log: consoleLogger });
-    stopHooks.push(() => services.stop());
-  }
-  const stack = await spawnStack({
-    workers: cfg.WORKERS,
-    webs: cfg.WEBS,
-    databaseUrl: database.url,
-    redisUrl: cfg.REDIS_URL,
-    queuePrefix,
+  return chooseStack({
+    stack: cfg.STACK,
+    running: { baseUrl: cfg.BASE_URL, queuePrefix: cfg.QUEUE_PREFIX ?? 'coupon' },
     jwtSecret: cfg.JWT_SECRET,
-    bridge: cfg.BRIDGE,
-    env: cfg.BRIDGE ? { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`, KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`, KAFKA_GROUP_ID: `bench-bridge-${tag}` } : {},
-    profileDir: cfg.PROFILE ? path.join(ROOT, '.data', 'profiles') : undefined,
+    databaseUrl: cfg.DATABASE_URL,
+    redisUrl: cfg.REDIS_URL,
+    build: cfg.BUILD,
+    databaseTag: `flash_${tag}`,
+    async beforeSpawn(databaseUrl) {
+      if (!cfg.BRIDGE) return;
+      const services = await ensureServices({ databaseUrl, redisUrl: cfg.REDIS_URL, kafkaBrokers: cfg.KAFKA_BROKERS.split(','), log: consoleLogger });
+      stopHooks.push(() => services.stop());
+    },
+    spawn: {
+      workers: cfg.WORKERS,
+      webs: cfg.WEBS,
+      queuePrefix: cfg.QUEUE_PREFIX ?? `bench-${tag}`,
+      bridge: cfg.BRIDGE,
+      env: cfg.BRIDGE ? { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`, KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`, KAFKA_GROUP_ID: `bench-bridge-${tag}` } : {},
+      profileDir: cfg.PROFILE ? path.join(ROOT, '.data', 'profiles') : undefined,
+    },
+    keepQueues: cfg.QUEUE_PREFIX !== undefined,
+    stopHooks,
     log: note,
   });
-  stopHooks.push(async () => {
-    note('stopping the stack (SIGTERM)');
-    await stack.stop();
-    if (cfg.PROFILE) note(`CPU profiles of web and workers in .data/profiles (open in Chrome DevTools or speedscope)`);
-    if (cfg.QUEUE_PREFIX !== undefined) return;
-    // The bench's own queues are of no use to anyone afterwards.
-    await removeQueues(cfg.REDIS_URL, queuePrefix, note);
-  });
-  return { stack, databaseUrl: database.url };
 }
 
 /** The warm-up: an unmeasured sale (and a short baseline one), audited like the others. */
@@ -215,7 +201,7 @@ async function main(): Promise<number> {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => void stopAll().finally(() => process.exit(130)));
 
   try {
-    const { stack, databaseUrl } = await chooseStack(cfg, stopHooks);
+    const { stack, databaseUrl } = await stackOf(cfg, stopHooks);
     const baseline = cfg.BASELINES.length ? await startBaseline({ redisUrl: cfg.REDIS_URL, log: note }) : null;
     if (baseline) stopHooks.push(() => baseline.stop());
     const sign = signer(stack.jwtSecret);

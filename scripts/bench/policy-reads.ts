@@ -31,7 +31,7 @@ import { z } from 'zod';
 import { urlWith } from '../../core/config';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
-import { benchDatabase, buildProject, removeQueues, ROOT, spawnStack, type Stack } from './stack';
+import { chooseStack, ROOT, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -189,21 +189,18 @@ async function seed(cfg: Config, call: Call, pg: PgClient, sign: ReturnType<type
   return { bigPolicy, readers, validators };
 }
 
-async function startStack(cfg: Config, tag: string, hooks: (() => Promise<void>)[]): Promise<{ stack: Stack; databaseUrl: string }> {
-  if (cfg.BUILD) {
-    note('npm run build');
-    await buildProject();
-  }
-  const queuePrefix = `bench-${tag}`;
-  const database = benchDatabase(cfg.DATABASE_URL, `policy_reads_${tag}`, note);
-  hooks.push(database.drop);
-  const stack = await spawnStack({ workers: cfg.WORKERS, databaseUrl: database.url, redisUrl: cfg.REDIS_URL, queuePrefix, log: note });
-  hooks.push(async () => {
-    note('stopping the stack (SIGTERM)');
-    await stack.stop();
-    await removeQueues(cfg.REDIS_URL, queuePrefix);
+/** A stack of the bench's own, always: on a scratch database of a million coupons, not on a running stack's. */
+function startStack(cfg: Config, tag: string, hooks: (() => Promise<void>)[]): Promise<{ stack: Stack; databaseUrl: string }> {
+  return chooseStack({
+    stack: 'spawn',
+    databaseUrl: cfg.DATABASE_URL,
+    redisUrl: cfg.REDIS_URL,
+    build: cfg.BUILD,
+    databaseTag: `policy_reads_${tag}`,
+    spawn: { workers: cfg.WORKERS, queuePrefix: `bench-${tag}` },
+    stopHooks: hooks,
+    log: note,
   });
-  return { stack, databaseUrl: database.url };
 }
 
 const line = (r: Run) =>

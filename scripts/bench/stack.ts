@@ -1,9 +1,10 @@
 // The stack under test: a running one found at BASE_URL, or one the bench builds and starts itself
-// from the Procfile (1 web, N workers, compiled JS) and stops at the end.
+// from the Procfile (1 web, N workers, compiled JS) and stops at the end; chooseStack picks.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, type WriteStream } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { runMigrations } from '../../models/migrator';
+import { commandArgv, launchProcess, procfileCommands, stopProcess } from '../infra/app-process';
 import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';
 import path from 'node:path';
@@ -95,19 +96,9 @@ export function reuseStack(baseUrl: string, queuePrefix: string, jwtSecret: stri
   };
 }
 
-
-/**
- * `name: command` lines of the Procfile, each command split into argv (the Procfile uses no shell
- * syntax beyond a leading `exec`, which a runner's shell needs to hand signals to node itself).
- */
+/** The Procfile's commands, each as argv. */
 function procfile(): Map<string, string[]> {
-  const lines = readFileSync(path.join(ROOT, 'Procfile'), 'utf8').split('\n');
-  const commands = new Map<string, string[]>();
-  for (const line of lines) {
-    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
-    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim().replace(/^exec\s+/, '').split(/\s+/));
-  }
-  return commands;
+  return new Map([...procfileCommands()].map(([name, command]) => [name, commandArgv(command)]));
 }
 
 function run(command: string, args: string[]): Promise<void> {
@@ -189,48 +180,25 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   mkdirSync(logDir, { recursive: true });
 
   const problems = { counts: {} as Record<string, number>, examples: [] as string[] };
-  const children: { name: string; child: ChildProcess; log: WriteStream }[] = [];
+  const children: { name: string; child: ChildProcess }[] = [];
   const launch = (name: string, argv: string[], extraEnv: NodeJS.ProcessEnv = {}) => {
-    const [command, ...args] = argv as [string, ...string[]];
-    const child = spawn(command, args, { cwd: ROOT, env: { ...env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
-    const log = createWriteStream(path.join(logDir, `${name}.log`));
-    let partial = '';
-    const scan = (chunk: Buffer) => {
-      log.write(chunk);
-      const lines = (partial + chunk.toString('utf8')).split('\n');
-      partial = lines.pop() ?? '';
-      for (const line of lines) {
+    const child = launchProcess({
+      argv,
+      env: { ...env, ...extraEnv },
+      logFile: path.join(logDir, `${name}.log`),
+      onLine(line) {
         const level = /"level":"(warn|error|fatal)"/.exec(line)?.[1] ?? (line.trim() && !line.startsWith('{') ? 'stderr' : undefined);
-        if (!level) continue;
+        if (!level) return;
         problems.counts[level] = (problems.counts[level] ?? 0) + 1;
         if (problems.examples.length < 10) problems.examples.push(`${name}: ${line.slice(0, 400)}`);
-      }
-    };
-    child.stdout?.on('data', scan);
-    child.stderr?.on('data', scan);
-    children.push({ name, child, log });
+      },
+    });
+    children.push({ name, child });
     return child;
   };
 
   const stop = async () => {
-    await Promise.all(
-      children.map(
-        ({ child, log }) =>
-          new Promise<void>((resolveStop) => {
-            const done = () => {
-              clearTimeout(timer);
-              log.end();
-              resolveStop();
-            };
-            const timer = setTimeout(() => {
-              if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-            }, STOP_TIMEOUT_MS);
-            if (child.exitCode !== null || child.signalCode !== null) return done();
-            child.once('exit', done);
-            child.kill('SIGTERM');
-          }),
-      ),
-    );
+    await Promise.all(children.map(({ child }) => stopProcess(child, 'SIGTERM', STOP_TIMEOUT_MS)));
   };
 
   if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
@@ -314,4 +282,58 @@ export async function removeQueues(redisUrl: string, queuePrefix: string, log: (
   } finally {
     connection.disconnect();
   }
+}
+
+export interface StackChoice {
+  /** STACK: `auto` takes the running stack when it is ready and spawns one otherwise; `reuse` and `spawn` insist. */
+  stack: 'auto' | 'reuse' | 'spawn';
+  /** Where a running stack answers, and its queue prefix (none: always spawn). */
+  running?: { baseUrl: string; queuePrefix: string };
+  /** Signs a running stack's tokens (else .data/dev-secrets.env's); a spawned stack's, when given. */
+  jwtSecret?: string;
+  /** DATABASE_URL: a running stack's database (default DEFAULT_DATABASE_URL); a spawned one's instead of a scratch database. */
+  databaseUrl?: string;
+  redisUrl: string;
+  /** `npm run build` before spawning. */
+  build: boolean;
+  /** Names a spawned stack's scratch database (benchDatabase). */
+  databaseTag: string;
+  /** Runs once a spawned stack's database is chosen, before the spawn (e.g. ensures the broker its bridge needs). */
+  beforeSpawn?: (databaseUrl: string) => Promise<void>;
+  /** How to spawn: spawnStack's options but those chooseStack fills in. */
+  spawn: Omit<SpawnOptions, 'databaseUrl' | 'redisUrl' | 'jwtSecret' | 'log'>;
+  /** Leaves a spawned stack's queues in Redis at the end (a queue prefix the caller chose). */
+  keepQueues?: boolean;
+  /** Where the teardown goes (the bench runs its hooks in reverse): stop the stack, remove its queues, drop its database. */
+  stopHooks: (() => Promise<void>)[];
+  log: (line: string) => void;
+}
+
+/** A running stack at baseUrl, or one of the bench's own (with a scratch database and its own queue prefix). */
+export async function chooseStack(c: StackChoice): Promise<{ stack: Stack; databaseUrl: string }> {
+  const { running } = c;
+  if (c.stack !== 'spawn' && running && (await isReady(running.baseUrl))) {
+    const secret = secretForRunningStack(c.jwtSecret);
+    if (!secret) throw new Error(`${running.baseUrl} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
+    c.log(`using the running stack at ${running.baseUrl} (queue prefix ${running.queuePrefix})`);
+    return { stack: reuseStack(running.baseUrl, running.queuePrefix, secret), databaseUrl: c.databaseUrl ?? DEFAULT_DATABASE_URL };
+  }
+  if (c.stack === 'reuse') throw new Error(`nothing ready at ${running?.baseUrl ?? 'the running stack'}/health/ready (STACK=reuse)`);
+  if (c.build) {
+    c.log('npm run build');
+    await buildProject();
+  }
+  const database = benchDatabase(c.databaseUrl, c.databaseTag, c.log);
+  c.stopHooks.push(database.drop);
+  await c.beforeSpawn?.(database.url);
+  const stack = await spawnStack({ ...c.spawn, databaseUrl: database.url, redisUrl: c.redisUrl, jwtSecret: c.jwtSecret, log: c.log });
+  c.stopHooks.push(async () => {
+    c.log('stopping the stack (SIGTERM)');
+    await stack.stop();
+    if (c.spawn.profileDir) c.log(`CPU profiles of web and workers in ${path.relative(ROOT, c.spawn.profileDir)} (open in Chrome DevTools or speedscope)`);
+    if (c.keepQueues) return;
+    // The bench's own queues are of no use to anyone afterwards.
+    await removeQueues(c.redisUrl, c.spawn.queuePrefix, c.log);
+  });
+  return { stack, databaseUrl: database.url };
 }

@@ -1,20 +1,14 @@
 // The compiled service the Procfile runs: its commands, and a build when dist/ is older than the sources.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { procfileCommands } from '../../scripts/infra/app-process';
 
 const ROOT = resolve(__dirname, '../..');
 const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'usecases', 'scripts'];
 
 /** `name: command` lines of the Procfile. */
-export function procfile(): Map<string, string> {
-  const commands = new Map<string, string>();
-  for (const line of readFileSync(join(ROOT, 'Procfile'), 'utf8').split('\n')) {
-    const match = /^([A-Za-z0-9_-]+):\s*(.+)$/.exec(line.trim());
-    if (match?.[1] && match[2]) commands.set(match[1], match[2].trim());
-  }
-  return commands;
-}
+export const procfile = procfileCommands;
 
 function newestMtime(dir: string, accept: (file: string) => boolean): number {
   let newest = 0;

@@ -3,6 +3,7 @@ import { Queue, type Job } from 'bullmq';
 import IORedis from 'ioredis';
 import type { IssueBatch } from '../../queues/jobs';
 import { parseRequestId } from '../../queues/names';
+import { storedOutcomeSchema } from '../../queues/outcomes';
 
 /**
  * The issue jobs that carried these requests (one per batch), or undefined where a job is gone.
@@ -16,7 +17,7 @@ export async function jobsCarrying(queuePrefix: string, requestIds: string[]): P
       requestIds.map(async (id) => {
         const { jobId, index } = parseRequestId(id);
         const raw = await connection.hget(`${queuePrefix}:out:${jobId}`, String(index));
-        return raw !== null && (JSON.parse(raw) as { w?: number }).w === 1 ? null : id;
+        return raw !== null && storedOutcomeSchema.parse(JSON.parse(raw)).w === 1 ? null : id;
       }),
     );
     const jobIds = [...new Set(carried.flatMap((id) => (id === null ? [] : [parseRequestId(id).jobId])))];

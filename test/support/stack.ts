@@ -1,14 +1,16 @@
 // Runs the real processes (web and workers, from source through tsx) for end-to-end tests, each stack
-// on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync } from 'node:fs';
+// on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails. The
+// processes are started, waited for and stopped as the benches' are (scripts/infra/app-process.ts).
+import type { ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { fromSource, launchProcess, SOURCE_ENTRIES, stopProcess, waitForLine } from '../../scripts/infra/app-process';
 import { freePort } from '../../scripts/infra/process';
 import { uniqueId } from './fixtures';
 
+export { stopProcess, waitForLine };
+
 const ROOT = resolve(__dirname, '../..');
-// One process per service (node with the tsx loader), so a signal reaches the service itself.
-const NODE_ARGS = ['--import', 'tsx'];
 const LOG_DIR = join(ROOT, '.data/test-logs');
 
 export interface Stack {
@@ -73,36 +75,7 @@ export async function logLinesWhen(name: string, match: (line: LogLine) => boole
 
 /** Starts one service process from source (`entry`, e.g. ingress/bridge/main.ts), its output in logFile(name). */
 export function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
-  mkdirSync(LOG_DIR, { recursive: true });
-  const log = createWriteStream(logFile(name));
-  const child = spawn(process.execPath, [...NODE_ARGS, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  child.stdout?.pipe(log);
-  child.stderr?.pipe(log);
-  return child;
-}
-
-/** Resolves when the child prints a line containing `marker`; rejects if it exits first. */
-export function waitForLine(child: ChildProcess, marker: string, timeoutMs = 60_000): Promise<void> {
-  return new Promise((resolveLine, reject) => {
-    let buffer = '';
-    const timer = setTimeout(() => done(new Error(`no "${marker}" within ${timeoutMs} ms`)), timeoutMs);
-    const onData = (chunk: Buffer) => {
-      buffer = (buffer + chunk.toString()).slice(-10_000);
-      if (buffer.includes(marker)) done();
-    };
-    const onExit = (code: number | null) => done(new Error(`process exited (${code}) before "${marker}": ${buffer.slice(-2000)}`));
-    const done = (error?: Error) => {
-      clearTimeout(timer);
-      child.stdout?.off('data', onData);
-      child.stderr?.off('data', onData);
-      child.off('exit', onExit);
-      if (error) reject(error);
-      else resolveLine();
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
-    child.on('exit', onExit);
-  });
+  return launchProcess({ argv: fromSource(entry), env: { ...process.env, ...env }, logFile: logFile(name) });
 }
 
 /** The port a worker's or bridge's ops server says it listens on ("ops server listening"). */
@@ -128,18 +101,6 @@ function loggedOpsPort(child: ChildProcess): Promise<number> {
   // Whoever waits for the process's start line learns of an early exit from that.
   port.catch(() => undefined);
   return port;
-}
-
-export function stopProcess(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 20_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolveStop) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolveStop();
-    });
-    child.kill(signal);
-  });
 }
 
 export async function startStack(opts: { workers?: number; bridge?: boolean; env?: Record<string, string>; name?: string } = {}): Promise<Stack> {
@@ -170,13 +131,13 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
     BRIDGE_OPS_PORT: '0',
     ...opts.env,
   };
-  const web = launch(`${name}-web`, 'ingress/server.ts', env);
+  const web = launch(`${name}-web`, SOURCE_ENTRIES.web, env);
   const workers: ChildProcess[] = [];
   let workerCount = 0;
   const opsUrls = new Map<ChildProcess, string>();
   const startWorker = async (extraEnv: Record<string, string> = {}) => {
     workerCount += 1;
-    const worker = launch(`${name}-worker-${workerCount}`, 'workers/main.ts', { ...env, ...extraEnv });
+    const worker = launch(`${name}-worker-${workerCount}`, SOURCE_ENTRIES.worker, { ...env, ...extraEnv });
     const opsPort = loggedOpsPort(worker);
     workers.push(worker);
     await waitForLine(worker, 'worker started');
@@ -186,14 +147,14 @@ export async function startStack(opts: { workers?: number; bridge?: boolean; env
   const moreWebs: ChildProcess[] = [];
   const startWeb = async (extraEnv: Record<string, string> = {}) => {
     const webPort = await freePort();
-    const another = launch(`${name}-web-${moreWebs.length + 2}`, 'ingress/server.ts', { ...env, ...extraEnv, PORT: String(webPort) });
+    const another = launch(`${name}-web-${moreWebs.length + 2}`, SOURCE_ENTRIES.web, { ...env, ...extraEnv, PORT: String(webPort) });
     moreWebs.push(another);
     await waitForLine(another, 'web listening');
     return { web: another, baseUrl: `http://127.0.0.1:${webPort}` };
   };
   const bridges: ChildProcess[] = [];
   const startBridge = async (extraEnv: Record<string, string> = {}) => {
-    const bridge = launch(`${name}-bridge-${bridges.length + 1}`, 'ingress/bridge/main.ts', { ...env, ...extraEnv });
+    const bridge = launch(`${name}-bridge-${bridges.length + 1}`, SOURCE_ENTRIES.bridge, { ...env, ...extraEnv });
     const opsPort = loggedOpsPort(bridge);
     bridges.push(bridge);
     await waitForLine(bridge, 'bridge joined the consumer group', 90_000);

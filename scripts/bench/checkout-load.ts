@@ -1,0 +1,142 @@
+// The checkout bench's load generator: an open loop that starts checkout i at loadStart + i / rate,
+// whatever the earlier ones are doing. A checkout is POST /coupons/reserve with an Idempotency-Key and
+// `Prefer: wait=10`, which answers once the reservation exists (a 202 instead is long-polled), then
+// PAYMENT_COMPLETED for its order on Kafka, published in small batches as a payment system sends
+// them. Per checkout it records when it started, was reserved and was paid; the run reads these.
+import { randomUUID } from 'node:crypto';
+import type { Producer } from 'kafkajs';
+import { request, type Agent } from 'undici';
+import { fmtInt, note, sleep, wallNow } from './common';
+
+/** An open loop starts checkouts every TICK_MS; more than this many unfinished means the service fell behind. */
+const TICK_MS = 10;
+const MAX_IN_FLIGHT = 5_000;
+const PUBLISH_EVERY_MS = 5;
+
+export interface Checkout {
+  userId: string;
+  couponId: string;
+  orderId: string;
+  startedAt: number;
+  reservedAt?: number;
+  publishedAt?: number;
+  failure?: string;
+}
+
+/** A JSON call to the stack with a user's token: its status and parsed body. */
+export type Call = (method: 'GET' | 'POST', url: string, token: string, body?: unknown, headers?: Record<string, string>) => Promise<{ status: number; body: any }>;
+
+/** Calls to the stack at baseUrl over the agent's keep-alive connections. */
+export function apiClient(baseUrl: string, agent: Agent): Call {
+  return async (method, url, token, body, headers = {}) => {
+    const res = await request(`${baseUrl}${url}`, {
+      method,
+      dispatcher: agent,
+      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      headersTimeout: 20_000,
+      bodyTimeout: 20_000,
+    });
+    const text = await res.body.text();
+    return { status: res.statusCode, body: text ? JSON.parse(text) : undefined };
+  };
+}
+
+/** Publishes events in small batches: every checkout whose reservation landed in the last few ms goes out in one send. */
+export function eventPublisher(producer: Producer, topic: string) {
+  let buffer: { checkout: Checkout; value: string }[] = [];
+  let flushing: Promise<void> | null = null;
+  const errors: string[] = [];
+  const flush = async () => {
+    while (buffer.length > 0) {
+      const batch = buffer;
+      buffer = [];
+      const at = wallNow();
+      for (const item of batch) item.checkout.publishedAt = at;
+      await producer
+        .send({ topic, acks: -1, messages: batch.map((b) => ({ key: b.checkout.orderId, value: b.value })) })
+        .catch((error: Error) => {
+          errors.push(error.message);
+          for (const item of batch) item.checkout.failure = `publish: ${error.message}`;
+        });
+    }
+    flushing = null;
+  };
+  return {
+    publish(checkout: Checkout) {
+      const event = { eventId: randomUUID(), type: 'PAYMENT_COMPLETED', orderId: checkout.orderId, userId: checkout.userId, occurredAt: new Date().toISOString() };
+      buffer.push({ checkout, value: JSON.stringify(event) });
+      // Sent every few milliseconds, as a payment system batches its produce requests; each event's
+      // publication time is when its batch goes out, so the wait before it is not counted.
+      flushing ??= new Promise<void>((resolve) => setTimeout(resolve, PUBLISH_EVERY_MS)).then(flush);
+    },
+    async drain() {
+      while (flushing) await flushing;
+    },
+    errors,
+  };
+}
+export type EventPublisher = ReturnType<typeof eventPublisher>;
+
+/** One checkout: the reserve until it is decided, then its payment event. What went wrong is kept on the checkout. */
+async function checkout(call: Call, publisher: EventPublisher, c: Checkout, token: string): Promise<void> {
+  c.startedAt = wallNow();
+  try {
+    // Prefer: wait asks the reserve to answer with the finished job (200) when it finishes within
+    // 10 s, as a checkout page would; a 202 (still pending) falls back to long-polling the job.
+    const reply = await call('POST', '/api/v1/coupons/reserve', token, { couponId: c.couponId, orderId: c.orderId, orderAmount: 50_000 }, { 'idempotency-key': randomUUID(), prefer: 'wait=10' });
+    if (reply.status !== 200 && reply.status !== 202) throw new Error(`reserve answered ${reply.status} ${reply.body?.error?.code ?? ''}`);
+    let job = reply;
+    while (job.body.status === 'pending') {
+      job = await call('GET', `/api/v1/jobs/${reply.body.jobId}?waitMs=10000`, token);
+      if (job.status !== 200) throw new Error(`job view answered ${job.status}`);
+    }
+    if (job.body.status !== 'succeeded') throw new Error(`reserve ${job.body.status}: ${job.body.reason?.code}`);
+    c.reservedAt = wallNow();
+    publisher.publish(c);
+  } catch (error) {
+    c.failure = error instanceof Error ? error.message : String(error);
+  }
+}
+
+export interface DriveResult {
+  loadStart: number;
+  loadEnd: number;
+  /** Checkouts started. */
+  started: number;
+  maxInFlight: number;
+  /** Ticks at which MAX_IN_FLIGHT checkouts were unfinished and none could start. */
+  behind: number;
+}
+
+/** The open loop: checkout i starts at loadStart + i / rate, whatever the earlier ones are doing. */
+export async function drive(call: Call, publisher: EventPublisher, set: { checkouts: Checkout[]; tokens: string[] }, rate: number): Promise<DriveResult> {
+  const loadStart = wallNow();
+  const inFlight = new Set<Promise<void>>();
+  let next = 0;
+  let maxInFlight = 0;
+  let behind = 0;
+  let lastProgress = loadStart;
+  while (next < set.checkouts.length) {
+    const due = Math.min(set.checkouts.length, Math.floor(((wallNow() - loadStart) / 1000) * rate));
+    while (next < due) {
+      if (inFlight.size >= MAX_IN_FLIGHT) {
+        behind += 1;
+        break;
+      }
+      const p = checkout(call, publisher, set.checkouts[next] as Checkout, set.tokens[next] as string).finally(() => inFlight.delete(p));
+      inFlight.add(p);
+      next += 1;
+    }
+    maxInFlight = Math.max(maxInFlight, inFlight.size);
+    if (wallNow() - lastProgress > 5_000) {
+      lastProgress = wallNow();
+      note(`  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`);
+    }
+    await sleep(TICK_MS);
+  }
+  const loadEnd = wallNow();
+  await Promise.all(inFlight);
+  await publisher.drain();
+  return { loadStart, loadEnd, started: next, maxInFlight, behind };
+}
