@@ -1,9 +1,9 @@
-// Unit tests sit beside the code (models/*.test.ts); integration tests that need Postgres, Redis and
+// Unit tests sit beside the code (src/storage/*.test.ts); integration tests that need Postgres, Redis and
 // Kafka live under test/. The global setup starts whatever of those is not already running.
 /** @type {import('jest').Config} */
 module.exports = {
   testEnvironment: 'node',
-  roots: ['<rootDir>/models', '<rootDir>/usecases', '<rootDir>/ingress', '<rootDir>/workers', '<rootDir>/queues', '<rootDir>/core', '<rootDir>/scripts', '<rootDir>/test'],
+  roots: ['<rootDir>/src', '<rootDir>/scripts', '<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
   // Type checking is `npm run typecheck`; the transform only strips types, which keeps runs fast.
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },

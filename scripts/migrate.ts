@@ -1,6 +1,6 @@
 // `npm run migrate`: brings the database at DATABASE_URL up to the newest schema.
-import { config } from '../core/config';
-import { runMigrations } from '../models/migrator';
+import { config } from '../src/core/config';
+import { runMigrations } from '../src/storage/migrator';
 
 runMigrations(config().DATABASE_URL, (msg) => process.stdout.write(`${msg}\n`))
   .then((applied) => {

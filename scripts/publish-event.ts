@@ -4,11 +4,11 @@
 //   npm run -s user-event -- <TYPE> <userId>                 user-events topic (KAFKA_USER_EVENTS_TOPIC), keyed by userId;
 //                                                            TYPE e.g. USER_SIGNED_UP (an EVENT policy's triggerEvent)
 import { randomUUID } from 'node:crypto';
-import { config } from '../core/config';
-import { createKafka, createProducer } from '../core/kafka';
-import { logger } from '../core/logger';
-import { PAYMENT_EVENT_TYPES } from '../models/checkout-rules';
-import { paymentEventSchema, userEventSchema } from '../queues/jobs';
+import { config } from '../src/core/config';
+import { createKafka, createProducer } from '../src/core/kafka';
+import { logger } from '../src/core/logger';
+import { PAYMENT_EVENT_TYPES } from '../src/domain/checkout-rules';
+import { paymentEventSchema, userEventSchema } from '../src/queues/jobs';
 
 const USAGE = {
   payment: `npm run -s payment -- <${PAYMENT_EVENT_TYPES.join('|')}> <orderId> [reservationId]`,

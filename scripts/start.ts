@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { config, opsPortOf, type Config } from '../core/config';
+import { config, opsPortOf, type Config } from '../src/core/config';
 import { ensureTopics } from './infra/kafka';
 import { consoleLogger as log, groupAlive, repoRoot, signalGroup, sleep } from './infra/process';
 import { ensureServices, type RunningServices } from './infra/services';

@@ -3,7 +3,7 @@
 // for trying the API by hand.
 import { createSecretKey } from 'node:crypto';
 import { SignJWT } from 'jose';
-import { signingJwtSecret } from '../core/config';
+import { signingJwtSecret } from '../src/core/config';
 
 const [sub, role = 'user', ttl = '3600'] = process.argv.slice(2);
 if (!sub || (role !== 'user' && role !== 'admin') || !/^\d+$/.test(ttl)) {

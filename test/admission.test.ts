@@ -2,20 +2,20 @@
 // stock of requests that will never write their coupon.
 import { randomUUID } from 'node:crypto';
 import { Queue, QueueEvents, Worker, type Job } from 'bullmq';
-import { logger } from '../core/logger';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis } from '../core/redis';
-import { redisKeys } from '../core/redis-keys';
-import { initModels } from '../models';
-import { insertIssuedCoupon } from '../models/coupon';
-import { CouponPolicy, policyRowFromCreate } from '../models/policy';
-import { policyCreateSchema } from '../models/policy-rules';
-import { admissionSnapshot, admit, openStock, releaseAdmission, settleAdmission, writePolicyMeta } from '../workers/admission/admission';
-import { createLocks } from '../workers/lock';
-import { createIssueProcessor } from '../workers/processor';
-import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../workers/reconcile-admissions';
-import { storeOutcomes } from '../queues/outcomes';
-import { issueBatchReturnSchema } from '../queues/results';
+import { logger } from '../src/core/logger';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis } from '../src/core/redis';
+import { redisKeys } from '../src/core/redis-keys';
+import { initModels } from '../src/storage';
+import { insertIssuedCoupon } from '../src/storage/coupon';
+import { CouponPolicy, policyRowFromCreate } from '../src/storage/policy';
+import { policyCreateSchema } from '../src/domain/policy-rules';
+import { admissionSnapshot, admit, openStock, releaseAdmission, settleAdmission, writePolicyMeta } from '../src/storage/admission/admission';
+import { createLocks } from '../src/core/lock';
+import { createIssueProcessor } from '../src/worker/issue-queue';
+import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../src/usecases/reconcile-admissions';
+import { storeOutcomes } from '../src/queues/outcomes';
+import { issueBatchReturnSchema } from '../src/queues/results';
 import { couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 

@@ -1,15 +1,15 @@
 // Bull Board at /admin/queues: every path under it (page, static assets, API) needs the Basic
 // credentials; without configured credentials it does not exist.
 import type { Redis } from 'ioredis';
-import { config, parseConfig } from '../core/config';
-import { logger } from '../core/logger';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis, waitForReady } from '../core/redis';
-import { createApp } from '../ingress/app';
-import { initModels } from '../models';
-import { initUserCouponCache } from '../models/user-coupon-cache';
-import { createQueues, type Queues } from '../queues/connection';
-import { QUEUES } from '../queues/names';
+import { config, parseConfig } from '../src/core/config';
+import { logger } from '../src/core/logger';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis, waitForReady } from '../src/core/redis';
+import { createApp } from '../src/web/app';
+import { initModels } from '../src/storage';
+import { initUserCouponCache } from '../src/storage/cache/user-coupon-cache';
+import { createQueues, type Queues } from '../src/queues/connection';
+import { QUEUES } from '../src/queues/names';
 import { uniqueId } from './support/fixtures';
 import { testSecret } from './support/tokens';
 

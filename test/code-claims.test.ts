@@ -3,11 +3,11 @@
 // minutes, and a claim is never let go for a code that a coupon holds.
 import { createHmac, randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis, waitForReady } from '../core/redis';
-import { initModels } from '../models';
-import { claimCode, releaseUnusedCode } from '../workers/code-claims';
+import { config } from '../src/core/config';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis, waitForReady } from '../src/core/redis';
+import { initModels } from '../src/storage';
+import { claimCode, releaseUnusedCode } from '../src/storage/code-claims';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import IORedis from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
-import { derivedJobId } from '../queues/names';
+import { derivedJobId } from '../src/queues/names';
 import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEvent, processedEvents, reservationsOf, reserveAndSettle, shopperWith } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';

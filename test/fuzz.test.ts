@@ -6,7 +6,7 @@
 // The seed is fixed and printed; FUZZ_SEED=<n> replays (or varies) a run, FUZZ_RUNS sets its size.
 import fc from 'fast-check';
 import { Agent, request } from 'undici';
-import { openApiDocument } from '../ingress/openapi';
+import { openApiDocument } from '../src/web/openapi';
 import { closeDb } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
@@ -232,7 +232,6 @@ describe('fuzzing every route', () => {
   });
 
   it('answers no input with a 5xx, every error in the error shape, nothing with a stack or SQL', async () => {
-    // eslint-disable-next-line no-console
     console.log(`fuzz: seed ${SEED}, up to ${RUNS} requests (replay: FUZZ_SEED=${SEED} npx jest test/fuzz)`);
     const pathParam = (name: string, caller: string) =>
       fc.oneof(
@@ -317,12 +316,10 @@ describe('fuzzing every route', () => {
     // The time limit stops the property, not the request it was waiting for: that one is answered too,
     // so a request never answered fails the test instead of ending the run quietly.
     if (pending.answered) {
-      // eslint-disable-next-line no-console
       console.log(`fuzz: time limit reached, waiting for the request in flight (${pending.what})`);
       const problem = await pending.answered;
       if (problem) throw new Error(problem);
     }
-    // eslint-disable-next-line no-console
     console.log(`fuzz: ${sent} requests answered within the contract`);
     expect(sent).toBeGreaterThan(100);
   }, 120_000);

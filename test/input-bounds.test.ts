@@ -1,4 +1,4 @@
-// Every date and number is bounded at the edge (core/bounds.ts): out-of-range input is a 400 naming the
+// Every date and number is bounded at the edge (src/core/bounds.ts): out-of-range input is a 400 naming the
 // field, never a query that Postgres fails with a 500. test/fuzz.test.ts looks for more of these.
 import { startTestApp, type TestApp } from './support/app';
 import { policyBody, uniqueId } from './support/fixtures';

@@ -1,9 +1,9 @@
-// Leases (core/lease.ts) against a real Redis: taken by one token at a time, taken again by the same
+// Leases (src/core/lease.ts) against a real Redis: taken by one token at a time, taken again by the same
 // token, given back only by the token that holds it, and ended by their TTL.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { acquireLease, releaseLease } from '../core/lease';
-import { createRedis, waitForReady } from '../core/redis';
+import { acquireLease, releaseLease } from '../src/core/lease';
+import { createRedis, waitForReady } from '../src/core/redis';
 import { uniqueId } from './support/fixtures';
 
 let redis: Redis;

@@ -8,13 +8,13 @@ import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import pino from 'pino';
 import { parse as parseYaml } from 'yaml';
-import { readiness, startOpsServer, type Phase } from '../core/ops-server';
+import { readiness, startOpsServer, type Phase } from '../src/core/ops-server';
 import { closeDb, couponsOf } from './support/db';
 import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEvent, reserveAndSettle, shopperWith } from './support/checkout';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { metricNamesIn, parseExposition, sampleValue, type Family } from './support/prometheus';
-import { logFile, logLines, logLinesWhen, startStack, stopProcess, type Stack } from './support/stack';
+import { logFile, logLinesWhen, startStack, stopProcess, type Stack } from './support/stack';
 import { slowPostgres } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 

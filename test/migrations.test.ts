@@ -1,16 +1,16 @@
-// The migrator (models/migrator.ts): the squashed baseline plus the functions of models/sql/ make the
+// The migrator (src/storage/migrator.ts): the squashed baseline plus the functions of src/storage/sql/ make the
 // schema the migrations 0001-0014 made one by one; a database that ran those (rebuilt from
 // test/fixtures/schema-after-0014.sql, captured from them) is taken to the same schema without
-// running the baseline; and a changed models/sql file, and only that, is applied again.
+// running the baseline; and a changed src/storage/sql file, and only that, is applied again.
 // Schemas are compared as pg_dump --schema-only prints them.
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Client } from 'pg';
-import { SQUASHED_MIGRATIONS } from '../models/migrations/0014-baseline';
-import { runMigrations } from '../models/migrator';
-import { readSqlFiles, SQL_DIR } from '../models/sql-files';
+import { SQUASHED_MIGRATIONS } from '../src/storage/migrations/0014-baseline';
+import { runMigrations } from '../src/storage/migrator';
+import { readSqlFiles, SQL_DIR } from '../src/storage/sql-files';
 import { findExecutable } from '../scripts/infra/process';
 
 const FIXTURE = path.join(__dirname, 'fixtures', 'schema-after-0014.sql');
@@ -118,7 +118,7 @@ afterAll(async () => {
 });
 
 describe('a new database', () => {
-  it('gets every function of models/sql, one file each, and records the baseline alone', async () => {
+  it('gets every function of src/storage/sql, one file each, and records the baseline alone', async () => {
     expect(SQL_FILES.length).toBeGreaterThan(10);
     expect(await migrationHistory(freshUrl)).toEqual(['0014-baseline']);
     expect(Object.keys(await appliedSqlFiles(freshUrl))).toEqual(SQL_FILES);
@@ -129,7 +129,7 @@ describe('a new database', () => {
   it('has the schema the migrations 0001-0014 made (the fixture captured from them)', async () => {
     const oldUrl = await oldDatabase(names.old);
     const theirs = schemaOf(oldUrl);
-    // The one table they did not have: the checksums of models/sql.
+    // The one table they did not have: the checksums of src/storage/sql.
     const ours = schemaOf(freshUrl, '--exclude-table=public.schema_sql_files');
     expect(theirs).toContain('CREATE FUNCTION public.checkout_event_states(events jsonb)');
     expect(unindented(ours)).toEqual(unindented(theirs));
@@ -142,7 +142,7 @@ describe('a new database', () => {
 });
 
 describe('a database that ran the migrations 0001-0014 one by one', () => {
-  it('records the baseline without running it, applies the models/sql files, and ends with the schema of a new database', async () => {
+  it('records the baseline without running it, applies the src/storage/sql files, and ends with the schema of a new database', async () => {
     const oldUrl = await oldDatabase(names.old);
     await withClient(oldUrl, async (c) => {
       // Rows written before the upgrade, through the old functions.
@@ -182,7 +182,7 @@ describe('a database that ran the migrations 0001-0014 one by one', () => {
   });
 });
 
-describe('the models/sql files', () => {
+describe('the src/storage/sql files', () => {
   let dir: string;
 
   beforeAll(() => {

@@ -1,9 +1,9 @@
 // The API reference (/docs, /docs/openapi.json): it lists every route the app serves, it is a
 // well-formed OpenAPI 3.1 document, and its request schemas refuse what the routes refuse.
-import { createApp } from '../ingress/app';
-import { docShapes, documentedRoutes, openApiDocument } from '../ingress/openapi';
-import { logger } from '../core/logger';
-import { createRedis } from '../core/redis';
+import { createApp } from '../src/web/app';
+import { docShapes, documentedRoutes, openApiDocument } from '../src/web/openapi';
+import { logger } from '../src/core/logger';
+import { createRedis } from '../src/core/redis';
 import { policyBody } from './support/fixtures';
 import { startTestApp, type TestApp } from './support/app';
 import { adminToken, testSecret, tokenFor } from './support/tokens';

@@ -2,12 +2,12 @@
 // process, and the trace id that follows a request from HTTP into the worker's log.
 import { randomUUID } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
-import { QUEUES } from '../queues/names';
+import { QUEUES } from '../src/queues/names';
 import { startTestApp, type TestApp } from './support/app';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { launch, logLinesWhen, startStack, stopProcess, waitForLine, type LogLine, type Stack } from './support/stack';
+import { launch, logLinesWhen, startStack, stopProcess, waitForLine, type Stack } from './support/stack';
 import { proxiedRedis, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -166,7 +166,7 @@ describe('an ingress whose Redis is unreachable', () => {
 describe('the Kafka bridge process', () => {
   it('consumes the payments and user-events topics, says so, and exits 0 on SIGTERM', async () => {
     const name = 'operations-bridge';
-    const bridge = launch(name, 'ingress/bridge/main.ts', { LOG_LEVEL: 'info', NODE_ENV: 'test', KAFKA_SESSION_TIMEOUT_MS: '6000' });
+    const bridge = launch(name, 'src/bridge/main.ts', { LOG_LEVEL: 'info', NODE_ENV: 'test', KAFKA_SESSION_TIMEOUT_MS: '6000' });
     try {
       await waitForLine(bridge, 'bridge joined the consumer group', 90_000);
       const exited = exitOf(bridge);

@@ -1,7 +1,7 @@
 // A web's turn admits requests (their slots taken in Redis), then loses Redis before it can store
 // their records or add their batch job: it answers 503, and cannot give the slots back while Redis
 // is away. It owes them: they go back as soon as Redis answers again, and before the web admits
-// anything else, not at the reconciler's pace (ingress/issue-intake.ts, OwedReleases).
+// anything else, not at the reconciler's pace (src/web/issue-intake.ts, OwedReleases).
 // The web's intake runs in-process over real Redis and Postgres; its producer connection is cut
 // exactly after the admission script ran, then healed; a worker of this file issues the coupons.
 import { createHash, randomUUID } from 'node:crypto';
@@ -9,24 +9,24 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'bullmq';
 import type { Command, Redis } from 'ioredis';
-import { config } from '../core/config';
-import type { AppError } from '../core/errors';
-import { logger } from '../core/logger';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis, waitForReady } from '../core/redis';
-import { createIssueIntake, type IntakeAnswer } from '../ingress/issue-intake';
-import { createOutcomeHub, type OutcomeHub } from '../ingress/outcome-hub';
-import { initModels } from '../models';
-import { CouponPolicy, policyRowFromCreate } from '../models/policy';
-import { policyCreateSchema } from '../models/policy-rules';
-import { createQueues, type Queues } from '../queues/connection';
-import { parseRequestId } from '../queues/names';
-import type { StoredOutcome } from '../queues/outcomes';
-import { admissionSnapshot, openStock, writePolicyMeta } from '../workers/admission/admission';
-import { redisKeys } from '../core/redis-keys';
-import { createLocks } from '../workers/lock';
-import { createIssueProcessor } from '../workers/processor';
-import { createRejectionCounter } from '../workers/rejection-stats';
+import { config } from '../src/core/config';
+import type { AppError } from '../src/core/errors';
+import { logger } from '../src/core/logger';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis, waitForReady } from '../src/core/redis';
+import { createIssueIntake, type IntakeAnswer } from '../src/web/issue-intake';
+import { createOutcomeHub, type OutcomeHub } from '../src/web/outcome-hub';
+import { initModels } from '../src/storage';
+import { CouponPolicy, policyRowFromCreate } from '../src/storage/policy';
+import { policyCreateSchema } from '../src/domain/policy-rules';
+import { createQueues, type Queues } from '../src/queues/connection';
+import { parseRequestId } from '../src/queues/names';
+import type { StoredOutcome } from '../src/queues/outcomes';
+import { admissionSnapshot, openStock, writePolicyMeta } from '../src/storage/admission/admission';
+import { redisKeys } from '../src/core/redis-keys';
+import { createLocks } from '../src/core/lock';
+import { createIssueProcessor } from '../src/worker/issue-queue';
+import { createRejectionCounter } from '../src/observability/rejection-stats';
 import { eventually } from './support/checkout';
 import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';

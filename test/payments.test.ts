@@ -5,8 +5,8 @@ import { readFile } from 'node:fs/promises';
 import { Queue } from 'bullmq';
 import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
 import IORedis from 'ioredis';
-import { derivedJobId } from '../queues/names';
-import { paymentReturnSchema } from '../queues/results';
+import { derivedJobId } from '../src/queues/names';
+import { paymentReturnSchema } from '../src/queues/results';
 import {
   couponRow,
   createCheckoutPolicy,

@@ -3,17 +3,17 @@
 // change made through one web must reach every process within a second: a paused policy stops
 // issuing everywhere, a new shared code or EVENT trigger is seen everywhere.
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
-import { logger } from '../core/logger';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis, waitForReady } from '../core/redis';
-import { redisKeys } from '../core/redis-keys';
-import { initModels } from '../models';
-import { policyCache, startPolicyCache } from '../models/policy-cache';
-import { createQueues, type Queues } from '../queues/connection';
-import { addJob } from '../queues/enqueue';
-import { derivedJobId } from '../queues/names';
-import { userEventReturnSchema } from '../queues/results';
+import { config } from '../src/core/config';
+import { logger } from '../src/core/logger';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis, waitForReady } from '../src/core/redis';
+import { redisKeys } from '../src/core/redis-keys';
+import { initModels } from '../src/storage';
+import { policyCache, startPolicyCache } from '../src/storage/cache/policy-cache';
+import { createQueues, type Queues } from '../src/queues/connection';
+import { addJob } from '../src/queues/enqueue';
+import { derivedJobId } from '../src/queues/names';
+import { userEventReturnSchema } from '../src/queues/results';
 import { eventually } from './support/checkout';
 import { closeDb, db } from './support/db';
 import { createPolicy, uniqueId } from './support/fixtures';

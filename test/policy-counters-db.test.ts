@@ -1,9 +1,9 @@
-// policy_counters (models/sql/policy_counters_add.sql, coupons_count.sql) in Postgres alone: a
+// policy_counters (src/storage/sql/policy_counters_add.sql, coupons_count.sql) in Postgres alone: a
 // policy's counts are read without touching a coupon, every kind of write keeps them equal to the
 // rows (bulk statements, the batched issue insert with refusals, deletes), and concurrent writers of
 // one policy take different shards.
 import { Client } from 'pg';
-import { POLICY_COUNTS_SQL } from '../models/policy';
+import { POLICY_COUNTS_SQL } from '../src/storage/policy';
 import { freshDatabase } from './support/db';
 
 let url: string;

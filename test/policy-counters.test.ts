@@ -1,4 +1,4 @@
-// A policy's issuedCount and usedCount, kept by the writes (models/sql/coupons_count.sql), equal the coupon rows
+// A policy's issuedCount and usedCount, kept by the writes (src/storage/sql/coupons_count.sql), equal the coupon rows
 // after every kind of change the service makes: a flash sale through the batched issue path, a
 // checkout to USED (an admin confirm and a Kafka payment), a refund that restores the coupon, and a
 // reservation that times out. Real web, worker and bridge processes.

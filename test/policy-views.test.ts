@@ -2,9 +2,9 @@
 // read (every GET the API reference lists for a user, plus validate and the job answers of the
 // user's own requests) as a user, over the real web and worker, and fails on any admin-only key
 // anywhere in any answer, or on the shared code or trigger event anywhere in the text.
-import { documentedRoutes } from '../ingress/openapi';
-import { errorCatalogue } from '../core/errors';
-import { ADMIN_ONLY_POLICY_FIELDS, policyAdminViewSchema, policyUserViewSchema } from '../models/policy-views';
+import { documentedRoutes } from '../src/web/openapi';
+import { errorCatalogue } from '../src/core/errors';
+import { ADMIN_ONLY_POLICY_FIELDS, policyAdminViewSchema, policyUserViewSchema } from '../src/storage/policy-views';
 import { reserve } from './support/checkout';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { Api } from './support/http';

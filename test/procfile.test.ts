@@ -6,7 +6,7 @@ import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
-import { QUEUES } from '../queues/names';
+import { QUEUES } from '../src/queues/names';
 import { freePort } from '../scripts/infra/process';
 import { buildIfStale, procfile } from './support/build';
 import { closeDb, couponsOf } from './support/db';

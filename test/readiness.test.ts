@@ -2,11 +2,11 @@
 // in the same process (no restart), and 503 while draining; the bridge's too, from its SIGTERM on.
 import type { ChildProcess } from 'node:child_process';
 import IORedis from 'ioredis';
-import { sequelize, closeSequelize } from '../core/postgres';
-import { waitForReady } from '../core/redis';
-import { createQueues } from '../queues/connection';
-import { parseRequestId } from '../queues/names';
-import { healthRoutes } from '../ingress/routes/health';
+import { sequelize, closeSequelize } from '../src/core/postgres';
+import { waitForReady } from '../src/core/redis';
+import { createQueues } from '../src/queues/connection';
+import { parseRequestId } from '../src/queues/names';
+import { healthRoutes } from '../src/web/routes/health';
 import { EventProducer, paymentEvent } from './support/checkout';
 import { Api } from './support/http';
 import { createPolicy, uniqueId } from './support/fixtures';
@@ -58,7 +58,7 @@ describe('web readiness while Redis goes away and comes back', () => {
     const port = await freePort();
     const prefix = uniqueId('q');
     // Every Redis connection of the process goes through the proxy.
-    web = launch('readiness-web', 'ingress/server.ts', {
+    web = launch('readiness-web', 'src/web/main.ts', {
       PORT: String(port),
       QUEUE_PREFIX: prefix,
       REDIS_URL: redisUrl,

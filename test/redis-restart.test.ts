@@ -16,7 +16,7 @@ import { slowPostgres, type TcpProxy } from './support/tcp-proxy';
 import { adminToken, tokenFor } from './support/tokens';
 import { ensureRedis } from '../scripts/infra/redis';
 import { freePort, isPortOpen, repoRoot, waitUntil, type Service } from '../scripts/infra/process';
-import { parseRequestId } from '../queues/names';
+import { parseRequestId } from '../src/queues/names';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 const STOCK = 150;

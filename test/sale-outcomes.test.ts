@@ -3,9 +3,9 @@
 // own request's outcome; SOLD_OUT is told only when no unit can come back; and a client whose web
 // died while it waited gets the same outcome when it retries with its Idempotency-Key.
 import { randomUUID } from 'node:crypto';
-import { fingerprint } from '../ingress/idempotency';
-import { config } from '../core/config';
-import { issueIdempotencyRecordKey } from '../queues/names';
+import { fingerprint } from '../src/web/idempotency';
+import { config } from '../src/core/config';
+import { issueIdempotencyRecordKey } from '../src/queues/names';
 
 /** The QUEUE_PREFIX of this test process (the stack's processes have their own). */
 const testPrefix = () => config().QUEUE_PREFIX;
@@ -17,7 +17,7 @@ import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 import { startStack, type Stack } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
-import { withAdmissionScripts } from '../workers/admission/scripts';
+import { withAdmissionScripts } from '../src/storage/admission/scripts';
 
 let stack: Stack;
 let api: Api;
@@ -46,7 +46,7 @@ async function createPolicy(totalQuantity: number): Promise<string> {
 
 const WAIT = { prefer: 'wait=10' };
 
-/** The admission keys of a policy in the stack's Redis (workers/admission/keys.ts). */
+/** The admission keys of a policy in the stack's Redis (src/storage/admission/keys.ts). */
 function admissionKeys(policyId: string) {
   const base = `${stack.queuePrefix}:adm:{${policyId}}`;
   return { meta: `${base}:meta`, stock: `${base}:stock`, free: `${base}:free`, users: `${base}:users`, pending: `${base}:pending` };

@@ -4,8 +4,8 @@
 import { randomUUID } from 'node:crypto';
 import IORedis from 'ioredis';
 import { Pool } from 'pg';
-import { overallStatsSchema, policyStatsSchema, userStatsSchema } from '../models/stats';
-import { createStatsCache } from '../models/stats-cache';
+import { overallStatsSchema, policyStatsSchema, userStatsSchema } from '../src/storage/stats';
+import { createStatsCache } from '../src/storage/cache/stats-cache';
 import { eventually, EventProducer, paymentEvent, reserve } from './support/checkout';
 import { freshDatabase } from './support/db';
 import { createPolicy as createPolicyVia, uniqueId } from './support/fixtures';

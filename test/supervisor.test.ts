@@ -4,7 +4,7 @@
 // stops web, bridge and workers in that order and leaves nothing running.
 import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
-import { QUEUES, parseRequestId } from '../queues/names';
+import { QUEUES, parseRequestId } from '../src/queues/names';
 import { freePort, isAlive, isPortFree } from '../scripts/infra/process';
 import { buildIfStale, procfile } from './support/build';
 import { closeDb, couponsOf } from './support/db';

@@ -4,13 +4,13 @@
 // EXPIRED on time, and a second read is answered from Redis.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { config } from '../core/config';
-import { closeSequelize, sequelize } from '../core/postgres';
-import { createRedis, waitForReady } from '../core/redis';
-import { redisKeys } from '../core/redis-keys';
-import { initModels } from '../models';
-import { listUserCoupons } from '../models/coupon';
-import { beginFill, finishFill, initUserCouponCache, invalidateUserCoupons, readCached } from '../models/user-coupon-cache';
+import { config } from '../src/core/config';
+import { closeSequelize, sequelize } from '../src/core/postgres';
+import { createRedis, waitForReady } from '../src/core/redis';
+import { redisKeys } from '../src/core/redis-keys';
+import { initModels } from '../src/storage';
+import { listUserCoupons } from '../src/storage/coupon';
+import { beginFill, finishFill, initUserCouponCache, invalidateUserCoupons, readCached } from '../src/storage/cache/user-coupon-cache';
 import { createCheckoutPolicy, eventually, reserveAndSettle, shopperWith, type Shopper } from './support/checkout';
 import { closeDb, db, freshDatabase } from './support/db';
 import { uniqueId } from './support/fixtures';

@@ -1,6 +1,6 @@
 // Crash safety of issuance: a worker SIGKILLed in the middle of a sale loses no request and no stock.
 import type { ChildProcess } from 'node:child_process';
-import { directIssueResultSchema } from '../queues/results';
+import { directIssueResultSchema } from '../src/queues/results';
 import { Api, mapLimit } from './support/http';
 import { eventually } from './support/checkout';
 import { activeJobIds, admittedJobsInFlight, jobsById, jobsCarrying, pendingAdmissions, wasTakenOver } from './support/jobs';

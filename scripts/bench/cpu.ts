@@ -114,7 +114,7 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
 
 /**
  * Groups by pid when the bench started the processes itself, and by command line otherwise
- * (a reused stack: `node dist/ingress/server.js`, `tsx workers/main.ts` and the like). `baseline`: the
+ * (a reused stack: `node dist/src/web/main.js`, `tsx src/worker/main.ts` and the like). `baseline`: the
  * flash-sale bench's bare baseline server.
  */
 export function classifier(own: { web: number[]; workers: number[]; bridge?: number[] } | null, baseline: number[] = []): Classifier {

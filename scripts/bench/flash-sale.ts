@@ -42,7 +42,7 @@ import { Queue } from 'bullmq';
 import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
 import { z } from 'zod';
-import { urlWith } from '../../core/config';
+import { urlWith } from '../../src/core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { startBaseline, type Baseline } from './baseline';
@@ -82,7 +82,7 @@ const configSchema = z.object({
 type Config = z.infer<typeof configSchema>;
 
 function loadConfig(): Config {
-  // Empty strings count as unset, like core/config.ts.
+  // Empty strings count as unset, like src/core/config.ts.
   const env = Object.fromEntries(Object.entries(process.env).filter(([, v]) => v !== undefined && v !== ''));
   const parsed = configSchema.safeParse(env);
   if (!parsed.success) {

@@ -21,7 +21,7 @@ import path from 'node:path';
 import { cpus, loadavg } from 'node:os';
 import { Kafka, logLevel } from 'kafkajs';
 import { z } from 'zod';
-import { urlWith } from '../../core/config';
+import { urlWith } from '../../src/core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { gitState, median, note, runBench, sleep, writeResults } from './common';

@@ -28,7 +28,7 @@ import path from 'node:path';
 import { Client as PgClient } from 'pg';
 import { Agent, request } from 'undici';
 import { z } from 'zod';
-import { urlWith } from '../../core/config';
+import { urlWith } from '../../src/core/config';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { chooseStack, ROOT, type Stack } from './stack';

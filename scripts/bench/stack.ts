@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { runMigrations } from '../../models/migrator';
+import { runMigrations } from '../../src/storage/migrator';
 import { commandArgv, launchProcess, procfileCommands, stopProcess } from '../infra/app-process';
 import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';

@@ -10,7 +10,7 @@ import { repoRoot } from './process';
 const ROOT = repoRoot();
 
 /** The entry point of each process in the sources. */
-export const SOURCE_ENTRIES = { web: 'ingress/server.ts', worker: 'workers/main.ts', bridge: 'ingress/bridge/main.ts' } as const;
+export const SOURCE_ENTRIES = { web: 'src/web/main.ts', worker: 'src/worker/main.ts', bridge: 'src/bridge/main.ts' } as const;
 
 /** `node --import tsx <entry>`: one process per service (no tsx wrapper), so a signal reaches the service itself. */
 export function fromSource(entry: string): string[] {

@@ -5,7 +5,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Kafka, logLevel, type Admin } from 'kafkajs';
-import { createTopicsIfMissing } from '../../core/kafka';
+import { createTopicsIfMissing } from '../../src/core/kafka';
 import {
   aptInstall,
   findExecutable,

@@ -223,7 +223,7 @@ async function startCluster(cluster: Cluster, target: Target, log: Logger): Prom
     await asOwner(cluster, 'pg_ctl', ['-D', cluster.data, '-l', cluster.logFile, '-w', '-t', '60', '-o', options, 'start']);
   } catch (error) {
     const serverLog = existsSync(cluster.logFile) ? tail(readFileSync(cluster.logFile, 'utf8'), 15) : '';
-    throw new Error(`postgres: could not start the local server:\n${(error as Error).message}\n${serverLog}`);
+    throw new Error(`postgres: could not start the local server:\n${(error as Error).message}\n${serverLog}`, { cause: error });
   }
 }
 

@@ -1,9 +1,9 @@
 import { MAX_INSTANCES, parseStartArgs, planInstances, portEnv, UsageError, type BasePorts } from './formation';
 
 const PROCFILE: [string, string][] = [
-  ['web', 'exec node dist/ingress/server.js'],
-  ['worker', 'exec node dist/workers/main.js'],
-  ['bridge', 'exec node dist/ingress/bridge/main.js'],
+  ['web', 'exec node dist/src/web/main.js'],
+  ['worker', 'exec node dist/src/worker/main.js'],
+  ['bridge', 'exec node dist/src/bridge/main.js'],
 ];
 const PORTS: BasePorts = { web: 3000, worker: 9464, bridge: 9465 };
 

@@ -55,6 +55,11 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     const list = (examples[what] ??= []);
     if (list.length < 5) list.push(example);
   };
+  /** Counts one violation of `what` and keeps it as an example. */
+  const flag = (what: keyof Violations, example: string) => {
+    v[what] += 1;
+    note(what, example);
+  };
   const v: Violations = {
     I1_overIssued: 0,
     I2_overLimit: 0,
@@ -76,20 +81,20 @@ export async function check(input: CheckInput): Promise<CheckReport> {
   v.I1_overIssued = Math.max(0, coupons.length - stock);
   const perUser = new Map<string, number>();
   for (const c of coupons) perUser.set(c.user_id, (perUser.get(c.user_id) ?? 0) + 1);
-  for (const [user, n] of perUser) if (n > perUserLimit) (v.I2_overLimit += 1), note('I2_overLimit', `${user} holds ${n}`);
+  for (const [user, n] of perUser) if (n > perUserLimit) flag('I2_overLimit', `${user} holds ${n}`);
   const demand = shoppers.length * perUserLimit;
   v.I3_unitsLost = Math.max(0, Math.min(stock, demand) - coupons.length);
   const slots = new Set<number>();
   for (const c of coupons) {
-    if (c.slot < 1 || c.slot > stock || slots.has(c.slot)) (v.I3_badSlots += 1), note('I3_badSlots', `slot ${c.slot}`);
+    if (c.slot < 1 || c.slot > stock || slots.has(c.slot)) flag('I3_badSlots', `slot ${c.slot}`);
     slots.add(c.slot);
   }
 
   const holders = new Map(coupons.map((c) => [c.user_id, c]));
   for (const s of shoppers) {
-    if (!s.final) (v.I7_neverTold += 1), note('I7_neverTold', `${s.user}: ${s.answers.map((a) => a.status).join(',')}`);
-    else if (s.final.outcome === 'won' && !holders.has(s.user)) (v.I4_toldWrong += 1), note('I4_toldWrong', `${s.user} told won, holds nothing`);
-    else if (s.final.outcome === 'lost' && holders.has(s.user)) (v.I4_toldWrong += 1), note('I4_toldWrong', `${s.user} told ${s.final.code}, holds a coupon`);
+    if (!s.final) flag('I7_neverTold', `${s.user}: ${s.answers.map((a) => a.status).join(',')}`);
+    else if (s.final.outcome === 'won' && !holders.has(s.user)) flag('I4_toldWrong', `${s.user} told won, holds nothing`);
+    else if (s.final.outcome === 'lost' && holders.has(s.user)) flag('I4_toldWrong', `${s.user} told ${s.final.code}, holds a coupon`);
   }
 
   const { rows: reservations } = await pg.query<{ id: string; coupon_id: string; order_id: string; status: string; refunded_at: Date | null }>(
@@ -103,7 +108,7 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     liveByCoupon.set(r.coupon_id, (liveByCoupon.get(r.coupon_id) ?? 0) + 1);
     liveByOrder.set(r.order_id, (liveByOrder.get(r.order_id) ?? 0) + 1);
   }
-  for (const [id, n] of [...liveByCoupon, ...liveByOrder]) if (n > 1) (v.I10_doubleReserved += 1), note('I10_doubleReserved', `${id}: ${n} live`);
+  for (const [id, n] of [...liveByCoupon, ...liveByOrder]) if (n > 1) flag('I10_doubleReserved', `${id}: ${n} live`);
 
   const byId = new Map(reservations.map((r) => [r.id, r]));
   const couponById = new Map(coupons.map((c) => [c.id, c]));
@@ -115,8 +120,8 @@ export async function check(input: CheckInput): Promise<CheckReport> {
   let used = 0;
   let restored = 0;
   for (const c of checkouts) {
-    if (!c.reservation && !c.refusal) (v.I7_neverTold += 1), note('I7_neverTold', `reserve of ${c.couponId}`);
-    if (c.refusal) (v.I9_reserveWrong += 1), note('I9_reserveWrong', `${c.couponId} refused ${c.refusal}`);
+    if (!c.reservation && !c.refusal) flag('I7_neverTold', `reserve of ${c.couponId}`);
+    if (c.refusal) flag('I9_reserveWrong', `${c.couponId} refused ${c.refusal}`);
     if (!c.reservation) continue;
     const r = byId.get(c.reservation.id);
     const coupon = couponById.get(c.couponId);
@@ -126,11 +131,11 @@ export async function check(input: CheckInput): Promise<CheckReport> {
       continue;
     }
     for (const e of c.events) {
-      if (outcomeOf.get(e.eventId) !== 'APPLIED') (v.I11_paymentsWrong += 1), note('I11_paymentsWrong', `${e.type} ${e.eventId}: ${outcomeOf.get(e.eventId) ?? 'never processed'}`);
+      if (outcomeOf.get(e.eventId) !== 'APPLIED') flag('I11_paymentsWrong', `${e.type} ${e.eventId}: ${outcomeOf.get(e.eventId) ?? 'never processed'}`);
     }
     if (c.refund) {
       restored += 1;
-      if (!r.refunded_at || coupon?.status !== 'ISSUED') (v.I11_refundsWrong += 1), note('I11_refundsWrong', `${c.couponId}: ${coupon?.status}, refunded ${r.refunded_at}`);
+      if (!r.refunded_at || coupon?.status !== 'ISSUED') flag('I11_refundsWrong', `${c.couponId}: ${coupon?.status}, refunded ${r.refunded_at}`);
     } else {
       used += 1;
       if (r.status !== 'CONFIRMED' || coupon?.status !== 'USED' || coupon.reservation_id !== r.id) {

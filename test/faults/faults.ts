@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import IORedis from 'ioredis';
-import { failpointMarkDir } from '../../core/failpoints';
+import { failpointMarkDir } from '../../src/core/failpoints';
 import { sleep } from '../../scripts/infra/process';
 import type { Formation, World } from './world';
 
@@ -69,7 +69,7 @@ function killProcess(name: string, phase: Phase, hit: Fault['hit']): Fault {
   };
 }
 
-/** Whether the once-only failpoint `name` fired in this world (it leaves a mark: core/failpoints.ts). */
+/** Whether the once-only failpoint `name` fired in this world (it leaves a mark: src/core/failpoints.ts). */
 const fired = (world: World, name: string) => existsSync(path.join(failpointMarkDir(world.queuePrefix), name));
 
 /** The processes the supervisor restarted so far (`web.1 0, worker.2 1` → [worker.2]). */

@@ -3,7 +3,7 @@
 // platform backend does: the same Idempotency-Key on every retry, another web when one does not
 // answer, and it keeps asking until it knows. Every answer is recorded, for the checker.
 import { randomUUID } from 'node:crypto';
-import { mapLimit } from '../../core/concurrency';
+import { mapLimit } from '../../src/core/concurrency';
 import type { Api } from '../support/http';
 
 export interface Answer {

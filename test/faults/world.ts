@@ -6,7 +6,7 @@ import { createWriteStream, mkdirSync, rmSync, type WriteStream } from 'node:fs'
 import path from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import { Pool } from 'pg';
-import { runMigrations } from '../../models/migrator';
+import { runMigrations } from '../../src/storage/migrator';
 import { ensureKafka, ensureTopics } from '../../scripts/infra/kafka';
 import { freePort, isPortFree, repoRoot, sleep, type Logger } from '../../scripts/infra/process';
 import { ensureRedis, ping } from '../../scripts/infra/redis';

@@ -1,14 +1,14 @@
 // The HTTP app in-process, over real Postgres and Redis, for API tests that need no worker.
 import type { Hono } from 'hono';
-import { createApp } from '../../ingress/app';
-import type { AppEnv } from '../../ingress/context';
-import { createOutcomeHub } from '../../ingress/outcome-hub';
-import { logger } from '../../core/logger';
-import { closeSequelize, sequelize } from '../../core/postgres';
-import { createRedis, waitForReady } from '../../core/redis';
-import { initModels } from '../../models';
-import { initUserCouponCache } from '../../models/user-coupon-cache';
-import { createQueues, type Queues } from '../../queues/connection';
+import { createApp } from '../../src/web/app';
+import type { AppEnv } from '../../src/web/context';
+import { createOutcomeHub } from '../../src/web/outcome-hub';
+import { logger } from '../../src/core/logger';
+import { closeSequelize, sequelize } from '../../src/core/postgres';
+import { createRedis, waitForReady } from '../../src/core/redis';
+import { initModels } from '../../src/storage';
+import { initUserCouponCache } from '../../src/storage/cache/user-coupon-cache';
+import { createQueues, type Queues } from '../../src/queues/connection';
 import { testSecret } from './tokens';
 
 export interface TestApp {

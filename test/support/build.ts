@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import { procfileCommands } from '../../scripts/infra/app-process';
 
 const ROOT = resolve(__dirname, '../..');
-const SOURCES = ['core', 'ingress', 'workers', 'queues', 'models', 'usecases', 'scripts'];
+const SOURCES = ['src', 'scripts'];
 
 /** `name: command` lines of the Procfile. */
 export const procfile = procfileCommands;
@@ -24,7 +24,7 @@ function newestMtime(dir: string, accept: (file: string) => boolean): number {
 export function buildIfStale(commands: string[]): void {
   const scripts = commands.flatMap((c) => c.split(/\s+/).filter((arg) => arg.endsWith('.js'))).map((s) => join(ROOT, s));
   const sources = Math.max(
-    ...SOURCES.map((d) => newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua'))),
+    ...SOURCES.map((d) => newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua') || f.endsWith('.sql'))),
     ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(ROOT, f)).mtimeMs),
   );
   const fresh = scripts.every((s) => existsSync(s) && statSync(s).mtimeMs >= sources);

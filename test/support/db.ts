@@ -1,6 +1,6 @@
 // Direct reads of Postgres for assertions: tests check the rows, not only what the API says.
 import { Client, Pool } from 'pg';
-import { runMigrations } from '../../models/migrator';
+import { runMigrations } from '../../src/storage/migrator';
 
 let pool: Pool | undefined;
 

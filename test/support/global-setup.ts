@@ -2,7 +2,7 @@
 // when a Docker engine answers and no URL was given), hands their addresses to the test workers
 // through the environment, empties the test Redis database and migrates the test database.
 import Redis from 'ioredis';
-import { runMigrations } from '../../models/migrator';
+import { runMigrations } from '../../src/storage/migrator';
 import { ensureTopics } from '../../scripts/infra/kafka';
 import { consoleLogger as log } from '../../scripts/infra/process';
 import { ensureServices, type RunningServices } from '../../scripts/infra/services';

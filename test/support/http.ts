@@ -56,4 +56,4 @@ export class Api {
   }
 }
 
-export { mapLimit } from '../../core/concurrency';
+export { mapLimit } from '../../src/core/concurrency';

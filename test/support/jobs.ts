@@ -1,9 +1,9 @@
 // Reads the batch jobs behind request ids straight from BullMQ, for tests that check how jobs ran.
 import { Queue, type Job } from 'bullmq';
 import IORedis from 'ioredis';
-import type { IssueBatch } from '../../queues/jobs';
-import { parseRequestId } from '../../queues/names';
-import { storedOutcomeSchema } from '../../queues/outcomes';
+import type { IssueBatch } from '../../src/queues/jobs';
+import { parseRequestId } from '../../src/queues/names';
+import { storedOutcomeSchema } from '../../src/queues/outcomes';
 
 /**
  * The issue jobs that carried these requests (one per batch), or undefined where a job is gone.

@@ -73,7 +73,7 @@ export async function logLinesWhen(name: string, match: (line: LogLine) => boole
   }
 }
 
-/** Starts one service process from source (`entry`, e.g. ingress/bridge/main.ts), its output in logFile(name). */
+/** Starts one service process from source (`entry`, e.g. src/bridge/main.ts), its output in logFile(name). */
 export function launch(name: string, entry: string, env: Record<string, string>): ChildProcess {
   return launchProcess({ argv: fromSource(entry), env: { ...process.env, ...env }, logFile: logFile(name) });
 }

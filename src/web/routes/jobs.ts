@@ -1,0 +1,273 @@
+// GET /jobs/:jobId: what became of a request, with an optional long-poll until it settles.
+import type { Job } from 'bullmq';
+import { Hono, type Context } from 'hono';
+import { z } from 'zod';
+import { requireCodeSecret } from '../../core/config';
+import { sequelize } from '../../core/postgres';
+import { AppError } from '../../core/errors';
+import { openCodes } from '../../domain/codes';
+import { takeSealedCodes } from '../../storage/codes';
+import type { Queues } from '../../queues/connection';
+import { couponView, findCouponByRequest } from '../../storage/coupon';
+import { Reservation, reservationResult } from '../../storage/reservation';
+import type { Logger } from '../../core/logger';
+import type { JobView } from '../../queues/jobs';
+import { JOB_KINDS, parseRequestId, parseReserveJobId, queueOfJobId, type QueueName } from '../../queues/names';
+import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
+import { issueOutcomeAt, jobOutcomeSchemaOf } from '../../queues/results';
+import type { AppEnv } from '../context';
+import type { OutcomeHub } from '../outcome-hub';
+import { assertSelfOrAdmin } from '../middleware/auth';
+import { parseWith, query } from '../validation';
+
+const MAX_WAIT_MS = 10_000;
+export const jobIdParam = z.string().regex(/^[a-z]{2,4}_[A-Za-z0-9-]{1,100}(\.\d{1,4})?$/, 'not a job id');
+export const waitQuery = z.object({ waitMs: z.coerce.number().int().min(0).max(MAX_WAIT_MS).default(0) });
+
+export function accepted(c: Context<AppEnv>, jobId: string) {
+  return c.json({ jobId, status: 'pending' as const, statusUrl: `/api/v1/jobs/${jobId}` }, 202);
+}
+
+type OwnedJobView = JobView & { ownerId: string };
+
+/**
+ * One HGETALL: a job is finished once it has finishedOn, which BullMQ writes in the same script as
+ * its return value (completed) or final failure, so the state and the result always agree.
+ */
+async function readJob(queues: Queues, queueName: QueueName, id: string, log: Logger): Promise<{ job: Job; view: OwnedJobView } | null> {
+  const { jobId, index } = parseRequestId(id);
+  const job = await queues.get(queueName).getJob(jobId);
+  if (!job) return null;
+  const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
+  const view = viewOf(job, state, id, index, log);
+  if (!view) return null;
+  if (view.status === 'failed' && view.type === 'issue') {
+    // A batch that failed or stalled out as a whole may still have written this request's coupon
+    // before it did: Postgres has the last word, so nobody holding a coupon is told "failed".
+    const coupon = await findCouponByRequest(id);
+    if (coupon) return { job, view: { ...view, status: 'succeeded', result: couponView(coupon), reason: undefined } };
+  }
+  return { job, view };
+}
+
+/** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
+function viewOf(job: Job, state: string, id: string, index: number | null, log: Logger): OwnedJobView | null {
+  // A batch job is only ever read one request at a time; the batch itself is nobody's job.
+  if ((job.name === 'issue-batch') !== (index !== null)) return null;
+  // A batch carries only the requests its web could not decide; each names its own id.
+  const requests = (job.data as { requests?: { requestId?: unknown }[] }).requests;
+  const position = index === null ? -1 : (requests?.findIndex((r) => r?.requestId === id) ?? -1);
+  const request = index === null ? job.data : requests?.[position];
+  if (!request || typeof request !== 'object') return null;
+  const base = {
+    id,
+    type: job.name === 'issue-batch' ? 'issue' : job.name,
+    createdAt: new Date(job.timestamp).toISOString(),
+    // The user a request is for; an admin's grant or code generation belongs to that admin (userId).
+    ownerId: String((request as { userId?: unknown }).userId ?? ''),
+  };
+  const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
+  if (state === 'completed') {
+    // A batch's result is read at this request's entry only, not the coupons of the whole batch.
+    const parsed = index === null ? jobOutcomeSchemaOf(job.name).safeParse(job.returnvalue) : issueOutcomeAt(job.returnvalue, position);
+    if (parsed.success) {
+      const outcome = parsed.data;
+      const detail = outcome.outcome === 'succeeded' ? { result: outcome.result } : { reason: outcome.reason };
+      return { ...base, status: outcome.outcome, ...detail, ...(finishedAt && { finishedAt }) };
+    }
+    log.warn({ jobId: id, issue: parsed.error.issues[0]?.message }, 'malformed job result; answered as failed');
+  }
+  if (state === 'completed' || state === 'failed') {
+    // The internal cause stays in the logs; the client learns only that the system failed.
+    return { ...base, status: 'failed', reason: { code: 'INTERNAL', message: 'The request failed after retries.' }, ...(finishedAt && { finishedAt }) };
+  }
+  // Long jobs (a grant, code generation) say how far they got: {done, total}.
+  const progress = index === null && typeof job.progress === 'object' ? { progress: job.progress } : {};
+  return { ...base, status: 'pending', ...progress };
+}
+
+/**
+ * A finished code generation lists its codes in the first read by its owner, and never again: the
+ * read takes them out of Postgres (src/storage/codes.ts takeSealedCodes), so from then on they exist
+ * nowhere but with that admin. Later reads say `codesDelivered: true` (or `codesExpired: true` for
+ * codes nobody fetched within a day).
+ */
+async function withCodesOnce(view: JobView, ownerId: string, reader: string): Promise<JobView> {
+  if (view.type !== 'generate-codes' || view.status !== 'succeeded') return view;
+  // Only the admin who asked takes them: another admin reading the job must not empty it.
+  if (reader !== ownerId) return view;
+  const result = view.result as Record<string, unknown>;
+  const delivery = await takeSealedCodes(sequelize(), view.id);
+  if ('codes' in delivery) return { ...view, result: { ...result, codes: openCodes(requireCodeSecret(), view.id, delivery.codes) } };
+  return { ...view, result: { ...result, ...('delivered' in delivery ? { codesDelivered: true } : { codesExpired: true }) } };
+}
+
+export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
+  const app = new Hono<AppEnv>();
+
+  app.get('/:jobId', async (c) => {
+    const jobId = parseWith(jobIdParam, c.req.param('jobId'));
+    const { waitMs } = query(c, waitQuery);
+    const view = isIssueRequest(jobId) ? await issueRequestView(c, queues, outcomes, jobId, waitMs) : await settledView(c, queues, jobId, waitMs);
+    if (!view) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
+    return c.json(view);
+  });
+
+  return app;
+}
+
+/**
+ * The caller's view of a job, after waiting up to waitMs for it to finish; null when there is no
+ * such job. `added` is the job the request itself just queued: it is known to exist, so the wait
+ * starts at once, without reading the job first.
+ */
+async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number, added?: Job): Promise<JobView | null> {
+  const queueName = queueOfJobId(jobId);
+  if (!queueName) return null;
+  const first = added ? undefined : await readJob(queues, queueName, jobId, c.get('log'));
+  if (first === null) return reserveAnsweredByPostgres(c, jobId);
+  if (first) assertSelfOrAdmin(c.get('user'), first.view.ownerId);
+  let view = first?.view;
+  const waitFor = added ?? (view?.status === 'pending' ? first?.job : undefined);
+  if (waitFor && waitMs > 0) {
+    // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
+    await waitFor.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+    view = (await readJob(queues, queueName, jobId, c.get('log')))?.view ?? view;
+  }
+  if (!view) return null;
+  assertSelfOrAdmin(c.get('user'), view.ownerId);
+  const { ownerId, ...body } = view;
+  return withCodesOnce(body, ownerId, c.get('user').id);
+}
+
+/**
+ * The answer of a reserve whose job Redis no longer keeps (checkout jobs are kept an hour, at most
+ * 100,000: a day's worth at 1,000 a second would not fit): the reservation its job id names, from
+ * Postgres, for as long as the reservation exists. A reserve that was refused left no reservation;
+ * its answer lives as long as its job, and the same request sent again is decided again.
+ */
+async function reserveAnsweredByPostgres(c: Context<AppEnv>, jobId: string): Promise<JobView | null> {
+  const named = parseReserveJobId(jobId);
+  if (!named) return null;
+  const reservation = await Reservation.findOne({ where: { requestId: named.requestId } });
+  if (!reservation?.requestFingerprint?.startsWith(named.fingerprintPrefix)) return null;
+  assertSelfOrAdmin(c.get('user'), reservation.userId);
+  const at = reservation.createdAt.toISOString();
+  return { id: jobId, type: 'reserve', status: 'succeeded', result: reservationResult(reservation), createdAt: at, finishedAt: at };
+}
+
+const PREFER_WAIT = /(?:^|[\s,;])wait\s*=\s*(\d{1,6})(?=$|[\s,;])/i;
+
+/** The wait a client asked for with `Prefer: wait=N` (RFC 7240, N seconds, at most 10), in ms; null without one. */
+export function preferredWaitMs(c: Context<AppEnv>): number | null {
+  const wait = PREFER_WAIT.exec(c.req.header('prefer') ?? '');
+  return wait ? Math.min(Number(wait[1]) * 1000, MAX_WAIT_MS) : null;
+}
+
+/** 200 with a finished job view, as the answer to a request sent with `Prefer: wait`. */
+export function finishedAnswer(c: Context<AppEnv>, view: JobView, waitMs: number) {
+  c.header('Preference-Applied', `wait=${waitMs / 1000}`);
+  c.header('Content-Location', `/api/v1/jobs/${view.id}`);
+  return c.json({ ...view, jobId: view.id, statusUrl: `/api/v1/jobs/${view.id}` }, 200);
+}
+
+/**
+ * The answer to a request that made a job: 202 with the job to poll or, when the client sent
+ * `Prefer: wait=N` (RFC 7240, N seconds, at most 10) and the job finished within that, 200 with the
+ * finished job view and `Preference-Applied`: the result without a second request. Either way the
+ * job is the same, and it stays readable at its statusUrl.
+ */
+export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string, added?: Job) {
+  const waitMs = preferredWaitMs(c);
+  if (waitMs === null) return accepted(c, jobId);
+  // The job is queued: whatever goes wrong while waiting (Redis blinks), the answer stays a 202,
+  // never a 503 that would tell the client to queue it again.
+  const view = await settledView(c, queues, jobId, waitMs, added).catch((error: unknown) => {
+    c.get('log').warn({ err: error, jobId }, 'waiting for the job failed; answering 202');
+    return null;
+  });
+  if (!view || view.status === 'pending') return accepted(c, jobId);
+  return finishedAnswer(c, { ...view, id: jobId }, waitMs);
+}
+
+const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch'].prefix}_`) && parseRequestId(id).index !== null;
+
+/**
+ * The view of one issue request: its own stored outcome (one HGET, never the batch), waiting up to
+ * waitMs for the worker's push while it is pending. A request still pending after that whose batch
+ * finished without deciding it (the job failed or stalled out as a whole) is read the long way,
+ * where Postgres has the last word.
+ */
+export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<JobView | null> {
+  let stored = await readOutcome(queues.connection, requestId, c.get('log'));
+  // Batches queued before outcomes were stored per request are read from their job.
+  if (!stored) return (await settledView(c, queues, requestId, waitMs)) ?? (await committedRequestView(c, requestId));
+  assertSelfOrAdmin(c.get('user'), stored.u);
+  if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs, c.get('log'));
+  if (stored.s === 'pending' && (await batchFinished(queues, requestId, stored))) {
+    return (await settledView(c, queues, requestId, 0)) ?? (await lostRequestView(requestId, stored));
+  }
+  const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
+  return view;
+}
+
+/**
+ * A request Redis knows nothing of, neither its record nor its job (Redis lost its last second of
+ * writes in a host crash), whose coupon Postgres holds: it succeeded, and its holder is told so
+ * rather than 404. Without a coupon it stays unknown (404): it was never written, ask again.
+ */
+async function committedRequestView(c: Context<AppEnv>, requestId: string): Promise<JobView | null> {
+  const coupon = await findCouponByRequest(requestId);
+  if (!coupon) return null;
+  assertSelfOrAdmin(c.get('user'), coupon.userId);
+  return { id: requestId, type: 'issue', status: 'succeeded', result: couponView(coupon), createdAt: coupon.createdAt.toISOString(), finishedAt: coupon.createdAt.toISOString() };
+}
+
+/**
+ * A request stored as failed may still have written its coupon (its insert committed, the answer was
+ * lost, and Postgres could not be asked on the last attempt): Postgres has the last word, so nobody
+ * holding a coupon is told "failed".
+ */
+export async function withPostgresWord(requestId: string, stored: StoredOutcome): Promise<StoredOutcome> {
+  if (stored.s !== 'failed') return stored;
+  const coupon = await findCouponByRequest(requestId);
+  return coupon ? { ...stored, s: 'succeeded', r: couponView(coupon), e: undefined } : stored;
+}
+
+/**
+ * A pending request whose batch job is gone: its web died before the add, or Redis lost the job.
+ * Postgres says whether its coupon was written; if not, it never will be, and it ends failed (I7).
+ */
+async function lostRequestView(requestId: string, stored: StoredOutcome): Promise<JobView> {
+  const coupon = await findCouponByRequest(requestId);
+  const { ownerId: _owner, ...view } = viewOfOutcome(
+    requestId,
+    coupon
+      ? { ...stored, s: 'succeeded', r: couponView(coupon) }
+      : { ...stored, s: 'failed', e: { code: 'INTERNAL', message: 'The request was lost before a worker took it; ask again.' } },
+  );
+  return view;
+}
+
+/** Waits for a pending request's outcome: the push, or what is stored when the wait ends. */
+export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number, log?: Logger): Promise<StoredOutcome> {
+  const pushed = outcomes.wait(requestId, waitMs);
+  // Registered first, then read: an outcome published between the two reads is not missed.
+  const now = await readOutcome(queues.connection, requestId, log);
+  if (now && now.s !== 'pending') return now;
+  const outcome = await pushed;
+  if (outcome) return outcome;
+  const last = await readOutcome(queues.connection, requestId, log);
+  if (!last) throw new Error(`the outcome of ${requestId} vanished while waiting`);
+  return last;
+}
+
+/**
+ * Whether the batch job of a request finished, or is gone: then a pending record will never change.
+ * A job not there yet is gone only once its record is older than the orphan age: the web stores the
+ * record a moment before it adds the job.
+ */
+async function batchFinished(queues: Queues, requestId: string, stored: StoredOutcome): Promise<boolean> {
+  const state = await batchJobState(queues, requestId);
+  return state === 'finished' || (state === 'absent' && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS);
+}
