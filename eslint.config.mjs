@@ -21,7 +21,10 @@ const into = (folders, message) => ({ regex: `^(\\.\\./)+(${folders.join('|')})(
 const forbid = (dir, folders, why) => ({
   files: [`src/${dir}/**/*.ts`],
   rules: {
-    'no-restricted-imports': ['error', { patterns: [into(folders, why), into(['scripts', 'test'], 'src/ never imports scripts/ or test/.')] }],
+    'no-restricted-imports': [
+      'error',
+      { patterns: [into(folders, why), into(['scripts', 'test'], 'src/ never imports scripts/ or test/.')] },
+    ],
   },
 });
 
@@ -38,8 +41,13 @@ export default tseslint.config(
   },
   // Tests and benches read free-form JSON answers (HTTP bodies, job views) as `any`.
   { files: ['test/**/*.ts', 'scripts/**/*.ts'], rules: { '@typescript-eslint/no-explicit-any': 'off' } },
-  { files: ['**/*.js', '**/*.mjs'], languageOptions: { globals: { module: 'writable', require: 'readonly', __dirname: 'readonly', process: 'readonly' } } },
-  ...LAYERS.map((layer) => forbid(layer, above(layer), `src/${layer} sits below ${above(layer).join(', ')}: it must not import them (eslint.config.mjs).`)),
+  {
+    files: ['**/*.js', '**/*.mjs'],
+    languageOptions: { globals: { module: 'writable', require: 'readonly', __dirname: 'readonly', process: 'readonly' } },
+  },
+  ...LAYERS.map((layer) =>
+    forbid(layer, above(layer), `src/${layer} sits below ${above(layer).join(', ')}: it must not import them (eslint.config.mjs).`),
+  ),
   ...PROCESSES.map((p) =>
     forbid(
       p,

@@ -31,7 +31,9 @@ async function main(): Promise<void> {
   const [kind, ...args] = process.argv.slice(2);
   const message = kind === 'payment' || kind === 'user' ? build(kind, args) : null;
   if (!message) {
-    process.stderr.write(`usage: ${kind === 'user' ? USAGE.user : kind === 'payment' ? USAGE.payment : `${USAGE.payment}\n       ${USAGE.user}`}\n`);
+    process.stderr.write(
+      `usage: ${kind === 'user' ? USAGE.user : kind === 'payment' ? USAGE.payment : `${USAGE.payment}\n       ${USAGE.user}`}\n`,
+    );
     process.exit(64);
   }
   const producer = createProducer(createKafka(logger()));

@@ -17,5 +17,5 @@ new SignJWT({ role })
   .setExpirationTime(Math.floor(Date.now() / 1000) + Number(ttl))
   .sign(createSecretKey(Buffer.from(signingJwtSecret(), 'utf8')))
   .then((token) => {
-  process.stdout.write(`${token}\n`);
-});
+    process.stdout.write(`${token}\n`);
+  });

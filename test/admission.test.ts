@@ -10,7 +10,14 @@ import { initModels } from '../src/storage';
 import { insertIssuedCoupon } from '../src/storage/coupon';
 import { CouponPolicy, policyRowFromCreate } from '../src/storage/policy';
 import { policyCreateSchema } from '../src/domain/policy-rules';
-import { admissionSnapshot, admit, openStock, releaseAdmission, settleAdmission, writePolicyMeta } from '../src/storage/admission/admission';
+import {
+  admissionSnapshot,
+  admit,
+  openStock,
+  releaseAdmission,
+  settleAdmission,
+  writePolicyMeta,
+} from '../src/storage/admission/admission';
 import { createLocks } from '../src/core/lock';
 import { createIssueProcessor } from '../src/worker/issue-queue';
 import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../src/usecases/reconcile-admissions';
@@ -30,7 +37,11 @@ let worker: Worker;
 
 beforeAll(async () => {
   initModels(sequelize());
-  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks }, log), { connection: workerConnection, prefix, concurrency: 8 });
+  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks }, log), {
+    connection: workerConnection,
+    prefix,
+    concurrency: 8,
+  });
 });
 
 afterAll(async () => {
@@ -53,7 +64,14 @@ async function newPolicy(overrides: Record<string, unknown> = {}) {
 /** One request, in a batch job of its own, as the web would queue it; answers the request's outcome. */
 async function issue(policyId: string, userId: string) {
   const jobId = `iss_${randomUUID()}`;
-  const request = { policyId, userId, actorId: userId, traceId: uniqueId('t'), requestedAt: new Date().toISOString(), requestId: `${jobId}.0` };
+  const request = {
+    policyId,
+    userId,
+    actorId: userId,
+    traceId: uniqueId('t'),
+    requestedAt: new Date().toISOString(),
+    requestId: `${jobId}.0`,
+  };
   const job = await queue.add('issue-batch', { requests: [request] }, { jobId, attempts: 3 });
   await job.waitUntilFinished(events, 30_000).catch(() => undefined);
   const outcome = issueBatchReturnSchema.parse((await queue.getJob(jobId))?.returnvalue).results[0]!;
@@ -84,7 +102,10 @@ describe('admission state', () => {
 
   it('gives back the slot of an admission whose job is gone and whose coupon was never written', async () => {
     const policy = await newPolicy({ totalQuantity: 2 });
-    const lost = await admit({ redis, locks }, { policyId: policy.id, requestId: `iss_${randomUUID()}`, userId: uniqueId('lost'), methods: ['FIRST_COME'] });
+    const lost = await admit(
+      { redis, locks },
+      { policyId: policy.id, requestId: `iss_${randomUUID()}`, userId: uniqueId('lost'), methods: ['FIRST_COME'] },
+    );
     expect(lost).toMatchObject({ kind: 'admitted', slot: 1 });
 
     const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
@@ -100,13 +121,18 @@ describe('admission state', () => {
   it('gives back within seconds, not lock periods, the slot of an admission whose job was never added; keeps a young one whose job exists', async () => {
     const policy = await newPolicy({ totalQuantity: 2 });
     // A web process admitted a request and died before adding its job.
-    const orphan = await admit({ redis, locks }, { policyId: policy.id, requestId: `iss_${randomUUID()}.0`, userId: uniqueId('orphan'), methods: ['FIRST_COME'] });
+    const orphan = await admit(
+      { redis, locks },
+      { policyId: policy.id, requestId: `iss_${randomUUID()}.0`, userId: uniqueId('orphan'), methods: ['FIRST_COME'] },
+    );
     expect(orphan).toMatchObject({ kind: 'admitted', slot: 1 });
     // Another admitted request whose job is queued (delayed, so no worker takes it during the test).
     const liveJob = `iss_${randomUUID()}`;
     const liveUser = uniqueId('live');
     await queue.add('issue-batch', { requests: [] }, { jobId: liveJob, delay: 60_000 });
-    expect(await admit({ redis, locks }, { policyId: policy.id, requestId: `${liveJob}.0`, userId: liveUser, methods: ['FIRST_COME'] })).toMatchObject({ kind: 'admitted', slot: 2 });
+    expect(
+      await admit({ redis, locks }, { policyId: policy.id, requestId: `${liveJob}.0`, userId: liveUser, methods: ['FIRST_COME'] }),
+    ).toMatchObject({ kind: 'admitted', slot: 2 });
 
     // Two lock periods have not passed for either, but the orphan's job does not exist at all.
     const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 60_000, 0);
@@ -119,7 +145,9 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 5 });
     for (const user of ['a', 'b', 'c']) expect((await issue(policy.id, uniqueId(user))).outcome).toBe('succeeded');
     const held = `iss_${randomUUID()}`;
-    expect(await admit({ redis, locks }, { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] })).toMatchObject({ kind: 'admitted' });
+    expect(
+      await admit({ redis, locks }, { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] }),
+    ).toMatchObject({ kind: 'admitted' });
     await policy.update({ status: 'ENDED' });
     await writePolicyMeta(redis, policy);
     const k = redisKeys().admission(policy.id);
@@ -141,13 +169,16 @@ describe('admission state', () => {
     expect(await couponsOf(policy.id)).toHaveLength(3);
   });
 
-  it('drops the state of a policy whose issue window closed past the grace, and keeps an open one\'s', async () => {
+  it("drops the state of a policy whose issue window closed past the grace, and keeps an open one's", async () => {
     const closed = await newPolicy({ totalQuantity: 5 });
     const open = await newPolicy({ totalQuantity: 5 });
     for (const policy of [closed, open]) expect((await issue(policy.id, uniqueId('u'))).outcome).toBe('succeeded');
-    await sequelize().query(`UPDATE coupon_policies SET issue_starts_at = now() - interval '2 days', issue_ends_at = now() - make_interval(secs => $2) WHERE id = $1`, {
-      bind: [closed.id, ENDED_STATE_GRACE_S + 60],
-    });
+    await sequelize().query(
+      `UPDATE coupon_policies SET issue_starts_at = now() - interval '2 days', issue_ends_at = now() - make_interval(secs => $2) WHERE id = $1`,
+      {
+        bind: [closed.id, ENDED_STATE_GRACE_S + 60],
+      },
+    );
     expect(await freeEndedPolicies({ redis }, [closed.id, open.id])).toBe(1);
     expect(await redis.exists(redisKeys().admission(closed.id).users)).toBe(0);
     expect(await redis.exists(redisKeys().admission(open.id).users)).toBe(1);
@@ -161,8 +192,17 @@ describe('admission state', () => {
     const requestedAt = new Date().toISOString();
     const request = { policyId: policy.id, userId: user, actorId: user, traceId: uniqueId('t'), requestedAt, requestId: `${jobId}.0` };
     // The first run told SOLD_OUT and died before completing the job; a unit is free now.
-    await storeOutcomes(redis, jobId, [[0, { s: 'rejected', u: user, c: Date.now(), f: Date.now(), e: { code: 'SOLD_OUT', message: 'gone' } }]]);
-    const rerun = { id: jobId, name: 'issue-batch', data: { requests: [request] }, attemptsStarted: 2, attemptsMade: 0, opts: { attempts: 5 } } as unknown as Job;
+    await storeOutcomes(redis, jobId, [
+      [0, { s: 'rejected', u: user, c: Date.now(), f: Date.now(), e: { code: 'SOLD_OUT', message: 'gone' } }],
+    ]);
+    const rerun = {
+      id: jobId,
+      name: 'issue-batch',
+      data: { requests: [request] },
+      attemptsStarted: 2,
+      attemptsMade: 0,
+      opts: { attempts: 5 },
+    } as unknown as Job;
     const result = issueBatchReturnSchema.parse(await createIssueProcessor({ db: sequelize(), redis, locks }, log)(rerun));
     expect(result.results).toEqual([{ outcome: 'rejected', reason: { code: 'SOLD_OUT', message: 'gone' } }]);
     expect(await couponsOf(policy.id)).toEqual([]);
@@ -176,7 +216,14 @@ describe('admission state', () => {
     const admitted = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(admitted.kind).toBe('admitted');
     const now = new Date();
-    await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    await insertIssuedCoupon(sequelize(), {
+      policyId: policy.id,
+      userId,
+      slot: 1,
+      requestId,
+      issuedAt: now,
+      expiresAt: new Date(now.getTime() + 86_400_000),
+    });
 
     const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
     expect(report.settled).toBeGreaterThanOrEqual(1);
@@ -190,7 +237,14 @@ describe('admission state', () => {
     const first = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(first).toMatchObject({ kind: 'admitted', slot: 1, resumed: false });
     const now = new Date();
-    await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId, slot: 1, requestId, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    await insertIssuedCoupon(sequelize(), {
+      policyId: policy.id,
+      userId,
+      slot: 1,
+      requestId,
+      issuedAt: now,
+      expiresAt: new Date(now.getTime() + 86_400_000),
+    });
     await settleAdmission(redis, policy.id, requestId, 1);
     // A zombie run of the same request, resumed after the settle, is admitted again with slot 2 ...
     const zombie = await admit({ redis, locks }, { policyId: policy.id, requestId, userId: `${userId}-z`, methods: ['FIRST_COME'] });
@@ -225,7 +279,14 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 5 });
     await policy.update({ status: 'PAUSED' });
     const now = new Date();
-    const outcome = await insertIssuedCoupon(sequelize(), { policyId: policy.id, userId: uniqueId('p'), slot: 1, requestId: randomUUID(), issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) });
+    const outcome = await insertIssuedCoupon(sequelize(), {
+      policyId: policy.id,
+      userId: uniqueId('p'),
+      slot: 1,
+      requestId: randomUUID(),
+      issuedAt: now,
+      expiresAt: new Date(now.getTime() + 86_400_000),
+    });
     expect(outcome.kind).toBe('policy-inactive');
   });
 
@@ -233,10 +294,14 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 1 });
     const now = new Date();
     const base = { policyId: policy.id, issuedAt: now, expiresAt: new Date(now.getTime() + 86_400_000) };
-    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('u'), slot: 2, requestId: randomUUID() })).kind).toBe('slot-taken');
+    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('u'), slot: 2, requestId: randomUUID() })).kind).toBe(
+      'slot-taken',
+    );
     const user = uniqueId('u');
     expect((await insertIssuedCoupon(sequelize(), { ...base, userId: user, slot: 1, requestId: randomUUID() })).kind).toBe('inserted');
-    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('v'), slot: 1, requestId: randomUUID() })).kind).toBe('slot-taken');
+    expect((await insertIssuedCoupon(sequelize(), { ...base, userId: uniqueId('v'), slot: 1, requestId: randomUUID() })).kind).toBe(
+      'slot-taken',
+    );
     const unlimited = await newPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
     const again = { ...base, policyId: unlimited.id, userId: user, slot: null };
     expect((await insertIssuedCoupon(sequelize(), { ...again, requestId: randomUUID() })).kind).toBe('inserted');

@@ -52,8 +52,14 @@ describe('the CONSUMER_LAG alert', () => {
     const bridge = await stack.startBridge({ REDIS_URL: redisUrl, ALERT_CONSUMER_LAG_THRESHOLD: '15', KAFKA_LAG_LOG_INTERVAL_MS: '200' });
     const url = stack.opsUrl(bridge);
     const topic = stack.paymentsTopic;
-    const lagOf = (m: Map<string, Family>, partition: number) => sampleValue(m, 'coupon_kafka_consumer_lag', { topic, partition: String(partition) });
-    await eventually(() => scrape(url), (m) => lagOf(m, 0) === 0, 10_000, 'lag measured');
+    const lagOf = (m: Map<string, Family>, partition: number) =>
+      sampleValue(m, 'coupon_kafka_consumer_lag', { topic, partition: String(partition) });
+    await eventually(
+      () => scrape(url),
+      (m) => lagOf(m, 0) === 0,
+      10_000,
+      'lag measured',
+    );
 
     // Redis goes away: the bridge's hand-over waits for it, nothing is committed, and the topic's lag grows.
     await redisProxy.pause('refuse');
@@ -63,7 +69,12 @@ describe('the CONSUMER_LAG alert', () => {
     };
     await events.send(topic, [...Array.from({ length: 12 }, () => payment(0)), ...Array.from({ length: 8 }, () => payment(1))]);
 
-    const [alert] = await eventually(() => alertLines(`${NAME}-bridge-1`, 'CONSUMER_LAG'), (lines) => lines.length > 0, 15_000, 'CONSUMER_LAG logged');
+    const [alert] = await eventually(
+      () => alertLines(`${NAME}-bridge-1`, 'CONSUMER_LAG'),
+      (lines) => lines.length > 0,
+      15_000,
+      'CONSUMER_LAG logged',
+    );
     expect(alert).toMatchObject({
       level: 'warn',
       process: 'bridge',
@@ -81,15 +92,26 @@ describe('the CONSUMER_LAG alert', () => {
 
     // Still behind five measurements later: still one alert, not one per measurement. A measurement's
     // alert would be logged right after its own line, so before the next measurement's.
-    const measuredLagging = () => logLines(`${NAME}-bridge-1`).filter((l) => l.msg === 'consumer lag' && l.topic === topic && l.lag === 20).length;
+    const measuredLagging = () =>
+      logLines(`${NAME}-bridge-1`).filter((l) => l.msg === 'consumer lag' && l.topic === topic && l.lag === 20).length;
     const soFar = measuredLagging();
-    await eventually(async () => measuredLagging(), (n) => n >= soFar + 5, 15_000, 'five more lag measurements');
+    await eventually(
+      async () => measuredLagging(),
+      (n) => n >= soFar + 5,
+      15_000,
+      'five more lag measurements',
+    );
     expect(await alertLines(`${NAME}-bridge-1`, 'CONSUMER_LAG')).toHaveLength(1);
     expect(sampleValue(await scrape(url), 'coupon_alerts_total', { alert: 'CONSUMER_LAG' })).toBe(1);
 
     // Redis back: the bridge hands the messages over and commits, and the lag falls to nothing.
     await redisProxy.resume();
-    const caughtUp = await eventually(() => scrape(url), (m) => lagOf(m, 0) === 0 && lagOf(m, 1) === 0, 20_000, 'lag back to 0');
+    const caughtUp = await eventually(
+      () => scrape(url),
+      (m) => lagOf(m, 0) === 0 && lagOf(m, 1) === 0,
+      20_000,
+      'lag back to 0',
+    );
     expect(sampleValue(caughtUp, 'coupon_kafka_messages_consumed_total', { topic })).toBe(20);
     expect(sampleValue(caughtUp, 'coupon_alerts_total', { alert: 'CONSUMER_LAG' })).toBe(1);
   });
@@ -116,7 +138,11 @@ describe('the JOB_FAILURES alert', () => {
 
   it("is logged at error and counted once when more issue jobs than the threshold fail for good because the worker's Postgres is away", async () => {
     // Only the worker reaches Postgres through the proxy; the web, which creates the policy, does not.
-    const worker: ChildProcess = await stack.startWorker({ DATABASE_URL: databaseUrl, ALERT_JOB_FAILURES_THRESHOLD: '2', ALERT_JOB_FAILURES_WINDOW_MS: '60000' });
+    const worker: ChildProcess = await stack.startWorker({
+      DATABASE_URL: databaseUrl,
+      ALERT_JOB_FAILURES_THRESHOLD: '2',
+      ALERT_JOB_FAILURES_WINDOW_MS: '60000',
+    });
     const url = stack.opsUrl(worker);
     const policyId = await createPolicy(api);
     expect(sampleValue(await scrape(url), 'coupon_alerts_total', { alert: 'JOB_FAILURES' })).toBe(0);
@@ -136,10 +162,24 @@ describe('the JOB_FAILURES alert', () => {
     expect(views.map((v) => v.status)).toEqual(['failed', 'failed', 'failed']);
     expect(Date.now() - started).toBeLessThan(25_000);
 
-    const lines = await eventually(() => alertLines(`${NAME}-worker-1`, 'JOB_FAILURES'), (l) => l.length > 0, 5_000, 'JOB_FAILURES logged');
+    const lines = await eventually(
+      () => alertLines(`${NAME}-worker-1`, 'JOB_FAILURES'),
+      (l) => l.length > 0,
+      5_000,
+      'JOB_FAILURES logged',
+    );
     expect(lines).toHaveLength(1);
     // On its last attempt a batch completes with its failed requests: those are what failed for good.
-    expect(lines[0]).toMatchObject({ level: 'error', process: 'worker', msg: 'jobs failing', alert: 'JOB_FAILURES', what: 'issue requests', count: 3, threshold: 2, windowMs: 60_000 });
+    expect(lines[0]).toMatchObject({
+      level: 'error',
+      process: 'worker',
+      msg: 'jobs failing',
+      alert: 'JOB_FAILURES',
+      what: 'issue requests',
+      count: 3,
+      threshold: 2,
+      windowMs: 60_000,
+    });
     const metrics = await scrape(url);
     expect(sampleValue(metrics, 'coupon_alerts_total', { alert: 'JOB_FAILURES' })).toBe(1);
     expect(sumOf(metrics, 'coupon_issue_requests_total', { outcome: 'failed' })).toBe(3);

@@ -45,7 +45,9 @@ describe('authentication', () => {
 
   it('refuses an unsigned ("alg": "none") token and an unknown role', async () => {
     const header = Buffer.from(JSON.stringify({ alg: 'none', typ: 'JWT' })).toString('base64url');
-    const payload = Buffer.from(JSON.stringify({ sub: 'mallory', role: 'admin', exp: Math.floor(Date.now() / 1000) + 60 })).toString('base64url');
+    const payload = Buffer.from(JSON.stringify({ sub: 'mallory', role: 'admin', exp: Math.floor(Date.now() / 1000) + 60 })).toString(
+      'base64url',
+    );
     expect((await t.call('GET', path, { headers: { authorization: `Bearer ${header}.${payload}.` } })).status).toBe(401);
     const root = await tokenFor('u', 'user', { extra: { role: 'root' } });
     expect((await t.call('GET', path, { token: root })).status).toBe(401);
@@ -70,7 +72,7 @@ describe('access rules', () => {
     expect((await t.call('GET', `/api/v1/coupons/users/${alice}`, { token: await adminToken() })).status).toBe(200);
   });
 
-  it("lets a user read only its own jobs, and not issue to someone else", async () => {
+  it('lets a user read only its own jobs, and not issue to someone else', async () => {
     const alice = uniqueId('alice');
     const bob = uniqueId('bob');
     const accepted = await t.call('POST', '/api/v1/coupons/issue', { token: await tokenFor(alice), body: { policyId: uniqueId('p') } });
@@ -108,7 +110,10 @@ describe('issuer, audience, key rotation and a JWKS', () => {
     rsa = rsaPair.privateKey;
     ec = ecPair.privateKey;
     stranger = otherPair.privateKey;
-    const keys = [{ ...(await exportJWK(rsaPair.publicKey)), kid: 'rsa-1', alg: 'RS256' }, { ...(await exportJWK(ecPair.publicKey)), kid: 'ec-1', alg: 'ES256' }];
+    const keys = [
+      { ...(await exportJWK(rsaPair.publicKey)), kid: 'rsa-1', alg: 'RS256' },
+      { ...(await exportJWK(ecPair.publicKey)), kid: 'ec-1', alg: 'ES256' },
+    ];
     jwks = createServer((_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ keys }));
@@ -128,7 +133,11 @@ describe('issuer, audience, key rotation and a JWKS', () => {
   const statusOf = async (app: ReturnType<typeof createApp>, token: string) =>
     (await app.request('/api/v1/coupons/users/alice', { headers: { authorization: `Bearer ${token}` } })).status;
   const signed = (key: KeyLike | Uint8Array, alg: string, claims: Record<string, unknown> = {}, kid?: string) =>
-    new SignJWT({ role: 'user', ...claims }).setProtectedHeader({ alg, ...(kid && { kid }) }).setSubject('alice').setExpirationTime('5m').sign(key);
+    new SignJWT({ role: 'user', ...claims })
+      .setProtectedHeader({ alg, ...(kid && { kid }) })
+      .setSubject('alice')
+      .setExpirationTime('5m')
+      .sign(key);
   const hs = (secret: string, claims: Record<string, unknown> = {}) => signed(new TextEncoder().encode(secret), 'HS256', claims);
 
   it('verifies with every key of a comma-separated JWT_SECRET, so tokens of the old key work during a rotation', async () => {

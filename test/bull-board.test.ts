@@ -51,7 +51,15 @@ async function stylesheetOf(): Promise<string> {
 describe('Bull Board', () => {
   it('answers 401 with a Basic challenge without credentials, or with wrong ones, on every path under /admin/queues', async () => {
     const css = await stylesheetOf();
-    const paths = ['/admin/queues', '/admin/queues/', '/admin/queues/queue/issue', `/admin/queues/${css}`, '/admin/queues/api/queues', '/admin/queues/api/redis/stats', '/admin/queues/nothing-here'];
+    const paths = [
+      '/admin/queues',
+      '/admin/queues/',
+      '/admin/queues/queue/issue',
+      `/admin/queues/${css}`,
+      '/admin/queues/api/queues',
+      '/admin/queues/api/redis/stats',
+      '/admin/queues/nothing-here',
+    ];
     const wrong = [undefined, basic(USER, 'wrong'), basic('other', PASSWORD), basic(USER, `${PASSWORD}x`), 'Bearer x', basic('', '')];
     for (const path of paths) {
       for (const authorization of wrong) {
@@ -67,7 +75,11 @@ describe('Bull Board', () => {
     const pause = await board.request(`/admin/queues/api/queues/${QUEUES.payments}/pause`, { method: 'PUT' });
     expect(pause.status).toBe(401);
     expect(await queues.get(QUEUES.payments).isPaused()).toBe(false);
-    const add = await board.request(`/admin/queues/api/queues/${QUEUES.issue}/add`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    const add = await board.request(`/admin/queues/api/queues/${QUEUES.issue}/add`, {
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json' },
+    });
     expect(add.status).toBe(401);
   });
 
@@ -93,7 +105,11 @@ describe('Bull Board', () => {
     const res = await board.request(`/admin/queues/api/queues/${QUEUES.issue}/add`, {
       method: 'POST',
       body: 'name=x',
-      headers: { authorization: basic(USER, PASSWORD), 'content-type': 'application/x-www-form-urlencoded', origin: 'https://evil.example' },
+      headers: {
+        authorization: basic(USER, PASSWORD),
+        'content-type': 'application/x-www-form-urlencoded',
+        origin: 'https://evil.example',
+      },
     });
     expect(res.status).toBe(403);
   });
@@ -106,10 +122,19 @@ describe('Bull Board', () => {
 
   it('locks an address out after its wrong passwords: 429 with Retry-After, right password or not; other addresses go on', async () => {
     const limits = { trustProxy: true, prefix: `${uniqueId('board')}:rl` };
-    const app = createApp({ queues, redis, log: logger(), jwtSecret: testSecret(), bullBoard: { username: USER, password: PASSWORD }, rateLimits: limits });
+    const app = createApp({
+      queues,
+      redis,
+      log: logger(),
+      jwtSecret: testSecret(),
+      bullBoard: { username: USER, password: PASSWORD },
+      rateLimits: limits,
+    });
     const from = (ip: string, authorization: string) => ({ headers: { authorization, 'x-forwarded-for': ip } });
     // A burst of guesses at once: each is counted before it is answered, so only the budget get a verdict.
-    const burst = await Promise.all(Array.from({ length: 30 }, (_, i) => app.request('/admin/queues', from('2001:db8:7:7::1', basic(USER, `guess-${i}`)))));
+    const burst = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => app.request('/admin/queues', from('2001:db8:7:7::1', basic(USER, `guess-${i}`)))),
+    );
     const statuses = burst.map((r) => r.status);
     expect(statuses.filter((s) => s === 401)).toHaveLength(config().BULL_BOARD_AUTH_FAILURES);
     expect(statuses.filter((s) => s === 429)).toHaveLength(30 - config().BULL_BOARD_AUTH_FAILURES);
@@ -120,14 +145,19 @@ describe('Bull Board', () => {
     expect(await locked.json()).toEqual({ error: { code: 'RATE_LIMITED', message: expect.any(String) } });
     expect((await app.request('/admin/queues', from('203.0.113.9', basic(USER, PASSWORD)))).status).toBe(200);
     // No credentials at all (a browser's first request) is a challenge, not a guess.
-    for (let i = 0; i < 20; i += 1) expect((await app.request('/admin/queues', { headers: { 'x-forwarded-for': '203.0.113.10' } })).status).toBe(401);
+    for (let i = 0; i < 20; i += 1)
+      expect((await app.request('/admin/queues', { headers: { 'x-forwarded-for': '203.0.113.10' } })).status).toBe(401);
     expect((await app.request('/admin/queues', from('203.0.113.10', basic(USER, PASSWORD)))).status).toBe(200);
   });
 
   it('refuses a password shorter than 12 characters: the web does not start, the board is not built', () => {
-    expect(() => parseConfig({ BULL_BOARD_USER: 'ops', BULL_BOARD_PASSWORD: 'short-pass1' })).toThrow(/BULL_BOARD_PASSWORD: must be at least 12 characters/);
+    expect(() => parseConfig({ BULL_BOARD_USER: 'ops', BULL_BOARD_PASSWORD: 'short-pass1' })).toThrow(
+      /BULL_BOARD_PASSWORD: must be at least 12 characters/,
+    );
     expect(parseConfig({ BULL_BOARD_USER: 'ops', BULL_BOARD_PASSWORD: 'long-enough-1' }).BULL_BOARD_PASSWORD).toBe('long-enough-1');
-    expect(() => createApp({ queues, redis, log: logger(), jwtSecret: testSecret(), bullBoard: { username: USER, password: 'short-pass1' } })).toThrow(/at least 12/);
+    expect(() =>
+      createApp({ queues, redis, log: logger(), jwtSecret: testSecret(), bullBoard: { username: USER, password: 'short-pass1' } }),
+    ).toThrow(/at least 12/);
   });
 
   it('does not exist without configured credentials: 404 on every path', async () => {

@@ -55,7 +55,12 @@ function killed(child: ChildProcess): Promise<void> {
 async function killMidJob(queueName: string, replacements: number): Promise<string[]> {
   const [victim, ...others] = stack.workers.filter((w) => w.exitCode === null && w.signalCode === null);
   expect(others).toEqual([]);
-  await eventually(() => activeJobIds(stack.queuePrefix, queueName), (ids) => ids.length > 0, 60_000, `a ${queueName} job in flight`);
+  await eventually(
+    () => activeJobIds(stack.queuePrefix, queueName),
+    (ids) => ids.length > 0,
+    60_000,
+    `a ${queueName} job in flight`,
+  );
   await killed(victim as ChildProcess);
   const cutOff = await activeJobIds(stack.queuePrefix, queueName);
   await Promise.all(Array.from({ length: replacements }, () => stack.startWorker(workerEnv)));
@@ -78,12 +83,21 @@ describe('workers killed mid-checkout', () => {
        SELECT $2 || '-' || g, $1, $2 || '-u' || g, $2 || '-r' || g, now() + interval '7 days' FROM generate_series(1, $3::int) g`,
       [policyId, tag, SHOPPERS],
     );
-    const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({ userId: `${tag}-u${i + 1}`, couponId: `${tag}-${i + 1}`, orderId: `${tag}-o${i + 1}` }));
+    const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({
+      userId: `${tag}-u${i + 1}`,
+      couponId: `${tag}-${i + 1}`,
+      orderId: `${tag}-o${i + 1}`,
+    }));
     const tokens = await Promise.all(shoppers.map((s) => tokenFor(s.userId)));
 
     // Reservations, with the worker killed a third of the way in, on a reserve job in flight.
     let accepted = 0;
-    const firstKill = eventually(async () => accepted, (n) => n >= 100, 60_000, '100 reserves accepted').then(() => killMidJob('checkout', 1));
+    const firstKill = eventually(
+      async () => accepted,
+      (n) => n >= 100,
+      60_000,
+      '100 reserves accepted',
+    ).then(() => killMidJob('checkout', 1));
     firstKill.catch(() => undefined); // awaited below, once the requests are in
     const replies = await mapLimit(shoppers, 64, async (s, i) => {
       const reply = await reserve(api, tokens[i] as string, { couponId: s.couponId, orderId: s.orderId, orderAmount: 30_000 });
@@ -97,11 +111,17 @@ describe('workers killed mid-checkout', () => {
     expect(reserved.map((j) => j.status)).toEqual(Array(SHOPPERS).fill('succeeded')); // I7: none lost, none failed
 
     // Payments, every event published twice, with another worker killed while they are applied.
-    const payments = shoppers.map((s, i) => paymentEvent('PAYMENT_COMPLETED', s.orderId, { reservationId: reserved[i].result.reservationId }));
+    const payments = shoppers.map((s, i) =>
+      paymentEvent('PAYMENT_COMPLETED', s.orderId, { reservationId: reserved[i].result.reservationId }),
+    );
     const messages = payments.flatMap((e) => [e, e]).map((e) => ({ key: e.orderId, value: JSON.stringify(e) }));
     await events.send(stack.paymentsTopic, messages.slice(0, 200));
     await eventually(
-      async () => Number((await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId])).rows[0]?.n),
+      async () =>
+        Number(
+          (await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]))
+            .rows[0]?.n,
+        ),
       (n) => n >= 20,
       60_000,
       'payments under way',
@@ -112,14 +132,25 @@ describe('workers killed mid-checkout', () => {
     expect(paymentsCutOff.length).toBeGreaterThan(0);
 
     const usedAll = await eventually(
-      async () => (await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>('SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1', [policyId])).rows,
+      async () =>
+        (
+          await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>(
+            'SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1',
+            [policyId],
+          )
+        ).rows,
       (rows) => rows.every((r) => r.status === 'USED'),
       120_000,
       'every coupon used',
     );
-    const byCoupon = new Map(shoppers.map((s, i) => [s.couponId, { orderId: s.orderId, reservationId: reserved[i].result.reservationId as string }]));
+    const byCoupon = new Map(
+      shoppers.map((s, i) => [s.couponId, { orderId: s.orderId, reservationId: reserved[i].result.reservationId as string }]),
+    );
     for (const row of usedAll) {
-      expect({ order: row.order_id, reservation: row.reservation_id }).toEqual({ order: byCoupon.get(row.id)?.orderId, reservation: byCoupon.get(row.id)?.reservationId });
+      expect({ order: row.order_id, reservation: row.reservation_id }).toEqual({
+        order: byCoupon.get(row.id)?.orderId,
+        reservation: byCoupon.get(row.id)?.reservationId,
+      });
     }
     const { rows: reservations } = await db().query<{ coupon_id: string; status: string }>(
       'SELECT r.coupon_id, r.status FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1',

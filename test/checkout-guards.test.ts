@@ -31,7 +31,12 @@ afterAll(async () => {
 });
 
 const liveOnOrder = async (orderId: string) =>
-  (await db().query<{ user_id: string; coupon_id: string; status: string }>("SELECT user_id, coupon_id, status FROM reservations WHERE order_id = $1 AND status IN ('PENDING', 'CONFIRMED')", [orderId])).rows;
+  (
+    await db().query<{ user_id: string; coupon_id: string; status: string }>(
+      "SELECT user_id, coupon_id, status FROM reservations WHERE order_id = $1 AND status IN ('PENDING', 'CONFIRMED')",
+      [orderId],
+    )
+  ).rows;
 
 describe('an order holds one coupon and belongs to its first user (I10)', () => {
   it('refuses a second coupon on an order, answers the same coupon again, and takes another once the first ended', async () => {
@@ -47,7 +52,10 @@ describe('an order holds one coupon and belongs to its first user (I10)', () => 
     expect(await reservationsOf(b)).toHaveLength(0);
 
     // The same coupon for the same order and amount under another key: the reservation it has.
-    expect(await reserveAndSettle(api, shopper, a, orderId)).toMatchObject({ status: 'succeeded', result: { reservationId: first.result.reservationId } });
+    expect(await reserveAndSettle(api, shopper, a, orderId)).toMatchObject({
+      status: 'succeeded',
+      result: { reservationId: first.result.reservationId },
+    });
 
     const cancel = await api.post(`/api/v1/coupons/reservations/${first.result.reservationId}/cancel`, shopper.token);
     expect((await api.settle(cancel.body.jobId, shopper.token)).status).toBe('succeeded');
@@ -62,10 +70,16 @@ describe('an order holds one coupon and belongs to its first user (I10)', () => 
     const owned = await reserveAndSettle(api, owner, owner.coupons[0] as string, orderId);
     expect(owned.status).toBe('succeeded');
 
-    expect(await reserveAndSettle(api, stranger, stranger.coupons[0] as string, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_NOT_OWNED' } });
+    expect(await reserveAndSettle(api, stranger, stranger.coupons[0] as string, orderId)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'ORDER_NOT_OWNED' },
+    });
     const cancel = await api.post(`/api/v1/coupons/reservations/${owned.result.reservationId}/cancel`, owner.token);
     expect((await api.settle(cancel.body.jobId, owner.token)).status).toBe('succeeded');
-    expect(await reserveAndSettle(api, stranger, stranger.coupons[0] as string, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_NOT_OWNED' } });
+    expect(await reserveAndSettle(api, stranger, stranger.coupons[0] as string, orderId)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'ORDER_NOT_OWNED' },
+    });
     expect((await couponRow(stranger.coupons[0] as string))?.status).toBe('ISSUED');
     const { rows } = await db().query('SELECT user_id FROM orders WHERE order_id = $1', [orderId]);
     expect(rows).toEqual([{ user_id: owner.id }]);
@@ -75,7 +89,9 @@ describe('an order holds one coupon and belongs to its first user (I10)', () => 
     const shoppers = await Promise.all([shopperWith(api, policyId, 6), shopperWith(api, policyId, 6), shopperWith(api, policyId, 6)]);
     const orderId = uniqueId('crowded-order');
     const asks = shoppers.flatMap((s) => s.coupons.map((couponId) => ({ shopper: s, couponId })));
-    const replies = await Promise.all(asks.map(({ shopper, couponId }) => reserve(api, shopper.token, { couponId, orderId, orderAmount: 20_000 })));
+    const replies = await Promise.all(
+      asks.map(({ shopper, couponId }) => reserve(api, shopper.token, { couponId, orderId, orderAmount: 20_000 })),
+    );
     expect(replies.map((r) => r.status)).toEqual(Array(asks.length).fill(202));
     const jobs = await Promise.all(replies.map((r, i) => api.settle(r.body.jobId, (asks[i] as { shopper: Shopper }).shopper.token)));
 
@@ -110,7 +126,9 @@ describe('an order holds one coupon and belongs to its first user (I10)', () => 
     await insert(a, shopper.id);
     await expect(insert(b, shopper.id)).rejects.toMatchObject({ constraint: 'uq_reservations_live_order' });
     await expect(insert(b, shopper.id, 'CONFIRMED')).rejects.toMatchObject({ constraint: 'uq_reservations_live_order' });
-    await expect(insert(stranger.coupons[0] as string, stranger.id, 'CANCELLED')).rejects.toMatchObject({ constraint: 'fk_reservations_order_owner' });
+    await expect(insert(stranger.coupons[0] as string, stranger.id, 'CANCELLED')).rejects.toMatchObject({
+      constraint: 'fk_reservations_order_owner',
+    });
     // Ended reservations do not hold the order.
     await insert(c, shopper.id, 'EXPIRED');
     expect(await liveOnOrder(orderId)).toEqual([{ user_id: shopper.id, coupon_id: a, status: 'PENDING' }]);
@@ -137,7 +155,11 @@ describe('an Idempotency-Key whose Redis record is gone (I8 from Postgres)', () 
   }
 
   /** Another body under the key: refused (409, or a job rejected IDEMPOTENCY_KEY_REUSED), never the first reservation. */
-  async function expectRefused(shopper: Shopper, key: ReturnType<typeof randomUUID>, body: { couponId: string; orderId: string; orderAmount: number }) {
+  async function expectRefused(
+    shopper: Shopper,
+    key: ReturnType<typeof randomUUID>,
+    body: { couponId: string; orderId: string; orderAmount: number },
+  ) {
     const reply = await reserve(api, shopper.token, body, key);
     if (reply.status === 409) {
       expect(reply.body.error.code).toBe('IDEMPOTENCY_KEY_REUSED');
@@ -222,4 +244,3 @@ describe('what Redis keeps of a reserve (bounded by age and size)', () => {
     expect((await api.get(`/api/v1/jobs/${forged}`, shopper.token)).status).toBe(404);
   });
 });
-

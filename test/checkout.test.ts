@@ -28,7 +28,9 @@ afterAll(async () => {
 
 describe('POST /coupons/validate', () => {
   it('says whether the coupon is usable for an order and what it would take off, changing nothing', async () => {
-    const percent = await createCheckoutPolicy(api, { discount: { type: 'PERCENTAGE', value: 15, maxDiscountAmount: 5000, minOrderAmount: 10_000 } });
+    const percent = await createCheckoutPolicy(api, {
+      discount: { type: 'PERCENTAGE', value: 15, maxDiscountAmount: 5000, minOrderAmount: 10_000 },
+    });
     const shopper = await shopperWith(api, percent);
     const [couponId] = shopper.coupons as [string];
     const validate = (orderAmount: number, token = shopper.token) => api.post('/api/v1/coupons/validate', token, { couponId, orderAmount });
@@ -43,7 +45,13 @@ describe('POST /coupons/validate', () => {
     expect((await validate(20_000, await tokenFor('someone-else'))).status).toBe(403);
     expect((await validate(20_000, admin)).body.usable).toBe(true);
     expect((await api.post('/api/v1/coupons/validate', shopper.token, { couponId: 'no-such-coupon', orderAmount: 1 })).status).toBe(404);
-    for (const bad of [{ couponId }, { couponId, orderAmount: -1 }, { couponId, orderAmount: 1.5 }, { couponId, orderAmount: '100' }, { couponId, orderAmount: 1, extra: 1 }]) {
+    for (const bad of [
+      { couponId },
+      { couponId, orderAmount: -1 },
+      { couponId, orderAmount: 1.5 },
+      { couponId, orderAmount: '100' },
+      { couponId, orderAmount: 1, extra: 1 },
+    ]) {
       const reply = await api.post('/api/v1/coupons/validate', shopper.token, bad);
       expect(reply.status).toBe(400);
       expect(reply.body.error.code).toBe('VALIDATION_FAILED');
@@ -89,7 +97,9 @@ describe('POST /coupons/reserve', () => {
     const shopper = await shopperWith(api, policyId);
     const [couponId] = shopper.coupons as [string];
     const race = uniqueId('race');
-    const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => reserve(api, shopper.token, { couponId, orderId: `${race}-${i}`, orderAmount: 20_000 })));
+    const replies = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => reserve(api, shopper.token, { couponId, orderId: `${race}-${i}`, orderAmount: 20_000 })),
+    );
     expect(replies.map((r) => r.status)).toEqual(Array(50).fill(202));
     expect(new Set(replies.map((r) => r.body.jobId)).size).toBe(50);
     const jobs = await Promise.all(replies.map((r) => api.settle(r.body.jobId, shopper.token)));
@@ -105,7 +115,11 @@ describe('POST /coupons/reserve', () => {
 
   it('refuses ids that Postgres could not store (a lone surrogate) with a 400, not a failed job', async () => {
     const shopper = await shopperWith(api, policyId);
-    const reply = await reserve(api, shopper.token, { couponId: shopper.coupons[0] as string, orderId: 'order-\ud800', orderAmount: 20_000 });
+    const reply = await reserve(api, shopper.token, {
+      couponId: shopper.coupons[0] as string,
+      orderId: 'order-\ud800',
+      orderAmount: 20_000,
+    });
     expect(reply.status).toBe(400);
     expect(reply.body.error.details[0].path).toBe('orderId');
   });
@@ -117,7 +131,9 @@ describe('POST /coupons/reserve', () => {
     expect(missing.status).toBe(400);
     expect(missing.body.error).toMatchObject({ code: 'VALIDATION_FAILED', details: [{ path: 'Idempotency-Key' }] });
     for (const key of ['', 'has space', 'x'.repeat(256), 'ünicode']) {
-      expect((await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key } })).status).toBe(400);
+      expect(
+        (await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key } })).status,
+      ).toBe(400);
     }
   });
 
@@ -133,7 +149,11 @@ describe('POST /coupons/reserve', () => {
     expect(firstJob.status).toBe('succeeded');
 
     // The same request again, after it finished, and many times at once: the same job, the same reservation.
-    const again = await Promise.all(Array.from({ length: 10 }, () => reserve(api, shopper.token, { orderAmount: body.orderAmount, orderId: body.orderId, couponId }, key)));
+    const again = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        reserve(api, shopper.token, { orderAmount: body.orderAmount, orderId: body.orderId, couponId }, key),
+      ),
+    );
     for (const reply of again) expect(reply).toMatchObject({ status: 202, body: { jobId: first.body.jobId } });
     expect(await api.settle(first.body.jobId, shopper.token)).toEqual(firstJob);
 
@@ -144,7 +164,12 @@ describe('POST /coupons/reserve', () => {
 
     // Another user's identical key is theirs alone (for an order of their own: the first is the shopper's).
     const stranger = await shopperWith(api, policyId);
-    const theirs = await reserve(api, stranger.token, { couponId: stranger.coupons[0] as string, orderId: uniqueId('order'), orderAmount: 30_000 }, key);
+    const theirs = await reserve(
+      api,
+      stranger.token,
+      { couponId: stranger.coupons[0] as string, orderId: uniqueId('order'), orderAmount: 30_000 },
+      key,
+    );
     expect(theirs.status).toBe(202);
     expect(theirs.body.jobId).not.toBe(first.body.jobId);
     expect((await api.settle(theirs.body.jobId, stranger.token)).status).toBe('succeeded');
@@ -160,14 +185,22 @@ describe('Prefer: wait', () => {
     const [couponId, other] = shopper.coupons as [string, string];
     const key = randomUUID();
     const body = { couponId, orderId: uniqueId('order'), orderAmount: 50_000 };
-    const waited = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key, prefer: 'wait=5' } });
+    const waited = await api.call('POST', '/api/v1/coupons/reserve', {
+      token: shopper.token,
+      body,
+      headers: { 'idempotency-key': key, prefer: 'wait=5' },
+    });
     expect(waited.status).toBe(200);
     expect(waited.headers['preference-applied']).toBe('wait=5');
     expect(waited.body).toMatchObject({ status: 'succeeded', type: 'reserve', result: { couponId, orderId: body.orderId } });
     expect(waited.headers['content-location']).toBe(waited.body.statusUrl);
 
     // The same key and body: the same job, now finished, whichever way it is asked for.
-    const again = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body, headers: { 'idempotency-key': key, prefer: 'respond-async, wait=5' } });
+    const again = await api.call('POST', '/api/v1/coupons/reserve', {
+      token: shopper.token,
+      body,
+      headers: { 'idempotency-key': key, prefer: 'respond-async, wait=5' },
+    });
     expect(again.status).toBe(200);
     expect(again.body).toEqual(waited.body);
     const plain = await reserve(api, shopper.token, body, key);
@@ -175,13 +208,25 @@ describe('Prefer: wait', () => {
     expect(plain.body.jobId).toBe(waited.body.jobId);
 
     // A refusal comes back the same way; a wait of 0 is no wait.
-    const refused = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body: { ...body, couponId: other, orderAmount: 1 }, headers: { 'idempotency-key': randomUUID(), prefer: 'wait=5' } });
+    const refused = await api.call('POST', '/api/v1/coupons/reserve', {
+      token: shopper.token,
+      body: { ...body, couponId: other, orderAmount: 1 },
+      headers: { 'idempotency-key': randomUUID(), prefer: 'wait=5' },
+    });
     expect(refused.status).toBe(200);
     expect(refused.body).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_AMOUNT_TOO_LOW' } });
-    const noWait = await api.call('POST', '/api/v1/coupons/reserve', { token: shopper.token, body: { ...body, couponId: other, orderAmount: 2 }, headers: { 'idempotency-key': randomUUID(), prefer: 'wait=0' } });
+    const noWait = await api.call('POST', '/api/v1/coupons/reserve', {
+      token: shopper.token,
+      body: { ...body, couponId: other, orderAmount: 2 },
+      headers: { 'idempotency-key': randomUUID(), prefer: 'wait=0' },
+    });
     expect(noWait.status).toBe(202);
 
-    const issued = await api.call('POST', '/api/v1/coupons/issue', { token: shopper.token, body: { policyId }, headers: { prefer: 'wait=5' } });
+    const issued = await api.call('POST', '/api/v1/coupons/issue', {
+      token: shopper.token,
+      body: { policyId },
+      headers: { prefer: 'wait=5' },
+    });
     expect(issued.status).toBe(200);
     expect(issued.body).toMatchObject({ status: 'succeeded', type: 'issue', result: { policyId, userId: shopper.id } });
   });
@@ -202,7 +247,11 @@ describe('cancel and confirm', () => {
     const cancel = await api.post(`/api/v1/coupons/reservations/${reservationId}/cancel`, shopper.token);
     expect(cancel.status).toBe(202);
     const job = await api.settle(cancel.body.jobId, shopper.token);
-    expect(job).toMatchObject({ type: 'cancel', status: 'succeeded', result: { reservationId, status: 'CANCELLED', endReason: 'CANCELLED_BY_USER' } });
+    expect(job).toMatchObject({
+      type: 'cancel',
+      status: 'succeeded',
+      result: { reservationId, status: 'CANCELLED', endReason: 'CANCELLED_BY_USER' },
+    });
     expect(await couponRow(couponId)).toMatchObject({ status: 'ISSUED', reservation_id: null, order_id: null });
 
     // The coupon can be reserved again; cancelling the old reservation again changes nothing.
@@ -221,11 +270,18 @@ describe('cancel and confirm', () => {
 
     const confirm = await api.post(`/api/v1/coupons/reservations/${reservationId}/confirm`, admin);
     expect(confirm.status).toBe(202);
-    expect(await api.settle(confirm.body.jobId, admin)).toMatchObject({ type: 'confirm', status: 'succeeded', result: { status: 'CONFIRMED', endReason: 'CONFIRMED_BY_ADMIN' } });
+    expect(await api.settle(confirm.body.jobId, admin)).toMatchObject({
+      type: 'confirm',
+      status: 'succeeded',
+      result: { status: 'CONFIRMED', endReason: 'CONFIRMED_BY_ADMIN' },
+    });
     expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: orderId, reservation_id: reservationId });
 
     const cancel = await api.post(`/api/v1/coupons/reservations/${reservationId}/cancel`, shopper.token);
-    expect(await api.settle(cancel.body.jobId, shopper.token)).toMatchObject({ status: 'rejected', reason: { code: 'RESERVATION_NOT_PENDING' } });
+    expect(await api.settle(cancel.body.jobId, shopper.token)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'RESERVATION_NOT_PENDING' },
+    });
     expect((await couponRow(couponId))?.status).toBe('USED');
     expect((await reserveAndSettle(api, shopper, couponId)).reason.code).toBe('COUPON_NOT_AVAILABLE');
   });

@@ -50,12 +50,19 @@ afterAll(async () => {
   process.env.QUEUE_PREFIX = sharedPrefix;
 });
 
-const hmac = (code: string) => createHmac('sha256', process.env.CODE_HMAC_SECRET as string).update(code.toUpperCase()).digest('hex');
+const hmac = (code: string) =>
+  createHmac('sha256', process.env.CODE_HMAC_SECRET as string)
+    .update(code.toUpperCase())
+    .digest('hex');
 
 /** A CODE policy of `totalQuantity` with `count` single-use codes. */
 async function codePolicy(totalQuantity: number, count: number): Promise<{ policyId: string; codes: string[] }> {
   const policyId = await createPolicy(api, { issueMethod: 'CODE', totalQuantity });
-  const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, { token: admin, body: { count }, headers: { prefer: 'wait=10' } });
+  const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, {
+    token: admin,
+    body: { count },
+    headers: { prefer: 'wait=10' },
+  });
   expect(reply.status).toBe(200);
   return { policyId, codes: reply.body.result.codes as string[] };
 }
@@ -68,7 +75,10 @@ async function redeem(user: string, code: string) {
 }
 
 async function couponsWithCode(policyId: string) {
-  const { rows } = await db().query<{ user_id: string; code_hash: string; slot: number }>('SELECT user_id, code_hash, slot FROM coupons WHERE policy_id = $1', [policyId]);
+  const { rows } = await db().query<{ user_id: string; code_hash: string; slot: number }>(
+    'SELECT user_id, code_hash, slot FROM coupons WHERE policy_id = $1',
+    [policyId],
+  );
   return rows;
 }
 
@@ -120,7 +130,10 @@ describe('single-use code claims', () => {
     expect(cuts).toBeGreaterThanOrEqual(1);
     expect(job.status).toBe('succeeded');
     // The answer came from the coupon the lost insert had written, found by the next attempt.
-    const replayed = await logLinesWhen('code-claims-worker-1', (l) => String(l.jobId).startsWith(job.id.split('.')[0] as string) && l.msg === 'coupon issued by an earlier run');
+    const replayed = await logLinesWhen(
+      'code-claims-worker-1',
+      (l) => String(l.jobId).startsWith(job.id.split('.')[0] as string) && l.msg === 'coupon issued by an earlier run',
+    );
     expect(replayed).toHaveLength(1);
     expect(await couponsWithCode(policyId)).toEqual([{ user_id: owner, code_hash: hmac(code), slot: 1 }]);
 

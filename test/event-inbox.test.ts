@@ -6,7 +6,17 @@ import { randomUUID } from 'node:crypto';
 import IORedis from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
 import { derivedJobId } from '../src/queues/names';
-import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEvent, processedEvents, reservationsOf, reserveAndSettle, shopperWith } from './support/checkout';
+import {
+  couponRow,
+  createCheckoutPolicy,
+  eventually,
+  EventProducer,
+  paymentEvent,
+  processedEvents,
+  reservationsOf,
+  reserveAndSettle,
+  shopperWith,
+} from './support/checkout';
 import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';
 import { Api } from './support/http';
@@ -29,7 +39,11 @@ let redis: IORedis;
 /** Messages published so far, per topic. */
 const published = new Map<string, number>();
 const events = new EventProducer();
-const kafkaAdmin = new Kafka({ clientId: 'inbox-test', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING }).admin();
+const kafkaAdmin = new Kafka({
+  clientId: 'inbox-test',
+  brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+  logLevel: logLevel.NOTHING,
+}).admin();
 
 beforeAll(async () => {
   stack = await startStack({ workers: 1, bridge: true, name: STACK, env: FAST_SWEEP });
@@ -73,7 +87,10 @@ async function allCommitted(topicName = stack.paymentsTopic): Promise<void> {
 }
 
 async function inboxRows(eventIds: string[], source = 'payments') {
-  const { rows } = await db().query<{ event_id: string; job_id: string }>('SELECT event_id, job_id FROM event_inbox WHERE source = $1 AND event_id = ANY($2)', [source, eventIds]);
+  const { rows } = await db().query<{ event_id: string; job_id: string }>(
+    'SELECT event_id, job_id FROM event_inbox WHERE source = $1 AND event_id = ANY($2)',
+    [source, eventIds],
+  );
   return rows;
 }
 
@@ -90,7 +107,8 @@ async function emptyRedis(): Promise<number> {
 }
 
 const jobKey = (eventId: string) => `${stack.queuePrefix}:payments:${derivedJobId('payment', eventId)}`;
-const jobsInRedis = async (eventIds: string[]) => (await Promise.all(eventIds.map((id) => redis.exists(jobKey(id))))).filter((n) => n === 1).length;
+const jobsInRedis = async (eventIds: string[]) =>
+  (await Promise.all(eventIds.map((id) => redis.exists(jobKey(id))))).filter((n) => n === 1).length;
 
 async function stopWorkers(): Promise<void> {
   await Promise.all(stack.workers.map((w) => stopProcess(w)));
@@ -116,7 +134,10 @@ async function reservations(count: number) {
 }
 
 async function couponStatuses(couponIds: string[]) {
-  const { rows } = await db().query<{ status: string; n: string }>('SELECT status, count(*) AS n FROM coupons WHERE id = ANY($1) GROUP BY status', [couponIds]);
+  const { rows } = await db().query<{ status: string; n: string }>(
+    'SELECT status, count(*) AS n FROM coupons WHERE id = ANY($1) GROUP BY status',
+    [couponIds],
+  );
   return Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
 }
 
@@ -138,22 +159,42 @@ it('applies every accepted payment once after Redis lost all their jobs', async 
   expect(await jobsInRedis(eventIds)).toBe(0);
 
   const worker = await stack.startWorker();
-  await eventually(() => couponStatuses(couponIds), (s) => s.USED === ORDERS, 90_000, `${ORDERS} coupons USED`);
+  await eventually(
+    () => couponStatuses(couponIds),
+    (s) => s.USED === ORDERS,
+    90_000,
+    `${ORDERS} coupons USED`,
+  );
 
-  const { rows: processed } = await db().query<{ event_id: string; outcome: string }>("SELECT event_id, outcome FROM processed_events WHERE source = 'payments' AND event_id = ANY($1)", [eventIds]);
+  const { rows: processed } = await db().query<{ event_id: string; outcome: string }>(
+    "SELECT event_id, outcome FROM processed_events WHERE source = 'payments' AND event_id = ANY($1)",
+    [eventIds],
+  );
   expect(processed).toHaveLength(ORDERS);
   expect(new Set(processed.map((p) => p.outcome))).toEqual(new Set(['APPLIED']));
-  const { rows: confirmed } = await db().query<{ n: string }>("SELECT count(*) AS n FROM reservations WHERE coupon_id = ANY($1) AND status = 'CONFIRMED'", [couponIds]);
+  const { rows: confirmed } = await db().query<{ n: string }>(
+    "SELECT count(*) AS n FROM reservations WHERE coupon_id = ANY($1) AND status = 'CONFIRMED'",
+    [couponIds],
+  );
   expect(Number(confirmed[0]?.n)).toBe(ORDERS);
   // None applied twice: one "applied" line per event, and every job added back came from the sweep.
-  const applied = await logLinesWhen(`${STACK}-worker-${stack.workers.indexOf(worker) + 1}`, (l) => l.msg === 'PAYMENT_COMPLETED applied' && eventIds.includes(l.eventId as string), ORDERS);
+  const applied = await logLinesWhen(
+    `${STACK}-worker-${stack.workers.indexOf(worker) + 1}`,
+    (l) => l.msg === 'PAYMENT_COMPLETED applied' && eventIds.includes(l.eventId as string),
+    ORDERS,
+  );
   expect(applied).toHaveLength(ORDERS);
   expect(new Set(applied.map((l) => l.eventId)).size).toBe(ORDERS);
   const redriven = workerLines((l) => l.msg === 'inbox: events whose jobs were missing from Redis added again');
   expect(redriven.reduce((sum, l) => sum + Number(l.redriven), 0)).toBe(ORDERS);
 
   // Retention: the applied rows go.
-  await eventually(() => inboxRows(eventIds), (rows) => rows.length === 0, 30_000, 'applied inbox rows deleted');
+  await eventually(
+    () => inboxRows(eventIds),
+    (rows) => rows.length === 0,
+    30_000,
+    'applied inbox rows deleted',
+  );
 });
 
 it('applies a payment delivered twice once, before and after Redis lost its job', async () => {
@@ -168,8 +209,18 @@ it('applies a payment delivered twice once, before and after Redis lost its job'
   await emptyRedis();
 
   await stack.startWorker();
-  await eventually(() => couponRow(couponId), (c) => c?.status === 'USED', 60_000, 'coupon USED');
-  await eventually(() => inboxRows([event.eventId]), (rows) => rows.length === 0, 30_000, 'applied inbox row deleted');
+  await eventually(
+    () => couponRow(couponId),
+    (c) => c?.status === 'USED',
+    60_000,
+    'coupon USED',
+  );
+  await eventually(
+    () => inboxRows([event.eventId]),
+    (rows) => rows.length === 0,
+    30_000,
+    'applied inbox row deleted',
+  );
 
   // Delivered a third time with its job gone from Redis: a new job, which finds the event processed.
   await emptyRedis();
@@ -177,7 +228,12 @@ it('applies a payment delivered twice once, before and after Redis lost its job'
   await allCommitted();
   const replay = await api.settle(derivedJobId('payment', event.eventId), admin);
   expect(replay).toMatchObject({ status: 'succeeded', result: { outcome: 'DUPLICATE', earlier: { outcome: 'APPLIED' } } });
-  await eventually(() => inboxRows([event.eventId]), (rows) => rows.length === 0, 30_000, 'redelivered row deleted');
+  await eventually(
+    () => inboxRows([event.eventId]),
+    (rows) => rows.length === 0,
+    30_000,
+    'redelivered row deleted',
+  );
 
   expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'APPLIED', reason_code: null, reservation_id: reservationId }]);
   expect((await reservationsOf(couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
@@ -205,13 +261,26 @@ it('keeps a redriven payment ahead of the refund that followed it', async () => 
   // coupon the payment used, as if the two had come in order.
   await stack.startWorker({ PAYMENT_WAIT_ATTEMPTS: '2', INBOX_REDRIVE_AGE_MS: '15000' });
   const name = `${STACK}-worker-${stack.workers.length}`;
-  const kept = await logLinesWhen(name, (l) => l.msg === 'PAYMENT_REFUNDED keeps waiting: an earlier event of its order is not applied yet' && l.eventId === refund.eventId, 1, 30_000);
+  const kept = await logLinesWhen(
+    name,
+    (l) => l.msg === 'PAYMENT_REFUNDED keeps waiting: an earlier event of its order is not applied yet' && l.eventId === refund.eventId,
+    1,
+    30_000,
+  );
   expect(kept.length).toBeGreaterThan(0);
 
-  await eventually(() => processedEvents(refund.eventId), (rows) => rows.length === 1, 60_000, 'refund processed');
+  await eventually(
+    () => processedEvents(refund.eventId),
+    (rows) => rows.length === 1,
+    60_000,
+    'refund processed',
+  );
   expect(await processedEvents(paid.eventId)).toEqual([{ outcome: 'APPLIED', reason_code: null, reservation_id: reservationId }]);
   expect(await processedEvents(refund.eventId)).toEqual([{ outcome: 'APPLIED', reason_code: null, reservation_id: reservationId }]);
-  const { rows } = await db().query<{ status: string; refunded: boolean }>('SELECT status, refunded_at IS NOT NULL AS refunded FROM reservations WHERE id = $1', [reservationId]);
+  const { rows } = await db().query<{ status: string; refunded: boolean }>(
+    'SELECT status, refunded_at IS NOT NULL AS refunded FROM reservations WHERE id = $1',
+    [reservationId],
+  );
   expect(rows).toEqual([{ status: 'CONFIRMED', refunded: true }]);
   expect(await couponRow(couponId)).toMatchObject({ status: 'ISSUED' });
 });
@@ -220,7 +289,12 @@ it('issues the coupons of accepted user events after Redis lost their jobs', asy
   const trigger = `SIGNED_UP_${uniqueId('x').slice(2, 10).toUpperCase()}`;
   const eventPolicy = await createCheckoutPolicy(api, { issueMethod: 'EVENT', triggerEvent: trigger, perUserLimit: 5 });
   await stopWorkers();
-  const list = Array.from({ length: 20 }, (_, i) => ({ eventId: uniqueId(`ue${i}`), type: trigger, userId: uniqueId(`signup${i}`), occurredAt: new Date().toISOString() }));
+  const list = Array.from({ length: 20 }, (_, i) => ({
+    eventId: uniqueId(`ue${i}`),
+    type: trigger,
+    userId: uniqueId(`signup${i}`),
+    occurredAt: new Date().toISOString(),
+  }));
   const eventIds = list.map((e) => e.eventId);
   await send(
     stack.userEventsTopic,
@@ -231,10 +305,18 @@ it('issues the coupons of accepted user events after Redis lost their jobs', asy
   await emptyRedis();
 
   await stack.startWorker();
-  const issued = () => db().query<{ user_id: string }>('SELECT user_id FROM coupons WHERE policy_id = $1', [eventPolicy]).then((r) => r.rows);
+  const issued = () =>
+    db()
+      .query<{ user_id: string }>('SELECT user_id FROM coupons WHERE policy_id = $1', [eventPolicy])
+      .then((r) => r.rows);
   await eventually(issued, (rows) => rows.length >= list.length, 60_000, `${list.length} coupons issued`);
   // The worker deletes an applied user event's row itself (no processed_events row says it is done).
-  await eventually(() => inboxRows(eventIds, 'user-events'), (rows) => rows.length === 0, 30_000, 'applied user events deleted');
+  await eventually(
+    () => inboxRows(eventIds, 'user-events'),
+    (rows) => rows.length === 0,
+    30_000,
+    'applied user events deleted',
+  );
   const rows = await issued();
   expect(rows.map((r) => r.user_id).sort()).toEqual(list.map((e) => e.userId).sort());
 });
@@ -255,13 +337,20 @@ it('commits no offset while Postgres is away: the event waits in Kafka, then is 
     expect(failed.length).toBeGreaterThan(0);
     // Not accepted: no job, the offset where it was (one message short), the coupon still reserved.
     const [topic] = await kafkaAdmin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [stack.paymentsTopic] });
-    expect((topic?.partitions ?? []).reduce((sum, p) => sum + Math.max(0, Number(p.offset)), 0)).toBe((published.get(stack.paymentsTopic) ?? 0) - 1);
+    expect((topic?.partitions ?? []).reduce((sum, p) => sum + Math.max(0, Number(p.offset)), 0)).toBe(
+      (published.get(stack.paymentsTopic) ?? 0) - 1,
+    );
     expect(await jobsInRedis([event.eventId])).toBe(0);
     expect(await couponRow(couponId)).toMatchObject({ status: 'RESERVED' });
 
     await proxy.resume();
     await allCommitted();
-    await eventually(() => couponRow(couponId), (c) => c?.status === 'USED', 60_000, 'coupon USED');
+    await eventually(
+      () => couponRow(couponId),
+      (c) => c?.status === 'USED',
+      60_000,
+      'coupon USED',
+    );
     expect(await processedEvents(event.eventId)).toHaveLength(1);
   } finally {
     await proxy.resume();

@@ -18,26 +18,43 @@ beforeAll(async () => {
                       VALUES ('plans', 'plans', 'FIXED', 1000, 'DOWNLOAD', now() - interval '1 day', 7)`);
   // In slices: each coupon row takes a per-user advisory lock, and one transaction holds only so many.
   for (let from = 1; from <= COUPONS; from += 2_000) {
-    await client.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-                        SELECT 'c' || g, 'plans', 'u' || g, 'q' || g, now() + interval '7 days' FROM generate_series($1::int, $2::int) g`, [from, Math.min(COUPONS, from + 1_999)]);
+    await client.query(
+      `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+                        SELECT 'c' || g, 'plans', 'u' || g, 'q' || g, now() + interval '7 days' FROM generate_series($1::int, $2::int) g`,
+      [from, Math.min(COUPONS, from + 1_999)],
+    );
   }
   // Every order's owner: the user who reserved on it.
-  await client.query(`INSERT INTO orders (order_id, user_id) SELECT 'o' || g, 'u' || g FROM generate_series(1, $1::int) g`, [HISTORY + PENDING]);
+  await client.query(`INSERT INTO orders (order_id, user_id) SELECT 'o' || g, 'u' || g FROM generate_series(1, $1::int) g`, [
+    HISTORY + PENDING,
+  ]);
   await client.query(`INSERT INTO orders (order_id, user_id) VALUES ('o-two', 'ua')`);
-  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason)
+  await client.query(
+    `INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, 'CONFIRMED', now(), now(), 'PAYMENT_COMPLETED'
-                        FROM generate_series(1, $1::int) g`, [HISTORY]);
-  await client.query(`INSERT INTO processed_events (source, event_id, type, order_id, reservation_id, outcome)
-                      SELECT 'payments', 'e' || g, 'PAYMENT_COMPLETED', 'o' || g, 'r' || g, 'APPLIED' FROM generate_series(1, $1::int) g`, [HISTORY]);
+                        FROM generate_series(1, $1::int) g`,
+    [HISTORY],
+  );
+  await client.query(
+    `INSERT INTO processed_events (source, event_id, type, order_id, reservation_id, outcome)
+                      SELECT 'payments', 'e' || g, 'PAYMENT_COMPLETED', 'o' || g, 'r' || g, 'APPLIED' FROM generate_series(1, $1::int) g`,
+    [HISTORY],
+  );
   // Statistics from before the sale: no reservation was PENDING when they were taken.
   await client.query('ANALYZE coupons, reservations, processed_events, orders');
-  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
+  await client.query(
+    `INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
                       SELECT 'r' || g, 'c' || g, 'u' || g, 'o' || g, 50000, 1000, 'rq' || g, now() + interval '10 minutes'
-                        FROM generate_series($1::int + 1, $1::int + $2::int) g`, [HISTORY, PENDING]);
+                        FROM generate_series($1::int + 1, $1::int + $2::int) g`,
+    [HISTORY, PENDING],
+  );
   // An order whose first reservation timed out and whose second is PENDING, both by its owner.
-  await client.query(`INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason, created_at)
+  await client.query(
+    `INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, status, expires_at, ended_at, end_reason, created_at)
                       VALUES ('r-two-a', 'c' || $1::int, 'ua', 'o-two', 50000, 1000, 'rq-two-a', 'EXPIRED', now(), now(), 'TIMEOUT', now() - interval '1 minute'),
-                             ('r-two-b', 'c' || $1::int + 1, 'ua', 'o-two', 50000, 1000, 'rq-two-b', 'PENDING', now() + interval '10 minutes', NULL, NULL, now())`, [HISTORY + PENDING + 1]);
+                             ('r-two-b', 'c' || $1::int + 1, 'ua', 'o-two', 50000, 1000, 'rq-two-b', 'PENDING', now() + interval '10 minutes', NULL, NULL, now())`,
+    [HISTORY + PENDING + 1],
+  );
 });
 
 afterAll(async () => {
@@ -55,9 +72,30 @@ describe('checkout_event_states', () => {
     // As a worker's turn sends them: events for in-flight orders (by order, as most payment systems
     // send them), redeliveries of processed ones, and events that name their reservation.
     const events = [
-      ...Array.from({ length: 20 }, (_, i) => ({ key: `new-${i}`, source: 'payments', eventId: `n${i}`, reservationId: null, orderId: `o${HISTORY + 1 + i}`, userId: null })),
-      ...Array.from({ length: 20 }, (_, i) => ({ key: `old-${i}`, source: 'payments', eventId: `e${i * 997 + 1}`, reservationId: null, orderId: `o${i * 997 + 1}`, userId: `u${i * 997 + 1}` })),
-      ...Array.from({ length: 10 }, (_, i) => ({ key: `named-${i}`, source: 'payments', eventId: `m${i}`, reservationId: `r${HISTORY + 100 + i}`, orderId: `o${HISTORY + 100 + i}`, userId: null })),
+      ...Array.from({ length: 20 }, (_, i) => ({
+        key: `new-${i}`,
+        source: 'payments',
+        eventId: `n${i}`,
+        reservationId: null,
+        orderId: `o${HISTORY + 1 + i}`,
+        userId: null,
+      })),
+      ...Array.from({ length: 20 }, (_, i) => ({
+        key: `old-${i}`,
+        source: 'payments',
+        eventId: `e${i * 997 + 1}`,
+        reservationId: null,
+        orderId: `o${i * 997 + 1}`,
+        userId: `u${i * 997 + 1}`,
+      })),
+      ...Array.from({ length: 10 }, (_, i) => ({
+        key: `named-${i}`,
+        source: 'payments',
+        eventId: `m${i}`,
+        reservationId: `r${HISTORY + 100 + i}`,
+        orderId: `o${HISTORY + 100 + i}`,
+        userId: null,
+      })),
       // An order with an ended and a PENDING reservation: the PENDING one, none for a user who does
       // not own the order (the worker records that as a conflict), the ended one when named.
       { key: 'two', source: 'payments', eventId: 't1', reservationId: null, orderId: 'o-two', userId: null },
@@ -75,10 +113,17 @@ describe('checkout_event_states', () => {
     await client.query('BEGIN');
     try {
       const before = new Map((await readCounts()).map((c) => [c.relname, c]));
-      const { rows } = await client.query<{ key: string; done_outcome: string | null; pending_for_order: number; r_id: string | null; r_status: string | null; c_status: string | null; o_user: string | null }>(
-        'SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status, o_user FROM checkout_event_states($1::jsonb)',
-        [JSON.stringify(events)],
-      );
+      const { rows } = await client.query<{
+        key: string;
+        done_outcome: string | null;
+        pending_for_order: number;
+        r_id: string | null;
+        r_status: string | null;
+        c_status: string | null;
+        o_user: string | null;
+      }>('SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status, o_user FROM checkout_event_states($1::jsonb)', [
+        JSON.stringify(events),
+      ]);
       const counts = (await readCounts()).map((c) => ({
         relname: c.relname,
         seqScans: Number(c.seq_scan) - Number(before.get(c.relname)?.seq_scan ?? 0),
@@ -90,10 +135,21 @@ describe('checkout_event_states', () => {
       const byKey = new Map(rows.map((r) => [r.key, r]));
       expect(rows).toHaveLength(events.length);
       for (let i = 0; i < 20; i += 1) {
-        expect(byKey.get(`new-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 1, r_id: `r${HISTORY + 1 + i}`, r_status: 'PENDING' });
-        expect(byKey.get(`old-${i}`)).toMatchObject({ done_outcome: 'APPLIED', pending_for_order: 0, r_id: `r${i * 997 + 1}`, r_status: 'CONFIRMED' });
+        expect(byKey.get(`new-${i}`)).toMatchObject({
+          done_outcome: null,
+          pending_for_order: 1,
+          r_id: `r${HISTORY + 1 + i}`,
+          r_status: 'PENDING',
+        });
+        expect(byKey.get(`old-${i}`)).toMatchObject({
+          done_outcome: 'APPLIED',
+          pending_for_order: 0,
+          r_id: `r${i * 997 + 1}`,
+          r_status: 'CONFIRMED',
+        });
       }
-      for (let i = 0; i < 10; i += 1) expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
+      for (let i = 0; i < 10; i += 1)
+        expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
       expect(byKey.get('two')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING', o_user: 'ua' });
       expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 0, r_id: null, o_user: 'ua' });
       expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'EXPIRED', o_user: 'ua' });

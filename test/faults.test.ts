@@ -21,7 +21,8 @@ describe('the fault suite, a bounded subset', () => {
         violations: Object.fromEntries(Object.keys(result.check.violations).map((k) => [k, 0])),
         examples: {},
       });
-      for (const strike of result.strikes) expect({ fault: strike.fault, hit: strike.hit, inFlight: strike.inFlight }).toMatchObject({ fault: strike.fault, hit: true });
+      for (const strike of result.strikes)
+        expect({ fault: strike.fault, hit: strike.hit, inFlight: strike.inFlight }).toMatchObject({ fault: strike.fault, hit: true });
       // The load was real: the stock sold out, the winners checked out, and the payments were applied.
       expect(result.check.counts).toMatchObject({ coupons: 150, won: 150, lost: 350, reserved: 150 });
       expect(result.check.counts.used + result.check.counts.restored).toBe(150);

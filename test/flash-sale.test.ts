@@ -38,7 +38,10 @@ async function rush(policyId: string, users: string[], times: number) {
     }),
   );
   for (const { reply } of accepted) expect(reply.status).toBe(202);
-  return mapLimit(accepted, 128, async ({ user, reply }) => ({ user, job: await api.settle(reply.body.jobId, tokens.get(user) as string) }));
+  return mapLimit(accepted, 128, async ({ user, reply }) => ({
+    user,
+    job: await api.settle(reply.body.jobId, tokens.get(user) as string),
+  }));
 }
 
 describe('first-come-first-served issuance', () => {
@@ -84,7 +87,10 @@ describe('first-come-first-served issuance', () => {
     const list = await api.get(`/api/v1/coupons/users/${user}?status=AVAILABLE&limit=2`, await tokenFor(user));
     expect(list.status).toBe(200);
     expect(list.body.data).toHaveLength(2);
-    const rest = await api.get(`/api/v1/coupons/users/${user}?status=AVAILABLE&limit=2&cursor=${list.body.nextCursor}`, await tokenFor(user));
+    const rest = await api.get(
+      `/api/v1/coupons/users/${user}?status=AVAILABLE&limit=2&cursor=${list.body.nextCursor}`,
+      await tokenFor(user),
+    );
     expect(rest.body.data).toHaveLength(1);
     expect(rest.body.nextCursor).toBeNull();
     const ids = [...list.body.data, ...rest.body.data].map((c: { id: string }) => c.id);
@@ -129,10 +135,18 @@ describe('first-come-first-served issuance', () => {
 
   it('issues more once the quantity is raised after a sell-out', async () => {
     const policy = await createPolicy({ totalQuantity: 3 });
-    const first = await rush(policy.id, Array.from({ length: 5 }, () => uniqueId('q')), 1);
+    const first = await rush(
+      policy.id,
+      Array.from({ length: 5 }, () => uniqueId('q')),
+      1,
+    );
     expect(first.filter((r) => r.job.status === 'succeeded')).toHaveLength(3);
     expect((await api.patch(`/api/v1/coupons/policies/${policy.id}`, admin, { totalQuantity: 5 })).status).toBe(200);
-    const second = await rush(policy.id, Array.from({ length: 5 }, () => uniqueId('q')), 1);
+    const second = await rush(
+      policy.id,
+      Array.from({ length: 5 }, () => uniqueId('q')),
+      1,
+    );
     expect(second.filter((r) => r.job.status === 'succeeded')).toHaveLength(2);
     expect((await couponsOf(policy.id)).map((r) => r.slot)).toEqual([1, 2, 3, 4, 5]);
   });

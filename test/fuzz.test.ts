@@ -66,7 +66,8 @@ function problemOf(status: number, contentType: string, text: string): string | 
     const keys = body && typeof body === 'object' ? Object.keys(body) : [];
     if (keys.length !== 1 || !error || typeof error !== 'object') return 'error body is not {"error": {...}}';
     if (typeof error.code !== 'string' || typeof error.message !== 'string') return 'error without code and message';
-    if (Object.keys(error).some((k) => !['code', 'message', 'details'].includes(k))) return 'error with fields beyond code, message, details';
+    if (Object.keys(error).some((k) => !['code', 'message', 'details'].includes(k)))
+      return 'error with fields beyond code, message, details';
   }
   return null;
 }
@@ -76,17 +77,56 @@ function problemOf(status: number, contentType: string, text: string): string | 
 
 /** Dates a client might send: ordinary ones, the edges of the accepted range, and far outside it. */
 const dateEdges = [
-  '2026-11-01T00:00:00Z', new Date(Date.now() - 60_000).toISOString(), new Date(Date.now() + 86_400_000).toISOString(),
-  '2000-01-01T00:00:00Z', '1999-12-31T23:59:59Z', '2099-12-31T23:59:59.999Z', '2100-01-01T00:00:00Z',
-  '0000-01-01T00:00:00Z', '0001-01-01T00:00:00Z', '9999-12-31T23:59:59Z', '1970-01-01T00:00:00Z',
-  '2024-02-29T12:00:00+23:59', '2023-02-29T00:00:00Z', '+275760-09-13T00:00:00Z', '-000001-01-01T00:00:00Z',
-  'tomorrow', '', '2026-13-01T00:00:00Z', '2026-11-01T24:00:00Z', '2026-11-01',
+  '2026-11-01T00:00:00Z',
+  new Date(Date.now() - 60_000).toISOString(),
+  new Date(Date.now() + 86_400_000).toISOString(),
+  '2000-01-01T00:00:00Z',
+  '1999-12-31T23:59:59Z',
+  '2099-12-31T23:59:59.999Z',
+  '2100-01-01T00:00:00Z',
+  '0000-01-01T00:00:00Z',
+  '0001-01-01T00:00:00Z',
+  '9999-12-31T23:59:59Z',
+  '1970-01-01T00:00:00Z',
+  '2024-02-29T12:00:00+23:59',
+  '2023-02-29T00:00:00Z',
+  '+275760-09-13T00:00:00Z',
+  '-000001-01-01T00:00:00Z',
+  'tomorrow',
+  '',
+  '2026-13-01T00:00:00Z',
+  '2026-11-01T24:00:00Z',
+  '2026-11-01',
 ];
 const dates = fc.constantFrom(...dateEdges);
 
 const weirdStrings = fc.constantFrom(
-  '', ' ', 'a', '..', '../../etc/passwd', '%', '%00', '\u0000', 'x\u0000y', '\ud800', '😀', 'null', 'undefined', '-1', '0', '1e400', 'NaN',
-  "'; DROP TABLE coupons; --", '<script>alert(1)</script>', 'x'.repeat(129), 'y'.repeat(5000), '{}', '[]', '\\', '\r\n', 'Ａ',
+  '',
+  ' ',
+  'a',
+  '..',
+  '../../etc/passwd',
+  '%',
+  '%00',
+  '\u0000',
+  'x\u0000y',
+  '\ud800',
+  '😀',
+  'null',
+  'undefined',
+  '-1',
+  '0',
+  '1e400',
+  'NaN',
+  "'; DROP TABLE coupons; --",
+  '<script>alert(1)</script>',
+  'x'.repeat(129),
+  'y'.repeat(5000),
+  '{}',
+  '[]',
+  '\\',
+  '\r\n',
+  'Ａ',
 );
 
 const numbers = fc.oneof(
@@ -108,7 +148,11 @@ function cursorOf(ids: string[]) {
   return fc
     .tuple(
       fc.oneof({ weight: 4, arbitrary: dates }, { weight: 1, arbitrary: fc.string() }),
-      fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...ids) }, { weight: 1, arbitrary: weirdStrings }, { weight: 1, arbitrary: fc.string() }),
+      fc.oneof(
+        { weight: 4, arbitrary: fc.constantFrom(...ids) },
+        { weight: 1, arbitrary: weirdStrings },
+        { weight: 1, arbitrary: fc.string() },
+      ),
       fc.oneof({ weight: 5, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
     )
     .map(([at, id, asJson]) => Buffer.from(asJson ? JSON.stringify([at, id]) : `${at}|${id}`).toString('base64url'));
@@ -123,7 +167,11 @@ function valueFor(schema: Json, ids: string[], depth = 0): fc.Arbitrary<unknown>
 function validish(schema: Json, ids: string[], depth: number): fc.Arbitrary<unknown> {
   const choices = (schema.anyOf ?? schema.oneOf) as Json[] | undefined;
   if (choices && !schema.type) return fc.oneof(...choices.map((s) => valueFor(s, ids, depth + 1)));
-  if (schema.enum) return fc.oneof({ weight: 6, arbitrary: fc.constantFrom(...(schema.enum as unknown[])) }, { weight: 1, arbitrary: fc.string({ maxLength: 12 }) });
+  if (schema.enum)
+    return fc.oneof(
+      { weight: 6, arbitrary: fc.constantFrom(...(schema.enum as unknown[])) },
+      { weight: 1, arbitrary: fc.string({ maxLength: 12 }) },
+    );
   switch (schema.type) {
     case 'object':
       return objectFor(schema, ids, depth);
@@ -132,7 +180,12 @@ function validish(schema: Json, ids: string[], depth: number): fc.Arbitrary<unkn
     case 'integer':
     case 'number':
       return fc.oneof(
-        { weight: 2, arbitrary: fc.constantFrom(...[schema.minimum, schema.maximum, schema.minimum - 1, schema.maximum + 1].filter((n) => Number.isFinite(n))) },
+        {
+          weight: 2,
+          arbitrary: fc.constantFrom(
+            ...[schema.minimum, schema.maximum, schema.minimum - 1, schema.maximum + 1].filter((n) => Number.isFinite(n)),
+          ),
+        },
         { weight: 6, arbitrary: fc.integer({ min: schema.minimum ?? -1e6, max: Math.min(schema.maximum ?? 1e6, 1e6) }) },
         { weight: 1, arbitrary: numbers },
       );
@@ -159,7 +212,11 @@ function objectFor(schema: Json, ids: string[], depth: number): fc.Arbitrary<unk
   // Required fields are left out now and then; an unknown field is added now and then.
   const requiredKeys = props.map(([name]) => name).filter((name) => required.has(name));
   return fc
-    .tuple(fc.record(record, { requiredKeys }), fc.option(fc.subarray(requiredKeys, { maxLength: Math.min(1, requiredKeys.length) }), { freq: 6, nil: [] as string[] }), fc.option(fc.tuple(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 1 })), { freq: 8 }))
+    .tuple(
+      fc.record(record, { requiredKeys }),
+      fc.option(fc.subarray(requiredKeys, { maxLength: Math.min(1, requiredKeys.length) }), { freq: 6, nil: [] as string[] }),
+      fc.option(fc.tuple(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 1 })), { freq: 8 }),
+    )
     .map(([value, drop, extra]) => {
       const out: Record<string, unknown> = { ...(value as object) };
       for (const name of drop) delete out[name];
@@ -169,11 +226,31 @@ function objectFor(schema: Json, ids: string[], depth: number): fc.Arbitrary<unk
 }
 
 const rawBodies = fc.oneof(
-  fc.constantFrom('{', '', 'null', '[]', '"x"', '{"a":', '\u0000', '{"__proto__": {"admin": true}}', `${'['.repeat(3000)}${']'.repeat(3000)}`, `{"x": "${'z'.repeat(70 * 1024)}"}`),
+  fc.constantFrom(
+    '{',
+    '',
+    'null',
+    '[]',
+    '"x"',
+    '{"a":',
+    '\u0000',
+    '{"__proto__": {"admin": true}}',
+    `${'['.repeat(3000)}${']'.repeat(3000)}`,
+    `{"x": "${'z'.repeat(70 * 1024)}"}`,
+  ),
   fc.string({ maxLength: 200 }),
 );
 
-const contentTypes = fc.constantFrom('application/json', 'application/json; charset=utf-8', 'application/merge-patch+json', 'text/plain', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x', '', 'application/json; charset=latin1');
+const contentTypes = fc.constantFrom(
+  'application/json',
+  'application/json; charset=utf-8',
+  'application/merge-patch+json',
+  'text/plain',
+  'application/x-www-form-urlencoded',
+  'multipart/form-data; boundary=x',
+  '',
+  'application/json; charset=latin1',
+);
 
 /** Header values undici will send: visible Latin-1, no CR/LF. */
 const headerText = fc.string({ unit: fc.integer({ min: 0x20, max: 0xff }).map((c) => String.fromCharCode(c)), maxLength: 300 });
@@ -211,11 +288,33 @@ describe('fuzzing every route', () => {
     const user = await tokenFor(userId);
     // Real things to point at, so generated requests reach the queries behind the routes too.
     const policy = await api.post('/api/v1/coupons/policies', admin, policyBody({ totalQuantity: 1000 }));
-    const shared = await api.post('/api/v1/coupons/policies', admin, policyBody({ issueMethod: 'CODE', code: uniqueId('FZ').replace(/-/g, '').slice(0, 12), totalQuantity: 100 }));
-    const issued = await api.call('POST', '/api/v1/coupons/issue', { token: user, body: { policyId: policy.body.id }, headers: { prefer: 'wait=10' } });
+    const shared = await api.post(
+      '/api/v1/coupons/policies',
+      admin,
+      policyBody({ issueMethod: 'CODE', code: uniqueId('FZ').replace(/-/g, '').slice(0, 12), totalQuantity: 100 }),
+    );
+    const issued = await api.call('POST', '/api/v1/coupons/issue', {
+      token: user,
+      body: { policyId: policy.body.id },
+      headers: { prefer: 'wait=10' },
+    });
     const couponId = issued.body?.result?.id as string;
-    const reserved = await api.call('POST', '/api/v1/coupons/reserve', { token: user, body: { couponId, orderId: uniqueId('o'), orderAmount: 50_000 }, headers: { prefer: 'wait=10', 'idempotency-key': uniqueId('k') } });
-    ids.push(policy.body.id, shared.body.id, couponId, issued.body.jobId, reserved.body.jobId, reserved.body?.result?.reservationId ?? 'r', userId, 'admin-1', 'iss_00000000-0000-0000-0000-000000000000.0');
+    const reserved = await api.call('POST', '/api/v1/coupons/reserve', {
+      token: user,
+      body: { couponId, orderId: uniqueId('o'), orderAmount: 50_000 },
+      headers: { prefer: 'wait=10', 'idempotency-key': uniqueId('k') },
+    });
+    ids.push(
+      policy.body.id,
+      shared.body.id,
+      couponId,
+      issued.body.jobId,
+      reserved.body.jobId,
+      reserved.body?.result?.reservationId ?? 'r',
+      userId,
+      'admin-1',
+      'iss_00000000-0000-0000-0000-000000000000.0',
+    );
     identities.anonymous = { id: 'anonymous' };
     identities.user = { header: `Bearer ${user}`, id: userId };
     identities.admin = { header: `Bearer ${admin}`, id: 'admin-1' };
@@ -234,14 +333,16 @@ describe('fuzzing every route', () => {
   it('answers no input with a 5xx, every error in the error shape, nothing with a stack or SQL', async () => {
     console.log(`fuzz: seed ${SEED}, up to ${RUNS} requests (replay: FUZZ_SEED=${SEED} npx jest test/fuzz)`);
     const pathParam = (name: string, caller: string) =>
-      fc.oneof(
-        { weight: 4, arbitrary: fc.constantFrom(...ids).map(encode) },
-        // The caller's own id, so the self-only routes get past their ownership check.
-        { weight: name === 'userId' ? 8 : 1, arbitrary: fc.constant(encode(caller)) },
-        { weight: 2, arbitrary: weirdStrings.map(encode) },
-        { weight: 1, arbitrary: fc.constantFrom('%', '%zz', '%E0%A4%A', '%00', '..%2F..%2F', '%2e%2e', '%C0%AF', '%ED%A0%80') },
-        { weight: 1, arbitrary: fc.string({ maxLength: 30 }).map(encode) },
-      ).map((v) => (name === 'jobId' && v === '' ? 'x' : v));
+      fc
+        .oneof(
+          { weight: 4, arbitrary: fc.constantFrom(...ids).map(encode) },
+          // The caller's own id, so the self-only routes get past their ownership check.
+          { weight: name === 'userId' ? 8 : 1, arbitrary: fc.constant(encode(caller)) },
+          { weight: 2, arbitrary: weirdStrings.map(encode) },
+          { weight: 1, arbitrary: fc.constantFrom('%', '%zz', '%E0%A4%A', '%00', '..%2F..%2F', '%2e%2e', '%C0%AF', '%ED%A0%80') },
+          { weight: 1, arbitrary: fc.string({ maxLength: 30 }).map(encode) },
+        )
+        .map((v) => (name === 'jobId' && v === '' ? 'x' : v));
 
     const requestOf = (route: Route, who: string) => {
       const caller = identities[who]?.id ?? 'x';
@@ -253,18 +354,40 @@ describe('fuzzing every route', () => {
       return fc.record({
         route: fc.constant(route),
         who: fc.constant(who),
-        method: fc.oneof({ weight: 12, arbitrary: fc.constant(route.method) }, { weight: 1, arbitrary: fc.constantFrom('PUT', 'DELETE', 'OPTIONS', 'PATCH', 'POST', 'GET') }),
+        method: fc.oneof(
+          { weight: 12, arbitrary: fc.constant(route.method) },
+          { weight: 1, arbitrary: fc.constantFrom('PUT', 'DELETE', 'OPTIONS', 'PATCH', 'POST', 'GET') },
+        ),
         pathValues: fc.tuple(...pathArbs),
         query: fc.record(queryArbs, { requiredKeys: [] }),
         extraQuery: fc.option(fc.constantFrom('&&==', '%', 'a[b]=1', 'limit=1&limit=2', `x=${'q'.repeat(3000)}`, 'cursor='), { freq: 4 }),
-        body: route.body ? fc.oneof({ weight: 5, arbitrary: valueFor(route.body, [...ids, caller]).map((v) => JSON.stringify(v)) }, { weight: 1, arbitrary: rawBodies }) : fc.option(rawBodies, { freq: 5 }),
+        body: route.body
+          ? fc.oneof(
+              { weight: 5, arbitrary: valueFor(route.body, [...ids, caller]).map((v) => JSON.stringify(v)) },
+              { weight: 1, arbitrary: rawBodies },
+            )
+          : fc.option(rawBodies, { freq: 5 }),
         contentType: fc.oneof({ weight: 8, arbitrary: fc.constant('application/json') }, { weight: 1, arbitrary: contentTypes }),
         headers: fc.option(extraHeaders, { freq: 2 }),
       });
     };
-    type Generated = { route: Route; who: string; method: string; pathValues: unknown[]; query: Record<string, unknown>; extraQuery: string | null; body: string | null; contentType: string; headers: Record<string, string> | null };
+    type Generated = {
+      route: Route;
+      who: string;
+      method: string;
+      pathValues: unknown[];
+      query: Record<string, unknown>;
+      extraQuery: string | null;
+      body: string | null;
+      contentType: string;
+      headers: Record<string, string> | null;
+    };
     const whos = ['anonymous', 'user', 'admin', 'garbage', 'board', 'boardGuess'];
-    const requests: fc.Arbitrary<Generated> = fc.oneof(...routes.flatMap((route) => whos.filter((w) => !w.startsWith('board') || !route.path.startsWith('/api')).map((who) => requestOf(route, who))));
+    const requests: fc.Arbitrary<Generated> = fc.oneof(
+      ...routes.flatMap((route) =>
+        whos.filter((w) => !w.startsWith('board') || !route.path.startsWith('/api')).map((who) => requestOf(route, who)),
+      ),
+    );
 
     let sent = 0;
     /** The request the property is waiting for, if any. */
@@ -273,7 +396,9 @@ describe('fuzzing every route', () => {
     const send = async (r: Generated): Promise<string | null> => {
       let i = 0;
       const path = r.route.path.replace(/\{\w+\}/g, () => String(r.pathValues[i++]));
-      const search = new URLSearchParams(Object.entries(r.query).map(([k, v]): [string, string] => [k, typeof v === 'string' ? v : JSON.stringify(v)])).toString();
+      const search = new URLSearchParams(
+        Object.entries(r.query).map(([k, v]): [string, string] => [k, typeof v === 'string' ? v : JSON.stringify(v)]),
+      ).toString();
       const query = [search, r.extraQuery].filter(Boolean).join('&');
       const headers: Record<string, string> = { ...(r.headers ?? {}) };
       const auth = identities[r.who]?.header;
@@ -283,7 +408,12 @@ describe('fuzzing every route', () => {
       const url = `${stack.baseUrl}${path}${query ? `?${query}` : ''}`;
       let res;
       try {
-        res = await request(url, { method: r.method as 'GET', headers, body: withBody ? r.body ?? undefined : undefined, dispatcher: agent });
+        res = await request(url, {
+          method: r.method as 'GET',
+          headers,
+          body: withBody ? (r.body ?? undefined) : undefined,
+          dispatcher: agent,
+        });
       } catch (error) {
         // undici refused to send it (an invalid URL or header value): nothing reached the server. undici
         // 7 also takes the idle connection it picked out of its pool for good on such a refusal (the

@@ -42,7 +42,9 @@ afterAll(async () => {
 
 describe('set-meta.lua', () => {
   it('keeps the newer version of a policy against a stale write, and takes a newer one', async () => {
-    const policy = await CouponPolicy.create(policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody({ totalQuantity: 10 }))));
+    const policy = await CouponPolicy.create(
+      policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody({ totalQuantity: 10 }))),
+    );
     await writePolicyMeta(redis, policy);
     await openStock(redis, policy.id);
     // A worker read the policy from Postgres just before an admin paused it...
@@ -86,13 +88,22 @@ describe('the job view of an issue request whose batch ended without storing its
         const fate = fateOf.get(request.userId)!;
         if (fate.startsWith('written')) {
           const at = new Date();
-          const written = await insertIssuedCoupon(sequelize(), { policyId, userId: request.userId, slot: null, requestId: request.requestId, issuedAt: at, expiresAt: new Date(at.getTime() + DAY_MS) });
+          const written = await insertIssuedCoupon(sequelize(), {
+            policyId,
+            userId: request.userId,
+            slot: null,
+            requestId: request.requestId,
+            issuedAt: at,
+            expiresAt: new Date(at.getTime() + DAY_MS),
+          });
           if (written instanceof Error || written.kind !== 'inserted') throw new Error(`coupon not written: ${String(written)}`);
         }
         if (fate !== 'written, told failed') throw new UnrecoverableError('the batch failed as a whole');
         const reason = { code: 'INTERNAL', message: 'The request failed after retries.' };
         const index = parseRequestId(request.requestId).index as number;
-        await publishOutcomes(redis, String(job.id), [[index, { s: 'failed', u: request.userId, c: job.timestamp, f: Date.now(), e: reason }]]);
+        await publishOutcomes(redis, String(job.id), [
+          [index, { s: 'failed', u: request.userId, c: job.timestamp, f: Date.now(), e: reason }],
+        ]);
         return { results: [{ outcome: 'failed', reason }] };
       },
       { connection, prefix },
@@ -100,7 +111,10 @@ describe('the job view of an issue request whose batch ended without storing its
 
   it('answers succeeded with the coupon Postgres holds, and failed only when Postgres holds none', async () => {
     const admin = await adminToken();
-    const created = await local.call('POST', '/api/v1/coupons/policies', { token: admin, body: policyBody({ issueMethod: 'DOWNLOAD', totalQuantity: null }) });
+    const created = await local.call('POST', '/api/v1/coupons/policies', {
+      token: admin,
+      body: policyBody({ issueMethod: 'DOWNLOAD', totalQuantity: null }),
+    });
     expect(created.status).toBe(201);
     const policyId = created.body.id as string;
     const users = fates.map((fate) => ({ fate, id: uniqueId('u'), token: '', requestId: '' }));
@@ -115,7 +129,13 @@ describe('the job view of an issue request whose batch ended without storing its
     const queue = local.queues.get('issue');
     try {
       const jobOf = (u: (typeof users)[number]) => queue.getJob(parseRequestId(u.requestId).jobId);
-      for (const u of users) await eventually(() => jobOf(u), (job) => Boolean(job?.finishedOn), 30_000, `the batch of ${u.fate}`);
+      for (const u of users)
+        await eventually(
+          () => jobOf(u),
+          (job) => Boolean(job?.finishedOn),
+          30_000,
+          `the batch of ${u.fate}`,
+        );
       await (await jobOf(users[1]!))!.remove();
     } finally {
       await worker.close();
@@ -123,12 +143,21 @@ describe('the job view of an issue request whose batch ended without storing its
     }
 
     const view = async (u: (typeof users)[number]) => (await local.call('GET', `/api/v1/jobs/${u.requestId}`, { token: u.token })).body;
-    const coupon = async (u: (typeof users)[number]) => (await local.call('GET', `/api/v1/coupons/users/${u.id}`, { token: u.token })).body.data;
+    const coupon = async (u: (typeof users)[number]) =>
+      (await local.call('GET', `/api/v1/coupons/users/${u.id}`, { token: u.token })).body.data;
     for (const u of users.slice(0, 3)) {
       // A removed batch is told apart from one not added yet by the age of the request's record.
-      const answer = await eventually(() => view(u), (v) => v.status !== 'pending', 15_000, `the view of ${u.fate}`);
+      const answer = await eventually(
+        () => view(u),
+        (v) => v.status !== 'pending',
+        15_000,
+        `the view of ${u.fate}`,
+      );
       const [held] = await coupon(u);
-      expect({ fate: u.fate, answer }).toMatchObject({ fate: u.fate, answer: { id: u.requestId, status: 'succeeded', result: { id: held.id, status: 'AVAILABLE' } } });
+      expect({ fate: u.fate, answer }).toMatchObject({
+        fate: u.fate,
+        answer: { id: u.requestId, status: 'succeeded', result: { id: held.id, status: 'AVAILABLE' } },
+      });
       expect(answer.reason).toBeUndefined();
     }
     const unwritten = users[3]!;

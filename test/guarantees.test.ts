@@ -7,7 +7,17 @@ import { Kafka, logLevel } from 'kafkajs';
 import { request } from 'undici';
 import { codeHash } from '../src/domain/codes';
 import { reserveRequestId, derivedJobId } from '../src/queues/names';
-import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEvent, processedEvents, reservationsOf, reserveAndSettle, shopperWith } from './support/checkout';
+import {
+  couponRow,
+  createCheckoutPolicy,
+  eventually,
+  EventProducer,
+  paymentEvent,
+  processedEvents,
+  reservationsOf,
+  reserveAndSettle,
+  shopperWith,
+} from './support/checkout';
 import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';
 import { Api } from './support/http';
@@ -46,8 +56,22 @@ const createPolicy = async (overrides: Record<string, unknown>) => {
 };
 const publish = (event: { orderId: string }) => events.publish(stack.paymentsTopic, event);
 /** The worker's record of a payment event, once it has one. */
-const recorded = async (eventId: string) => (await eventually(() => processedEvents(eventId), (rows) => rows.length > 0, 30_000, `event ${eventId} recorded`))[0];
-const couponIs = (couponId: string, status: string) => eventually(() => couponRow(couponId), (c) => c?.status === status, 30_000, `coupon ${status}`);
+const recorded = async (eventId: string) =>
+  (
+    await eventually(
+      () => processedEvents(eventId),
+      (rows) => rows.length > 0,
+      30_000,
+      `event ${eventId} recorded`,
+    )
+  )[0];
+const couponIs = (couponId: string, status: string) =>
+  eventually(
+    () => couponRow(couponId),
+    (c) => c?.status === status,
+    30_000,
+    `coupon ${status}`,
+  );
 
 /** A shopper holding one coupon of `policyId`, reserved on a new order. */
 async function reservedCoupon(policyId: string) {
@@ -72,7 +96,12 @@ describe('EVENT policies and the time of the event', () => {
     const trigger = `JOINED_${uniqueId('x').slice(2, 10).toUpperCase()}`;
     const older = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null });
     // Apart by a few milliseconds at least, so an instant lies strictly between the two creations.
-    await eventually(async () => Date.now(), (now) => now > Date.parse(older.createdAt) + 5, 1_000, 'time passes');
+    await eventually(
+      async () => Date.now(),
+      (now) => now > Date.parse(older.createdAt) + 5,
+      1_000,
+      'time passes',
+    );
     const newer = await createPolicy({ issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null });
     const between = new Date((Date.parse(older.createdAt) + Date.parse(newer.createdAt)) / 2);
     expect(between.getTime()).toBeGreaterThan(Date.parse(older.createdAt));
@@ -80,18 +109,36 @@ describe('EVENT policies and the time of the event', () => {
 
     const before = { eventId: uniqueId('before'), type: trigger, userId: uniqueId('u'), occurredAt: between.toISOString() };
     const after = { eventId: uniqueId('after'), type: trigger, userId: uniqueId('u'), occurredAt: new Date().toISOString() };
-    await events.send(stack.userEventsTopic, [before, after].map((e) => ({ key: e.userId, value: JSON.stringify(e) })));
+    await events.send(
+      stack.userEventsTopic,
+      [before, after].map((e) => ({ key: e.userId, value: JSON.stringify(e) })),
+    );
 
     const issuedBy = async (event: { eventId: string }) => {
       const jobId = derivedJobId('user-event', event.eventId);
-      await eventually(() => api.get(`/api/v1/jobs/${jobId}`, admin), (r) => r.status === 200, 30_000, `job of ${event.eventId}`);
+      await eventually(
+        () => api.get(`/api/v1/jobs/${jobId}`, admin),
+        (r) => r.status === 200,
+        30_000,
+        `job of ${event.eventId}`,
+      );
       const job = await api.settle(jobId, admin);
       expect(job.status).toBe('succeeded');
-      return (job.result.policies as { policyId: string; outcome: string }[]).filter((p) => p.policyId === older.id || p.policyId === newer.id);
+      return (job.result.policies as { policyId: string; outcome: string }[]).filter(
+        (p) => p.policyId === older.id || p.policyId === newer.id,
+      );
     };
     expect(await issuedBy(before)).toEqual([{ policyId: older.id, outcome: 'issued', couponId: expect.any(String) }]);
-    expect((await issuedBy(after)).map((p) => [p.policyId, p.outcome]).sort()).toEqual([[older.id, 'issued'], [newer.id, 'issued']].sort());
-    const { rows } = await db().query<{ policy_id: string; user_id: string }>('SELECT policy_id, user_id FROM coupons WHERE policy_id = ANY($1)', [[older.id, newer.id]]);
+    expect((await issuedBy(after)).map((p) => [p.policyId, p.outcome]).sort()).toEqual(
+      [
+        [older.id, 'issued'],
+        [newer.id, 'issued'],
+      ].sort(),
+    );
+    const { rows } = await db().query<{ policy_id: string; user_id: string }>(
+      'SELECT policy_id, user_id FROM coupons WHERE policy_id = ANY($1)',
+      [[older.id, newer.id]],
+    );
     const held = rows.map((r) => `${r.policy_id === older.id ? 'older' : 'newer'}:${r.user_id}`).sort();
     expect(held).toEqual([`older:${before.userId}`, `older:${after.userId}`, `newer:${after.userId}`].sort());
   });
@@ -113,7 +160,12 @@ describe('refunds through Kafka', () => {
     const validUntil = new Date(Date.now() + 20_000);
     const policyId = await createCheckoutPolicy(api, { validity: { until: validUntil.toISOString() } });
     const { couponId, orderId, reservationId } = await usedCoupon(policyId);
-    await eventually(async () => Date.now(), (now) => now > validUntil.getTime() + 500, 30_000, 'the coupon expires');
+    await eventually(
+      async () => Date.now(),
+      (now) => now > validUntil.getTime() + 500,
+      30_000,
+      'the coupon expires',
+    );
     const refund = paymentEvent('PAYMENT_REFUNDED', orderId, { reservationId });
     await publish(refund);
     expect(await recorded(refund.eventId)).toMatchObject({ outcome: 'IGNORED', reason_code: 'COUPON_EXPIRED' });
@@ -143,8 +195,13 @@ describe('PAYMENT_COMPLETED and PAYMENT_FAILED for one order', () => {
     expect((await reservationsOf(second.couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
     // A third order gets both in one send, back to back: workers may apply them in either order.
     const third = await reservedCoupon(policyId);
-    const both = ['PAYMENT_COMPLETED', 'PAYMENT_FAILED'].map((type) => paymentEvent(type, third.orderId, { reservationId: third.reservationId }));
-    await events.send(stack.paymentsTopic, both.map((e) => ({ key: third.orderId, value: JSON.stringify(e) })));
+    const both = ['PAYMENT_COMPLETED', 'PAYMENT_FAILED'].map((type) =>
+      paymentEvent(type, third.orderId, { reservationId: third.reservationId }),
+    );
+    await events.send(
+      stack.paymentsTopic,
+      both.map((e) => ({ key: third.orderId, value: JSON.stringify(e) })),
+    );
     for (const e of both) await recorded(e.eventId);
     expect(await couponRow(third.couponId)).toMatchObject({ status: 'USED', reservation_id: third.reservationId });
     expect((await reservationsOf(third.couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
@@ -159,7 +216,12 @@ describe('payment jobs', () => {
     await publish(event);
     await couponIs(couponId, 'USED');
     const jobId = derivedJobId('payment', event.eventId);
-    const asAdmin = await eventually(() => api.get(`/api/v1/jobs/${jobId}`, admin), (r) => r.status === 200, 30_000, 'the payment job');
+    const asAdmin = await eventually(
+      () => api.get(`/api/v1/jobs/${jobId}`, admin),
+      (r) => r.status === 200,
+      30_000,
+      'the payment job',
+    );
     expect(asAdmin.body).toMatchObject({ id: jobId, type: 'payment' });
     for (const token of [shopper.token, await tokenFor(uniqueId('stranger'))]) {
       const reply = await api.get(`/api/v1/jobs/${jobId}`, token);
@@ -182,7 +244,13 @@ describe('the first uses of one Idempotency-Key on POST /coupons/reserve, at the
       const [sameCoupon, otherCoupon] = shopper.coupons.slice(k * 2, k * 2 + 2) as [string, string];
       const body = { couponId: sameCoupon, orderId: uniqueId('order'), orderAmount: 50_000 };
       // Three copies of the body and two other bodies under the one key, sent together.
-      const bodies = [body, body, { ...body, orderAmount: 60_000 }, body, { couponId: otherCoupon, orderId: uniqueId('order'), orderAmount: 50_000 }];
+      const bodies = [
+        body,
+        body,
+        { ...body, orderAmount: 60_000 },
+        body,
+        { couponId: otherCoupon, orderId: uniqueId('order'), orderAmount: 50_000 },
+      ];
       const replies = await Promise.all(bodies.map((b) => reserveAt(shopper.token, key, b)));
       const first = bodies.findIndex((_, i) => replies[i]!.status === 202);
       expect(first).toBeGreaterThanOrEqual(0);
@@ -193,10 +261,10 @@ describe('the first uses of one Idempotency-Key on POST /coupons/reserve, at the
         else expect({ status: reply.status, code: reply.body.error?.code }).toEqual({ status: 409, code: 'IDEMPOTENCY_KEY_REUSED' });
       }
       expect(await api.settle(jobId, shopper.token)).toMatchObject({ status: 'succeeded', result: { couponId: winner!.couponId } });
-      const { rows } = await db().query<{ coupon_id: string }>('SELECT coupon_id FROM reservations WHERE request_id = $1 OR coupon_id = ANY($2)', [
-        reserveRequestId(shopper.id, key),
-        [sameCoupon, otherCoupon],
-      ]);
+      const { rows } = await db().query<{ coupon_id: string }>(
+        'SELECT coupon_id FROM reservations WHERE request_id = $1 OR coupon_id = ANY($2)',
+        [reserveRequestId(shopper.id, key), [sameCoupon, otherCoupon]],
+      );
       expect(rows.map((r) => r.coupon_id)).toEqual([winner!.couponId]);
     }
   });
@@ -209,16 +277,25 @@ describe('the per-user limit (I2) of an unlimited DOWNLOAD policy under concurre
     const second = await stack.startWeb();
     const secondApi = new Api(second.baseUrl, 128);
     try {
-      const users = await Promise.all(Array.from({ length: 40 }, (_, i) => uniqueId(`u${i}`)).map(async (id) => ({ id, token: await tokenFor(id) })));
+      const users = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => uniqueId(`u${i}`)).map(async (id) => ({ id, token: await tokenFor(id) })),
+      );
       const asks = users.flatMap((u) => Array.from({ length: 8 }, (_, k) => ({ user: u, via: k % 2 === 0 ? api : secondApi })));
       const outcomes = await Promise.all(
         asks.map(async ({ user, via }) => {
-          const reply = await via.call('POST', '/api/v1/coupons/issue', { token: user.token, body: { policyId }, headers: { prefer: 'wait=10' } });
+          const reply = await via.call('POST', '/api/v1/coupons/issue', {
+            token: user.token,
+            body: { policyId },
+            headers: { prefer: 'wait=10' },
+          });
           const job = reply.status === 200 ? reply.body : await via.settle(reply.body.jobId, user.token);
           return { user: user.id, status: job.status as string, code: job.reason?.code as string | undefined };
         }),
       );
-      const { rows } = await db().query<{ user_id: string; n: number }>('SELECT user_id, count(*)::int AS n FROM coupons WHERE policy_id = $1 GROUP BY user_id', [policyId]);
+      const { rows } = await db().query<{ user_id: string; n: number }>(
+        'SELECT user_id, count(*)::int AS n FROM coupons WHERE policy_id = $1 GROUP BY user_id',
+        [policyId],
+      );
       // Each user asked more often than the limit allows: every one holds exactly the limit, no more.
       expect(rows).toHaveLength(users.length);
       expect(rows.every((r) => r.n === perUserLimit)).toBe(true);
@@ -268,11 +345,18 @@ describe('a chunked request body (no Content-Length)', () => {
 
 describe('a malformed payment event', () => {
   it('reaches the dead-letter topic unchanged, with its source offset and when it was dead-lettered', async () => {
-    const kafka = new Kafka({ clientId: 'guarantees', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
+    const kafka = new Kafka({
+      clientId: 'guarantees',
+      brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+      logLevel: logLevel.NOTHING,
+    });
     const producer = kafka.producer();
     const { couponId, orderId, reservationId } = await reservedCoupon(await createCheckoutPolicy(api));
     const keys = [uniqueId('poison'), uniqueId('poison')];
-    const values = ['{"type": "PAYMENT_COMPLETED", cut off', JSON.stringify({ eventId: uniqueId('e'), type: 'PAID', orderId: 'o-1', occurredAt: new Date().toISOString() })];
+    const values = [
+      '{"type": "PAYMENT_COMPLETED", cut off',
+      JSON.stringify({ eventId: uniqueId('e'), type: 'PAID', orderId: 'o-1', occurredAt: new Date().toISOString() }),
+    ];
     const sentAt = Date.now();
     await producer.connect();
     let baseOffset: string;
@@ -320,9 +404,17 @@ describe('a code generation rerun', () => {
     const reply = await api.post(`/api/v1/coupons/policies/${policyId}/codes`, admin, { count });
     expect(reply.status).toBe(202);
     const jobId = reply.body.jobId as string;
-    await eventually(() => api.get(`/api/v1/jobs/${jobId}`, admin), (r) => (r.body.progress?.done ?? 0) > 0, 60_000, 'the first codes stored');
+    await eventually(
+      () => api.get(`/api/v1/jobs/${jobId}`, admin),
+      (r) => (r.body.progress?.done ?? 0) > 0,
+      60_000,
+      'the first codes stored',
+    );
     await stopProcess(stack.workers[0]!, 'SIGKILL');
-    const hashesOfBatch = async () => (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE batch_id = $1', [jobId])).rows.map((r) => r.code_hash);
+    const hashesOfBatch = async () =>
+      (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE batch_id = $1', [jobId])).rows.map(
+        (r) => r.code_hash,
+      );
     const earlier = await hashesOfBatch();
     // The kill landed mid-run: some codes stored, the batch not finished.
     expect(earlier.length).toBeGreaterThan(0);

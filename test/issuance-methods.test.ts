@@ -68,7 +68,10 @@ async function couponRows(policyId: string) {
 }
 
 const countOf = async (policyId: string) => (await couponRows(policyId)).length;
-const hmac = (code: string) => createHmac('sha256', process.env.CODE_HMAC_SECRET as string).update(code.toUpperCase()).digest('hex');
+const hmac = (code: string) =>
+  createHmac('sha256', process.env.CODE_HMAC_SECRET as string)
+    .update(code.toUpperCase())
+    .digest('hex');
 
 async function generate(policyId: string, body: Record<string, unknown>) {
   const reply = await api.post(`/api/v1/coupons/policies/${policyId}/codes`, admin, body);
@@ -169,7 +172,12 @@ describe('code generation jobs', () => {
       expect(second.body.result.codes).toBeUndefined();
       expect(second.body.result.codesDelivered).toBe(true);
 
-      await eventually(async () => progress.length, (n) => n >= 3, 10_000, 'progress events');
+      await eventually(
+        async () => progress.length,
+        (n) => n >= 3,
+        10_000,
+        'progress events',
+      );
       expect(progress[progress.length - 1]).toEqual({ done: 20_000, total: 20_000 });
       const dones = progress.map((p) => p.done);
       expect([...dones].sort((x, y) => x - y)).toEqual(dones);
@@ -188,11 +196,18 @@ describe('code generation jobs', () => {
 
   it('never replaces codes already handed out when a finished generation job runs again', async () => {
     const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: null });
-    const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, { token: admin, body: { count: 50 }, headers: { prefer: 'wait=10' } });
+    const reply = await api.call('POST', `/api/v1/coupons/policies/${policyId}/codes`, {
+      token: admin,
+      body: { count: 50 },
+      headers: { prefer: 'wait=10' },
+    });
     expect(reply.status).toBe(200);
     const codes = reply.body.result.codes as string[];
     expect(codes).toHaveLength(50);
-    const hashes = async () => (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE policy_id = $1', [policyId])).rows.map((r) => r.code_hash).sort();
+    const hashes = async () =>
+      (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE policy_id = $1', [policyId])).rows
+        .map((r) => r.code_hash)
+        .sort();
     const before = await hashes();
 
     // Retried by hand (Bull Board hides the button for finished jobs; the API call does it anyway).
@@ -202,7 +217,12 @@ describe('code generation jobs', () => {
       const job = await queue.getJob(reply.body.jobId);
       const firstFinish = job?.finishedOn;
       await job?.retry('completed');
-      const rerun = await eventually(() => queue.getJob(reply.body.jobId), (j) => Boolean(j?.finishedOn && j.finishedOn !== firstFinish), 30_000, 'the rerun');
+      const rerun = await eventually(
+        () => queue.getJob(reply.body.jobId),
+        (j) => Boolean(j?.finishedOn && j.finishedOn !== firstFinish),
+        30_000,
+        'the rerun',
+      );
       expect(rerun?.returnvalue).toMatchObject({ outcome: 'succeeded', result: { count: 50 } });
     } finally {
       await queue.close();
@@ -228,7 +248,12 @@ describe('code generation jobs', () => {
     // The codes are in Postgres, sealed: the stored bytes hold none of them in the clear, and no
     // Redis key of the stack holds them (a Redis restarted empty would lose nothing of them).
     const sealedRow = async () =>
-      (await db().query<{ sealed_codes: Buffer | null; delivered_at: Date | null }>('SELECT sealed_codes, delivered_at FROM code_batches WHERE batch_id = $1', [jobId])).rows[0];
+      (
+        await db().query<{ sealed_codes: Buffer | null; delivered_at: Date | null }>(
+          'SELECT sealed_codes, delivered_at FROM code_batches WHERE batch_id = $1',
+          [jobId],
+        )
+      ).rows[0];
     const before = await sealedRow();
     expect(before?.sealed_codes?.length).toBeGreaterThan(40 * 12);
     expect(before?.delivered_at).toBeNull();
@@ -248,8 +273,18 @@ describe('code generation jobs', () => {
     expect(codes).toHaveLength(40);
     for (const code of codes) expect(before?.sealed_codes?.includes(Buffer.from(code))).toBe(false);
     // They are the batch's codes: their keyed hashes are the ones stored.
-    const stored = (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE batch_id = $1', [jobId])).rows.map((r) => r.code_hash).sort();
-    expect(codes.map((code) => createHmac('sha256', process.env.CODE_HMAC_SECRET as string).update(code).digest('hex')).sort()).toEqual(stored);
+    const stored = (await db().query<{ code_hash: string }>('SELECT code_hash FROM coupon_codes WHERE batch_id = $1', [jobId])).rows
+      .map((r) => r.code_hash)
+      .sort();
+    expect(
+      codes
+        .map((code) =>
+          createHmac('sha256', process.env.CODE_HMAC_SECRET as string)
+            .update(code)
+            .digest('hex'),
+        )
+        .sort(),
+    ).toEqual(stored);
 
     // Taken out: Postgres keeps only when.
     const after = await sealedRow();
@@ -270,11 +305,17 @@ describe('code generation jobs', () => {
     expect(late.body.result.codes).toBeUndefined();
     expect(late.body.result.codesExpired).toBe(true);
     // ...until the worker's drop (once a minute; called here directly) removes them for good.
-    const { rows } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
+    const { rows } = await db().query<{ sealed: boolean }>(
+      'SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1',
+      [jobId],
+    );
     expect(rows[0]?.sealed).toBe(true);
     // Every worker drops such codes once a minute too, so this call or one of theirs may be the one.
     await dropUnfetchedCodes(sequelize());
-    const { rows: after } = await db().query<{ sealed: boolean }>('SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1', [jobId]);
+    const { rows: after } = await db().query<{ sealed: boolean }>(
+      'SELECT sealed_codes IS NOT NULL AS sealed FROM code_batches WHERE batch_id = $1',
+      [jobId],
+    );
     expect(after[0]?.sealed).toBe(false);
   });
 
@@ -284,7 +325,13 @@ describe('code generation jobs', () => {
     const shared = await createPolicy({ issueMethod: 'CODE', totalQuantity: null, code: `S${uniqueId('x').slice(2, 10)}` });
     expect((await api.post(`/api/v1/coupons/policies/${shared}/codes`, admin, { count: 10 })).status).toBe(409);
     expect((await api.post('/api/v1/coupons/policies/no-such-policy/codes', admin, { count: 10 })).status).toBe(404);
-    for (const bad of [{ count: 0 }, { count: 100_001 }, { count: 10, length: 7 }, { count: 10, prefix: 'no spaces' }, { count: 10, extra: 1 }]) {
+    for (const bad of [
+      { count: 0 },
+      { count: 100_001 },
+      { count: 10, length: 7 },
+      { count: 10, prefix: 'no spaces' },
+      { count: 10, extra: 1 },
+    ]) {
       expect((await api.post(`/api/v1/coupons/policies/${download}/codes`, admin, bad)).status).toBe(400);
     }
     expect((await api.post(`/api/v1/coupons/policies/${download}/codes`, await tokenFor('someone'), { count: 10 })).status).toBe(403);
@@ -296,11 +343,17 @@ describe('shared codes', () => {
     const code = `WELCOME${uniqueId('x').slice(2, 10).toUpperCase()}`;
     const policyId = await createPolicy({ issueMethod: 'CODE', totalQuantity: 300, perUserLimit: 1, code });
     const users = Array.from({ length: 500 }, (_, i) => uniqueId(`sh${i}`));
-    const results = await redeemAll(users.flatMap((user) => [{ user, body: { code } }, { user, body: { code: code.toLowerCase() } }]));
+    const results = await redeemAll(
+      users.flatMap((user) => [
+        { user, body: { code } },
+        { user, body: { code: code.toLowerCase() } },
+      ]),
+    );
 
     expect(results.filter((r) => r.job.status === 'pending' || r.job.status === 'failed')).toEqual([]);
     expect(results.filter((r) => r.job.status === 'succeeded')).toHaveLength(300);
-    for (const r of results.filter((x) => x.job.status === 'rejected')) expect(['SOLD_OUT', 'USER_LIMIT_REACHED']).toContain(r.job.reason.code);
+    for (const r of results.filter((x) => x.job.status === 'rejected'))
+      expect(['SOLD_OUT', 'USER_LIMIT_REACHED']).toContain(r.job.reason.code);
     const rows = await couponRows(policyId);
     expect(rows).toHaveLength(300);
     expect(new Set(rows.map((r) => r.user_id)).size).toBe(300);
@@ -341,11 +394,18 @@ describe('user events', () => {
     const other = await createPolicy({ issueMethod: 'EVENT', triggerEvent: `${trigger}_OTHER`, totalQuantity: null, perUserLimit: 5 });
     // 100 users with two events each: the per-user limit (5) would allow a duplicate through.
     const users = Array.from({ length: 100 }, (_, i) => uniqueId(`ev${i}`));
-    const list = users.flatMap((userId) => [0, 1].map((k) => ({ eventId: uniqueId(`e${k}`), type: trigger, userId, occurredAt: new Date().toISOString() })));
+    const list = users.flatMap((userId) =>
+      [0, 1].map((k) => ({ eventId: uniqueId(`e${k}`), type: trigger, userId, occurredAt: new Date().toISOString() })),
+    );
     const messages = list.map((e) => ({ key: e.userId, value: JSON.stringify(e) }));
     await events.send(stack.userEventsTopic, [...messages, ...messages]);
 
-    await eventually(async () => (await countOf(first)) + (await countOf(second)), (n) => n >= 400, 60_000, '400 coupons');
+    await eventually(
+      async () => (await countOf(first)) + (await countOf(second)),
+      (n) => n >= 400,
+      60_000,
+      '400 coupons',
+    );
     // Let any duplicate that would slip through land before counting.
     await settleUserEvents();
     for (const policyId of [first, second]) {
@@ -365,7 +425,12 @@ describe('user events', () => {
       const jobId = derivedJobId('user-event', replayed.eventId);
       await (await queue.getJob(jobId))?.remove();
       await events.send(stack.userEventsTopic, [{ key: replayed.userId, value: JSON.stringify(replayed) }]);
-      const rerun = await eventually(() => queue.getJob(jobId), (job) => Boolean(job?.finishedOn), 30_000, 'replayed event job');
+      const rerun = await eventually(
+        () => queue.getJob(jobId),
+        (job) => Boolean(job?.finishedOn),
+        30_000,
+        'replayed event job',
+      );
       const rerunResult = userEventReturnSchema.parse(rerun?.returnvalue);
       expect(rerunResult.outcome === 'succeeded' && rerunResult.result.policies.map((p) => p.outcome)).toEqual(['issued', 'issued']);
     } finally {
@@ -389,18 +454,33 @@ describe('user events', () => {
         }),
       );
     await send(20);
-    await eventually(async () => [await countOf(kept), await countOf(paused)], ([a, b]) => a === 20 && b === 20, 30_000, 'both issue');
+    await eventually(
+      async () => [await countOf(kept), await countOf(paused)],
+      ([a, b]) => a === 20 && b === 20,
+      30_000,
+      'both issue',
+    );
 
     expect((await api.patch(`/api/v1/coupons/policies/${paused}`, admin, { status: 'PAUSED' })).status).toBe(200);
     await send(20);
-    await eventually(() => countOf(kept), (n) => n === 40, 30_000, 'the active policy issues');
+    await eventually(
+      () => countOf(kept),
+      (n) => n === 40,
+      30_000,
+      'the active policy issues',
+    );
     // Each event's job serves both policies: once the queue is idle, every one of the 20 has finished.
     await settleQueue();
     expect(await countOf(paused)).toBe(20);
 
     expect((await api.patch(`/api/v1/coupons/policies/${paused}`, admin, { status: 'ACTIVE' })).status).toBe(200);
     await send(5);
-    await eventually(async () => [await countOf(kept), await countOf(paused)], ([a, b]) => a === 45 && b === 25, 30_000, 'both issue again');
+    await eventually(
+      async () => [await countOf(kept), await countOf(paused)],
+      ([a, b]) => a === 45 && b === 25,
+      30_000,
+      'both issue again',
+    );
   });
 
   it('sends malformed user events to the dead-letter topic and applies the valid event after each on the same partition', async () => {
@@ -412,7 +492,11 @@ describe('user events', () => {
       { name: 'a lower-case type', value: JSON.stringify({ ...valid(), type: 'lower-case' }), reason: /^not a user event: type: / },
       { name: 'not JSON', value: '{"eventId": "cut off', reason: /^the value is not JSON$/ },
       { name: 'no userId', value: JSON.stringify(noUser), reason: /^not a user event: userId: / },
-      { name: 'a shape of something else', value: JSON.stringify([{ orderId: 'o-1', amount: 100 }]), reason: /^not a user event: \(root\): / },
+      {
+        name: 'a shape of something else',
+        value: JSON.stringify([{ orderId: 'o-1', amount: 100 }]),
+        reason: /^not a user event: \(root\): /,
+      },
     ];
     // Each malformed message is followed by a valid event, all on partition 0, in this order.
     const good = malformed.map(() => valid());
@@ -425,7 +509,12 @@ describe('user events', () => {
       ]),
     );
 
-    await eventually(() => countOf(policyId), (n) => n === good.length, 30_000, 'every valid event applied');
+    await eventually(
+      () => countOf(policyId),
+      (n) => n === good.length,
+      30_000,
+      'every valid event applied',
+    );
     expect(new Set((await couponRows(policyId)).map((r) => r.user_id))).toEqual(new Set(good.map((g) => g.userId)));
 
     // Other tests of this stack may dead-letter too: only this test's keys are looked at.
@@ -433,7 +522,11 @@ describe('user events', () => {
     expect(dead.map((m) => m.key).sort()).toEqual(malformed.map((_, i) => keyOf(i)).sort());
     for (const [i, bad] of malformed.entries()) {
       const letter = dead.find((m) => m.key === keyOf(i));
-      expect({ name: bad.name, value: letter?.value, reason: letter?.headers['dlq-reason'] }).toEqual({ name: bad.name, value: bad.value, reason: expect.stringMatching(bad.reason) });
+      expect({ name: bad.name, value: letter?.value, reason: letter?.headers['dlq-reason'] }).toEqual({
+        name: bad.name,
+        value: bad.value,
+        reason: expect.stringMatching(bad.reason),
+      });
       expect(letter?.headers['dlq-source-partition']).toBe('0');
     }
   });
@@ -468,13 +561,20 @@ describe('direct grants', () => {
     const user = uniqueId('twice');
     const reply = await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: [user, user] });
     const job = await api.settle(reply.body.jobId, admin);
-    expect(directIssueResultSchema.parse(job.result).results.map((r) => r.outcome).sort()).toEqual(['issued', 'rejected']);
+    expect(
+      directIssueResultSchema
+        .parse(job.result)
+        .results.map((r) => r.outcome)
+        .sort(),
+    ).toEqual(['issued', 'rejected']);
     expect(await countOf(policyId)).toBe(1);
 
     const tooMany = Array.from({ length: 1001 }, (_, i) => `u${i}`);
     expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: tooMany })).status).toBe(400);
     expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, admin, { userIds: [] })).status).toBe(400);
-    expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, await tokenFor(user), { userIds: [user] })).status).toBe(403);
+    expect((await api.post(`/api/v1/coupons/policies/${policyId}/direct-issue`, await tokenFor(user), { userIds: [user] })).status).toBe(
+      403,
+    );
     const download = await createPolicy({ issueMethod: 'DOWNLOAD', totalQuantity: null });
     expect((await api.post(`/api/v1/coupons/policies/${download}/direct-issue`, admin, { userIds: [user] })).status).toBe(409);
   });
@@ -485,7 +585,12 @@ async function settleQueue(): Promise<void> {
   const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
   const queue = new Queue('issue', { connection, prefix: stack.queuePrefix });
   try {
-    await eventually(() => queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'), (c) => Object.values(c).every((n) => n === 0), 30_000, 'issue queue idle');
+    await eventually(
+      () => queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized'),
+      (c) => Object.values(c).every((n) => n === 0),
+      30_000,
+      'issue queue idle',
+    );
   } finally {
     await queue.close();
     connection.disconnect();
@@ -500,7 +605,11 @@ async function settleQueue(): Promise<void> {
  * of those jobs has finished.
  */
 async function settleUserEvents(): Promise<void> {
-  const kafka = new Kafka({ clientId: 'coupon-tests-admin', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
+  const kafka = new Kafka({
+    clientId: 'coupon-tests-admin',
+    brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+    logLevel: logLevel.NOTHING,
+  });
   const admin = kafka.admin();
   await admin.connect();
   let partitions: number[];
@@ -520,6 +629,11 @@ async function settleUserEvents(): Promise<void> {
       return { key: e.userId, value: JSON.stringify(e), partition };
     }),
   );
-  await eventually(() => countOf(marker), (n) => n === partitions.length, 60_000, 'every partition past its marker');
+  await eventually(
+    () => countOf(marker),
+    (n) => n === partitions.length,
+    60_000,
+    'every partition past its marker',
+  );
   await settleQueue();
 }

@@ -48,7 +48,8 @@ function exchange(port: number, writes: string[], expected: number): Promise<Exc
 
 const port = () => Number(new URL(stack.baseUrl).port);
 const next = 'GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n';
-const head = (lines: string[]) => `POST /api/v1/coupons/issue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${lines.join('\r\n')}\r\n\r\n`;
+const head = (lines: string[]) =>
+  `POST /api/v1/coupons/issue HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n${lines.join('\r\n')}\r\n\r\n`;
 const chunked = (body: string) => `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`;
 
 /** The first answer is `first`; the next request is answered, or the first answer closed the connection. */

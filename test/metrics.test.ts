@@ -10,7 +10,15 @@ import pino from 'pino';
 import { parse as parseYaml } from 'yaml';
 import { readiness, startOpsServer, type Phase } from '../src/core/ops-server';
 import { closeDb, couponsOf } from './support/db';
-import { couponRow, createCheckoutPolicy, eventually, EventProducer, paymentEvent, reserveAndSettle, shopperWith } from './support/checkout';
+import {
+  couponRow,
+  createCheckoutPolicy,
+  eventually,
+  EventProducer,
+  paymentEvent,
+  reserveAndSettle,
+  shopperWith,
+} from './support/checkout';
 import { policyBody, uniqueId } from './support/fixtures';
 import { Api, mapLimit } from './support/http';
 import { metricNamesIn, parseExposition, sampleValue, type Family } from './support/prometheus';
@@ -22,8 +30,27 @@ const ROOT = join(__dirname, '..');
 const RULES_FILE = join(ROOT, 'docs/prometheus/alerts.yml');
 const RUNBOOK_FILE = join(ROOT, 'docs/RUNBOOK.md');
 /** Series Prometheus makes itself (per scrape target, and for its alerts), which no process of ours exports. */
-const PROMETHEUS_BUILTINS = new Set(['up', 'scrape_duration_seconds', 'scrape_samples_scraped', 'scrape_samples_post_metric_relabeling', 'scrape_series_added', 'ALERTS', 'ALERTS_FOR_STATE']);
-const RUNBOOK_ANCHORS = ['lock-timeouts', 'redis-down', 'events-lost-by-redis', 'consumer-lag', 'slow-queries', 'connection-pools', 'job-failures', 'payment-conflicts', 'sold-out', 'first-look'];
+const PROMETHEUS_BUILTINS = new Set([
+  'up',
+  'scrape_duration_seconds',
+  'scrape_samples_scraped',
+  'scrape_samples_post_metric_relabeling',
+  'scrape_series_added',
+  'ALERTS',
+  'ALERTS_FOR_STATE',
+]);
+const RUNBOOK_ANCHORS = [
+  'lock-timeouts',
+  'redis-down',
+  'events-lost-by-redis',
+  'consumer-lag',
+  'slow-queries',
+  'connection-pools',
+  'job-failures',
+  'payment-conflicts',
+  'sold-out',
+  'first-look',
+];
 
 interface Rule {
   alert: string;
@@ -52,9 +79,23 @@ describe('the alert rules file', () => {
   it('parses, and every rule has an expression, a for, a severity, a summary, a description and a runbook section', () => {
     expect(rules.length).toBeGreaterThan(5);
     const runbook = readFileSync(RUNBOOK_FILE, 'utf8');
-    const headings = new Set([...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) => (m[1] as string).trim().toLowerCase().replace(/[^a-z0-9 -]/g, '').replace(/ /g, '-')));
+    const headings = new Set(
+      [...runbook.matchAll(/^#{1,6} (.+)$/gm)].map((m) =>
+        (m[1] as string)
+          .trim()
+          .toLowerCase()
+          .replace(/[^a-z0-9 -]/g, '')
+          .replace(/ /g, '-'),
+      ),
+    );
     for (const rule of rules) {
-      expect(rule).toEqual(expect.objectContaining({ alert: expect.stringMatching(/^[A-Z][A-Za-z0-9]+$/), expr: expect.any(String), for: expect.stringMatching(/^\d+[smh]$/) }));
+      expect(rule).toEqual(
+        expect.objectContaining({
+          alert: expect.stringMatching(/^[A-Z][A-Za-z0-9]+$/),
+          expr: expect.any(String),
+          for: expect.stringMatching(/^\d+[smh]$/),
+        }),
+      );
       expect(['info', 'warning', 'critical']).toContain(rule.labels?.severity);
       expect(rule.annotations).toEqual(expect.objectContaining({ summary: expect.any(String), description: expect.any(String) }));
       const anchor = /^docs\/RUNBOOK\.md#([a-z-]+)$/.exec(rule.annotations.runbook_url ?? '')?.[1];
@@ -72,7 +113,9 @@ describe('the alert rules file', () => {
         'sum by (queue, le) (rate(a_total{x="rate(b_total)", y=~"c|d"}[5m] offset 1h)) / on (queue) group_left (name) max without (instance) (b_bucket) > bool 0.5e1',
       ).sort(),
     ).toEqual(['a_total', 'b_bucket']);
-    expect(metricNamesIn('histogram_quantile(0.95, sum(rate(h_bucket[5m])) by (le)) and ignoring(x) up == 0 unless absent(g)').sort()).toEqual(['g', 'h_bucket', 'up']);
+    expect(
+      metricNamesIn('histogram_quantile(0.95, sum(rate(h_bucket[5m])) by (le)) and ignoring(x) up == 0 unless absent(g)').sort(),
+    ).toEqual(['g', 'h_bucket', 'up']);
   });
 });
 
@@ -93,14 +136,23 @@ describe('an ops server', () => {
       expect(await get(`${base}/health/live`)).toMatchObject({ status: 200 });
       expect(JSON.parse((await get(`${base}/health/ready`)).body)).toEqual({ status: 'starting', checks: { db: 'ok', slow: 'ok' } });
       phase = 'running';
-      expect(await get(`${base}/health/ready`)).toMatchObject({ status: 200, body: JSON.stringify({ status: 'ready', checks: { db: 'ok', slow: 'ok' } }) });
+      expect(await get(`${base}/health/ready`)).toMatchObject({
+        status: 200,
+        body: JSON.stringify({ status: 'ready', checks: { db: 'ok', slow: 'ok' } }),
+      });
       hang = true;
       const started = Date.now();
-      expect(await get(`${base}/health/ready`)).toMatchObject({ status: 503, body: JSON.stringify({ status: 'unavailable', checks: { db: 'ok', slow: 'down' } }) });
+      expect(await get(`${base}/health/ready`)).toMatchObject({
+        status: 503,
+        body: JSON.stringify({ status: 'unavailable', checks: { db: 'ok', slow: 'down' } }),
+      });
       expect(Date.now() - started).toBeLessThan(3_000);
       hang = false;
       phase = 'draining';
-      expect(await get(`${base}/health/ready`)).toMatchObject({ status: 503, body: JSON.stringify({ status: 'draining', checks: { db: 'ok', slow: 'ok' } }) });
+      expect(await get(`${base}/health/ready`)).toMatchObject({
+        status: 503,
+        body: JSON.stringify({ status: 'draining', checks: { db: 'ok', slow: 'ok' } }),
+      });
       const metrics = await get(`${base}/metrics`);
       expect(metrics.status).toBe(200);
       expect(metrics.type).toMatch(/^text\/plain; version=0\.0\.4/);
@@ -204,22 +256,40 @@ describe('metrics of a running stack', () => {
     const otherOrder = uniqueId('order');
     expect((await reserveAndSettle(api, shopper, other, otherOrder)).status).toBe('succeeded');
 
-    await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', paidOrder, { reservationId: reserved.result.reservationId }));
+    await events.publish(
+      stack.paymentsTopic,
+      paymentEvent('PAYMENT_COMPLETED', paidOrder, { reservationId: reserved.result.reservationId }),
+    );
     await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', otherOrder, { userId: uniqueId('someone-else') }));
     await events.send(stack.paymentsTopic, [{ key: 'junk', value: 'not json' }]);
-    await eventually(() => couponRow(paid), (c) => c?.status === 'USED', 30_000, 'coupon USED');
+    await eventually(
+      () => couponRow(paid),
+      (c) => c?.status === 'USED',
+      30_000,
+      'coupon USED',
+    );
 
     // Used coupons are counted by policy within about a second of their payment.
     const workerMetrics = await eventually(
       () => scrape(stack.opsUrl(worker)),
-      (m) => sampleValue(m, 'coupon_coupons_used_total', { policy_id: checkoutPolicy }) === 1 && (sampleValue(m, 'coupon_payment_conflicts_total') ?? 0) >= 1,
+      (m) =>
+        sampleValue(m, 'coupon_coupons_used_total', { policy_id: checkoutPolicy }) === 1 &&
+        (sampleValue(m, 'coupon_payment_conflicts_total') ?? 0) >= 1,
       15_000,
       'used and conflict counters',
     );
     expect(sampleValue(workerMetrics, 'coupon_alerts_total', { alert: 'PAYMENT_CONFLICT' })).toBeGreaterThanOrEqual(1);
-    expect(sampleValue(workerMetrics, 'coupon_jobs_total', { queue: 'payments', name: 'payment', outcome: 'succeeded' })).toBeGreaterThanOrEqual(2);
-    const conflictLine = (await readFile(logFile(`${NAME}-worker-1`), 'utf8')).split('\n').find((l) => l.includes('"alert":"PAYMENT_CONFLICT"'));
-    expect(JSON.parse(conflictLine as string)).toMatchObject({ level: 'warn', alert: 'PAYMENT_CONFLICT', msg: expect.stringMatching(/^payment conflict: /) });
+    expect(
+      sampleValue(workerMetrics, 'coupon_jobs_total', { queue: 'payments', name: 'payment', outcome: 'succeeded' }),
+    ).toBeGreaterThanOrEqual(2);
+    const conflictLine = (await readFile(logFile(`${NAME}-worker-1`), 'utf8'))
+      .split('\n')
+      .find((l) => l.includes('"alert":"PAYMENT_CONFLICT"'));
+    expect(JSON.parse(conflictLine as string)).toMatchObject({
+      level: 'warn',
+      alert: 'PAYMENT_CONFLICT',
+      msg: expect.stringMatching(/^payment conflict: /),
+    });
 
     await eventually(
       () => scrape(stack.opsUrl(bridge)),
@@ -255,7 +325,8 @@ describe('metrics of a running stack', () => {
 
     // Each process exports its own metrics, with Node's process metrics and the alert counter.
     for (const families of Object.values(processes)) {
-      for (const name of ['process_cpu_seconds_total', 'nodejs_eventloop_lag_p99_seconds', 'coupon_alerts_total']) expect(families.get(name)?.type).toBeDefined();
+      for (const name of ['process_cpu_seconds_total', 'nodejs_eventloop_lag_p99_seconds', 'coupon_alerts_total'])
+        expect(families.get(name)?.type).toBeDefined();
       for (const name of families.keys()) expect(name).toMatch(/^(coupon_|process_|nodejs_)/);
     }
     expect(web.has('coupon_jobs_total')).toBe(false);
@@ -263,18 +334,29 @@ describe('metrics of a running stack', () => {
     expect(bridgeMetrics.has('coupon_kafka_consumer_lag')).toBe(true);
 
     // HTTP durations by route pattern, never by raw path.
-    expect(sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'POST', route: '/api/v1/coupons/issue', status: '202' })).toBeGreaterThanOrEqual(11);
-    expect(sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'GET', route: '/api/v1/jobs/:jobId', status: '200' })).toBeGreaterThanOrEqual(11);
-    expect(sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status: '404' })).toBeGreaterThanOrEqual(1);
+    expect(
+      sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'POST', route: '/api/v1/coupons/issue', status: '202' }),
+    ).toBeGreaterThanOrEqual(11);
+    expect(
+      sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'GET', route: '/api/v1/jobs/:jobId', status: '200' }),
+    ).toBeGreaterThanOrEqual(11);
+    expect(
+      sampleValue(web, 'coupon_http_request_duration_seconds_count', { method: 'GET', route: 'unmatched', status: '404' }),
+    ).toBeGreaterThanOrEqual(1);
     const routes = new Set(web.get('coupon_http_request_duration_seconds')?.samples.map((s) => s.labels.route));
     for (const route of routes) expect(route).not.toMatch(/iss_|rsv_|policy-|[0-9a-f]{8}-[0-9a-f]{4}/);
 
     // Jobs by queue and outcome, their durations, and the queues' depth read at scrape time.
-    expect(sampleValue(workerMetrics, 'coupon_jobs_total', { queue: 'issue', name: 'issue-batch', outcome: 'succeeded' })).toBeGreaterThanOrEqual(1);
-    expect(sampleValue(workerMetrics, 'coupon_job_duration_seconds_count', { queue: 'issue', name: 'issue-batch' })).toBeGreaterThanOrEqual(1);
+    expect(
+      sampleValue(workerMetrics, 'coupon_jobs_total', { queue: 'issue', name: 'issue-batch', outcome: 'succeeded' }),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sampleValue(workerMetrics, 'coupon_job_duration_seconds_count', { queue: 'issue', name: 'issue-batch' })).toBeGreaterThanOrEqual(
+      1,
+    );
     expect(sampleValue(workerMetrics, 'coupon_coupons_issued_total', { policy_id: soldOutPolicy })).toBe(10);
     for (const queue of ['issue', 'checkout', 'payments']) {
-      for (const state of ['waiting', 'active', 'delayed', 'failed']) expect(sampleValue(workerMetrics, 'coupon_queue_jobs', { queue, state })).toBeGreaterThanOrEqual(0);
+      for (const state of ['waiting', 'active', 'delayed', 'failed'])
+        expect(sampleValue(workerMetrics, 'coupon_queue_jobs', { queue, state })).toBeGreaterThanOrEqual(0);
     }
     expect(sampleValue(workerMetrics, 'coupon_db_pool_connections', { state: 'idle' })).toBeGreaterThanOrEqual(0);
   });
@@ -303,14 +385,22 @@ describe('metrics of a running stack', () => {
       const token = await tokenFor(user);
       const reply = await api.post('/api/v1/coupons/issue', token, { policyId: policy.body.id });
       expect(reply.status).toBe(202);
-      await eventually(() => scrape(url), (m) => (sampleValue(m, 'coupon_queue_jobs', { queue: 'issue', state: 'active' }) ?? 0) >= 1, 15_000, 'job active');
+      await eventually(
+        () => scrape(url),
+        (m) => (sampleValue(m, 'coupon_queue_jobs', { queue: 'issue', state: 'active' }) ?? 0) >= 1,
+        15_000,
+        'job active',
+      );
 
       const exited = new Promise<number | null>((resolve) => slow.once('exit', (code) => resolve(code)));
       slow.kill('SIGTERM');
       await new Promise((resolve) => setTimeout(resolve, 20));
       const answers: { status: number; body: unknown }[] = [];
       while (slow.exitCode === null && slow.signalCode === null) {
-        const answer = await fetch(`${url}/health/ready`).then(async (r) => ({ status: r.status, body: await r.json() }), () => null);
+        const answer = await fetch(`${url}/health/ready`).then(
+          async (r) => ({ status: r.status, body: await r.json() }),
+          () => null,
+        );
         if (!answer) break; // closed: the process is on its way out
         answers.push(answer);
         await new Promise((resolve) => setTimeout(resolve, 20));

@@ -82,7 +82,9 @@ async function oldDatabase(database: string): Promise<string> {
 }
 
 async function migrationHistory(url: string): Promise<string[]> {
-  return withClient(url, async (c) => (await c.query<{ name: string }>('SELECT name FROM schema_migrations ORDER BY name')).rows.map((r) => r.name));
+  return withClient(url, async (c) =>
+    (await c.query<{ name: string }>('SELECT name FROM schema_migrations ORDER BY name')).rows.map((r) => r.name),
+  );
 }
 
 async function appliedSqlFiles(url: string): Promise<Record<string, string>> {
@@ -93,14 +95,27 @@ async function appliedSqlFiles(url: string): Promise<Record<string, string>> {
 }
 
 async function functionText(url: string, name: string): Promise<string> {
-  return withClient(url, async (c) => (await c.query<{ def: string }>('SELECT pg_get_functiondef($1::regproc) AS def', [name])).rows[0]?.def ?? '');
+  return withClient(
+    url,
+    async (c) => (await c.query<{ def: string }>('SELECT pg_get_functiondef($1::regproc) AS def', [name])).rows[0]?.def ?? '',
+  );
 }
 
 const POLICY = `INSERT INTO coupon_policies (id, name, discount_type, discount_value, issue_method, total_quantity, issue_starts_at, valid_days)
                 VALUES ('p1', 'p1', 'FIXED', 1000, 'FIRST_COME', 10, now() - interval '1 day', 7)`;
 const ISSUE = `SELECT outcome FROM insert_issued_coupons($1::jsonb)`;
 const issueRequest = (n: number) =>
-  JSON.stringify([{ id: `c${n}`, requestId: `r${n}`, policyId: 'p1', userId: `u${n}`, slot: n, issuedAt: new Date(), expiresAt: new Date(Date.now() + 86_400_000) }]);
+  JSON.stringify([
+    {
+      id: `c${n}`,
+      requestId: `r${n}`,
+      policyId: 'p1',
+      userId: `u${n}`,
+      slot: n,
+      issuedAt: new Date(),
+      expiresAt: new Date(Date.now() + 86_400_000),
+    },
+  ]);
 
 let freshUrl: string;
 let freshSchema: string;
@@ -154,7 +169,9 @@ describe('a database that ran the migrations 0001-0014 one by one', () => {
     const logged: string[] = [];
     // The baseline is not among the applied (its CREATE TABLEs would fail on the tables there).
     expect(await runMigrations(oldUrl, (msg) => logged.push(msg))).toEqual(SQL_FILES.map((file) => `sql/${file}`));
-    expect(logged).toContain('migration 0014-baseline recorded as applied: the database ran 0001-coupon-policies to 0014-inbox-without-order-index');
+    expect(logged).toContain(
+      'migration 0014-baseline recorded as applied: the database ran 0001-coupon-policies to 0014-inbox-without-order-index',
+    );
     expect(await migrationHistory(oldUrl)).toEqual(['0014-baseline']);
     expect(await appliedSqlFiles(oldUrl)).toEqual(await appliedSqlFiles(freshUrl));
     expect(schemaOf(oldUrl)).toEqual(freshSchema);
@@ -216,7 +233,10 @@ describe('the src/storage/sql files', () => {
   it('applies none of a set with a failing file, and forgets a file that is gone', async () => {
     const broken = path.join(dir, 'coupons_guard_update.sql');
     const text = readFileSync(broken, 'utf8');
-    const edited = readFileSync(path.join(SQL_DIR, 'coupons_guard_transition.sql'), 'utf8').replace("'a coupon cannot go from % to %'", "'no coupon goes from % to %'");
+    const edited = readFileSync(path.join(SQL_DIR, 'coupons_guard_transition.sql'), 'utf8').replace(
+      "'a coupon cannot go from % to %'",
+      "'no coupon goes from % to %'",
+    );
     writeFileSync(path.join(dir, 'coupons_guard_transition.sql'), edited);
     writeFileSync(broken, text.replace('RETURN NEW;', 'RETURN NEW'));
     const before = await appliedSqlFiles(freshUrl);

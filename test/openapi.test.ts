@@ -32,7 +32,30 @@ function servedRoutes(app: { routes: { method: string; path: string }[] }): stri
  * than being ignored, so the check never says yes by not looking.
  */
 function conforms(schema: Json, value: unknown): boolean {
-  const known = new Set(['type', 'properties', 'required', 'additionalProperties', 'enum', 'const', 'minimum', 'maximum', 'minLength', 'maxLength', 'pattern', 'items', 'minItems', 'maxItems', 'anyOf', 'oneOf', 'format', 'default', 'description', 'examples', 'exclusiveMinimum', 'exclusiveMaximum']);
+  const known = new Set([
+    'type',
+    'properties',
+    'required',
+    'additionalProperties',
+    'enum',
+    'const',
+    'minimum',
+    'maximum',
+    'minLength',
+    'maxLength',
+    'pattern',
+    'items',
+    'minItems',
+    'maxItems',
+    'anyOf',
+    'oneOf',
+    'format',
+    'default',
+    'description',
+    'examples',
+    'exclusiveMinimum',
+    'exclusiveMaximum',
+  ]);
   for (const k of Object.keys(schema)) if (!known.has(k)) throw new Error(`schema keyword ${k} not checked by this test`);
   const types = schema.type === undefined ? null : ([] as string[]).concat(schema.type);
   const typeOf = (v: unknown) => (v === null ? 'null' : Array.isArray(v) ? 'array' : Number.isInteger(v) ? 'integer' : typeof v);
@@ -78,12 +101,29 @@ describe('the OpenAPI document', () => {
     // With Bull Board mounted, so its entry point is among the routes too.
     const redis = createRedis('client');
     try {
-      const app = createApp({ queues: t.queues, redis, log: logger(), jwtSecret: testSecret(), codeSecret: 'c'.repeat(40), bullBoard: { username: 'ops', password: 'secret-secret-secret' } });
+      const app = createApp({
+        queues: t.queues,
+        redis,
+        log: logger(),
+        jwtSecret: testSecret(),
+        codeSecret: 'c'.repeat(40),
+        bullBoard: { username: 'ops', password: 'secret-secret-secret' },
+      });
       // Bull Board's own assets and the JSON API of its page are its business; its page is documented.
       const served = servedRoutes(app).filter((r) => !r.split(' ')[1]?.startsWith('/admin/queues/'));
-      const documented = documentedRoutes().map((r) => `${r.method} ${r.path}`).sort();
+      const documented = documentedRoutes()
+        .map((r) => `${r.method} ${r.path}`)
+        .sort();
       expect(served).toEqual(documented);
-      expect(served).toEqual(expect.arrayContaining(['GET /api/v1/coupons/policies/{id}/stats', 'GET /api/v1/stats', 'GET /api/v1/coupons/users/{userId}/stats', 'GET /docs', 'GET /docs/openapi.json']));
+      expect(served).toEqual(
+        expect.arrayContaining([
+          'GET /api/v1/coupons/policies/{id}/stats',
+          'GET /api/v1/stats',
+          'GET /api/v1/coupons/users/{userId}/stats',
+          'GET /docs',
+          'GET /docs/openapi.json',
+        ]),
+      );
     } finally {
       redis.disconnect();
     }
@@ -114,10 +154,17 @@ describe('the OpenAPI document', () => {
       expect({ ref: r, found: target !== undefined }).toEqual({ ref: r, found: true });
     }
     // The job answer, the job view and the error body with every code of the catalogue.
-    expect(doc.paths['/api/v1/coupons/issue'].post.responses['202']).toEqual({ description: expect.any(String), content: { 'application/json': { schema: { $ref: '#/components/schemas/JobAccepted' } } } });
+    expect(doc.paths['/api/v1/coupons/issue'].post.responses['202']).toEqual({
+      description: expect.any(String),
+      content: { 'application/json': { schema: { $ref: '#/components/schemas/JobAccepted' } } },
+    });
     expect(doc.components.schemas.JobView.properties.status.enum).toEqual(['pending', 'succeeded', 'rejected', 'failed']);
-    expect(doc.components.schemas.Error.properties.error.properties.code.enum).toEqual(expect.arrayContaining(['VALIDATION_FAILED', 'SOLD_OUT', 'IDEMPOTENCY_KEY_REUSED', 'RESERVATION_NOT_PENDING']));
-    expect(doc.paths['/api/v1/coupons/reserve'].post.parameters).toEqual(expect.arrayContaining([expect.objectContaining({ name: 'Idempotency-Key', in: 'header', required: true })]));
+    expect(doc.components.schemas.Error.properties.error.properties.code.enum).toEqual(
+      expect.arrayContaining(['VALIDATION_FAILED', 'SOLD_OUT', 'IDEMPOTENCY_KEY_REUSED', 'RESERVATION_NOT_PENDING']),
+    );
+    expect(doc.paths['/api/v1/coupons/reserve'].post.parameters).toEqual(
+      expect.arrayContaining([expect.objectContaining({ name: 'Idempotency-Key', in: 'header', required: true })]),
+    );
   });
 
   it('is served at /docs/openapi.json and rendered at /docs without a token', async () => {
@@ -152,7 +199,10 @@ describe('the OpenAPI document', () => {
     expect(new Set(validateBodies.map((b) => conforms(validate, b)))).toEqual(new Set([true, false]));
     for (const body of validateBodies) {
       const reply = await t.call('POST', '/api/v1/coupons/validate', { token: user, body });
-      expect({ body, status: reply.status === 400 ? 400 : 'accepted' }).toEqual({ body, status: conforms(validate, body) ? 'accepted' : 400 });
+      expect({ body, status: reply.status === 400 ? 400 : 'accepted' }).toEqual({
+        body,
+        status: conforms(validate, body) ? 'accepted' : 400,
+      });
     }
 
     // POST /coupons/policies: the schema's checks (not its cross-field rules, which the description states).

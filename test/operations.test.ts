@@ -14,8 +14,6 @@ import { adminToken, tokenFor } from './support/tokens';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-
-
 function exitOf(child: ChildProcess): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode });
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
@@ -72,7 +70,9 @@ describe('a running stack', () => {
     expect(workerLines[0]).toMatchObject({ traceId, jobId, process: 'worker' });
     // The web logs one line per request: the issue request's names the job it queued.
     const webLines = await logLinesWhen(`${name}-web`, (l) => l.jobId === jobId);
-    expect(webLines.map((l) => [l.msg, l.traceId, l.enqueued, l.method, l.path, l.status])).toEqual([['request', traceId, 'issue', 'POST', '/api/v1/coupons/issue', 202]]);
+    expect(webLines.map((l) => [l.msg, l.traceId, l.enqueued, l.method, l.path, l.status])).toEqual([
+      ['request', traceId, 'issue', 'POST', '/api/v1/coupons/issue', 202],
+    ]);
   });
 
   it('gives a request without a usable X-Request-Id a generated trace id that reaches the worker log', async () => {
@@ -176,7 +176,12 @@ describe('the Kafka bridge process', () => {
       await stopProcess(bridge, 'SIGKILL');
     }
     const [consuming] = await logLinesWhen(name, (l) => l.msg === 'bridge consuming');
-    expect(consuming).toMatchObject({ process: 'bridge', level: 'info', groupId: 'coupon-bridge', topics: [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1', process.env.KAFKA_USER_EVENTS_TOPIC || 'user-events.v1'] });
+    expect(consuming).toMatchObject({
+      process: 'bridge',
+      level: 'info',
+      groupId: 'coupon-bridge',
+      topics: [process.env.KAFKA_PAYMENTS_TOPIC || 'payments.v1', process.env.KAFKA_USER_EVENTS_TOPIC || 'user-events.v1'],
+    });
     expect((consuming?.brokers as string[]).length).toBeGreaterThan(0);
     expect(await logLinesWhen(name, (l) => l.msg === 'bridge stopped')).toHaveLength(1);
   });

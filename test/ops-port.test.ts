@@ -18,7 +18,15 @@ describe('a web process with OPS_PORT', () => {
 
   beforeAll(async () => {
     const port = await freePort();
-    web = launch('ops-port-web', 'src/web/main.ts', { PORT: String(port), OPS_PORT: '0', QUEUE_PREFIX: uniqueId('q'), NODE_ENV: 'test', LOG_LEVEL: 'info', BULL_BOARD_USER: BOARD.user, BULL_BOARD_PASSWORD: BOARD.password });
+    web = launch('ops-port-web', 'src/web/main.ts', {
+      PORT: String(port),
+      OPS_PORT: '0',
+      QUEUE_PREFIX: uniqueId('q'),
+      NODE_ENV: 'test',
+      LOG_LEVEL: 'info',
+      BULL_BOARD_USER: BOARD.user,
+      BULL_BOARD_PASSWORD: BOARD.password,
+    });
     await Promise.all([waitForLine(web, 'web listening'), waitForLine(web, 'ops server listening')]);
     // The log file is written a moment after the line reaches the pipe.
     let opsPort: number | undefined;

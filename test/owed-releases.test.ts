@@ -68,7 +68,11 @@ function cuttableAfterAdmission(connection: Redis) {
       return command.promise;
     }
     // Set before the reply reaches the web's turn: ioredis hands a pipeline's replies on in a later tick.
-    if (state === 'armed' && isAdmission(command)) command.promise.then(() => void (state = 'cut'), () => undefined);
+    if (state === 'armed' && isAdmission(command))
+      command.promise.then(
+        () => void (state = 'cut'),
+        () => undefined,
+      );
     return send(command, stream as never);
   }) as Redis['sendCommand'];
   return {
@@ -93,7 +97,11 @@ beforeAll(async () => {
   await hub.ready;
   intake = createIssueIntake({ queues, hub, rejections: createRejectionCounter(redis, log), log });
   workerConnection = createRedis('worker');
-  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks: createLocks(redis) }, log), { connection: workerConnection, prefix, concurrency: 8 });
+  worker = new Worker('issue', createIssueProcessor({ db: sequelize(), redis, locks: createLocks(redis) }, log), {
+    connection: workerConnection,
+    prefix,
+    concurrency: 8,
+  });
 });
 
 afterAll(async () => {
@@ -110,7 +118,9 @@ afterAll(async () => {
 });
 
 async function newPolicy(totalQuantity: number): Promise<string> {
-  const policy = await CouponPolicy.create(policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody({ totalQuantity, perUserLimit: 1 }))));
+  const policy = await CouponPolicy.create(
+    policyRowFromCreate(randomUUID(), policyCreateSchema.parse(policyBody({ totalQuantity, perUserLimit: 1 }))),
+  );
   await writePolicyMeta(redis, policy);
   await openStock(redis, policy.id);
   return policy.id;
@@ -127,7 +137,11 @@ async function finalOf(answer: IntakeAnswer): Promise<StoredOutcome | null> {
 /** What the admission state holds for a policy and one of its users (read past the cut link). */
 async function stateOf(policyId: string, userId: string) {
   const k = redisKeys().admission(policyId);
-  const [snapshot, free, admitted] = await Promise.all([admissionSnapshot(redis, policyId), redis.lrange(k.free, 0, -1), redis.hget(k.users, userId)]);
+  const [snapshot, free, admitted] = await Promise.all([
+    admissionSnapshot(redis, policyId),
+    redis.lrange(k.free, 0, -1),
+    redis.hget(k.users, userId),
+  ]);
   return { ...snapshot, free, admitted: Number(admitted ?? 0) };
 }
 
@@ -158,7 +172,12 @@ describe('slots of a turn that lost Redis after admitting', () => {
     // Redis answers again: with no request arriving, the slot is back within moments.
     link.heal();
     const back = { next: 2, issued: 0, freeSlots: 1, pending: 0, free: ['1'], admitted: 0 };
-    await eventually(() => stateOf(policyId, shopper), (s) => JSON.stringify(s) === JSON.stringify(back), PROMPTLY_MS, 'the owed slot given back');
+    await eventually(
+      () => stateOf(policyId, shopper),
+      (s) => JSON.stringify(s) === JSON.stringify(back),
+      PROMPTLY_MS,
+      'the owed slot given back',
+    );
 
     // The shopper told 503 retries and is admitted (not USER_LIMIT_REACHED), taking the slot back.
     const retried = await ask(policyId, shopper);

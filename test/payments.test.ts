@@ -57,12 +57,27 @@ async function reserved(shopper?: Shopper) {
   return { shopper: s, couponId, orderId, reservationId: job.result.reservationId as string };
 }
 
-const couponStatus = (couponId: string) => eventually(() => couponRow(couponId), () => true).then((c) => c?.status);
-const until = (couponId: string, status: string) => eventually(() => couponRow(couponId), (c) => c?.status === status, 30_000, `coupon ${status}`);
+const couponStatus = (couponId: string) =>
+  eventually(
+    () => couponRow(couponId),
+    () => true,
+  ).then((c) => c?.status);
+const until = (couponId: string, status: string) =>
+  eventually(
+    () => couponRow(couponId),
+    (c) => c?.status === status,
+    30_000,
+    `coupon ${status}`,
+  );
 /** The settled job of a payment event, once the bridge has made it. */
 async function paymentJob(eventId: string) {
   const jobId = derivedJobId('payment', eventId);
-  await eventually(() => api.get(`/api/v1/jobs/${jobId}`, admin), (r) => r.status !== 404, 30_000, `job ${jobId} created`);
+  await eventually(
+    () => api.get(`/api/v1/jobs/${jobId}`, admin),
+    (r) => r.status !== 404,
+    30_000,
+    `job ${jobId} created`,
+  );
   return api.settle(jobId, admin);
 }
 
@@ -78,8 +93,15 @@ async function deferred(eventId: string) {
 }
 
 async function expirePending(couponId: string) {
-  await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [couponId]);
-  await eventually(() => reservationsOf(couponId), (rows) => rows.every((r) => r.status !== 'PENDING'), 10_000, 'reservation expired');
+  await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [
+    couponId,
+  ]);
+  await eventually(
+    () => reservationsOf(couponId),
+    (rows) => rows.every((r) => r.status !== 'PENDING'),
+    10_000,
+    'reservation expired',
+  );
 }
 
 describe('PAYMENT_COMPLETED', () => {
@@ -89,7 +111,11 @@ describe('PAYMENT_COMPLETED', () => {
     await publish(event);
     await publish(event);
     await until(couponId, 'USED');
-    expect(await paymentJob(event.eventId)).toMatchObject({ type: 'payment', status: 'succeeded', result: { eventId: event.eventId, outcome: 'APPLIED', reservation: { status: 'CONFIRMED' } } });
+    expect(await paymentJob(event.eventId)).toMatchObject({
+      type: 'payment',
+      status: 'succeeded',
+      result: { eventId: event.eventId, outcome: 'APPLIED', reservation: { status: 'CONFIRMED' } },
+    });
 
     // Once the job is removed from Redis, a redelivery makes a new job: Postgres knows the event.
     const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
@@ -97,7 +123,12 @@ describe('PAYMENT_COMPLETED', () => {
     try {
       await (await queue.getJob(derivedJobId('payment', event.eventId)))?.remove();
       await publish(event);
-      const replay = await eventually(() => queue.getJob(derivedJobId('payment', event.eventId)), (j) => Boolean(j?.finishedOn), 30_000, 'redelivered job done');
+      const replay = await eventually(
+        () => queue.getJob(derivedJobId('payment', event.eventId)),
+        (j) => Boolean(j?.finishedOn),
+        30_000,
+        'redelivered job done',
+      );
       expect(paymentReturnSchema.parse(replay?.returnvalue)).toMatchObject({ outcome: 'succeeded', result: { outcome: 'DUPLICATE' } });
     } finally {
       await queue.close();
@@ -131,7 +162,11 @@ describe('PAYMENT_COMPLETED', () => {
     const next = await stack.startBridge();
     const name = `payments-bridge-${stack.bridges.length}`;
     await eventually(
-      async () => (await readFile(logFile(name), 'utf8')).split('\n').filter((l) => l.includes('"consumer lag"') && l.includes(stack.paymentsTopic)).map((l) => JSON.parse(l).lag as number),
+      async () =>
+        (await readFile(logFile(name), 'utf8'))
+          .split('\n')
+          .filter((l) => l.includes('"consumer lag"') && l.includes(stack.paymentsTopic))
+          .map((l) => JSON.parse(l).lag as number),
       (lags) => lags.at(-1) === 0,
       40_000,
       'lag back to 0 after the redelivery',
@@ -183,11 +218,16 @@ describe('late payments', () => {
     await publish(event);
     const job = await paymentJob(event.eventId);
     expect(job.result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'COUPON_NOT_AVAILABLE' } });
-    expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'COUPON_NOT_AVAILABLE', reservation_id: late.reservationId }]);
+    expect(await processedEvents(event.eventId)).toEqual([
+      { outcome: 'CONFLICT', reason_code: 'COUPON_NOT_AVAILABLE', reservation_id: late.reservationId },
+    ]);
     expect(await couponRow(late.couponId)).toMatchObject({ status: 'RESERVED', reservation_id: now.result.reservationId });
     expect((await reservationsOf(late.couponId)).map((r) => r.status)).toEqual(['EXPIRED', 'PENDING']);
     // The worker's log line may reach its file a moment after the job's result: poll for it.
-    const said = await logLinesWhen('payments-worker-1', (l) => l.eventId === event.eventId && String(l.msg).startsWith('payment conflict'));
+    const said = await logLinesWhen(
+      'payments-worker-1',
+      (l) => l.eventId === event.eventId && String(l.msg).startsWith('payment conflict'),
+    );
     expect(said).toHaveLength(1);
   });
 });
@@ -236,26 +276,37 @@ describe('which reservation an event is about', () => {
     const first = await reserveAndSettle(api, shopper, a, orderId);
     expect(first.status).toBe('succeeded');
     // A second coupon on the order is refused (I10): the discount cannot be taken twice.
-    expect(await reserveAndSettle(api, shopper, b, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_ALREADY_HAS_COUPON' } });
+    expect(await reserveAndSettle(api, shopper, b, orderId)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'ORDER_ALREADY_HAS_COUPON' },
+    });
 
     const vague = paymentEvent('PAYMENT_COMPLETED', orderId);
     await publish(vague);
-    expect((await paymentJob(vague.eventId)).result).toMatchObject({ outcome: 'APPLIED', reservation: { reservationId: first.result.reservationId, status: 'CONFIRMED' } });
+    expect((await paymentJob(vague.eventId)).result).toMatchObject({
+      outcome: 'APPLIED',
+      reservation: { reservationId: first.result.reservationId, status: 'CONFIRMED' },
+    });
     expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['USED', 'ISSUED']);
   });
 
-  it("touches nothing of an order for an event naming a user who does not own it, and refuses them a reservation under it", async () => {
+  it('touches nothing of an order for an event naming a user who does not own it, and refuses them a reservation under it', async () => {
     const owner = await shopperWith(api, policyId);
     const intruder = await shopperWith(api, policyId);
     const orderId = uniqueId('order');
     expect((await reserveAndSettle(api, owner, owner.coupons[0] as string, orderId)).status).toBe('succeeded');
-    expect(await reserveAndSettle(api, intruder, intruder.coupons[0] as string, orderId)).toMatchObject({ status: 'rejected', reason: { code: 'ORDER_NOT_OWNED' } });
+    expect(await reserveAndSettle(api, intruder, intruder.coupons[0] as string, orderId)).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'ORDER_NOT_OWNED' },
+    });
 
     for (const type of ['PAYMENT_CANCELLED', 'PAYMENT_COMPLETED']) {
       const foreign = paymentEvent(type, orderId, { userId: intruder.id });
       await publish(foreign);
       expect((await paymentJob(foreign.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'ORDER_NOT_OWNED' } });
-      expect(await processedEvents(foreign.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'ORDER_NOT_OWNED', reservation_id: null }]);
+      expect(await processedEvents(foreign.eventId)).toEqual([
+        { outcome: 'CONFLICT', reason_code: 'ORDER_NOT_OWNED', reservation_id: null },
+      ]);
     }
     expect((await couponRow(owner.coupons[0] as string))?.status).toBe('RESERVED');
 
@@ -275,7 +326,9 @@ describe('which reservation an event is about', () => {
     const event = paymentEvent('PAYMENT_COMPLETED', late.orderId, { reservationId: late.reservationId });
     await publish(event);
     expect((await paymentJob(event.eventId)).result).toMatchObject({ outcome: 'CONFLICT', reason: { code: 'ORDER_ALREADY_HAS_COUPON' } });
-    expect(await processedEvents(event.eventId)).toEqual([{ outcome: 'CONFLICT', reason_code: 'ORDER_ALREADY_HAS_COUPON', reservation_id: late.reservationId }]);
+    expect(await processedEvents(event.eventId)).toEqual([
+      { outcome: 'CONFLICT', reason_code: 'ORDER_ALREADY_HAS_COUPON', reservation_id: late.reservationId },
+    ]);
     expect([(await couponRow(a))?.status, (await couponRow(b))?.status]).toEqual(['ISSUED', 'RESERVED']);
     expect((await reservationsOf(a)).map((r) => r.status)).toEqual(['EXPIRED']);
   });
@@ -294,23 +347,36 @@ describe('poison messages', () => {
     const dead = await events.readAll(`${stack.paymentsTopic}.dlq`, 2);
     expect(dead).toHaveLength(2);
     expect(dead.map((d) => d.value)).toContain('this is not json');
-    expect(dead.map((d) => d.headers['dlq-reason'])).toEqual(expect.arrayContaining(['the value is not JSON', expect.stringMatching(/^not a payment event: type/)]));
+    expect(dead.map((d) => d.headers['dlq-reason'])).toEqual(
+      expect.arrayContaining(['the value is not JSON', expect.stringMatching(/^not a payment event: type/)]),
+    );
     for (const d of dead) expect(d.headers).toMatchObject({ 'dlq-source-topic': stack.paymentsTopic, 'dlq-source-partition': '0' });
   });
 
   it('that even the dead-letter topic refuses are logged and skipped, never blocking the partition', async () => {
     const dlq = `${stack.paymentsTopic}.dlq`;
-    const admin = new Kafka({ clientId: 'coupon-tests-admin', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING }).admin();
+    const admin = new Kafka({
+      clientId: 'coupon-tests-admin',
+      brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+      logLevel: logLevel.NOTHING,
+    }).admin();
     await admin.connect();
     const setLimit = (bytes: string) =>
-      admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: dlq, configEntries: [{ name: 'max.message.bytes', value: bytes }] }] });
+      admin.alterConfigs({
+        validateOnly: false,
+        resources: [{ type: ConfigResourceTypes.TOPIC, name: dlq, configEntries: [{ name: 'max.message.bytes', value: bytes }] }],
+      });
     try {
       await setLimit('2000');
       // The broker applies a topic's new limit a moment after it accepted the change (seconds on a
       // broker that has just started): probe until a message of this size is refused as too large.
       // A probe taken before that stays in the dead-letter topic, after what the test above counted.
       await eventually(
-        () => events.send(dlq, [{ key: 'probe', value: 'x'.repeat(5_000) }]).then(() => 'accepted', (error: { type?: string }) => error.type ?? 'failed'),
+        () =>
+          events.send(dlq, [{ key: 'probe', value: 'x'.repeat(5_000) }]).then(
+            () => 'accepted',
+            (error: { type?: string }) => error.type ?? 'failed',
+          ),
         (outcome) => outcome === 'MESSAGE_TOO_LARGE',
         20_000,
         'the dead-letter topic refusing large messages',
@@ -323,7 +389,10 @@ describe('poison messages', () => {
       await until(couponId, 'USED');
       // The bridge running now (earlier tests replaced the first) says what it skipped, and where.
       const skipped = await eventually(
-        async () => (await readFile(logFile(`payments-bridge-${stack.bridges.length}`), 'utf8')).split('\n').filter((l) => l.includes('could not be dead-lettered')),
+        async () =>
+          (await readFile(logFile(`payments-bridge-${stack.bridges.length}`), 'utf8'))
+            .split('\n')
+            .filter((l) => l.includes('could not be dead-lettered')),
         (lines) => lines.length > 0,
         10_000,
         'the skip logged',

@@ -77,7 +77,9 @@ describe('policy lifecycle', () => {
     const firstPage = await t.call('GET', '/api/v1/coupons/policies?status=PAUSED&limit=1', { token: admin });
     expect(firstPage.body.data.map((p: { id: string }) => p.id)).toEqual([newer.id]); // newest first
     expect(typeof firstPage.body.nextCursor).toBe('string');
-    const next = await t.call('GET', `/api/v1/coupons/policies?status=PAUSED&limit=1&cursor=${firstPage.body.nextCursor}`, { token: admin });
+    const next = await t.call('GET', `/api/v1/coupons/policies?status=PAUSED&limit=1&cursor=${firstPage.body.nextCursor}`, {
+      token: admin,
+    });
     expect(next.status).toBe(200);
     expect(next.body.data.map((p: { id: string }) => p.id)).toEqual([paused.id]);
   });
@@ -85,7 +87,10 @@ describe('policy lifecycle', () => {
   it('refuses a second policy with the same shared code, whatever its case', async () => {
     const code = uniqueId('WELCOME').replace(/-/g, '');
     await create({ issueMethod: 'CODE', code });
-    const again = await t.call('POST', '/api/v1/coupons/policies', { token: admin, body: policyBody({ issueMethod: 'CODE', code: code.toLowerCase() }) });
+    const again = await t.call('POST', '/api/v1/coupons/policies', {
+      token: admin,
+      body: policyBody({ issueMethod: 'CODE', code: code.toLowerCase() }),
+    });
     expect(again.status).toBe(409);
   });
 });
@@ -103,10 +108,18 @@ describe('error contract', () => {
   });
 
   it('answers malformed JSON with 400, a non-JSON body with 415 and a huge body with 413', async () => {
-    const malformed = await t.call('POST', '/api/v1/coupons/policies', { token: admin, rawBody: '{"name":', headers: { 'content-type': 'application/json' } });
+    const malformed = await t.call('POST', '/api/v1/coupons/policies', {
+      token: admin,
+      rawBody: '{"name":',
+      headers: { 'content-type': 'application/json' },
+    });
     expect(malformed.status).toBe(400);
     expect(malformed.body.error.code).toBe('VALIDATION_FAILED');
-    const text = await t.call('POST', '/api/v1/coupons/policies', { token: admin, rawBody: 'name=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    const text = await t.call('POST', '/api/v1/coupons/policies', {
+      token: admin,
+      rawBody: 'name=x',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    });
     expect(text.status).toBe(415);
     const huge = await t.call('POST', '/api/v1/coupons/policies', {
       token: admin,

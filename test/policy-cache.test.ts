@@ -105,15 +105,26 @@ async function couponTimes(policyId: string) {
   return rows;
 }
 
-const countOf = async (policyId: string) => Number((await db().query('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [policyId])).rows[0].n);
+const countOf = async (policyId: string) =>
+  Number((await db().query('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [policyId])).rows[0].n);
 
 /** A user event straight onto the issue queue, as the bridge queues one; the job's result. */
 async function userEvent(type: string, userId = uniqueId('eu')) {
   const event = { eventId: uniqueId('ev'), type, userId, occurredAt: new Date().toISOString() };
-  const data = { event, traceId: uniqueId('trace'), source: { topic: 'test', partition: 0, offset: '0' }, receivedAt: new Date().toISOString() };
+  const data = {
+    event,
+    traceId: uniqueId('trace'),
+    source: { topic: 'test', partition: 0, offset: '0' },
+    receivedAt: new Date().toISOString(),
+  };
   const jobId = derivedJobId('user-event', event.eventId);
   await addJob(queues, 'user-event', data, jobId);
-  const job = await eventually(() => queues.get('issue').getJob(jobId), (j) => Boolean(j?.finishedOn), 15_000, `user event job ${jobId}`);
+  const job = await eventually(
+    () => queues.get('issue').getJob(jobId),
+    (j) => Boolean(j?.finishedOn),
+    15_000,
+    `user event job ${jobId}`,
+  );
   const value = userEventReturnSchema.parse(job?.returnvalue);
   if (value.outcome !== 'succeeded') throw new Error(`user event job ${jobId} ${value.outcome}: ${value.reason.code}`);
   return { eventId: event.eventId, policies: value.result.policies };
@@ -134,7 +145,12 @@ describe('policy changes during a sale', () => {
     const policyId = await createPolicy(webs[0], { totalQuantity: total, perUserLimit: 1 });
 
     const first = startSale(policyId);
-    await eventually(() => countOf(policyId), (n) => n >= 100, 15_000, 'the sale under way');
+    await eventually(
+      () => countOf(policyId),
+      (n) => n >= 100,
+      15_000,
+      'the sale under way',
+    );
     const pause = await webs[0].patch(`/api/v1/coupons/policies/${policyId}`, admin, { status: 'PAUSED' });
     expect(pause.status).toBe(200);
     const pausedAt = Date.now();
@@ -166,7 +182,12 @@ describe('policy changes during a sale', () => {
     const resume = await webs[1].patch(`/api/v1/coupons/policies/${policyId}`, admin, { status: 'ACTIVE' });
     expect(resume.status).toBe(200);
     const second = startSale(policyId);
-    await eventually(() => countOf(policyId), (n) => n >= total, 20_000, 'the rest sold');
+    await eventually(
+      () => countOf(policyId),
+      (n) => n >= total,
+      20_000,
+      'the rest sold',
+    );
     await sleep(300);
     const after = await second.stop();
     expect(new Set(after.map((s) => s.job.reason?.code ?? s.job.status))).toEqual(new Set(['succeeded', 'SOLD_OUT']));
@@ -220,7 +241,9 @@ describe('the policy cache of every process', () => {
     const untilEachWorkerHandled = async (policies: unknown, what: string) => {
       const sent = new Set<string>();
       const handledBy = () =>
-        stack.workers.map((_, i) => stackLogLines(`worker-${i + 1}`).some((l) => l.msg === 'user event processed' && sent.has(String(l.eventId))));
+        stack.workers.map((_, i) =>
+          stackLogLines(`worker-${i + 1}`).some((l) => l.msg === 'user event processed' && sent.has(String(l.eventId))),
+        );
       await eventually(
         async () => {
           const event = await userEvent(trigger);
@@ -234,7 +257,10 @@ describe('the policy cache of every process', () => {
       );
       return sent;
     };
-    const warm = await untilEachWorkerHandled([expect.objectContaining({ policyId, outcome: 'issued' })], 'an event handled by each worker');
+    const warm = await untilEachWorkerHandled(
+      [expect.objectContaining({ policyId, outcome: 'issued' })],
+      'an event handled by each worker',
+    );
 
     // Paused through one web: events right after trigger nothing, in whichever worker.
     expect((await webs[0].patch(`/api/v1/coupons/policies/${policyId}`, admin, { status: 'PAUSED' })).status).toBe(200);
@@ -260,7 +286,11 @@ describe('the policy cache of every process', () => {
     expect((await webs[0].patch(`/api/v1/coupons/policies/${paused}`, admin, { status: 'PAUSED' })).status).toBe(200);
     const code = `WARM${uniqueId('x').slice(2, 10).toUpperCase()}`;
     await createPolicy(webs[0], { issueMethod: 'CODE', code, totalQuantity: 10 });
-    await createPolicy(webs[0], { issueMethod: 'EVENT', triggerEvent: `WARMED_${uniqueId('x').slice(2, 10).toUpperCase()}`, totalQuantity: null });
+    await createPolicy(webs[0], {
+      issueMethod: 'EVENT',
+      triggerEvent: `WARMED_${uniqueId('x').slice(2, 10).toUpperCase()}`,
+      totalQuantity: null,
+    });
     // As if the five-minute TTL of their admission rules had run out.
     await redis.del(redisKeys().admission(active).meta, redisKeys().admission(paused).meta);
 
@@ -270,19 +300,29 @@ describe('the policy cache of every process', () => {
     expect(await redis.hget(redisKeys().admission(active).meta, 'status')).toBe('ACTIVE');
     expect(await redis.exists(redisKeys().admission(paused).meta)).toBe(0);
     // The log reaches its file through a pipe: wait until the ready line is there too.
-    const lines = await eventually(async () => stackLogLines(name), (l) => l.some((x) => x.msg === 'worker started'), 5_000, 'the worker log on disk');
+    const lines = await eventually(
+      async () => stackLogLines(name),
+      (l) => l.some((x) => x.msg === 'worker started'),
+      5_000,
+      'the worker log on disk',
+    );
     const admission = lines.find((l) => l.msg === 'admission state warmed with the ACTIVE policies');
     const lookups = lines.find((l) => l.msg === 'policy cache warmed with the shared codes and ACTIVE EVENT policies');
     expect(admission?.policies).toBeGreaterThanOrEqual(2);
     expect(lookups?.sharedCodes).toBeGreaterThanOrEqual(1);
     expect(lookups?.triggers).toBeGreaterThanOrEqual(1);
     const order = lines.map((l) => l.msg);
-    expect(order.indexOf('policy cache warmed with the shared codes and ACTIVE EVENT policies')).toBeLessThan(order.indexOf('worker started'));
+    expect(order.indexOf('policy cache warmed with the shared codes and ACTIVE EVENT policies')).toBeLessThan(
+      order.indexOf('worker started'),
+    );
     expect(order.indexOf('admission state warmed with the ACTIVE policies')).toBeLessThan(order.indexOf('worker started'));
 
     // A web warms its own lookups (the shared codes it resolves) at start; the admission state is the workers'.
     const web = stackLogLines('web-2');
-    expect(web.find((l) => l.msg === 'policy cache warmed with the shared codes and ACTIVE EVENT policies')).toMatchObject({ sharedCodes: expect.any(Number), triggers: expect.any(Number) });
+    expect(web.find((l) => l.msg === 'policy cache warmed with the shared codes and ACTIVE EVENT policies')).toMatchObject({
+      sharedCodes: expect.any(Number),
+      triggers: expect.any(Number),
+    });
     expect(web.map((l) => l.msg)).not.toContain('admission state warmed with the ACTIVE policies');
   });
 });

@@ -28,7 +28,10 @@ async function countsOf(id: string) {
   );
   const c = counted.rows[0];
   const r = real.rows[0];
-  return { counted: { issued: Number(c?.issued ?? 0), used: Number(c?.used ?? 0) }, real: { issued: Number(r?.issued), used: Number(r?.used) } };
+  return {
+    counted: { issued: Number(c?.issued ?? 0), used: Number(c?.used ?? 0) },
+    real: { issued: Number(r?.issued), used: Number(r?.used) },
+  };
 }
 
 beforeAll(async () => {
@@ -40,8 +43,11 @@ beforeAll(async () => {
   // One statement, counted once by the statement-level trigger. The per-user guard (an advisory lock
   // a row, more than one transaction may hold) stands aside for it in this database of its own.
   await client.query('ALTER TABLE coupons DISABLE TRIGGER tg_coupons_enforce_limits');
-  await client.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-                      SELECT 'b' || g, 'big', 'u' || g, 'bq' || g, now() + interval '7 days' FROM generate_series(1, $1::int) g`, [COUPONS]);
+  await client.query(
+    `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+                      SELECT 'b' || g, 'big', 'u' || g, 'bq' || g, now() + interval '7 days' FROM generate_series(1, $1::int) g`,
+    [COUPONS],
+  );
   await client.query('ALTER TABLE coupons ENABLE TRIGGER tg_coupons_enforce_limits');
   // And a catalogue of a thousand other policies, as a deployment has after a while.
   await client.query(`INSERT INTO coupon_policies (id, name, discount_type, discount_value, issue_method, issue_starts_at, valid_days)
@@ -64,9 +70,11 @@ describe('policy_counters', () => {
     // What the read does, from this backend's own statistics, within one transaction.
     const stats = async () =>
       new Map(
-        (await client.query<{ relname: string; seq_scan: string; idx_scan: string; idx_tup_fetch: string }>(
-          "SELECT relname, seq_scan, COALESCE(idx_scan, 0) AS idx_scan, COALESCE(idx_tup_fetch, 0) AS idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('coupons', 'policy_counters')",
-        )).rows.map((r) => [r.relname, { seq: Number(r.seq_scan), idx: Number(r.idx_scan), fetched: Number(r.idx_tup_fetch) }]),
+        (
+          await client.query<{ relname: string; seq_scan: string; idx_scan: string; idx_tup_fetch: string }>(
+            "SELECT relname, seq_scan, COALESCE(idx_scan, 0) AS idx_scan, COALESCE(idx_tup_fetch, 0) AS idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('coupons', 'policy_counters')",
+          )
+        ).rows.map((r) => [r.relname, { seq: Number(r.seq_scan), idx: Number(r.idx_scan), fetched: Number(r.idx_tup_fetch) }]),
       );
     await client.query('BEGIN');
     try {
@@ -91,16 +99,30 @@ describe('policy_counters', () => {
     // Three requests of one batch: one inserted, one over the quantity, one a taken slot.
     const now = new Date().toISOString();
     const later = new Date(Date.now() + 86_400_000).toISOString();
-    const batch = [4, 9, 1].map((slot, i) => ({ id: `kb${i}`, policyId: 'bulk', userId: `kbu${i}`, slot, requestId: `kbq${i}`, issuedAt: now, expiresAt: later }));
-    const outcomes = await client.query<{ outcome: string }>('SELECT outcome FROM insert_issued_coupons($1::jsonb)', [JSON.stringify(batch)]);
+    const batch = [4, 9, 1].map((slot, i) => ({
+      id: `kb${i}`,
+      policyId: 'bulk',
+      userId: `kbu${i}`,
+      slot,
+      requestId: `kbq${i}`,
+      issuedAt: now,
+      expiresAt: later,
+    }));
+    const outcomes = await client.query<{ outcome: string }>('SELECT outcome FROM insert_issued_coupons($1::jsonb)', [
+      JSON.stringify(batch),
+    ]);
     expect(outcomes.rows.map((r) => r.outcome).sort()).toEqual(['ck_coupons_slot_within_quantity', 'inserted', 'uq_coupons_policy_slot']);
     expect(await countsOf('bulk')).toEqual({ counted: { issued: 4, used: 0 }, real: { issued: 4, used: 0 } });
     // The trigger counts again after the batch: the function stood it aside only while it ran.
-    await client.query(`INSERT INTO coupons (id, policy_id, user_id, slot, request_id, expires_at) VALUES ('k5', 'bulk', 'ku5', 5, 'kq5', now() + interval '7 days')`);
+    await client.query(
+      `INSERT INTO coupons (id, policy_id, user_id, slot, request_id, expires_at) VALUES ('k5', 'bulk', 'ku5', 5, 'kq5', now() + interval '7 days')`,
+    );
     expect((await countsOf('bulk')).counted.issued).toBe(5);
 
     // Two used by one statement, one back by a refund, one expired, then one deleted.
-    await client.query(`UPDATE coupons SET status = 'USED', used_at = now(), order_id = 'o-' || id, reservation_id = 'r-' || id WHERE id IN ('k1', 'k2')`);
+    await client.query(
+      `UPDATE coupons SET status = 'USED', used_at = now(), order_id = 'o-' || id, reservation_id = 'r-' || id WHERE id IN ('k1', 'k2')`,
+    );
     expect(await countsOf('bulk')).toEqual({ counted: { issued: 5, used: 2 }, real: { issued: 5, used: 2 } });
     await client.query(`UPDATE coupons SET status = 'ISSUED', used_at = NULL, order_id = NULL, reservation_id = NULL WHERE id = 'k2'`);
     await client.query(`UPDATE coupons SET status = 'EXPIRED' WHERE id = 'k3'`);
@@ -122,10 +144,15 @@ describe('policy_counters', () => {
       // Each holds its shard until the end; a writer that had to wait would fail on lock_timeout.
       for (const [i, w] of writers.entries()) {
         await w.query("BEGIN; SET LOCAL lock_timeout = '2s'");
-        await w.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at) VALUES ($1, 'busy', $1, $1, now() + interval '7 days')`, [`busy-${i}`]);
+        await w.query(
+          `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at) VALUES ($1, 'busy', $1, $1, now() + interval '7 days')`,
+          [`busy-${i}`],
+        );
       }
       await Promise.all(writers.map((w) => w.query('COMMIT')));
-      const shards = await client.query<{ shard: number; issued: string }>("SELECT shard, issued FROM policy_counters WHERE policy_id = 'busy' ORDER BY shard");
+      const shards = await client.query<{ shard: number; issued: string }>(
+        "SELECT shard, issued FROM policy_counters WHERE policy_id = 'busy' ORDER BY shard",
+      );
       expect(shards.rows.map((r) => Number(r.issued))).toEqual([1, 1, 1, 1, 1, 1, 1, 1]);
       expect(await countsOf('busy')).toEqual({ counted: { issued: 8, used: 0 }, real: { issued: 8, used: 0 } });
     } finally {

@@ -34,10 +34,19 @@ async function counts(policyId: string) {
     "SELECT count(*) AS issued, count(*) FILTER (WHERE status = 'USED') AS used FROM coupons WHERE policy_id = $1",
     [policyId],
   );
-  return { read: { issued: read.body.issuedCount as number, used: read.body.usedCount as number }, rows: { issued: Number(rows[0]?.issued), used: Number(rows[0]?.used) } };
+  return {
+    read: { issued: read.body.issuedCount as number, used: read.body.usedCount as number },
+    rows: { issued: Number(rows[0]?.issued), used: Number(rows[0]?.used) },
+  };
 }
 
-const until = (couponId: string, status: string) => eventually(() => couponRow(couponId), (row) => row?.status === status, 30_000, `coupon ${status}`);
+const until = (couponId: string, status: string) =>
+  eventually(
+    () => couponRow(couponId),
+    (row) => row?.status === status,
+    30_000,
+    `coupon ${status}`,
+  );
 
 describe('policy counters', () => {
   it('equal the rows after a flash sale, a checkout to USED, a refund and a timeout', async () => {
@@ -56,7 +65,9 @@ describe('policy counters', () => {
       const job = await api.settle(reply.body.jobId, u.token);
       return { user: u, job };
     });
-    const winners: Shopper[] = outcomes.filter((o) => o.job.status === 'succeeded').map((o) => ({ id: o.user.id, token: o.user.token, coupons: [o.job.result.id as string] }));
+    const winners: Shopper[] = outcomes
+      .filter((o) => o.job.status === 'succeeded')
+      .map((o) => ({ id: o.user.id, token: o.user.token, coupons: [o.job.result.id as string] }));
     expect(winners).toHaveLength(STOCK);
     expect(await counts(policyId)).toEqual({ read: { issued: STOCK, used: 0 }, rows: { issued: STOCK, used: 0 } });
     expect((await api.get(`/api/v1/coupons/policies/${policyId}`, winners[0]!.token)).body.soldOut).toBe(true);
@@ -70,7 +81,10 @@ describe('policy counters', () => {
       }),
     );
     for (const o of orders.slice(0, 3)) {
-      const reply = await api.call('POST', `/api/v1/coupons/reservations/${o.reservationId}/confirm`, { token: admin, headers: { prefer: 'wait=10' } });
+      const reply = await api.call('POST', `/api/v1/coupons/reservations/${o.reservationId}/confirm`, {
+        token: admin,
+        headers: { prefer: 'wait=10' },
+      });
       expect(reply.body.status).toBe('succeeded');
     }
     for (const o of orders.slice(3, 5)) await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', o.orderId));
@@ -84,8 +98,15 @@ describe('policy counters', () => {
 
     // A reservation times out (RESERVED -> ISSUED): nothing used changes, nothing issued either.
     const pending = orders[5]!;
-    await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [pending.couponId]);
-    await eventually(() => reservationsOf(pending.couponId), (rows) => rows.every((r) => r.status === 'EXPIRED'), 15_000, 'reservation expired');
+    await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE coupon_id = $1 AND status = 'PENDING'", [
+      pending.couponId,
+    ]);
+    await eventually(
+      () => reservationsOf(pending.couponId),
+      (rows) => rows.every((r) => r.status === 'EXPIRED'),
+      15_000,
+      'reservation expired',
+    );
     expect((await couponRow(pending.couponId))?.status).toBe('ISSUED');
     expect(await counts(policyId)).toEqual({ read: { issued: STOCK, used: 4 }, rows: { issued: STOCK, used: 4 } });
   });

@@ -25,7 +25,16 @@ afterAll(async () => {
 });
 
 /** Keys no user answer may hold: the admin-only policy fields and the coupon rows' internals. */
-const FORBIDDEN_KEYS = new Set([...ADMIN_ONLY_POLICY_FIELDS, 'version', 'slot', 'requestId', 'request_id', 'codeHash', 'code_hash', 'createdBy']);
+const FORBIDDEN_KEYS = new Set([
+  ...ADMIN_ONLY_POLICY_FIELDS,
+  'version',
+  'slot',
+  'requestId',
+  'request_id',
+  'codeHash',
+  'code_hash',
+  'createdBy',
+]);
 const ERROR_CODES = new Set(Object.keys(errorCatalogue));
 
 /**
@@ -74,18 +83,29 @@ describe('what a user reads', () => {
 
     // The user's own jobs: an issue by shared code, one by policy id, a refusal, a reserve and a cancel
     // (with Prefer: wait too, which answers the job view from the POST).
-    const byCode = await settle((await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId);
+    const byCode = await settle(
+      (await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId,
+    );
     expect(byCode).toMatchObject({ status: 'succeeded', result: { policyId: codePolicy } });
-    const waited = await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { policyId: downloadPolicy }, headers: { prefer: 'wait=10' } });
+    const waited = await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', {
+      body: { policyId: downloadPolicy },
+      headers: { prefer: 'wait=10' },
+    });
     expect(waited.body).toMatchObject({ status: 'succeeded', result: { policyId: downloadPolicy } });
-    const refused = await settle((await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId);
+    const refused = await settle(
+      (await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId,
+    );
     expect(refused).toMatchObject({ status: 'rejected', reason: { code: 'USER_LIMIT_REACHED' } });
     const couponId = byCode.result.id as string;
     await read('POST /api/v1/coupons/validate', 'POST', '/api/v1/coupons/validate', { body: { couponId, orderAmount: 50_000 } });
     const reserved = await reserve(api, user, { couponId, orderId: uniqueId('order'), orderAmount: 50_000 });
     const reservation = await settle(reserved.body.jobId);
     expect(reservation).toMatchObject({ status: 'succeeded', result: { couponId } });
-    const cancel = await read('POST /api/v1/coupons/reservations/{id}/cancel', 'POST', `/api/v1/coupons/reservations/${reservation.result.reservationId}/cancel`);
+    const cancel = await read(
+      'POST /api/v1/coupons/reservations/{id}/cancel',
+      'POST',
+      `/api/v1/coupons/reservations/${reservation.result.reservationId}/cancel`,
+    );
     await settle(cancel.body.jobId);
 
     // Every GET a user may call.
@@ -102,7 +122,9 @@ describe('what a user reads', () => {
     await read('GET /api/v1/coupons/policies/{id}', 'GET', '/api/v1/coupons/policies/no-such-policy');
 
     // Every user-readable GET route of the API reference was walked: a new one fails here until it is.
-    const userReadable = documentedRoutes().filter((r) => r.method === 'GET' && r.path.startsWith('/api/v1') && ['user', 'self', 'owner'].includes(r.who));
+    const userReadable = documentedRoutes().filter(
+      (r) => r.method === 'GET' && r.path.startsWith('/api/v1') && ['user', 'self', 'owner'].includes(r.who),
+    );
     const walked = new Set(seen.map((s) => s.route));
     expect(userReadable.map((r) => `${r.method} ${r.path}`).filter((r) => !walked.has(r))).toEqual([]);
 
@@ -113,7 +135,11 @@ describe('what a user reads', () => {
     for (const s of seen) {
       expect({ route: s.route, adminOnly: adminOnlyKeys(s.body) }).toEqual({ route: s.route, adminOnly: [] });
       const text = JSON.stringify(s.body);
-      expect({ route: s.route, hasCode: text.includes(sharedCode), hasTrigger: text.includes(trigger) }).toEqual({ route: s.route, hasCode: false, hasTrigger: false });
+      expect({ route: s.route, hasCode: text.includes(sharedCode), hasTrigger: text.includes(trigger) }).toEqual({
+        route: s.route,
+        hasCode: false,
+        hasTrigger: false,
+      });
     }
     expect(seen.length).toBeGreaterThan(15);
 
@@ -130,7 +156,20 @@ describe('what a user reads', () => {
     const user = await tokenFor(uniqueId('viewer'));
     const policyId = await createPolicy(api, { issueMethod: 'FIRST_COME', totalQuantity: 1, description: 'one only' });
     const before = await api.get(`/api/v1/coupons/policies/${policyId}`, user);
-    expect(Object.keys(before.body).sort()).toEqual(['createdAt', 'description', 'discount', 'id', 'issueMethod', 'issueWindow', 'name', 'perUserLimit', 'soldOut', 'status', 'totalQuantity', 'validity']);
+    expect(Object.keys(before.body).sort()).toEqual([
+      'createdAt',
+      'description',
+      'discount',
+      'id',
+      'issueMethod',
+      'issueWindow',
+      'name',
+      'perUserLimit',
+      'soldOut',
+      'status',
+      'totalQuantity',
+      'validity',
+    ]);
     expect(before.body).toMatchObject({ soldOut: false, totalQuantity: 1, description: 'one only' });
     const issued = await api.call('POST', '/api/v1/coupons/issue', { token: user, body: { policyId }, headers: { prefer: 'wait=10' } });
     expect(issued.body.status).toBe('succeeded');

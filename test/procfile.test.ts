@@ -30,7 +30,12 @@ interface Proc {
 function start(name: string, command: string, env: Record<string, string>): Proc {
   mkdirSync(dirname(logFile(name)), { recursive: true });
   const log = createWriteStream(logFile(name));
-  const sh = spawn('sh', ['-c', command], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  const sh = spawn('sh', ['-c', command], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   sh.stdout?.pipe(log);
   sh.stderr?.pipe(log);
   const exited = new Promise<number | null>((resolveExit) => sh.once('exit', (code) => resolveExit(code)));
@@ -47,7 +52,6 @@ function terminate(proc: Proc): void {
   expect(readFileSync(`/proc/${pid}/comm`, 'utf8').trim()).toBe('node');
   process.kill(pid, 'SIGTERM');
 }
-
 
 const basic = `Basic ${Buffer.from(`${BOARD.user}:${BOARD.password}`).toString('base64')}`;
 
@@ -134,11 +138,17 @@ describe('a multi-process run from the Procfile commands', () => {
     const tokens = new Map(await Promise.all(users.map(async (u) => [u, await tokenFor(u)] as const)));
     const requests = users.flatMap((user) => [0, 1].map((web) => ({ user, web })));
     const accepted = await Promise.all(
-      requests.map(async ({ user, web }) => ({ user, web, reply: await (web === 0 ? a : b).post('/api/v1/coupons/issue', tokens.get(user), { policyId }) })),
+      requests.map(async ({ user, web }) => ({
+        user,
+        web,
+        reply: await (web === 0 ? a : b).post('/api/v1/coupons/issue', tokens.get(user), { policyId }),
+      })),
     );
     expect(accepted.filter((r) => r.reply.status !== 202)).toEqual([]);
     // Each job read through the other web: the job view needs nothing of the process that took it.
-    const jobs = await mapLimit(accepted, 64, ({ user, web, reply }) => (web === 0 ? b : a).settle(reply.body.jobId, tokens.get(user) as string, 60_000));
+    const jobs = await mapLimit(accepted, 64, ({ user, web, reply }) =>
+      (web === 0 ? b : a).settle(reply.body.jobId, tokens.get(user) as string, 60_000),
+    );
 
     const statuses = jobs.map((j) => j.status as string);
     expect(statuses.filter((s) => s === 'pending' || s === 'failed')).toEqual([]);
@@ -156,7 +166,14 @@ describe('a multi-process run from the Procfile commands', () => {
     const connection = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
     const queue = new Queue(QUEUES.issue, { connection, prefix });
     try {
-      expect(await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children')).toEqual({ waiting: 0, active: 0, delayed: 0, failed: 0, prioritized: 0, 'waiting-children': 0 });
+      expect(await queue.getJobCounts('waiting', 'active', 'delayed', 'failed', 'prioritized', 'waiting-children')).toEqual({
+        waiting: 0,
+        active: 0,
+        delayed: 0,
+        failed: 0,
+        prioritized: 0,
+        'waiting-children': 0,
+      });
     } finally {
       await queue.close();
       connection.disconnect();
@@ -165,7 +182,12 @@ describe('a multi-process run from the Procfile commands', () => {
     // The coupons were written by more than one worker process.
     // (A log line may land a moment after the answer it explains.)
     const countIssued = async () => workers.map((w) => logLines(w.name).filter((l) => l.msg === 'coupon issued').length);
-    const issuedBy = await eventually(countIssued, (counts) => counts.reduce((x, y) => x + y, 0) >= 200, 10_000, 'the workers to log 200 issues');
+    const issuedBy = await eventually(
+      countIssued,
+      (counts) => counts.reduce((x, y) => x + y, 0) >= 200,
+      10_000,
+      'the workers to log 200 issues',
+    );
     expect(issuedBy.reduce((x, y) => x + y, 0)).toBe(200);
     expect(issuedBy.filter((n) => n > 0).length).toBeGreaterThan(1);
 

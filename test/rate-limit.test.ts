@@ -50,7 +50,14 @@ type Limits = NonNullable<AppDeps['rateLimits']>;
 
 /** One "web process": the real app with its own Redis connection and the given budgets. */
 async function webProcess(limits: Limits, redis?: Redis) {
-  const app = createApp({ queues, redis: redis ?? (await limiterRedis()), log: logger(), jwtSecret: process.env.JWT_SECRET as string, codeSecret: CODE_SECRET, rateLimits: limits });
+  const app = createApp({
+    queues,
+    redis: redis ?? (await limiterRedis()),
+    log: logger(),
+    jwtSecret: process.env.JWT_SECRET as string,
+    codeSecret: CODE_SECRET,
+    rateLimits: limits,
+  });
   return async (opts: { token?: string; headers?: Record<string, string> } = {}) => {
     const headers: Record<string, string> = { ...opts.headers };
     if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -153,7 +160,10 @@ describe('per-address limit', () => {
   it("takes the socket's address on a real server", async () => {
     const app = new Hono<AppEnv>();
     app.onError(onError);
-    app.use('*', limitByAddress({ redis: await limiterRedis(), prefix: prefix(), trustProxy: false, budget: { points: 2, durationS: 60 } }));
+    app.use(
+      '*',
+      limitByAddress({ redis: await limiterRedis(), prefix: prefix(), trustProxy: false, budget: { points: 2, durationS: 60 } }),
+    );
     app.get('/ip', (c) => c.text(c.get('clientIp')));
     const port = await freePort();
     const server: ServerType = serve({ fetch: app.fetch, port, hostname: '127.0.0.1' });
@@ -169,7 +179,8 @@ describe('per-address limit', () => {
 });
 
 describe('wrong-code guard', () => {
-  const guardOf = async () => createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser: 3, perAddress: 5, windowS: 60, blockS: 120 });
+  const guardOf = async () =>
+    createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser: 3, perAddress: 5, windowS: 60, blockS: 120 });
   /** One attempt: 0 when it may go ahead, else the Retry-After of the 429. */
   const attempt = async (guard: CodeGuard, who: { userId: string; ip: string }): Promise<number> => {
     try {
@@ -218,13 +229,24 @@ describe('wrong-code guard', () => {
   it('counts a burst of concurrent guesses before any is looked up: of 50 at once, at most the budget reach the lookup', async () => {
     const perUser = 10;
     const guard = createCodeGuard({ redis: await limiterRedis(), prefix: prefix(), perUser, perAddress: 1_000, windowS: 600, blockS: 900 });
-    const app = createApp({ queues, redis: await limiterRedis(), log: logger(), jwtSecret: process.env.JWT_SECRET as string, codeSecret: CODE_SECRET, rateLimits: { prefix: prefix(), address: off, user: off, codeGuard: guard } });
+    const app = createApp({
+      queues,
+      redis: await limiterRedis(),
+      log: logger(),
+      jwtSecret: process.env.JWT_SECRET as string,
+      codeSecret: CODE_SECRET,
+      rateLimits: { prefix: prefix(), address: off, user: off, codeGuard: guard },
+    });
     const token = await tokenFor(uniqueId('guesser'));
     const lookups = jest.spyOn(codes, 'policyOfCode');
     try {
       const replies = await Promise.all(
         Array.from({ length: 50 }, (_, i) =>
-          app.request('/api/v1/coupons/issue', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ code: `GUESS${i}XYZ${uniqueId('c')}` }) }),
+          app.request('/api/v1/coupons/issue', {
+            method: 'POST',
+            headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ code: `GUESS${i}XYZ${uniqueId('c')}` }),
+          }),
         ),
       );
       const statuses = replies.map((r) => r.status);
@@ -278,7 +300,9 @@ describe('two web processes over one Redis', () => {
 
   it('share the wrong-code count: a user blocked through one is blocked in the other', async () => {
     const keys = prefix();
-    const [guard1, guard2] = (await Promise.all([limiterRedis(), limiterRedis()])).map((redis) => createCodeGuard({ redis, prefix: keys, perUser: 3, perAddress: 100, windowS: 60, blockS: 120 })) as [CodeGuard, CodeGuard];
+    const [guard1, guard2] = (await Promise.all([limiterRedis(), limiterRedis()])).map((redis) =>
+      createCodeGuard({ redis, prefix: keys, perUser: 3, perAddress: 100, windowS: 60, blockS: 120 }),
+    ) as [CodeGuard, CodeGuard];
     const who = { userId: uniqueId('u'), ip: '203.0.113.70' };
     await guard1.takeAttempt(who);
     await guard1.takeAttempt(who);
@@ -291,7 +315,10 @@ describe('two web processes over one Redis', () => {
 describe('Redis away', () => {
   it('lets requests through when Redis cannot be reached, still limiting in memory, never a 5xx', async () => {
     const nowhere = await limiterRedis(`redis://127.0.0.1:${await freePort()}`);
-    const call = await webProcess({ prefix: prefix(), address: { points: 1_000, durationS: 60 }, user: { points: 3, durationS: 60 } }, nowhere);
+    const call = await webProcess(
+      { prefix: prefix(), address: { points: 1_000, durationS: 60 }, user: { points: 3, durationS: 60 } },
+      nowhere,
+    );
     const [alice, bob] = await Promise.all([tokenFor(uniqueId('alice')), tokenFor(uniqueId('bob'))]);
     const started = Date.now();
     const statuses = [];

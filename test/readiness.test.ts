@@ -139,7 +139,9 @@ describe('readiness while draining', () => {
       expect(await readyAnswer(stack.baseUrl, Date.now())).toMatchObject({ status: 200, body: { status: 'ready' } });
       // The long-poll has reached the web once the web reads the request's outcome from Redis.
       const outcomeKey = `${stack.queuePrefix}:out:${parseRequestId(issued.body.jobId).jobId}`;
-      const readByWeb = new Promise<void>((seen) => monitor.on('monitor', (_time: string, args: string[]) => args[0]?.toLowerCase() === 'hget' && args[1] === outcomeKey && seen()));
+      const readByWeb = new Promise<void>((seen) =>
+        monitor.on('monitor', (_time: string, args: string[]) => args[0]?.toLowerCase() === 'hget' && args[1] === outcomeKey && seen()),
+      );
       const longPoll = api.get(`/api/v1/jobs/${issued.body.jobId}?waitMs=5000`, token);
       await readByWeb;
 
@@ -150,7 +152,7 @@ describe('readiness while draining', () => {
       const answers: ReadyAnswer[] = [];
       let refusedAt = 0;
       // Bounded: a web that never stops taking connections fails the test instead of hanging it.
-      for (const since = Date.now(); Date.now() - since < GRACE_MS + 10_000; ) {
+      for (const since = Date.now(); Date.now() - since < GRACE_MS + 10_000;) {
         const answer = await readyAnswer(stack.baseUrl, since);
         if (!answer) {
           refusedAt = Date.now(); // the grace is over: the web no longer takes connections
@@ -160,7 +162,12 @@ describe('readiness while draining', () => {
         await sleep(50);
       }
       expect(answers.length).toBeGreaterThanOrEqual(1);
-      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', queues: 'ok' } }, at: expect.any(Number) });
+      for (const answer of answers)
+        expect(answer).toEqual({
+          status: 503,
+          body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', queues: 'ok' } },
+          at: expect.any(Number),
+        });
       // Unready for the whole grace, not just for a moment: the web took connections (and answered
       // each 503) until at least the grace after it logged the drain, which it logs before the timer.
       const [drainLine] = await logLinesWhen('readiness-web-drain-web', (l) => l.msg === 'web draining');
@@ -189,7 +196,10 @@ describe('readiness while draining', () => {
       const held = waitForLine(bridge, 'failpoint bridge.before-commit', 30_000);
       await events.publish(stack.paymentsTopic, paymentEvent('PAYMENT_COMPLETED', uniqueId('order')));
       await held;
-      expect(await readyAnswer(url, Date.now())).toMatchObject({ status: 200, body: { status: 'ready', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } } });
+      expect(await readyAnswer(url, Date.now())).toMatchObject({
+        status: 200,
+        body: { status: 'ready', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } },
+      });
 
       const draining = waitForLine(bridge, 'bridge stopping');
       bridge.kill('SIGTERM');
@@ -202,7 +212,12 @@ describe('readiness while draining', () => {
         await sleep(50);
       }
       // Postgres, Redis and Kafka answer: the 503 is the drain's alone.
-      for (const answer of answers) expect(answer).toEqual({ status: 503, body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } }, at: expect.any(Number) });
+      for (const answer of answers)
+        expect(answer).toEqual({
+          status: 503,
+          body: { status: 'draining', checks: { postgres: 'ok', redis: 'ok', kafka: 'ok' } },
+          at: expect.any(Number),
+        });
       expect({ exitCode: bridge.exitCode, signal: bridge.signalCode }).toEqual({ exitCode: null, signal: null });
     } finally {
       // Its batch never finishes, so neither does its drain.

@@ -38,7 +38,11 @@ beforeAll(async () => {
   // pending (its slot held, its coupon not written) long enough for Redis to go down under it.
   const slow = await slowPostgres(20);
   pgProxy = slow.proxy;
-  stack = await startStack({ workers: 0, name: 'redis-restart', env: { REDIS_URL: redisUrl, JOB_LOCK_MS: '3000', JOB_STALLED_INTERVAL_MS: '1000' } });
+  stack = await startStack({
+    workers: 0,
+    name: 'redis-restart',
+    env: { REDIS_URL: redisUrl, JOB_LOCK_MS: '3000', JOB_STALLED_INTERVAL_MS: '1000' },
+  });
   await stack.startWorker({ DATABASE_URL: slow.databaseUrl });
   api = new Api(stack.baseUrl, 64);
 });
@@ -56,7 +60,11 @@ async function admissionState(policyId: string): Promise<{ taken: number; pendin
   const client = new IORedis(redisUrl, { maxRetriesPerRequest: 1 });
   const base = `${stack.queuePrefix}:adm:{${policyId}}`;
   try {
-    const [next, free, pending] = await Promise.all([client.hget(`${base}:stock`, 'next'), client.llen(`${base}:free`), client.hlen(`${base}:pending`)]);
+    const [next, free, pending] = await Promise.all([
+      client.hget(`${base}:stock`, 'next'),
+      client.llen(`${base}:free`),
+      client.hlen(`${base}:pending`),
+    ]);
     return { taken: Math.max(0, Number(next ?? 1) - 1 - free), pending };
   } finally {
     client.disconnect();
@@ -148,7 +156,11 @@ describe.each([
     const waits = new Set(users.filter((_, i) => i % 2 === 0));
     const ask = (user: string) =>
       api
-        .call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: waits.has(user) ? { prefer: 'wait=10' } : {} })
+        .call('POST', '/api/v1/coupons/issue', {
+          token: tokens.get(user),
+          body: { policyId },
+          headers: waits.has(user) ? { prefer: 'wait=10' } : {},
+        })
         .then((reply): Asked => ({ user, reply }));
 
     // Fewer shoppers than units ask before Redis goes back up, so stock is left by construction.
@@ -156,8 +168,18 @@ describe.each([
     const early = users.slice(0, 140);
     let answered = 0;
     const outage = (async () => {
-      await eventually(async () => answered, (n) => n >= 30, 60_000, '30 answers');
-      const atOutage = await eventually(() => admissionState(policyId), (s) => s.pending > 0, 60_000, 'admissions in flight');
+      await eventually(
+        async () => answered,
+        (n) => n >= 30,
+        60_000,
+        '30 answers',
+      );
+      const atOutage = await eventually(
+        () => admissionState(policyId),
+        (s) => s.pending > 0,
+        60_000,
+        'admissions in flight',
+      );
       await takeRedisDown();
       return atOutage;
     })();
@@ -178,7 +200,12 @@ describe.each([
 
     redis = await ensureRedis(redisUrl, quiet);
     expect(redis.started).toBe(true);
-    await eventually(async () => (await api.get('/health/ready')).status, (s) => s === 200, 30_000, 'ready again');
+    await eventually(
+      async () => (await api.get('/health/ready')).status,
+      (s) => s === 200,
+      30_000,
+      'ready again',
+    );
     // Those refused while Redis was away ask again, as a client told 503 would, and the rest ask.
     const refused = [...inFlight, ...during].filter((r) => r.reply.status === 503).map((r) => r.user);
     const after = await mapLimit([...refused, ...users.slice(200)], 32, ask);

@@ -21,7 +21,14 @@ describe('web with a Redis that stops answering', () => {
     let redisUrl: string;
     ({ proxy, redisUrl } = await proxiedRedis());
     const port = await freePort();
-    web = launch('redis-timeout-web', 'src/web/main.ts', { PORT: String(port), QUEUE_PREFIX: uniqueId('q'), REDIS_URL: redisUrl, NODE_ENV: 'test', LOG_LEVEL: 'info', RATE_LIMIT_IP_POINTS: '0' });
+    web = launch('redis-timeout-web', 'src/web/main.ts', {
+      PORT: String(port),
+      QUEUE_PREFIX: uniqueId('q'),
+      REDIS_URL: redisUrl,
+      NODE_ENV: 'test',
+      LOG_LEVEL: 'info',
+      RATE_LIMIT_IP_POINTS: '0',
+    });
     await waitForLine(web, 'web listening');
     api = new Api(`http://127.0.0.1:${port}`, 8);
   });

@@ -18,7 +18,11 @@ const sharedDatabaseUrl = process.env.DATABASE_URL;
 
 beforeAll(async () => {
   process.env.DATABASE_URL = await freshDatabase('coupons_test_timeouts');
-  stack = await startStack({ workers: 1, name: 'timeouts', env: { RESERVATION_TTL_SECONDS: String(TTL_SECONDS), DATABASE_URL: process.env.DATABASE_URL } });
+  stack = await startStack({
+    workers: 1,
+    name: 'timeouts',
+    env: { RESERVATION_TTL_SECONDS: String(TTL_SECONDS), DATABASE_URL: process.env.DATABASE_URL },
+  });
   api = new Api(stack.baseUrl, 64);
   policyId = await createCheckoutPolicy(api, { perUserLimit: 50 });
 });
@@ -40,19 +44,27 @@ interface Row {
 }
 
 const rowsOf = async (ids: string[]) =>
-  (await db().query<Row>('SELECT id, coupon_id, status, expires_at, ended_at, end_reason FROM reservations WHERE id = ANY($1)', [ids])).rows;
+  (await db().query<Row>('SELECT id, coupon_id, status, expires_at, ended_at, end_reason FROM reservations WHERE id = ANY($1)', [ids]))
+    .rows;
 
 /** Reserves every coupon of a fresh shopper at once; returns the reservation ids. */
 async function reserveMany(count: number): Promise<string[]> {
   const shopper = await shopperWith(api, policyId, count);
-  const replies = await Promise.all(shopper.coupons.map((couponId, i) => reserve(api, shopper.token, { couponId, orderId: `t-${i}-${randomUUID()}`, orderAmount: 20_000 })));
+  const replies = await Promise.all(
+    shopper.coupons.map((couponId, i) => reserve(api, shopper.token, { couponId, orderId: `t-${i}-${randomUUID()}`, orderAmount: 20_000 })),
+  );
   const jobs = await Promise.all(replies.map((r) => api.settle(r.body.jobId, shopper.token)));
   expect(jobs.map((j) => j.status)).toEqual(Array(count).fill('succeeded'));
   return jobs.map((j) => j.result.reservationId as string);
 }
 
 async function allExpired(ids: string[], timeoutMs: number): Promise<Row[]> {
-  return eventually(() => rowsOf(ids), (rows) => rows.length === ids.length && rows.every((r) => r.status === 'EXPIRED'), timeoutMs, 'all reservations expired');
+  return eventually(
+    () => rowsOf(ids),
+    (rows) => rows.length === ids.length && rows.every((r) => r.status === 'EXPIRED'),
+    timeoutMs,
+    'all reservations expired',
+  );
 }
 
 describe('reservation timeouts', () => {
@@ -75,7 +87,10 @@ describe('reservation timeouts', () => {
     const ids = await reserveMany(20);
     for (const worker of stack.workers) await stopProcess(worker, 'SIGKILL');
     // Until Postgres's clock is past every expiry: nobody swept meanwhile, so they are overdue and still PENDING.
-    const overdue = () => db().query<{ n: string }>('SELECT count(*) AS n FROM reservations WHERE id = ANY($1) AND expires_at < now()', [ids]).then((r) => Number(r.rows[0]?.n));
+    const overdue = () =>
+      db()
+        .query<{ n: string }>('SELECT count(*) AS n FROM reservations WHERE id = ANY($1) AND expires_at < now()', [ids])
+        .then((r) => Number(r.rows[0]?.n));
     await eventually(overdue, (n) => n === ids.length, (TTL_SECONDS + 30) * 1000, 'every reservation overdue');
     expect((await rowsOf(ids)).map((r) => r.status)).toEqual(Array(20).fill('PENDING'));
 
@@ -99,7 +114,10 @@ describe('reservation timeouts', () => {
          FROM generate_series(1, 2500) g`,
       [policyId, tag],
     );
-    await db().query(`INSERT INTO orders (order_id, user_id) SELECT 'bk-order-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g FROM generate_series(1, 2500) g`, [tag]);
+    await db().query(
+      `INSERT INTO orders (order_id, user_id) SELECT 'bk-order-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g FROM generate_series(1, 2500) g`,
+      [tag],
+    );
     await db().query(
       `INSERT INTO reservations (id, coupon_id, user_id, order_id, order_amount, discount_amount, request_id, expires_at)
        SELECT 'bk-res-' || $1 || '-' || g, 'bk-' || $1 || '-' || g, 'bk-user-' || $1 || '-' || g, 'bk-order-' || $1 || '-' || g, 20000, 3000,
@@ -108,9 +126,13 @@ describe('reservation timeouts', () => {
       [tag],
     );
     await stack.startWorker();
-    const pending = () => db().query<{ n: string }>("SELECT count(*) AS n FROM reservations WHERE id LIKE $1 AND status = 'PENDING'", [`bk-res-${tag}-%`]);
+    const pending = () =>
+      db().query<{ n: string }>("SELECT count(*) AS n FROM reservations WHERE id LIKE $1 AND status = 'PENDING'", [`bk-res-${tag}-%`]);
     await eventually(pending, (r) => r.rows[0]?.n === '0', 60_000, 'backlog cleared');
-    const { rows } = await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE id LIKE $1 AND status = 'ISSUED' AND reservation_id IS NULL", [`bk-${tag}-%`]);
+    const { rows } = await db().query<{ n: string }>(
+      "SELECT count(*) AS n FROM coupons WHERE id LIKE $1 AND status = 'ISSUED' AND reservation_id IS NULL",
+      [`bk-${tag}-%`],
+    );
     expect(rows[0]?.n).toBe('2500');
     // One pass of the new worker's sweeper went through the whole backlog, 100 at a time. Its line
     // comes after the pass's last, empty batch: the rows can all be EXPIRED a moment before it.

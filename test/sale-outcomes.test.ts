@@ -56,7 +56,10 @@ function admissionKeys(policyId: string) {
 async function queuedRequestsOf(policyId: string): Promise<number> {
   const queue = new Queue('issue', { connection: redis, prefix: stack.queuePrefix });
   const jobs = await queue.getWaiting(0, 1000);
-  return jobs.reduce((n, j) => n + (j.data as { requests: { policyId: string }[] }).requests.filter((r) => r.policyId === policyId).length, 0);
+  return jobs.reduce(
+    (n, j) => n + (j.data as { requests: { policyId: string }[] }).requests.filter((r) => r.policyId === policyId).length,
+    0,
+  );
 }
 
 async function carriedRequests(requestIds: string[]): Promise<number> {
@@ -70,7 +73,10 @@ describe('a flash sale told in one round trip', () => {
     const users = Array.from({ length: 600 }, (_, i) => uniqueId(`ow${i}`));
     const tokens = new Map(await Promise.all(users.map(async (u) => [u, await tokenFor(u)] as const)));
     const replies = await Promise.all(
-      users.map(async (user) => ({ user, reply: await api.call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: WAIT }) })),
+      users.map(async (user) => ({
+        user,
+        reply: await api.call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: WAIT }),
+      })),
     );
 
     // One round trip each: a finished view, never a 202 to poll.
@@ -96,7 +102,7 @@ describe('a flash sale told in one round trip', () => {
     expect(carried).toBeLessThan(300);
   });
 
-  it('reads a request\'s own outcome on a poll, for its owner only', async () => {
+  it("reads a request's own outcome on a poll, for its owner only", async () => {
     const policyId = await createPolicy(1);
     const [winner, loser] = [uniqueId('poll-w'), uniqueId('poll-l')];
     const first = await api.post('/api/v1/coupons/issue', await tokenFor(winner), { policyId });
@@ -137,7 +143,13 @@ describe('a flash sale told in one round trip', () => {
     // failed once it is older than the reconciler's orphan age, never a 404.
     const orphanBatch = `iss_${randomUUID()}`;
     const young = { s: 'pending', u: user, c: Date.now() };
-    await redis.hset(`${stack.queuePrefix}:out:${orphanBatch}`, '0', JSON.stringify(young), '1', JSON.stringify({ ...young, c: Date.now() - 60_000 }));
+    await redis.hset(
+      `${stack.queuePrefix}:out:${orphanBatch}`,
+      '0',
+      JSON.stringify(young),
+      '1',
+      JSON.stringify({ ...young, c: Date.now() - 60_000 }),
+    );
     expect((await api.get(`/api/v1/jobs/${orphanBatch}.0`, token)).body.status).toBe('pending');
     const lost = await api.get(`/api/v1/jobs/${orphanBatch}.1`, token);
     expect(lost.body).toMatchObject({ status: 'failed', reason: { code: 'INTERNAL' } });
@@ -150,7 +162,17 @@ describe('a flash sale told in one round trip', () => {
     const keys = admissionKeys(policyId);
     const scripts = withAdmissionScripts(redis);
     const stranded = `iss_${randomUUID()}.0`;
-    const held = await scripts.admitCoupons(keys.meta, keys.stock, keys.free, keys.users, keys.pending, 'FIRST_COME', '0', stranded, uniqueId('ghost'));
+    const held = await scripts.admitCoupons(
+      keys.meta,
+      keys.stock,
+      keys.free,
+      keys.users,
+      keys.pending,
+      'FIRST_COME',
+      '0',
+      stranded,
+      uniqueId('ghost'),
+    );
     expect(held.slice(3, 5)).toEqual(['ADMITTED', 1]);
 
     const shopper = uniqueId('patient');
@@ -169,7 +191,11 @@ describe('a flash sale told in one round trip', () => {
     expect(rows.map((r) => [r.user_id, Number(r.slot)])).toEqual([[shopper, 1]]);
 
     // Now nothing is pending and nothing is left: the next shopper hears SOLD_OUT at once.
-    const late = await api.call('POST', '/api/v1/coupons/issue', { token: await tokenFor(uniqueId('late')), body: { policyId }, headers: WAIT });
+    const late = await api.call('POST', '/api/v1/coupons/issue', {
+      token: await tokenFor(uniqueId('late')),
+      body: { policyId },
+      headers: WAIT,
+    });
     expect(late.body).toMatchObject({ status: 'rejected', reason: { code: 'SOLD_OUT' } });
   });
 
@@ -208,12 +234,20 @@ describe('an Idempotency-Key whose first request vanished', () => {
     const fp = fingerprint({ policyId, via: 'policy', codeHash: null, userId: user });
     await redis.set(redisKey, `${fp}|${lostId}|${Date.now() - 60_000}`, 'EX', 3600);
 
-    const retry = await api.call('POST', '/api/v1/coupons/issue', { token, body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } });
+    const retry = await api.call('POST', '/api/v1/coupons/issue', {
+      token,
+      body: { policyId },
+      headers: { ...WAIT, 'idempotency-key': key },
+    });
     expect(retry.status).toBe(200);
     expect(retry.body.status).toBe('succeeded');
     expect(retry.body.jobId).not.toBe(lostId);
     // The key now names the retry: another retry answers the same.
-    const again = await api.call('POST', '/api/v1/coupons/issue', { token, body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } });
+    const again = await api.call('POST', '/api/v1/coupons/issue', {
+      token,
+      body: { policyId },
+      headers: { ...WAIT, 'idempotency-key': key },
+    });
     expect(again.body).toMatchObject({ jobId: retry.body.jobId, status: 'succeeded', result: { id: retry.body.result.id } });
     expect(await couponsOf(policyId)).toHaveLength(1);
   });
@@ -234,8 +268,15 @@ describe('a web process killed while it holds waiting shoppers', () => {
     try {
       const inFlight = users.map(({ user, key }) =>
         victimApi
-          .call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } })
-          .then((reply) => ({ answered: reply.status }), (error: Error) => ({ error: error.message })),
+          .call('POST', '/api/v1/coupons/issue', {
+            token: tokens.get(user),
+            body: { policyId },
+            headers: { ...WAIT, 'idempotency-key': key },
+          })
+          .then(
+            (reply) => ({ answered: reply.status }),
+            (error: Error) => ({ error: error.message }),
+          ),
       );
       // Positive signal: all 40 requests are queued (20 admitted, 20 waiting for a unit to come back).
       const until = Date.now() + 30_000;
@@ -251,7 +292,11 @@ describe('a web process killed while it holds waiting shoppers', () => {
     }
 
     const retried = await mapLimit(users, 40, async ({ user, key }) => {
-      const reply = await survivor.call('POST', '/api/v1/coupons/issue', { token: tokens.get(user), body: { policyId }, headers: { ...WAIT, 'idempotency-key': key } });
+      const reply = await survivor.call('POST', '/api/v1/coupons/issue', {
+        token: tokens.get(user),
+        body: { policyId },
+        headers: { ...WAIT, 'idempotency-key': key },
+      });
       return { user, reply };
     });
     await victimApi.close().catch(() => undefined);

@@ -69,11 +69,20 @@ function percentile(sorted: number[], p: number): number {
 
 /** A stats answer computed after `after` (answers are cached for about a second). */
 async function statsAfter(path: string, after: number) {
-  return eventually(() => api.get(path, admin), (r) => r.status === 200 && Date.parse(r.body.asOf) > after, 15_000, `${path} computed after the settle`).then((r) => r.body);
+  return eventually(
+    () => api.get(path, admin),
+    (r) => r.status === 200 && Date.parse(r.body.asOf) > after,
+    15_000,
+    `${path} computed after the settle`,
+  ).then((r) => r.body);
 }
 
 /** One send for many events (keyed by order, as the payment system keys them). */
-const publish = (list: { orderId: string }[]) => events.send(stack.paymentsTopic, list.map((e) => ({ key: e.orderId, value: JSON.stringify(e) })));
+const publish = (list: { orderId: string }[]) =>
+  events.send(
+    stack.paymentsTopic,
+    list.map((e) => ({ key: e.orderId, value: JSON.stringify(e) })),
+  );
 
 const createPolicy = (overrides: Record<string, unknown>) => createPolicyVia(api, overrides);
 
@@ -87,14 +96,20 @@ describe('statistics', () => {
     const users = Array.from({ length: 400 }, (_, i) => uniqueId(`st${i}`));
     const tokens = new Map(await Promise.all(users.map(async (u) => [u, await tokenFor(u)] as const)));
     const accepted = await Promise.all(
-      users.flatMap((user) => [0, 1].map(async () => ({ user, reply: await api.post('/api/v1/coupons/issue', tokens.get(user), { policyId: saleId }) }))),
+      users.flatMap((user) =>
+        [0, 1].map(async () => ({ user, reply: await api.post('/api/v1/coupons/issue', tokens.get(user), { policyId: saleId }) })),
+      ),
     );
     expect(accepted.map((a) => a.reply.status)).toEqual(Array(800).fill(202));
-    const jobs = await mapLimit(accepted, 128, async ({ user, reply }) => ({ user, job: await api.settle(reply.body.jobId, tokens.get(user) as string) }));
+    const jobs = await mapLimit(accepted, 128, async ({ user, reply }) => ({
+      user,
+      job: await api.settle(reply.body.jobId, tokens.get(user) as string),
+    }));
     const winners = jobs.filter((j) => j.job.status === 'succeeded');
     expect(winners).toHaveLength(150);
     const rejectedSeen: Record<string, number> = {};
-    for (const { job } of jobs.filter((j) => j.job.status === 'rejected')) rejectedSeen[job.reason.code] = (rejectedSeen[job.reason.code] ?? 0) + 1;
+    for (const { job } of jobs.filter((j) => j.job.status === 'rejected'))
+      rejectedSeen[job.reason.code] = (rejectedSeen[job.reason.code] ?? 0) + 1;
     expect(Object.keys(rejectedSeen).sort()).toEqual(expect.arrayContaining(['SOLD_OUT']));
     expect((rejectedSeen.SOLD_OUT ?? 0) + (rejectedSeen.USER_LIMIT_REACHED ?? 0)).toBe(650);
     expect(rejectedSeen.SOLD_OUT).toBe(800 - 150 - (rejectedSeen.USER_LIMIT_REACHED ?? 0));
@@ -131,8 +146,16 @@ describe('statistics', () => {
         expect((await api.settle(reply.body.jobId, r.token)).status).toBe('succeeded');
       }),
     );
-    const processed = (ids: string[]) => pg.query<{ n: string }>("SELECT count(*) AS n FROM processed_events WHERE source = 'payments' AND event_id = ANY($1)", [ids]).then((r) => Number(r.rows[0]?.n));
-    await eventually(() => processed([...payEvents, ...failEvents].map((e) => e.eventId)), (n) => n === 35, 60_000, 'payments and failures applied');
+    const processed = (ids: string[]) =>
+      pg
+        .query<{ n: string }>("SELECT count(*) AS n FROM processed_events WHERE source = 'payments' AND event_id = ANY($1)", [ids])
+        .then((r) => Number(r.rows[0]?.n));
+    await eventually(
+      () => processed([...payEvents, ...failEvents].map((e) => e.eventId)),
+      (n) => n === 35,
+      60_000,
+      'payments and failures applied',
+    );
 
     // Two refunds of used coupons (the policy restores them), and a conflict: the first cancelled
     // coupon is reserved for another order, then the payment of its first order arrives.
@@ -142,13 +165,20 @@ describe('statistics', () => {
     expect((await api.settle(second.body.jobId, again.token)).status).toBe('succeeded');
     const late = paymentEvent('PAYMENT_COMPLETED', again.orderId, { reservationId: again.reservationId });
     await publish([...refunds, late]);
-    await eventually(() => processed([...refunds, late].map((e) => e.eventId)), (n) => n === 3, 60_000, 'refunds and the late payment applied');
-    const conflict = await pg.query("SELECT outcome FROM processed_events WHERE event_id = $1", [late.eventId]);
+    await eventually(
+      () => processed([...refunds, late].map((e) => e.eventId)),
+      (n) => n === 3,
+      60_000,
+      'refunds and the late payment applied',
+    );
+    const conflict = await pg.query('SELECT outcome FROM processed_events WHERE event_id = $1', [late.eventId]);
     expect(conflict.rows[0]?.outcome).toBe('CONFLICT');
 
     // Five untouched coupons expire; one untouched winner also downloads three long-lived coupons.
     const untouched = holders.slice(60);
-    await pg.query("UPDATE coupons SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", [untouched.slice(0, 5).map((h) => h.couponId)]);
+    await pg.query("UPDATE coupons SET expires_at = now() - interval '1 second' WHERE id = ANY($1)", [
+      untouched.slice(0, 5).map((h) => h.couponId),
+    ]);
     const collector = untouched[10] as (typeof untouched)[number];
     for (let i = 0; i < 3; i += 1) {
       const reply = await api.post('/api/v1/coupons/issue', collector.token, { policyId: downloadId });
@@ -158,10 +188,14 @@ describe('statistics', () => {
     // wait until Redis holds every refusal the test saw, then ask for answers computed after that.
     const counters = new IORedis(process.env.REDIS_URL as string);
     try {
-      const counted = async () => [await counters.hgetall(`${stack.queuePrefix}:stats:{${saleId}}:rejected`), await counters.hgetall(`${stack.queuePrefix}:stats:rejected`)];
+      const counted = async () => [
+        await counters.hgetall(`${stack.queuePrefix}:stats:{${saleId}}:rejected`),
+        await counters.hgetall(`${stack.queuePrefix}:stats:rejected`),
+      ];
       const all = { ...rejectedSeen, POLICY_NOT_FOUND: 1, CODE_NOT_FOUND: 1 };
       const same = (hash: Record<string, string> | undefined, byReason: Record<string, number>) =>
-        Object.keys(hash ?? {}).length === Object.keys(byReason).length && Object.entries(byReason).every(([code, n]) => Number(hash?.[code]) === n);
+        Object.keys(hash ?? {}).length === Object.keys(byReason).length &&
+        Object.entries(byReason).every(([code, n]) => Number(hash?.[code]) === n);
       await eventually(counted, ([sale, service]) => same(sale, rejectedSeen) && same(service, all), 15_000, 'every rejection counted');
     } finally {
       counters.disconnect();
@@ -174,7 +208,14 @@ describe('statistics', () => {
     const rows = await rowsOf('policy_id', saleId);
     const expected = { issued: 150, available: 150 - 28 - 16 - 5, reserved: 15 + 1, used: 30 - 2, expired: 5 };
     expect(countsOf(rows, asOf)).toEqual(expected);
-    expect(stats).toMatchObject({ policyId: saleId, status: 'ACTIVE', issueMethod: 'FIRST_COME', totalQuantity: 150, remaining: 0, ...expected });
+    expect(stats).toMatchObject({
+      policyId: saleId,
+      status: 'ACTIVE',
+      issueMethod: 'FIRST_COME',
+      totalQuantity: 150,
+      remaining: 0,
+      ...expected,
+    });
     expect(stats.useRate).toBeCloseTo(28 / 150, 10);
     expect(stats.rejected).toEqual({ total: 650, byReason: rejectedSeen });
     const conflicts = await pg.query<{ n: string }>(
@@ -201,7 +242,10 @@ describe('statistics', () => {
     expect(stats.issuedPerMinute.reduce((sum: number, b: { count: number }) => sum + b.count, 0)).toBe(150);
 
     // Time from issue to use, over the coupons now USED.
-    const useSeconds = rows.filter((r) => r.status === 'USED').map((r) => ((r.used_at as Date).getTime() - r.issued_at.getTime()) / 1000).sort((a, b) => a - b);
+    const useSeconds = rows
+      .filter((r) => r.status === 'USED')
+      .map((r) => ((r.used_at as Date).getTime() - r.issued_at.getTime()) / 1000)
+      .sort((a, b) => a - b);
     expect(stats.issueToUse.count).toBe(28);
     expect(stats.issueToUse.avgSeconds).toBeCloseTo(useSeconds.reduce((a, b) => a + b, 0) / useSeconds.length, 2);
     expect(stats.issueToUse.p50Seconds).toBeCloseTo(percentile(useSeconds, 0.5), 2);
@@ -212,7 +256,16 @@ describe('statistics', () => {
 
     // The unlimited policy: no remaining, no rejections, nothing used yet.
     const download = await statsAfter(`/api/v1/coupons/policies/${downloadId}/stats`, settled);
-    expect(download).toMatchObject({ totalQuantity: null, remaining: null, issued: 3, available: 3, used: 0, useRate: 0, rejected: { total: 0, byReason: {} }, issueToUse: { count: 0, avgSeconds: null, p50Seconds: null, p95Seconds: null } });
+    expect(download).toMatchObject({
+      totalQuantity: null,
+      remaining: null,
+      issued: 3,
+      available: 3,
+      used: 0,
+      useRate: 0,
+      rejected: { total: 0, byReason: {} },
+      issueToUse: { count: 0, avgSeconds: null, p50Seconds: null, p95Seconds: null },
+    });
 
     // Service totals and the busiest policies.
     const all = await statsAfter('/api/v1/stats?top=5', settled);
@@ -243,12 +296,29 @@ describe('statistics', () => {
     }
 
     // A user's statistics: the collector holds a 7-day sale coupon and three 30-day ones.
-    const mine = await eventually(() => api.get(`/api/v1/coupons/users/${collector.user}/stats`, collector.token), (r) => r.status === 200 && Date.parse(r.body.asOf) > settled, 15_000).then((r) => r.body);
+    const mine = await eventually(
+      () => api.get(`/api/v1/coupons/users/${collector.user}/stats`, collector.token),
+      (r) => r.status === 200 && Date.parse(r.body.asOf) > settled,
+      15_000,
+    ).then((r) => r.body);
     const myRows = await rowsOf('user_id', collector.user);
     expect(countsOf(myRows, new Date(mine.asOf))).toMatchObject({ issued: 4, available: 4 });
-    expect(mine).toMatchObject({ userId: collector.user, issued: 4, available: 4, reserved: 0, used: 0, expired: 0, expiringWithin7Days: 1 });
+    expect(mine).toMatchObject({
+      userId: collector.user,
+      issued: 4,
+      available: 4,
+      reserved: 0,
+      used: 0,
+      expired: 0,
+      expiringWithin7Days: 1,
+    });
     expect(userStatsSchema.strict().safeParse(mine).error).toBeUndefined();
-    expect(mine.nextExpiresAt).toBe(myRows.map((r) => r.expires_at).sort((a, b) => a.getTime() - b.getTime())[0]?.toISOString());
+    expect(mine.nextExpiresAt).toBe(
+      myRows
+        .map((r) => r.expires_at)
+        .sort((a, b) => a.getTime() - b.getTime())[0]
+        ?.toISOString(),
+    );
     const payer = paid[5] as (typeof paid)[number];
     const payerStats = await statsAfter(`/api/v1/coupons/users/${payer.user}/stats`, settled);
     expect(payerStats).toMatchObject({ issued: 1, used: 1, available: 0, expiringWithin7Days: 0, nextExpiresAt: null });
@@ -266,7 +336,9 @@ describe('statistics', () => {
       await cached.set(key, JSON.stringify({ ...entry, freshUntil: at }), 'PX', 60_000);
     };
     try {
-      expect((JSON.parse((await cached.get(key)) as string) as { freshUntil: number }).freshUntil).toBeGreaterThanOrEqual(Date.parse(first.asOf) + 1_000);
+      expect((JSON.parse((await cached.get(key)) as string) as { freshUntil: number }).freshUntil).toBeGreaterThanOrEqual(
+        Date.parse(first.asOf) + 1_000,
+      );
       // While it is fresh (made to last an hour, whatever the machine's pace), the same answer again,
       // though a coupon is issued meanwhile.
       await setFreshUntil(Date.now() + 3_600_000);

@@ -20,10 +20,7 @@ describe('npm start with a process that always dies', () => {
   it('restarts it with backoff, then gives up: stops the rest and exits 1', async () => {
     dir = mkdtempSync(join(tmpdir(), 'procfile-'));
     const procfile = join(dir, 'Procfile');
-    writeFileSync(
-      procfile,
-      ['crasher: echo "failing on purpose" >&2; exit 3', 'quitter: exit 0', 'steady: exec sleep 300', ''].join('\n'),
-    );
+    writeFileSync(procfile, ['crasher: echo "failing on purpose" >&2; exit 3', 'quitter: exit 0', 'steady: exec sleep 300', ''].join('\n'));
     const prefix = uniqueId('q');
     runner = startRunner('supervisor-crash-loop', ['-f', procfile], {
       QUEUE_PREFIX: prefix,
@@ -37,7 +34,11 @@ describe('npm start with a process that always dies', () => {
     // Each crash of the loop was restarted once, with the delay doubling from 0.5 s.
     const restarts = own.filter((line) => line.startsWith('warning: start: crasher.1 exited unexpectedly'));
     expect(restarts.length).toBeGreaterThanOrEqual(5);
-    expect(restarts.slice(0, 5).map((line) => /\(exit code 3, .*\); restart (\d+) \(attempt (\d+) in a row\) in ([\d.]+) s$/.exec(line)?.slice(1))).toEqual([
+    expect(
+      restarts
+        .slice(0, 5)
+        .map((line) => /\(exit code 3, .*\); restart (\d+) \(attempt (\d+) in a row\) in ([\d.]+) s$/.exec(line)?.slice(1)),
+    ).toEqual([
       ['1', '1', '0.5'],
       ['2', '2', '1.0'],
       ['3', '3', '2.0'],
@@ -54,7 +55,9 @@ describe('npm start with a process that always dies', () => {
     expect(own).toContain('start: stopping steady.1...');
     expect(own).toContain('start: steady.1 stopped (signal SIGTERM)');
     expect(own).toContainEqual(expect.stringMatching(/^start: restarts per process: crasher\.1 [4-5], quitter\.1 [4-5], steady\.1 0$/));
-    expect(own.at(-1)).toMatch(/^start: stopped because (crasher|quitter)\.1 crashed 6 times within 60 s \(more than 5\); giving up \(exit code 1\)$/);
+    expect(own.at(-1)).toMatch(
+      /^start: stopped because (crasher|quitter)\.1 crashed 6 times within 60 s \(more than 5\); giving up \(exit code 1\)$/,
+    );
     expect(runner.pidsOf('steady.1')).toHaveLength(1);
     expect(runner.pidsOf('steady.1').filter((pid) => groupAlive(pid))).toEqual([]);
   }, 90_000);

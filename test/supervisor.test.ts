@@ -57,7 +57,13 @@ beforeAll(async () => {
     BULL_BOARD_PASSWORD: '',
   });
   await runner.waitFor(/^start: web\.1, worker\.1, worker\.2, bridge\.1 running/, 90_000);
-  await eventuallyTrue(() => ['worker.1', 'worker.2'].every((w) => runner.logOf(w).some((l) => l.msg === 'worker started')) && runner.logOf('web.1').some((l) => l.msg === 'web listening'), 60_000, 'web and workers to start');
+  await eventuallyTrue(
+    () =>
+      ['worker.1', 'worker.2'].every((w) => runner.logOf(w).some((l) => l.msg === 'worker started')) &&
+      runner.logOf('web.1').some((l) => l.msg === 'web listening'),
+    60_000,
+    'web and workers to start',
+  );
   api = new Api(`http://127.0.0.1:${webPort}`, 64);
 }, 150_000);
 
@@ -130,11 +136,23 @@ describe('npm start with worker=2, one worker SIGKILLed mid-sale', () => {
       process.kill(oldPid, 'SIGKILL');
 
       // The runner notices, says so, and starts the worker again under a new pid.
-      await runner.waitFor(new RegExp(`^warning: start: ${victim.replace('.', '\\.')} exited unexpectedly \\(signal SIGKILL, pid ${oldPid}.*restart 1 \\(attempt 1 in a row\\) in 0\\.5 s`), 20_000);
-      const restarted = await runner.waitFor(new RegExp(`^start: ${victim.replace('.', '\\.')} started again \\(restart 1\\), pid (\\d+)`), 20_000);
+      await runner.waitFor(
+        new RegExp(
+          `^warning: start: ${victim.replace('.', '\\.')} exited unexpectedly \\(signal SIGKILL, pid ${oldPid}.*restart 1 \\(attempt 1 in a row\\) in 0\\.5 s`,
+        ),
+        20_000,
+      );
+      const restarted = await runner.waitFor(
+        new RegExp(`^start: ${victim.replace('.', '\\.')} started again \\(restart 1\\), pid (\\d+)`),
+        20_000,
+      );
       const newPid = Number(restarted[1]);
       expect(newPid).not.toBe(oldPid);
-      await eventuallyTrue(() => runner.logOf(victim).some((l) => l.msg === 'worker started' && l.pid === newPid), 60_000, 'the restarted worker to start');
+      await eventuallyTrue(
+        () => runner.logOf(victim).some((l) => l.msg === 'worker started' && l.pid === newPid),
+        60_000,
+        'the restarted worker to start',
+      );
 
       const replies = await sale;
       expect(replies.map((r) => r.status)).toEqual(Array(SHOPPERS).fill(202));
@@ -169,13 +187,21 @@ async function stopsInOrder(restartedWorker: string): Promise<void> {
   await runner.waitFor(/^bridge\.1\s*\| .*"bridge joined the consumer group"/, 60_000);
   // No connection of ours keeps the web draining.
   await closeApi();
-  const opsPorts = ['worker.1', 'worker.2', 'bridge.1'].flatMap((p) => runner.logOf(p).filter((l) => l.msg === 'ops server listening').map((l) => l.port as number));
+  const opsPorts = ['worker.1', 'worker.2', 'bridge.1'].flatMap((p) =>
+    runner
+      .logOf(p)
+      .filter((l) => l.msg === 'ops server listening')
+      .map((l) => l.port as number),
+  );
   const pids = ['web.1', 'worker.1', 'worker.2', 'bridge.1'].flatMap((p) => runner.pidsOf(p));
   const since = runner.lines().length;
   runner.child.kill('SIGINT');
   expect(await runner.exited).toBe(0);
 
-  const own = runner.lines().slice(since).filter((line) => /^(warning: )?start: /.test(line));
+  const own = runner
+    .lines()
+    .slice(since)
+    .filter((line) => /^(warning: )?start: /.test(line));
   expect(own.filter((line) => /^start: (stopping |\S+ stopped \(|stopped)/.test(line))).toEqual([
     'start: stopping web.1...',
     'start: web.1 stopped (exit code 0)',
@@ -189,7 +215,11 @@ async function stopsInOrder(restartedWorker: string): Promise<void> {
   // The stop restarted nothing, and the summary counts the one restart.
   expect(own.filter((line) => line.includes('exited unexpectedly'))).toEqual([]);
   const counts = { 'web.1': 0, 'worker.1': 0, 'worker.2': 0, 'bridge.1': 0, [restartedWorker]: 1 };
-  expect(own).toContain(`start: restarts per process: ${Object.entries(counts).map(([name, n]) => `${name} ${n}`).join(', ')}`);
+  expect(own).toContain(
+    `start: restarts per process: ${Object.entries(counts)
+      .map(([name, n]) => `${name} ${n}`)
+      .join(', ')}`,
+  );
 
   expect(pids.filter((pid) => isAlive(pid))).toEqual([]);
   expect(opsPorts.length).toBeGreaterThanOrEqual(4);

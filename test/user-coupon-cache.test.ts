@@ -32,7 +32,11 @@ beforeAll(async () => {
   process.env.DATABASE_URL = await freshDatabase('coupons_test_user_cache');
   process.env.QUEUE_PREFIX = prefix;
   expect(config().QUEUE_PREFIX).toBe(prefix);
-  stack = await startStack({ workers: 1, name: 'user-coupon-cache', env: { DATABASE_URL: process.env.DATABASE_URL, QUEUE_PREFIX: prefix } });
+  stack = await startStack({
+    workers: 1,
+    name: 'user-coupon-cache',
+    env: { DATABASE_URL: process.env.DATABASE_URL, QUEUE_PREFIX: prefix },
+  });
   api = new Api(stack.baseUrl, 16);
   initModels(sequelize());
   redis = createRedis('client');
@@ -53,7 +57,8 @@ afterAll(async () => {
 const ids = (page: { data: { id: string }[] }) => page.data.map((c) => c.id);
 const statuses = (page: { data: { status: string }[] }) => page.data.map((c) => c.status);
 /** The queries cached for the user (fill tickets left out). */
-const cachedQueries = async (userId: string) => (await redis.hkeys(redisKeys().userCoupons(userId))).filter((f) => f.startsWith('q:')).sort();
+const cachedQueries = async (userId: string) =>
+  (await redis.hkeys(redisKeys().userCoupons(userId))).filter((f) => f.startsWith('q:')).sort();
 
 async function list(shopper: Shopper, query = '') {
   const reply = await api.get(`/api/v1/coupons/users/${shopper.id}${query}`, shopper.token);
@@ -119,7 +124,12 @@ describe('over HTTP, a list read after a change is never stale', () => {
     expect(statuses(await listCached(shopper))).toEqual(['RESERVED']);
     await db().query("UPDATE reservations SET expires_at = now() - interval '1 second' WHERE id = $1", [reserved.result.reservationId]);
     // Without the sweeper's invalidation the cached RESERVED would stay for the TTL (5 minutes).
-    await eventually(() => list(shopper), (page) => page.data[0]?.status === 'AVAILABLE', 10_000, 'the list shows the coupon back');
+    await eventually(
+      () => list(shopper),
+      (page) => page.data[0]?.status === 'AVAILABLE',
+      10_000,
+      'the list shows the coupon back',
+    );
   });
 });
 

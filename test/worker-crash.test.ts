@@ -63,8 +63,18 @@ describe('a worker killed mid-sale', () => {
     // whose coupons are not written yet, then bring two fresh ones up, as a process manager would.
     let accepted = 0;
     const crash = (async () => {
-      await eventually(async () => accepted, (n) => n >= 150, 60_000, '150 requests accepted');
-      await eventually(() => admittedJobsInFlight(stack.queuePrefix, policyId), (ids) => ids.length > 0, 60_000, 'a job in flight holding admissions');
+      await eventually(
+        async () => accepted,
+        (n) => n >= 150,
+        60_000,
+        '150 requests accepted',
+      );
+      await eventually(
+        () => admittedJobsInFlight(stack.queuePrefix, policyId),
+        (ids) => ids.length > 0,
+        60_000,
+        'a job in flight holding admissions',
+      );
       await killed(victim);
       // No worker runs now: what is still active holding admissions was cut off by the kill.
       const cutOff = await admittedJobsInFlight(stack.queuePrefix, policyId);
@@ -96,7 +106,9 @@ describe('a worker killed mid-sale', () => {
     expect(winners).toEqual(new Set(rows.map((r) => r.id)));
     // Every job the kill cut off holding admissions was taken over and finished by another worker.
     const cutOffJobs = await jobsById(stack.queuePrefix, 'issue', cutOff);
-    expect(cutOffJobs.map((j) => j && { finished: j.finishedOn !== undefined, takenOver: wasTakenOver(j) })).toEqual(cutOff.map(() => ({ finished: true, takenOver: true })));
+    expect(cutOffJobs.map((j) => j && { finished: j.finishedOn !== undefined, takenOver: wasTakenOver(j) })).toEqual(
+      cutOff.map(() => ({ finished: true, takenOver: true })),
+    );
   });
 });
 
@@ -118,7 +130,12 @@ describe('workers killed mid-grant', () => {
       const [view, held] = await Promise.all([api.get(`/api/v1/jobs/${jobId}`, admin), pendingAdmissions(stack.queuePrefix, policyId)]);
       return { status: view.body.status as string, done: (view.body.progress?.done ?? 0) as number, held };
     };
-    const underWay = await eventually(grantInFlight, (g) => g.status !== 'pending' || (g.done >= 100 && g.held > 0), 60_000, 'the grant under way');
+    const underWay = await eventually(
+      grantInFlight,
+      (g) => g.status !== 'pending' || (g.done >= 100 && g.held > 0),
+      60_000,
+      'the grant under way',
+    );
     expect(underWay.status).toBe('pending');
     const victims = stack.workers.filter((w) => w.exitCode === null && w.signalCode === null);
     await Promise.all(victims.map((w) => killed(w)));

@@ -22,7 +22,9 @@ return left + 1`;
 const prefix = process.env.BASELINE_PREFIX ?? 'bench-baseline:';
 const redis = new IORedis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379');
 redis.defineCommand('admit', { numberOfKeys: 2, lua: ADMIT });
-const pg = process.env.DATABASE_URL ? new Pool({ connectionString: process.env.DATABASE_URL, max: 10, application_name: 'coupon-bench-baseline' }) : null;
+const pg = process.env.DATABASE_URL
+  ? new Pool({ connectionString: process.env.DATABASE_URL, max: 10, application_name: 'coupon-bench-baseline' })
+  : null;
 
 const won = (id: string | number) => ({ status: 'succeeded', result: { id: String(id) } });
 const soldOut = { status: 'rejected', reason: { code: 'SOLD_OUT', message: 'sold out' } };
@@ -39,13 +41,20 @@ app.post('/hello', (c) => c.json({ status: 'succeeded', result: { id: 'hello' } 
 app.post('/admit', async (c) => {
   const { policyId } = await c.req.json<{ policyId: string }>();
   const user = subject(c.req.header('authorization'));
-  const slot = (await (redis as unknown as { admit(a: string, b: string, u: string): Promise<number> }).admit(`${prefix}${policyId}:users`, `${prefix}${policyId}:stock`, user));
+  const slot = await (redis as unknown as { admit(a: string, b: string, u: string): Promise<number> }).admit(
+    `${prefix}${policyId}:users`,
+    `${prefix}${policyId}:stock`,
+    user,
+  );
   return c.json(slot > 0 ? won(slot) : slot === 0 ? soldOut : again);
 });
 app.post('/insert', async (c) => {
   if (!pg) return c.json({ error: 'no DATABASE_URL' }, 500);
   const { policyId } = await c.req.json<{ policyId: string }>();
-  const { rows } = await pg.query<{ id: string }>('INSERT INTO bench_baseline_inserts (sale, user_id) VALUES ($1, $2) RETURNING id', [policyId, subject(c.req.header('authorization'))]);
+  const { rows } = await pg.query<{ id: string }>('INSERT INTO bench_baseline_inserts (sale, user_id) VALUES ($1, $2) RETURNING id', [
+    policyId,
+    subject(c.req.header('authorization')),
+  ]);
   return c.json(won(rows[0]?.id ?? 0));
 });
 

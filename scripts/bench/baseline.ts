@@ -30,7 +30,9 @@ export async function startBaseline(opts: { redisUrl: string; log: (line: string
   const pg = new PgClient({ connectionString: database.url, application_name: 'coupon-bench' });
   await pg.connect();
   try {
-    await pg.query('CREATE TABLE IF NOT EXISTS bench_baseline_inserts (id bigserial PRIMARY KEY, sale text NOT NULL, user_id text NOT NULL, at timestamptz NOT NULL DEFAULT now())');
+    await pg.query(
+      'CREATE TABLE IF NOT EXISTS bench_baseline_inserts (id bigserial PRIMARY KEY, sale text NOT NULL, user_id text NOT NULL, at timestamptz NOT NULL DEFAULT now())',
+    );
   } finally {
     await pg.end();
   }

@@ -24,7 +24,13 @@ export interface Checkout {
 }
 
 /** A JSON call to the stack with a user's token: its status and parsed body. */
-export type Call = (method: 'GET' | 'POST', url: string, token: string, body?: unknown, headers?: Record<string, string>) => Promise<{ status: number; body: any }>;
+export type Call = (
+  method: 'GET' | 'POST',
+  url: string,
+  token: string,
+  body?: unknown,
+  headers?: Record<string, string>,
+) => Promise<{ status: number; body: any }>;
 
 /** Calls to the stack at baseUrl over the agent's keep-alive connections. */
 export function apiClient(baseUrl: string, agent: Agent): Call {
@@ -64,7 +70,13 @@ export function eventPublisher(producer: Producer, topic: string) {
   };
   return {
     publish(checkout: Checkout) {
-      const event = { eventId: randomUUID(), type: 'PAYMENT_COMPLETED', orderId: checkout.orderId, userId: checkout.userId, occurredAt: new Date().toISOString() };
+      const event = {
+        eventId: randomUUID(),
+        type: 'PAYMENT_COMPLETED',
+        orderId: checkout.orderId,
+        userId: checkout.userId,
+        occurredAt: new Date().toISOString(),
+      };
       buffer.push({ checkout, value: JSON.stringify(event) });
       // Sent every few milliseconds, as a payment system batches its produce requests; each event's
       // publication time is when its batch goes out, so the wait before it is not counted.
@@ -84,7 +96,13 @@ async function checkout(call: Call, publisher: EventPublisher, c: Checkout, toke
   try {
     // Prefer: wait asks the reserve to answer with the finished job (200) when it finishes within
     // 10 s, as a checkout page would; a 202 (still pending) falls back to long-polling the job.
-    const reply = await call('POST', '/api/v1/coupons/reserve', token, { couponId: c.couponId, orderId: c.orderId, orderAmount: 50_000 }, { 'idempotency-key': randomUUID(), prefer: 'wait=10' });
+    const reply = await call(
+      'POST',
+      '/api/v1/coupons/reserve',
+      token,
+      { couponId: c.couponId, orderId: c.orderId, orderAmount: 50_000 },
+      { 'idempotency-key': randomUUID(), prefer: 'wait=10' },
+    );
     if (reply.status !== 200 && reply.status !== 202) throw new Error(`reserve answered ${reply.status} ${reply.body?.error?.code ?? ''}`);
     let job = reply;
     while (job.body.status === 'pending') {
@@ -110,7 +128,12 @@ export interface DriveResult {
 }
 
 /** The open loop: checkout i starts at loadStart + i / rate, whatever the earlier ones are doing. */
-export async function drive(call: Call, publisher: EventPublisher, set: { checkouts: Checkout[]; tokens: string[] }, rate: number): Promise<DriveResult> {
+export async function drive(
+  call: Call,
+  publisher: EventPublisher,
+  set: { checkouts: Checkout[]; tokens: string[] },
+  rate: number,
+): Promise<DriveResult> {
   const loadStart = wallNow();
   const inFlight = new Set<Promise<void>>();
   let next = 0;
@@ -131,7 +154,9 @@ export async function drive(call: Call, publisher: EventPublisher, set: { checko
     maxInFlight = Math.max(maxInFlight, inFlight.size);
     if (wallNow() - lastProgress > 5_000) {
       lastProgress = wallNow();
-      note(`  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`);
+      note(
+        `  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`,
+      );
     }
     await sleep(TICK_MS);
   }

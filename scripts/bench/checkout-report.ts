@@ -32,10 +32,19 @@ export function runLines(r: CheckoutRun, runs: number): string[] {
     `  reserve (POST → reservation exists): p50 ${fmtMs(measure.reserveMs.p50)} / p95 ${fmtMs(measure.reserveMs.p95)} / p99 ${fmtMs(measure.reserveMs.p99)}`,
     `  event published → coupon USED:      p50 ${fmtMs(measure.eventToUsedMs.p50)} / p95 ${fmtMs(measure.eventToUsedMs.p95)} / p99 ${fmtMs(measure.eventToUsedMs.p99)} / max ${fmtMs(measure.eventToUsedMs.max)}`,
     `  last coupon USED ${fmtMs(measure.tailAfterLoadMs)} after the last checkout started (${r.keptPace ? 'kept pace' : 'fell behind'}); at most ${fmtInt(measure.maxInFlight)} checkouts in flight`,
-    `  cpu ms per checkout: ${Object.entries(measure.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${measure.machineBusyPct}% busy; redis ${measure.redisBytesPerCheckout === null ? 'n/a' : fmtInt(measure.redisBytesPerCheckout)} B/checkout`,
+    `  cpu ms per checkout: ${Object.entries(measure.cpuMsPerCheckout)
+      .map(([g, ms]) => `${g} ${ms}`)
+      .join(
+        ', ',
+      )}; machine ${measure.machineBusyPct}% busy; redis ${measure.redisBytesPerCheckout === null ? 'n/a' : fmtInt(measure.redisBytesPerCheckout)} B/checkout`,
     ...r.invariants.map((i) => `  ${i.ok ? 'PASS' : 'FAIL'}  ${i.name.padEnd(44)} ${i.detail}`),
   ];
-  if (measure.failures) lines.push(`  failures: ${Object.entries(measure.failureKinds).map(([k, n]) => `${n} × ${k}`).join('; ')}`);
+  if (measure.failures)
+    lines.push(
+      `  failures: ${Object.entries(measure.failureKinds)
+        .map(([k, n]) => `${n} × ${k}`)
+        .join('; ')}`,
+    );
   return lines;
 }
 
@@ -55,7 +64,9 @@ export function summarize(opts: {
     checkoutsPerSec: med((m) => m.checkoutsPerSec),
     reserveMs: { p50: med((m) => m.reserveMs.p50), p95: med((m) => m.reserveMs.p95), p99: med((m) => m.reserveMs.p99) },
     eventToUsedMs: { p50: med((m) => m.eventToUsedMs.p50), p95: med((m) => m.eventToUsedMs.p95), p99: med((m) => m.eventToUsedMs.p99) },
-    cpuMsPerCheckout: Object.fromEntries(Object.keys(runs[0]?.measure.cpuMsPerCheckout ?? {}).map((g) => [g, med((m) => m.cpuMsPerCheckout[g] ?? null)])),
+    cpuMsPerCheckout: Object.fromEntries(
+      Object.keys(runs[0]?.measure.cpuMsPerCheckout ?? {}).map((g) => [g, med((m) => m.cpuMsPerCheckout[g] ?? null)]),
+    ),
     machineBusyPct: med((m) => m.machineBusyPct),
     redisBytesPerCheckout: med((m) => m.redisBytesPerCheckout),
   };
@@ -74,7 +85,10 @@ export function summarize(opts: {
     {
       name: `p95 event -> USED${runs.length > 1 ? ' (median)' : ''}`,
       // A run without a p95 (no coupon used) fails the bar rather than drop out of the median.
-      ok: runs.every((r) => r.measure.eventToUsedMs.p95 !== null) && medians.eventToUsedMs.p95 !== null && medians.eventToUsedMs.p95 < BAR.p95EventToUsedMs,
+      ok:
+        runs.every((r) => r.measure.eventToUsedMs.p95 !== null) &&
+        medians.eventToUsedMs.p95 !== null &&
+        medians.eventToUsedMs.p95 < BAR.p95EventToUsedMs,
       shown: `${fmtMs(medians.eventToUsedMs.p95)}${ofRuns(underBarRuns)}`,
       target: `< ${BAR.p95EventToUsedMs} ms`,
     },
@@ -86,7 +100,11 @@ export function summarize(opts: {
     lines.push(
       `Summary (median of ${runs.length} runs): ${fmtInt(medians.checkoutsPerSec ?? 0)} checkouts/s; reserve p50 ${fmtMs(medians.reserveMs.p50)} / p95 ${fmtMs(medians.reserveMs.p95)}; event → USED p50 ${fmtMs(medians.eventToUsedMs.p50)} / p95 ${fmtMs(medians.eventToUsedMs.p95)} / p99 ${fmtMs(medians.eventToUsedMs.p99)}`,
       `  p95 event → USED by run: ${p95s.map((p) => fmtMs(p)).join(' · ')}`,
-      `  cpu ms per checkout: ${Object.entries(medians.cpuMsPerCheckout).map(([g, ms]) => `${g} ${ms}`).join(', ')}; machine ${medians.machineBusyPct}% busy; redis ${medians.redisBytesPerCheckout === null ? 'n/a' : fmtInt(medians.redisBytesPerCheckout)} B/checkout`,
+      `  cpu ms per checkout: ${Object.entries(medians.cpuMsPerCheckout)
+        .map(([g, ms]) => `${g} ${ms}`)
+        .join(
+          ', ',
+        )}; machine ${medians.machineBusyPct}% busy; redis ${medians.redisBytesPerCheckout === null ? 'n/a' : fmtInt(medians.redisBytesPerCheckout)} B/checkout`,
     );
   }
   lines.push(
@@ -95,6 +113,11 @@ export function summarize(opts: {
     ...warmInvariants.filter((i) => !i.ok).map((i) => `  FAIL  warm-up: ${i.name.padEnd(35)} ${i.detail}`),
   );
   if (opts.publishErrors.length) lines.push(`  publish errors: ${opts.publishErrors.slice(0, 3).join('; ')}`);
-  if (Object.keys(problems.counts).length) lines.push(`  service log: ${Object.entries(problems.counts).map(([l, n]) => `${n} ${l}`).join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`);
+  if (Object.keys(problems.counts).length)
+    lines.push(
+      `  service log: ${Object.entries(problems.counts)
+        .map(([l, n]) => `${n} ${l}`)
+        .join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`,
+    );
   return { lines, medians, bars, invariantsHeld };
 }

@@ -66,7 +66,9 @@ async function prepare(ctx: CheckoutContext, label: string, count: number) {
 async function settle(ctx: CheckoutContext, policyId: string, published: number): Promise<number> {
   const until = Date.now() + ctx.settleTimeoutMs;
   for (;;) {
-    const { rows } = await ctx.pg.query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
+    const { rows } = await ctx.pg.query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [
+      policyId,
+    ]);
     const used = Number(rows[0]?.n ?? 0);
     if (used >= published || Date.now() > until) return used;
     await sleep(250);
@@ -81,13 +83,18 @@ export async function warmUp(ctx: CheckoutContext, label: string, seconds: numbe
   const warmUsed = await settle(ctx, warm.policyId, warm.checkouts.filter((c) => c.publishedAt !== undefined && !c.failure).length);
   const invariants = await auditCheckouts(ctx.pg, warm.policyId, warm.checkouts, warmUsed);
   const failed = invariants.filter((i) => !i.ok);
-  note(`warm-up invariants: ${failed.length ? failed.map((i) => `FAIL ${i.name}: ${i.detail}`).join('; ') : `all ${invariants.length} held`}`);
+  note(
+    `warm-up invariants: ${failed.length ? failed.map((i) => `FAIL ${i.name}: ${i.detail}`).join('; ') : `all ${invariants.length} held`}`,
+  );
   await sleep(2_000);
   return invariants;
 }
 
 /** One measured run: its own shoppers and policy, the load, the settle, the numbers. */
-export async function measureRun(ctx: CheckoutContext, opts: { run: number; runs: number; label: string; users: number; durationS: number }) {
+export async function measureRun(
+  ctx: CheckoutContext,
+  opts: { run: number; runs: number; label: string; users: number; durationS: number },
+) {
   const measured = await prepare(ctx, opts.label, opts.users);
   const { policyId, checkouts } = measured;
   note(`load${opts.runs > 1 ? ` (run ${opts.run}/${opts.runs})` : ''}: ${fmtInt(ctx.rate)} checkouts/s for ${opts.durationS} s`);
@@ -104,7 +111,10 @@ export async function measureRun(ctx: CheckoutContext, opts: { run: number; runs
   const memoryAfter = await redisUsedMemory(ctx.redis);
 
   // ---- measurements ----
-  const usedRows = await ctx.pg.query<{ id: string; used_at: Date }>("SELECT id, used_at FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]);
+  const usedRows = await ctx.pg.query<{ id: string; used_at: Date }>(
+    "SELECT id, used_at FROM coupons WHERE policy_id = $1 AND status = 'USED'",
+    [policyId],
+  );
   const usedAt = new Map(usedRows.rows.map((r) => [r.id, r.used_at.getTime()]));
   const eventToUsed = published
     .map((c) => (usedAt.has(c.couponId) ? (usedAt.get(c.couponId) as number) - (c.publishedAt as number) : null))
@@ -134,9 +144,18 @@ export async function measureRun(ctx: CheckoutContext, opts: { run: number; runs
     checkoutsPerSec: round(used / ((lastUsedAt - loadStart) / 1000), 1),
     tailAfterLoadMs: round(lastUsedAt - loadEnd, 0),
     reserveMs: { p50: percentile(reserveLatency, 50), p95: percentile(reserveLatency, 95), p99: percentile(reserveLatency, 99) },
-    eventToUsedMs: { p50: percentile(eventToUsed, 50), p95: percentile(eventToUsed, 95), p99: percentile(eventToUsed, 99), max: eventToUsed.at(-1) ?? null },
+    eventToUsedMs: {
+      p50: percentile(eventToUsed, 50),
+      p95: percentile(eventToUsed, 95),
+      p99: percentile(eventToUsed, 99),
+      max: eventToUsed.at(-1) ?? null,
+    },
     // CPU milliseconds per checkout, load and settle together, by part of the system.
-    cpuMsPerCheckout: Object.fromEntries(Object.entries(cpu.groupsMs).filter(([g]) => g !== 'baseline').map(([g, ms]) => [g, used ? round(ms / used, 3) : null])),
+    cpuMsPerCheckout: Object.fromEntries(
+      Object.entries(cpu.groupsMs)
+        .filter(([g]) => g !== 'baseline')
+        .map(([g, ms]) => [g, used ? round(ms / used, 3) : null]),
+    ),
     machineBusyPct: cpu.machineBusyPct,
     // Jobs, their results, idempotency records, stream entries: what the checkouts left in Redis.
     redisBytesPerCheckout: used ? round((memoryAfter - memoryBefore) / used, 0) : null,

@@ -104,7 +104,12 @@ async function main(): Promise<number> {
   process.once('SIGINT', () => void stopAll().finally(() => process.exit(130)));
 
   try {
-    const services = await ensureServices({ databaseUrl: cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL, redisUrl: cfg.REDIS_URL, kafkaBrokers: brokers, log: consoleLogger });
+    const services = await ensureServices({
+      databaseUrl: cfg.DATABASE_URL ?? DEFAULT_DATABASE_URL,
+      redisUrl: cfg.REDIS_URL,
+      kafkaBrokers: brokers,
+      log: consoleLogger,
+    });
     stopHooks.push(() => services.stop());
 
     // ---- the stack: a running one consumes payments.v1; a spawned one, a topic and group of its own ----
@@ -146,7 +151,9 @@ async function main(): Promise<number> {
     const sign = signer(stack.jwtSecret);
 
     process.stdout.write(
-      `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
+      `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg()
+        .map((x) => round(x, 2))
+        .join(' ')}\n`,
     );
 
     const ctx: CheckoutContext = {
@@ -174,13 +181,32 @@ async function main(): Promise<number> {
 
     // ---- medians, the bar and the invariants ----
     const problems = stack.logProblems();
-    const { lines: summary, medians, bars, invariantsHeld } = summarize({ rate: cfg.RATE, warmUpS: cfg.WARMUP_S, runs, warmInvariants, publishErrors: ctx.publisher.errors, problems });
+    const {
+      lines: summary,
+      medians,
+      bars,
+      invariantsHeld,
+    } = summarize({ rate: cfg.RATE, warmUpS: cfg.WARMUP_S, runs, warmInvariants, publishErrors: ctx.publisher.errors, problems });
     const report = {
       bench: 'checkout',
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'), users, topic, groupId },
-      stack: { mode: stack.mode, baseUrl: stack.baseUrl, queuePrefix: stack.queuePrefix, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
+      config: {
+        ...cfg,
+        JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined,
+        DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'),
+        users,
+        topic,
+        groupId,
+      },
+      stack: {
+        mode: stack.mode,
+        baseUrl: stack.baseUrl,
+        queuePrefix: stack.queuePrefix,
+        pids: stack.pids,
+        logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null,
+        logProblems: problems,
+      },
       machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
       git: gitState(),
       bar: BAR,

@@ -71,7 +71,10 @@ function snapshot(classify: Classifier): Snapshot {
     if (!group) continue;
     // Fields after "(comm)": state is field 3, utime 14, stime 15, and cutime 16 / cstime 17, the time
     // of reaped children: that is where the CPU of a Postgres backend that exited mid-phase ends up.
-    const rest = stat.slice(close + 2).split(' ').map(Number);
+    const rest = stat
+      .slice(close + 2)
+      .split(' ')
+      .map(Number);
     ticks.set(pid, { group, ticks: (rest[11] ?? 0) + (rest[12] ?? 0) + (rest[13] ?? 0) + (rest[14] ?? 0) });
   }
   const machine = machineTicks();
@@ -101,7 +104,8 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
     const seconds = Math.max(wallMs, 1) / 1000;
     const pct = (t: number) => Math.round((t / CLK_TCK / seconds) * 1000) / 10;
     const ms = (t: number) => Math.round((t / CLK_TCK) * 1000);
-    const each = (f: (t: number) => number) => Object.fromEntries(Object.entries(groups).map(([g, t]) => [g, f(t)])) as Record<CpuGroup | 'other', number>;
+    const each = (f: (t: number) => number) =>
+      Object.fromEntries(Object.entries(groups).map(([g, t]) => [g, f(t)])) as Record<CpuGroup | 'other', number>;
     return {
       wallMs: Math.round(wallMs),
       cores,

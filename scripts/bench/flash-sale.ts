@@ -54,7 +54,16 @@ import { chooseStack, ROOT, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const list = <T extends string>(values: readonly [T, ...T[]], def: string) =>
-  z.string().default(def).transform((s) => s.split(',').map((x) => x.trim()).filter((x) => x && x !== 'none')).pipe(z.array(z.enum(values)));
+  z
+    .string()
+    .default(def)
+    .transform((s) =>
+      s
+        .split(',')
+        .map((x) => x.trim())
+        .filter((x) => x && x !== 'none'),
+    )
+    .pipe(z.array(z.enum(values)));
 
 const configSchema = z.object({
   BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),
@@ -107,7 +116,12 @@ function stackOf(cfg: Config, stopHooks: StopHooks): Promise<{ stack: Stack; dat
     databaseTag: `flash_${tag}`,
     async beforeSpawn(databaseUrl) {
       if (!cfg.BRIDGE) return;
-      const services = await ensureServices({ databaseUrl, redisUrl: cfg.REDIS_URL, kafkaBrokers: cfg.KAFKA_BROKERS.split(','), log: consoleLogger });
+      const services = await ensureServices({
+        databaseUrl,
+        redisUrl: cfg.REDIS_URL,
+        kafkaBrokers: cfg.KAFKA_BROKERS.split(','),
+        log: consoleLogger,
+      });
       stopHooks.push(() => services.stop());
     },
     spawn: {
@@ -115,7 +129,14 @@ function stackOf(cfg: Config, stopHooks: StopHooks): Promise<{ stack: Stack; dat
       webs: cfg.WEBS,
       queuePrefix: cfg.QUEUE_PREFIX ?? `bench-${tag}`,
       bridge: cfg.BRIDGE,
-      env: cfg.BRIDGE ? { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`, KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`, KAFKA_GROUP_ID: `bench-bridge-${tag}` } : {},
+      env: cfg.BRIDGE
+        ? {
+            KAFKA_BROKERS: cfg.KAFKA_BROKERS,
+            KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`,
+            KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`,
+            KAFKA_GROUP_ID: `bench-bridge-${tag}`,
+          }
+        : {},
       profileDir: cfg.PROFILE ? path.join(ROOT, '.data', 'profiles') : undefined,
     },
     keepQueues: cfg.QUEUE_PREFIX !== undefined,
@@ -127,10 +148,16 @@ function stackOf(cfg: Config, stopHooks: StopHooks): Promise<{ stack: Stack; dat
 /** The warm-up: an unmeasured sale (and a short baseline one), audited like the others. */
 async function warmUp(ctx: SaleContext, cfg: Config, baseline: Baseline | null): Promise<SaleResult | null> {
   if (cfg.WARMUP === 0) return null;
-  const warm = await serviceSale(ctx, { label: 'warm-up', mode: cfg.MODES[0] ?? 'wait', users: cfg.WARMUP, stock: Math.max(1, Math.round(cfg.WARMUP / 10)) });
+  const warm = await serviceSale(ctx, {
+    label: 'warm-up',
+    mode: cfg.MODES[0] ?? 'wait',
+    users: cfg.WARMUP,
+    stock: Math.max(1, Math.round(cfg.WARMUP / 10)),
+  });
   note(`warm-up: ${fmtInt(cfg.WARMUP)} users at ${fmtInt(warm.figures.outcomesPerSec)} outcomes/s, not counted`);
   if (baseline) {
-    for (const route of cfg.BASELINES) await baselineSale(ctx, baseline, { label: `warm-up ${route}`, route, users: Math.min(cfg.WARMUP, 5_000), stock: 500 });
+    for (const route of cfg.BASELINES)
+      await baselineSale(ctx, baseline, { label: `warm-up ${route}`, route, users: Math.min(cfg.WARMUP, 5_000), stock: 500 });
   }
   await sleep(2_000);
   return warm;
@@ -151,7 +178,11 @@ async function measureRun(ctx: SaleContext, cfg: Config, baseline: Baseline | nu
       process.stdout.write(`${saleRow(run, name, sales[name] as SaleResult)}\n`);
     }
   }
-  process.stdout.write(ratioLines(cfg, sales).map((l) => `${''.padEnd(14)}${l}\n`).join(''));
+  process.stdout.write(
+    ratioLines(cfg, sales)
+      .map((l) => `${''.padEnd(14)}${l}\n`)
+      .join(''),
+  );
   return { run, sales };
 }
 
@@ -161,7 +192,10 @@ function ratioLines(cfg: Config, sales: Record<string, SaleResult>): string[] {
   if (bases.length === 0) return [];
   return cfg.MODES.map((mode) => {
     const ours = sales[mode]?.figures.outcomesPerSec ?? 0;
-    const parts = bases.map((b) => `${b === 'baseline' ? 'one Lua admission' : b === 'hello' ? 'Hono alone' : 'one INSERT'} ${round(ours / Math.max(1, sales[b]?.figures.outcomesPerSec ?? 0), 2)}`);
+    const parts = bases.map(
+      (b) =>
+        `${b === 'baseline' ? 'one Lua admission' : b === 'hello' ? 'Hono alone' : 'one INSERT'} ${round(ours / Math.max(1, sales[b]?.figures.outcomesPerSec ?? 0), 2)}`,
+    );
     return `${mode}: ${fmtInt(ours)} outcomes/s = ${parts.join(', ')} of the bare server's rate`;
   });
 }
@@ -173,7 +207,9 @@ function summarize(cfg: Config, runs: RunSales[], warm: SaleResult | null) {
   const bars = barLines(medians[BAR_MODE] ?? null);
   const gated = [
     ...(warm ? [{ label: 'warm-up', sale: warm, gate: true }] : []),
-    ...runs.flatMap((r) => Object.entries(r.sales).map(([name, sale]) => ({ label: `run ${r.run} ${name}`, sale, gate: sale.mode !== 'baseline' }))),
+    ...runs.flatMap((r) =>
+      Object.entries(r.sales).map(([name, sale]) => ({ label: `run ${r.run} ${name}`, sale, gate: sale.mode !== 'baseline' })),
+    ),
   ];
   const invariants = invariantLines(gated);
   const lines = [
@@ -183,7 +219,9 @@ function summarize(cfg: Config, runs: RunSales[], warm: SaleResult | null) {
     ...names.flatMap((n) => (medians[n] ? [medianRow(n, medians[n])] : [])),
     '',
     `Bar (${BAR_MODE === 'wait' ? 'Prefer: wait' : BAR_MODE}, medians):`,
-    ...(cfg.MODES.includes(BAR_MODE) ? bars.map((b) => `  ${b.ok ? 'PASS' : 'MISS'}  ${b.name.padEnd(36)} ${b.shown.padEnd(10)} (bar ${b.target})`) : ['  MISS  no `wait` sale measured (MODES)']),
+    ...(cfg.MODES.includes(BAR_MODE)
+      ? bars.map((b) => `  ${b.ok ? 'PASS' : 'MISS'}  ${b.name.padEnd(36)} ${b.shown.padEnd(10)} (bar ${b.target})`)
+      : ['  MISS  no `wait` sale measured (MODES)']),
     'Invariants:',
     ...invariants.lines,
   ];
@@ -215,13 +253,21 @@ async function main(): Promise<number> {
       await pg.end();
     });
     const ctx: SaleContext = {
-      stack, sign, adminToken: await sign('bench-admin', 'admin'), queue, redis, pg, connections,
+      stack,
+      sign,
+      adminToken: await sign('bench-admin', 'admin'),
+      queue,
+      redis,
+      pg,
+      connections,
       settleTimeoutMs: cfg.SETTLE_TIMEOUT_MS,
       cpuClassifier: classifier(stack.mode === 'spawned' ? stack.pids : null, baseline ? [baseline.pid] : []),
     };
 
     process.stdout.write(
-      `Flash sale: ${fmtInt(cfg.USERS)} users, ${fmtInt(cfg.STOCK)} coupons, ${connections} connections, ${cfg.RUNS} run(s) of ${cfg.MODES.join(' + ')}${baseline ? ` + baseline (${cfg.BASELINES.join(', ')})` : ''}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (${cfg.WEBS} web(s), ${cfg.WORKERS} worker(s)${cfg.BRIDGE ? ', 1 bridge' : ''})` : ''}; ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
+      `Flash sale: ${fmtInt(cfg.USERS)} users, ${fmtInt(cfg.STOCK)} coupons, ${connections} connections, ${cfg.RUNS} run(s) of ${cfg.MODES.join(' + ')}${baseline ? ` + baseline (${cfg.BASELINES.join(', ')})` : ''}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (${cfg.WEBS} web(s), ${cfg.WORKERS} worker(s)${cfg.BRIDGE ? ', 1 bridge' : ''})` : ''}; ${cpus().length} CPUs, load average ${loadavg()
+        .map((x) => round(x, 2))
+        .join(' ')}\n`,
     );
     const warm = await warmUp(ctx, cfg, baseline);
     process.stdout.write(`${TABLE_HEADER}\n`);
@@ -233,13 +279,31 @@ async function main(): Promise<number> {
 
     const summary = summarize(cfg, runs, warm);
     const problems = stack.logProblems();
-    if (Object.keys(problems.counts).length) summary.lines.push(`  service log: ${Object.entries(problems.counts).map(([l, n]) => `${n} ${l}`).join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`);
+    if (Object.keys(problems.counts).length)
+      summary.lines.push(
+        `  service log: ${Object.entries(problems.counts)
+          .map(([l, n]) => `${n} ${l}`)
+          .join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`,
+      );
     const report = {
       bench: 'flash-sale',
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      config: { ...cfg, JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined, DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'), connections },
-      stack: { mode: stack.mode, baseUrl: stack.baseUrl, queuePrefix: stack.queuePrefix, workers: stack.mode === 'spawned' ? cfg.WORKERS : null, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
+      config: {
+        ...cfg,
+        JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined,
+        DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'),
+        connections,
+      },
+      stack: {
+        mode: stack.mode,
+        baseUrl: stack.baseUrl,
+        queuePrefix: stack.queuePrefix,
+        workers: stack.mode === 'spawned' ? cfg.WORKERS : null,
+        pids: stack.pids,
+        logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null,
+        logProblems: problems,
+      },
       machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? null, loadavg: loadavg(), node: process.version },
       git: gitState(),
       bar: BAR,

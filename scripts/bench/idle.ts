@@ -71,10 +71,19 @@ async function main(): Promise<number> {
   try {
     const database = benchDatabase(cfg.DATABASE_URL, `idle_${tag}`, note);
     stopHooks.push(database.drop);
-    const services = await ensureServices({ databaseUrl: database.url, redisUrl: cfg.REDIS_URL, kafkaBrokers: brokers, log: consoleLogger });
+    const services = await ensureServices({
+      databaseUrl: database.url,
+      redisUrl: cfg.REDIS_URL,
+      kafkaBrokers: brokers,
+      log: consoleLogger,
+    });
     stopHooks.push(() => services.stop());
     if (cfg.BUILD) await buildProject();
-    process.stdout.write(`Idle cost: 1 web, ${cfg.WORKERS} worker(s), 1 bridge; ${cpus().length} CPUs, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
+    process.stdout.write(
+      `Idle cost: 1 web, ${cfg.WORKERS} worker(s), 1 bridge; ${cpus().length} CPUs, load average ${loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}\n`,
+    );
 
     let before: CpuReport | null = null;
     if (cfg.BEFORE_S > 0) {
@@ -95,7 +104,12 @@ async function main(): Promise<number> {
       queuePrefix,
       bridge: true,
       profileDir: cfg.PROFILE ? path.join(ROOT, '.data', 'profiles') : undefined,
-      env: { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`, KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`, KAFKA_GROUP_ID: groupId },
+      env: {
+        KAFKA_BROKERS: cfg.KAFKA_BROKERS,
+        KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`,
+        KAFKA_USER_EVENTS_TOPIC: `user-events.v1.bench-${tag}`,
+        KAFKA_GROUP_ID: groupId,
+      },
       log: note,
     });
     stopHooks.push(async () => {
@@ -113,7 +127,10 @@ async function main(): Promise<number> {
       rounds.push(end());
       process.stdout.write(`${line(`idle ${i}/${cfg.ROUNDS}`, rounds.at(-1) as CpuReport)}\n`);
     }
-    const med = Object.fromEntries(GROUPS.map((g) => [g, median(rounds.map((r) => r.groupsPct[g]))])) as Record<(typeof GROUPS)[number], number | null>;
+    const med = Object.fromEntries(GROUPS.map((g) => [g, median(rounds.map((r) => r.groupsPct[g]))])) as Record<
+      (typeof GROUPS)[number],
+      number | null
+    >;
     const stackPct = (med.web ?? 0) + (med.worker ?? 0) + (med.bridge ?? 0);
     const brokerAdded = before ? (med.kafka ?? 0) - before.groupsPct.kafka : null;
     const summary = [
@@ -121,7 +138,19 @@ async function main(): Promise<number> {
       `Idle (median of ${rounds.length}): web ${med.web}%, workers ${med.worker}%, bridge ${med.bridge}% of a core (${stackPct.toFixed(1)}% together); broker ${med.kafka}%${brokerAdded === null ? '' : ` (${before?.groupsPct.kafka}% before the stack: ${brokerAdded.toFixed(1)}% added)`}, redis ${med.redis}%, postgres ${med.postgres}%`,
       `  bridge + the broker's added share: ${((med.bridge ?? 0) + (brokerAdded ?? med.kafka ?? 0)).toFixed(1)}% of a core`,
     ];
-    const report = { bench: 'idle', startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), config: { ...cfg, DATABASE_URL: undefined }, git: gitState(), machine: { cpus: cpus().length, loadavg: loadavg() }, before, rounds, medians: med, brokerAdded, logProblems: stack.logProblems() };
+    const report = {
+      bench: 'idle',
+      startedAt: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      config: { ...cfg, DATABASE_URL: undefined },
+      git: gitState(),
+      machine: { cpus: cpus().length, loadavg: loadavg() },
+      before,
+      rounds,
+      medians: med,
+      brokerAdded,
+      logProblems: stack.logProblems(),
+    };
     summary.push(writeResults('idle', 'idle-latest.json', startedAt, report));
     process.stdout.write(`${summary.join('\n')}\n`);
     return 0;

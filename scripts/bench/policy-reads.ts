@@ -123,7 +123,10 @@ async function measure(cfg: Config, stack: Stack, call: Call, seed: Seed, second
   const validators = seed.validators.map((v) =>
     paced(cfg.VALIDATES_PER_S, until, async () => {
       const t0 = performance.now();
-      const reply = await call('POST', '/api/v1/coupons/validate', v.token, { couponId: v.couponId, orderAmount: 50_000 }).catch(() => ({ status: 0, body: undefined }));
+      const reply = await call('POST', '/api/v1/coupons/validate', v.token, { couponId: v.couponId, orderAmount: 50_000 }).catch(() => ({
+        status: 0,
+        body: undefined,
+      }));
       validateMs.push(performance.now() - t0);
       count(validates, reply.status);
     }),
@@ -141,7 +144,14 @@ async function measure(cfg: Config, stack: Stack, call: Call, seed: Seed, second
     run,
     seconds: round(wall, 1),
     reads: { ...reads, perSecond: round(reads.ok / wall) },
-    validates: { ...validates, perSecond: round(validates.ok / wall), p50Ms: p(validateMs, 50), p95Ms: p(validateMs, 95), p99Ms: p(validateMs, 99), maxMs: p(validateMs, 100) },
+    validates: {
+      ...validates,
+      perSecond: round(validates.ok / wall),
+      p50Ms: p(validateMs, 50),
+      p95Ms: p(validateMs, 95),
+      p99Ms: p(validateMs, 99),
+      maxMs: p(validateMs, 100),
+    },
     readLatency: { p50Ms: p(readMs, 50), p99Ms: p(readMs, 99) },
     cpu,
   };
@@ -185,7 +195,9 @@ async function seed(cfg: Config, call: Call, pg: PgClient, sign: ReturnType<type
   await pg.query('ANALYZE coupons, coupon_policies, policy_counters');
   note(`seeded ${fmtInt(cfg.COUPONS)} coupons and ${cfg.POLICIES - 1} other policies in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const readers = await Promise.all(Array.from({ length: cfg.READERS }, (_, i) => sign(`pr-reader-${i}`, 'user')));
-  const validators = await Promise.all(Array.from({ length: cfg.VALIDATORS }, async (_, i) => ({ token: await sign(`pr-u${i + 1}`, 'user'), couponId: `pr-${i + 1}` })));
+  const validators = await Promise.all(
+    Array.from({ length: cfg.VALIDATORS }, async (_, i) => ({ token: await sign(`pr-u${i + 1}`, 'user'), couponId: `pr-${i + 1}` })),
+  );
   return { bigPolicy, readers, validators };
 }
 
@@ -241,11 +253,14 @@ async function main(): Promise<number> {
     };
     const data = await seed(cfg, call, pg, signer(stack.jwtSecret));
     const sample = await call('GET', `/api/v1/coupons/policies/${data.bigPolicy}`, await signer(stack.jwtSecret)('bench-admin', 'admin'));
-    if (sample.body?.issuedCount !== cfg.COUPONS) throw new Error(`the policy reads issuedCount ${sample.body?.issuedCount}, not ${cfg.COUPONS}`);
+    if (sample.body?.issuedCount !== cfg.COUPONS)
+      throw new Error(`the policy reads issuedCount ${sample.body?.issuedCount}, not ${cfg.COUPONS}`);
 
     process.stdout.write(
       `Policy reads: ${cfg.READERS} readers at ${cfg.READS_PER_S}/s each (list of ${cfg.POLICIES} and one policy of ${fmtInt(cfg.COUPONS)} coupons), ` +
-        `${cfg.VALIDATORS} validators at ${cfg.VALIDATES_PER_S}/s each, ${cfg.DURATION_S} s a run; 1 web, ${cfg.WORKERS} worker(s); ${cpus().length} CPUs, load average ${loadavg().map((x) => round(x, 2)).join(' ')}\n`,
+        `${cfg.VALIDATORS} validators at ${cfg.VALIDATES_PER_S}/s each, ${cfg.DURATION_S} s a run; 1 web, ${cfg.WORKERS} worker(s); ${cpus().length} CPUs, load average ${loadavg()
+          .map((x) => round(x, 2))
+          .join(' ')}\n`,
     );
     if (cfg.WARMUP_S > 0) {
       note(`warm-up: ${cfg.WARMUP_S} s`);
@@ -267,20 +282,35 @@ async function main(): Promise<number> {
       readP99Ms: median(runs.map((r) => r.readLatency.p99Ms)),
     };
     const total503 = runs.reduce((n, r) => n + r.reads.s503 + r.validates.s503, 0);
-    const passed = medians.validateP99Ms !== null && medians.validateP99Ms < BAR.validateP99Ms && runs.every((r) => (r.validates.p99Ms ?? Infinity) < BAR.validateP99Ms) && total503 <= BAR.max503;
+    const passed =
+      medians.validateP99Ms !== null &&
+      medians.validateP99Ms < BAR.validateP99Ms &&
+      runs.every((r) => (r.validates.p99Ms ?? Infinity) < BAR.validateP99Ms) &&
+      total503 <= BAR.max503;
     const problems = stack.logProblems();
     const summary = [
       ...runs.map(line),
       `  medians of ${runs.length}: validate p50 ${fmtMs(medians.validateP50Ms)} p95 ${fmtMs(medians.validateP95Ms)} p99 ${fmtMs(medians.validateP99Ms)}; reads ${fmtInt(medians.readsPerSecond ?? 0)}/s (p99 ${fmtMs(medians.readP99Ms)})`,
       `  ${passed ? 'PASS' : 'FAIL'}  validate p99 < ${BAR.validateP99Ms} ms in every run, and no 503 (${total503} in all)`,
     ];
-    if (Object.keys(problems.counts).length) summary.push(`  service log: ${Object.entries(problems.counts).map(([l, n]) => `${n} ${l}`).join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`);
+    if (Object.keys(problems.counts).length)
+      summary.push(
+        `  service log: ${Object.entries(problems.counts)
+          .map(([l, n]) => `${n} ${l}`)
+          .join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`,
+      );
     const report = {
       bench: 'policy-reads',
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
       config: { ...cfg, DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@') },
-      stack: { mode: stack.mode, baseUrl: stack.baseUrl, pids: stack.pids, logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null, logProblems: problems },
+      stack: {
+        mode: stack.mode,
+        baseUrl: stack.baseUrl,
+        pids: stack.pids,
+        logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null,
+        logProblems: problems,
+      },
       machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
       git: gitState(),
       bar: BAR,

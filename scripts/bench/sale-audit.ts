@@ -37,7 +37,14 @@ export interface CouponStats {
 }
 
 export function countOutcomes(shoppers: Shopper[]): OutcomeCounts {
-  const c: OutcomeCounts = { won: 0, soldOut: 0, otherReasons: {}, failed: 0, refused: { '429': 0, '503': 0, '5xx': 0, other: 0 }, unknown: 0 };
+  const c: OutcomeCounts = {
+    won: 0,
+    soldOut: 0,
+    otherReasons: {},
+    failed: 0,
+    refused: { '429': 0, '503': 0, '5xx': 0, other: 0 },
+    unknown: 0,
+  };
   for (const s of shoppers) {
     if (s.outcome === 'won') c.won += 1;
     else if (s.outcome === 'SOLD_OUT') c.soldOut += 1;
@@ -54,7 +61,11 @@ export function countOutcomes(shoppers: Shopper[]): OutcomeCounts {
 
 const refusedTotal = (c: OutcomeCounts) => c.refused['429'] + c.refused['503'] + c.refused['5xx'] + c.refused.other;
 
-async function couponStats(pg: PgClient, policyId: string, userPrefix: string): Promise<{ stats: CouponStats; holders: Map<string, string>; doubles: string[] }> {
+async function couponStats(
+  pg: PgClient,
+  policyId: string,
+  userPrefix: string,
+): Promise<{ stats: CouponStats; holders: Map<string, string>; doubles: string[] }> {
   const { rows } = await pg.query<{ id: string; user_id: string; slot: number | null; issued_at: Date }>(
     'SELECT id, user_id, slot, issued_at FROM coupons WHERE policy_id = $1',
     [policyId],
@@ -137,8 +148,16 @@ export async function auditSale(opts: {
   const firstRefusal = shoppers.find((s) => s.outcome === 'refused')?.detail;
   const firstFailure = shoppers.find((s) => s.outcome === 'failed')?.detail;
   const checks: Check[] = [
-    { name: `exactly ${fmtInt(expected)} coupons (I1)`, ok: stats.count === expected, detail: `${fmtInt(stats.count)} coupons for ${fmtInt(users.length)} users and stock ${fmtInt(stock)}` },
-    { name: 'no user holds two (I2)', ok: doubles.length === 0 && stats.distinctUsers === stats.count, detail: doubles.length ? `e.g. ${doubles.slice(0, 3).join(', ')}` : `${fmtInt(stats.distinctUsers)} holders` },
+    {
+      name: `exactly ${fmtInt(expected)} coupons (I1)`,
+      ok: stats.count === expected,
+      detail: `${fmtInt(stats.count)} coupons for ${fmtInt(users.length)} users and stock ${fmtInt(stock)}`,
+    },
+    {
+      name: 'no user holds two (I2)',
+      ok: doubles.length === 0 && stats.distinctUsers === stats.count,
+      detail: doubles.length ? `e.g. ${doubles.slice(0, 3).join(', ')}` : `${fmtInt(stats.distinctUsers)} holders`,
+    },
     {
       name: 'slots distinct, within 1..STOCK',
       ok: stats.distinctSlots === stats.count && (stats.count === 0 || ((stats.minSlot ?? 0) >= 1 && (stats.maxSlot ?? Infinity) <= stock)),
@@ -155,8 +174,16 @@ export async function auditSale(opts: {
       ok: refused === 0,
       detail: `${fmtInt(refused)} refused (429 ×${counts.refused['429']}, 503 ×${counts.refused['503']}, other 5xx ×${counts.refused['5xx']}, other ×${counts.refused.other})${firstRefusal ? `, e.g. ${firstRefusal}` : ''}`,
     },
-    { name: 'no failed outcome', ok: counts.failed === 0, detail: `${fmtInt(counts.failed)} failed${firstFailure ? `, e.g. ${firstFailure}` : ''}` },
-    { name: 'every refusal is SOLD_OUT', ok: others.length === 0, detail: others.length ? others.map(([c, n]) => `${c} ×${n}`).join(', ') : `${fmtInt(counts.soldOut)} SOLD_OUT` },
+    {
+      name: 'no failed outcome',
+      ok: counts.failed === 0,
+      detail: `${fmtInt(counts.failed)} failed${firstFailure ? `, e.g. ${firstFailure}` : ''}`,
+    },
+    {
+      name: 'every refusal is SOLD_OUT',
+      ok: others.length === 0,
+      detail: others.length ? others.map(([c, n]) => `${c} ×${n}`).join(', ') : `${fmtInt(counts.soldOut)} SOLD_OUT`,
+    },
     {
       name: 'every user got a final answer',
       ok: counts.won + counts.soldOut + others.reduce((a, [, n]) => a + n, 0) === users.length,

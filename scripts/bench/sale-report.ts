@@ -74,7 +74,9 @@ function outcomesText(s: SaleResult): string {
     `SOLD_OUT ${fmtInt(c.soldOut)}`,
     ...others,
     ...(c.failed ? [`failed ${fmtInt(c.failed)}`] : []),
-    ...(refused ? [`refused ${fmtInt(refused)} (429 ${c.refused['429']}, 503 ${c.refused['503']}, 5xx ${c.refused['5xx']}, other ${c.refused.other})`] : []),
+    ...(refused
+      ? [`refused ${fmtInt(refused)} (429 ${c.refused['429']}, 503 ${c.refused['503']}, 5xx ${c.refused['5xx']}, other ${c.refused.other})`]
+      : []),
   ].join(', ');
 }
 
@@ -103,8 +105,18 @@ export interface BarLine {
 export function barLines(m: Medians | null): BarLine[] {
   const rate = m?.outcomesPerSec ?? null;
   return [
-    { name: 'shoppers knowing their outcome /s', ok: (rate ?? 0) >= BAR.outcomesPerSec, shown: rate === null ? 'n/a' : fmtInt(rate), target: `>= ${fmtInt(BAR.outcomesPerSec)} (stretch ${fmtInt(BAR.stretchOutcomesPerSec)}: ${(rate ?? 0) >= BAR.stretchOutcomesPerSec ? 'met' : 'not met'})` },
-    { name: 'p99 request -> outcome', ok: m?.p99 !== null && m?.p99 !== undefined && m.p99 < BAR.p99Ms, shown: fmtMs(m?.p99 ?? null), target: `< ${BAR.p99Ms} ms` },
+    {
+      name: 'shoppers knowing their outcome /s',
+      ok: (rate ?? 0) >= BAR.outcomesPerSec,
+      shown: rate === null ? 'n/a' : fmtInt(rate),
+      target: `>= ${fmtInt(BAR.outcomesPerSec)} (stretch ${fmtInt(BAR.stretchOutcomesPerSec)}: ${(rate ?? 0) >= BAR.stretchOutcomesPerSec ? 'met' : 'not met'})`,
+    },
+    {
+      name: 'p99 request -> outcome',
+      ok: m?.p99 !== null && m?.p99 !== undefined && m.p99 < BAR.p99Ms,
+      shown: fmtMs(m?.p99 ?? null),
+      target: `< ${BAR.p99Ms} ms`,
+    },
   ];
 }
 
@@ -119,6 +131,9 @@ export function invariantLines(all: { label: string; sale: SaleResult; gate: boo
     }
   }
   const gated = all.filter((a) => a.gate);
-  if (held) lines.unshift(`  PASS  invariants held in all ${gated.length} sales (warm-up included), ${gated[0]?.sale.checks.length ?? 0} checks each`);
+  if (held)
+    lines.unshift(
+      `  PASS  invariants held in all ${gated.length} sales (warm-up included), ${gated[0]?.sale.checks.length ?? 0} checks each`,
+    );
   return { lines, held };
 }

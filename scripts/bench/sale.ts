@@ -70,7 +70,12 @@ export function shopperFigures(load: LoadResult): ShopperFigures {
     known: knows.length,
     durationMs: round(durationMs, 1),
     outcomesPerSec: durationMs > 0 ? round(knows.length / (durationMs / 1000)) : 0,
-    toOutcomeMs: { p50: r(percentile(times, 50)), p95: r(percentile(times, 95)), p99: r(percentile(times, 99)), max: r(times.at(-1) ?? null) },
+    toOutcomeMs: {
+      p50: r(percentile(times, 50)),
+      p95: r(percentile(times, 95)),
+      p99: r(percentile(times, 99)),
+      max: r(times.at(-1) ?? null),
+    },
     firstAnswersPerSec: lastFirst > startedAt ? round(answered.length / ((lastFirst - startedAt) / 1000)) : 0,
     requestsPerUser: round(load.requests / Math.max(1, shoppers.length), 2),
     counts: countOutcomes(shoppers),
@@ -78,7 +83,10 @@ export function shopperFigures(load: LoadResult): ShopperFigures {
 }
 
 function perShopper(cpu: CpuReport, users: number): Record<CpuGroup | 'other', number> {
-  return Object.fromEntries(Object.entries(cpu.groupsMs).map(([g, ms]) => [g, round(ms / Math.max(1, users), 3)])) as Record<CpuGroup | 'other', number>;
+  return Object.fromEntries(Object.entries(cpu.groupsMs).map(([g, ms]) => [g, round(ms / Math.max(1, users), 3)])) as Record<
+    CpuGroup | 'other',
+    number
+  >;
 }
 
 /** A fresh FIRST_COME policy with `stock` coupons, open now. */
@@ -126,16 +134,27 @@ async function usersOf(ctx: SaleContext, count: number, tag: string) {
 }
 
 /** One sale of the service: load, settle, audit. */
-export async function serviceSale(ctx: SaleContext, opts: { label: string; mode: AskMode; users: number; stock: number }): Promise<SaleResult> {
+export async function serviceSale(
+  ctx: SaleContext,
+  opts: { label: string; mode: AskMode; users: number; stock: number },
+): Promise<SaleResult> {
   const tag = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
   const policyId = await createPolicy(ctx, opts.stock, tag);
   const { userPrefix, users, auth } = await usersOf(ctx, opts.users, tag);
-  note(`${opts.label}: policy ${policyId}, ${fmtInt(opts.users)} users, asking with ${opts.mode === 'wait' ? 'Prefer: wait' : 'POST then poll'}`);
+  note(
+    `${opts.label}: policy ${policyId}, ${fmtInt(opts.users)} users, asking with ${opts.mode === 'wait' ? 'Prefer: wait' : 'POST then poll'}`,
+  );
 
   // ---- load ----
   const memoryBefore = await redisUsedMemory(ctx.redis);
   const endCpu = startCpuPhase(ctx.cpuClassifier);
-  const load = await runShoppers({ baseUrl: ctx.stack.baseUrls, connections: ctx.connections, mode: opts.mode, auth, body: JSON.stringify({ policyId }) });
+  const load = await runShoppers({
+    baseUrl: ctx.stack.baseUrls,
+    connections: ctx.connections,
+    mode: opts.mode,
+    auth,
+    body: JSON.stringify({ policyId }),
+  });
   // ---- settle ----
   const settle = await drained(ctx.queue, ctx.settleTimeoutMs);
   const cpu = endCpu();
@@ -158,19 +177,36 @@ export async function serviceSale(ctx: SaleContext, opts: { label: string; mode:
 }
 
 /** The same users and connections against one route of the bare baseline server. */
-export async function baselineSale(ctx: SaleContext, baseline: Baseline, opts: { label: string; route: 'admit' | 'hello' | 'insert'; users: number; stock: number }): Promise<SaleResult> {
+export async function baselineSale(
+  ctx: SaleContext,
+  baseline: Baseline,
+  opts: { label: string; route: 'admit' | 'hello' | 'insert'; users: number; stock: number },
+): Promise<SaleResult> {
   const saleId = `${opts.route}-${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
   const { users, auth } = await usersOf(ctx, opts.users, saleId);
   if (opts.route === 'admit') await baseline.prepareSale(saleId, opts.stock);
   const endCpu = startCpuPhase(ctx.cpuClassifier);
-  const load = await runShoppers({ baseUrl: baseline.baseUrl, connections: ctx.connections, mode: 'wait', auth, body: JSON.stringify({ policyId: saleId }), path: `/${opts.route}` });
+  const load = await runShoppers({
+    baseUrl: baseline.baseUrl,
+    connections: ctx.connections,
+    mode: 'wait',
+    auth,
+    body: JSON.stringify({ policyId: saleId }),
+    path: `/${opts.route}`,
+  });
   const cpu = endCpu();
   const figures = shopperFigures(load);
-  const checks: Check[] = [{ name: 'every user answered', ok: figures.known === users.length, detail: `${fmtInt(figures.known)} of ${fmtInt(users.length)}` }];
+  const checks: Check[] = [
+    { name: 'every user answered', ok: figures.known === users.length, detail: `${fmtInt(figures.known)} of ${fmtInt(users.length)}` },
+  ];
   if (opts.route === 'admit') {
     const winners = await baseline.winners(saleId);
     const expected = Math.min(opts.stock, users.length);
-    checks.push({ name: `exactly ${fmtInt(expected)} winners`, ok: winners === expected && figures.counts.won === expected, detail: `${fmtInt(figures.counts.won)} told won, ${fmtInt(winners)} in Redis` });
+    checks.push({
+      name: `exactly ${fmtInt(expected)} winners`,
+      ok: winners === expected && figures.counts.won === expected,
+      detail: `${fmtInt(figures.counts.won)} told won, ${fmtInt(winners)} in Redis`,
+    });
   }
   return {
     label: opts.label,

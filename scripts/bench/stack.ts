@@ -61,7 +61,11 @@ export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/coupons'
  * starts from empty tables: the rows earlier runs leave behind (30,000 coupons, reservations and
  * events per checkout run) slowed Postgres by a quarter after about fifteen runs.
  */
-export function benchDatabase(given: string | undefined, tag: string, log: (line: string) => void): { url: string; drop: () => Promise<void> } {
+export function benchDatabase(
+  given: string | undefined,
+  tag: string,
+  log: (line: string) => void,
+): { url: string; drop: () => Promise<void> } {
   if (given) return { url: given, drop: async () => undefined };
   const name = `coupons_bench_${tag.toLowerCase().replace(/[^a-z0-9_]/g, '_')}`;
   const url = new URL(DEFAULT_DATABASE_URL);
@@ -212,7 +216,9 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   const bridge = opts.bridge && bridgeCmd ? launch('bridge', profiled(bridgeCmd, opts.profileDir)) : undefined;
   const baseUrl = `http://127.0.0.1:${port}`;
   const baseUrls = [baseUrl, ...morePorts.map((p) => `http://127.0.0.1:${p}`)];
-  opts.log(`started web (pid ${[web, ...moreWebs].map((w) => w.pid).join(', ')}) on ${baseUrls.join(', ')} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`);
+  opts.log(
+    `started web (pid ${[web, ...moreWebs].map((w) => w.pid).join(', ')}) on ${baseUrls.join(', ')} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`,
+  );
 
   try {
     for (const url of baseUrls) await waitUntilReady(url, opts, children);
@@ -226,7 +232,11 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
     baseUrls,
     queuePrefix: opts.queuePrefix,
     jwtSecret,
-    pids: { web: [web, ...moreWebs].map((w) => w.pid ?? -1), workers: workers.map((w) => w.pid ?? -1), ...(bridge && { bridge: [bridge.pid ?? -1] }) },
+    pids: {
+      web: [web, ...moreWebs].map((w) => w.pid ?? -1),
+      workers: workers.map((w) => w.pid ?? -1),
+      ...(bridge && { bridge: [bridge.pid ?? -1] }),
+    },
     logDir,
     logProblems: () => ({ counts: { ...problems.counts }, examples: [...problems.examples] }),
     stop,
@@ -241,10 +251,12 @@ async function waitUntilReady(baseUrl: string, opts: SpawnOptions, children: { n
   try {
     for (;;) {
       const dead = children.find(({ child }) => child.exitCode !== null || child.signalCode !== null);
-      if (dead) throw new Error(`${dead.name} exited (${dead.child.exitCode ?? dead.child.signalCode}) before the stack was ready; see its log`);
+      if (dead)
+        throw new Error(`${dead.name} exited (${dead.child.exitCode ?? dead.child.signalCode}) before the stack was ready; see its log`);
       const [webReady, workerCount] = await Promise.all([isReady(baseUrl), queue.getWorkersCount().catch(() => 0)]);
       if (webReady && workerCount >= opts.workers) return;
-      if (Date.now() > deadline) throw new Error(`stack not ready after ${READY_TIMEOUT_MS} ms (web ready: ${webReady}, workers: ${workerCount}/${opts.workers})`);
+      if (Date.now() > deadline)
+        throw new Error(`stack not ready after ${READY_TIMEOUT_MS} ms (web ready: ${webReady}, workers: ${workerCount}/${opts.workers})`);
       await sleep(200);
     }
   } finally {
@@ -314,7 +326,8 @@ export async function chooseStack(c: StackChoice): Promise<{ stack: Stack; datab
   const { running } = c;
   if (c.stack !== 'spawn' && running && (await isReady(running.baseUrl))) {
     const secret = secretForRunningStack(c.jwtSecret);
-    if (!secret) throw new Error(`${running.baseUrl} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
+    if (!secret)
+      throw new Error(`${running.baseUrl} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
     c.log(`using the running stack at ${running.baseUrl} (queue prefix ${running.queuePrefix})`);
     return { stack: reuseStack(running.baseUrl, running.queuePrefix, secret), databaseUrl: c.databaseUrl ?? DEFAULT_DATABASE_URL };
   }
@@ -330,7 +343,8 @@ export async function chooseStack(c: StackChoice): Promise<{ stack: Stack; datab
   c.stopHooks.push(async () => {
     c.log('stopping the stack (SIGTERM)');
     await stack.stop();
-    if (c.spawn.profileDir) c.log(`CPU profiles of web and workers in ${path.relative(ROOT, c.spawn.profileDir)} (open in Chrome DevTools or speedscope)`);
+    if (c.spawn.profileDir)
+      c.log(`CPU profiles of web and workers in ${path.relative(ROOT, c.spawn.profileDir)} (open in Chrome DevTools or speedscope)`);
     if (c.keepQueues) return;
     // The bench's own queues are of no use to anyone afterwards.
     await removeQueues(c.redisUrl, c.spawn.queuePrefix, c.log);

@@ -163,7 +163,10 @@ async function ensureJars(layout: Layout, log: Logger): Promise<void> {
   rmSync(layout.lib, { recursive: true, force: true });
   mkdirSync(layout.lib, { recursive: true });
   await runOrThrow(mvn, [
-    '-B', '-q', '-f', layout.pom,
+    '-B',
+    '-q',
+    '-f',
+    layout.pom,
     'dependency:copy-dependencies',
     `-DoutputDirectory=${layout.lib}`,
     '-DincludeScope=runtime',

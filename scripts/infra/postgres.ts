@@ -140,9 +140,7 @@ const quoteLiteral = (value: string) => `'${value.replace(/'/g, "''")}'`;
 /** The bin directory holding initdb and pg_ctl, newest major version first. */
 function findBinaries(preferredVersion?: string): string | undefined {
   const root = '/usr/lib/postgresql';
-  const versions = existsSync(root)
-    ? readdirSync(root).sort((a, b) => Number(b) - Number(a))
-    : [];
+  const versions = existsSync(root) ? readdirSync(root).sort((a, b) => Number(b) - Number(a)) : [];
   if (preferredVersion && versions.includes(preferredVersion)) versions.unshift(preferredVersion);
   const dirs = versions.map((v) => path.join(root, v, 'bin'));
   const initdb = findExecutable('initdb', dirs);

@@ -64,16 +64,25 @@ async function startRedis(binary: string, redisUrl: string, host: string, port: 
   mkdirSync(dir, { recursive: true });
   const password = decodeURIComponent(new URL(redisUrl).password);
   const args = [
-    '--port', String(port),
-    '--bind', host === 'localhost' ? '127.0.0.1' : host,
-    '--dir', dir,
-    '--logfile', path.join(dir, 'redis.log'),
-    '--daemonize', 'no',
+    '--port',
+    String(port),
+    '--bind',
+    host === 'localhost' ? '127.0.0.1' : host,
+    '--dir',
+    dir,
+    '--logfile',
+    path.join(dir, 'redis.log'),
+    '--daemonize',
+    'no',
     // Durable enough for jobs (at most a second lost on a crash) and never evicts queue keys.
-    '--appendonly', 'yes',
-    '--appendfsync', 'everysec',
-    '--maxmemory-policy', 'noeviction',
-    '--save', '',
+    '--appendonly',
+    'yes',
+    '--appendfsync',
+    'everysec',
+    '--maxmemory-policy',
+    'noeviction',
+    '--save',
+    '',
     ...(password ? ['--requirepass', password] : []),
   ];
   log.info(`redis: starting redis-server on ${host}:${port}...`);

@@ -64,7 +64,11 @@ describe('the instances of a formation', () => {
   });
 
   it('keeps worker and bridge ports apart at the largest formation', () => {
-    const plan = planInstances(PROCFILE, { web: MAX_INSTANCES, worker: MAX_INSTANCES, bridge: MAX_INSTANCES }, { web: 3000, webOps: 9700, worker: 9464, bridge: 9465 });
+    const plan = planInstances(
+      PROCFILE,
+      { web: MAX_INSTANCES, worker: MAX_INSTANCES, bridge: MAX_INSTANCES },
+      { web: 3000, webOps: 9700, worker: 9464, bridge: 9465 },
+    );
     const ports = plan.flatMap((i) => Object.values(i.env));
     expect(new Set(ports).size).toBe(ports.length);
   });
@@ -81,7 +85,9 @@ describe('the instances of a formation', () => {
   });
 
   it('refuses a type the Procfile does not have, and a formation of nothing', () => {
-    expect(() => planInstances(PROCFILE, { wroker: 2 }, PORTS)).toThrow(/no process type wroker in the Procfile \(it has web, worker, bridge\)/);
+    expect(() => planInstances(PROCFILE, { wroker: 2 }, PORTS)).toThrow(
+      /no process type wroker in the Procfile \(it has web, worker, bridge\)/,
+    );
     expect(() => planInstances(PROCFILE, { web: 0, worker: 0, bridge: 0 }, PORTS)).toThrow(/no process at all/);
   });
 });

@@ -28,7 +28,8 @@ export function parseStartArgs(argv: string[]): StartArgs {
   const args: StartArgs = { formation: {}, help: false };
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i] as string;
-    const [flag, inline] = arg.startsWith('--') && arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
+    const [flag, inline] =
+      arg.startsWith('--') && arg.includes('=') ? [arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1)] : [arg, undefined];
     const value = () => {
       if (inline !== undefined) return inline;
       const next = argv[i + 1];
@@ -47,7 +48,10 @@ export function parseStartArgs(argv: string[]): StartArgs {
 
 /** `worker=3,web=2` into counts; a type given twice is an error rather than a silent override. */
 function addCounts(into: Record<string, number>, list: string): void {
-  for (const part of list.split(',').map((p) => p.trim()).filter(Boolean)) {
+  for (const part of list
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const match = /^([A-Za-z0-9_-]+)=(\d+)$/.exec(part);
     if (!match) throw new UsageError(`"${part}" is not TYPE=N (e.g. worker=3)`);
     const [, type, count] = match as unknown as [string, string, string];

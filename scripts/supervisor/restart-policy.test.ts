@@ -14,7 +14,9 @@ function crashes(times: number[], upForMs = 100): RestartDecision[] {
 
 describe('restart backoff', () => {
   it('starts at 0.5 s and doubles up to a cap of 15 s', () => {
-    expect([1, 2, 3, 4, 5, 6, 7, 20, 1000].map((attempt) => backoffDelay(attempt, policy))).toEqual([500, 1000, 2000, 4000, 8000, 15_000, 15_000, 15_000, 15_000]);
+    expect([1, 2, 3, 4, 5, 6, 7, 20, 1000].map((attempt) => backoffDelay(attempt, policy))).toEqual([
+      500, 1000, 2000, 4000, 8000, 15_000, 15_000, 15_000, 15_000,
+    ]);
   });
 
   it('restarts crash after crash with a growing delay while the crashes are spread out', () => {

@@ -40,7 +40,11 @@ export type RestartDecision =
  * Decides about a crash at `now` of a process that had been up for `upForMs`.
  * `attempt` counts the restarts of the current streak (1 for the first after a stable run).
  */
-export function onCrash(record: CrashRecord, crash: { now: number; upForMs: number }, policy: RestartPolicy = DEFAULT_RESTART_POLICY): RestartDecision {
+export function onCrash(
+  record: CrashRecord,
+  crash: { now: number; upForMs: number },
+  policy: RestartPolicy = DEFAULT_RESTART_POLICY,
+): RestartDecision {
   const recent = [...record.recent.filter((at) => crash.now - at < policy.windowMs), crash.now];
   const streak = crash.upForMs >= policy.stableAfterMs ? 1 : record.streak + 1;
   const next: CrashRecord = { recent, streak };

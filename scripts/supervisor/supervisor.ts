@@ -47,7 +47,13 @@ export class Supervisor {
     private readonly opts: SupervisorOptions,
   ) {
     this.policy = opts.policy ?? DEFAULT_RESTART_POLICY;
-    this.managed = instances.map((instance, i) => ({ instance, startedAt: 0, restarts: 0, crashes: NO_CRASHES, color: COLORS[i % COLORS.length] as number }));
+    this.managed = instances.map((instance, i) => ({
+      instance,
+      startedAt: 0,
+      restarts: 0,
+      crashes: NO_CRASHES,
+      color: COLORS[i % COLORS.length] as number,
+    }));
     this.labelWidth = Math.max(...instances.map((i) => i.name.length));
   }
 
@@ -98,7 +104,9 @@ export class Supervisor {
     while (running.some((m) => groupAlive(m.child?.pid)) && Date.now() < deadline) await sleep(100);
     const stuck = running.filter((m) => groupAlive(m.child?.pid));
     if (stuck.length > 0) {
-      this.opts.log.warn(`start: ${stuck.map((m) => m.instance.name).join(', ')} still running after ${this.opts.stopGraceMs / 1000} s; killing`);
+      this.opts.log.warn(
+        `start: ${stuck.map((m) => m.instance.name).join(', ')} still running after ${this.opts.stopGraceMs / 1000} s; killing`,
+      );
       for (const m of stuck) signalGroup(m.child?.pid, 'SIGKILL');
       while (stuck.some((m) => groupAlive(m.child?.pid))) await sleep(100);
     }
@@ -124,7 +132,9 @@ export class Supervisor {
     child.once('error', (error) => this.opts.log.warn(`start: ${instance.name}: ${error.message}`));
     child.once('exit', () => this.onExit(m, child));
     const again = m.restarts > 0 ? ` again (restart ${m.restarts})` : '';
-    this.opts.log.info(`start: ${instance.name} started${again}, pid ${child.pid ?? '?'}${instance.listens ? `; ${instance.listens}` : ''}`);
+    this.opts.log.info(
+      `start: ${instance.name} started${again}, pid ${child.pid ?? '?'}${instance.listens ? `; ${instance.listens}` : ''}`,
+    );
   }
 
   private onExit(m: Managed, child: ChildProcess): void {
@@ -140,7 +150,9 @@ export class Supervisor {
     if (decision.action === 'give-up') {
       const windowS = this.policy.windowMs / 1000;
       this.opts.log.warn(`start: ${name} exited unexpectedly (${how})`);
-      this.opts.onGiveUp(`${name} crashed ${decision.crashesInWindow} times within ${windowS} s (more than ${this.policy.maxCrashes}); giving up`);
+      this.opts.onGiveUp(
+        `${name} crashed ${decision.crashesInWindow} times within ${windowS} s (more than ${this.policy.maxCrashes}); giving up`,
+      );
       return;
     }
     m.restarts += 1;
@@ -155,14 +167,20 @@ export class Supervisor {
   private prefixOutput(m: Managed, child: ChildProcess): void {
     const output = this.opts.output;
     if (output) {
-      for (const [stream, name] of [[child.stdout, 'stdout'], [child.stderr, 'stderr']] as const) {
+      for (const [stream, name] of [
+        [child.stdout, 'stdout'],
+        [child.stderr, 'stderr'],
+      ] as const) {
         if (stream) readline.createInterface({ input: stream }).on('line', (line) => output(m.instance.name, line, name));
       }
       return;
     }
     const plain = `${m.instance.name.padEnd(this.labelWidth)} |`;
     const label = process.stdout.isTTY ? `\x1b[${m.color}m${plain}\x1b[0m` : plain;
-    for (const [stream, sink] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {
+    for (const [stream, sink] of [
+      [child.stdout, process.stdout],
+      [child.stderr, process.stderr],
+    ] as const) {
       if (stream) readline.createInterface({ input: stream }).on('line', (line) => sink.write(`${label} ${line}\n`));
     }
   }

@@ -18,8 +18,7 @@ import type { JobKind } from '../queues/names';
 import { writeInbox, type InboxEntry, type InboxSource } from '../storage/inbox';
 
 export type ToJob =
-  | { ok: true; job: { kind: JobKind; id: string; data: object }; eventId: string; orderId: string | null }
-  | { ok: false; reason: string };
+  { ok: true; job: { kind: JobKind; id: string; data: object }; eventId: string; orderId: string | null } | { ok: false; reason: string };
 
 export interface MessageRoute {
   topic: string;
@@ -71,7 +70,10 @@ export async function startBridgeConsumer(opts: {
     maxWaitTimeInMs: FETCH_WAIT_MS,
   });
   consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
-    log.info({ groupId: payload.groupId, memberId: payload.memberId, assignment: payload.memberAssignment }, 'bridge joined the consumer group'),
+    log.info(
+      { groupId: payload.groupId, memberId: payload.memberId, assignment: payload.memberAssignment },
+      'bridge joined the consumer group',
+    ),
   );
   consumer.on(consumer.events.CRASH, ({ payload }) => {
     log.error({ err: payload.error, restart: payload.restart }, 'kafka consumer crashed');
@@ -140,7 +142,12 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
     }
     for (const d of dead) {
       const done = await persist(
-        () => deps.producer.send({ topic: dlqTopicOf(batch.topic), acks: -1, messages: [deadLetter(batch.topic, batch.partition, d.message, d.reason)] }),
+        () =>
+          deps.producer.send({
+            topic: dlqTopicOf(batch.topic),
+            acks: -1,
+            messages: [deadLetter(batch.topic, batch.partition, d.message, d.reason)],
+          }),
         'dead-letter a message',
         log,
         heartbeat,
@@ -151,7 +158,10 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       );
       if (done === 'stopped') return;
       if (done === 'refused') {
-        log.error({ offset: d.message.offset, reason: d.reason }, 'message could not be dead-lettered; skipped, it stays in its topic at this offset');
+        log.error(
+          { offset: d.message.offset, reason: d.reason },
+          'message could not be dead-lettered; skipped, it stays in its topic at this offset',
+        );
       } else {
         kafkaMessagesDeadLettered.inc({ topic: batch.topic });
         log.warn({ offset: d.message.offset, reason: d.reason }, 'message sent to the dead-letter topic');

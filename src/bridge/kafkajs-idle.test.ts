@@ -17,7 +17,11 @@ const RequestQueue = load('./src/network/requestQueue/index.js') as { prototype:
 describe('kafkajs idle-loop fix', () => {
   const queues = new Set<Queue>();
   const original = RequestQueue.prototype.checkPendingRequests;
-  const kafka = new Kafka({ clientId: 'coupon-tests-idle', brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING });
+  const kafka = new Kafka({
+    clientId: 'coupon-tests-idle',
+    brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+    logLevel: logLevel.NOTHING,
+  });
   const admin = kafka.admin();
 
   beforeAll(async () => {
@@ -41,7 +45,9 @@ describe('kafkajs idle-loop fix', () => {
     // Every request answered: each queue that served one checked its pending requests when it did.
     const idle = [...queues].filter((q) => q.pending.length === 0 && q.inflight.size === 0);
     expect(idle.length).toBeGreaterThan(0);
-    expect(idle.map((q) => (q.throttleCheckTimeoutId ? 'a wake-up scheduled' : 'nothing scheduled'))).toEqual(idle.map(() => 'nothing scheduled'));
+    expect(idle.map((q) => (q.throttleCheckTimeoutId ? 'a wake-up scheduled' : 'nothing scheduled'))).toEqual(
+      idle.map(() => 'nothing scheduled'),
+    );
     // The same idle connections serve the next request without a scheduled check to carry it.
     await expect(admin.describeCluster()).resolves.toHaveProperty('brokers');
   });

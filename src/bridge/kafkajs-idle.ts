@@ -26,7 +26,9 @@ export function fixKafkajsIdleLoop(): boolean {
   const load = createRequire(require.resolve('kafkajs'));
   const version = (load('./package.json') as { version: string }).version;
   if (version !== '2.2.4') return false;
-  const RequestQueue = load('./src/network/requestQueue/index.js') as { prototype: RequestQueueLike & { scheduleCheckPendingRequests(): void } };
+  const RequestQueue = load('./src/network/requestQueue/index.js') as {
+    prototype: RequestQueueLike & { scheduleCheckPendingRequests(): void };
+  };
   RequestQueue.prototype.scheduleCheckPendingRequests = function scheduleCheckPendingRequests(this: RequestQueueLike) {
     if (this.throttleCheckTimeoutId) return;
     const throttledFor = this.throttledUntil - Date.now();

@@ -53,7 +53,14 @@ export function scheduleLagReport(
       for (const [partition, value] of Object.entries(lag.partitions)) kafkaConsumerLag.set({ topic: lag.topic, partition }, value);
       if (opts.alertAbove === undefined) continue;
       if (lag.total > opts.alertAbove) {
-        if (!lagging.has(lag.topic)) raiseAlert(log, 'CONSUMER_LAG', { topic: lag.topic, lag: lag.total, threshold: opts.alertAbove, partitions: lag.partitions }, 'warn', 'consumer lag above threshold');
+        if (!lagging.has(lag.topic))
+          raiseAlert(
+            log,
+            'CONSUMER_LAG',
+            { topic: lag.topic, lag: lag.total, threshold: opts.alertAbove, partitions: lag.partitions },
+            'warn',
+            'consumer lag above threshold',
+          );
         lagging.add(lag.topic);
       } else {
         lagging.delete(lag.topic);

@@ -21,7 +21,8 @@ async function main(): Promise<void> {
   const cfg = config();
   const log = logger().child({ process: 'bridge' });
   // Before the first Kafka client: without it every connection wakes the process every millisecond.
-  if (!fixKafkajsIdleLoop()) log.warn('kafkajs is not 2.2.4: its idle-loop fix (src/bridge/kafkajs-idle.ts) was not applied; check whether it is still needed');
+  if (!fixKafkajsIdleLoop())
+    log.warn('kafkajs is not 2.2.4: its idle-loop fix (src/bridge/kafkajs-idle.ts) was not applied; check whether it is still needed');
   const kafka = createKafka(log);
   const queues = createQueues();
   exposeMetrics('bridge');
@@ -69,7 +70,9 @@ async function main(): Promise<void> {
     },
   });
   stops.consumer = bridge.stop;
-  stops.lag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log, { alertAbove: cfg.ALERT_CONSUMER_LAG_THRESHOLD }).stop;
+  stops.lag = scheduleLagReport(kafka, cfg.KAFKA_GROUP_ID, topics, cfg.KAFKA_LAG_LOG_INTERVAL_MS, log, {
+    alertAbove: cfg.ALERT_CONSUMER_LAG_THRESHOLD,
+  }).stop;
   if (!stopping) phase = 'running';
   log.info({ brokers: cfg.KAFKA_BROKERS, groupId: cfg.KAFKA_GROUP_ID, topics }, 'bridge consuming');
 }

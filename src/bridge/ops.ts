@@ -34,12 +34,22 @@ function kafkaProbe(kafka: Kafka) {
   };
 }
 
-export async function startBridgeOps(opts: { port: number; kafka: Kafka; queues: Queues; log: Logger; phase: () => Phase }): Promise<OpsServer> {
+export async function startBridgeOps(opts: {
+  port: number;
+  kafka: Kafka;
+  queues: Queues;
+  log: Logger;
+  phase: () => Phase;
+}): Promise<OpsServer> {
   const probe = kafkaProbe(opts.kafka);
   const server = await startOpsServer({
     port: opts.port,
     log: opts.log,
-    ready: () => readiness({ postgres: () => sequelize().query('SELECT 1'), redis: () => opts.queues.connection.ping(), kafka: () => probe.check() }, opts.phase),
+    ready: () =>
+      readiness(
+        { postgres: () => sequelize().query('SELECT 1'), redis: () => opts.queues.connection.ping(), kafka: () => probe.check() },
+        opts.phase,
+      ),
   });
   return {
     port: server.port,

@@ -42,17 +42,36 @@ function eventRoute<E extends { eventId: string; orderId?: string }>(opts: {
       // The job exactly as the worker will read it: what it would refuse goes to the DLQ instead.
       const job = opts.jobSchema.safeParse(data);
       if (!job.success) return { ok: false, reason: `not a valid ${kind} job: ${job.error.issues[0]?.message ?? 'invalid'}` };
-      return { ok: true, job: { kind, id: derivedJobId(kind, event.eventId), data: job.data as object }, eventId: event.eventId, orderId: event.orderId ?? null };
+      return {
+        ok: true,
+        job: { kind, id: derivedJobId(kind, event.eventId), data: job.data as object },
+        eventId: event.eventId,
+        orderId: event.orderId ?? null,
+      };
     },
   };
 }
 
 /** payments.v1 → payment jobs (payments queue), applied by the checkout processor. */
 export function paymentsRoute(topic: string): MessageRoute {
-  return eventRoute({ topic, source: 'payments', kind: 'payment', what: 'payment event', eventSchema: paymentEventSchema, jobSchema: paymentJobSchema });
+  return eventRoute({
+    topic,
+    source: 'payments',
+    kind: 'payment',
+    what: 'payment event',
+    eventSchema: paymentEventSchema,
+    jobSchema: paymentJobSchema,
+  });
 }
 
 /** user-events.v1 → user-event jobs (issue queue): every ACTIVE EVENT policy the type triggers issues. */
 export function userEventsRoute(topic: string): MessageRoute {
-  return eventRoute({ topic, source: 'user-events', kind: 'user-event', what: 'user event', eventSchema: userEventSchema, jobSchema: userEventJobSchema });
+  return eventRoute({
+    topic,
+    source: 'user-events',
+    kind: 'user-event',
+    what: 'user event',
+    eventSchema: userEventSchema,
+    jobSchema: userEventJobSchema,
+  });
 }

@@ -6,7 +6,13 @@ import { alertsTotal } from './metrics';
 export const ALERTS = ['POLICY_SOLD_OUT', 'POLICY_90_PERCENT', 'JOB_FAILURES', 'CONSUMER_LAG', 'PAYMENT_CONFLICT'] as const;
 export type AlertName = (typeof ALERTS)[number];
 
-export function raiseAlert(log: Logger, alert: AlertName, fields: Record<string, unknown> = {}, level: 'warn' | 'error' = 'warn', msg: string = `alert ${alert}`): void {
+export function raiseAlert(
+  log: Logger,
+  alert: AlertName,
+  fields: Record<string, unknown> = {},
+  level: 'warn' | 'error' = 'warn',
+  msg: string = `alert ${alert}`,
+): void {
   alertsTotal.inc({ alert });
   log[level]({ ...fields, alert }, msg);
 }
@@ -38,7 +44,15 @@ export class OnceSet {
  * Counts events in a sliding window and raises `alert` when more than `threshold` happened within
  * `windowMs`; at most once per window, so a storm of failures is one alert a window, not thousands.
  */
-export function slidingWindowAlert(opts: { log: Logger; alert: AlertName; threshold: number; windowMs: number; level?: 'warn' | 'error'; msg: string; now?: () => number }) {
+export function slidingWindowAlert(opts: {
+  log: Logger;
+  alert: AlertName;
+  threshold: number;
+  windowMs: number;
+  level?: 'warn' | 'error';
+  msg: string;
+  now?: () => number;
+}) {
   const now = opts.now ?? Date.now;
   const times: number[] = [];
   let lastRaised = Number.NEGATIVE_INFINITY;
@@ -50,7 +64,13 @@ export function slidingWindowAlert(opts: { log: Logger; alert: AlertName; thresh
     if (times.length > opts.threshold + 1) times.splice(0, times.length - opts.threshold - 1);
     if (times.length > opts.threshold && t - lastRaised >= opts.windowMs) {
       lastRaised = t;
-      raiseAlert(opts.log, opts.alert, { ...fields, count: times.length, threshold: opts.threshold, windowMs: opts.windowMs }, opts.level ?? 'error', opts.msg);
+      raiseAlert(
+        opts.log,
+        opts.alert,
+        { ...fields, count: times.length, threshold: opts.threshold, windowMs: opts.windowMs },
+        opts.level ?? 'error',
+        opts.msg,
+      );
     }
   };
 }

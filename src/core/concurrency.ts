@@ -23,7 +23,10 @@ export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (it
  * waits on a timer. `run` answers one result per item, in order, or an Error for that item alone;
  * if `run` throws, every item of its batch fails with that error.
  */
-export function coalescePerTurn<T, R>(run: (items: T[]) => Promise<(R | Error)[]>, maxBatch = Number.POSITIVE_INFINITY): (item: T) => Promise<R> {
+export function coalescePerTurn<T, R>(
+  run: (items: T[]) => Promise<(R | Error)[]>,
+  maxBatch = Number.POSITIVE_INFINITY,
+): (item: T) => Promise<R> {
   const waiting: { item: T; resolve: (value: R) => void; reject: (error: unknown) => void }[] = [];
   let scheduled = false;
 

@@ -6,13 +6,16 @@ const intFrom = (def: number, min = 0) => z.coerce.number().int().min(min).defau
 
 /** A string that parses as a URL with one of the given protocols. */
 export const urlWith = (protocols: string[]) =>
-  z.string().refine((value) => {
-    try {
-      return protocols.includes(new URL(value).protocol);
-    } catch {
-      return false;
-    }
-  }, `must be a URL starting with ${protocols.join(' or ')}//`);
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    },
+    `must be a URL starting with ${protocols.join(' or ')}//`,
+  );
 
 const opsPort = (def: number) =>
   z
@@ -21,7 +24,12 @@ const opsPort = (def: number) =>
 
 const brokers = z
   .string()
-  .transform((value) => value.split(',').map((b) => b.trim()).filter(Boolean))
+  .transform((value) =>
+    value
+      .split(',')
+      .map((b) => b.trim())
+      .filter(Boolean),
+  )
   .refine((list) => list.length > 0 && list.every((b) => /^[^:\s]+:\d+$/.test(b)), 'must be host:port[,host:port...]');
 
 export const configSchema = z.object({
@@ -184,7 +192,8 @@ function requireSecret(name: 'JWT_SECRET' | 'CODE_HMAC_SECRET', why: string): st
 }
 
 /** The HS256 secret(s) of the web process; none needed when a JWKS verifies tokens. */
-export const requireJwtSecret = () => (config().JWT_JWKS_URL && !config().JWT_SECRET ? '' : requireSecret('JWT_SECRET', 'to verify bearer tokens'));
+export const requireJwtSecret = () =>
+  config().JWT_JWKS_URL && !config().JWT_SECRET ? '' : requireSecret('JWT_SECRET', 'to verify bearer tokens');
 
 /** The key tokens are signed with: the first of JWT_SECRET's list. */
 export const signingJwtSecret = () => (requireSecret('JWT_SECRET', 'to sign tokens').split(',')[0] as string).trim();

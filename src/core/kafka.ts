@@ -61,7 +61,11 @@ async function waitForLeaders(admin: Admin, topics: string[], timeoutMs: number)
   for (;;) {
     try {
       // Bounded by the deadline too: with the client's own retries one call can take a while.
-      const { topics: found } = await withTimeout(admin.fetchTopicMetadata({ topics }), Math.max(1, deadline - Date.now()), 'topic metadata');
+      const { topics: found } = await withTimeout(
+        admin.fetchTopicMetadata({ topics }),
+        Math.max(1, deadline - Date.now()),
+        'topic metadata',
+      );
       if (found.length === topics.length && found.every((t) => t.partitions.length > 0 && t.partitions.every((p) => p.leader >= 0))) return;
     } catch (error) {
       // Not yet known or led: ask again. A timeout past the deadline ends in the error below.

@@ -13,7 +13,10 @@ export function logger(): Logger {
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
       // ioredis errors carry their command with its arguments (a generation job's codes, say).
-      redact: { paths: ['req.headers.authorization', 'authorization', 'password', 'err.command', 'err.previousErrors[*].command'], censor: '[redacted]' },
+      redact: {
+        paths: ['req.headers.authorization', 'authorization', 'password', 'err.command', 'err.previousErrors[*].command'],
+        censor: '[redacted]',
+      },
     });
   }
   return root;

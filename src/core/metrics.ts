@@ -37,7 +37,7 @@ export const dbPoolConnections = new Gauge({
 
 export const dbPoolWaiting = new Gauge({
   name: 'coupon_db_pool_waiting',
-  help: "Queries of this process waiting for a Postgres connection (DATABASE_POOL_MAX all in use).",
+  help: 'Queries of this process waiting for a Postgres connection (DATABASE_POOL_MAX all in use).',
   registers: none,
   collect() {
     this.set(poolStats()?.waiting ?? 0);
@@ -141,7 +141,18 @@ export const kafkaMessagesDeadLettered = new Counter({
 
 const GROUPS: Record<'web' | 'worker' | 'bridge', Metric[]> = {
   web: [httpRequestDuration, dbPoolConnections, dbPoolWaiting, issueRequestsTotal],
-  worker: [dbPoolConnections, dbPoolWaiting, jobsTotal, jobDuration, issueRequestsTotal, queueJobs, couponsIssuedTotal, couponsUsedTotal, paymentConflictsTotal, inboxEventsRedriven],
+  worker: [
+    dbPoolConnections,
+    dbPoolWaiting,
+    jobsTotal,
+    jobDuration,
+    issueRequestsTotal,
+    queueJobs,
+    couponsIssuedTotal,
+    couponsUsedTotal,
+    paymentConflictsTotal,
+    inboxEventsRedriven,
+  ],
   bridge: [dbPoolConnections, dbPoolWaiting, kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
 };
 

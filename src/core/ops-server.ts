@@ -71,7 +71,10 @@ export async function startOpsServer(opts: { port: number; log: Logger; ready: (
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || opts.port === 0) throw error;
     port = await listen(server, 0);
-    log.warn({ port, wanted: opts.port }, 'ops port in use (another process on this host?); ops server on a free port instead: give each process its own port');
+    log.warn(
+      { port, wanted: opts.port },
+      'ops port in use (another process on this host?); ops server on a free port instead: give each process its own port',
+    );
   }
   log.info({ port }, 'ops server listening');
   return {

@@ -60,7 +60,15 @@ describe('Redis key names', () => {
     expect(hashTag(k.statsAnswerLock(statsAnswers.policy('p1')))).toBe('p1');
     expect(hashTag(k.statsAnswer(statsAnswers.user('u1')))).toBe('u1');
     // Nothing else carries a tag: one stray brace would pull a whole family into one slot.
-    for (const key of [k.admissionPolicies(), k.admissionReconcileLock(), k.inboxSweepLock(), k.allRejections(), k.idempotency('rsv_1'), k.outcomes('iss_1'), k.rateLimitNamespace()]) {
+    for (const key of [
+      k.admissionPolicies(),
+      k.admissionReconcileLock(),
+      k.inboxSweepLock(),
+      k.allRejections(),
+      k.idempotency('rsv_1'),
+      k.outcomes('iss_1'),
+      k.rateLimitNamespace(),
+    ]) {
       expect(hashTag(key)).toBeNull();
     }
   });

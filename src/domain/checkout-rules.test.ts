@@ -1,8 +1,29 @@
 import fc from 'fast-check';
-import { discountFor, foreignPayer, isSameReserveRequest, planPayment, usability, type DiscountRule, type HeldCouponFacts, type ReservationFacts } from './checkout-rules';
+import {
+  discountFor,
+  foreignPayer,
+  isSameReserveRequest,
+  planPayment,
+  usability,
+  type DiscountRule,
+  type HeldCouponFacts,
+  type ReservationFacts,
+} from './checkout-rules';
 
-const fixed = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({ type: 'FIXED', value, maxDiscountAmount: null, minOrderAmount: null, ...extra });
-const percent = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({ type: 'PERCENTAGE', value, maxDiscountAmount: null, minOrderAmount: null, ...extra });
+const fixed = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({
+  type: 'FIXED',
+  value,
+  maxDiscountAmount: null,
+  minOrderAmount: null,
+  ...extra,
+});
+const percent = (value: number, extra: Partial<DiscountRule> = {}): DiscountRule => ({
+  type: 'PERCENTAGE',
+  value,
+  maxDiscountAmount: null,
+  minOrderAmount: null,
+  ...extra,
+});
 
 describe('discountFor', () => {
   it('takes a fixed amount off, never more than the order', () => {
@@ -24,12 +45,14 @@ describe('discountFor', () => {
     expect(() => discountFor(fixed(1), 1.5)).toThrow(RangeError);
   });
 
-  const rules = fc.record({
-    type: fc.constantFrom('FIXED' as const, 'PERCENTAGE' as const),
-    value: fc.integer({ min: 1, max: 1_000_000_000_000 }),
-    maxDiscountAmount: fc.option(fc.integer({ min: 1, max: 1_000_000_000_000 }), { nil: null }),
-    minOrderAmount: fc.constant(null),
-  }).map((r) => (r.type === 'PERCENTAGE' ? { ...r, value: (r.value % 100) + 1 } : r));
+  const rules = fc
+    .record({
+      type: fc.constantFrom('FIXED' as const, 'PERCENTAGE' as const),
+      value: fc.integer({ min: 1, max: 1_000_000_000_000 }),
+      maxDiscountAmount: fc.option(fc.integer({ min: 1, max: 1_000_000_000_000 }), { nil: null }),
+      minOrderAmount: fc.constant(null),
+    })
+    .map((r) => (r.type === 'PERCENTAGE' ? { ...r, value: (r.value % 100) + 1 } : r));
 
   it('is never negative, never above the order amount, never above the cap (property)', () => {
     fc.assert(
@@ -62,7 +85,10 @@ describe('usability', () => {
   const earlier = new Date('2025-12-01T00:00:00Z');
 
   it('is usable when issued, unexpired and above the minimum', () => {
-    expect(usability({ status: 'ISSUED', expiresAt: later }, fixed(3000, { minOrderAmount: 10_000 }), 10_000, now)).toEqual({ usable: true, discountAmount: 3000 });
+    expect(usability({ status: 'ISSUED', expiresAt: later }, fixed(3000, { minOrderAmount: 10_000 }), 10_000, now)).toEqual({
+      usable: true,
+      discountAmount: 3000,
+    });
   });
 
   it('says why not', () => {
@@ -81,7 +107,11 @@ describe('planPayment', () => {
   const valid = new Date('2026-02-01T00:00:00Z');
   const opts = { restoreOnRefund: true, now };
   const r = (status: ReservationFacts['status'], refundedAt: Date | null = null): ReservationFacts => ({ id: 'r1', status, refundedAt });
-  const c = (status: HeldCouponFacts['status'], reservationId: string | null, expiresAt = valid): HeldCouponFacts => ({ status, reservationId, expiresAt });
+  const c = (status: HeldCouponFacts['status'], reservationId: string | null, expiresAt = valid): HeldCouponFacts => ({
+    status,
+    reservationId,
+    expiresAt,
+  });
 
   it('confirms a pending reservation on COMPLETED, and only once', () => {
     expect(planPayment('PAYMENT_COMPLETED', r('PENDING'), c('RESERVED', 'r1'), opts)).toEqual({ action: 'confirm' });
@@ -94,9 +124,17 @@ describe('planPayment', () => {
   });
 
   it('records a conflict when a late payment finds the coupon taken or expired', () => {
-    expect(planPayment('PAYMENT_COMPLETED', r('EXPIRED'), c('RESERVED', 'r2'), opts)).toMatchObject({ action: 'none', conflict: true, reason: { code: 'COUPON_NOT_AVAILABLE' } });
+    expect(planPayment('PAYMENT_COMPLETED', r('EXPIRED'), c('RESERVED', 'r2'), opts)).toMatchObject({
+      action: 'none',
+      conflict: true,
+      reason: { code: 'COUPON_NOT_AVAILABLE' },
+    });
     expect(planPayment('PAYMENT_COMPLETED', r('EXPIRED'), c('USED', 'r2'), opts)).toMatchObject({ action: 'none', conflict: true });
-    expect(planPayment('PAYMENT_COMPLETED', r('EXPIRED'), c('ISSUED', null, now), opts)).toMatchObject({ action: 'none', conflict: true, reason: { code: 'COUPON_EXPIRED' } });
+    expect(planPayment('PAYMENT_COMPLETED', r('EXPIRED'), c('ISSUED', null, now), opts)).toMatchObject({
+      action: 'none',
+      conflict: true,
+      reason: { code: 'COUPON_EXPIRED' },
+    });
   });
 
   it('releases a pending reservation on FAILED or CANCELLED, and nothing else', () => {
@@ -110,8 +148,13 @@ describe('planPayment', () => {
 
   it('restores a refunded coupon when the policy allows and it is still valid', () => {
     expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED'), c('USED', 'r1'), opts)).toEqual({ action: 'restore' });
-    expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED'), c('USED', 'r1'), { ...opts, restoreOnRefund: false })).toMatchObject({ action: 'none' });
-    expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED'), c('USED', 'r1', now), opts)).toMatchObject({ action: 'none', reason: { code: 'COUPON_EXPIRED' } });
+    expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED'), c('USED', 'r1'), { ...opts, restoreOnRefund: false })).toMatchObject({
+      action: 'none',
+    });
+    expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED'), c('USED', 'r1', now), opts)).toMatchObject({
+      action: 'none',
+      reason: { code: 'COUPON_EXPIRED' },
+    });
     expect(planPayment('PAYMENT_REFUNDED', r('CONFIRMED', now), c('ISSUED', null), opts)).toMatchObject({ action: 'none' });
   });
 
@@ -129,7 +172,10 @@ describe('planPayment', () => {
       switch (plan.action) {
         case 'confirm':
         case 'confirm-late':
-          return { reservation: { ...w.reservation, status: 'CONFIRMED' }, coupon: { ...w.coupon, status: 'USED', reservationId: w.reservation.id } };
+          return {
+            reservation: { ...w.reservation, status: 'CONFIRMED' },
+            coupon: { ...w.coupon, status: 'USED', reservationId: w.reservation.id },
+          };
         case 'release':
           return { reservation: { ...w.reservation, status: 'CANCELLED' }, coupon: { ...w.coupon, status: 'ISSUED', reservationId: null } };
         default:

@@ -17,7 +17,8 @@ export interface DiscountRule {
  * rounds down to the unit, the cap bounds it, and no discount exceeds the order amount.
  */
 export function discountFor(rule: DiscountRule, orderAmount: number): number {
-  if (!Number.isSafeInteger(orderAmount) || orderAmount < 0) throw new RangeError(`order amount ${orderAmount} is not a non-negative integer`);
+  if (!Number.isSafeInteger(orderAmount) || orderAmount < 0)
+    throw new RangeError(`order amount ${orderAmount} is not a non-negative integer`);
   let amount = rule.type === 'FIXED' ? rule.value : Math.floor((orderAmount * rule.value) / 100);
   if (rule.maxDiscountAmount !== null) amount = Math.min(amount, rule.maxDiscountAmount);
   return Math.max(0, Math.min(amount, orderAmount));
@@ -129,7 +130,11 @@ export function planPayment(
       if (coupon.status === 'ISSUED' || coupon.status === 'EXPIRED') {
         return none('COUPON_EXPIRED', 'The payment completed after its reservation ended and the coupon has expired.', true);
       }
-      return none('COUPON_NOT_AVAILABLE', `The payment completed after its reservation ended; the coupon is ${coupon.status} for another order.`, true);
+      return none(
+        'COUPON_NOT_AVAILABLE',
+        `The payment completed after its reservation ended; the coupon is ${coupon.status} for another order.`,
+        true,
+      );
     }
     case 'PAYMENT_FAILED':
     case 'PAYMENT_CANCELLED':
@@ -138,7 +143,8 @@ export function planPayment(
     case 'PAYMENT_REFUNDED': {
       // Not confirmed (yet): its payment may still be on its way, possibly as a late one; the
       // worker waits a while before it records the refund as one that changed nothing.
-      if (reservation.status !== 'CONFIRMED') return { action: 'wait', why: `a refund arrived while the reservation is ${reservation.status}, before its payment was applied` };
+      if (reservation.status !== 'CONFIRMED')
+        return { action: 'wait', why: `a refund arrived while the reservation is ${reservation.status}, before its payment was applied` };
       if (reservation.refundedAt !== null) return none('RESERVATION_NOT_PENDING', 'The reservation was already refunded.');
       if (!heldByThis || coupon.status !== 'USED') return none('COUPON_NOT_AVAILABLE', 'The coupon is not used by this reservation.', true);
       if (!opts.restoreOnRefund) return none('COUPON_NOT_AVAILABLE', 'The policy does not restore coupons on refund.');

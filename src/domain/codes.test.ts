@@ -6,16 +6,21 @@ const SECRET = 'unit-test-code-secret-0123456789abcdef';
 describe('generateCodes', () => {
   it('draws only from the alphabet without look-alikes, after the prefix, at the asked length', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 50 }), fc.integer({ min: 8, max: 32 }), fc.stringMatching(/^[A-Z0-9-]{0,16}$/), (count, length, prefix) => {
-        const codes = generateCodes(count, length, prefix);
-        expect(codes).toHaveLength(count);
-        for (const code of codes) {
-          expect(code.startsWith(prefix)).toBe(true);
-          const body = code.slice(prefix.length);
-          expect(body).toHaveLength(length);
-          for (const ch of body) expect(CODE_ALPHABET).toContain(ch);
-        }
-      }),
+      fc.property(
+        fc.integer({ min: 1, max: 50 }),
+        fc.integer({ min: 8, max: 32 }),
+        fc.stringMatching(/^[A-Z0-9-]{0,16}$/),
+        (count, length, prefix) => {
+          const codes = generateCodes(count, length, prefix);
+          expect(codes).toHaveLength(count);
+          for (const code of codes) {
+            expect(code.startsWith(prefix)).toBe(true);
+            const body = code.slice(prefix.length);
+            expect(body).toHaveLength(length);
+            for (const ch of body) expect(CODE_ALPHABET).toContain(ch);
+          }
+        },
+      ),
     );
     expect(CODE_ALPHABET).not.toMatch(/[01OIL]/);
     expect(new Set(CODE_ALPHABET).size).toBe(CODE_ALPHABET.length);
@@ -53,7 +58,16 @@ describe('codeRequestSchema', () => {
   it('takes count 1..100,000, length 8..32 (12 by default) and a short prefix in capitals', () => {
     expect(codeRequestSchema.parse({ count: 5 })).toEqual({ count: 5, length: 12 });
     expect(codeRequestSchema.parse({ count: 5, prefix: 'sale-' })).toEqual({ count: 5, length: 12, prefix: 'SALE-' });
-    for (const bad of [{ count: 0 }, { count: 100_001 }, { count: 1, length: 7 }, { count: 1, length: 33 }, { count: 1, prefix: 'a b' }, { count: 1, prefix: '' }, { count: 1.5 }, { count: 1, x: 1 }]) {
+    for (const bad of [
+      { count: 0 },
+      { count: 100_001 },
+      { count: 1, length: 7 },
+      { count: 1, length: 33 },
+      { count: 1, prefix: 'a b' },
+      { count: 1, prefix: '' },
+      { count: 1.5 },
+      { count: 1, x: 1 },
+    ]) {
       expect(codeRequestSchema.safeParse(bad).success).toBe(false);
     }
   });

@@ -69,13 +69,21 @@ describe('planEvent', () => {
       reasonCode: null,
       invalidate: 'alice',
     });
-    expect(planEvent(pending({ done: { outcome: 'IGNORED', reasonCode: 'RESERVATION_NOT_PENDING' } }), payment('PAYMENT_FAILED'), now)).toEqual({
+    expect(
+      planEvent(pending({ done: { outcome: 'IGNORED', reasonCode: 'RESERVATION_NOT_PENDING' } }), payment('PAYMENT_FAILED'), now),
+    ).toEqual({
       kind: 'duplicate',
       outcome: 'IGNORED',
       reasonCode: 'RESERVATION_NOT_PENDING',
       invalidate: null,
     });
-    expect(planEvent(pending({ done: { outcome: 'APPLIED', reasonCode: null }, reservation: null, coupon: null }), payment('PAYMENT_COMPLETED'), now)).toMatchObject({
+    expect(
+      planEvent(
+        pending({ done: { outcome: 'APPLIED', reasonCode: null }, reservation: null, coupon: null }),
+        payment('PAYMENT_COMPLETED'),
+        now,
+      ),
+    ).toMatchObject({
       kind: 'duplicate',
       invalidate: null,
     });
@@ -83,12 +91,27 @@ describe('planEvent', () => {
 
   it("records a payment naming someone other than the order's owner as a conflict that touches nothing (I10)", () => {
     const write = writeOf(planEvent(pending(), payment('PAYMENT_COMPLETED', { userId: 'mallory' }), now));
-    expect(write).toMatchObject({ outcome: 'CONFLICT', reasonCode: 'ORDER_NOT_OWNED', action: 'none', orderId: 'o1', reservationId: null, couponId: null, expect: null });
+    expect(write).toMatchObject({
+      outcome: 'CONFLICT',
+      reasonCode: 'ORDER_NOT_OWNED',
+      action: 'none',
+      orderId: 'o1',
+      reservationId: null,
+      couponId: null,
+      expect: null,
+    });
   });
 
   it('never guesses among several PENDING reservations of an order', () => {
     const write = writeOf(planEvent(pending({ pendingForOrder: 2 }), payment('PAYMENT_COMPLETED'), now));
-    expect(write).toMatchObject({ outcome: 'CONFLICT', reasonCode: 'RESERVATION_NOT_FOUND', action: 'none', reservationId: null, couponId: null, expect: null });
+    expect(write).toMatchObject({
+      outcome: 'CONFLICT',
+      reasonCode: 'RESERVATION_NOT_FOUND',
+      action: 'none',
+      reservationId: null,
+      couponId: null,
+      expect: null,
+    });
     expect(write.detail).toContain('2 PENDING reservations');
   });
 
@@ -98,7 +121,14 @@ describe('planEvent', () => {
       reasonCode: 'RESERVATION_NOT_FOUND',
       reservationId: null,
     });
-    const cancel: CheckoutEvent = { source: 'api.cancel', eventId: 'j1', type: 'PAYMENT_CANCELLED', reservationId: 'r1', ownerId: 'bob', endReason: 'CANCELLED_BY_USER' };
+    const cancel: CheckoutEvent = {
+      source: 'api.cancel',
+      eventId: 'j1',
+      type: 'PAYMENT_CANCELLED',
+      reservationId: 'r1',
+      ownerId: 'bob',
+      endReason: 'CANCELLED_BY_USER',
+    };
     expect(writeOf(planEvent(pending({ pendingForOrder: 0, orderOwner: null }), cancel, now))).toMatchObject({
       outcome: 'IGNORED',
       reasonCode: 'RESERVATION_NOT_FOUND',
@@ -110,16 +140,33 @@ describe('planEvent', () => {
 
   it('ignores an event whose reservation is for another order, on the rows as read', () => {
     const write = writeOf(planEvent(pending(), payment('PAYMENT_COMPLETED', { orderId: 'o2', reservationId: 'r1' }), now));
-    expect(write).toMatchObject({ outcome: 'IGNORED', reasonCode: 'RESERVATION_NOT_FOUND', action: 'none', orderId: 'o1', reservationId: 'r1', couponId: 'c1' });
+    expect(write).toMatchObject({
+      outcome: 'IGNORED',
+      reasonCode: 'RESERVATION_NOT_FOUND',
+      action: 'none',
+      orderId: 'o1',
+      reservationId: 'r1',
+      couponId: 'c1',
+    });
     expect(write.detail).toBe('Reservation r1 is for another order.');
     expect(write.expect).toEqual({ reservation: 'PENDING', refunded: false, coupon: 'RESERVED', couponReservation: 'r1' });
   });
 
   it('confirms a late payment with a _LATE end reason, unless Postgres said the order holds another coupon now', () => {
-    expect(writeOf(planEvent(expired(), payment('PAYMENT_COMPLETED'), now))).toMatchObject({ outcome: 'APPLIED', action: 'confirm-late', endReason: 'PAYMENT_COMPLETED_LATE' });
+    expect(writeOf(planEvent(expired(), payment('PAYMENT_COMPLETED'), now))).toMatchObject({
+      outcome: 'APPLIED',
+      action: 'confirm-late',
+      endReason: 'PAYMENT_COMPLETED_LATE',
+    });
     const taken = planEvent(expired({ orderTaken: true }), payment('PAYMENT_COMPLETED'), now);
     expect(taken).toMatchObject({ kind: 'write', payment: { action: 'none', conflict: true } });
-    expect(writeOf(taken)).toMatchObject({ outcome: 'CONFLICT', reasonCode: 'ORDER_ALREADY_HAS_COUPON', action: 'none', endReason: 'PAYMENT_COMPLETED', reservationId: 'r1' });
+    expect(writeOf(taken)).toMatchObject({
+      outcome: 'CONFLICT',
+      reasonCode: 'ORDER_ALREADY_HAS_COUPON',
+      action: 'none',
+      endReason: 'PAYMENT_COMPLETED',
+      reservationId: 'r1',
+    });
   });
 
   it('makes a refund ahead of its payment wait, and records it as ignored once it has waited long enough', () => {
@@ -165,12 +212,21 @@ const events: fc.Arbitrary<CheckoutEvent> = fc.record({
 
 /** The coupon as its reservation's state leaves it (most reads), or as anything else left it. */
 const couponsFor = (reservation: NonNullable<EventState['reservation']>): fc.Arbitrary<NonNullable<EventState['coupon']>> => {
-  const held = { PENDING: ['RESERVED', reservation.id], CONFIRMED: [reservation.refunded ? 'ISSUED' : 'USED', reservation.refunded ? null : reservation.id] } as const;
+  const held = {
+    PENDING: ['RESERVED', reservation.id],
+    CONFIRMED: [reservation.refunded ? 'ISSUED' : 'USED', reservation.refunded ? null : reservation.id],
+  } as const;
   const [heldStatus, heldBy] = held[reservation.status as keyof typeof held] ?? (['ISSUED', null] as const);
   return fc.record({
     id: fc.constant('c1'),
-    status: fc.oneof({ arbitrary: fc.constant(heldStatus), weight: 2 }, { arbitrary: fc.constantFrom('ISSUED' as const, 'RESERVED' as const, 'USED' as const, 'EXPIRED' as const), weight: 1 }),
-    expiresAt: fc.oneof({ arbitrary: fc.constant(valid), weight: 3 }, { arbitrary: fc.constantFrom(new Date(now.getTime() - 1), now), weight: 1 }),
+    status: fc.oneof(
+      { arbitrary: fc.constant(heldStatus), weight: 2 },
+      { arbitrary: fc.constantFrom('ISSUED' as const, 'RESERVED' as const, 'USED' as const, 'EXPIRED' as const), weight: 1 },
+    ),
+    expiresAt: fc.oneof(
+      { arbitrary: fc.constant(valid), weight: 3 },
+      { arbitrary: fc.constantFrom(new Date(now.getTime() - 1), now), weight: 1 },
+    ),
     reservationId: fc.oneof({ arbitrary: fc.constant(heldBy), weight: 2 }, { arbitrary: fc.constantFrom(null, 'r1', 'r2'), weight: 1 }),
     restoreOnRefund: fc.boolean(),
   });
@@ -178,32 +234,46 @@ const couponsFor = (reservation: NonNullable<EventState['reservation']>): fc.Arb
 
 /** Any state the read could answer for `event`: the reservation it names, when it names one, or none. */
 const statesFor = (event: CheckoutEvent): fc.Arbitrary<EventState> =>
-  fc.record({
-    done: fc.oneof(
-      { arbitrary: fc.constant(null), weight: 3 },
-      { arbitrary: fc.record({ outcome: fc.constantFrom('APPLIED', 'IGNORED', 'CONFLICT'), reasonCode: fc.option(fc.constant('RESERVATION_NOT_PENDING'), { nil: null }) }), weight: 1 },
-    ),
-    pendingForOrder: event.reservationId === undefined ? fc.oneof({ arbitrary: fc.integer({ min: 0, max: 1 }), weight: 3 }, { arbitrary: fc.integer({ min: 2, max: 3 }), weight: 1 }) : fc.constant(0),
-    orderOwner: fc.option(users, { nil: null }),
-    // The coupon is the reservation's: no reservation, no coupon.
-    found: fc.option(
-      fc
-        .record({
-          id: event.reservationId === undefined ? fc.constantFrom('r1', 'r2') : fc.constant(event.reservationId),
-          status: fc.constantFrom('PENDING' as const, 'CONFIRMED' as const, 'CANCELLED' as const, 'EXPIRED' as const),
-          refunded: fc.oneof({ arbitrary: fc.constant(false), weight: 3 }, { arbitrary: fc.constant(true), weight: 1 }),
-          userId: users,
-          orderId: orders,
-        })
-        .chain((reservation) => couponsFor(reservation).map((coupon) => ({ reservation, coupon }))),
-      { nil: null },
-    ),
-    orderTaken: fc.boolean(),
-  }).map(({ found, ...rest }) => ({ ...rest, reservation: found?.reservation ?? null, coupon: found?.coupon ?? null }));
+  fc
+    .record({
+      done: fc.oneof(
+        { arbitrary: fc.constant(null), weight: 3 },
+        {
+          arbitrary: fc.record({
+            outcome: fc.constantFrom('APPLIED', 'IGNORED', 'CONFLICT'),
+            reasonCode: fc.option(fc.constant('RESERVATION_NOT_PENDING'), { nil: null }),
+          }),
+          weight: 1,
+        },
+      ),
+      pendingForOrder:
+        event.reservationId === undefined
+          ? fc.oneof({ arbitrary: fc.integer({ min: 0, max: 1 }), weight: 3 }, { arbitrary: fc.integer({ min: 2, max: 3 }), weight: 1 })
+          : fc.constant(0),
+      orderOwner: fc.option(users, { nil: null }),
+      // The coupon is the reservation's: no reservation, no coupon.
+      found: fc.option(
+        fc
+          .record({
+            id: event.reservationId === undefined ? fc.constantFrom('r1', 'r2') : fc.constant(event.reservationId),
+            status: fc.constantFrom('PENDING' as const, 'CONFIRMED' as const, 'CANCELLED' as const, 'EXPIRED' as const),
+            refunded: fc.oneof({ arbitrary: fc.constant(false), weight: 3 }, { arbitrary: fc.constant(true), weight: 1 }),
+            userId: users,
+            orderId: orders,
+          })
+          .chain((reservation) => couponsFor(reservation).map((coupon) => ({ reservation, coupon }))),
+        { nil: null },
+      ),
+      orderTaken: fc.boolean(),
+    })
+    .map(({ found, ...rest }) => ({ ...rest, reservation: found?.reservation ?? null, coupon: found?.coupon ?? null }));
 
 const cases = events.chain((event) => statesFor(event).map((state) => ({ event, state })));
 /** Refunds not processed before. */
-const refunds = cases.map(({ event, state }) => ({ event: { ...event, type: 'PAYMENT_REFUNDED' as const }, state: { ...state, done: null } }));
+const refunds = cases.map(({ event, state }) => ({
+  event: { ...event, type: 'PAYMENT_REFUNDED' as const },
+  state: { ...state, done: null },
+}));
 
 describe('planEvent (properties)', () => {
   it('never changes a reservation, or its coupon, that does not match the event (I10)', () => {
@@ -257,7 +327,14 @@ describe('planEvent (properties)', () => {
       fc.property(cases, ({ event, state }) => {
         fc.pre(state.done === null && event.userId !== undefined && state.orderOwner !== null && event.userId !== state.orderOwner);
         const write = writeOf(planEvent(state, event, now));
-        expect(write).toMatchObject({ outcome: 'CONFLICT', reasonCode: 'ORDER_NOT_OWNED', action: 'none', reservationId: null, couponId: null, expect: null });
+        expect(write).toMatchObject({
+          outcome: 'CONFLICT',
+          reasonCode: 'ORDER_NOT_OWNED',
+          action: 'none',
+          reservationId: null,
+          couponId: null,
+          expect: null,
+        });
       }),
     );
   });
@@ -276,7 +353,12 @@ describe('planEvent (properties)', () => {
           (event.ownerId === undefined || event.ownerId === reservation.userId) &&
           (event.orderId === undefined || event.orderId === reservation.orderId);
         if (matches) {
-          if (event.noWait) expect(writeOf(plan)).toMatchObject({ outcome: 'IGNORED', reasonCode: 'RESERVATION_NOT_PENDING', reservationId: reservation.id });
+          if (event.noWait)
+            expect(writeOf(plan)).toMatchObject({
+              outcome: 'IGNORED',
+              reasonCode: 'RESERVATION_NOT_PENDING',
+              reservationId: reservation.id,
+            });
           else expect(plan.kind).toBe('wait');
         }
       }),
@@ -319,7 +401,11 @@ describe('planEvent (properties)', () => {
         const taken = planEvent({ ...state, orderTaken: true }, event, now);
         if (free.kind === 'write' && free.payment.action === 'confirm-late') {
           late += 1;
-          expect(writeOf(taken)).toMatchObject({ outcome: 'CONFLICT', reasonCode: 'ORDER_ALREADY_HAS_COUPON', reservationId: free.write.reservationId });
+          expect(writeOf(taken)).toMatchObject({
+            outcome: 'CONFLICT',
+            reasonCode: 'ORDER_ALREADY_HAS_COUPON',
+            reservationId: free.write.reservationId,
+          });
         } else {
           expect(taken).toEqual(free);
         }
@@ -360,7 +446,12 @@ describe('planEvent (properties)', () => {
       world.recorded.set(key, write.outcome);
       if (write.action === 'none') continue;
       // Nothing ran in between: the rows are as the plan expects them.
-      expect(write.expect).toEqual({ reservation: s.reservation?.status, refunded: s.reservation?.refunded, coupon: s.coupon?.status, couponReservation: s.coupon?.reservationId });
+      expect(write.expect).toEqual({
+        reservation: s.reservation?.status,
+        refunded: s.reservation?.refunded,
+        coupon: s.coupon?.status,
+        couponReservation: s.coupon?.reservationId,
+      });
       const r = s.reservation as NonNullable<EventState['reservation']>;
       const c = s.coupon as NonNullable<EventState['coupon']>;
       world.applied.push(write.action);
@@ -387,34 +478,48 @@ describe('planEvent (properties)', () => {
         fc.array(fc.nat({ max: types.length - 1 }), { maxLength: types.length }),
       )
       // Every event once, some twice (redeliveries), in any order.
-      .chain(([once, again]) => fc.shuffledSubarray([...once, ...again.map((i) => once[i] as CheckoutEvent)], { minLength: once.length + again.length }));
+      .chain(([once, again]) =>
+        fc.shuffledSubarray([...once, ...again.map((i) => once[i] as CheckoutEvent)], { minLength: once.length + again.length }),
+      );
 
   it('takes effect once per event and ends the same whatever order COMPLETED, FAILED and CANCELLED arrive in, redelivered or not (I4, I5)', () => {
-    const kinds = fc.uniqueArray(fc.constantFrom<PaymentEventType>('PAYMENT_COMPLETED', 'PAYMENT_FAILED', 'PAYMENT_CANCELLED'), { minLength: 1, maxLength: 3 });
+    const kinds = fc.uniqueArray(fc.constantFrom<PaymentEventType>('PAYMENT_COMPLETED', 'PAYMENT_FAILED', 'PAYMENT_CANCELLED'), {
+      minLength: 1,
+      maxLength: 3,
+    });
     fc.assert(
-      fc.property(kinds.chain((types) => deliveriesOf(types).map((deliveries) => ({ types, deliveries }))), ({ types, deliveries }) => {
-        const world = run(deliveries, pending());
-        const paid = types.includes('PAYMENT_COMPLETED');
-        expect(world.state.coupon?.status).toBe(paid ? 'USED' : 'ISSUED');
-        expect(world.state.reservation?.status).toBe(paid ? 'CONFIRMED' : 'CANCELLED');
-        // Every event recorded, and at most one confirm and one release ever applied.
-        expect(world.recorded.size).toBe(types.length);
-        expect(world.applied.filter((a) => a === 'confirm' || a === 'confirm-late').length).toBe(paid ? 1 : 0);
-        expect(world.applied.filter((a) => a === 'release').length).toBeLessThanOrEqual(1);
-      }),
+      fc.property(
+        kinds.chain((types) => deliveriesOf(types).map((deliveries) => ({ types, deliveries }))),
+        ({ types, deliveries }) => {
+          const world = run(deliveries, pending());
+          const paid = types.includes('PAYMENT_COMPLETED');
+          expect(world.state.coupon?.status).toBe(paid ? 'USED' : 'ISSUED');
+          expect(world.state.reservation?.status).toBe(paid ? 'CONFIRMED' : 'CANCELLED');
+          // Every event recorded, and at most one confirm and one release ever applied.
+          expect(world.recorded.size).toBe(types.length);
+          expect(world.applied.filter((a) => a === 'confirm' || a === 'confirm-late').length).toBe(paid ? 1 : 0);
+          expect(world.applied.filter((a) => a === 'release').length).toBeLessThanOrEqual(1);
+        },
+      ),
       { numRuns: 500 },
     );
   });
 
   it('applies a refund that overtook its payment once the payment lands (REFUNDED before PAYMENT_COMPLETED waits)', () => {
-    const kinds = fc.constantFrom<PaymentEventType[]>(['PAYMENT_COMPLETED', 'PAYMENT_REFUNDED'], ['PAYMENT_COMPLETED', 'PAYMENT_FAILED', 'PAYMENT_REFUNDED']);
+    const kinds = fc.constantFrom<PaymentEventType[]>(
+      ['PAYMENT_COMPLETED', 'PAYMENT_REFUNDED'],
+      ['PAYMENT_COMPLETED', 'PAYMENT_FAILED', 'PAYMENT_REFUNDED'],
+    );
     fc.assert(
-      fc.property(kinds.chain((types) => deliveriesOf(types)), (deliveries) => {
-        const world = run(deliveries, pending());
-        expect(world.state.reservation).toMatchObject({ status: 'CONFIRMED', refunded: true });
-        expect(world.state.coupon).toMatchObject({ status: 'ISSUED', reservationId: null });
-        expect(world.applied.filter((a) => a === 'restore')).toHaveLength(1);
-      }),
+      fc.property(
+        kinds.chain((types) => deliveriesOf(types)),
+        (deliveries) => {
+          const world = run(deliveries, pending());
+          expect(world.state.reservation).toMatchObject({ status: 'CONFIRMED', refunded: true });
+          expect(world.state.coupon).toMatchObject({ status: 'ISSUED', reservationId: null });
+          expect(world.applied.filter((a) => a === 'restore')).toHaveLength(1);
+        },
+      ),
       { numRuns: 500 },
     );
   });

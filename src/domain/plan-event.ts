@@ -4,7 +4,14 @@
 // a duplicate or a wait without writing, or hands the plan's write to apply_checkout_events, a
 // compare-and-set that takes effect only on the rows as read (`expect`). No I/O here.
 import { reason } from '../core/errors';
-import { foreignPayer, planPayment, type CouponState, type PaymentEventType, type PaymentPlan, type ReservationState } from './checkout-rules';
+import {
+  foreignPayer,
+  planPayment,
+  type CouponState,
+  type PaymentEventType,
+  type PaymentPlan,
+  type ReservationState,
+} from './checkout-rules';
 
 /** What a payment, confirm or cancel asks for. `source` + `eventId` is recorded once (I5). */
 export interface CheckoutEvent {
@@ -98,10 +105,22 @@ function decide(state: EventState, event: CheckoutEvent, now: Date): { plan: Pay
     return { plan: { action: 'none', conflict: true, reason: reason('RESERVATION_NOT_FOUND', message) }, found: null };
   }
   const { reservation, coupon } = state;
-  const found = reservation && coupon && !(event.ownerId !== undefined && reservation.userId !== event.ownerId) ? { reservation, coupon } : null;
-  if (!found) return { plan: { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') }, found };
+  const found =
+    reservation && coupon && !(event.ownerId !== undefined && reservation.userId !== event.ownerId) ? { reservation, coupon } : null;
+  if (!found)
+    return {
+      plan: { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', 'No reservation matches this event.') },
+      found,
+    };
   if (event.orderId !== undefined && found.reservation.orderId !== event.orderId) {
-    return { plan: { action: 'none', conflict: false, reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.reservation.id} is for another order.`) }, found };
+    return {
+      plan: {
+        action: 'none',
+        conflict: false,
+        reason: reason('RESERVATION_NOT_FOUND', `Reservation ${found.reservation.id} is for another order.`),
+      },
+      found,
+    };
   }
   const plan = planPayment(
     event.type,
@@ -110,7 +129,17 @@ function decide(state: EventState, event: CheckoutEvent, now: Date): { plan: Pay
     { restoreOnRefund: found.coupon.restoreOnRefund, now },
   );
   if (state.orderTaken && plan.action === 'confirm-late') {
-    return { plan: { action: 'none', conflict: true, reason: reason('ORDER_ALREADY_HAS_COUPON', 'The payment completed after its reservation ended; the order holds another coupon now.') }, found };
+    return {
+      plan: {
+        action: 'none',
+        conflict: true,
+        reason: reason(
+          'ORDER_ALREADY_HAS_COUPON',
+          'The payment completed after its reservation ended; the order holds another coupon now.',
+        ),
+      },
+      found,
+    };
   }
   return { plan, found };
 }

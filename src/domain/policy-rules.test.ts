@@ -42,7 +42,11 @@ describe('policy input', () => {
     ['a percentage above 100', { discount: { type: 'PERCENTAGE', value: 101 } }, 'discount.value'],
     ['a zero discount', { discount: { type: 'FIXED', value: 0 } }, 'discount.value'],
     ['a fractional amount', { discount: { type: 'FIXED', value: 10.5 } }, 'discount.value'],
-    ['a window that ends before it starts', { issueWindow: { startsAt: '2026-01-02T00:00:00Z', endsAt: '2026-01-01T00:00:00Z' } }, 'issueWindow.endsAt'],
+    [
+      'a window that ends before it starts',
+      { issueWindow: { startsAt: '2026-01-02T00:00:00Z', endsAt: '2026-01-01T00:00:00Z' } },
+      'issueWindow.endsAt',
+    ],
     ['no validity at all', { validity: {} }, 'validity'],
     ['a shared code on a non-CODE policy', { code: 'WELCOME10' }, 'code'],
     ['an EVENT policy without trigger', { issueMethod: 'EVENT', totalQuantity: null }, 'triggerEvent'],
@@ -102,7 +106,9 @@ describe('coupon validity', () => {
   it('expires at the earlier of issuedAt + days and until', () => {
     const until = new Date('2026-01-12T00:00:00Z');
     expect(couponExpiry({ validDays: 7, validUntil: until }, issuedAt)).toEqual(until);
-    expect(couponExpiry({ validDays: 1, validUntil: new Date('2026-06-01T00:00:00Z') }, issuedAt)).toEqual(new Date('2026-01-11T12:00:00Z'));
+    expect(couponExpiry({ validDays: 1, validUntil: new Date('2026-06-01T00:00:00Z') }, issuedAt)).toEqual(
+      new Date('2026-01-11T12:00:00Z'),
+    );
   });
 
   it('expires at until when no days are given', () => {

@@ -110,8 +110,7 @@ export interface PolicyChanges {
   totalQuantity?: number;
 }
 
-const invalid = (path: string, message: string) =>
-  new AppError('VALIDATION_FAILED', message, [{ path, message }]);
+const invalid = (path: string, message: string) => new AppError('VALIDATION_FAILED', message, [{ path, message }]);
 
 /** Checks a patch against the stored policy: pause/resume/end, extend the window, raise the quantity. */
 export function planPolicyChange(current: PolicyRules, patch: PolicyPatch): PolicyChanges {

@@ -22,7 +22,9 @@ describe('alerts', () => {
     const { log, lines } = capture();
     const before = await count('PAYMENT_CONFLICT');
     raiseAlert(log, 'PAYMENT_CONFLICT', { couponId: 'c1', alert: 'overridden' }, 'error', 'payment conflict: x');
-    expect(lines).toEqual([expect.objectContaining({ level: 'error', alert: 'PAYMENT_CONFLICT', couponId: 'c1', msg: 'payment conflict: x' })]);
+    expect(lines).toEqual([
+      expect.objectContaining({ level: 'error', alert: 'PAYMENT_CONFLICT', couponId: 'c1', msg: 'payment conflict: x' }),
+    ]);
     expect(await count('PAYMENT_CONFLICT')).toBe(before + 1);
   });
 
@@ -53,6 +55,12 @@ describe('alerts', () => {
   });
 
   it('puts the 90 % mark below the last unit, or nowhere for tiny quantities', () => {
-    expect([ninetyPercentMark(10), ninetyPercentMark(2000), ninetyPercentMark(15), ninetyPercentMark(5), ninetyPercentMark(1)]).toEqual([9, 1800, 14, null, null]);
+    expect([ninetyPercentMark(10), ninetyPercentMark(2000), ninetyPercentMark(15), ninetyPercentMark(5), ninetyPercentMark(1)]).toEqual([
+      9,
+      1800,
+      14,
+      null,
+      null,
+    ]);
   });
 });

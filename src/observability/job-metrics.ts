@@ -50,7 +50,8 @@ function outcomeOf(result: unknown): JobMetricOutcome {
 
 function observe(queue: string, job: Job, outcome: JobMetricOutcome): void {
   jobsTotal.inc({ queue, name: job.name, outcome });
-  if (job.processedOn) jobDuration.observe({ queue, name: job.name }, Math.max(0, ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000));
+  if (job.processedOn)
+    jobDuration.observe({ queue, name: job.name }, Math.max(0, ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000));
 }
 
 /**

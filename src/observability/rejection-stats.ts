@@ -24,7 +24,9 @@ export interface Rejection {
 
 /** The rejected requests in a finished issue-queue job's result. */
 export function rejectionsOf(job: Pick<Job, 'name' | 'data'>, result: unknown): Rejection[] {
-  return issueAnswersOf(job, result).flatMap((a) => (a.outcome === 'rejected' && typeof a.reason?.code === 'string' ? [{ policyId: a.policyId, code: a.reason.code }] : []));
+  return issueAnswersOf(job, result).flatMap((a) =>
+    a.outcome === 'rejected' && typeof a.reason?.code === 'string' ? [{ policyId: a.policyId, code: a.reason.code }] : [],
+  );
 }
 
 export interface RejectionCounter {

@@ -51,7 +51,10 @@ export const generateCodesJobSchema = z.object({
   policyId: idSchema,
   count: z.number().int().min(1).max(MAX_CODES_PER_JOB),
   length: z.number().int().min(MIN_CODE_LENGTH).max(MAX_CODE_LENGTH),
-  prefix: z.string().regex(/^[A-Z0-9-]{1,16}$/).optional(),
+  prefix: z
+    .string()
+    .regex(/^[A-Z0-9-]{1,16}$/)
+    .optional(),
 });
 export type GenerateCodesJob = z.infer<typeof generateCodesJobSchema>;
 
@@ -112,7 +115,11 @@ export type ReserveJob = z.infer<typeof reserveJobSchema>;
 
 /** A stable digest of a JSON body: key order does not matter. */
 export function bodyFingerprint(body: Record<string, unknown>): string {
-  const canonical = JSON.stringify(Object.keys(body).sort().map((k) => [k, body[k]]));
+  const canonical = JSON.stringify(
+    Object.keys(body)
+      .sort()
+      .map((k) => [k, body[k]]),
+  );
   return createHash('sha256').update(canonical).digest('hex');
 }
 

@@ -98,11 +98,19 @@ export function viewOfOutcome(requestId: string, o: StoredOutcome): JobView & { 
  * with `publish` also tells every web process in it: one round trip either way, and no web hears
  * of an outcome a poll could not read yet.
  */
-export async function storeOutcomes(redis: Redis, batchJobId: string, outcomes: OutcomeMessage['outcomes'], publish = false): Promise<void> {
+export async function storeOutcomes(
+  redis: Redis,
+  batchJobId: string,
+  outcomes: OutcomeMessage['outcomes'],
+  publish = false,
+): Promise<void> {
   if (outcomes.length === 0) return;
   const key = redisKeys().outcomes(batchJobId);
   const fields = outcomes.flatMap(([index, o]) => [String(index), JSON.stringify(o)]);
-  const tx = redis.multi().hset(key, ...fields).pexpire(key, OUTCOME_TTL_MS);
+  const tx = redis
+    .multi()
+    .hset(key, ...fields)
+    .pexpire(key, OUTCOME_TTL_MS);
   if (publish) tx.publish(redisKeys().outcomesChannel(), JSON.stringify({ job: batchJobId, outcomes } satisfies OutcomeMessage));
   const replies = await tx.exec();
   const failed = replies?.find(([error]) => error)?.[0];
@@ -123,7 +131,12 @@ export async function readOutcome(redis: Redis, requestId: string, log?: Logger)
 }
 
 /** The final outcomes stored for these requests of one batch (undefined where none is, it is pending, or it does not read). */
-export async function readFinalOutcomes(redis: Redis, batchJobId: string, requestIds: string[], log?: Logger): Promise<(StoredOutcome | undefined)[]> {
+export async function readFinalOutcomes(
+  redis: Redis,
+  batchJobId: string,
+  requestIds: string[],
+  log?: Logger,
+): Promise<(StoredOutcome | undefined)[]> {
   const indexes = requestIds.map((id) => parseRequestId(id).index);
   const fields = indexes.flatMap((i) => (i === null ? [] : [String(i)]));
   if (fields.length === 0) return requestIds.map(() => undefined);

@@ -1,9 +1,26 @@
 // The result contracts: what the workers write reads back unchanged, key order included (it is the
 // API's JSON), and a reader of one request of a batch reads that entry only.
 import { parseStoredOutcome, storedOutcomeSchema } from './outcomes';
-import { issueOutcomeAt, jobOutcomeSchemaOf, paymentReturnSchema, type DirectIssueReturn, type IssueBatchReturn, type PaymentReturn } from './results';
+import {
+  issueOutcomeAt,
+  jobOutcomeSchemaOf,
+  paymentReturnSchema,
+  type DirectIssueReturn,
+  type IssueBatchReturn,
+  type PaymentReturn,
+} from './results';
 
-const coupon = { id: 'c1', policyId: 'p1', userId: 'u1', status: 'RESERVED' as const, issuedAt: '2030-01-01T00:00:00.000Z', expiresAt: '2030-01-08T00:00:00.000Z', reservedAt: '2030-01-02T00:00:00.000Z', orderId: 'o1', reservationId: 'r1' };
+const coupon = {
+  id: 'c1',
+  policyId: 'p1',
+  userId: 'u1',
+  status: 'RESERVED' as const,
+  issuedAt: '2030-01-01T00:00:00.000Z',
+  expiresAt: '2030-01-08T00:00:00.000Z',
+  reservedAt: '2030-01-02T00:00:00.000Z',
+  orderId: 'o1',
+  reservationId: 'r1',
+};
 const sold = { code: 'SOLD_OUT', message: 'Sold out.' };
 const silentLog = { warn: jest.fn() } as unknown as Parameters<typeof parseStoredOutcome>[2];
 const asStored = (value: unknown) => JSON.parse(JSON.stringify(value)) as unknown;
@@ -12,17 +29,50 @@ describe('job results', () => {
   it('read back as written, in the same key order', () => {
     const grant: DirectIssueReturn = {
       outcome: 'succeeded',
-      result: { policyId: 'p', requested: 2, issued: 1, rejected: 1, failed: 0, rejectedBy: { SOLD_OUT: 1 }, results: [{ userId: 'a', outcome: 'issued', couponId: 'c' }, { userId: 'b', outcome: 'rejected', reason: sold }] },
+      result: {
+        policyId: 'p',
+        requested: 2,
+        issued: 1,
+        rejected: 1,
+        failed: 0,
+        rejectedBy: { SOLD_OUT: 1 },
+        results: [
+          { userId: 'a', outcome: 'issued', couponId: 'c' },
+          { userId: 'b', outcome: 'rejected', reason: sold },
+        ],
+      },
     };
-    const reservation = { reservationId: 'r1', couponId: 'c1', orderId: 'o1', discountAmount: 10, expiresAt: '2030-01-01T00:10:00.000Z', userId: 'u1', orderAmount: 100, status: 'CONFIRMED' as const, endedAt: '2030-01-01T00:01:00.000Z', endReason: 'PAYMENT_COMPLETED', createdAt: '2030-01-01T00:00:00.000Z' };
+    const reservation = {
+      reservationId: 'r1',
+      couponId: 'c1',
+      orderId: 'o1',
+      discountAmount: 10,
+      expiresAt: '2030-01-01T00:10:00.000Z',
+      userId: 'u1',
+      orderAmount: 100,
+      status: 'CONFIRMED' as const,
+      endedAt: '2030-01-01T00:01:00.000Z',
+      endReason: 'PAYMENT_COMPLETED',
+      createdAt: '2030-01-01T00:00:00.000Z',
+    };
     const payment: PaymentReturn = { outcome: 'succeeded', result: { eventId: 'e1', outcome: 'APPLIED', reservation } };
-    const duplicate: PaymentReturn = { outcome: 'succeeded', result: { eventId: 'e1', outcome: 'DUPLICATE', earlier: { outcome: 'IGNORED', reason: sold } } };
-    for (const [kind, value] of [['direct-issue', grant], ['payment', payment], ['payment', duplicate]] as const) {
+    const duplicate: PaymentReturn = {
+      outcome: 'succeeded',
+      result: { eventId: 'e1', outcome: 'DUPLICATE', earlier: { outcome: 'IGNORED', reason: sold } },
+    };
+    for (const [kind, value] of [
+      ['direct-issue', grant],
+      ['payment', payment],
+      ['payment', duplicate],
+    ] as const) {
       const read = jobOutcomeSchemaOf(kind).parse(asStored(value));
       expect(JSON.stringify(read)).toBe(JSON.stringify(value));
     }
     // Any other job's result is passed on unread.
-    expect(jobOutcomeSchemaOf('generate-codes').parse({ outcome: 'succeeded', result: { count: 5, extra: [1] } })).toEqual({ outcome: 'succeeded', result: { count: 5, extra: [1] } });
+    expect(jobOutcomeSchemaOf('generate-codes').parse({ outcome: 'succeeded', result: { count: 5, extra: [1] } })).toEqual({
+      outcome: 'succeeded',
+      result: { count: 5, extra: [1] },
+    });
   });
 
   it('refuse what the kind does not return', () => {
@@ -30,8 +80,13 @@ describe('job results', () => {
     expect(jobOutcomeSchemaOf('direct-issue').safeParse({ outcome: 'succeeded', result: { policyId: 'p' } }).success).toBe(false);
   });
 
-  it("read one request of a batch without the other entries", () => {
-    const batch: IssueBatchReturn = { results: [{ outcome: 'rejected', reason: sold }, { outcome: 'succeeded', result: coupon }] };
+  it('read one request of a batch without the other entries', () => {
+    const batch: IssueBatchReturn = {
+      results: [
+        { outcome: 'rejected', reason: sold },
+        { outcome: 'succeeded', result: coupon },
+      ],
+    };
     const stored = asStored(batch) as { results: unknown[] };
     const second = issueOutcomeAt(stored, 1);
     expect(second.success && JSON.stringify(second.data)).toBe(JSON.stringify(batch.results[1]));

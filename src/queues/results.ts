@@ -35,7 +35,10 @@ const issueBatchEntriesSchema = z.object({ results: z.array(z.unknown()) });
  * The outcome of the request at `position` of an issue batch's result, parsing that one entry only:
  * a poll for one request does not read the coupons of the whole batch.
  */
-export function issueOutcomeAt(value: unknown, position: number): { success: true; data: IssueOutcome } | { success: false; error: z.ZodError } {
+export function issueOutcomeAt(
+  value: unknown,
+  position: number,
+): { success: true; data: IssueOutcome } | { success: false; error: z.ZodError } {
   const batch = issueBatchEntriesSchema.safeParse(value);
   return batch.success ? issueOutcomeSchema.safeParse(batch.data.results[position]) : batch;
 }
@@ -141,7 +144,11 @@ export interface IssueAnswer {
   reason?: { code: string; message: string };
 }
 
-const answerOf = (policyId: string | null, outcome: 'succeeded' | 'issued' | 'rejected' | 'failed', why?: { code: string; message: string }): IssueAnswer => ({
+const answerOf = (
+  policyId: string | null,
+  outcome: 'succeeded' | 'issued' | 'rejected' | 'failed',
+  why?: { code: string; message: string },
+): IssueAnswer => ({
   policyId,
   outcome: outcome === 'issued' ? 'succeeded' : outcome,
   ...(why && { reason: why }),

@@ -12,7 +12,9 @@ import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
  * A batch operation made into a per-item call on a given database: the items asked for in one turn
  * go to `run` together, one batch per database (src/core/concurrency's coalescePerTurn).
  */
-export function coalescePerDatabase<I, R>(run: (db: Sequelize) => (items: I[]) => Promise<(R | Error)[]>): (db: Sequelize, item: I) => Promise<R> {
+export function coalescePerDatabase<I, R>(
+  run: (db: Sequelize) => (items: I[]) => Promise<(R | Error)[]>,
+): (db: Sequelize, item: I) => Promise<R> {
   const batchers = new WeakMap<Sequelize, (item: I) => Promise<R>>();
   return (db, item) => {
     let batcher = batchers.get(db);

@@ -24,7 +24,12 @@ const COUPON_COLUMNS = `c.id, c.user_id, c.status, c.expires_at, c.reservation_i
 
 export function ruleOf(c: CouponRow): DiscountRule {
   const num = (v: string | null) => (v === null ? null : Number(v));
-  return { type: c.discount_type, value: Number(c.discount_value), maxDiscountAmount: num(c.max_discount_amount), minOrderAmount: num(c.min_order_amount) };
+  return {
+    type: c.discount_type,
+    value: Number(c.discount_value),
+    maxDiscountAmount: num(c.max_discount_amount),
+    minOrderAmount: num(c.min_order_amount),
+  };
 }
 
 /** The coupons asked for in one turn of the event loop, read together. */
@@ -36,7 +41,10 @@ export const readCoupon = batchedQuery<string, CouponRow>(
 );
 
 /** A coupon as POST /coupons/validate needs it: its holder, state and discount rule. A plain read. */
-export async function readCouponForCheckout(db: Sequelize, couponId: string): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
+export async function readCouponForCheckout(
+  db: Sequelize,
+  couponId: string,
+): Promise<{ userId: string; status: CouponState; expiresAt: Date; rule: DiscountRule } | null> {
   const c = await readCoupon(db, couponId);
   return c ? { userId: c.user_id, status: c.status, expiresAt: new Date(c.expires_at), rule: ruleOf(c) } : null;
 }

@@ -43,15 +43,21 @@ export async function discardUnfinishedBatch(db: Sequelize, batchId: string): Pr
  * the batch first. Discarding and finishing take the same lock, so a run either seals a complete set
  * or seals nothing, and a finished batch always has its codes in Postgres until they are handed out.
  */
-export async function finishBatch(db: Sequelize, batch: { batchId: string; policyId: string; hashes: string[]; sealed: Buffer }): Promise<boolean> {
+export async function finishBatch(
+  db: Sequelize,
+  batch: { batchId: string; policyId: string; hashes: string[]; sealed: Buffer },
+): Promise<boolean> {
   const { batchId, policyId, hashes, sealed } = batch;
   return db.transaction(async (transaction) => {
     await lockBatch(db, batchId, transaction);
-    const [kept] = await db.query<{ n: string }>('SELECT count(*) AS n FROM coupon_codes WHERE batch_id = $1 AND code_hash = ANY($2::text[])', {
-      bind: [batchId, hashes],
-      type: QueryTypes.SELECT,
-      transaction,
-    });
+    const [kept] = await db.query<{ n: string }>(
+      'SELECT count(*) AS n FROM coupon_codes WHERE batch_id = $1 AND code_hash = ANY($2::text[])',
+      {
+        bind: [batchId, hashes],
+        type: QueryTypes.SELECT,
+        transaction,
+      },
+    );
     if (Number(kept?.n ?? 0) !== hashes.length) return false;
     const rows = await db.query(
       `INSERT INTO code_batches (batch_id, policy_id, count, sealed_codes) VALUES ($1, $2, $3, $4)

@@ -110,7 +110,10 @@ export async function deleteInboxRows(seqs: string[]): Promise<void> {
 
 /** An event without a processed_events row of its own is marked applied by deleting its row. */
 export async function markInboxApplied(source: InboxSource, eventId: string): Promise<void> {
-  await sequelize().query('DELETE FROM event_inbox WHERE source = $1 AND event_id = $2', { bind: [source, eventId], type: QueryTypes.DELETE });
+  await sequelize().query('DELETE FROM event_inbox WHERE source = $1 AND event_id = $2', {
+    bind: [source, eventId],
+    type: QueryTypes.DELETE,
+  });
 }
 
 /**

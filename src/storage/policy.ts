@@ -128,10 +128,10 @@ export const POLICY_COUNTS_SQL = `SELECT policy_id, sum(issued) AS issued, sum(u
 export async function countCoupons(db: Sequelize, policyIds: string[]): Promise<Map<string, PolicyCounts>> {
   const counts = new Map<string, PolicyCounts>(policyIds.map((id) => [id, { issuedCount: 0, usedCount: 0 }]));
   if (policyIds.length === 0) return counts;
-  const rows = await db.query<{ policy_id: string; issued: string; used: string }>(
-    POLICY_COUNTS_SQL,
-    { bind: [policyIds], type: QueryTypes.SELECT },
-  );
+  const rows = await db.query<{ policy_id: string; issued: string; used: string }>(POLICY_COUNTS_SQL, {
+    bind: [policyIds],
+    type: QueryTypes.SELECT,
+  });
   for (const r of rows) counts.set(r.policy_id, { issuedCount: Number(r.issued), usedCount: Number(r.used) });
   return counts;
 }

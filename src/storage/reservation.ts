@@ -68,7 +68,13 @@ export interface ReservationResult {
 }
 
 export function reservationResult(r: Reservation): ReservationResult {
-  return { reservationId: r.id, couponId: r.couponId, orderId: r.orderId, discountAmount: r.discountAmount, expiresAt: r.expiresAt.toISOString() };
+  return {
+    reservationId: r.id,
+    couponId: r.couponId,
+    orderId: r.orderId,
+    discountAmount: r.discountAmount,
+    expiresAt: r.expiresAt.toISOString(),
+  };
 }
 
 /** A reservation as the API shows it after a cancel, confirm or payment. */

@@ -44,7 +44,10 @@ export async function applySqlFiles(db: Sequelize, dir: string = SQL_DIR, log: (
       applied_at timestamptz(3) NOT NULL DEFAULT now()
     )`);
   return db.transaction(async (transaction) => {
-    const [rows] = (await db.query(`SELECT file, checksum FROM ${SQL_FILES_TABLE}`, { transaction })) as [{ file: string; checksum: string }[], unknown];
+    const [rows] = (await db.query(`SELECT file, checksum FROM ${SQL_FILES_TABLE}`, { transaction })) as [
+      { file: string; checksum: string }[],
+      unknown,
+    ];
     const applied = new Map(rows.map((row) => [row.file, row.checksum]));
     const changed = files.filter((file) => applied.get(file.name) !== file.checksum);
     for (const file of changed) {

@@ -33,7 +33,11 @@ export function codePolicyRefusal(policy: Pick<CouponPolicy, 'issueMethod' | 'co
   return null;
 }
 
-export async function generateCodesJob(deps: { redis: Redis; codeSecret: string }, job: Job, log: Logger): Promise<JobOutcome<GeneratedCodes>> {
+export async function generateCodesJob(
+  deps: { redis: Redis; codeSecret: string },
+  job: Job,
+  log: Logger,
+): Promise<JobOutcome<GeneratedCodes>> {
   const data = jobData(job, generateCodesJobSchema);
   const jobLog = log.child({ traceId: data.traceId, jobId: job.id, policyId: data.policyId });
   const batchId = String(job.id);

@@ -54,7 +54,10 @@ export async function sweepInbox(deps: InboxSweepDeps, minAgeMs: number): Promis
     if (missing.length > 0) {
       oldest ??= missing[0]?.receivedAt;
       // In seq order: a queue takes the jobs of one order in the order their events came.
-      await addJobs(deps.queues, missing.map((r) => ({ kind: r.jobKind, id: r.jobId, data: r.jobData })));
+      await addJobs(
+        deps.queues,
+        missing.map((r) => ({ kind: r.jobKind, id: r.jobId, data: r.jobData })),
+      );
       for (const r of missing) inboxEventsRedriven.inc({ source: r.source });
       report.redriven += missing.length;
     }
@@ -85,7 +88,8 @@ export function scheduleInboxSweep(deps: InboxSweepDeps, everyMs: number, minAge
   // Series from 0, so Prometheus's increase() sees the first redrive of each.
   for (const source of INBOX_SOURCES) inboxEventsRedriven.inc({ source }, 0);
   return repeatAfter(
-    () => withLock(deps.locks, redisKeys().inboxSweepLock(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false }),
+    () =>
+      withLock(deps.locks, redisKeys().inboxSweepLock(), Math.max(everyMs * 3, 30_000), () => sweepInbox(deps, minAgeMs), { wait: false }),
     everyMs,
     (error) => deps.log.error({ err: error }, 'inbox sweep failed; retrying on the next tick'),
   );

@@ -157,7 +157,9 @@ interface AfterInsert {
 
 /** An answer that carries no coupon can neither settle on its slot nor answer with it. */
 type AfterInsertOf<K extends InsertOutcome['kind']> =
-  Extract<InsertOutcome, { kind: K }> extends { coupon: Coupon } ? AfterInsert : AfterInsert & { admission: 'release' | 'drop'; answer: Exclude<AfterInsert['answer'], 'coupon'> };
+  Extract<InsertOutcome, { kind: K }> extends { coupon: Coupon }
+    ? AfterInsert
+    : AfterInsert & { admission: 'release' | 'drop'; answer: Exclude<AfterInsert['answer'], 'coupon'> };
 
 /** Each answer of the coupon insert (src/storage/coupon.ts, insert_issued_coupons) and what follows it. */
 const ON_INSERT: { [K in InsertOutcome['kind']]: AfterInsertOf<K> } = {
@@ -173,7 +175,11 @@ const ON_INSERT: { [K in InsertOutcome['kind']]: AfterInsertOf<K> } = {
   'duplicate-request': {
     admission: 'settle',
     markCodeUsed: true,
-    log: { level: 'info', msg: 'coupon issued by an earlier run', fields: (coupon) => ({ couponId: coupon?.id, slot: coupon?.slot, replay: true }) },
+    log: {
+      level: 'info',
+      msg: 'coupon issued by an earlier run',
+      fields: (coupon) => ({ couponId: coupon?.id, slot: coupon?.slot, replay: true }),
+    },
     answer: 'coupon',
   },
   // Paused or ended after this request was admitted: Postgres refuses, the slot goes back.
@@ -181,7 +187,11 @@ const ON_INSERT: { [K in InsertOutcome['kind']]: AfterInsertOf<K> } = {
   // Redis believed the user had room; Postgres knows better. Give the slot back.
   'user-limit': {
     admission: 'release',
-    log: { level: 'warn', msg: 'admission disagreed with Postgres on the per-user limit', fields: (_, admittedSlot) => ({ slot: admittedSlot }) },
+    log: {
+      level: 'warn',
+      msg: 'admission disagreed with Postgres on the per-user limit',
+      fields: (_, admittedSlot) => ({ slot: admittedSlot }),
+    },
     answer: { refuse: 'USER_LIMIT_REACHED' },
   },
   // Another coupon holds the code (its claim lapsed or Redis lost it): the slot goes back, the
@@ -198,7 +208,11 @@ const ON_INSERT: { [K in InsertOutcome['kind']]: AfterInsertOf<K> } = {
   // The slot is already some coupon's: drop it and take another on the next attempt.
   'slot-taken': {
     admission: 'drop',
-    log: { level: 'warn', msg: 'admission handed out a slot Postgres already holds', fields: (_, admittedSlot) => ({ slot: admittedSlot }) },
+    log: {
+      level: 'warn',
+      msg: 'admission handed out a slot Postgres already holds',
+      fields: (_, admittedSlot) => ({ slot: admittedSlot }),
+    },
     answer: 'retry',
   },
 };
@@ -252,7 +266,11 @@ const STOCK_WAIT_MS = 5_000;
  * admissions it waits for are running now (or stranded by a crash, which the reconciler undoes):
  * past STOCK_WAIT_MS the attempt is retried, and the last attempt takes SOLD_OUT as the answer.
  */
-async function admitWaitingForStock(deps: AdmissionDeps, request: IssueRequest, attempt: Attempt): Promise<Exclude<Admission, { kind: 'wait' }>> {
+async function admitWaitingForStock(
+  deps: AdmissionDeps,
+  request: IssueRequest,
+  attempt: Attempt,
+): Promise<Exclude<Admission, { kind: 'wait' }>> {
   const started = Date.now();
   for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
     const admission = await admit(deps, request);

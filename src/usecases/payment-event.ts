@@ -61,7 +61,12 @@ interface EventRef {
   userId: string | null;
 }
 
-const readEventState = batchedQuery<EventRef, EventStateRow>('SELECT * FROM checkout_event_states($1::jsonb)', asJson, (e) => e.key, (row) => row.key);
+const readEventState = batchedQuery<EventRef, EventStateRow>(
+  'SELECT * FROM checkout_event_states($1::jsonb)',
+  asJson,
+  (e) => e.key,
+  (row) => row.key,
+);
 
 /** The row as planEvent takes it; `orderTaken`: an earlier write of the event was refused for it. */
 function eventStateOf(row: EventStateRow | null, orderTaken: boolean): EventState {
@@ -70,7 +75,13 @@ function eventStateOf(row: EventStateRow | null, orderTaken: boolean): EventStat
     pendingForOrder: row?.pending_for_order ?? 0,
     orderOwner: row?.o_user ?? null,
     reservation: row?.r_id
-      ? { id: row.r_id, status: row.r_status as ReservationState, refunded: Boolean(row.r_refunded), userId: row.r_user as string, orderId: row.r_order as string }
+      ? {
+          id: row.r_id,
+          status: row.r_status as ReservationState,
+          refunded: Boolean(row.r_refunded),
+          userId: row.r_user as string,
+          orderId: row.r_order as string,
+        }
       : null,
     coupon: row?.c_id
       ? {
@@ -96,10 +107,13 @@ const writeEvent = batchedQuery<EventWrite, EventWritten>(
 );
 
 async function earlierOutcome(db: Sequelize, event: CheckoutEvent): Promise<CheckoutOutcome> {
-  const [row] = await db.query<{ outcome: string; reason_code: string | null }>('SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2', {
-    bind: [event.source, event.eventId],
-    type: QueryTypes.SELECT,
-  });
+  const [row] = await db.query<{ outcome: string; reason_code: string | null }>(
+    'SELECT outcome, reason_code FROM processed_events WHERE source = $1 AND event_id = $2',
+    {
+      bind: [event.source, event.eventId],
+      type: QueryTypes.SELECT,
+    },
+  );
   return { kind: 'duplicate', outcome: row?.outcome ?? 'APPLIED', reasonCode: row?.reason_code ?? null };
 }
 

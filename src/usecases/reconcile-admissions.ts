@@ -43,7 +43,11 @@ export const ENDED_STATE_GRACE_S = 600;
  * One pass over every policy's pending admissions older than `minAgeMs`, and those whose job does
  * not exist at all once they are older than `orphanAgeMs`.
  */
-export async function reconcileAdmissions(deps: ReconcileDeps, minAgeMs: number, orphanAgeMs = Math.min(minAgeMs, ORPHAN_ADMISSION_AGE_MS)): Promise<ReconcileReport> {
+export async function reconcileAdmissions(
+  deps: ReconcileDeps,
+  minAgeMs: number,
+  orphanAgeMs = Math.min(minAgeMs, ORPHAN_ADMISSION_AGE_MS),
+): Promise<ReconcileReport> {
   const report: ReconcileReport = { examined: 0, settled: 0, released: 0, freed: 0 };
   const policyIds = await deps.redis.smembers(redisKeys().admissionPolicies());
   const now = Date.now();

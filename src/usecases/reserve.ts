@@ -57,9 +57,18 @@ const REFUSED_BY: Record<string, Reason['code']> = {
 
 /** A reservation its request id made before: the answer for the same body, a refusal for another (I8). */
 async function answerEarlier(input: ReserveInput, earlier: Reservation): Promise<ReserveOutcome> {
-  const made = { couponId: earlier.couponId, orderId: earlier.orderId, orderAmount: earlier.orderAmount, fingerprint: earlier.requestFingerprint ?? null };
+  const made = {
+    couponId: earlier.couponId,
+    orderId: earlier.orderId,
+    orderAmount: earlier.orderAmount,
+    fingerprint: earlier.requestFingerprint ?? null,
+  };
   if (!isSameReserveRequest(made, input)) {
-    return { kind: 'refused', reason: reason('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key reserved a coupon for another request.'), boundTo: earlier };
+    return {
+      kind: 'refused',
+      reason: reason('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key reserved a coupon for another request.'),
+      boundTo: earlier,
+    };
   }
   // The earlier run may have died before invalidating.
   await invalidateUserCoupons([earlier.userId]);

@@ -103,14 +103,27 @@ export function createApp(deps: AppDeps) {
   api.use('*', limitByAddress({ redis, budget: limits.address, trustProxy: limits.trustProxy, prefix: limits.prefix }));
   api.use('*', limitBody(MAX_BODY_BYTES));
   const cfg = config();
-  api.use('*', authenticate({ secrets: deps.jwtSecret, issuer: cfg.JWT_ISSUER, audience: cfg.JWT_AUDIENCE, jwksUrl: cfg.JWT_JWKS_URL, ...deps.jwt }));
+  api.use(
+    '*',
+    authenticate({ secrets: deps.jwtSecret, issuer: cfg.JWT_ISSUER, audience: cfg.JWT_AUDIENCE, jwksUrl: cfg.JWT_JWKS_URL, ...deps.jwt }),
+  );
   api.use('*', limitByUser({ redis, budget: limits.user, prefix: limits.prefix }));
   // Stats paths sit under the policy and user prefixes (/coupons/policies/:id/stats, ...): mounted first.
   api.route('/', statsRoutes(deps.redis));
   api.route('/coupons/policies', policyRoutes(deps.redis, deps.queues));
   const outcomes = deps.outcomes ?? lazyOutcomeHub(() => createOutcomeHub(deps.log));
   const rejections = createRejectionCounter(deps.redis, deps.log);
-  api.route('/coupons/issue', issueRoutes({ queues: deps.queues, codeSecret: deps.codeSecret ?? requireCodeSecret(), wrongCodes: codeGuard, outcomes, rejections, log: deps.log }));
+  api.route(
+    '/coupons/issue',
+    issueRoutes({
+      queues: deps.queues,
+      codeSecret: deps.codeSecret ?? requireCodeSecret(),
+      wrongCodes: codeGuard,
+      outcomes,
+      rejections,
+      log: deps.log,
+    }),
+  );
   api.route('/coupons/users', userRoutes());
   api.route('/coupons', checkoutRoutes(deps.queues));
   api.route('/jobs', jobRoutes(deps.queues, outcomes));

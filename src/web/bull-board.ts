@@ -67,8 +67,20 @@ const challenge = (c: Context) => {
  * increment) before it is answered, so a burst of concurrent guesses is counted whole.
  */
 function basicAuthWithLockout(credentials: BullBoardCredentials, lockout: BoardLockout): MiddlewareHandler {
-  const rules = { keyPrefix: rateLimitKeyPrefixes(lockout.prefix).boardAuth, points: lockout.failures, duration: lockout.windowS, blockDuration: lockout.blockS };
-  const limiter = new RateLimiterRedis({ ...rules, storeClient: lockout.redis, rejectIfRedisNotReady: true, inMemoryBlockOnConsumed: lockout.failures + 1, inMemoryBlockDuration: lockout.blockS, insuranceLimiter: new RateLimiterMemory(rules) });
+  const rules = {
+    keyPrefix: rateLimitKeyPrefixes(lockout.prefix).boardAuth,
+    points: lockout.failures,
+    duration: lockout.windowS,
+    blockDuration: lockout.blockS,
+  };
+  const limiter = new RateLimiterRedis({
+    ...rules,
+    storeClient: lockout.redis,
+    rejectIfRedisNotReady: true,
+    inMemoryBlockOnConsumed: lockout.failures + 1,
+    inMemoryBlockDuration: lockout.blockS,
+    insuranceLimiter: new RateLimiterMemory(rules),
+  });
   const refusal = (c: Context, msBeforeNext: number) => {
     const error = new RateLimitedError(msBeforeNext, 'Too many wrong credentials');
     c.header('Retry-After', String(error.retryAfterS));

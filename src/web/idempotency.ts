@@ -49,4 +49,3 @@ export async function claimIdempotencyKey(redis: Redis, userId: string, key: str
   if (previous === bodyFingerprint) return 'replay';
   throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body.');
 }
-

@@ -141,10 +141,18 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
   let stored = false;
   try {
     // The record goes first: a worker that finishes the job overwrites it, never the other way round.
-    await storeOutcomes(deps.queues.connection, jobId, items.map((i) => [i.index, i.decided ?? pendingRecord(i, now)]));
+    await storeOutcomes(
+      deps.queues.connection,
+      jobId,
+      items.map((i) => [i.index, i.decided ?? pendingRecord(i, now)]),
+    );
     stored = true;
     if (carried.length > 0) {
-      const requests = carried.map(({ data: { waitMs: _wait, ...data }, requestId, admittedAs }) => ({ ...data, requestId, ...(admittedAs && { admittedAs }) }));
+      const requests = carried.map(({ data: { waitMs: _wait, ...data }, requestId, admittedAs }) => ({
+        ...data,
+        requestId,
+        ...(admittedAs && { admittedAs }),
+      }));
       await addJob(deps.queues, 'issue-batch', { requests }, jobId);
     }
   } catch (error) {
@@ -155,12 +163,22 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
     // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
     const replaysThisTurn = (i: Item) => i.keyed && 'replayOf' in i.keyed && i.keyed.replayOf.startsWith(`${jobId}.`);
     return all.map((i) =>
-      i.keyed ? (replaysThisTurn(i) ? unavailable : keyedAnswer(i)) : i.decided && stored ? { requestId: i.requestId, decided: i.decided } : unavailable,
+      i.keyed
+        ? replaysThisTurn(i)
+          ? unavailable
+          : keyedAnswer(i)
+        : i.decided && stored
+          ? { requestId: i.requestId, decided: i.decided }
+          : unavailable,
     );
   }
   countDecided(deps, items);
   return all.map((i) =>
-    i.keyed ? keyedAnswer(i) : i.decided ? { requestId: i.requestId, decided: i.decided } : { requestId: i.requestId, outcome: waits.get(i.index) },
+    i.keyed
+      ? keyedAnswer(i)
+      : i.decided
+        ? { requestId: i.requestId, decided: i.decided }
+        : { requestId: i.requestId, outcome: waits.get(i.index) },
   );
 }
 
@@ -194,7 +212,9 @@ async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
   const keyed = items.filter((i) => i.data.idempotency);
   const claim = (i: Item) => `${i.data.idempotency!.fingerprint}|${i.requestId}|${Date.now()}`;
   const previous = await Promise.all(
-    keyed.map((i) => deps.queues.connection.call('SET', i.data.idempotency!.redisKey, claim(i), 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS))),
+    keyed.map((i) =>
+      deps.queues.connection.call('SET', i.data.idempotency!.redisKey, claim(i), 'NX', 'GET', 'EX', String(IDEMPOTENCY_TTL_SECONDS)),
+    ),
   );
   await Promise.all(
     keyed.map(async (item, k) => {
@@ -216,7 +236,10 @@ async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
 
 /** A request with neither an outcome record nor a batch job: it never got past its web's turn. */
 async function vanished(deps: IntakeDeps, requestId: string): Promise<boolean> {
-  const [record, job] = await Promise.all([readOutcome(deps.queues.connection, requestId, deps.log), batchJobState(deps.queues, requestId)]);
+  const [record, job] = await Promise.all([
+    readOutcome(deps.queues.connection, requestId, deps.log),
+    batchJobState(deps.queues, requestId),
+  ]);
   return record === null && job === 'absent';
 }
 
@@ -239,7 +262,13 @@ async function admitByPolicy(deps: IntakeDeps, items: Item[], now: number): Prom
     [...byPolicy].map(async ([policyId, group]) => {
       let answers: AdmissionAnswer[];
       try {
-        answers = await admitOnce(deps.queues.connection, policyId, ISSUE_BY_POLICY_METHODS, group.map((i) => ({ requestId: i.requestId, userId: i.data.userId })), true);
+        answers = await admitOnce(
+          deps.queues.connection,
+          policyId,
+          ISSUE_BY_POLICY_METHODS,
+          group.map((i) => ({ requestId: i.requestId, userId: i.data.userId })),
+          true,
+        );
       } catch (error) {
         // Redis did not answer: the requests go to the job as they are (or the add fails with 503 too).
         deps.log.warn({ err: error, policyId }, 'admission in the web failed; leaving the requests to a worker');
@@ -270,7 +299,12 @@ function pendingRecord(item: Item, now: number): StoredOutcome {
 async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<Item[]> {
   const admitted = carried.filter((i) => i.admittedAs && i.data.policyId);
   const released = await Promise.all(
-    admitted.map((i) => releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).then(() => true, () => false)),
+    admitted.map((i) =>
+      releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).then(
+        () => true,
+        () => false,
+      ),
+    ),
   );
   return admitted.filter((_, k) => !released[k]);
 }

@@ -26,7 +26,8 @@ async function main(): Promise<void> {
   await waitForReady(queues.connection, 15_000);
   const stopPolicyCache = await startPolicyCache(log);
   let draining = false;
-  const bullBoard = cfg.BULL_BOARD_USER && cfg.BULL_BOARD_PASSWORD ? { username: cfg.BULL_BOARD_USER, password: cfg.BULL_BOARD_PASSWORD } : undefined;
+  const bullBoard =
+    cfg.BULL_BOARD_USER && cfg.BULL_BOARD_PASSWORD ? { username: cfg.BULL_BOARD_USER, password: cfg.BULL_BOARD_PASSWORD } : undefined;
   // Never served without credentials: unset, it is not mounted at all (404).
   if (bullBoard) log.info({ path: BULL_BOARD_PATH }, 'Bull Board on, behind Basic auth');
   else log[cfg.BULL_BOARD_USER || cfg.BULL_BOARD_PASSWORD ? 'warn' : 'info']('Bull Board off: set BULL_BOARD_USER and BULL_BOARD_PASSWORD');
@@ -34,11 +35,23 @@ async function main(): Promise<void> {
   const outcomes = createOutcomeHub(log);
   await outcomes.ready;
   const separateOps = cfg.OPS_PORT !== undefined;
-  const deps = { queues, redis, log, outcomes, jwtSecret: requireJwtSecret(), codeSecret: requireCodeSecret(), isDraining: () => draining, bullBoard, separateOps };
+  const deps = {
+    queues,
+    redis,
+    log,
+    outcomes,
+    jwtSecret: requireJwtSecret(),
+    codeSecret: requireCodeSecret(),
+    isDraining: () => draining,
+    bullBoard,
+    separateOps,
+  };
   const app = createApp(deps);
   // With OPS_PORT, metrics, readiness and Bull Board answer there only (keep it off the public balancer).
   const opsServer = separateOps
-    ? serve({ fetch: createOpsApp(deps).fetch, port: cfg.OPS_PORT, hostname: '0.0.0.0' }, (info) => log.info({ port: info.port }, 'ops server listening'))
+    ? serve({ fetch: createOpsApp(deps).fetch, port: cfg.OPS_PORT, hostname: '0.0.0.0' }, (info) =>
+        log.info({ port: info.port }, 'ops server listening'),
+      )
     : undefined;
   const server = serve({ fetch: app.fetch, port: cfg.PORT, hostname: '0.0.0.0' }, (info) => {
     log.info({ port: info.port, opsPort: separateOps ? 'separate' : 'same' }, 'web listening');

@@ -103,7 +103,13 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
   const log = deps.log.child({ traceId: data.traceId, jobId: job.id, reservationId: data.reservationId });
   const byAdmin = data.actorId !== data.userId;
   const endReason = action === 'confirm' ? 'CONFIRMED_BY_ADMIN' : byAdmin ? 'CANCELLED_BY_ADMIN' : 'CANCELLED_BY_USER';
-  const outcome = await applyOrWait(deps, { ...ACTIONS[action], eventId: String(job.id), reservationId: data.reservationId, ownerId: data.userId, endReason });
+  const outcome = await applyOrWait(deps, {
+    ...ACTIONS[action],
+    eventId: String(job.id),
+    reservationId: data.reservationId,
+    ownerId: data.userId,
+    endReason,
+  });
   logOutcome(log, action, outcome);
   switch (outcome.kind) {
     case 'applied':
@@ -137,7 +143,8 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
     endReason: event.type,
     noWait: waitedEnough && !earlierPending,
   }).catch((error: unknown) => {
-    if (earlierPending && error instanceof NotYetApplicable) log.info({ attempts: job.attemptsMade + 1 }, `${event.type} keeps waiting: an earlier event of its order is not applied yet`);
+    if (earlierPending && error instanceof NotYetApplicable)
+      log.info({ attempts: job.attemptsMade + 1 }, `${event.type} keeps waiting: an earlier event of its order is not applied yet`);
     throw error;
   });
   logOutcome(log, event.type, outcome);
@@ -158,7 +165,10 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
     case 'duplicate': {
       // A rerun of this very job (it died after its write) answers what its first run did; another
       // delivery of the event says it was a duplicate, and what the first one did.
-      const earlier = { outcome: outcome.outcome as PaymentResult['outcome'], ...(outcome.reasonCode && { reason: reason(outcome.reasonCode as ErrorCode) }) };
+      const earlier = {
+        outcome: outcome.outcome as PaymentResult['outcome'],
+        ...(outcome.reasonCode && { reason: reason(outcome.reasonCode as ErrorCode) }),
+      };
       if (job.attemptsStarted > 1) return { outcome: 'succeeded', result: { ...base, ...earlier } };
       return { outcome: 'succeeded', result: { ...base, outcome: 'DUPLICATE', earlier } };
     }
@@ -174,13 +184,22 @@ async function applyOrWait(deps: CheckoutDeps, event: CheckoutEvent): Promise<Ex
 function logOutcome(log: Logger, what: string, outcome: Exclude<CheckoutOutcome, { kind: 'wait' }>): void {
   switch (outcome.kind) {
     case 'applied':
-      log.info({ action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId }, `${what} applied`);
+      log.info(
+        { action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId },
+        `${what} applied`,
+      );
       if (outcome.action === 'confirm' || outcome.action === 'confirm-late') noteCouponUsed(outcome.reservation.couponId);
       return;
     case 'ignored':
       if (outcome.conflict) {
         paymentConflictsTotal.inc();
-        raiseAlert(log, 'PAYMENT_CONFLICT', { code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId }, 'warn', `payment conflict: ${outcome.reason.message}`);
+        raiseAlert(
+          log,
+          'PAYMENT_CONFLICT',
+          { code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId },
+          'warn',
+          `payment conflict: ${outcome.reason.message}`,
+        );
       } else {
         log.info({ code: outcome.reason.code, reservationId: outcome.reservation?.id }, `${what} changed nothing`);
       }

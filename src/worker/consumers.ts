@@ -52,7 +52,10 @@ export function startConsumers(deps: ConsumerDeps): Consumers {
     worker.on('stalled', (jobId) => log.warn({ jobId, queue: worker.name }, 'job stalled; handed to another worker'));
     worker.on('failed', (job, error) => {
       if (job && failedForGood(job)) {
-        log.error({ jobId: job.id, queue: worker.name, traceId: (job.data as { traceId?: string }).traceId, err: error }, 'job failed for good');
+        log.error(
+          { jobId: job.id, queue: worker.name, traceId: (job.data as { traceId?: string }).traceId, err: error },
+          'job failed for good',
+        );
       }
     });
     instrumentWorker(worker);

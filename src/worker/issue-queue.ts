@@ -94,7 +94,14 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Issue
   const { requests } = jobData(job, issueBatchSchema);
   // A rerun (the worker died after telling the outcomes, before completing the job) keeps what was
   // told: a shopper told SOLD_OUT is not issued a unit that came back since.
-  const told = attemptOf(job).rerun ? await readFinalOutcomes(deps.redis, String(job.id), requests.map((r) => r.requestId), log) : [];
+  const told = attemptOf(job).rerun
+    ? await readFinalOutcomes(
+        deps.redis,
+        String(job.id),
+        requests.map((r) => r.requestId),
+        log,
+      )
+    : [];
   const results: (IssueOutcome | undefined)[] = requests.map((r, i) =>
     // A code that names no policy: nothing to issue, and nothing to hold.
     r.policyId === null ? { outcome: 'rejected', reason: reason('CODE_NOT_FOUND') } : told[i] ? jobOutcomeOf(told[i]) : undefined,
@@ -117,7 +124,12 @@ async function issueBatch(deps: IssueDeps, job: Job, log: Logger): Promise<Issue
           },
         ],
   );
-  const issued = await issueAll(deps, job, toIssue.map((t) => t.request), log);
+  const issued = await issueAll(
+    deps,
+    job,
+    toIssue.map((t) => t.request),
+    log,
+  );
   toIssue.forEach((t, k) => {
     results[t.i] = issued[k];
   });
@@ -174,7 +186,10 @@ async function directIssue(deps: IssueDeps, job: Job, log: Logger): Promise<Dire
     await job.updateProgress({ done: results.length, total: data.userIds.length });
   }
   const summary = summarize(data.policyId, results);
-  jobLog.info({ issued: summary.issued, rejected: summary.rejected, failed: summary.failed, rejectedBy: summary.rejectedBy }, 'direct grant finished');
+  jobLog.info(
+    { issued: summary.issued, rejected: summary.rejected, failed: summary.failed, rejectedBy: summary.rejectedBy },
+    'direct grant finished',
+  );
   return { outcome: 'succeeded', result: summary };
 }
 
@@ -222,9 +237,17 @@ async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<UserEv
   await markInboxApplied('user-events', event.eventId);
   const policies = outcomes.map((o, k) => {
     const g = grantResult(event.userId, o);
-    return { policyId: requests[k]!.policyId, outcome: g.outcome, ...(g.couponId && { couponId: g.couponId }), ...(g.reason && { reason: g.reason }) };
+    return {
+      policyId: requests[k]!.policyId,
+      outcome: g.outcome,
+      ...(g.couponId && { couponId: g.couponId }),
+      ...(g.reason && { reason: g.reason }),
+    };
   });
-  jobLog.info({ type: event.type, userId: event.userId, policies: policies.length, issued: policies.filter((p) => p.outcome === 'issued').length }, 'user event processed');
+  jobLog.info(
+    { type: event.type, userId: event.userId, policies: policies.length, issued: policies.filter((p) => p.outcome === 'issued').length },
+    'user event processed',
+  );
   return { outcome: 'succeeded', result: { eventId: event.eventId, type: event.type, userId: event.userId, policies } };
 }
 

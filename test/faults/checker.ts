@@ -43,7 +43,16 @@ export interface CheckReport {
   violations: Violations;
   /** Violations summed. */
   total: number;
-  counts: { coupons: number; won: number; lost: number; failedRequests: number; reserved: number; used: number; restored: number; eventCoupons: number };
+  counts: {
+    coupons: number;
+    won: number;
+    lost: number;
+    failedRequests: number;
+    reserved: number;
+    used: number;
+    restored: number;
+    eventCoupons: number;
+  };
   /** A few examples per violated invariant, for the log. */
   examples: Record<string, string[]>;
 }
@@ -97,7 +106,13 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     else if (s.final.outcome === 'lost' && holders.has(s.user)) flag('I4_toldWrong', `${s.user} told ${s.final.code}, holds a coupon`);
   }
 
-  const { rows: reservations } = await pg.query<{ id: string; coupon_id: string; order_id: string; status: string; refunded_at: Date | null }>(
+  const { rows: reservations } = await pg.query<{
+    id: string;
+    coupon_id: string;
+    order_id: string;
+    status: string;
+    refunded_at: Date | null;
+  }>(
     'SELECT r.id, r.coupon_id, r.order_id, r.status, r.refunded_at FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1',
     [policyId],
   );
@@ -131,11 +146,13 @@ export async function check(input: CheckInput): Promise<CheckReport> {
       continue;
     }
     for (const e of c.events) {
-      if (outcomeOf.get(e.eventId) !== 'APPLIED') flag('I11_paymentsWrong', `${e.type} ${e.eventId}: ${outcomeOf.get(e.eventId) ?? 'never processed'}`);
+      if (outcomeOf.get(e.eventId) !== 'APPLIED')
+        flag('I11_paymentsWrong', `${e.type} ${e.eventId}: ${outcomeOf.get(e.eventId) ?? 'never processed'}`);
     }
     if (c.refund) {
       restored += 1;
-      if (!r.refunded_at || coupon?.status !== 'ISSUED') flag('I11_refundsWrong', `${c.couponId}: ${coupon?.status}, refunded ${r.refunded_at}`);
+      if (!r.refunded_at || coupon?.status !== 'ISSUED')
+        flag('I11_refundsWrong', `${c.couponId}: ${coupon?.status}, refunded ${r.refunded_at}`);
     } else {
       used += 1;
       if (r.status !== 'CONFIRMED' || coupon?.status !== 'USED' || coupon.reservation_id !== r.id) {
@@ -145,7 +162,9 @@ export async function check(input: CheckInput): Promise<CheckReport> {
     }
   }
 
-  const { rows: eventCoupons } = await pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [input.userEvents.policyId]);
+  const { rows: eventCoupons } = await pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [
+    input.userEvents.policyId,
+  ]);
   const issuedForEvents = Number(eventCoupons[0]?.n ?? 0);
   v.I5_userEventsWrong = Math.abs(issuedForEvents - input.userEvents.events);
   if (v.I5_userEventsWrong > 0) note('I5_userEventsWrong', `${issuedForEvents} coupons for ${input.userEvents.events} events`);

@@ -93,7 +93,9 @@ function crashAt(step: string, atHit: number, phase: Phase, what: string): Fault
     async strike({ world }) {
       const until = Date.now() + 30_000;
       while (!(fired(world, step) && restartedNames(world).length > 0) && Date.now() < until) await sleep(100);
-      return fired(world, step) ? `died at ${step}; restarted: ${restartedNames(world).join(', ')}` : `${step} was not reached ${atHit} times`;
+      return fired(world, step)
+        ? `died at ${step}; restarted: ${restartedNames(world).join(', ')}`
+        : `${step} was not reached ${atHit} times`;
     },
   };
 }

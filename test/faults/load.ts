@@ -112,10 +112,15 @@ async function reserveOne(checkout: Checkout, index: number, opts: LoadOptions, 
   for (let attempt = 0; Date.now() < until; attempt += 1) {
     const web = webOf(index, attempt, opts.apis.length);
     const api = opts.apis[web] as Api;
-    const reply = await call(api, 'POST', '/api/v1/coupons/reserve', { token: checkout.token, body, headers: { prefer: 'wait=10', 'idempotency-key': checkout.key } });
+    const reply = await call(api, 'POST', '/api/v1/coupons/reserve', {
+      token: checkout.token,
+      body,
+      headers: { prefer: 'wait=10', 'idempotency-key': checkout.key },
+    });
     const answer: Answer = { at: Date.now(), status: reply.status, web };
     checkout.answers.push(answer);
-    const view = (reply.status === 200 ? reply.body : undefined) as { status: string; result?: { reservationId: string }; reason?: { code: string } } | undefined;
+    const view = (reply.status === 200 ? reply.body : undefined) as
+      { status: string; result?: { reservationId: string }; reason?: { code: string } } | undefined;
     if (view?.status === 'succeeded' && view.result) {
       answer.outcome = 'won';
       checkout.reservation = { id: view.result.reservationId, at: answer.at };
@@ -151,7 +156,10 @@ export function paymentEvents(checkouts: Checkout[]): { key: string; value: stri
     c.events.push(completed);
     if (c.refund) c.events.push({ eventId: randomUUID(), type: 'PAYMENT_REFUNDED' as const });
     for (const e of c.events) {
-      const message = { key: c.orderId, value: JSON.stringify({ ...e, orderId: c.orderId, reservationId: c.reservation.id, occurredAt: new Date().toISOString() }) };
+      const message = {
+        key: c.orderId,
+        value: JSON.stringify({ ...e, orderId: c.orderId, reservationId: c.reservation.id, occurredAt: new Date().toISOString() }),
+      };
       // Per order: COMPLETED, REFUNDED, then both again (a redelivery of the whole order's history).
       rounds[0]?.push(message);
       rounds[1]?.push(message);

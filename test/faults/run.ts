@@ -76,7 +76,13 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
     const failpoints = needs.flatMap((n) => (n.env?.FAILPOINTS ? [n.env.FAILPOINTS] : [])).join(',');
     let world: Awaited<ReturnType<typeof createWorld>> | undefined;
     try {
-      world = await createWorld({ formation, kafka, tag: `${process.pid}_${i}`, log: opts.log, ...(failpoints && { env: { FAILPOINTS: failpoints } }) });
+      world = await createWorld({
+        formation,
+        kafka,
+        tag: `${process.pid}_${i}`,
+        log: opts.log,
+        ...(failpoints && { env: { FAILPOINTS: failpoints } }),
+      });
       const result = await runScenario({ world, shoppers: opts.shoppers, stock: opts.stock, strikes: plan.strikes, log: opts.log });
       rows.push({ name: plan.name, result });
       opts.log(`${plan.name}: ${result.check.total} violation(s); restarts ${world.restarts()}`);
@@ -102,10 +108,7 @@ function recovery(s: ScenarioResult['strikes'][number]): string {
 }
 
 export function table(rows: SuiteRow[]): string {
-  const lines = [
-    '| fault | load | in flight when it struck | answers | violations | recovery |',
-    '| --- | --- | --- | --- | --- | --- |',
-  ];
+  const lines = ['| fault | load | in flight when it struck | answers | violations | recovery |', '| --- | --- | --- | --- | --- | --- |'];
   for (const row of rows) {
     if (!row.result) {
       lines.push(`| ${row.name} | | | | could not run: ${(row.error ?? '').split('\n')[0]} | |`);
@@ -113,7 +116,12 @@ export function table(rows: SuiteRow[]): string {
     }
     const { strikes, check, load } = row.result;
     const flight = strikes
-      .map((s) => `${s.hit ? '' : '**missed**: '}${s.inFlight.pendingAdmissions} admissions, jobs ${Object.entries(s.inFlight.jobs).map(([q, n]) => `${q} ${n}`).join('/')}, ${s.inFlight.clientsWaiting} waiting`)
+      .map(
+        (s) =>
+          `${s.hit ? '' : '**missed**: '}${s.inFlight.pendingAdmissions} admissions, jobs ${Object.entries(s.inFlight.jobs)
+            .map(([q, n]) => `${q} ${n}`)
+            .join('/')}, ${s.inFlight.clientsWaiting} waiting`,
+      )
       .join('; ');
     const bad = Object.entries(check.violations).filter(([, n]) => n > 0);
     const c = check.counts;

@@ -81,8 +81,17 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
   const policyId = await createPolicy(world.apis[0]!, { totalQuantity: opts.stock, perUserLimit: 1, name: uniqueId('faults') });
   // User events, sent with the payments (every one twice), each issuing one coupon of an EVENT
   // policy whose per-user limit (5) would let a duplicate through: 100 users with 2 events each.
-  const trigger = `FAULTS_${uniqueId('t').replace(/[^A-Za-z0-9]/g, '').slice(-10).toUpperCase()}`;
-  const eventPolicyId = await createPolicy(world.apis[0]!, { issueMethod: 'EVENT', triggerEvent: trigger, totalQuantity: null, perUserLimit: 5, name: uniqueId('faults-events') });
+  const trigger = `FAULTS_${uniqueId('t')
+    .replace(/[^A-Za-z0-9]/g, '')
+    .slice(-10)
+    .toUpperCase()}`;
+  const eventPolicyId = await createPolicy(world.apis[0]!, {
+    issueMethod: 'EVENT',
+    triggerEvent: trigger,
+    totalQuantity: null,
+    perUserLimit: 5,
+    name: uniqueId('faults-events'),
+  });
   const occurredAt = new Date(Date.now() + 1_000).toISOString();
   const userEvents = Array.from({ length: 100 }, (_, i) => uniqueId(`ue${i}`)).flatMap((userId) =>
     [0, 1].map(() => ({ key: userId, value: JSON.stringify({ eventId: randomUUID(), type: trigger, userId, occurredAt }) })),
@@ -97,12 +106,27 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
   const inPhase = (phase: string) => opts.strikes.filter((s) => s.fault.phase === phase);
 
   /** Strikes the phase's faults one after another, each when its share of `total` finals is reached. */
-  const strikePhase = async (phase: string, progress: Progress, total: number, waiting: () => number, recoveredAfter: (t: number) => Promise<number | null>, phaseDone: Promise<unknown>) => {
+  const strikePhase = async (
+    phase: string,
+    progress: Progress,
+    total: number,
+    waiting: () => number,
+    recoveredAfter: (t: number) => Promise<number | null>,
+    phaseDone: Promise<unknown>,
+  ) => {
     const ended = phaseDone.then(() => 'ended' as const);
     for (const strike of inPhase(phase).sort((a, b) => a.at - b.at)) {
       if ((await Promise.race([progress.reached(Math.floor(total * strike.at)), ended])) === 'ended') {
         const found = await readInFlight(world, policyId, 0);
-        reports.push({ fault: strike.fault.name, phase, detail: 'the phase ended before its moment came', inFlight: found, hit: false, recoveryMs: null, toldDuring: 0 });
+        reports.push({
+          fault: strike.fault.name,
+          phase,
+          detail: 'the phase ended before its moment came',
+          inFlight: found,
+          hit: false,
+          recoveryMs: null,
+          toldDuring: 0,
+        });
         continue;
       }
       const found = await readInFlight(world, policyId, waiting());
@@ -114,7 +138,15 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
       // A phase that finished while the fault lasted has no outcome after it: nothing to wait for.
       const first = toldDuring > 0 && progress.finals.every((t) => t <= over) ? null : await recoveredAfter(over);
       const hit = strike.fault.hitAfter ? strike.fault.hitAfter(world) : strike.fault.hit(found);
-      reports.push({ fault: strike.fault.name, phase, detail, inFlight: found, hit, recoveryMs: first === null ? null : first - at, toldDuring });
+      reports.push({
+        fault: strike.fault.name,
+        phase,
+        detail,
+        inFlight: found,
+        hit,
+        recoveryMs: first === null ? null : first - at,
+        toldDuring,
+      });
     }
   };
 
@@ -131,24 +163,55 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
   const saleDone = runSale(shoppers, policyId, { apis: world.apis, deadlineMs, concurrency: 200, onFinal: sale.onFinal });
   await Promise.all([
     saleDone,
-    strikePhase('sale', sale, opts.stock, () => shoppers.filter((s) => !s.final).length, (t) => untilTold(sale, t), saleDone),
+    strikePhase(
+      'sale',
+      sale,
+      opts.stock,
+      () => shoppers.filter((s) => !s.final).length,
+      (t) => untilTold(sale, t),
+      saleDone,
+    ),
   ]);
 
   // ---- the winners reserve ----
   const checkouts: Checkout[] = shoppers
     .filter((s) => s.final?.outcome === 'won' && s.final.couponId)
-    .map((s, i) => ({ user: s.user, token: s.token, couponId: s.final!.couponId!, orderId: uniqueId('order'), key: randomUUID(), answers: [], refund: i % 4 === 0, events: [] }));
+    .map((s, i) => ({
+      user: s.user,
+      token: s.token,
+      couponId: s.final!.couponId!,
+      orderId: uniqueId('order'),
+      key: randomUUID(),
+      answers: [],
+      refund: i % 4 === 0,
+      events: [],
+    }));
   const reserves = new Progress();
   const reservesDone = runReserves(checkouts, { apis: world.apis, deadlineMs, concurrency: 100, onFinal: reserves.onFinal });
   await Promise.all([
     reservesDone,
-    strikePhase('reserve', reserves, checkouts.length, () => checkouts.filter((c) => !c.reservation && !c.refusal).length, (t) => untilTold(reserves, t), reservesDone),
+    strikePhase(
+      'reserve',
+      reserves,
+      checkouts.length,
+      () => checkouts.filter((c) => !c.reservation && !c.refusal).length,
+      (t) => untilTold(reserves, t),
+      reservesDone,
+    ),
   ]);
 
   // ---- payments: every event twice ----
   const [first, again] = paymentEvents(checkouts);
   const eventIds = checkouts.flatMap((c) => c.events.map((e) => e.eventId));
-  const processed = async () => Number((await world.pg.query<{ n: string }>("SELECT count(*) AS n FROM processed_events WHERE source = 'payments' AND event_id = ANY($1::text[])", [eventIds])).rows[0]?.n ?? 0);
+  const processed = async () =>
+    Number(
+      (
+        await world.pg.query<{ n: string }>(
+          "SELECT count(*) AS n FROM processed_events WHERE source = 'payments' AND event_id = ANY($1::text[])",
+          [eventIds],
+        )
+      ).rows[0]?.n ?? 0,
+    );
   const payments = new Progress();
   let seen = 0;
   let watching = true;
@@ -164,11 +227,21 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
   const allSeen = (async () => {
     while (seen < eventIds.length && watching) await sleep(100);
   })();
-  await strikePhase('payments', payments, eventIds.length, () => eventIds.length - seen, (t) => untilTold(payments, t), allSeen);
+  await strikePhase(
+    'payments',
+    payments,
+    eventIds.length,
+    () => eventIds.length - seen,
+    (t) => untilTold(payments, t),
+    allSeen,
+  );
   await world.events.send(world.paymentsTopic, again ?? []);
   await world.events.send(world.userEventsTopic, userEvents);
   const until = Date.now() + deadlineMs;
-  const eventCoupons = async () => Number((await world.pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [eventPolicyId])).rows[0]?.n ?? 0);
+  const eventCoupons = async () =>
+    Number(
+      (await world.pg.query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [eventPolicyId])).rows[0]?.n ?? 0,
+    );
   // Done when every payment is applied, every user event's coupon exists, and the bridge has taken
   // every message of both topics (so the duplicates had their chance) with nothing of them left in the inbox.
   const settled = async () =>
@@ -176,16 +249,36 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
     (await eventCoupons()) >= userEvents.length &&
     (await world.consumed(world.userEventsTopic)) &&
     (await world.consumed(world.paymentsTopic)) &&
-    Number((await world.pg.query<{ n: string }>("SELECT count(*) AS n FROM event_inbox WHERE source = 'user-events' AND queue_prefix = $1", [world.queuePrefix])).rows[0]?.n ?? 0) === 0;
+    Number(
+      (
+        await world.pg.query<{ n: string }>("SELECT count(*) AS n FROM event_inbox WHERE source = 'user-events' AND queue_prefix = $1", [
+          world.queuePrefix,
+        ])
+      ).rows[0]?.n ?? 0,
+    ) === 0;
   while (!(await settled()) && Date.now() < until) await sleep(300);
   watching = false;
   await watch;
 
-  const report = await check({ pg: world.pg, policyId, stock: opts.stock, perUserLimit: 1, shoppers, checkouts, userEvents: { policyId: eventPolicyId, events: userEvents.length } });
+  const report = await check({
+    pg: world.pg,
+    policyId,
+    stock: opts.stock,
+    perUserLimit: 1,
+    shoppers,
+    checkouts,
+    userEvents: { policyId: eventPolicyId, events: userEvents.length },
+  });
   return {
     strikes: reports,
     check: report,
-    load: { shoppers: opts.shoppers, stock: opts.stock, checkouts: checkouts.length, events: eventIds.length * 2, userEvents: userEvents.length * 2 },
+    load: {
+      shoppers: opts.shoppers,
+      stock: opts.stock,
+      checkouts: checkouts.length,
+      events: eventIds.length * 2,
+      userEvents: userEvents.length * 2,
+    },
     durationMs: Date.now() - started,
   };
 }

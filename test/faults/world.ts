@@ -230,7 +230,10 @@ async function waitReady(apis: Api[], gaveUp: () => string | undefined): Promise
     for (;;) {
       const failed = gaveUp();
       if (failed) throw new Error(failed);
-      const ready = await api.get('/health/ready').then((r) => r.status === 200, () => false);
+      const ready = await api.get('/health/ready').then(
+        (r) => r.status === 200,
+        () => false,
+      );
       if (ready) break;
       if (Date.now() > deadline) throw new Error(`${api.baseUrl} not ready within 90 s`);
       await sleep(200);

@@ -24,11 +24,14 @@ function newestMtime(dir: string, accept: (file: string) => boolean): number {
 export function buildIfStale(commands: string[]): void {
   const scripts = commands.flatMap((c) => c.split(/\s+/).filter((arg) => arg.endsWith('.js'))).map((s) => join(ROOT, s));
   const sources = Math.max(
-    ...SOURCES.map((d) => newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua') || f.endsWith('.sql'))),
+    ...SOURCES.map((d) =>
+      newestMtime(join(ROOT, d), (f) => (f.endsWith('.ts') && !f.endsWith('.test.ts')) || f.endsWith('.lua') || f.endsWith('.sql')),
+    ),
     ...['package.json', 'tsconfig.json', 'tsconfig.build.json'].map((f) => statSync(join(ROOT, f)).mtimeMs),
   );
   const fresh = scripts.every((s) => existsSync(s) && statSync(s).mtimeMs >= sources);
   if (fresh) return;
   const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 240_000 });
-  if (build.status !== 0) throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${`${build.stdout}${build.stderr}`.slice(-4000)}`);
+  if (build.status !== 0)
+    throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${`${build.stdout}${build.stderr}`.slice(-4000)}`);
 }

@@ -54,7 +54,10 @@ export interface ReservationRow {
 }
 
 export async function reservationsOf(couponId: string): Promise<ReservationRow[]> {
-  const { rows } = await db().query<ReservationRow>('SELECT id, coupon_id, order_id, status, expires_at, ended_at, end_reason FROM reservations WHERE coupon_id = $1 ORDER BY created_at', [couponId]);
+  const { rows } = await db().query<ReservationRow>(
+    'SELECT id, coupon_id, order_id, status, expires_at, ended_at, end_reason FROM reservations WHERE coupon_id = $1 ORDER BY created_at',
+    [couponId],
+  );
   return rows;
 }
 
@@ -75,7 +78,12 @@ export async function processedEvents(eventId: string) {
 }
 
 /** Polls `read` until `done` says yes, or fails after timeoutMs with the last value. */
-export async function eventually<T>(read: () => Promise<T>, done: (value: T) => boolean, timeoutMs = 30_000, what = 'condition'): Promise<T> {
+export async function eventually<T>(
+  read: () => Promise<T>,
+  done: (value: T) => boolean,
+  timeoutMs = 30_000,
+  what = 'condition',
+): Promise<T> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const value = await read();
@@ -127,7 +135,12 @@ export class EventProducer {
       },
     });
     try {
-      await eventually(async () => seen.length, (n) => n >= expected, timeoutMs, `${expected} messages on ${topic}`);
+      await eventually(
+        async () => seen.length,
+        (n) => n >= expected,
+        timeoutMs,
+        `${expected} messages on ${topic}`,
+      );
       return seen;
     } finally {
       await consumer.disconnect();

@@ -23,7 +23,10 @@ export interface CouponRow {
 }
 
 export async function couponsOf(policyId: string): Promise<CouponRow[]> {
-  const { rows } = await db().query<CouponRow>('SELECT id, user_id, slot, status, request_id FROM coupons WHERE policy_id = $1 ORDER BY slot', [policyId]);
+  const { rows } = await db().query<CouponRow>(
+    'SELECT id, user_id, slot, status, request_id FROM coupons WHERE policy_id = $1 ORDER BY slot',
+    [policyId],
+  );
   return rows;
 }
 

@@ -112,7 +112,10 @@ export function parseExposition(text: string): Map<string, Family> {
     const [, name = '', labelText, valueText = ''] = m;
     const labels = labelText === undefined ? {} : parseLabels(labelText, where);
     const value = parseValue(valueText, where);
-    const familyName = current && (name === current.name || (SUFFIXES[current.type ?? '']?.some((s) => name === current?.name + s) ?? false)) ? current.name : name;
+    const familyName =
+      current && (name === current.name || (SUFFIXES[current.type ?? '']?.some((s) => name === current?.name + s) ?? false))
+        ? current.name
+        : name;
     const family = enter(familyName, where);
     if (family.type === undefined) throw new Error(`${where}: sample of ${name} without a TYPE`);
     const key = `${name}${JSON.stringify(Object.entries(labels).sort())}`;
@@ -124,8 +127,11 @@ export function parseExposition(text: string): Map<string, Family> {
   for (const family of families.values()) {
     if (family.type !== 'histogram') continue;
     for (const count of family.samples.filter((s) => s.name === `${family.name}_count`)) {
-      const inf = family.samples.find((s) => s.name === `${family.name}_bucket` && s.labels.le === '+Inf' && sameLabels(s.labels, count.labels));
-      if (!inf || inf.value !== count.value) throw new Error(`histogram ${family.name} ${JSON.stringify(count.labels)}: +Inf bucket does not match the count`);
+      const inf = family.samples.find(
+        (s) => s.name === `${family.name}_bucket` && s.labels.le === '+Inf' && sameLabels(s.labels, count.labels),
+      );
+      if (!inf || inf.value !== count.value)
+        throw new Error(`histogram ${family.name} ${JSON.stringify(count.labels)}: +Inf bucket does not match the count`);
     }
   }
   return families;
@@ -161,7 +167,8 @@ export function metricNamesIn(expr: string): string[] {
     .replace(/#.*$/gm, ' ')
     .replace(/\{[^}]*\}/g, ' ')
     .replace(/\[[^\]]*\]/g, ' ');
-  const tokens: string[] = stripped.match(/[A-Za-z_:][A-Za-z0-9_:]*|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-z]*|\.\d+|[()]|[^\sA-Za-z0-9_:()]+/g) ?? [];
+  const tokens: string[] =
+    stripped.match(/[A-Za-z_:][A-Za-z0-9_:]*|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-z]*|\.\d+|[()]|[^\sA-Za-z0-9_:()]+/g) ?? [];
   const names = new Set<string>();
   for (let i = 0; i < tokens.length; i += 1) {
     const token = tokens[i] as string;

@@ -45,7 +45,9 @@ export function startRunner(name: string, args: string[], env: Record<string, st
       all.push(...parts);
     });
   }
-  const exited = new Promise<number | string>((resolveExit) => child.once('exit', (code, signal) => resolveExit(code ?? signal ?? 'unknown')));
+  const exited = new Promise<number | string>((resolveExit) =>
+    child.once('exit', (code, signal) => resolveExit(code ?? signal ?? 'unknown')),
+  );
   const lines = () => [...all];
   const pidsOf = (process: string) =>
     lines().flatMap((line) => {
@@ -60,9 +62,12 @@ export function startRunner(name: string, args: string[], env: Record<string, st
     async waitFor(pattern, timeoutMs = 60_000) {
       const until = Date.now() + timeoutMs;
       for (;;) {
-        const found = lines().map((line) => pattern.exec(line)).find((m): m is RegExpExecArray => m !== null);
+        const found = lines()
+          .map((line) => pattern.exec(line))
+          .find((m): m is RegExpExecArray => m !== null);
         if (found) return found;
-        if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the runner exited before printing ${pattern}:\n${lines().slice(-30).join('\n')}`);
+        if (child.exitCode !== null || child.signalCode !== null)
+          throw new Error(`the runner exited before printing ${pattern}:\n${lines().slice(-30).join('\n')}`);
         if (Date.now() > until) throw new Error(`no ${pattern} within ${timeoutMs} ms:\n${lines().slice(-30).join('\n')}`);
         await new Promise((r) => setTimeout(r, 100));
       }
@@ -81,10 +86,13 @@ export function startRunner(name: string, args: string[], env: Record<string, st
     pidsOf,
     async kill() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-      const pids = lines().flatMap((line) => /^start: \S+ started.*, pid (\d+)/.exec(line)?.[1] ?? []).map(Number);
+      const pids = lines()
+        .flatMap((line) => /^start: \S+ started.*, pid (\d+)/.exec(line)?.[1] ?? [])
+        .map(Number);
       for (const pid of pids) signalGroup(pid, 'SIGKILL');
       const until = Date.now() + 10_000;
-      while ((pids.some((pid) => groupAlive(pid)) || (child.pid !== undefined && isAlive(child.pid))) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+      while ((pids.some((pid) => groupAlive(pid)) || (child.pid !== undefined && isAlive(child.pid))) && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 100));
       file.end();
     },
   };

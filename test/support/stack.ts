@@ -36,7 +36,6 @@ export interface Stack {
   stop(): Promise<void>;
 }
 
-
 /** Where the output of the process launched as `name` goes. */
 export function logFile(name: string): string {
   return join(LOG_DIR, `${name}.log`);
@@ -103,7 +102,9 @@ function loggedOpsPort(child: ChildProcess): Promise<number> {
   return port;
 }
 
-export async function startStack(opts: { workers?: number; bridge?: boolean; env?: Record<string, string>; name?: string } = {}): Promise<Stack> {
+export async function startStack(
+  opts: { workers?: number; bridge?: boolean; env?: Record<string, string>; name?: string } = {},
+): Promise<Stack> {
   const port = await freePort();
   const queuePrefix = uniqueId('q');
   const name = opts.name ?? queuePrefix;

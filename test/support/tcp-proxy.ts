@@ -38,7 +38,13 @@ export interface TcpProxy {
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
   const sockets = new Set<Socket>();
   type Match = ((chunk: Buffer) => boolean) | null;
-  const state: { latencyMs: number; dropping: boolean; stalled: boolean; cutOn: Match; cutReplyOn: Match } = { latencyMs, dropping: false, stalled: false, cutOn: null, cutReplyOn: null };
+  const state: { latencyMs: number; dropping: boolean; stalled: boolean; cutOn: Match; cutReplyOn: Match } = {
+    latencyMs,
+    dropping: false,
+    stalled: false,
+    cutOn: null,
+    cutReplyOn: null,
+  };
   /** Upstream sockets whose next answer is to be swallowed, with the connection. */
   const replyCut = new WeakSet<Socket>();
   const relay = (from: Socket, to: Socket, fromClient: boolean) => {

@@ -66,7 +66,13 @@ export async function admitOnce(
 ): Promise<AdmissionAnswer[]> {
   const k = redisKeys().admission(policyId);
   const reply = await withAdmissionScripts(redisClient).admitCoupons(
-    k.meta, k.stock, k.free, k.users, k.pending, methods.join(','), waitWhenPending ? '1' : '0',
+    k.meta,
+    k.stock,
+    k.free,
+    k.users,
+    k.pending,
+    methods.join(','),
+    waitWhenPending ? '1' : '0',
     ...requests.flatMap((r) => [r.requestId, r.userId]),
   );
   const [validUntil, validDays, total] = reply.slice(0, 3).map(String) as [string, string, string];
@@ -103,7 +109,8 @@ export async function admit(
   for (let round = 0; round < 3; round += 1) {
     const [answer] = await admitOnce(deps.redis, req.policyId, req.methods, [req], waitWhenPending);
     if (answer!.kind !== 'missing') return answer!;
-    if (answer!.what === 'meta') await loads.run(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
+    if (answer!.what === 'meta')
+      await loads.run(`meta:${req.policyId}`, () => loadPolicyMeta(withAdmissionScripts(deps.redis), req.policyId));
     else await loads.run(`stock:${req.policyId}`, () => rebuildStock(deps, req.policyId));
   }
   throw new Error(`admission state of policy ${req.policyId} could not be loaded`);
@@ -124,20 +131,35 @@ export async function settleAdmission(redisClient: Redis, policyId: string, requ
 /** Undoes an admission whose coupon will never be written; `returnSlot` false when Postgres holds the slot. */
 export async function releaseAdmission(redisClient: Redis, policyId: string, requestId: string, returnSlot: boolean): Promise<boolean> {
   const k = redisKeys().admission(policyId);
-  const undone = await withAdmissionScripts(redisClient).releaseCoupon(k.stock, k.free, k.users, k.pending, requestId, returnSlot ? '1' : '0');
+  const undone = await withAdmissionScripts(redisClient).releaseCoupon(
+    k.stock,
+    k.free,
+    k.users,
+    k.pending,
+    requestId,
+    returnSlot ? '1' : '0',
+  );
   return undone === 1;
 }
 
 function metaFields(p: CouponPolicy): string[] {
   return [
-    'status', p.status,
-    'method', p.issueMethod,
-    'startsAt', String(p.issueStartsAt.getTime()),
-    'endsAt', p.issueEndsAt ? String(p.issueEndsAt.getTime()) : '',
-    'total', p.totalQuantity === null ? '' : String(p.totalQuantity),
-    'perUser', String(p.perUserLimit),
-    'validUntil', p.validUntil ? String(p.validUntil.getTime()) : '',
-    'validDays', p.validDays === null ? '' : String(p.validDays),
+    'status',
+    p.status,
+    'method',
+    p.issueMethod,
+    'startsAt',
+    String(p.issueStartsAt.getTime()),
+    'endsAt',
+    p.issueEndsAt ? String(p.issueEndsAt.getTime()) : '',
+    'total',
+    p.totalQuantity === null ? '' : String(p.totalQuantity),
+    'perUser',
+    String(p.perUserLimit),
+    'validUntil',
+    p.validUntil ? String(p.validUntil.getTime()) : '',
+    'validDays',
+    p.validDays === null ? '' : String(p.validDays),
   ];
 }
 
@@ -210,10 +232,6 @@ export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promi
 /** Counters for operators and tests: what the admission step believes. */
 export async function admissionSnapshot(redisClient: Redis, policyId: string) {
   const k = redisKeys().admission(policyId);
-  const [stock, free, pending] = await Promise.all([
-    redisClient.hgetall(k.stock),
-    redisClient.llen(k.free),
-    redisClient.hlen(k.pending),
-  ]);
+  const [stock, free, pending] = await Promise.all([redisClient.hgetall(k.stock), redisClient.llen(k.free), redisClient.hlen(k.pending)]);
   return { next: Number(stock.next ?? 0), issued: Number(stock.issued ?? 0), freeSlots: free, pending };
 }

@@ -13,7 +13,16 @@ const SCRIPTS = {
 
 export interface AdmissionCommands {
   /** admit.lua: [validUntil, validDays, total, then status, slot, resumed, admitted per request]. */
-  admitCoupons(meta: string, stock: string, free: string, users: string, pending: string, methods: string, waitWhenPending: '0' | '1', ...requestAndUser: string[]): Promise<(string | number)[]>;
+  admitCoupons(
+    meta: string,
+    stock: string,
+    free: string,
+    users: string,
+    pending: string,
+    methods: string,
+    waitWhenPending: '0' | '1',
+    ...requestAndUser: string[]
+  ): Promise<(string | number)[]>;
   releaseCoupon(stock: string, free: string, users: string, pending: string, requestId: string, returnSlot: '0' | '1'): Promise<number>;
   settleCoupon(stock: string, free: string, users: string, pending: string, requestId: string, couponSlot: string): Promise<number>;
   setPolicyMeta(meta: string, version: string, ttlMs: string, ...fields: string[]): Promise<number>;

@@ -73,7 +73,10 @@ class PolicyCache {
     const rows = await CouponPolicy.findAll({
       where: { [Op.or]: [{ code: { [Op.ne]: null } }, { issueMethod: 'EVENT', status: 'ACTIVE' }] },
       attributes: ['id', 'code', 'triggerEvent', 'issueMethod', 'status', 'createdAt'],
-      order: [['createdAt', 'ASC'], ['id', 'ASC']],
+      order: [
+        ['createdAt', 'ASC'],
+        ['id', 'ASC'],
+      ],
     });
     const codes = new Map<string, string>();
     const triggers = new Map<string, { id: string; createdAt: number }[]>();

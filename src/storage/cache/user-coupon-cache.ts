@@ -22,7 +22,9 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1`;
 
-type CacheRedis = Redis & { storeUserCouponFill(key: string, ticket: string, field: string, value: string, ttlMs: string): Promise<number> };
+type CacheRedis = Redis & {
+  storeUserCouponFill(key: string, ticket: string, field: string, value: string, ttlMs: string): Promise<number>;
+};
 
 let client: CacheRedis | 'disabled' | undefined;
 
@@ -77,7 +79,15 @@ export async function finishFill<T>(userId: string, ticket: string, field: strin
   const redis = reader();
   if (!redis) return false;
   const entry: Entry<T> = { at: Date.now(), value };
-  return (await redis.storeUserCouponFill(redisKeys().userCoupons(userId), ticket, field, JSON.stringify(entry), String(USER_COUPON_CACHE_TTL_MS))) === 1;
+  return (
+    (await redis.storeUserCouponFill(
+      redisKeys().userCoupons(userId),
+      ticket,
+      field,
+      JSON.stringify(entry),
+      String(USER_COUPON_CACHE_TTL_MS),
+    )) === 1
+  );
 }
 
 /**
@@ -85,7 +95,12 @@ export async function finishFill<T>(userId: string, ticket: string, field: strin
  * came in between. `usable` rejects a cached value the clock has made wrong. Redis trouble costs
  * only the cache: the answer then comes from `load` alone.
  */
-export async function readThroughUserCoupons<T>(userId: string, field: string, load: () => Promise<T>, usable: (value: T) => boolean = () => true): Promise<T> {
+export async function readThroughUserCoupons<T>(
+  userId: string,
+  field: string,
+  load: () => Promise<T>,
+  usable: (value: T) => boolean = () => true,
+): Promise<T> {
   let ticket: string | null = null;
   try {
     const cached = await readCached<T>(userId, field);

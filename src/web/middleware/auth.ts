@@ -32,9 +32,17 @@ const ASYMMETRIC = ['RS256', 'ES256'];
 /** The payload of a token whose signature checks out, or null; 503 when the JWKS cannot be fetched. */
 function verifier(opts: JwtVerification): (token: string) => Promise<unknown> {
   // One key object per secret for the process: importing a key per request would cost more than the HMAC.
-  const keys = opts.secrets.split(',').map((s) => s.trim()).filter(Boolean).map((s) => createSecretKey(Buffer.from(s, 'utf8')));
+  const keys = opts.secrets
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => createSecretKey(Buffer.from(s, 'utf8')));
   const jwks = opts.jwksUrl ? createRemoteJWKSet(new URL(opts.jwksUrl), { timeoutDuration: 2_000 }) : undefined;
-  const claims = { requiredClaims: ['exp', 'sub'], ...(opts.issuer && { issuer: opts.issuer }), ...(opts.audience && { audience: opts.audience }) };
+  const claims = {
+    requiredClaims: ['exp', 'sub'],
+    ...(opts.issuer && { issuer: opts.issuer }),
+    ...(opts.audience && { audience: opts.audience }),
+  };
   return async (token) => {
     let alg: string | undefined;
     try {

@@ -15,7 +15,11 @@ function appThrowing(error: unknown) {
 
 async function answer(error: unknown) {
   const res = await appThrowing(error).request('/');
-  return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as { error: { code: string; message: string } } };
+  return {
+    status: res.status,
+    retryAfter: res.headers.get('retry-after'),
+    body: (await res.json()) as { error: { code: string; message: string } },
+  };
 }
 
 describe('onError', () => {
@@ -29,7 +33,9 @@ describe('onError', () => {
       new ConnectionRefusedError(new Error('ECONNREFUSED')),
       new TimeoutError(Object.assign(new Error('canceling statement due to statement timeout'), { sql: 'SELECT pg_sleep(20)' })),
       new DatabaseError(Object.assign(new Error('canceling statement due to statement timeout'), { code: '57014', sql: 'SELECT 1' })),
-      new DatabaseError(Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01', sql: 'SELECT 1' })),
+      new DatabaseError(
+        Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01', sql: 'SELECT 1' }),
+      ),
       new DatabaseError(Object.assign(new Error('Connection terminated unexpectedly'), { sql: 'SELECT 1' })),
       new Error("Stream isn't writeable and enableOfflineQueue options is false"),
       new Error('Connection is closed.'),

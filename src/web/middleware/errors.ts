@@ -12,7 +12,8 @@ export function errorBody(code: ErrorCode, message: string, details?: unknown) {
 
 function answer(c: Context<AppEnv>, error: AppError) {
   if (error instanceof RateLimitedError) c.header('Retry-After', String(error.retryAfterS));
-  else if ((error.code === 'RATE_LIMITED' || error.code === 'UNAVAILABLE') && !c.res.headers.get('Retry-After')) c.header('Retry-After', '1');
+  else if ((error.code === 'RATE_LIMITED' || error.code === 'UNAVAILABLE') && !c.res.headers.get('Retry-After'))
+    c.header('Retry-After', '1');
   return c.json(errorBody(error.code, error.message, error.details), error.status as 400);
 }
 

@@ -66,7 +66,10 @@ export function budgetAddress(address: string): string {
     const [hi = 0, lo = 0] = groups.slice(6);
     return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
   }
-  return `${groups.slice(0, 4).map((g) => g.toString(16)).join(':')}::/64`;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.toString(16))
+    .join(':')}::/64`;
 }
 
 /** The client's address as budgets count it (budgetAddress): the socket's, or with trustProxy the last X-Forwarded-For entry. */
@@ -76,7 +79,10 @@ export function clientAddress(c: Context, trustProxy: boolean): string {
     if (forwarded) {
       // The last entry is the one our proxy appended (the address it saw); anything left of it came
       // from the client and could be made up. Capped: the value becomes part of a Redis key.
-      const last = forwarded.slice(forwarded.lastIndexOf(',') + 1).trim().slice(0, 64);
+      const last = forwarded
+        .slice(forwarded.lastIndexOf(',') + 1)
+        .trim()
+        .slice(0, 64);
       if (last) return budgetAddress(last);
     }
   }
@@ -113,10 +119,7 @@ function requestCounter(redis: Redis, keyPrefix: string, budget: Budget): ((key:
     );
 }
 
-function limitBy(
-  count: ((key: string) => Promise<number>) | undefined,
-  keyOf: (c: Context<AppEnv>) => string,
-): MiddlewareHandler<AppEnv> {
+function limitBy(count: ((key: string) => Promise<number>) | undefined, keyOf: (c: Context<AppEnv>) => string): MiddlewareHandler<AppEnv> {
   if (!count) return (_c, next) => next();
   return async (c, next) => {
     let waitMs = 0;
@@ -240,9 +243,12 @@ export function createCodeGuard(opts: CodeGuardOptions): CodeGuard {
   const blockS = opts.blockS ?? config().CODE_FAILURE_BLOCK_S;
   const byUser = attemptCounter(opts.redis, prefixes.codeUser, opts.perUser ?? config().CODE_FAILURES_PER_USER, windowS, blockS);
   const byAddress = attemptCounter(opts.redis, prefixes.codeAddress, opts.perAddress ?? config().CODE_FAILURES_PER_IP, windowS, blockS);
-  const counted = (who: CodeAttempt) => [byUser && { counter: byUser, key: who.userId }, byAddress && { counter: byAddress, key: who.ip }].filter((x) => !!x);
+  const counted = (who: CodeAttempt) =>
+    [byUser && { counter: byUser, key: who.userId }, byAddress && { counter: byAddress, key: who.ip }].filter((x) => !!x);
   const refund = async (entries: ReturnType<typeof counted>) => {
-    await Promise.all(entries.map(({ counter, key }) => counter.refund(key))).catch((error: unknown) => logger().warn({ err: error }, 'code guard refund failed'));
+    await Promise.all(entries.map(({ counter, key }) => counter.refund(key))).catch((error: unknown) =>
+      logger().warn({ err: error }, 'code guard refund failed'),
+    );
   };
   return {
     async takeAttempt(who) {

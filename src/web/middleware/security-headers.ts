@@ -12,7 +12,14 @@ const common = { xContentTypeOptions: 'nosniff', xFrameOptions: 'DENY', referrer
 const strict = secureHeaders({ ...common, contentSecurityPolicy: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } });
 const docs = secureHeaders({
   ...common,
-  contentSecurityPolicy: { defaultSrc: ["'none'"], styleSrc: [`'${DOCS_STYLE_HASH}'`], connectSrc: ["'self'"], frameAncestors: ["'none'"], baseUri: ["'none'"], formAction: ["'none'"] },
+  contentSecurityPolicy: {
+    defaultSrc: ["'none'"],
+    styleSrc: [`'${DOCS_STYLE_HASH}'`],
+    connectSrc: ["'self'"],
+    frameAncestors: ["'none'"],
+    baseUri: ["'none'"],
+    formAction: ["'none'"],
+  },
 });
 const board = secureHeaders({
   ...common,

@@ -20,7 +20,13 @@ export function trace(log: Logger): MiddlewareHandler<AppEnv> {
     await next();
     const status = c.res.status;
     // The handler's fields first: none of them can stand in for the request's own.
-    const line = { ...c.get('logFields'), method: c.req.method, path: c.req.path, status, ms: Math.round((performance.now() - started) * 10) / 10 };
+    const line = {
+      ...c.get('logFields'),
+      method: c.req.method,
+      path: c.req.path,
+      status,
+      ms: Math.round((performance.now() - started) * 10) / 10,
+    };
     if (status >= 500) reqLog.error(line, 'request failed');
     else reqLog.info(line, 'request');
   };

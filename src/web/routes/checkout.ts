@@ -35,7 +35,10 @@ export function checkoutRoutes(queues: Queues) {
 
   app.post('/reserve', async (c) => {
     const key = c.req.header('idempotency-key');
-    if (key === undefined) throw new AppError('VALIDATION_FAILED', 'The Idempotency-Key header is required.', [{ path: 'Idempotency-Key', message: 'required' }]);
+    if (key === undefined)
+      throw new AppError('VALIDATION_FAILED', 'The Idempotency-Key header is required.', [
+        { path: 'Idempotency-Key', message: 'required' },
+      ]);
     parseWith(idempotencyKeySchema, key);
     const body = await jsonBody(c, reserveBody);
     const user = c.get('user');
@@ -60,7 +63,12 @@ export function checkoutRoutes(queues: Queues) {
     const user = c.get('user');
     assertSelfOrAdmin(user, reservation.userId);
     const jobId = derivedJobId(kind, reservationId);
-    const added = await addJob(queues, kind, { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
+    const added = await addJob(
+      queues,
+      kind,
+      { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
+      jobId,
+    );
     logWith(c, { enqueued: kind, jobId, reservationId });
     return answerJob(c, queues, jobId, added);
   };

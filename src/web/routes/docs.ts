@@ -35,7 +35,9 @@ function responseBlock(status: string, response: Json, doc: Json): string {
   const resolved: Json = response.$ref ? doc.components.responses[String(response.$ref).split('/').pop() as string] : response;
   const content = resolved.content ? Object.entries(resolved.content as Record<string, Json>)[0] : undefined;
   const schema = content?.[1]?.schema;
-  const shown = schema?.$ref ? `<a href="#schema-${String(schema.$ref).split('/').pop()}">${escape(String(schema.$ref).split('/').pop())}</a>` : '';
+  const shown = schema?.$ref
+    ? `<a href="#schema-${String(schema.$ref).split('/').pop()}">${escape(String(schema.$ref).split('/').pop())}</a>`
+    : '';
   return `<li><b>${escape(status)}</b> ${escape(resolved.description)} ${content ? `<code>${escape(content[0])}</code>` : ''} ${shown}${schema && !schema.$ref && Object.keys(schema).length > 1 ? schemaBlock(schema) : ''}</li>`;
 }
 
@@ -52,11 +54,20 @@ function renderPage(doc: Json): string {
         return `<section class="op" id="${anchor(`${method}-${path}`)}">
 <h3><span class="m ${method}">${method.toUpperCase()}</span> <code>${escape(path)}</code></h3>
 <p><b>${escape(op.summary)}</b> ${escape(op.description ?? '')}</p>
-${params.length ? `<table><tr><th>parameter</th><th>in</th><th>required</th><th>schema</th><th></th></tr>${params
-          .map((p) => `<tr><td><code>${escape(p.name)}</code></td><td>${escape(p.in)}</td><td>${p.required ? 'yes' : 'no'}</td><td><code>${escape(JSON.stringify(p.schema))}</code></td><td>${escape(p.description ?? '')}</td></tr>`)
-          .join('')}</table>` : ''}
+${
+  params.length
+    ? `<table><tr><th>parameter</th><th>in</th><th>required</th><th>schema</th><th></th></tr>${params
+        .map(
+          (p) =>
+            `<tr><td><code>${escape(p.name)}</code></td><td>${escape(p.in)}</td><td>${p.required ? 'yes' : 'no'}</td><td><code>${escape(JSON.stringify(p.schema))}</code></td><td>${escape(p.description ?? '')}</td></tr>`,
+        )
+        .join('')}</table>`
+    : ''
+}
 ${op.requestBody ? `<details open><summary>request body (application/json)</summary>${schemaBlock(op.requestBody.content['application/json'].schema)}</details>` : ''}
-<ul>${Object.entries(op.responses as Record<string, Json>).map(([status, r]) => responseBlock(status, r, doc)).join('')}</ul>
+<ul>${Object.entries(op.responses as Record<string, Json>)
+          .map(([status, r]) => responseBlock(status, r, doc))
+          .join('')}</ul>
 </section>`;
       })
       .join('\n');
@@ -65,7 +76,12 @@ ${op.requestBody ? `<details open><summary>request body (application/json)</summ
   const schemas = Object.entries(doc.components.schemas as Record<string, Json>)
     .map(([name, schema]) => `<section id="schema-${name}"><h3>${escape(name)}</h3>${schemaBlock(schema)}</section>`)
     .join('\n');
-  const toc = ops.map(({ method, path, op }) => `<li><a href="#${anchor(`${method}-${path}`)}">${method.toUpperCase()} ${escape(path)}</a> ${escape(op.summary)}</li>`).join('');
+  const toc = ops
+    .map(
+      ({ method, path, op }) =>
+        `<li><a href="#${anchor(`${method}-${path}`)}">${method.toUpperCase()} ${escape(path)}</a> ${escape(op.summary)}</li>`,
+    )
+    .join('');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escape(doc.info.title)}</title>

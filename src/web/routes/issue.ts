@@ -101,13 +101,23 @@ export function issueRoutes(deps: IssueRouteDeps) {
       requestedAt: new Date().toISOString(),
       waitMs,
     });
-    if (answer.conflict) throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body in the last 24 hours.');
+    if (answer.conflict)
+      throw new AppError('IDEMPOTENCY_KEY_REUSED', 'This Idempotency-Key was used with another request body in the last 24 hours.');
     if (answer.replay) return replayAnswer(c, deps, answer.requestId, waitMs);
-    logWith(c, { enqueued: answer.decided ? undefined : 'issue', jobId: answer.requestId, policyId: target.policyId, via: target.via ?? 'policy', ...(answer.decided?.e && { refused: answer.decided.e.code }) });
+    logWith(c, {
+      enqueued: answer.decided ? undefined : 'issue',
+      jobId: answer.requestId,
+      policyId: target.policyId,
+      via: target.via ?? 'policy',
+      ...(answer.decided?.e && { refused: answer.decided.e.code }),
+    });
     if (waitMs === 0) return accepted(c, answer.requestId);
     const outcome = answer.decided ?? (await outcomeOf(deps, answer));
     if (!outcome || outcome.s === 'pending') return accepted(c, answer.requestId);
-    const { ownerId: _owner, ...view } = viewOfOutcome(answer.requestId, await withPostgresWord(answer.requestId, outcome).catch(() => outcome));
+    const { ownerId: _owner, ...view } = viewOfOutcome(
+      answer.requestId,
+      await withPostgresWord(answer.requestId, outcome).catch(() => outcome),
+    );
     return finishedAnswer(c, view, waitMs);
   });
 

@@ -79,7 +79,12 @@ function viewOf(job: Job, state: string, id: string, index: number | null, log: 
   }
   if (state === 'completed' || state === 'failed') {
     // The internal cause stays in the logs; the client learns only that the system failed.
-    return { ...base, status: 'failed', reason: { code: 'INTERNAL', message: 'The request failed after retries.' }, ...(finishedAt && { finishedAt }) };
+    return {
+      ...base,
+      status: 'failed',
+      reason: { code: 'INTERNAL', message: 'The request failed after retries.' },
+      ...(finishedAt && { finishedAt }),
+    };
   }
   // Long jobs (a grant, code generation) say how far they got: {done, total}.
   const progress = index === null && typeof job.progress === 'object' ? { progress: job.progress } : {};
@@ -108,7 +113,9 @@ export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
   app.get('/:jobId', async (c) => {
     const jobId = parseWith(jobIdParam, c.req.param('jobId'));
     const { waitMs } = query(c, waitQuery);
-    const view = isIssueRequest(jobId) ? await issueRequestView(c, queues, outcomes, jobId, waitMs) : await settledView(c, queues, jobId, waitMs);
+    const view = isIssueRequest(jobId)
+      ? await issueRequestView(c, queues, outcomes, jobId, waitMs)
+      : await settledView(c, queues, jobId, waitMs);
     if (!view) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
     return c.json(view);
   });
@@ -198,7 +205,13 @@ const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch']
  * finished without deciding it (the job failed or stalled out as a whole) is read the long way,
  * where Postgres has the last word.
  */
-export async function issueRequestView(c: Context<AppEnv>, queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number): Promise<JobView | null> {
+export async function issueRequestView(
+  c: Context<AppEnv>,
+  queues: Queues,
+  outcomes: OutcomeHub,
+  requestId: string,
+  waitMs: number,
+): Promise<JobView | null> {
   let stored = await readOutcome(queues.connection, requestId, c.get('log'));
   // Batches queued before outcomes were stored per request are read from their job.
   if (!stored) return (await settledView(c, queues, requestId, waitMs)) ?? (await committedRequestView(c, requestId));
@@ -220,7 +233,14 @@ async function committedRequestView(c: Context<AppEnv>, requestId: string): Prom
   const coupon = await findCouponByRequest(requestId);
   if (!coupon) return null;
   assertSelfOrAdmin(c.get('user'), coupon.userId);
-  return { id: requestId, type: 'issue', status: 'succeeded', result: couponView(coupon), createdAt: coupon.createdAt.toISOString(), finishedAt: coupon.createdAt.toISOString() };
+  return {
+    id: requestId,
+    type: 'issue',
+    status: 'succeeded',
+    result: couponView(coupon),
+    createdAt: coupon.createdAt.toISOString(),
+    finishedAt: coupon.createdAt.toISOString(),
+  };
 }
 
 /**
@@ -250,7 +270,13 @@ async function lostRequestView(requestId: string, stored: StoredOutcome): Promis
 }
 
 /** Waits for a pending request's outcome: the push, or what is stored when the wait ends. */
-export async function awaitOutcome(queues: Queues, outcomes: OutcomeHub, requestId: string, waitMs: number, log?: Logger): Promise<StoredOutcome> {
+export async function awaitOutcome(
+  queues: Queues,
+  outcomes: OutcomeHub,
+  requestId: string,
+  waitMs: number,
+  log?: Logger,
+): Promise<StoredOutcome> {
   const pushed = outcomes.wait(requestId, waitMs);
   // Registered first, then read: an outcome published between the two reads is not missed.
   const now = await readOutcome(queues.connection, requestId, log);

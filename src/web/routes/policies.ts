@@ -40,8 +40,12 @@ export function policyRoutes(redis: Redis, queues: Queues) {
   // The admission step reads policies from Redis, and every process keeps the code and trigger
   // lookups in memory: both hear of the change at once. A failed publish is bounded by the caches' TTL.
   const publish = async (policy: CouponPolicy, log: AppEnv['Variables']['log']) => {
-    await writePolicyMeta(redis, policy).catch((error: unknown) => log.warn({ err: error, policyId: policy.id }, 'policy cache not updated'));
-    await announcePolicyChange(redis, policy.id).catch((error: unknown) => log.warn({ err: error, policyId: policy.id }, 'policy change not announced'));
+    await writePolicyMeta(redis, policy).catch((error: unknown) =>
+      log.warn({ err: error, policyId: policy.id }, 'policy cache not updated'),
+    );
+    await announcePolicyChange(redis, policy.id).catch((error: unknown) =>
+      log.warn({ err: error, policyId: policy.id }, 'policy change not announced'),
+    );
   };
 
   app.post('/', requireAdmin, async (c) => {
@@ -54,7 +58,9 @@ export function policyRoutes(redis: Redis, queues: Queues) {
       throw error;
     }
     await publish(policy, c.get('log'));
-    await openStock(redis, policy.id).catch((error: unknown) => c.get('log').warn({ err: error, policyId: policy.id }, 'admission state not opened; workers will build it'));
+    await openStock(redis, policy.id).catch((error: unknown) =>
+      c.get('log').warn({ err: error, policyId: policy.id }, 'admission state not opened; workers will build it'),
+    );
     c.get('log').info({ policyId: policy.id, issueMethod: policy.issueMethod }, 'policy created');
     return c.json(adminPolicyView(policy), 201);
   });
@@ -67,7 +73,10 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     const cursor = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
     if (cursor === null) throw new AppError('VALIDATION_FAILED', 'The cursor is not valid.');
     const page = await listPolicies({ status, limit: q.limit, cursor });
-    const counts = await countCoupons(sequelize(), page.rows.map((p) => p.id));
+    const counts = await countCoupons(
+      sequelize(),
+      page.rows.map((p) => p.id),
+    );
     return c.json({ data: page.rows.map((p) => policyViewFor(audience, p, counts.get(p.id))), nextCursor: page.nextCursor });
   });
 
@@ -105,7 +114,12 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     if (refusal) throw new AppError('CONFLICT', refusal.message);
     const user = c.get('user');
     const jobId = newJobId('generate-codes', randomUUID());
-    const added = await addJob(queues, 'generate-codes', { ...input, policyId: id, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
+    const added = await addJob(
+      queues,
+      'generate-codes',
+      { ...input, policyId: id, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
+      jobId,
+    );
     logWith(c, { enqueued: 'generate-codes', jobId, policyId: id, count: input.count });
     return answerJob(c, queues, jobId, added);
   });
@@ -119,7 +133,12 @@ export function policyRoutes(redis: Redis, queues: Queues) {
     if (policy.issueMethod !== 'DIRECT') throw new AppError('CONFLICT', 'Only a DIRECT policy is granted this way.');
     const user = c.get('user');
     const jobId = newJobId('direct-issue', randomUUID());
-    const added = await addJob(queues, 'direct-issue', { policyId: id, userIds, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() }, jobId);
+    const added = await addJob(
+      queues,
+      'direct-issue',
+      { policyId: id, userIds, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
+      jobId,
+    );
     logWith(c, { enqueued: 'direct-issue', jobId, policyId: id, users: userIds.length });
     return answerJob(c, queues, jobId, added);
   });
