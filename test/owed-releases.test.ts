@@ -48,7 +48,7 @@ let link: ReturnType<typeof cuttableAfterAdmission>;
 let intake: ReturnType<typeof createIssueIntake>;
 
 /** admit.lua as the connection sends it: by its SHA1 (EVALSHA), or whole after a NOSCRIPT (EVAL). */
-const admitLua = readFileSync(join(__dirname, '../workers/admission/lua/admit.lua'), 'utf8');
+const admitLua = readFileSync(join(__dirname, '../src/storage/admission/lua/admit.lua'), 'utf8');
 const admitSha = createHash('sha1').update(admitLua).digest('hex');
 const isAdmission = (command: Command) =>
   (command.name === 'evalsha' && String(command.args[0]) === admitSha) || (command.name === 'eval' && String(command.args[0]) === admitLua);
