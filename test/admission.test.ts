@@ -108,7 +108,7 @@ describe('admission state', () => {
     );
     expect(lost).toMatchObject({ kind: 'admitted', slot: 1 });
 
-    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
+    const report = await reconcileAdmissions({ db: sequelize(), redis, locks, issueQueue: queue, log }, 0);
     expect(report.released).toBeGreaterThanOrEqual(1);
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 2, issued: 0, freeSlots: 1, pending: 0 });
 
@@ -135,7 +135,7 @@ describe('admission state', () => {
     ).toMatchObject({ kind: 'admitted', slot: 2 });
 
     // Two lock periods have not passed for either, but the orphan's job does not exist at all.
-    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 60_000, 0);
+    const report = await reconcileAdmissions({ db: sequelize(), redis, locks, issueQueue: queue, log }, 60_000, 0);
     expect(report).toMatchObject({ released: 1, settled: 0 });
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 3, issued: 1, freeSlots: 1, pending: 1 });
     await (await queue.getJob(liveJob))?.remove();
@@ -155,11 +155,11 @@ describe('admission state', () => {
     const tracked = () => redis.sismember(redisKeys().admissionPolicies(), policy.id);
 
     // An admission still pending keeps the state (and the policy tracked) until it is settled or released.
-    expect(await freeEndedPolicies({ redis }, [policy.id])).toBe(0);
+    expect(await freeEndedPolicies({ db: sequelize(), redis }, [policy.id])).toBe(0);
     expect(await stateKeys()).toBeGreaterThanOrEqual(3);
     expect(await tracked()).toBe(1);
     expect(await releaseAdmission(redis, policy.id, held, true)).toBe(true);
-    expect(await freeEndedPolicies({ redis }, [policy.id])).toBe(1);
+    expect(await freeEndedPolicies({ db: sequelize(), redis }, [policy.id])).toBe(1);
     expect(await stateKeys()).toBe(0);
     expect(await tracked()).toBe(0);
 
@@ -179,7 +179,7 @@ describe('admission state', () => {
         bind: [closed.id, ENDED_STATE_GRACE_S + 60],
       },
     );
-    expect(await freeEndedPolicies({ redis }, [closed.id, open.id])).toBe(1);
+    expect(await freeEndedPolicies({ db: sequelize(), redis }, [closed.id, open.id])).toBe(1);
     expect(await redis.exists(redisKeys().admission(closed.id).users)).toBe(0);
     expect(await redis.exists(redisKeys().admission(open.id).users)).toBe(1);
     expect(await admissionSnapshot(redis, open.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
@@ -225,7 +225,7 @@ describe('admission state', () => {
       expiresAt: new Date(now.getTime() + 86_400_000),
     });
 
-    const report = await reconcileAdmissions({ redis, locks, issueQueue: queue, log }, 0);
+    const report = await reconcileAdmissions({ db: sequelize(), redis, locks, issueQueue: queue, log }, 0);
     expect(report.settled).toBeGreaterThanOrEqual(1);
     expect(await admissionSnapshot(redis, policy.id)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0 });
   });

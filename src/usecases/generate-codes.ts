@@ -3,7 +3,7 @@
 // row until the job view (GET /jobs/:id) hands them out once to their owner.
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { sequelize } from '../core/postgres';
+import type { Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { codeHash, generateCodes, sealCodes } from '../domain/codes';
 import { discardUnfinishedBatch, dropUnfetchedCodes, finishBatch, insertCodeHashes } from '../storage/codes';
@@ -34,7 +34,7 @@ export function codePolicyRefusal(policy: Pick<CouponPolicy, 'issueMethod' | 'co
 }
 
 export async function generateCodesJob(
-  deps: { redis: Redis; codeSecret: string },
+  deps: { db: Sequelize; redis: Redis; codeSecret: string },
   job: Job,
   log: Logger,
 ): Promise<JobOutcome<GeneratedCodes>> {
@@ -47,7 +47,7 @@ export async function generateCodesJob(
   const summary = { policyId: data.policyId, length: data.length, ...(data.prefix && { prefix: data.prefix }) };
   // A rerun of a finished generation (retried by hand, or a second run after a stall) must not
   // replace codes that may be in customers' hands: it answers what the first run made, without codes.
-  const earlier = await discardUnfinishedBatch(sequelize(), batchId);
+  const earlier = await discardUnfinishedBatch(deps.db, batchId);
   if ('finished' in earlier) {
     jobLog.warn({ count: earlier.finished }, 'code batch already generated; not generating again');
     return { outcome: 'succeeded', result: { ...summary, count: earlier.finished } };
@@ -63,7 +63,7 @@ export async function generateCodesJob(
     const fresh = [...new Set(generateCodes(want, data.length, data.prefix ?? ''))];
     const hashes = fresh.map((code) => codeHash(deps.codeSecret, code));
     // A code whose hash exists already (another batch drew it) is skipped and drawn again.
-    const stored = await insertCodeHashes(sequelize(), data.policyId, batchId, hashes);
+    const stored = await insertCodeHashes(deps.db, data.policyId, batchId, hashes);
     fresh.forEach((code, i) => {
       if (!stored.has(hashes[i]!)) return;
       codes.push(code);
@@ -76,7 +76,7 @@ export async function generateCodesJob(
   // in Postgres for their owner's first read. When another run of this job discarded some of ours or
   // finished its own set first, ours are never stored or shown.
   const sealed = sealCodes(deps.codeSecret, batchId, codes);
-  if (!(await finishBatch(sequelize(), { batchId, policyId: data.policyId, hashes: hashesOfCodes, sealed }))) {
+  if (!(await finishBatch(deps.db, { batchId, policyId: data.policyId, hashes: hashesOfCodes, sealed }))) {
     throw new Error(`code batch ${batchId} was changed or finished by another run of its job`);
   }
   jobLog.info({ count: codes.length }, 'codes generated');
@@ -87,9 +87,9 @@ export async function generateCodesJob(
  * Drops, once a minute and at start, the sealed codes of batches nobody fetched within a day
  * (src/storage/codes.ts UNFETCHED_CODES_KEPT_S): codes at rest are kept no longer than they can be read.
  */
-export function scheduleUnfetchedCodesDrop(log: Logger, everyMs = 60_000): () => void {
+export function scheduleUnfetchedCodesDrop({ db, log }: { db: Sequelize; log: Logger }, everyMs = 60_000): () => void {
   const drop = () =>
-    dropUnfetchedCodes(sequelize()).then(
+    dropUnfetchedCodes(db).then(
       (dropped) => {
         if (dropped > 0) log.info({ batches: dropped }, 'unfetched generated codes dropped');
       },

@@ -2,10 +2,9 @@
 // job's last attempt, or the job was removed. Without this, a crash could lose stock (I3).
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { QueryTypes } from 'sequelize';
+import { QueryTypes, type Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
-import { sequelize } from '../core/postgres';
 import { findCouponByRequest } from '../storage/coupon';
 import { parseRequestId } from '../queues/names';
 // An admission without any job is judged past ORPHAN_ADMISSION_AGE_MS, sooner than a job's lock
@@ -18,6 +17,7 @@ import { withLock, type Locks } from '../core/lock';
 const LIVE_STATES = new Set(['active', 'waiting', 'waiting-children', 'delayed', 'prioritized', 'wait']);
 
 export interface ReconcileDeps {
+  db: Sequelize;
   redis: Redis;
   locks: Locks;
   issueQueue: Queue;
@@ -85,9 +85,9 @@ export async function reconcileAdmissions(
  * released (free-ended.lua checks and drops in one step). It leaves the tracked set first: a rebuild
  * meanwhile (its window extended) adds it back, and so does a policy whose state could not be dropped.
  */
-export async function freeEndedPolicies(deps: Pick<ReconcileDeps, 'redis'>, policyIds: string[]): Promise<number> {
+export async function freeEndedPolicies(deps: Pick<ReconcileDeps, 'db' | 'redis'>, policyIds: string[]): Promise<number> {
   if (policyIds.length === 0) return 0;
-  const open = await sequelize().query<{ id: string }>(
+  const open = await deps.db.query<{ id: string }>(
     `SELECT id FROM coupon_policies
       WHERE id = ANY($1::text[]) AND status <> 'ENDED'
         AND (issue_ends_at IS NULL OR issue_ends_at > now() - make_interval(secs => $2))`,

@@ -51,7 +51,7 @@ export function createIssueProcessor(deps: IssueDeps, log: Logger) {
     'user-event': (job) => userEvent(deps, job, log),
     'generate-codes': (job) => {
       if (!deps.codeSecret) throw new UnrecoverableError('this worker has no CODE_HMAC_SECRET to hash codes with');
-      return generateCodesJob({ redis: deps.redis, codeSecret: deps.codeSecret }, job, log);
+      return generateCodesJob({ db: deps.db, redis: deps.redis, codeSecret: deps.codeSecret }, job, log);
     },
   };
   return async (job: Job): Promise<unknown> => {

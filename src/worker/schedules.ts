@@ -28,11 +28,11 @@ export function startSchedules(deps: ScheduleDeps): () => Promise<void> {
   const { db, redis, locks, queues, log } = deps;
   const stopUsageMetrics = startUsageMetrics(log);
   const stopSweeper = scheduleExpirySweeper({ db, log }, cfg.RESERVATION_SWEEP_INTERVAL_MS);
-  const stopCodesDrop = scheduleUnfetchedCodesDrop(log);
+  const stopCodesDrop = scheduleUnfetchedCodesDrop({ db, log });
   // Events the bridge accepted whose jobs Redis lost are added again from the Postgres inbox (I11).
   const stopInboxSweep = scheduleInboxSweep({ queues, locks, log }, cfg.INBOX_SWEEP_INTERVAL_MS, cfg.INBOX_REDRIVE_AGE_MS);
   const stopReconciler = scheduleReconciler(
-    { redis, locks, issueQueue: queues.get(QUEUES.issue), log },
+    { db, redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,
     // Never younger than two lock periods: a live job's worker renews its lock well within that.
     Math.max(cfg.ADMISSION_RECONCILE_AGE_MS, cfg.JOB_LOCK_MS * 2),
