@@ -4,24 +4,7 @@
 import { fmtInt, fmtMs, median, round } from './common';
 import type { Invariant } from './checkout-audit';
 import type { CheckoutRun } from './checkout-run';
-
-export const BAR = { checkoutsPerSec: 1_000, seconds: 30, p95EventToUsedMs: 200 };
-
-/**
- * Whether a run met the bar. Sustained: the offered rate held for the whole load, every checkout
- * finished, and the service kept pace (no backlog: the last coupon was used within a second of the
- * last checkout starting).
- */
-export function judgeRun(
-  rate: number,
-  loadSeconds: number,
-  m: { started: number; used: number; failures: number; tailAfterLoadMs: number; eventToUsedMs: { p95: number | null } },
-): { keptPace: boolean; sustained: boolean; p95UnderBar: boolean } {
-  const keptPace = m.failures === 0 && m.used === m.started && m.tailAfterLoadMs <= 1_000;
-  const sustained = rate >= BAR.checkoutsPerSec && loadSeconds >= BAR.seconds - 0.5 && keptPace;
-  const p95UnderBar = m.eventToUsedMs.p95 !== null && m.eventToUsedMs.p95 < BAR.p95EventToUsedMs;
-  return { keptPace, sustained, p95UnderBar };
-}
+import { BAR } from './checkout-bar';
 
 /** What a measured run printed: its numbers, invariants and failures. */
 export function runLines(r: CheckoutRun, runs: number): string[] {

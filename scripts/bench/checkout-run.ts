@@ -9,7 +9,7 @@ import { fmtInt, note, percentile, redisUsedMemory, round, sleep } from './commo
 import { classifier, startCpuPhase } from './cpu';
 import { auditCheckouts, type Invariant } from './checkout-audit';
 import { drive, type Call, type Checkout, type EventPublisher } from './checkout-load';
-import { judgeRun } from './checkout-report';
+import { judgeRun } from './checkout-bar';
 import type { Stack } from './stack';
 
 export interface CheckoutContext {

@@ -3,7 +3,7 @@
 // through its audience's schema, which drops any key the schema does not name: a field added to the
 // model later reaches nobody until a schema names it. The same schemas make the OpenAPI document.
 import { z } from 'zod';
-import type { CouponPolicy } from './policy';
+import type { CouponPolicy, PolicyCounts } from './policy';
 import { DISCOUNT_TYPES, ISSUE_METHODS, POLICY_STATUSES } from '../domain/policy-rules';
 
 /** A policy as a user (a shopper) reads it. */
@@ -41,11 +41,6 @@ export type PolicyAdminView = z.infer<typeof policyAdminViewSchema>;
 
 /** The admin-only keys of a policy view: what an admin reads and a user never does. */
 export const ADMIN_ONLY_POLICY_FIELDS = Object.keys(policyAdminViewSchema.shape).filter((k) => !(k in policyUserViewSchema.shape));
-
-export interface PolicyCounts {
-  issuedCount: number;
-  usedCount: number;
-}
 
 export type Audience = 'admin' | 'user';
 

@@ -14,7 +14,6 @@ import {
 } from 'sequelize';
 import { afterCursor, newestFirst, pageOf, type Cursor } from './cursor';
 import type { IssueMethod, PolicyCreate, PolicyRules, PolicyStatus } from '../domain/policy-rules';
-import type { PolicyCounts } from './policy-views';
 
 export class CouponPolicy extends Model<InferAttributes<CouponPolicy>, InferCreationAttributes<CouponPolicy>> {
   declare id: string;
@@ -119,6 +118,12 @@ export function policyRules(p: CouponPolicy): PolicyRules {
 /** The counts of the policies $1 (a text[]): sums of their counter shards. */
 export const POLICY_COUNTS_SQL = `SELECT policy_id, sum(issued) AS issued, sum(used) AS used
   FROM policy_counters WHERE policy_id = ANY($1) GROUP BY policy_id`;
+
+/** A policy's coupons issued and used, as the counters kept by the writes give them. */
+export interface PolicyCounts {
+  issuedCount: number;
+  usedCount: number;
+}
 
 /**
  * Each policy's issuedCount and usedCount from policy_counters: one index scan of at most 8 shard
