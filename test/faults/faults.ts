@@ -27,6 +27,21 @@ export interface FaultContext {
   inFlight(): Promise<InFlight>;
 }
 
+/** SIGKILLs Redis and starts it again with nothing: a failover to a replica that had nothing. */
+async function restartRedisEmpty(world: World): Promise<string> {
+  world.redis.kill();
+  await world.redis.start({ empty: true });
+  return 'Redis killed, restarted empty';
+}
+
+/** A Postgres restart as its clients see it: every connection cut, new ones refused for `ms`. */
+async function postgresAway(world: World, ms: number): Promise<string> {
+  await world.postgres.proxy.pause('refuse');
+  await sleep(ms);
+  await world.postgres.proxy.resume();
+  return `Postgres away ${ms / 1000} s`;
+}
+
 export interface Fault {
   name: string;
   phase: Phase;
@@ -140,22 +155,14 @@ export const FAULTS: Fault[] = [
     phase: 'sale',
     what: 'SIGKILL Redis and restart it empty (a failover to a replica that had nothing)',
     hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
-    async strike({ world }) {
-      world.redis.kill();
-      await world.redis.start({ empty: true });
-      return 'Redis killed, restarted empty';
-    },
+    strike: ({ world }) => restartRedisEmpty(world),
   },
   {
     name: 'redis-empty-payments',
     phase: 'payments',
     what: 'Redis restarted empty while payment events wait in the queue',
     hit: (f) => anyJobs(f, 'payments') || f.clientsWaiting > 0,
-    async strike({ world }) {
-      world.redis.kill();
-      await world.redis.start({ empty: true });
-      return 'Redis killed, restarted empty';
-    },
+    strike: ({ world }) => restartRedisEmpty(world),
   },
   {
     name: 'redis-away',
@@ -174,24 +181,14 @@ export const FAULTS: Fault[] = [
     phase: 'sale',
     what: 'Postgres restarts: every connection cut, new ones refused for 3 s',
     hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
-    async strike({ world }) {
-      await world.postgres.proxy.pause('refuse');
-      await sleep(3_000);
-      await world.postgres.proxy.resume();
-      return 'Postgres away 3 s';
-    },
+    strike: ({ world }) => postgresAway(world, 3_000),
   },
   {
     name: 'postgres-restart-reserve',
     phase: 'reserve',
     what: 'Postgres restarts mid-checkout: every connection cut, new ones refused for 3 s',
     hit: (f) => f.clientsWaiting > 0,
-    async strike({ world }) {
-      await world.postgres.proxy.pause('refuse');
-      await sleep(3_000);
-      await world.postgres.proxy.resume();
-      return 'Postgres away 3 s';
-    },
+    strike: ({ world }) => postgresAway(world, 3_000),
   },
   {
     name: 'postgres-slow',
