@@ -103,7 +103,7 @@ describe('admission state', () => {
   it('gives back the slot of an admission whose job is gone and whose coupon was never written', async () => {
     const policy = await newPolicy({ totalQuantity: 2 });
     const lost = await admit(
-      { redis, locks },
+      { db: sequelize(), redis, locks },
       { policyId: policy.id, requestId: `iss_${randomUUID()}`, userId: uniqueId('lost'), methods: ['FIRST_COME'] },
     );
     expect(lost).toMatchObject({ kind: 'admitted', slot: 1 });
@@ -122,7 +122,7 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 2 });
     // A web process admitted a request and died before adding its job.
     const orphan = await admit(
-      { redis, locks },
+      { db: sequelize(), redis, locks },
       { policyId: policy.id, requestId: `iss_${randomUUID()}.0`, userId: uniqueId('orphan'), methods: ['FIRST_COME'] },
     );
     expect(orphan).toMatchObject({ kind: 'admitted', slot: 1 });
@@ -131,7 +131,10 @@ describe('admission state', () => {
     const liveUser = uniqueId('live');
     await queue.add('issue-batch', { requests: [] }, { jobId: liveJob, delay: 60_000 });
     expect(
-      await admit({ redis, locks }, { policyId: policy.id, requestId: `${liveJob}.0`, userId: liveUser, methods: ['FIRST_COME'] }),
+      await admit(
+        { db: sequelize(), redis, locks },
+        { policyId: policy.id, requestId: `${liveJob}.0`, userId: liveUser, methods: ['FIRST_COME'] },
+      ),
     ).toMatchObject({ kind: 'admitted', slot: 2 });
 
     // Two lock periods have not passed for either, but the orphan's job does not exist at all.
@@ -146,7 +149,10 @@ describe('admission state', () => {
     for (const user of ['a', 'b', 'c']) expect((await issue(policy.id, uniqueId(user))).outcome).toBe('succeeded');
     const held = `iss_${randomUUID()}`;
     expect(
-      await admit({ redis, locks }, { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] }),
+      await admit(
+        { db: sequelize(), redis, locks },
+        { policyId: policy.id, requestId: held, userId: uniqueId('held'), methods: ['FIRST_COME'] },
+      ),
     ).toMatchObject({ kind: 'admitted' });
     await policy.update({ status: 'ENDED' });
     await writePolicyMeta(redis, policy);
@@ -213,7 +219,7 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 2 });
     const requestId = `iss_${randomUUID()}`;
     const userId = uniqueId('kept');
-    const admitted = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
+    const admitted = await admit({ db: sequelize(), redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(admitted.kind).toBe('admitted');
     const now = new Date();
     await insertIssuedCoupon(sequelize(), {
@@ -234,7 +240,7 @@ describe('admission state', () => {
     const policy = await newPolicy({ totalQuantity: 3 });
     const requestId = `iss_${randomUUID()}`;
     const userId = uniqueId('twice');
-    const first = await admit({ redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
+    const first = await admit({ db: sequelize(), redis, locks }, { policyId: policy.id, requestId, userId, methods: ['FIRST_COME'] });
     expect(first).toMatchObject({ kind: 'admitted', slot: 1, resumed: false });
     const now = new Date();
     await insertIssuedCoupon(sequelize(), {
@@ -247,7 +253,10 @@ describe('admission state', () => {
     });
     await settleAdmission(redis, policy.id, requestId, 1);
     // A zombie run of the same request, resumed after the settle, is admitted again with slot 2 ...
-    const zombie = await admit({ redis, locks }, { policyId: policy.id, requestId, userId: `${userId}-z`, methods: ['FIRST_COME'] });
+    const zombie = await admit(
+      { db: sequelize(), redis, locks },
+      { policyId: policy.id, requestId, userId: `${userId}-z`, methods: ['FIRST_COME'] },
+    );
     expect(zombie).toMatchObject({ kind: 'admitted', slot: 2 });
     // ... and settling against the coupon's slot 1 gives slot 2 back instead of losing it.
     await settleAdmission(redis, policy.id, requestId, 1);

@@ -152,14 +152,14 @@ describe('single-use code claims', () => {
     await redis.del(`${prefix}:code:{${hmac(used)}}`);
     const giver = `iss_${randomUUID()}.0`;
     expect(await claimCode(redis, hmac(used), giver)).toBe(true);
-    await releaseUnusedCode(redis, hmac(used), giver);
+    await releaseUnusedCode(sequelize(), redis, hmac(used), giver);
     // Postgres holds a coupon with the code: the claim stays, nobody else takes stock for it.
     expect(await claimCode(redis, hmac(used), `iss_${randomUUID()}.0`)).toBe(false);
 
     // An unused code is free again for the next request.
     const other = `iss_${randomUUID()}.0`;
     expect(await claimCode(redis, hmac(unused), other)).toBe(true);
-    await releaseUnusedCode(redis, hmac(unused), other);
+    await releaseUnusedCode(sequelize(), redis, hmac(unused), other);
     expect(await claimCode(redis, hmac(unused), `iss_${randomUUID()}.0`)).toBe(true);
   });
 });

@@ -6,6 +6,7 @@
 // resolved offsets (and nothing beyond them) when the batch handler returns. A crash anywhere before
 // the commit redelivers the batch; the inbox's unique event key, the derived job ids and
 // processed_events absorb it.
+import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../core/config';
 import { failpoint } from '../core/failpoints';
@@ -40,6 +41,8 @@ export interface BridgeConsumer {
 
 export async function startBridgeConsumer(opts: {
   kafka: Kafka;
+  /** Where the inbox is written (I11). */
+  db: Sequelize;
   queues: Queues;
   log: Logger;
   routes: MessageRoute[];
@@ -91,7 +94,7 @@ export async function startBridgeConsumer(opts: {
   await consumer.run({
     partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
     eachBatchAutoResolve: false,
-    eachBatch: (payload) => handleBatch(payload, { routes, queues, producer, log, isRunning: () => running }),
+    eachBatch: (payload) => handleBatch(payload, { db: opts.db, routes, queues, producer, log, isRunning: () => running }),
   });
   return {
     consumer,
@@ -104,6 +107,7 @@ export async function startBridgeConsumer(opts: {
 }
 
 interface BatchDeps {
+  db: Sequelize;
   routes: Map<string, MessageRoute>;
   queues: Queues;
   producer: Producer;
@@ -135,7 +139,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
     if (jobs.length > 0) {
       // Durable first: once the offset moves, Kafka may forget the events, and Redis may lose the
       // jobs (a restart without its data, a failover to a lagging replica); the inbox keeps them.
-      const written = await persist(() => writeInbox(inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
+      const written = await persist(() => writeInbox(deps.db, inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
       if (written === 'stopped') return;
       const done = await persist(() => addJobs(deps.queues, jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
       if (done === 'stopped') return;

@@ -60,6 +60,7 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void shutdown('SIGINT'));
 
   const bridge = await startBridgeConsumer({
+    db: sequelize(),
     kafka,
     queues,
     log,

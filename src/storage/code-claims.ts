@@ -5,6 +5,7 @@
 // lost with Redis, or taken over after it lapsed, can never issue a code twice. A claim is a lease
 // (src/core/lease.ts) held by the request's id, so a rerun of the same request holds it still.
 import type { Redis } from 'ioredis';
+import type { Sequelize } from 'sequelize';
 import { acquireLease, releaseLease } from '../core/lease';
 import { redisKeys } from '../core/redis-keys';
 import { codeIsUsed } from './coupon';
@@ -33,8 +34,8 @@ export async function releaseCode(redis: Redis, codeHash: string, requestId: str
  * is told CODE_ALREADY_USED and gives the unit back; the job view of the stalled request reads its
  * coupon from Postgres. So the window costs a moment of stock, never a second use.
  */
-export async function releaseUnusedCode(redis: Redis, codeHash: string, requestId: string): Promise<void> {
-  if (await codeIsUsed(codeHash)) await markCodeUsed(redis, codeHash);
+export async function releaseUnusedCode(db: Sequelize, redis: Redis, codeHash: string, requestId: string): Promise<void> {
+  if (await codeIsUsed(db, codeHash)) await markCodeUsed(redis, codeHash);
   else await releaseCode(redis, codeHash, requestId);
 }
 

@@ -164,8 +164,8 @@ export async function findCouponByRequest(requestId: string): Promise<Coupon | n
 }
 
 /** Whether some coupon carries this single-use code's hash (at most one can: uq_coupons_code_hash). */
-export async function codeIsUsed(codeHash: string): Promise<boolean> {
-  const rows = await Coupon.sequelize!.query('SELECT 1 FROM coupons WHERE code_hash = $1 LIMIT 1', {
+export async function codeIsUsed(db: Sequelize, codeHash: string): Promise<boolean> {
+  const rows = await db.query('SELECT 1 FROM coupons WHERE code_hash = $1 LIMIT 1', {
     bind: [codeHash],
     type: QueryTypes.SELECT,
   });

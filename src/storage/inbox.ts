@@ -1,8 +1,7 @@
 // The event inbox (table event_inbox): the bridge's durable copy of every event it accepted from Kafka,
 // kept until the event has been applied, so a job Redis lost can be added again (I11).
-import { QueryTypes } from 'sequelize';
+import { QueryTypes, type Sequelize } from 'sequelize';
 import { config } from '../core/config';
-import { sequelize } from '../core/postgres';
 import type { JobKind } from '../queues/names';
 
 /** Where an event came from: processed_events.source for payments, so the two tables join on the key. */
@@ -21,14 +20,14 @@ export interface InboxEntry {
  * Writes the events of one Kafka batch in one statement. An event already there (a redelivery) is
  * left as it is: its row still says everything a redrive needs.
  */
-export async function writeInbox(entries: InboxEntry[]): Promise<void> {
+export async function writeInbox(db: Sequelize, entries: InboxEntry[]): Promise<void> {
   if (entries.length === 0) return;
   const prefix = config().QUEUE_PREFIX;
   // One array per column (unnest keeps them in step and in order): cheaper for Postgres than
   // taking a JSON document of the batch apart row by row.
   const column = <T>(pick: (e: InboxEntry) => T) => entries.map(pick);
   // WITH ORDINALITY keeps the batch's order in seq: the order of the partition's events.
-  await sequelize().query(
+  await db.query(
     `INSERT INTO event_inbox (source, event_id, queue_prefix, job_kind, job_id, job_data, order_id)
      SELECT x.source, x.event_id, $1, x.job_kind, x.job_id, x.job_data::jsonb, x.order_id
        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) WITH ORDINALITY
@@ -67,8 +66,8 @@ export interface InboxRow {
  * more than `olderThanMs` ago, each with whether its event was applied. A user event's row is deleted when it is applied, so one that is
  * here is not.
  */
-export async function oldInboxRows(afterSeq: string, olderThanMs: number, limit: number): Promise<InboxRow[]> {
-  const rows = await sequelize().query<{
+export async function oldInboxRows(db: Sequelize, afterSeq: string, olderThanMs: number, limit: number): Promise<InboxRow[]> {
+  const rows = await db.query<{
     seq: string;
     source: InboxSource;
     event_id: string;
@@ -103,14 +102,14 @@ export async function oldInboxRows(afterSeq: string, olderThanMs: number, limit:
 }
 
 /** Deletes rows by seq (applied events): what retention there is. */
-export async function deleteInboxRows(seqs: string[]): Promise<void> {
+export async function deleteInboxRows(db: Sequelize, seqs: string[]): Promise<void> {
   if (seqs.length === 0) return;
-  await sequelize().query('DELETE FROM event_inbox WHERE seq = ANY($1::bigint[])', { bind: [seqs], type: QueryTypes.DELETE });
+  await db.query('DELETE FROM event_inbox WHERE seq = ANY($1::bigint[])', { bind: [seqs], type: QueryTypes.DELETE });
 }
 
 /** An event without a processed_events row of its own is marked applied by deleting its row. */
-export async function markInboxApplied(source: InboxSource, eventId: string): Promise<void> {
-  await sequelize().query('DELETE FROM event_inbox WHERE source = $1 AND event_id = $2', {
+export async function markInboxApplied(db: Sequelize, source: InboxSource, eventId: string): Promise<void> {
+  await db.query('DELETE FROM event_inbox WHERE source = $1 AND event_id = $2', {
     bind: [source, eventId],
     type: QueryTypes.DELETE,
   });
@@ -121,8 +120,8 @@ export async function markInboxApplied(source: InboxSource, eventId: string): Pr
  * taken effect yet: its job may be on its way back from a redrive, so a refund keeps waiting for it.
  * False when this event is not in the inbox (accepted before the inbox existed).
  */
-export async function earlierPaymentPending(eventId: string, orderId: string): Promise<boolean> {
-  const [row] = await sequelize().query<{ pending: boolean }>(
+export async function earlierPaymentPending(db: Sequelize, eventId: string, orderId: string): Promise<boolean> {
+  const [row] = await db.query<{ pending: boolean }>(
     `SELECT EXISTS (
        SELECT 1
          FROM event_inbox me

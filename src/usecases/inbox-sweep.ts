@@ -7,6 +7,7 @@
 // and the worker applies an event once (processed_events, unique request ids), so a redrive that
 // races a late add or a finished job costs a duplicate run at most, never a second effect.
 import type { Redis } from 'ioredis';
+import type { Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
 import { inboxEventsRedriven } from '../core/metrics';
@@ -21,6 +22,7 @@ import { repeatAfter } from '../core/concurrency';
 const BATCH = 1_000;
 
 export interface InboxSweepDeps {
+  db: Sequelize;
   queues: Queues;
   locks: Locks;
   log: Logger;
@@ -41,11 +43,14 @@ export async function sweepInbox(deps: InboxSweepDeps, minAgeMs: number): Promis
   let oldest: Date | undefined;
   let after = '0';
   for (;;) {
-    const rows = await oldInboxRows(after, minAgeMs, BATCH);
+    const rows = await oldInboxRows(deps.db, after, minAgeMs, BATCH);
     if (rows.length === 0) break;
     after = (rows[rows.length - 1] as InboxRow).seq;
     const applied = rows.filter((r) => r.applied);
-    await deleteInboxRows(applied.map((r) => r.seq));
+    await deleteInboxRows(
+      deps.db,
+      applied.map((r) => r.seq),
+    );
     report.deleted += applied.length;
 
     const open = rows.filter((r) => !r.applied);

@@ -121,7 +121,7 @@ export async function issueCoupon(
       // The code is free again (its owner may retry), but only once Postgres said no coupon was
       // written for this request; whether another coupon holds the code is asked in releaseUnusedCode.
       // When Postgres cannot say, the claim stays and lapses after its TTL.
-      if (codeHash && committed === null) await releaseUnusedCode(deps.redis, codeHash, requestId).catch(() => undefined);
+      if (codeHash && committed === null) await releaseUnusedCode(deps.db, deps.redis, codeHash, requestId).catch(() => undefined);
     }
     throw error;
   }

@@ -132,7 +132,7 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
   // but not while an event of its order that the bridge accepted earlier is still in the inbox
   // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
   const waitedEnough = job.attemptsMade >= config().PAYMENT_WAIT_ATTEMPTS;
-  const earlierPending = waitedEnough && (await earlierPaymentPending(event.eventId, event.orderId));
+  const earlierPending = waitedEnough && (await earlierPaymentPending(deps.db, event.eventId, event.orderId));
   const outcome = await applyOrWait(deps, {
     source: 'payments',
     eventId: event.eventId,

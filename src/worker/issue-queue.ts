@@ -234,7 +234,7 @@ async function userEvent(deps: IssueDeps, job: Job, log: Logger): Promise<UserEv
   if (failed > 0) throw new Error(`${failed} of the event's ${outcomes.length} requests failed for good`);
   // Every request is final: the event is applied, and the inbox no longer needs it (I11). Should the
   // worker die before the job completes, its rerun finds the coupons by request id.
-  await markInboxApplied('user-events', event.eventId);
+  await markInboxApplied(deps.db, 'user-events', event.eventId);
   const policies = outcomes.map((o, k) => {
     const g = grantResult(event.userId, o);
     return {

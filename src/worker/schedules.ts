@@ -30,7 +30,7 @@ export function startSchedules(deps: ScheduleDeps): () => Promise<void> {
   const stopSweeper = scheduleExpirySweeper({ db, log }, cfg.RESERVATION_SWEEP_INTERVAL_MS);
   const stopCodesDrop = scheduleUnfetchedCodesDrop({ db, log });
   // Events the bridge accepted whose jobs Redis lost are added again from the Postgres inbox (I11).
-  const stopInboxSweep = scheduleInboxSweep({ queues, locks, log }, cfg.INBOX_SWEEP_INTERVAL_MS, cfg.INBOX_REDRIVE_AGE_MS);
+  const stopInboxSweep = scheduleInboxSweep({ db, queues, locks, log }, cfg.INBOX_SWEEP_INTERVAL_MS, cfg.INBOX_REDRIVE_AGE_MS);
   const stopReconciler = scheduleReconciler(
     { db, redis, locks, issueQueue: queues.get(QUEUES.issue), log },
     cfg.ADMISSION_RECONCILE_INTERVAL_MS,

@@ -1,11 +1,10 @@
 // The admission step of issuance: Redis decides fast and exactly who gets which stock unit;
 // Postgres (src/storage/coupon.ts) refuses anything that would still break I1 or I2.
-import { QueryTypes } from 'sequelize';
+import { QueryTypes, type Sequelize } from 'sequelize';
 import type { Redis } from 'ioredis';
 import { singleFlight } from '../../core/concurrency';
 import type { ErrorCode } from '../../core/errors';
 import { redisKeys } from '../../core/redis-keys';
-import { sequelize } from '../../core/postgres';
 import { CouponPolicy } from '../policy';
 import type { IssueMethod } from '../../domain/policy-rules';
 import { withLock, type Locks } from '../../core/lock';
@@ -40,6 +39,8 @@ const REFUSALS: ReadonlySet<string> = new Set([
 ]);
 
 export interface AdmissionDeps {
+  /** Where the stock is rebuilt from when Redis has none. */
+  db: Sequelize;
   redis: Redis;
   locks: Locks;
 }
@@ -203,7 +204,7 @@ export async function rebuildStock(deps: AdmissionDeps, policyId: string): Promi
   const k = redisKeys().admission(policyId);
   await withLock(deps.locks, redisKeys().admissionRebuildLock(policyId), REBUILD_LOCK_TTL_MS, async () => {
     if ((await deps.redis.exists(k.stock)) === 1) return; // another process finished it meanwhile
-    const db = sequelize();
+    const { db } = deps;
     const [totals] = await db.query<{ issued: string; max_slot: number | null }>(
       'SELECT count(*) AS issued, max(slot) AS max_slot FROM coupons WHERE policy_id = $1',
       { bind: [policyId], type: QueryTypes.SELECT },
