@@ -23,7 +23,7 @@ import { createIssueProcessor } from '../src/worker/issue-queue';
 import { ENDED_STATE_GRACE_S, freeEndedPolicies, reconcileAdmissions } from '../src/usecases/reconcile-admissions';
 import { storeOutcomes } from '../src/queues/outcomes';
 import { issueBatchReturnSchema } from '../src/queues/results';
-import { couponsOf } from './support/db';
+import { closeDb, couponsOf } from './support/db';
 import { policyBody, uniqueId } from './support/fixtures';
 
 const redis = createRedis('client');
@@ -32,7 +32,8 @@ const locks = createLocks(redis);
 const log = logger();
 const prefix = uniqueId('adm');
 const queue = new Queue('issue', { connection: redis, prefix });
-const events = new QueueEvents('issue', { connection: createRedis('worker'), prefix });
+const eventsConnection = createRedis('worker');
+const events = new QueueEvents('issue', { connection: eventsConnection, prefix });
 let worker: Worker;
 
 beforeAll(async () => {
@@ -51,7 +52,9 @@ afterAll(async () => {
   await queue.close();
   redis.disconnect();
   workerConnection.disconnect();
+  eventsConnection.disconnect(); // BullMQ leaves a connection it was handed open
   await closeSequelize();
+  await closeDb();
 });
 
 async function newPolicy(overrides: Record<string, unknown> = {}) {
