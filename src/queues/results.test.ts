@@ -6,8 +6,11 @@ import {
   jobOutcomeSchemaOf,
   paymentReturnSchema,
   type DirectIssueReturn,
+  type GenerateCodesReturn,
   type IssueBatchReturn,
   type PaymentReturn,
+  type ReservationActionReturn,
+  type ReserveReturn,
 } from './results';
 
 const coupon = {
@@ -60,16 +63,29 @@ describe('job results', () => {
       outcome: 'succeeded',
       result: { eventId: 'e1', outcome: 'DUPLICATE', earlier: { outcome: 'IGNORED', reason: sold } },
     };
+    const reserved: ReserveReturn = {
+      outcome: 'succeeded',
+      result: { reservationId: 'r1', couponId: 'c1', orderId: 'o1', discountAmount: 10, expiresAt: '2030-01-01T00:10:00.000Z' },
+    };
+    const cancelled: ReservationActionReturn = { outcome: 'succeeded', result: { ...reservation, status: 'CANCELLED' } };
+    const generated: GenerateCodesReturn = { outcome: 'succeeded', result: { policyId: 'p', length: 12, prefix: 'BF-', count: 500 } };
+    const generatedBare: GenerateCodesReturn = { outcome: 'succeeded', result: { policyId: 'p', length: 12, count: 500 } };
     for (const [kind, value] of [
       ['direct-issue', grant],
       ['payment', payment],
       ['payment', duplicate],
+      ['reserve', reserved],
+      ['reserve', { outcome: 'rejected', reason: { code: 'COUPON_NOT_USABLE', message: 'no' } }],
+      ['cancel', cancelled],
+      ['confirm', { outcome: 'succeeded', result: reservation }],
+      ['generate-codes', generated],
+      ['generate-codes', generatedBare],
     ] as const) {
       const read = jobOutcomeSchemaOf(kind).parse(asStored(value));
       expect(JSON.stringify(read)).toBe(JSON.stringify(value));
     }
-    // Any other job's result is passed on unread.
-    expect(jobOutcomeSchemaOf('generate-codes').parse({ outcome: 'succeeded', result: { count: 5, extra: [1] } })).toEqual({
+    // A job of a kind without a schema of its own is passed on with its result unread.
+    expect(jobOutcomeSchemaOf('some-future-kind').parse({ outcome: 'succeeded', result: { count: 5, extra: [1] } })).toEqual({
       outcome: 'succeeded',
       result: { count: 5, extra: [1] },
     });
@@ -78,6 +94,11 @@ describe('job results', () => {
   it('refuse what the kind does not return', () => {
     expect(paymentReturnSchema.safeParse({ outcome: 'succeeded', result: { eventId: 'e1', outcome: 'MAYBE' } }).success).toBe(false);
     expect(jobOutcomeSchemaOf('direct-issue').safeParse({ outcome: 'succeeded', result: { policyId: 'p' } }).success).toBe(false);
+    expect(jobOutcomeSchemaOf('reserve').safeParse({ outcome: 'succeeded', result: { reservationId: 'r1' } }).success).toBe(false);
+    expect(jobOutcomeSchemaOf('cancel').safeParse({ outcome: 'succeeded', result: { reservationId: 'r1', status: 'GONE' } }).success).toBe(
+      false,
+    );
+    expect(jobOutcomeSchemaOf('generate-codes').safeParse({ outcome: 'succeeded', result: { count: 5 } }).success).toBe(false);
   });
 
   it('read one request of a batch without the other entries', () => {

@@ -123,7 +123,37 @@ export type PaymentResult = z.infer<typeof paymentResultSchema>;
 export const paymentReturnSchema = outcomeSchema(paymentResultSchema);
 export type PaymentReturn = z.infer<typeof paymentReturnSchema>;
 
-/** The schema of a job's outcome by its kind: its own where it has one, else any outcome with its result unread. */
+// A reserve: the reservation made (or the one its Idempotency-Key made before).
+export const reservationResultSchema = z.object({
+  reservationId: z.string(),
+  couponId: z.string(),
+  orderId: z.string(),
+  discountAmount: z.number(),
+  expiresAt: z.string(),
+});
+export type ReservationResult = z.infer<typeof reservationResultSchema>;
+
+export const reserveReturnSchema = outcomeSchema(reservationResultSchema);
+export type ReserveReturn = z.infer<typeof reserveReturnSchema>;
+
+// A cancel or confirm by its owner or an admin: the reservation after it.
+export const reservationActionReturnSchema = outcomeSchema(reservationViewSchema);
+export type ReservationActionReturn = z.infer<typeof reservationActionReturnSchema>;
+
+// A code generation: what was generated. The codes themselves are never in Redis: the owner's first
+// read of the job takes them from Postgres (src/web/routes/jobs.ts).
+export const generatedCodesSchema = z.object({
+  policyId: z.string(),
+  length: z.number().int(),
+  prefix: z.string().optional(),
+  count: z.number().int(),
+});
+export type GeneratedCodes = z.infer<typeof generatedCodesSchema>;
+
+export const generateCodesReturnSchema = outcomeSchema(generatedCodesSchema);
+export type GenerateCodesReturn = z.infer<typeof generateCodesReturnSchema>;
+
+/** The schema of a job's outcome by its kind (the issue batch's is read one entry at a time: issueOutcomeAt). */
 export function jobOutcomeSchemaOf(kind: string): z.ZodType<z.infer<typeof jobOutcomeSchema>> {
   switch (kind) {
     case 'direct-issue':
@@ -132,6 +162,13 @@ export function jobOutcomeSchemaOf(kind: string): z.ZodType<z.infer<typeof jobOu
       return userEventReturnSchema;
     case 'payment':
       return paymentReturnSchema;
+    case 'reserve':
+      return reserveReturnSchema;
+    case 'cancel':
+    case 'confirm':
+      return reservationActionReturnSchema;
+    case 'generate-codes':
+      return generateCodesReturnSchema;
     default:
       return jobOutcomeSchema;
   }

@@ -6,7 +6,7 @@
 import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from 'sequelize';
 import type { ReservationState } from '../domain/checkout-rules';
 import type { z } from 'zod';
-import type { reservationViewSchema } from '../queues/results';
+import type { ReservationResult, reservationViewSchema } from '../queues/results';
 
 export class Reservation extends Model<InferAttributes<Reservation>, InferCreationAttributes<Reservation>> {
   declare id: string;
@@ -59,13 +59,6 @@ export function initReservationModel(db: Sequelize): void {
 }
 
 /** The result of a reserve job, as SPEC §5 words it. */
-export interface ReservationResult {
-  reservationId: string;
-  couponId: string;
-  orderId: string;
-  discountAmount: number;
-  expiresAt: string;
-}
 
 export function reservationResult(r: Reservation): ReservationResult {
   return {

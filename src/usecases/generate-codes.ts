@@ -9,20 +9,12 @@ import { codeHash, generateCodes, sealCodes } from '../domain/codes';
 import { discardUnfinishedBatch, dropUnfetchedCodes, finishBatch, insertCodeHashes } from '../storage/codes';
 import { CouponPolicy } from '../storage/policy';
 import { generateCodesJobSchema, type JobOutcome } from '../queues/jobs';
+import type { GeneratedCodes } from '../queues/results';
 import { reason } from '../core/errors';
 import { jobData } from '../queues/job-data';
 
 /** Codes hashed and inserted per statement; progress is reported after each. */
 const CHUNK = 5_000;
-
-export interface GeneratedCodes {
-  policyId: string;
-  count: number;
-  length: number;
-  prefix?: string;
-  /** The codes, in the first read of the finished job by its owner only (see src/web/routes/jobs.ts). */
-  codes?: string[];
-}
 
 /** Why a policy takes no generated codes, or null when it does. */
 export function codePolicyRefusal(policy: Pick<CouponPolicy, 'issueMethod' | 'code' | 'status'> | null) {
