@@ -4,6 +4,7 @@
 // holds it, so a holder whose lease lapsed and was taken by another never deletes the other's.
 // (src/core/lock.ts is redlock, for work that waits its turn; this is for the take-or-skip cases.)
 import type { Redis } from 'ioredis';
+import { scriptCommands } from './redis-scripts';
 
 // KEYS[1] the lease; ARGV: token, ttl ms. 1 when the token holds it now (the TTL is left as it was
 // when it held it already), 0 when another token does.
@@ -26,16 +27,10 @@ interface LeaseCommands {
   releaseLease(key: string, token: string): Promise<number>;
 }
 
-const loaded = new WeakSet<Redis>();
-
-function withLeaseScripts(redis: Redis): Redis & LeaseCommands {
-  if (!loaded.has(redis)) {
-    redis.defineCommand('acquireLease', { numberOfKeys: 1, lua: ACQUIRE });
-    redis.defineCommand('releaseLease', { numberOfKeys: 1, lua: RELEASE });
-    loaded.add(redis);
-  }
-  return redis as Redis & LeaseCommands;
-}
+const withLeaseScripts = scriptCommands<LeaseCommands>({
+  acquireLease: { keys: 1, lua: ACQUIRE },
+  releaseLease: { keys: 1, lua: RELEASE },
+});
 
 /** True when `token` holds the lease `key` now: it just took it (for `ttlMs`), or held it already. */
 export async function acquireLease(redis: Redis, key: string, token: string, ttlMs: number): Promise<boolean> {

@@ -1,15 +1,10 @@
-// Loads the admission Lua scripts once per connection (EVALSHA, falling back to EVAL after a Redis restart).
+// The admission Lua scripts (lua/, one file each) as commands of a connection (src/core/redis-scripts.ts).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Redis } from 'ioredis';
+import { scriptCommands } from '../../core/redis-scripts';
 
-const SCRIPTS = {
-  admitCoupons: { file: 'admit.lua', keys: 5 },
-  releaseCoupon: { file: 'release.lua', keys: 4 },
-  settleCoupon: { file: 'settle.lua', keys: 4 },
-  setPolicyMeta: { file: 'set-meta.lua', keys: 1 },
-  freeEndedPolicy: { file: 'free-ended.lua', keys: 4 },
-} as const;
+const script = (file: string, keys: number) => ({ keys, lua: readFileSync(join(__dirname, 'lua', file), 'utf8') });
 
 export interface AdmissionCommands {
   /** admit.lua: [validUntil, validDays, total, then status, slot, resumed, admitted per request]. */
@@ -31,14 +26,10 @@ export interface AdmissionCommands {
 
 export type AdmissionRedis = Redis & AdmissionCommands;
 
-const loaded = new WeakSet<Redis>();
-
-export function withAdmissionScripts(redis: Redis): AdmissionRedis {
-  if (!loaded.has(redis)) {
-    for (const [name, { file, keys }] of Object.entries(SCRIPTS)) {
-      redis.defineCommand(name, { numberOfKeys: keys, lua: readFileSync(join(__dirname, 'lua', file), 'utf8') });
-    }
-    loaded.add(redis);
-  }
-  return redis as AdmissionRedis;
-}
+export const withAdmissionScripts = scriptCommands<AdmissionCommands>({
+  admitCoupons: script('admit.lua', 5),
+  releaseCoupon: script('release.lua', 4),
+  settleCoupon: script('settle.lua', 4),
+  setPolicyMeta: script('set-meta.lua', 1),
+  freeEndedPolicy: script('free-ended.lua', 4),
+});
