@@ -88,6 +88,11 @@ class OwedReleases {
 
   constructor(private readonly deps: IntakeDeps) {}
 
+  /** Whether any slot is owed (the sale path asks this every turn). */
+  get any(): boolean {
+    return this.owed.size > 0;
+  }
+
   add(items: Item[]): void {
     for (const i of items) this.owed.set(i.requestId, i.data.policyId!);
     this.deps.log.warn({ count: items.length }, 'could not give back admitted slots: retrying until Redis answers');
@@ -96,7 +101,7 @@ class OwedReleases {
 
   /** Gives back every owed slot Redis takes now (single-flight); resolves either way. */
   settle(): Promise<void> {
-    if (this.owed.size === 0) return Promise.resolve();
+    if (!this.any) return Promise.resolve();
     this.settling ??= this.giveBack().finally(() => (this.settling = null));
     return this.settling;
   }
@@ -122,7 +127,7 @@ class OwedReleases {
 
 async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeRequest[]): Promise<(IntakeAnswer | Error)[]> {
   // Slots owed from an earlier turn go back before this turn admits: first come stays first served.
-  await owed.settle();
+  if (owed.any) await owed.settle();
   const jobId = newJobId('issue-batch', randomUUID());
   const now = Date.now();
   const all: Item[] = batch.map((data, index) => ({ data, index, requestId: requestIdOf(jobId, index) }));
