@@ -5,7 +5,7 @@
 // them. Per checkout it records when it started, was reserved and was paid; the run reads these.
 import { randomUUID } from 'node:crypto';
 import type { Producer } from 'kafkajs';
-import { request, type Agent } from 'undici';
+import type { Call } from './api';
 import { fmtInt, note, sleep, wallNow } from './common';
 
 /** An open loop starts checkouts every TICK_MS; more than this many unfinished means the service fell behind. */
@@ -21,31 +21,6 @@ export interface Checkout {
   reservedAt?: number;
   publishedAt?: number;
   failure?: string;
-}
-
-/** A JSON call to the stack with a user's token: its status and parsed body. */
-export type Call = (
-  method: 'GET' | 'POST',
-  url: string,
-  token: string,
-  body?: unknown,
-  headers?: Record<string, string>,
-) => Promise<{ status: number; body: any }>;
-
-/** Calls to the stack at baseUrl over the agent's keep-alive connections. */
-export function apiClient(baseUrl: string, agent: Agent): Call {
-  return async (method, url, token, body, headers = {}) => {
-    const res = await request(`${baseUrl}${url}`, {
-      method,
-      dispatcher: agent,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      headersTimeout: 20_000,
-      bodyTimeout: 20_000,
-    });
-    const text = await res.body.text();
-    return { status: res.statusCode, body: text ? JSON.parse(text) : undefined };
-  };
 }
 
 /** Publishes events in small batches: every checkout whose reservation landed in the last few ms goes out in one send. */

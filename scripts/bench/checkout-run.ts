@@ -8,7 +8,8 @@ import type { Client as PgClient } from 'pg';
 import { fmtInt, note, percentile, redisUsedMemory, round, sleep } from './common';
 import { classifier, startCpuPhase } from './cpu';
 import { auditCheckouts, type Invariant } from './checkout-audit';
-import { drive, type Call, type Checkout, type EventPublisher } from './checkout-load';
+import { createUnlimitedPolicy, type Call } from './api';
+import { drive, type Checkout, type EventPublisher } from './checkout-load';
 import { judgeRun } from './checkout-bar';
 import type { Stack } from './stack';
 
@@ -28,17 +29,12 @@ export interface CheckoutContext {
 
 /** A policy and `count` coupons, one per shopper, with the shoppers' checkouts and tokens. */
 async function prepare(ctx: CheckoutContext, label: string, count: number) {
-  const created = await ctx.call('POST', '/api/v1/coupons/policies', ctx.adminToken, {
-    name: `bench checkout ${label}`,
-    discount: { type: 'PERCENTAGE', value: 10, maxDiscountAmount: 5_000, minOrderAmount: 10_000 },
-    issueMethod: 'DOWNLOAD',
-    totalQuantity: null,
-    perUserLimit: 1,
-    issueWindow: { startsAt: new Date(Date.now() - 60_000).toISOString() },
-    validity: { days: 7 },
+  const policyId = await createUnlimitedPolicy(ctx.call, ctx.adminToken, `bench checkout ${label}`, {
+    type: 'PERCENTAGE',
+    value: 10,
+    maxDiscountAmount: 5_000,
+    minOrderAmount: 10_000,
   });
-  if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
-  const policyId = created.body.id as string;
   const seedStarted = Date.now();
   // In slices: each row takes a per-user advisory lock, and one transaction holds only so many locks.
   for (let from = 1; from <= count; from += 2_000) {

@@ -26,9 +26,10 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { Client as PgClient } from 'pg';
-import { Agent, request } from 'undici';
+import { Agent } from 'undici';
 import { z } from 'zod';
 import { urlWith } from '../../src/core/config';
+import { apiClient, createUnlimitedPolicy, type Call } from './api';
 import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { chooseStack, ROOT, type Stack } from './stack';
@@ -62,8 +63,6 @@ function loadConfig(): Config {
   }
   return parsed.data;
 }
-
-type Call = (method: 'GET' | 'POST', url: string, token: string, body?: unknown) => Promise<{ status: number; body: any }>;
 
 interface Tally {
   ok: number;
@@ -166,17 +165,7 @@ interface Seed {
 /** The big policy through the API, its coupons and the other policies straight into Postgres. */
 async function seed(cfg: Config, call: Call, pg: PgClient, sign: ReturnType<typeof signer>): Promise<Seed> {
   const admin = await sign('bench-admin', 'admin');
-  const created = await call('POST', '/api/v1/coupons/policies', admin, {
-    name: 'bench policy reads',
-    discount: { type: 'FIXED', value: 3_000, minOrderAmount: 10_000 },
-    issueMethod: 'DOWNLOAD',
-    totalQuantity: null,
-    perUserLimit: 1,
-    issueWindow: { startsAt: new Date(Date.now() - 60_000).toISOString() },
-    validity: { days: 7 },
-  });
-  if (created.status !== 201) throw new Error(`policy not created: ${created.status} ${JSON.stringify(created.body)}`);
-  const bigPolicy = created.body.id as string;
+  const bigPolicy = await createUnlimitedPolicy(call, admin, 'bench policy reads', { type: 'FIXED', value: 3_000, minOrderAmount: 10_000 });
   const t0 = Date.now();
   // One statement: the per-user guard (an advisory lock a row) stands aside in this scratch database.
   await pg.query('ALTER TABLE coupons DISABLE TRIGGER tg_coupons_enforce_limits');
@@ -239,18 +228,7 @@ async function main(): Promise<number> {
       await pg.end();
       await agent.close();
     });
-    const call: Call = async (method, url, token, body) => {
-      const res = await request(`${stack.baseUrl}${url}`, {
-        method,
-        dispatcher: agent,
-        headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-        headersTimeout: 20_000,
-        bodyTimeout: 20_000,
-      });
-      const text = await res.body.text();
-      return { status: res.statusCode, body: text && text.startsWith('{') ? JSON.parse(text) : text };
-    };
+    const call = apiClient(stack.baseUrl, agent);
     const data = await seed(cfg, call, pg, signer(stack.jwtSecret));
     const sample = await call('GET', `/api/v1/coupons/policies/${data.bigPolicy}`, await signer(stack.jwtSecret)('bench-admin', 'admin'));
     if (sample.body?.issuedCount !== cfg.COUPONS)
