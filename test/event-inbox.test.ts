@@ -321,6 +321,52 @@ it('issues the coupons of accepted user events after Redis lost their jobs', asy
   expect(rows.map((r) => r.user_id).sort()).toEqual(list.map((e) => e.userId).sort());
 });
 
+it('forgets a user event delivered again after it was applied, while its completed job is still in Redis', async () => {
+  const trigger = `SIGNED_UP_${uniqueId('x').slice(2, 10).toUpperCase()}`;
+  const eventPolicy = await createCheckoutPolicy(api, { issueMethod: 'EVENT', triggerEvent: trigger, perUserLimit: 5 });
+  const list = Array.from({ length: 10 }, (_, i) => ({
+    eventId: uniqueId(`again${i}`),
+    type: trigger,
+    userId: uniqueId(`again${i}`),
+    occurredAt: new Date().toISOString(),
+  }));
+  const eventIds = list.map((e) => e.eventId);
+  const messages = list.map((e) => ({ key: e.userId, value: JSON.stringify(e) }));
+  const issued = () =>
+    db()
+      .query<{ n: string }>('SELECT count(*) AS n FROM coupons WHERE policy_id = $1', [eventPolicy])
+      .then((r) => Number(r.rows[0]?.n));
+  await send(stack.userEventsTopic, messages);
+  await eventually(issued, (n) => n === list.length, 60_000, `${list.length} coupons issued`);
+  await eventually(
+    () => inboxRows(eventIds, 'user-events'),
+    (rows) => rows.length === 0,
+    30_000,
+    'applied user events deleted',
+  );
+
+  // Delivered again with no worker running: the bridge writes the rows again, and adding the jobs
+  // is a no-op (the completed jobs keep their ids for an hour), so nothing would ever apply them.
+  await stopWorkers();
+  const completed = await Promise.all(
+    eventIds.map((id) => redis.zscore(`${stack.queuePrefix}:issue:completed`, derivedJobId('user-event', id))),
+  );
+  expect(completed.filter((score) => score !== null)).toHaveLength(list.length);
+  await send(stack.userEventsTopic, messages);
+  await allCommitted(stack.userEventsTopic);
+  expect(await inboxRows(eventIds, 'user-events')).toHaveLength(list.length);
+
+  // The sweep sees the completed jobs and deletes the rows; nothing is issued twice.
+  await stack.startWorker();
+  await eventually(
+    () => inboxRows(eventIds, 'user-events'),
+    (rows) => rows.length === 0,
+    30_000,
+    'the rows of the redelivered, completed events deleted',
+  );
+  expect(await issued()).toBe(list.length);
+});
+
 it('commits no offset while Postgres is away: the event waits in Kafka, then is applied', async () => {
   const [order] = await reservations(1);
   const { couponId, orderId } = order as Awaited<ReturnType<typeof reservations>>[number];

@@ -2,7 +2,7 @@
 // runs it, two faults that each strike while work is in flight, and the one checker over every answer
 // and the final database. Zero violations of every invariant, and each fault must have hit something.
 import { FAULTS } from './faults/faults';
-import { runSuite, table } from './faults/run';
+import { passed, runSuite, table } from './faults/run';
 
 const subset = ['kill-worker', 'redis-empty-payments'];
 
@@ -13,6 +13,8 @@ describe('the fault suite, a bounded subset', () => {
     const lines: string[] = [];
     const rows = await runSuite({ faults, shoppers: 500, stock: 150, schedule: 0, seed: 1, log: (line) => lines.push(line) });
     const report = table(rows);
+    // What happened, strike by strike (and any process that died on its own), for a failing run.
+    if (!rows.every(passed)) console.log(`${report}\n\n${lines.join('\n')}`);
     for (const row of rows) {
       expect({ name: row.name, error: row.error }).toEqual({ name: row.name, error: undefined });
       const result = row.result!;
@@ -21,6 +23,8 @@ describe('the fault suite, a bounded subset', () => {
         violations: Object.fromEntries(Object.keys(result.check.violations).map((k) => [k, 0])),
         examples: {},
       });
+      // Every event applied and every inbox row gone before the clients' deadline.
+      expect({ name: row.name, unsettled: result.unsettled }).toEqual({ name: row.name, unsettled: null });
       for (const strike of result.strikes)
         expect({ fault: strike.fault, hit: strike.hit, inFlight: strike.inFlight }).toMatchObject({ fault: strike.fault, hit: true });
       // The load was real: the stock sold out, the winners checked out, and the payments were applied.

@@ -29,7 +29,7 @@ export interface InboxSweepDeps {
 }
 
 export interface InboxSweepReport {
-  /** Rows of applied events deleted. */
+  /** Rows of applied events deleted (their event took effect, or their job completed). */
   deleted: number;
   /** Jobs added again because Redis did not have them. */
   redriven: number;
@@ -54,8 +54,15 @@ export async function sweepInbox(deps: InboxSweepDeps, minAgeMs: number): Promis
     report.deleted += applied.length;
 
     const open = rows.filter((r) => !r.applied);
-    const missing = await missingJobs(deps.queues, open);
-    report.inRedis += open.length - missing.length;
+    const { missing, completed } = await jobStates(deps.queues, open);
+    // A redelivery of an event whose job had completed inserts its row again and adds nothing (the
+    // completed job keeps its id for an hour): the job only completes once the event took effect.
+    await deleteInboxRows(
+      deps.db,
+      completed.map((r) => r.seq),
+    );
+    report.deleted += completed.length;
+    report.inRedis += open.length - missing.length - completed.length;
     if (missing.length > 0) {
       oldest ??= missing[0]?.receivedAt;
       // In seq order: a queue takes the jobs of one order in the order their events came.
@@ -74,18 +81,32 @@ export async function sweepInbox(deps: InboxSweepDeps, minAgeMs: number): Promis
   return report;
 }
 
-/** The rows whose job Redis does not hold (in any state), by one EXISTS each in one pipeline. */
-async function missingJobs(queues: Queues, rows: InboxRow[]): Promise<InboxRow[]> {
-  if (rows.length === 0) return [];
+/**
+ * The rows whose job Redis does not hold (in any state), and those whose job has completed, by one
+ * EXISTS and one ZSCORE of the queue's completed set each, in one pipeline.
+ */
+async function jobStates(queues: Queues, rows: InboxRow[]): Promise<{ missing: InboxRow[]; completed: InboxRow[] }> {
+  if (rows.length === 0) return { missing: [], completed: [] };
   const redis: Redis = queues.connection;
   const pipeline = redis.pipeline();
-  for (const r of rows) pipeline.exists(queues.get(JOB_KINDS[r.jobKind].queue).toKey(r.jobId));
+  for (const r of rows) {
+    const queue = queues.get(JOB_KINDS[r.jobKind].queue);
+    pipeline.exists(queue.toKey(r.jobId));
+    pipeline.zscore(queue.keys.completed as string, r.jobId);
+  }
   const answers = (await pipeline.exec()) ?? [];
-  return rows.filter((_, i) => {
-    const [error, exists] = answers[i] ?? [new Error('no answer'), 0];
+  const answer = (i: number) => {
+    const [error, value] = answers[i] ?? [new Error('no answer'), null];
     if (error) throw error;
-    return exists === 0;
+    return value;
+  };
+  const missing: InboxRow[] = [];
+  const completed: InboxRow[] = [];
+  rows.forEach((r, i) => {
+    if (answer(2 * i) === 0) missing.push(r);
+    else if (answer(2 * i + 1) !== null) completed.push(r);
   });
+  return { missing, completed };
 }
 
 /** Sweeps every `everyMs` in one process of the fleet at a time; the first pass at once (a worker starting after an outage). */

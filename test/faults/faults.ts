@@ -77,7 +77,7 @@ function killProcess(name: string, phase: Phase, hit: Fault['hit']): Fault {
     what: `SIGKILL ${name}; the supervisor restarts it`,
     hit,
     async strike({ world }) {
-      const pid = world.signal(name, 'SIGKILL');
+      const pid = await world.signal(name, 'SIGKILL');
       const again = await restarted(world, name, pid);
       return `${name} pid ${pid} killed, restarted as ${again}`;
     },
@@ -132,7 +132,7 @@ export const FAULTS: Fault[] = [
     what: 'SIGSTOP worker.2 past its lock and the stall check, then SIGCONT: two runs of its jobs',
     hit: (f) => f.pendingAdmissions > 0 || anyJobs(f, 'issue'),
     async strike({ world }) {
-      const pid = world.signal('worker.2', 'SIGSTOP');
+      const pid = await world.signal('worker.2', 'SIGSTOP');
       await sleep(9_000);
       process.kill(pid, 'SIGCONT');
       return `worker.2 pid ${pid} stopped 9 s (lock 4 s, stall check every 1 s)`;
@@ -220,7 +220,7 @@ export const FAULTS: Fault[] = [
     hit: (f) => f.clientsWaiting > 0,
     world: { formation: { bridge: 2 } },
     async strike({ world }) {
-      const pid = world.signal('bridge.2', 'SIGTERM');
+      const pid = await world.signal('bridge.2', 'SIGTERM');
       await restarted(world, 'bridge.2', pid);
       return `bridge.2 pid ${pid} left (SIGTERM) and came back`;
     },

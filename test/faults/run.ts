@@ -96,9 +96,9 @@ export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
   return rows;
 }
 
-/** Whether a row passed: it ran, every fault hit work in flight, and nothing was violated. */
+/** Whether a row passed: it ran, every fault hit work in flight, nothing was violated, and everything settled. */
 export function passed(row: SuiteRow): boolean {
-  return !!row.result && row.result.check.total === 0 && row.result.strikes.every((s) => s.hit);
+  return !!row.result && row.result.check.total === 0 && row.result.unsettled === null && row.result.strikes.every((s) => s.hit);
 }
 
 /** The recovery cell: time to the first outcome after the fault, or that outcomes kept coming during it. */
@@ -123,7 +123,8 @@ export function table(rows: SuiteRow[]): string {
             .join('/')}, ${s.inFlight.clientsWaiting} waiting`,
       )
       .join('; ');
-    const bad = Object.entries(check.violations).filter(([, n]) => n > 0);
+    const bad: [string, number | string][] = Object.entries(check.violations).filter(([, n]) => n > 0);
+    if (row.result.unsettled !== null) bad.push(['not settled', row.result.unsettled]);
     const c = check.counts;
     lines.push(
       `| ${row.name} | ${load.shoppers} shoppers, ${load.stock} coupons, ${load.checkouts} checkouts, ${load.events} payment and ${load.userEvents} user events | ${flight} | ${c.won} won, ${c.lost} lost, ${c.failedRequests} failed requests asked again; ${c.reserved} reserved, ${c.used} used, ${c.restored} refunded; ${c.eventCoupons} event coupons | ${bad.length === 0 ? '0' : bad.map(([k, n]) => `**${k} ${n}**`).join(', ')} | ${strikes.map(recovery).join(', ')} |`,
@@ -143,13 +144,14 @@ async function main(): Promise<number> {
     return 2;
   }
   const seed = Number(process.env.SEED ?? Math.floor(Math.random() * 1e6));
+  const began = Date.now();
   const rows = await runSuite({
     faults,
     shoppers: Number(process.env.SHOPPERS ?? 1500),
     stock: Number(process.env.STOCK ?? 400),
     schedule: Number(process.env.SCHEDULE ?? (wanted.includes('all') ? 3 : 0)),
     seed,
-    log: (line) => process.stderr.write(`[faults] ${line}\n`),
+    log: (line) => process.stderr.write(`[faults +${((Date.now() - began) / 1000).toFixed(1)} s] ${line}\n`),
   });
   const dir = path.join(repoRoot(), '.data', 'faults');
   mkdirSync(dir, { recursive: true });

@@ -10,6 +10,9 @@ import { readInFlight, type Fault, type InFlight } from './faults';
 import { paymentEvents, runReserves, runSale, type Checkout, type Shopper } from './load';
 import type { World } from './world';
 
+/** How long a fault waits, once its moment came, for work in flight it can hit. */
+const AIM_MS = 5_000;
+
 export interface Strike {
   fault: Fault;
   /** When in its phase it strikes: after this share of the phase's clients know their outcome. */
@@ -33,6 +36,8 @@ export interface ScenarioResult {
   check: CheckReport;
   load: { shoppers: number; stock: number; checkouts: number; events: number; userEvents: number };
   durationMs: number;
+  /** What was still not done when the clients' deadline passed (null: everything settled). */
+  unsettled: string | null;
 }
 
 export interface ScenarioOptions {
@@ -129,7 +134,13 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
         });
         continue;
       }
-      const found = await readInFlight(world, policyId, waiting());
+      // Aimed: from its moment on, the fault waits (a few seconds at most) until there is work in
+      // flight it can break, so a lull between batches does not make it strike at nothing.
+      let found = await readInFlight(world, policyId, waiting());
+      for (const aimUntil = Date.now() + AIM_MS; !strike.fault.hitAfter && !strike.fault.hit(found) && Date.now() < aimUntil;) {
+        if ((await Promise.race([sleep(25), ended])) === 'ended') break;
+        found = await readInFlight(world, policyId, waiting());
+      }
       const at = Date.now();
       log(`${strike.fault.name}: striking (${JSON.stringify(found)})`);
       const detail = await strike.fault.strike({ world, policyId, log, inFlight: () => readInFlight(world, policyId, waiting()) });
@@ -244,19 +255,27 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
     );
   // Done when every payment is applied, every user event's coupon exists, and the bridge has taken
   // every message of both topics (so the duplicates had their chance) with nothing of them left in the inbox.
-  const settled = async () =>
-    seen >= eventIds.length &&
-    (await eventCoupons()) >= userEvents.length &&
-    (await world.consumed(world.userEventsTopic)) &&
-    (await world.consumed(world.paymentsTopic)) &&
-    Number(
+  const unsettled = async (): Promise<string | null> => {
+    if (seen < eventIds.length) return `${seen} of ${eventIds.length} payment events applied`;
+    const coupons = await eventCoupons();
+    if (coupons < userEvents.length) return `${coupons} of ${userEvents.length} user-event coupons`;
+    if (!(await world.consumed(world.userEventsTopic))) return 'user-events not all consumed by the bridge';
+    if (!(await world.consumed(world.paymentsTopic))) return 'payments not all consumed by the bridge';
+    const inbox = Number(
       (
         await world.pg.query<{ n: string }>("SELECT count(*) AS n FROM event_inbox WHERE source = 'user-events' AND queue_prefix = $1", [
           world.queuePrefix,
         ])
       ).rows[0]?.n ?? 0,
-    ) === 0;
-  while (!(await settled()) && Date.now() < until) await sleep(300);
+    );
+    return inbox === 0 ? null : `${inbox} user events still in the inbox`;
+  };
+  let pending = await unsettled();
+  while (pending !== null && Date.now() < until) {
+    await sleep(300);
+    pending = await unsettled();
+  }
+  if (pending !== null) log(`not settled after ${deadlineMs / 1000} s: ${pending}`);
   watching = false;
   await watch;
 
@@ -280,5 +299,6 @@ export async function runScenario(opts: ScenarioOptions): Promise<ScenarioResult
       userEvents: userEvents.length * 2,
     },
     durationMs: Date.now() - started,
+    unsettled: pending,
   };
 }

@@ -34,7 +34,7 @@ export interface World {
   redisUrl: string;
   supervisor: Supervisor;
   /** Sends `signal` to the named process (web.1, worker.2, bridge.1); its pid. */
-  signal(name: string, signal: NodeJS.Signals): number;
+  signal(name: string, signal: NodeJS.Signals): Promise<number>;
   /** The supervisor's restarts so far, per process. */
   restarts(): string;
   redis: {
@@ -151,9 +151,17 @@ export async function createWorld(opts: WorldOptions): Promise<World> {
     events,
     redisUrl,
     supervisor,
-    signal: (name, signal) => {
-      const pid = supervisor.pidOf(name);
-      if (pid === undefined) throw new Error(`${name} is not running`);
+    signal: async (name, signal) => {
+      // A process between a crash and its restart (or one that has not come up yet) is waited for,
+      // and the wait is said: a process that died on its own is a finding of its own.
+      const until = Date.now() + 30_000;
+      let pid = supervisor.pidOf(name);
+      if (pid === undefined) log(`${name} is not running (restarts: ${supervisor.restartCounts()}); waiting for it`);
+      while (pid === undefined) {
+        if (Date.now() > until) throw new Error(`${name} is not running (restarts: ${supervisor.restartCounts()})`);
+        await sleep(50);
+        pid = supervisor.pidOf(name);
+      }
       process.kill(pid, signal);
       return pid;
     },
