@@ -131,6 +131,81 @@ describe('policy_counters', () => {
     expect(await countsOf('bulk')).toEqual({ counted: { issued: 3, used: 0 }, real: { issued: 3, used: 0 } });
   });
 
+  it('counts what one apply_checkout_events call takes into or out of USED once, and nothing of an undone or stale event', async () => {
+    await policy('pay-a');
+    await policy('pay-b');
+    await client.query(`INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+                        VALUES ('pa1', 'pay-a', 'upa1', 'qa1', now() + interval '7 days'), ('pa2', 'pay-a', 'upa2', 'qa2', now() + interval '7 days'),
+                               ('pa3', 'pay-a', 'upa3', 'qa3', now() + interval '7 days'), ('pb1', 'pay-b', 'upb1', 'qb1', now() + interval '7 days')`);
+    const at = new Date().toISOString();
+    const reserves = ['pa1', 'pa2', 'pa3', 'pb1'].map((c) => ({
+      req: `rq-${c}`,
+      id: `r-${c}`,
+      coupon: c,
+      user: `u${c}`,
+      order: `o-${c}`,
+      amount: 10_000,
+      discount: 1_000,
+      fingerprint: `f-${c}`,
+      at,
+      expires: new Date(Date.now() + 900_000).toISOString(),
+    }));
+    const reserved = await client.query<{ outcome: string }>('SELECT outcome FROM reserve_coupons($1::jsonb)', [JSON.stringify(reserves)]);
+    expect(reserved.rows.map((r) => r.outcome)).toEqual(['reserved', 'reserved', 'reserved', 'reserved']);
+    // An event recorded before, whose redelivery below changes a3 and is then undone.
+    await client.query(`INSERT INTO processed_events (source, event_id, type, order_id, outcome, processed_at)
+                        VALUES ('payments', 'e-old', 'PAYMENT_COMPLETED', 'o-pa3', 'APPLIED', now())`);
+
+    const event = (key: string, eventId: string, c: string, action: string, expect: object) => ({
+      key,
+      source: 'payments',
+      eventId,
+      type: action === 'restore' ? 'PAYMENT_REFUNDED' : 'PAYMENT_COMPLETED',
+      orderId: `o-${c}`,
+      reservationId: `r-${c}`,
+      couponId: c,
+      outcome: 'APPLIED',
+      reasonCode: null,
+      detail: null,
+      action,
+      endReason: 'PAYMENT_COMPLETED',
+      at,
+      expect,
+    });
+    const pending = (c: string) => ({ reservation: 'PENDING', refunded: false, coupon: 'RESERVED', couponReservation: `r-${c}` });
+    const apply = async (events: object[]) =>
+      (
+        await client.query<{ key: string; outcome: string }>('SELECT key, outcome FROM apply_checkout_events($1::jsonb)', [
+          JSON.stringify(events),
+        ])
+      ).rows;
+
+    expect(
+      await apply([
+        event('k1', 'e1', 'pa1', 'confirm', pending('pa1')),
+        event('k2', 'e2', 'pa2', 'confirm', pending('pa2')),
+        event('k3', 'e3', 'pb1', 'confirm', pending('pb1')),
+        event('k4', 'e-old', 'pa3', 'confirm', pending('pa3')),
+        event('k5', 'e5', 'pa3', 'confirm', { ...pending('pa3'), coupon: 'ISSUED' }),
+      ]),
+    ).toEqual([
+      { key: 'k1', outcome: 'done' },
+      { key: 'k2', outcome: 'done' },
+      { key: 'k4', outcome: 'duplicate' },
+      { key: 'k5', outcome: 'stale' },
+      { key: 'k3', outcome: 'done' },
+    ]);
+    expect(await countsOf('pay-a')).toEqual({ counted: { issued: 3, used: 2 }, real: { issued: 3, used: 2 } });
+    expect(await countsOf('pay-b')).toEqual({ counted: { issued: 1, used: 1 }, real: { issued: 1, used: 1 } });
+
+    // A refund that restores takes one back out of USED; the row trigger counts again after the call.
+    const confirmed = { reservation: 'CONFIRMED', refunded: false, coupon: 'USED', couponReservation: 'r-pa1' };
+    expect(await apply([event('k6', 'e6', 'pa1', 'restore', confirmed)])).toEqual([{ key: 'k6', outcome: 'done' }]);
+    expect(await countsOf('pay-a')).toEqual({ counted: { issued: 3, used: 1 }, real: { issued: 3, used: 1 } });
+    await client.query(`UPDATE coupons SET status = 'USED', used_at = now(), order_id = 'o-x', reservation_id = 'r-x' WHERE id = 'pa1'`);
+    expect(await countsOf('pay-a')).toEqual({ counted: { issued: 3, used: 2 }, real: { issued: 3, used: 2 } });
+  });
+
   it('gives concurrent writers of one policy different shards: eight open transactions, none waits', async () => {
     await policy('busy');
     const writers = await Promise.all(

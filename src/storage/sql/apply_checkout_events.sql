@@ -9,6 +9,9 @@
 -- the row's changes. Each event runs in its own subtransaction, so one never undoes the others;
 -- events are taken in coupon order and the coupon row is always locked first, so concurrent calls
 -- cannot deadlock. SQLSTATEs CK001 (stale) and CK002 (duplicate) are raised and caught inside.
+-- The coupons taken into or out of USED are counted into policy_counters once per policy, in
+-- policy order, at the end (coupons_count_uses stands aside while coupons.counted_by_caller is on),
+-- so a turn's hundred confirms of one sale are one counter write, not a hundred.
 --
 -- Arguments: events, a JSON array of {key, source, eventId, type, orderId, reservationId, couponId
 --   (both null when no reservation matched), outcome (APPLIED | IGNORED | CONFLICT, recorded),
@@ -37,7 +40,13 @@ DECLARE
   x reservations%ROWTYPE;
   have_x boolean;
   refused_by text;
+  pol text;
+  used_delta integer;
+  counted_policy text[] := '{}';
+  counted_delta integer[] := '{}';
+  d record;
 BEGIN
+  PERFORM set_config('coupons.counted_by_caller', 'on', true);
   FOR e IN SELECT v.value FROM jsonb_array_elements(events) WITH ORDINALITY AS v(value, n)
             ORDER BY v.value->>'couponId' NULLS FIRST, v.n LOOP
     key := e->>'key';
@@ -51,6 +60,8 @@ BEGIN
     exp_cr := e->'expect'->>'couponReservation';
     exp_r := e->'expect'->>'reservation';
     exp_rf := (e->'expect'->>'refunded')::boolean;
+    used_delta := 0;
+    pol := NULL;
     BEGIN
       IF cid IS NOT NULL AND act <> 'none' THEN
         -- Compare-and-set, coupon row first: each UPDATE changes its row only if it is as the
@@ -59,10 +70,14 @@ BEGIN
           WHEN 'confirm', 'confirm-late' THEN
             UPDATE coupons SET status = 'USED', used_at = ts, order_id = e->>'orderId', reservation_id = rid,
                                reserved_at = COALESCE(reserved_at, ts)
-             WHERE id = cid AND status = exp_c AND reservation_id IS NOT DISTINCT FROM exp_cr;
+             WHERE id = cid AND status = exp_c AND reservation_id IS NOT DISTINCT FROM exp_cr
+            RETURNING policy_id INTO pol;
+            IF FOUND AND exp_c <> 'USED' THEN used_delta := 1; END IF;
           ELSE -- release, restore
             UPDATE coupons SET status = 'ISSUED', reserved_at = NULL, used_at = NULL, order_id = NULL, reservation_id = NULL
-             WHERE id = cid AND status = exp_c AND reservation_id IS NOT DISTINCT FROM exp_cr;
+             WHERE id = cid AND status = exp_c AND reservation_id IS NOT DISTINCT FROM exp_cr
+            RETURNING policy_id INTO pol;
+            IF FOUND AND exp_c = 'USED' THEN used_delta := -1; END IF;
         END CASE;
         IF NOT FOUND THEN RAISE EXCEPTION 'stale' USING ERRCODE = 'CK001'; END IF;
         CASE act
@@ -95,6 +110,11 @@ BEGIN
       END IF;
       outcome := 'done';
       IF have_x THEN reservation := to_jsonb(x); END IF;
+      -- Counted only once the event's subtransaction has nothing left that could undo it.
+      IF used_delta <> 0 THEN
+        counted_policy := counted_policy || pol;
+        counted_delta := counted_delta || used_delta;
+      END IF;
     EXCEPTION
       WHEN SQLSTATE 'CK001' THEN outcome := 'stale';
       WHEN SQLSTATE 'CK002' THEN outcome := 'duplicate';
@@ -106,5 +126,9 @@ BEGIN
         outcome := refused_by;
     END;
     RETURN NEXT;
+  END LOOP;
+  PERFORM set_config('coupons.counted_by_caller', 'off', true);
+  FOR d IN SELECT c.p, sum(c.n) AS n FROM unnest(counted_policy, counted_delta) AS c(p, n) GROUP BY c.p ORDER BY c.p LOOP
+    IF d.n <> 0 THEN PERFORM policy_counters_add(d.p, 0, d.n); END IF;
   END LOOP;
 END $$;

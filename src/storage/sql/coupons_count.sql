@@ -8,10 +8,12 @@
 --   coupons.counted_by_caller is 'on': insert_issued_coupons (the issue path) inserts row by row in
 --   subtransactions and counts its inserted rows once at its end instead.
 -- - Updates: a row-level trigger whose WHEN clause lets only a change into or out of USED through
---   (checkout's confirm, a late payment, a refund that restores). The clause is evaluated without
---   calling a function, so a reserve, a release or a timeout sweep costs nothing; a statement-level
---   trigger with transition tables would run on every checkout UPDATE (one row each) and measured
---   17-47 us a statement against 0 (and 26 us for a change of USED).
+--   (an admin's confirm, a late payment, a refund that restores). The clause is evaluated without
+--   calling a trigger function, so a reserve, a release or a timeout sweep costs nothing; a
+--   statement-level trigger with transition tables would run on every checkout UPDATE (one row each)
+--   and measured 17-47 us a statement against 0 (and 26 us for a change of USED). It too stands
+--   aside while coupons.counted_by_caller is 'on': apply_checkout_events (the payment path) counts
+--   the coupons it took into or out of USED once per policy at its end.
 -- - Deletes and TRUNCATE (the API never does either) keep the counters right too.
 --
 -- Arguments: none (trigger functions). Return NULL (AFTER triggers).
@@ -40,7 +42,9 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE TRIGGER tg_coupons_count_uses AFTER UPDATE OF status ON coupons
-  FOR EACH ROW WHEN ((OLD.status = 'USED') <> (NEW.status = 'USED')) EXECUTE FUNCTION coupons_count_uses();
+  FOR EACH ROW WHEN ((OLD.status = 'USED') <> (NEW.status = 'USED')
+                    AND current_setting('coupons.counted_by_caller', true) IS DISTINCT FROM 'on')
+  EXECUTE FUNCTION coupons_count_uses();
 
 CREATE OR REPLACE FUNCTION coupons_count_deletes() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
