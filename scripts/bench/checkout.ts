@@ -12,6 +12,7 @@
 //   npm run bench:checkout                          # the bar: 1,000 checkouts/s for 30 s
 //   RATE=1500 DURATION_S=60 npm run bench:checkout
 //   RUNS=5 npm run bench:checkout                   # five measured runs on one stack; medians and how many met the bar
+//   PROFILE=1 npm run bench:checkout                # web, workers and bridge under node --cpu-prof (.data/profiles)
 //   BASE_URL=http://127.0.0.1:3000 JWT_SECRET=... npm run bench:checkout   # a running stack (npm start)
 //
 // Environment (defaults in brackets):
@@ -23,6 +24,7 @@
 //   SETTLE_TIMEOUT_MS [60000]        how long to wait after the load for every event to be applied
 //   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)
 //   RUNS [1]                         measured runs, each with its own shoppers; the bar is judged on the median
+//   PROFILE [false]                  CPU profiles of the spawned web, workers and bridge in .data/profiles (written at stop)
 //   LOG_LEVEL [warn]                 the spawned stack's log level (info: with the per-request lines)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
@@ -79,6 +81,7 @@ const configSchema = z.object({
   // warmed-up service, as a real sale meets one that has been up for a while. 0 skips it.
   WARMUP_S: int(5, 0),
   RUNS: int(1),
+  PROFILE: z.stringbool().default(false),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -127,6 +130,7 @@ async function main(): Promise<number> {
         workers: cfg.WORKERS,
         queuePrefix: `bench-${tag}`,
         bridge: true,
+        profileDir: cfg.PROFILE ? path.join(ROOT, '.data', 'profiles') : undefined,
         env: { KAFKA_BROKERS: cfg.KAFKA_BROKERS, KAFKA_PAYMENTS_TOPIC: `payments.v1.bench-${tag}`, KAFKA_GROUP_ID: `bench-bridge-${tag}` },
       },
       stopHooks,
