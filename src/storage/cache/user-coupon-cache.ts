@@ -11,6 +11,7 @@ import type { Redis } from 'ioredis';
 import { coalescePerTurn } from '../../core/concurrency';
 import { config } from '../../core/config';
 import { redisKeys } from '../../core/redis-keys';
+import { scriptCommands } from '../../core/redis-scripts';
 
 /** The longest a page is served, whatever happens (an invalidation lost with a crashed worker). */
 export const USER_COUPON_CACHE_TTL_MS = 5 * 60_000;
@@ -22,16 +23,18 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1`;
 
-type CacheRedis = Redis & {
+interface CacheCommands {
   storeUserCouponFill(key: string, ticket: string, field: string, value: string, ttlMs: string): Promise<number>;
-};
+}
+type CacheRedis = Redis & CacheCommands;
+
+const withCacheScripts = scriptCommands<CacheCommands>({ storeUserCouponFill: { keys: 1, lua: STORE_FILL } });
 
 let client: CacheRedis | 'disabled' | undefined;
 
 /** Binds the cache to the process's Redis connection, or turns it off where no list is served. */
 export function initUserCouponCache(redis: Redis | 'disabled'): void {
-  if (redis !== 'disabled') redis.defineCommand('storeUserCouponFill', { numberOfKeys: 1, lua: STORE_FILL });
-  client = redis as CacheRedis | 'disabled';
+  client = redis === 'disabled' ? redis : withCacheScripts(redis);
 }
 
 /** Reads use the cache only while its connection is up: a list never waits for Redis to come back. */
