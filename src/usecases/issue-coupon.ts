@@ -65,9 +65,7 @@ export async function issueCoupon(
       const earlier = await findCouponByRequest(requestId);
       if (earlier) {
         // The earlier run may have died between its commit and dropping the user's cached list.
-        await invalidateUserCoupons([userId]);
-        await settleAdmission(deps.redis, policyId, requestId, earlier.slot);
-        if (codeHash) await markCodeUsed(deps.redis, codeHash);
+        await settleCommitted(deps, request, earlier, 'strict');
         log.info({ couponId: earlier.id, replay: true }, 'coupon issued by an earlier run');
         return { outcome: 'succeeded', result: couponView(earlier) };
       }
@@ -112,9 +110,7 @@ export async function issueCoupon(
       const committed = await findCouponByRequest(requestId).catch(() => undefined);
       if (committed) {
         if (!progress.counted) couponsIssuedTotal.inc({ policy_id: policyId });
-        await invalidateUserCoupons([userId]).catch(() => undefined);
-        await settleAdmission(deps.redis, policyId, requestId, committed.slot).catch(() => undefined);
-        if (codeHash) await markCodeUsed(deps.redis, codeHash).catch(() => undefined);
+        await settleCommitted(deps, request, committed, 'best-effort');
         return { outcome: 'succeeded', result: couponView(committed) };
       }
       await releaseAdmission(deps.redis, policyId, requestId, true).catch(() => undefined);
@@ -125,6 +121,26 @@ export async function issueCoupon(
     }
     throw error;
   }
+}
+
+/**
+ * What follows a coupon found committed (by an earlier run, or by an insert whose answer was lost):
+ * the user's cached list dropped, the admission settled on the coupon's slot, its code marked used.
+ * 'best-effort' (the last attempt, already failing) tries each step whatever the others did.
+ */
+async function settleCommitted(
+  deps: IssueCouponDeps,
+  request: IssueRequest,
+  coupon: Coupon,
+  mode: 'strict' | 'best-effort',
+): Promise<void> {
+  const { policyId, userId, requestId, codeHash } = request;
+  const steps = [
+    () => invalidateUserCoupons([userId]),
+    () => settleAdmission(deps.redis, policyId, requestId, coupon.slot),
+    ...(codeHash ? [() => markCodeUsed(deps.redis, codeHash)] : []),
+  ];
+  for (const step of steps) await (mode === 'strict' ? step() : step().catch(() => undefined));
 }
 
 /**
