@@ -20,8 +20,8 @@ import { initModels } from '../src/storage';
 import { CouponPolicy, policyRowFromCreate } from '../src/storage/policy';
 import { policyCreateSchema } from '../src/domain/policy-rules';
 import { createQueues, type Queues } from '../src/queues/connection';
-import { parseRequestId } from '../src/queues/names';
-import type { StoredOutcome } from '../src/queues/outcomes';
+import { issueIdempotencyRecordKey, parseRequestId } from '../src/queues/names';
+import { readOutcome, type StoredOutcome } from '../src/queues/outcomes';
 import { admissionSnapshot, openStock, writePolicyMeta } from '../src/storage/admission/admission';
 import { redisKeys } from '../src/core/redis-keys';
 import { createLocks } from '../src/core/lock';
@@ -53,6 +53,12 @@ const admitSha = createHash('sha1').update(admitLua).digest('hex');
 const isAdmission = (command: Command) =>
   (command.name === 'evalsha' && String(command.args[0]) === admitSha) || (command.name === 'eval' && String(command.args[0]) === admitLua);
 
+/** BullMQ's add of an issue job: the only script on the producer connection with the queue's wait and marker keys. */
+const isIssueAdd = (command: Command) =>
+  ['evalsha', 'eval'].includes(command.name) &&
+  command.args.some((a) => String(a) === `${prefix}:issue:wait`) &&
+  command.args.some((a) => String(a) === `${prefix}:issue:marker`);
+
 /**
  * Makes the producer connection lose Redis right after a turn's admission ran: once armed, the
  * next admit.lua call reaches Redis and its reply is delivered, then every command fails at once,
@@ -60,12 +66,28 @@ const isAdmission = (command: Command) =>
  * Nothing is sent to Redis while it is cut.
  */
 function cuttableAfterAdmission(connection: Redis) {
-  let state: 'open' | 'armed' | 'cut' = 'open';
+  let state: 'open' | 'armed' | 'armed-lose' | 'cut' = 'open';
+  let loseAddReply = false;
   const send = connection.sendCommand.bind(connection);
   connection.sendCommand = ((command: Command, stream?: unknown) => {
     if (state === 'cut') {
       command.reject(new Error('Connection is closed.'));
       return command.promise;
+    }
+    if (loseAddReply && isIssueAdd(command)) {
+      // Redis runs the add; its reply is lost, as when the connection drops with the add in flight.
+      loseAddReply = false;
+      const lost = command.reject.bind(command);
+      command.resolve = () =>
+        lost(new Error('Reached the max retries per request limit (which is 0). Refer to "maxRetriesPerRequest" option for details.'));
+    }
+    if (state === 'armed-lose' && isAdmission(command)) {
+      // The admission runs in Redis; its reply is lost with the link, which stays cut.
+      const lost = command.reject.bind(command);
+      command.resolve = () => {
+        state = 'cut';
+        lost(new Error('Reached the max retries per request limit (which is 0). Refer to "maxRetriesPerRequest" option for details.'));
+      };
     }
     // Set before the reply reaches the web's turn: ioredis hands a pipeline's replies on in a later tick.
     if (state === 'armed' && isAdmission(command))
@@ -76,7 +98,9 @@ function cuttableAfterAdmission(connection: Redis) {
     return send(command, stream as never);
   }) as Redis['sendCommand'];
   return {
+    loseReplyOfNextAdd: () => void (loseAddReply = true),
     armAfterAdmission: () => void (state = 'armed'),
+    loseAdmissionReply: () => void (state = 'armed-lose'),
     heal: () => void (state = 'open'),
     isCut: () => state === 'cut',
   };
@@ -217,5 +241,70 @@ describe('slots of a turn that lost Redis after admitting', () => {
     // The first shopper's retry finds the stock gone, not its own limit reached.
     expect(await finalOf(await ask(policyId, first))).toMatchObject({ s: 'rejected', e: { code: 'SOLD_OUT' } });
     expect(await stateOf(policyId, first)).toEqual({ next: 2, issued: 1, freeSlots: 0, pending: 0, free: [], admitted: 0 });
+  });
+
+  it("answer a retry under the same Idempotency-Key from the turn's job when its add ran but the reply was lost, not as a new request", async () => {
+    const policyId = await newPolicy(3);
+    const shopper = uniqueId('lost-reply');
+    const key = randomUUID();
+    const askKeyed = () =>
+      intake({
+        policyId,
+        userId: shopper,
+        actorId: shopper,
+        traceId: uniqueId('t'),
+        requestedAt: new Date().toISOString(),
+        waitMs: WAIT_MS,
+        idempotency: { redisKey: issueIdempotencyRecordKey(shopper, key), fingerprint: `issue-${policyId}` },
+      });
+
+    link.loseReplyOfNextAdd();
+    const failed = await askKeyed().then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
+    // The fault hit a queued request: the add ran, and the worker issued the shopper's coupon.
+    const [coupon] = await eventually(
+      () => couponsOf(policyId),
+      (rows) => rows.length === 1,
+      WAIT_MS,
+      "the 503'd request's coupon",
+    );
+    expect(coupon).toMatchObject({ user_id: shopper, slot: 1 });
+
+    // The shopper retries as told, under the same key: the answer is that request, with its coupon,
+    // not a new request refused USER_LIMIT_REACHED.
+    const retried = await askKeyed();
+    expect(retried).toMatchObject({ requestId: coupon!.request_id, replay: true });
+    expect(await readOutcome(queues.connection, retried.requestId)).toMatchObject({ s: 'succeeded', u: shopper, r: { id: coupon!.id } });
+    // Nothing was given back or admitted twice.
+    expect(await stateOf(policyId, shopper)).toMatchObject({ issued: 1, pending: 0, admitted: 1 });
+    expect(await couponsOf(policyId)).toHaveLength(1);
+  });
+
+  it('go back too when the admission ran but its answer was lost with the link: the web gives back what it may have admitted', async () => {
+    const policyId = await newPolicy(2);
+    const shopper = uniqueId('lost-admit');
+    link.loseAdmissionReply();
+    const failed = await ask(policyId, shopper).then(
+      () => null,
+      (error: unknown) => error,
+    );
+    expect(link.isCut()).toBe(true);
+    expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
+    // The fault hit: Redis admitted the shopper, though the web never heard it.
+    expect(await stateOf(policyId, shopper)).toMatchObject({ issued: 1, pending: 1, admitted: 1 });
+
+    link.heal();
+    await eventually(
+      () => stateOf(policyId, shopper),
+      (st) => st.pending === 0 && st.admitted === 0 && st.issued === 0,
+      PROMPTLY_MS,
+      'the unknown admission given back',
+    );
+    // The shopper's retry is admitted and wins, not USER_LIMIT_REACHED.
+    expect(await finalOf(await ask(policyId, shopper))).toMatchObject({ s: 'succeeded', u: shopper });
+    expect((await couponsOf(policyId)).map((r) => r.user_id)).toEqual([shopper]);
   });
 });

@@ -4,6 +4,7 @@
 // the web answers 503 while it is away (never a 202 it cannot keep), the workers resume on their own
 // when it is back, the stock stays exact, and every accepted request settles, except, after a host
 // crash, requests Redis forgot before a worker wrote their coupon (404: ask again).
+import { randomUUID } from 'node:crypto';
 import { readFileSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
 import IORedis from 'ioredis';
@@ -152,14 +153,17 @@ describe.each([
     const policyId = created.body.id as string;
     const users = Array.from({ length: 600 }, (_, i) => uniqueId(`rr${i}`));
     const tokens = new Map(await Promise.all(users.map(async (u) => [u, await tokenFor(u)] as const)));
-    // Every other shopper waits for the outcome in the POST (the sale path), the rest poll.
+    // Every other shopper waits for the outcome in the POST (the sale path), the rest poll. Each asks
+    // under an Idempotency-Key of its own and asks again under the same key, as a careful client
+    // does: a 503 whose add Redis ran after all then answers that request, not a new one.
     const waits = new Set(users.filter((_, i) => i % 2 === 0));
+    const keys = new Map(users.map((u) => [u, randomUUID()]));
     const ask = (user: string) =>
       api
         .call('POST', '/api/v1/coupons/issue', {
           token: tokens.get(user),
           body: { policyId },
-          headers: waits.has(user) ? { prefer: 'wait=10' } : {},
+          headers: { 'idempotency-key': keys.get(user)!, ...(waits.has(user) && { prefer: 'wait=10' }) },
         })
         .then((reply): Asked => ({ user, reply }));
 
@@ -229,10 +233,17 @@ describe.each([
       const kept = await recorded(accepted.map((r) => r.reply.body.jobId as string));
       expect(kept.filter((k) => !k).length).toBeGreaterThan(0);
     }
-    expect(statuses.filter((s) => s === 'succeeded')).toHaveLength(STOCK);
-
     const rows = await couponsOf(policyId);
-    expect(rows).toHaveLength(STOCK);
+    // Told "won" as often as there are coupons, the stock all issued, and every other request told
+    // SOLD_OUT (or, after a host crash, unknown); the refusals by reason, for a failure's message.
+    const refusals: Record<string, number> = {};
+    for (const j of jobs) if (j.status === 'rejected') refusals[j.reason?.code] = (refusals[j.reason?.code] ?? 0) + 1;
+    const soldOut = accepted.length - STOCK - statuses.filter((st) => st === 'unknown').length;
+    expect({ succeeded: statuses.filter((st) => st === 'succeeded').length, coupons: rows.length, refusals }).toEqual({
+      succeeded: STOCK,
+      coupons: STOCK,
+      refusals: soldOut > 0 ? { SOLD_OUT: soldOut } : {},
+    });
     // The shoppers told "won" are exactly the holders, whichever way they asked.
     const winners = accepted.filter((_, i) => jobs[i].status === 'succeeded').map((r) => r.user);
     // (A forgotten request whose coupon was written is told so from Postgres; one told "unknown" holds none.)

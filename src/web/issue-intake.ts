@@ -19,9 +19,10 @@ import { issueRequestsTotal } from '../core/metrics';
 import type { Queues } from '../queues/connection';
 import { addJob, notQueued } from '../queues/enqueue';
 import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
-import { newJobId, requestIdOf } from '../queues/names';
+import { newJobId, QUEUES, requestIdOf } from '../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
 import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../storage/admission/admission';
+import { findCouponByRequest } from '../storage/coupon';
 import { ISSUE_BY_POLICY_METHODS } from '../usecases/issue-coupon';
 import { noteSoldOutRefusal } from '../observability/stock-alerts';
 import type { RejectionCounter } from '../observability/rejection-stats';
@@ -63,6 +64,8 @@ interface Item {
   keyed?: { replayOf: string } | { conflict: true };
   decided?: StoredOutcome;
   admittedAs?: { total: number | null; admitted: number | null };
+  /** Its admission call got no answer: Redis may have admitted it. */
+  admissionUnknown?: true;
 }
 
 /** Takes issue requests; each resolves once it is decided or queued, or rejects with 503 when it could not be queued. */
@@ -75,52 +78,103 @@ export function createIssueIntake(deps: IntakeDeps): (request: IntakeRequest) =>
 const OWED_RETRY_MS = 250;
 
 /**
- * Slots this web admitted for turns it then could not queue, and could not give back because Redis
- * went away in between (a Redis that stops gracefully keeps them on disk). Left alone they come back
- * only at the reconciler's pace (ADMISSION_RECONCILE_AGE_MS), after the sale's last buyers may have
- * been told SOLD_OUT, and their shoppers, told 503, would meet USER_LIMIT_REACHED on their retry.
- * So they are given back as soon as Redis answers again, and before this web admits anything else.
+ * What this web owes Redis for turns it answered 503. Their admitted slots go back, and their
+ * Idempotency-Keys are freed so a retry starts afresh, as soon as Redis answers: a Redis that stops
+ * gracefully keeps them on disk, and left alone the slots would come back only at the reconciler's
+ * pace (ADMISSION_RECONCILE_AGE_MS), after the sale's last buyers may have been told SOLD_OUT, while
+ * their shoppers, told 503, met USER_LIMIT_REACHED on their retry. All of it is settled before this
+ * web admits anything else.
+ *
+ * A turn whose job add failed in a way that leaves it unknown whether Redis ran it (its reply was lost
+ * with the connection, or timed out) is settled by the job's presence once Redis answers: there, the
+ * job settles its requests and their keys answer its outcome; absent, the turn is undone as above.
  */
 class OwedReleases {
-  private readonly owed = new Map<string, string>(); // requestId -> policyId
+  private readonly slots = new Map<string, string>(); // requestId -> policyId
+  private readonly keys = new Set<string>();
+  private readonly uncertain = new Map<string, { admitted: Item[]; keys: string[] }>(); // by jobId
   private settling: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
 
   constructor(private readonly deps: IntakeDeps) {}
 
-  /** Whether any slot is owed (the sale path asks this every turn). */
+  /** Whether anything is owed (the sale path asks this every turn). */
   get any(): boolean {
-    return this.owed.size > 0;
+    return this.slots.size > 0 || this.keys.size > 0 || this.uncertain.size > 0;
   }
 
-  add(items: Item[]): void {
-    for (const i of items) this.owed.set(i.requestId, i.data.policyId!);
-    this.deps.log.warn({ count: items.length }, 'could not give back admitted slots: retrying until Redis answers');
-    this.timer ??= setInterval(() => void this.settle(), OWED_RETRY_MS).unref();
+  /** A turn that was not queued: its slots and keys go back now, or as soon as Redis answers. */
+  async undo(admitted: Item[], keys: string[]): Promise<void> {
+    for (const i of admitted) this.slots.set(i.requestId, i.data.policyId!);
+    for (const k of keys) this.keys.add(k);
+    await this.settle();
+    if (this.any) this.retrying();
   }
 
-  /** Gives back every owed slot Redis takes now (single-flight); resolves either way. */
+  /** A turn whose add may or may not have run. */
+  addUncertain(jobId: string, admitted: Item[], keys: string[]): void {
+    this.uncertain.set(jobId, { admitted, keys });
+    this.retrying();
+    void this.settle();
+  }
+
+  /** Settles what Redis takes now (single-flight); resolves either way. */
   settle(): Promise<void> {
     if (!this.any) return Promise.resolve();
     this.settling ??= this.giveBack().finally(() => (this.settling = null));
     return this.settling;
   }
 
+  private retrying(): void {
+    if (this.timer) return;
+    this.deps.log.warn(
+      { slots: this.slots.size, keys: this.keys.size, uncertain: this.uncertain.size },
+      'turns answered 503 not settled with Redis yet: retrying until it answers',
+    );
+    this.timer = setInterval(() => void this.settle(), OWED_RETRY_MS).unref();
+  }
+
   private async giveBack(): Promise<void> {
+    const redis = this.deps.queues.connection;
+    // Asked on the connection the add went on: Redis runs its commands in order, so an add that was
+    // still on its way is run before this question.
+    for (const [jobId, turn] of this.uncertain) {
+      try {
+        const queued = (await redis.exists(this.deps.queues.get(QUEUES.issue).toKey(jobId))) === 1;
+        this.uncertain.delete(jobId);
+        if (queued) {
+          this.deps.log.warn({ jobId, requests: turn.admitted.length }, 'a turn answered 503 was queued after all: its job settles it');
+        } else {
+          for (const i of turn.admitted) this.slots.set(i.requestId, i.data.policyId!);
+          for (const k of turn.keys) this.keys.add(k);
+        }
+      } catch {
+        // Still away: the next round asks again.
+      }
+    }
     await Promise.all(
-      [...this.owed].map(async ([requestId, policyId]) => {
+      [...this.slots].map(async ([requestId, policyId]) => {
         try {
-          await releaseAdmission(this.deps.queues.connection, policyId, requestId, true);
-          this.owed.delete(requestId);
+          await releaseAdmission(redis, policyId, requestId, true);
+          this.slots.delete(requestId);
         } catch {
           // Still away: the next round tries again.
         }
       }),
     );
-    if (this.owed.size === 0 && this.timer) {
+    if (this.keys.size > 0) {
+      const keys = [...this.keys];
+      try {
+        await redis.del(...keys);
+        for (const k of keys) this.keys.delete(k);
+      } catch {
+        // Still away: the next round tries again.
+      }
+    }
+    if (!this.any && this.timer) {
       clearInterval(this.timer);
       this.timer = null;
-      this.deps.log.info('gave back the admitted slots of turns that could not be queued');
+      this.deps.log.info('settled the turns answered 503 with Redis');
     }
   }
 }
@@ -144,6 +198,7 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
   const carried = items.filter((i) => !i.decided);
   const waits = new Map(carried.filter((i) => i.data.waitMs > 0).map((i) => [i.index, deps.hub.wait(i.requestId, i.data.waitMs)]));
   let stored = false;
+  let adding = false;
   try {
     // The record goes first: a worker that finishes the job overwrites it, never the other way round.
     await storeOutcomes(
@@ -158,11 +213,15 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
         requestId,
         ...(admittedAs && { admittedAs }),
       }));
+      adding = true;
       await addJob(deps.queues, 'issue-batch', { requests }, jobId);
+      await failpoint('web.after-add');
     }
   } catch (error) {
     for (const i of carried) deps.hub.cancel(i.requestId);
-    await undoTurn(deps, owed, carried, items, error);
+    // Not queued, or not known to be: given back now, or once Redis answers whether the job exists.
+    if (adding && mayHaveBeenSent(error)) owed.addUncertain(jobId, mayHoldAdmission(carried), claimedKeys(items));
+    else await owed.undo(mayHoldAdmission(carried), claimedKeys(items));
     const unavailable = error instanceof AppError ? error : notQueued(error);
     // A refusal the web decided is final whatever became of the others, once its record is stored
     // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
@@ -187,22 +246,23 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
   );
 }
 
-/** An ioredis command that got no answer within commandTimeout: Redis may still have run it. */
-const mayHaveRun = (error: unknown) => error instanceof Error && /Command timed out/.test(error.message);
+/**
+ * Whether a failed add may have reached Redis: anything but the two ways ioredis refuses a command
+ * it never sent (no connection, and no offline queue to hold it). A reply lost with the connection,
+ * a timeout, a failed script: Redis may have run the add.
+ */
+function mayHaveBeenSent(error: unknown): boolean {
+  const cause = error instanceof AppError && error.cause !== undefined ? error.cause : error;
+  return !(cause instanceof Error && /^(Stream isn't writeable|Connection is closed)/.test(cause.message));
+}
 
 /**
- * The turn's requests were not (knowingly) queued: their slots go back now rather than at the
- * reconciler's pace, and their keys are freed so a retry starts afresh. Unless the job add timed
- * out: Redis may have run it after all, so the slots and keys stay, and what became of them is
- * settled by the job, or by the reconciler when no job ever arrived.
+ * The carried requests that may hold an admission: those the web admitted, and those whose
+ * admission call failed without an answer (Redis may have run it). Releasing one that holds none
+ * changes nothing (release.lua).
  */
-async function undoTurn(deps: IntakeDeps, owed: OwedReleases, carried: Item[], items: Item[], error: unknown): Promise<void> {
-  if (mayHaveRun(error)) return;
-  const unreleased = await releaseCarried(deps, carried);
-  if (unreleased.length > 0) owed.add(unreleased);
-  const claimed = items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
-  if (claimed.length > 0) await deps.queues.connection.del(...claimed).catch(() => 0);
-}
+const mayHoldAdmission = (carried: Item[]) => carried.filter((i) => i.data.policyId && (i.admittedAs || i.admissionUnknown));
+const claimedKeys = (items: Item[]) => items.filter((i) => i.data.idempotency).map((i) => i.data.idempotency!.redisKey);
 
 function keyedAnswer(i: Item): IntakeAnswer {
   return i.keyed && 'replayOf' in i.keyed ? { requestId: i.keyed.replayOf, replay: true } : { requestId: i.requestId, conflict: true };
@@ -239,13 +299,17 @@ async function claimKeys(deps: IntakeDeps, items: Item[]): Promise<void> {
   );
 }
 
-/** A request with neither an outcome record nor a batch job: it never got past its web's turn. */
+/**
+ * A request with neither an outcome record nor a batch job, nor a coupon in Postgres: it never got
+ * past its web's turn. (A Redis that lost its data loses the record and the job of a request whose
+ * coupon is committed: that request is the key's answer, and a retry must not be asked afresh.)
+ */
 async function vanished(deps: IntakeDeps, requestId: string): Promise<boolean> {
   const [record, job] = await Promise.all([
     readOutcome(deps.queues.connection, requestId, deps.log),
     batchJobState(deps.queues, requestId),
   ]);
-  return record === null && job === 'absent';
+  return record === null && job === 'absent' && (await findCouponByRequest(requestId)) === null;
 }
 
 /**
@@ -275,8 +339,10 @@ async function admitByPolicy(deps: IntakeDeps, items: Item[], now: number): Prom
           true,
         );
       } catch (error) {
-        // Redis did not answer: the requests go to the job as they are (or the add fails with 503 too).
+        // Redis did not answer: the requests go to the job as they are (or the add fails with 503 too,
+        // and whatever the call may have admitted is given back with the turn).
         deps.log.warn({ err: error, policyId }, 'admission in the web failed; leaving the requests to a worker');
+        for (const item of group) item.admissionUnknown = true;
         return;
       }
       answers.forEach((answer, k) => {
@@ -298,20 +364,6 @@ function refusal(item: Item, code: Parameters<typeof reason>[0], now: number): S
 
 function pendingRecord(item: Item, now: number): StoredOutcome {
   return { s: 'pending', u: item.data.userId, c: now };
-}
-
-/** Gives back the slots of the carried requests; returns those Redis did not take (it is away). */
-async function releaseCarried(deps: IntakeDeps, carried: Item[]): Promise<Item[]> {
-  const admitted = carried.filter((i) => i.admittedAs && i.data.policyId);
-  const released = await Promise.all(
-    admitted.map((i) =>
-      releaseAdmission(deps.queues.connection, i.data.policyId!, i.requestId, true).then(
-        () => true,
-        () => false,
-      ),
-    ),
-  );
-  return admitted.filter((_, k) => !released[k]);
 }
 
 function countDecided(deps: IntakeDeps, items: Item[]): void {
