@@ -251,6 +251,37 @@ describe('an Idempotency-Key whose first request vanished', () => {
     expect(again.body).toMatchObject({ jobId: retry.body.jobId, status: 'succeeded', result: { id: retry.body.result.id } });
     expect(await couponsOf(policyId)).toHaveLength(1);
   });
+
+  it("is not taken over when Redis lost the first request's record and job but Postgres holds its coupon", async () => {
+    const policyId = await createPolicy(3);
+    const user = uniqueId('lost-record');
+    const token = await tokenFor(user);
+    const key = randomUUID();
+    const first = await api.call('POST', '/api/v1/coupons/issue', {
+      token,
+      body: { policyId },
+      headers: { ...WAIT, 'idempotency-key': key },
+    });
+    expect(first.body).toMatchObject({ status: 'succeeded' });
+    const requestId = first.body.jobId as string;
+    // Redis loses the request's record and its batch job (a restart without its data); the key's
+    // claim survives, old enough that its first request would count as never queued.
+    const batchJobId = requestId.split('.')[0]!;
+    expect(await redis.del(`${stack.queuePrefix}:out:${batchJobId}`, `${stack.queuePrefix}:issue:${batchJobId}`)).toBe(2);
+    const redisKey = `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
+    const [fp] = String(await redis.get(redisKey)).split('|');
+    await redis.set(redisKey, `${fp}|${requestId}|${Date.now() - 60_000}`, 'EX', 3600);
+
+    // The retry under the key answers the first request, from Postgres, not a new request.
+    const retry = await api.call('POST', '/api/v1/coupons/issue', {
+      token,
+      body: { policyId },
+      headers: { ...WAIT, 'idempotency-key': key },
+    });
+    expect(retry.status).toBe(200);
+    expect(retry.body).toMatchObject({ jobId: requestId, status: 'succeeded', result: { id: first.body.result.id } });
+    expect(await couponsOf(policyId)).toHaveLength(1);
+  });
 });
 
 describe('a web process killed while it holds waiting shoppers', () => {
