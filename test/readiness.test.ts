@@ -2,12 +2,13 @@
 // in the same process (no restart), and 503 while draining; the bridge's too, from its SIGTERM on.
 import type { ChildProcess } from 'node:child_process';
 import IORedis from 'ioredis';
+import { Agent, request } from 'undici';
 import { sequelize, closeSequelize } from '../src/core/postgres';
 import { waitForReady } from '../src/core/redis';
 import { createQueues } from '../src/queues/connection';
 import { parseRequestId } from '../src/queues/names';
 import { healthRoutes } from '../src/web/routes/health';
-import { EventProducer, paymentEvent } from './support/checkout';
+import { EventProducer, eventually, paymentEvent } from './support/checkout';
 import { Api } from './support/http';
 import { createPolicy, uniqueId } from './support/fixtures';
 import { freePort } from '../scripts/infra/process';
@@ -182,6 +183,46 @@ describe('readiness while draining', () => {
       monitor.disconnect();
       redis.disconnect();
       await api.close();
+      await stack.stop();
+    }
+  });
+
+  it('closes every kept-alive connection while draining: a client that never pauses does not keep the web alive', async () => {
+    const GRACE_MS = 1_000;
+    const stack = await startStack({ workers: 0, name: 'readiness-keepalive-drain', env: { WEB_DRAIN_GRACE_MS: String(GRACE_MS) } });
+    // One connection, kept alive, one request after the other: it is never idle for more than a moment.
+    const agent = new Agent({ connections: 1, pipelining: 1, keepAliveTimeout: 60_000 });
+    try {
+      const exited = exitOf(stack.web);
+      const answers: { status: number; connection: string }[] = [];
+      let stop = false;
+      const client = (async () => {
+        while (!stop) {
+          try {
+            const r = await request(`${stack.baseUrl}/health/live`, { dispatcher: agent });
+            await r.body.text();
+            answers.push({ status: r.statusCode, connection: String(r.headers.connection ?? '') });
+          } catch {
+            return; // refused: the web stopped taking connections
+          }
+        }
+      })();
+      await eventually(
+        async () => answers.length,
+        (n) => n >= 20,
+        10_000,
+        'the client going',
+      );
+      stack.web.kill('SIGTERM');
+      const outcome = await Promise.race([exited, sleep(GRACE_MS + 8_000).then(() => 'still running after the grace')]);
+      stop = true;
+      await client;
+      expect(outcome).toEqual({ code: 0, signal: null });
+      // Kept alive before the drain; each answer after it closed its connection.
+      expect(answers[0]).toEqual({ status: 200, connection: 'keep-alive' });
+      expect(answers.filter((a) => a.connection === 'close').length).toBeGreaterThan(0);
+    } finally {
+      await agent.close();
       await stack.stop();
     }
   });
