@@ -169,13 +169,17 @@ async function stateOf(policyId: string, userId: string) {
   return { ...snapshot, free, admitted: Number(admitted ?? 0) };
 }
 
-/** The request admitted by a turn that is then cut off from Redis: answered 503, its slot left held. */
-async function admitThenLoseRedis(policyId: string, userId: string): Promise<void> {
-  link.armAfterAdmission();
-  const failed = await ask(policyId, userId).then(
+/** What a request that must fail was answered with: its error (null had it not failed). */
+const failureOf = (answer: Promise<IntakeAnswer>): Promise<unknown> =>
+  answer.then(
     () => null,
     (error: unknown) => error,
   );
+
+/** The request admitted by a turn that is then cut off from Redis: answered 503, its slot left held. */
+async function admitThenLoseRedis(policyId: string, userId: string): Promise<void> {
+  link.armAfterAdmission();
+  const failed = await failureOf(ask(policyId, userId));
   expect(link.isCut()).toBe(true);
   expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
 }
@@ -259,10 +263,7 @@ describe('slots of a turn that lost Redis after admitting', () => {
       });
 
     link.loseReplyOfNextAdd();
-    const failed = await askKeyed().then(
-      () => null,
-      (error: unknown) => error,
-    );
+    const failed = await failureOf(askKeyed());
     expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
     // The fault hit a queued request: the add ran, and the worker issued the shopper's coupon.
     const [coupon] = await eventually(
@@ -287,10 +288,7 @@ describe('slots of a turn that lost Redis after admitting', () => {
     const policyId = await newPolicy(2);
     const shopper = uniqueId('lost-admit');
     link.loseAdmissionReply();
-    const failed = await ask(policyId, shopper).then(
-      () => null,
-      (error: unknown) => error,
-    );
+    const failed = await failureOf(ask(policyId, shopper));
     expect(link.isCut()).toBe(true);
     expect(failed).toMatchObject({ name: 'AppError', code: 'UNAVAILABLE', status: 503 } satisfies Partial<AppError>);
     // The fault hit: Redis admitted the shopper, though the web never heard it.

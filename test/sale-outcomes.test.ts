@@ -9,6 +9,8 @@ import { issueIdempotencyRecordKey } from '../src/queues/names';
 
 /** The QUEUE_PREFIX of this test process (the stack's processes have their own). */
 const testPrefix = () => config().QUEUE_PREFIX;
+/** An issue Idempotency-Key's Redis record, in the stack's namespace. */
+const keyRecordOf = (user: string, key: string) => `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
 import IORedis from 'ioredis';
 import { Queue, type Job } from 'bullmq';
 import { Api, mapLimit } from './support/http';
@@ -229,7 +231,7 @@ describe('an Idempotency-Key whose first request vanished', () => {
     const token = await tokenFor(user);
     const key = randomUUID();
     // A web claimed the key and died before it wrote the request down or queued it.
-    const redisKey = `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
+    const redisKey = keyRecordOf(user, key);
     const lostId = `iss_${randomUUID()}.0`;
     const fp = fingerprint({ policyId, via: 'policy', codeHash: null, userId: user });
     await redis.set(redisKey, `${fp}|${lostId}|${Date.now() - 60_000}`, 'EX', 3600);
@@ -268,7 +270,7 @@ describe('an Idempotency-Key whose first request vanished', () => {
     // claim survives, old enough that its first request would count as never queued.
     const batchJobId = requestId.split('.')[0]!;
     expect(await redis.del(`${stack.queuePrefix}:out:${batchJobId}`, `${stack.queuePrefix}:issue:${batchJobId}`)).toBe(2);
-    const redisKey = `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
+    const redisKey = keyRecordOf(user, key);
     const [fp] = String(await redis.get(redisKey)).split('|');
     await redis.set(redisKey, `${fp}|${requestId}|${Date.now() - 60_000}`, 'EX', 3600);
 

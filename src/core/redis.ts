@@ -35,6 +35,25 @@ const roleOptions: Record<RedisRole, RedisOptions> = {
  */
 const TIMED_ROLES: ReadonlySet<RedisRole> = new Set(['producer', 'ingress']);
 
+/**
+ * How ioredis fails a command, by its message. Never sent: no connection, and no offline queue to
+ * hold the command (it never reached Redis). Lost: the connection dropped with the command on its
+ * way, or no reply came within commandTimeout (Redis may have run it).
+ */
+const NEVER_SENT = /^(Stream isn't writeable|Connection is closed)/;
+const LOST = /^(Reached the max retries per request|Command timed out)/;
+
+/** Whether Redis certainly never saw the command that failed with `error` (the error or its cause). */
+export function neverSent(error: unknown): boolean {
+  const cause = error instanceof Error && error.cause instanceof Error ? error.cause : error;
+  return cause instanceof Error && NEVER_SENT.test(cause.message);
+}
+
+/** Whether a command failed because Redis is away (never sent, or its reply lost), not because of the command. */
+export function isRedisOutage(error: unknown): boolean {
+  return error instanceof Error && (NEVER_SENT.test(error.message) || LOST.test(error.message));
+}
+
 /** A connection's errors are logged at most this often: while Redis is away each retry fails again. */
 const ERROR_LOG_INTERVAL_MS = 5_000;
 

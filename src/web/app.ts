@@ -70,31 +70,23 @@ function mountOps(app: Hono<AppEnv>, deps: AppDeps): void {
   app.route(BULL_BOARD_PATH, bullBoardRoutes(deps.queues, deps.bullBoard, lockout));
 }
 
-function baseApp(deps: AppDeps): Hono<AppEnv> {
+function baseApp(): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   app.onError(onError);
   app.notFound(notFound);
   app.use('*', securityHeaders());
-  // Draining: every answer closes its connection, so a client's keep-alive connection does not keep
-  // a web that stopped taking connections answering (and alive) for ever; the client reconnects to
-  // another web.
-  const draining = deps.isDraining ?? (() => false);
-  app.use('*', async (c, next) => {
-    await next();
-    if (draining()) c.header('Connection', 'close');
-  });
   return app;
 }
 
 /** The ops surface alone, for its own port (OPS_PORT): /metrics, /health/live, /health/ready, Bull Board. */
 export function createOpsApp(deps: AppDeps) {
-  const app = baseApp(deps);
+  const app = baseApp();
   mountOps(app, deps);
   return app;
 }
 
 export function createApp(deps: AppDeps) {
-  const app = baseApp(deps);
+  const app = baseApp();
   exposeMetrics('web');
   app.use('*', recordHttpMetrics());
   if (deps.separateOps) app.route('/health', healthRoutes(deps.queues, deps.isDraining ?? (() => false), { ready: false }));

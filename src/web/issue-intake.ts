@@ -13,13 +13,14 @@
 // for them (src/usecases/issue-coupon.ts) instead of being refused.
 import { randomUUID } from 'node:crypto';
 import { coalescePerTurn } from '../core/concurrency';
+import { neverSent } from '../core/redis';
 import { AppError, reason } from '../core/errors';
 import type { Logger } from '../core/logger';
 import { issueRequestsTotal } from '../core/metrics';
 import type { Queues } from '../queues/connection';
 import { addJob, notQueued } from '../queues/enqueue';
 import { MAX_ISSUE_BATCH, type IssueJob } from '../queues/jobs';
-import { newJobId, QUEUES, requestIdOf } from '../queues/names';
+import { newJobId, parseRequestId, requestIdOf } from '../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, storeOutcomes, type StoredOutcome } from '../queues/outcomes';
 import { admitOnce, releaseAdmission, type AdmissionAnswer } from '../storage/admission/admission';
 import { findCouponByRequest } from '../storage/coupon';
@@ -92,7 +93,8 @@ const OWED_RETRY_MS = 250;
 class OwedReleases {
   private readonly slots = new Map<string, string>(); // requestId -> policyId
   private readonly keys = new Set<string>();
-  private readonly uncertain = new Map<string, { admitted: Item[]; keys: string[] }>(); // by jobId
+  /** By one request of the turn (its job is the turn's batch job). */
+  private readonly uncertain = new Map<string, { admitted: Item[]; keys: string[] }>();
   private settling: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
 
@@ -111,17 +113,22 @@ class OwedReleases {
     if (this.any) this.retrying();
   }
 
-  /** A turn whose add may or may not have run. */
-  addUncertain(jobId: string, admitted: Item[], keys: string[]): void {
-    this.uncertain.set(jobId, { admitted, keys });
-    this.retrying();
-    void this.settle();
+  /** A turn whose add may or may not have run, named by one of its requests. */
+  addUncertain(requestId: string, admitted: Item[], keys: string[]): void {
+    this.uncertain.set(requestId, { admitted, keys });
+    void this.settle().then(() => {
+      if (this.any) this.retrying();
+    });
   }
 
-  /** Settles what Redis takes now (single-flight); resolves either way. */
+  /**
+   * Settles what Redis takes now; resolves either way. One round at a time: asked while a round
+   * runs, it runs another after it, so what was owed meanwhile is in it.
+   */
   settle(): Promise<void> {
     if (!this.any) return Promise.resolve();
-    this.settling ??= this.giveBack().finally(() => (this.settling = null));
+    if (this.settling) return this.settling.then(() => this.settle());
+    this.settling = this.giveBack().finally(() => (this.settling = null));
     return this.settling;
   }
 
@@ -138,12 +145,15 @@ class OwedReleases {
     const redis = this.deps.queues.connection;
     // Asked on the connection the add went on: Redis runs its commands in order, so an add that was
     // still on its way is run before this question.
-    for (const [jobId, turn] of this.uncertain) {
+    for (const [requestId, turn] of this.uncertain) {
       try {
-        const queued = (await redis.exists(this.deps.queues.get(QUEUES.issue).toKey(jobId))) === 1;
-        this.uncertain.delete(jobId);
+        const queued = (await batchJobState(this.deps.queues, requestId)) !== 'absent';
+        this.uncertain.delete(requestId);
         if (queued) {
-          this.deps.log.warn({ jobId, requests: turn.admitted.length }, 'a turn answered 503 was queued after all: its job settles it');
+          this.deps.log.warn(
+            { jobId: parseRequestId(requestId).jobId, requests: turn.admitted.length },
+            'a turn answered 503 was queued after all: its job settles it',
+          );
         } else {
           for (const i of turn.admitted) this.slots.set(i.requestId, i.data.policyId!);
           for (const k of turn.keys) this.keys.add(k);
@@ -220,7 +230,7 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
   } catch (error) {
     for (const i of carried) deps.hub.cancel(i.requestId);
     // Not queued, or not known to be: given back now, or once Redis answers whether the job exists.
-    if (adding && mayHaveBeenSent(error)) owed.addUncertain(jobId, mayHoldAdmission(carried), claimedKeys(items));
+    if (adding && !neverSent(error)) owed.addUncertain(carried[0]!.requestId, mayHoldAdmission(carried), claimedKeys(items));
     else await owed.undo(mayHoldAdmission(carried), claimedKeys(items));
     const unavailable = error instanceof AppError ? error : notQueued(error);
     // A refusal the web decided is final whatever became of the others, once its record is stored
@@ -244,16 +254,6 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
         ? { requestId: i.requestId, decided: i.decided }
         : { requestId: i.requestId, outcome: waits.get(i.index) },
   );
-}
-
-/**
- * Whether a failed add may have reached Redis: anything but the two ways ioredis refuses a command
- * it never sent (no connection, and no offline queue to hold it). A reply lost with the connection,
- * a timeout, a failed script: Redis may have run the add.
- */
-function mayHaveBeenSent(error: unknown): boolean {
-  const cause = error instanceof AppError && error.cause !== undefined ? error.cause : error;
-  return !(cause instanceof Error && /^(Stream isn't writeable|Connection is closed)/.test(cause.message));
 }
 
 /**

@@ -61,6 +61,10 @@ async function main(): Promise<void> {
     if (draining) return;
     draining = true;
     log.info({ signal }, 'web draining');
+    // From now on every answer closes its connection: a client's kept-alive connection cannot keep a
+    // web that stopped taking connections answering (and alive); the client reconnects elsewhere.
+    // Set before the app's own listener runs, and only now, so it costs the requests of a running web nothing.
+    for (const s of [server, opsServer]) s?.prependListener('request', (_req, res) => res.setHeader('Connection', 'close'));
     // Give load balancers a moment to see /health/ready turn 503, then stop accepting.
     const graceMs = cfg.WEB_DRAIN_GRACE_MS ?? (cfg.NODE_ENV === 'production' ? PRODUCTION_DRAIN_GRACE_MS : 100);
     setTimeout(() => {

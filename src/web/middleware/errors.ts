@@ -3,6 +3,7 @@ import type { Context, ErrorHandler, NotFoundHandler } from 'hono';
 import { HTTPException } from 'hono/http-exception';
 import { ConnectionError, DatabaseError, TimeoutError } from 'sequelize';
 import { AppError, errorCatalogue, type ErrorCode } from '../../core/errors';
+import { isRedisOutage } from '../../core/redis';
 import type { AppEnv } from '../context';
 import { RateLimitedError } from './rate-limit';
 
@@ -43,8 +44,6 @@ export const onError: ErrorHandler<AppEnv> = (error, c) => {
   return c.json(errorBody('INTERNAL', errorCatalogue.INTERNAL.message), 500);
 };
 
-// ioredis: not connected, the connection dropped, or no answer within commandTimeout (src/core/redis.ts).
-const REDIS_OUTAGE = /^(Stream isn't writeable|Connection is closed|Reached the max retries per request|Command timed out)/;
 /** SQLSTATEs of a server that cancelled or is going away: statement timeout, admin shutdown, crash, starting up, and connection exceptions (08xxx). */
 const PG_OUTAGE = /^(57014|57P01|57P02|57P03|08...)$/;
 
@@ -56,7 +55,8 @@ export function isOutage(error: unknown): boolean {
     const parent = error.parent as { code?: string; message?: string };
     return PG_OUTAGE.test(parent.code ?? '') || /^Connection terminated/.test(parent.message ?? '');
   }
-  return error instanceof Error && REDIS_OUTAGE.test(error.message);
+  // ioredis: not connected, the connection dropped, or no answer within commandTimeout.
+  return isRedisOutage(error);
 }
 
 export const notFound: NotFoundHandler<AppEnv> = (c) => c.json(errorBody('NOT_FOUND', `No route ${c.req.method} ${c.req.path}.`), 404);
