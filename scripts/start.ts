@@ -9,12 +9,12 @@ import path from 'node:path';
 import { config, opsPortOf, type Config } from '../src/core/config';
 import { ensureTopics } from './infra/kafka';
 import { consoleLogger as log, groupAlive, repoRoot, signalGroup, sleep } from './infra/process';
+import { DEV_SECRETS } from './infra/dev-secrets';
 import { ensureServices, type RunningServices } from './infra/services';
 import { parseStartArgs, planInstances, USAGE, UsageError, type BasePorts, type Instance, type StartArgs } from './supervisor/formation';
 import { Supervisor } from './supervisor/supervisor';
 
 const ROOT = repoRoot();
-const DEV_SECRETS = path.join(ROOT, '.data', 'dev-secrets.env');
 const STOP_GRACE_MS = 15_000;
 
 const state = {
@@ -130,7 +130,7 @@ function ensureDevSecrets(): void {
     writeFileSync(DEV_SECRETS, `${lines.join('\n')}\n`, { mode: 0o600 });
   }
   // The command reads the secret from the file, so the secret never shows up in a log.
-  if (existsSync(DEV_SECRETS)) log.info('  an admin token for curl: env $(cat .data/dev-secrets.env) npm run -s token -- admin-1 admin');
+  if (existsSync(DEV_SECRETS)) log.info('  an admin token for curl: npm run -s token -- admin-1 admin');
 }
 
 /** `name: command` lines; blank lines and # comments are skipped. */

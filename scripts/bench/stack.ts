@@ -2,11 +2,12 @@
 // from the Procfile (1 web, N workers, compiled JS) and stops at the end; chooseStack picks.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { runMigrations } from '../../src/storage/migrator';
 import { commandArgv, launchProcess, procfileCommands, stopProcess } from '../infra/app-process';
 import { ensurePostgres } from '../infra/postgres';
 import { freePort } from '../infra/process';
+import { devSecret } from '../infra/dev-secrets';
 import path from 'node:path';
 import { Queue } from 'bullmq';
 import type { Kafka } from 'kafkajs';
@@ -14,7 +15,6 @@ import IORedis from 'ioredis';
 import { Client as PgClient } from 'pg';
 
 export const ROOT = path.resolve(__dirname, '../..');
-const DEV_SECRETS = path.join(ROOT, '.data', 'dev-secrets.env');
 const READY_TIMEOUT_MS = 90_000;
 const STOP_TIMEOUT_MS = 20_000;
 
@@ -43,13 +43,6 @@ export async function isReady(baseUrl: string, timeoutMs = 2_000): Promise<boole
   } catch {
     return false;
   }
-}
-
-/** JWT_SECRET from the environment, else the one `npm start` keeps in .data/dev-secrets.env. */
-export function secretForRunningStack(fromEnv: string | undefined): string | undefined {
-  if (fromEnv) return fromEnv;
-  if (!existsSync(DEV_SECRETS)) return undefined;
-  return /^JWT_SECRET=(.+)$/m.exec(readFileSync(DEV_SECRETS, 'utf8'))?.[1]?.trim();
 }
 
 /** The development database: what a running stack uses, and the server a scratch database goes on. */
@@ -325,7 +318,7 @@ export interface StackChoice {
 export async function chooseStack(c: StackChoice): Promise<{ stack: Stack; databaseUrl: string }> {
   const { running } = c;
   if (c.stack !== 'spawn' && running && (await isReady(running.baseUrl))) {
-    const secret = secretForRunningStack(c.jwtSecret);
+    const secret = devSecret('JWT_SECRET', c.jwtSecret);
     if (!secret)
       throw new Error(`${running.baseUrl} is ready, but there is no JWT_SECRET to sign tokens with: set it (or run with STACK=spawn)`);
     c.log(`using the running stack at ${running.baseUrl} (queue prefix ${running.queuePrefix})`);
