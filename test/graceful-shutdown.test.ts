@@ -78,7 +78,8 @@ describe('graceful shutdown', () => {
     const replies = await mapLimit(users, 32, async (_user, i) => {
       const reply = await api.post('/api/v1/coupons/issue', tokens[i], { policyId });
       accepted += reply.status === 202 ? 1 : 0;
-      if (accepted === 100 && !exit) exit = terminated(victim);
+      // Aimed: the signal goes once the victim is issuing coupons, so it has work in flight.
+      if (accepted >= 100 && !exit && logLines(`${NAME}-worker-1`).some((l) => l.msg === 'coupon issued')) exit = terminated(victim);
       return reply;
     });
     expect(replies.map((r) => r.status)).toEqual(Array(users.length).fill(202));

@@ -105,17 +105,24 @@ class OwedReleases {
     return this.slots.size > 0 || this.keys.size > 0 || this.uncertain.size > 0;
   }
 
-  /** A turn that was not queued: its slots and keys go back now, or as soon as Redis answers. */
-  async undo(admitted: Item[], keys: string[]): Promise<void> {
+  /**
+   * A turn that was not queued: its slots and keys go back at once, or as soon as Redis answers. Its
+   * 503 does not wait for that (a Redis that stopped answering would make it wait a timeout more):
+   * the next turn settles everything owed before it admits, a retry of these requests included.
+   */
+  undo(admitted: Item[], keys: string[]): void {
     for (const i of admitted) this.slots.set(i.requestId, i.data.policyId!);
     for (const k of keys) this.keys.add(k);
-    await this.settle();
-    if (this.any) this.retrying();
+    this.settleSoon();
   }
 
   /** A turn whose add may or may not have run, named by one of its requests. */
   addUncertain(requestId: string, admitted: Item[], keys: string[]): void {
     this.uncertain.set(requestId, { admitted, keys });
+    this.settleSoon();
+  }
+
+  private settleSoon(): void {
     void this.settle().then(() => {
       if (this.any) this.retrying();
     });
@@ -231,7 +238,7 @@ async function takeTurn(deps: IntakeDeps, owed: OwedReleases, batch: IntakeReque
     for (const i of carried) deps.hub.cancel(i.requestId);
     // Not queued, or not known to be: given back now, or once Redis answers whether the job exists.
     if (adding && !neverSent(error)) owed.addUncertain(carried[0]!.requestId, mayHoldAdmission(carried), claimedKeys(items));
-    else await owed.undo(mayHoldAdmission(carried), claimedKeys(items));
+    else owed.undo(mayHoldAdmission(carried), claimedKeys(items));
     const unavailable = error instanceof AppError ? error : notQueued(error);
     // A refusal the web decided is final whatever became of the others, once its record is stored
     // (its statusUrl must answer). A replay of a request of this turn shares its first request's fate.
