@@ -3,8 +3,16 @@
 // answer it made into a model. The checkout use cases that change reservations are in src/usecases/
 // (reserve.ts, payment-event.ts, expire-reservations.ts); their rules in checkout-rules.ts and
 // plan-event.ts.
-import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from 'sequelize';
-import type { ReservationState } from '../domain/checkout-rules';
+import {
+  DataTypes,
+  Model,
+  QueryTypes,
+  type CreationOptional,
+  type InferAttributes,
+  type InferCreationAttributes,
+  type Sequelize,
+} from 'sequelize';
+import type { ReservationState, ReserveRequestFacts } from '../domain/checkout-rules';
 import type { z } from 'zod';
 import type { ReservationResult, reservationViewSchema } from '../queues/results';
 
@@ -115,4 +123,18 @@ export function reservationFromJson(row: Record<string, unknown>): Reservation {
     // raw: the timestamps are the row's own, not values for Sequelize to manage.
     { isNewRecord: false, raw: true },
   );
+}
+
+/**
+ * What the reservation a request id (a user's Idempotency-Key) made was asked with, or null when the
+ * key reserved nothing: how the web tells a replay from another body once Redis forgot the key (I8).
+ * One lookup on uq_reservations_request.
+ */
+export async function reservedUnder(db: Sequelize, requestId: string): Promise<ReserveRequestFacts | null> {
+  const [row] = await db.query<{ coupon_id: string; order_id: string; order_amount: string; request_fingerprint: string | null }>(
+    'SELECT coupon_id, order_id, order_amount, request_fingerprint FROM reservations WHERE request_id = $1',
+    { bind: [requestId], type: QueryTypes.SELECT },
+  );
+  if (!row) return null;
+  return { couponId: row.coupon_id, orderId: row.order_id, orderAmount: Number(row.order_amount), fingerprint: row.request_fingerprint };
 }

@@ -43,11 +43,11 @@ export function checkoutRoutes(queues: Queues) {
     const body = await jsonBody(c, reserveBody);
     const user = c.get('user');
     const bodyFingerprint = reserveFingerprint(body);
-    const first = await claimIdempotencyKey(queues.connection, user.id, key, bodyFingerprint);
+    const first = await claimIdempotencyKey(queues.connection, sequelize(), user.id, key, { ...body, fingerprint: bodyFingerprint });
     // The same job id for the same (user, key, body): a replay re-adds it, which is a no-op while it
     // exists and queues it when the first request's add failed (that one heard 503; the key stays
     // claimed, so a retry with the same body goes through and another body is still refused). Should
-    // the key's record be gone, another body is another job, which Postgres refuses if the key reserved.
+    // the key's record be gone, Postgres decided above; a body racing that lookup is refused by the worker.
     const jobId = reserveJobId(user.id, key, bodyFingerprint);
     const requestId = reserveRequestId(user.id, key);
     const job = { ...body, requestId, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
