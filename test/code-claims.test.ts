@@ -6,6 +6,7 @@ import type { Redis } from 'ioredis';
 import { config } from '../src/core/config';
 import { closeSequelize, sequelize } from '../src/core/postgres';
 import { createRedis, waitForReady } from '../src/core/redis';
+import { redisKeysUnder } from '../src/core/redis-keys';
 import { initModels } from '../src/storage';
 import { claimCode, releaseUnusedCode } from '../src/storage/code-claims';
 import { closeDb, db } from './support/db';
@@ -149,7 +150,7 @@ describe('single-use code claims', () => {
     expect((await redeem(uniqueId('holder'), used)).status).toBe('succeeded');
 
     // As if Redis had lost the used code's mark: another request claims it, then gives up.
-    await redis.del(`${prefix}:code:{${hmac(used)}}`);
+    await redis.del(redisKeysUnder(prefix).codeClaim(hmac(used)));
     const giver = `iss_${randomUUID()}.0`;
     expect(await claimCode(redis, hmac(used), giver)).toBe(true);
     await releaseUnusedCode(sequelize(), redis, hmac(used), giver);

@@ -5,6 +5,7 @@ import IORedis from 'ioredis';
 import { Agent, request } from 'undici';
 import { sequelize, closeSequelize } from '../src/core/postgres';
 import { waitForReady } from '../src/core/redis';
+import { redisKeysUnder } from '../src/core/redis-keys';
 import { createQueues } from '../src/queues/connection';
 import { parseRequestId } from '../src/queues/names';
 import { healthRoutes } from '../src/web/routes/health';
@@ -139,7 +140,7 @@ describe('readiness while draining', () => {
       expect(issued.status).toBe(202);
       expect(await readyAnswer(stack.baseUrl, Date.now())).toMatchObject({ status: 200, body: { status: 'ready' } });
       // The long-poll has reached the web once the web reads the request's outcome from Redis.
-      const outcomeKey = `${stack.queuePrefix}:out:${parseRequestId(issued.body.jobId).jobId}`;
+      const outcomeKey = redisKeysUnder(stack.queuePrefix).outcomes(parseRequestId(issued.body.jobId).jobId);
       const readByWeb = new Promise<void>((seen) =>
         monitor.on('monitor', (_time: string, args: string[]) => args[0]?.toLowerCase() === 'hget' && args[1] === outcomeKey && seen()),
       );

@@ -18,6 +18,7 @@ import { adminToken, tokenFor } from './support/tokens';
 import { ensureRedis } from '../scripts/infra/redis';
 import { freePort, isPortOpen, repoRoot, waitUntil, type Service } from '../scripts/infra/process';
 import { parseRequestId } from '../src/queues/names';
+import { redisKeysUnder } from '../src/core/redis-keys';
 
 const quiet = { info: () => undefined, warn: () => undefined };
 const STOCK = 150;
@@ -59,13 +60,9 @@ afterAll(async () => {
 /** What the admission step of a policy holds: units taken (slots handed out and not given back) and admissions pending. */
 async function admissionState(policyId: string): Promise<{ taken: number; pending: number }> {
   const client = new IORedis(redisUrl, { maxRetriesPerRequest: 1 });
-  const base = `${stack.queuePrefix}:adm:{${policyId}}`;
+  const keys = redisKeysUnder(stack.queuePrefix).admission(policyId);
   try {
-    const [next, free, pending] = await Promise.all([
-      client.hget(`${base}:stock`, 'next'),
-      client.llen(`${base}:free`),
-      client.hlen(`${base}:pending`),
-    ]);
+    const [next, free, pending] = await Promise.all([client.hget(keys.stock, 'next'), client.llen(keys.free), client.hlen(keys.pending)]);
     return { taken: Math.max(0, Number(next ?? 1) - 1 - free), pending };
   } finally {
     client.disconnect();
@@ -126,7 +123,7 @@ async function recorded(requestIds: string[]): Promise<boolean[]> {
     return await Promise.all(
       requestIds.map(async (id) => {
         const { jobId, index } = parseRequestId(id);
-        return (await client.hexists(`${stack.queuePrefix}:out:${jobId}`, String(index))) === 1;
+        return (await client.hexists(redisKeysUnder(stack.queuePrefix).outcomes(jobId), String(index))) === 1;
       }),
     );
   } finally {

@@ -6,6 +6,7 @@ import IORedis from 'ioredis';
 import { Pool } from 'pg';
 import { overallStatsSchema, policyStatsSchema, userStatsSchema } from '../src/storage/stats';
 import { createStatsCache } from '../src/storage/cache/stats-cache';
+import { redisKeysUnder, statsAnswers } from '../src/core/redis-keys';
 import { eventually, EventProducer, paymentEvent, reserve } from './support/checkout';
 import { freshDatabase } from './support/db';
 import { createPolicy as createPolicyVia, uniqueId } from './support/fixtures';
@@ -189,8 +190,8 @@ describe('statistics', () => {
     const counters = new IORedis(process.env.REDIS_URL as string);
     try {
       const counted = async () => [
-        await counters.hgetall(`${stack.queuePrefix}:stats:{${saleId}}:rejected`),
-        await counters.hgetall(`${stack.queuePrefix}:stats:rejected`),
+        await counters.hgetall(redisKeysUnder(stack.queuePrefix).policyRejections(saleId)),
+        await counters.hgetall(redisKeysUnder(stack.queuePrefix).allRejections()),
       ];
       const all = { ...rejectedSeen, POLICY_NOT_FOUND: 1, CODE_NOT_FOUND: 1 };
       const same = (hash: Record<string, string> | undefined, byReason: Record<string, number>) =>
@@ -290,7 +291,7 @@ describe('statistics', () => {
     // A client-chosen policy id that names nothing leaves no counter behind in Redis.
     const redis = new IORedis(process.env.REDIS_URL as string);
     try {
-      expect(await redis.exists(`${stack.queuePrefix}:stats:{${bogusPolicy}}:rejected`)).toBe(0);
+      expect(await redis.exists(redisKeysUnder(stack.queuePrefix).policyRejections(bogusPolicy))).toBe(0);
     } finally {
       redis.disconnect();
     }
@@ -330,7 +331,7 @@ describe('statistics', () => {
     // An answer is stored fresh for at least STATS_CACHE_MS (1 s) from when it was computed.
     const first = (await api.get(`/api/v1/coupons/policies/${id}/stats`, admin)).body;
     const cached = new IORedis(process.env.REDIS_URL as string);
-    const key = `${stack.queuePrefix}:stats:cache:policy:{${id}}`;
+    const key = redisKeysUnder(stack.queuePrefix).statsAnswer(statsAnswers.policy(id));
     const setFreshUntil = async (at: number) => {
       const entry = JSON.parse((await cached.get(key)) as string) as { freshUntil: number };
       await cached.set(key, JSON.stringify({ ...entry, freshUntil: at }), 'PX', 60_000);
@@ -397,7 +398,7 @@ describe('the stats cache', () => {
   it('computes once for concurrent readers, keeps a slow answer fresh ten times as long, and serves it stale while another process recomputes', async () => {
     const prefix = uniqueId('sc');
     const cache = createStatsCache(redis, { prefix, freshMs: 100 });
-    const key = `${prefix}:stats:cache:k`;
+    const key = redisKeysUnder(prefix).statsAnswer('k');
     let runs = 0;
     let took = { from: 0, to: 0 };
     const slow = async () => {
@@ -425,7 +426,7 @@ describe('the stats cache', () => {
     expect(await cache.read('k', slow)).toEqual({ run: 2 });
     // Stale, but another process holds the recomputation lock: the last answer, no computation.
     await setFreshUntil(Date.now() - 1);
-    await redis.set(`${key}:lock`, 'someone-else', 'PX', 5_000);
+    await redis.set(redisKeysUnder(prefix).statsAnswerLock('k'), 'someone-else', 'PX', 5_000);
     expect(await cache.read('k', slow)).toEqual({ run: 2 });
     expect(runs).toBe(2);
     // A cache of 0 ms is no cache.

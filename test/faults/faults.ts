@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import IORedis from 'ioredis';
 import { failpointMarkDir } from '../../src/core/failpoints';
+import { redisKeysUnder } from '../../src/core/redis-keys';
 import { sleep } from '../../scripts/infra/process';
 import type { Formation, World } from './world';
 
@@ -232,7 +233,7 @@ export async function readInFlight(world: World, policyId: string, clientsWaitin
   const redis = new IORedis(world.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 2_000 });
   redis.on('error', () => undefined);
   try {
-    const pendingAdmissions = await redis.hlen(`${world.queuePrefix}:adm:{${policyId}}:pending`).catch(() => 0);
+    const pendingAdmissions = await redis.hlen(redisKeysUnder(world.queuePrefix).admission(policyId).pending).catch(() => 0);
     const jobs: Record<string, number> = {};
     for (const queue of ['issue', 'checkout', 'payments']) {
       const key = (state: string) => `${world.queuePrefix}:${queue}:${state}`;

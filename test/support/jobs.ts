@@ -4,6 +4,7 @@ import IORedis from 'ioredis';
 import type { IssueBatch } from '../../src/queues/jobs';
 import { parseRequestId } from '../../src/queues/names';
 import { storedOutcomeSchema } from '../../src/queues/outcomes';
+import { redisKeysUnder } from '../../src/core/redis-keys';
 
 /**
  * The issue jobs that carried these requests (one per batch), or undefined where a job is gone.
@@ -16,7 +17,7 @@ export async function jobsCarrying(queuePrefix: string, requestIds: string[]): P
     const carried = await Promise.all(
       requestIds.map(async (id) => {
         const { jobId, index } = parseRequestId(id);
-        const raw = await connection.hget(`${queuePrefix}:out:${jobId}`, String(index));
+        const raw = await connection.hget(redisKeysUnder(queuePrefix).outcomes(jobId), String(index));
         return raw !== null && storedOutcomeSchema.parse(JSON.parse(raw)).w === 1 ? null : id;
       }),
     );
@@ -50,7 +51,7 @@ export function activeJobIds(queuePrefix: string, name: string): Promise<string[
 
 /** How many admissions of a policy are pending: slots held whose coupon is not committed yet. */
 export function pendingAdmissions(queuePrefix: string, policyId: string): Promise<number> {
-  return withQueue(queuePrefix, 'issue', (_queue, connection) => connection.hlen(`${queuePrefix}:adm:{${policyId}}:pending`));
+  return withQueue(queuePrefix, 'issue', (_queue, connection) => connection.hlen(redisKeysUnder(queuePrefix).admission(policyId).pending));
 }
 
 /**
@@ -59,7 +60,10 @@ export function pendingAdmissions(queuePrefix: string, policyId: string): Promis
  */
 export function admittedJobsInFlight(queuePrefix: string, policyId: string): Promise<string[]> {
   return withQueue(queuePrefix, 'issue', async (queue, connection) => {
-    const [active, pending] = await Promise.all([queue.getJobs(['active']), connection.hkeys(`${queuePrefix}:adm:{${policyId}}:pending`)]);
+    const [active, pending] = await Promise.all([
+      queue.getJobs(['active']),
+      connection.hkeys(redisKeysUnder(queuePrefix).admission(policyId).pending),
+    ]);
     const held = new Set(pending);
     return active.filter((j) => (j.data as IssueBatch).requests.some((r) => held.has(r.requestId))).map((j) => j.id as string);
   });
