@@ -4,13 +4,13 @@
 // died while it waited gets the same outcome when it retries with its Idempotency-Key.
 import { randomUUID } from 'node:crypto';
 import { fingerprint } from '../src/web/idempotency';
-import { config } from '../src/core/config';
+import { redisKeysUnder } from '../src/core/redis-keys';
 import { issueIdempotencyRecordKey } from '../src/queues/names';
 
-/** The QUEUE_PREFIX of this test process (the stack's processes have their own). */
-const testPrefix = () => config().QUEUE_PREFIX;
+/** The stack's Redis keys (its processes have a QUEUE_PREFIX of their own). */
+const keys = () => redisKeysUnder(stack.queuePrefix);
 /** An issue Idempotency-Key's Redis record, in the stack's namespace. */
-const keyRecordOf = (user: string, key: string) => `${stack.queuePrefix}${issueIdempotencyRecordKey(user, key).slice(testPrefix().length)}`;
+const keyRecordOf = (user: string, key: string) => issueIdempotencyRecordKey(user, key, keys());
 import IORedis from 'ioredis';
 import { Queue, type Job } from 'bullmq';
 import { Api, mapLimit } from './support/http';
@@ -49,10 +49,7 @@ async function createPolicy(totalQuantity: number): Promise<string> {
 const WAIT = { prefer: 'wait=10' };
 
 /** The admission keys of a policy in the stack's Redis (src/storage/admission/keys.ts). */
-function admissionKeys(policyId: string) {
-  const base = `${stack.queuePrefix}:adm:{${policyId}}`;
-  return { meta: `${base}:meta`, stock: `${base}:stock`, free: `${base}:free`, users: `${base}:users`, pending: `${base}:pending` };
-}
+const admissionKeys = (policyId: string) => keys().admission(policyId);
 
 /** Requests for a policy carried by issue jobs that wait in the queue. */
 async function queuedRequestsOf(policyId: string): Promise<number> {
@@ -125,6 +122,25 @@ describe('a flash sale told in one round trip', () => {
     // A request index its batch never had is nobody's.
     const [batch] = first.body.jobId.split('.');
     expect((await api.get(`/api/v1/jobs/${batch}.127`, admin)).status).toBe(404);
+
+    // A poll never reads the batch job: with the batch's requests and results made unreadable, each
+    // request still answers from its own outcome record.
+    const queue = new Queue('issue', { connection: redis, prefix: stack.queuePrefix });
+    let spoiled = 0;
+    try {
+      for (const id of [first.body.jobId, second.body.jobId]) {
+        const jobKey = queue.toKey(String(id).split('.')[0]!);
+        if ((await redis.exists(jobKey)) === 0) continue;
+        await redis.hset(jobKey, 'data', '{not json', 'returnvalue', '{not json');
+        spoiled += 1;
+      }
+    } finally {
+      await queue.close();
+    }
+    // The winner's request was carried by a job (a refusal the web decided never is).
+    expect(spoiled).toBeGreaterThanOrEqual(1);
+    expect((await api.get(`/api/v1/jobs/${first.body.jobId}`, await tokenFor(winner))).body).toEqual(won);
+    expect((await api.get(`/api/v1/jobs/${second.body.jobId}`, await tokenFor(loser))).body).toEqual(lostView.body);
   });
 
   it('answers from Postgres when a stored outcome cannot be right: a coupon held under a "failed" record, a job that never came', async () => {
@@ -135,7 +151,7 @@ describe('a flash sale told in one round trip', () => {
     expect(won.body.status).toBe('succeeded');
     // Its record says failed (an attempt whose insert committed but whose answer was lost): the coupon wins.
     const [batch, index] = String(won.body.jobId).split('.') as [string, string];
-    const key = `${stack.queuePrefix}:out:${batch}`;
+    const key = keys().outcomes(batch);
     const record = JSON.parse((await redis.hget(key, index)) as string);
     await redis.hset(key, index, JSON.stringify({ ...record, s: 'failed', r: undefined, e: { code: 'INTERNAL', message: 'x' } }));
     const read = await api.get(`/api/v1/jobs/${won.body.jobId}`, token);
@@ -145,17 +161,11 @@ describe('a flash sale told in one round trip', () => {
     // failed once it is older than the reconciler's orphan age, never a 404.
     const orphanBatch = `iss_${randomUUID()}`;
     const young = { s: 'pending', u: user, c: Date.now() };
-    await redis.hset(
-      `${stack.queuePrefix}:out:${orphanBatch}`,
-      '0',
-      JSON.stringify(young),
-      '1',
-      JSON.stringify({ ...young, c: Date.now() - 60_000 }),
-    );
+    await redis.hset(keys().outcomes(orphanBatch), '0', JSON.stringify(young), '1', JSON.stringify({ ...young, c: Date.now() - 60_000 }));
     expect((await api.get(`/api/v1/jobs/${orphanBatch}.0`, token)).body.status).toBe('pending');
     const lost = await api.get(`/api/v1/jobs/${orphanBatch}.1`, token);
     expect(lost.body).toMatchObject({ status: 'failed', reason: { code: 'INTERNAL' } });
-    await redis.del(`${stack.queuePrefix}:out:${orphanBatch}`);
+    await redis.del(keys().outcomes(orphanBatch));
   });
 
   it('tells SOLD_OUT only when no unit can come back: a request waits for a pending admission and takes the unit it gives back', async () => {
@@ -269,7 +279,7 @@ describe('an Idempotency-Key whose first request vanished', () => {
     // Redis loses the request's record and its batch job (a restart without its data); the key's
     // claim survives, old enough that its first request would count as never queued.
     const batchJobId = requestId.split('.')[0]!;
-    expect(await redis.del(`${stack.queuePrefix}:out:${batchJobId}`, `${stack.queuePrefix}:issue:${batchJobId}`)).toBe(2);
+    expect(await redis.del(keys().outcomes(batchJobId), `${stack.queuePrefix}:issue:${batchJobId}`)).toBe(2);
     const redisKey = keyRecordOf(user, key);
     const [fp] = String(await redis.get(redisKey)).split('|');
     await redis.set(redisKey, `${fp}|${requestId}|${Date.now() - 60_000}`, 'EX', 3600);

@@ -1,6 +1,6 @@
 // Queue names, job names and job ids: the contract between the ingress and the workers.
 import { createHash } from 'node:crypto';
-import { redisKeys } from '../core/redis-keys';
+import { redisKeys, type RedisKeys } from '../core/redis-keys';
 
 export const QUEUES = {
   /** Issue requests, in batches (one job per web process and event-loop turn). */
@@ -59,8 +59,8 @@ export function reserveRequestId(userId: string, key: string): string {
  * The Redis record of an issue request's Idempotency-Key (`<fingerprint>|<requestId>|<claimed ms>`,
  * 24 h): scoped to the caller like a reserve's, apart from it by the kind in the name.
  */
-export function issueIdempotencyRecordKey(userId: string, key: string): string {
-  return redisKeys().idempotency(derivedJobId('issue-batch', userId, key));
+export function issueIdempotencyRecordKey(userId: string, key: string, keys: RedisKeys = redisKeys()): string {
+  return keys.idempotency(derivedJobId('issue-batch', userId, key));
 }
 
 /**

@@ -1,13 +1,11 @@
 // The result contracts: what the workers write reads back unchanged, key order included (it is the
-// API's JSON), and a reader of one request of a batch reads that entry only.
+// API's JSON), and an issue request's outcome record reads back as stored.
 import { parseStoredOutcome, storedOutcomeSchema } from './outcomes';
 import {
-  issueOutcomeAt,
   jobOutcomeSchemaOf,
   paymentReturnSchema,
   type DirectIssueReturn,
   type GenerateCodesReturn,
-  type IssueBatchReturn,
   type PaymentReturn,
   type ReservationActionReturn,
   type ReserveReturn,
@@ -99,25 +97,6 @@ describe('job results', () => {
       false,
     );
     expect(jobOutcomeSchemaOf('generate-codes').safeParse({ outcome: 'succeeded', result: { count: 5 } }).success).toBe(false);
-  });
-
-  it('read one request of a batch without the other entries', () => {
-    const batch: IssueBatchReturn = {
-      results: [
-        { outcome: 'rejected', reason: sold },
-        { outcome: 'succeeded', result: coupon },
-      ],
-    };
-    const stored = asStored(batch) as { results: unknown[] };
-    const second = issueOutcomeAt(stored, 1);
-    expect(second.success && JSON.stringify(second.data)).toBe(JSON.stringify(batch.results[1]));
-    stored.results[0] = 'not an outcome';
-    expect(issueOutcomeAt(stored, 1).success).toBe(true);
-    expect(issueOutcomeAt(stored, 0).success).toBe(false);
-    expect(issueOutcomeAt(stored, 2).success).toBe(false);
-    expect(issueOutcomeAt(null, 0).success).toBe(false);
-    // An outcome is not a batch.
-    expect(issueOutcomeAt(batch.results[1], 0).success).toBe(false);
   });
 });
 

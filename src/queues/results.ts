@@ -28,21 +28,6 @@ export type IssueOutcome = z.infer<typeof issueOutcomeSchema>;
 export const issueBatchReturnSchema = z.object({ results: z.array(issueOutcomeSchema) });
 export type IssueBatchReturn = z.infer<typeof issueBatchReturnSchema>;
 
-// Reads a batch's list without reading its entries (up to MAX_ISSUE_BATCH coupons).
-const issueBatchEntriesSchema = z.object({ results: z.array(z.unknown()) });
-
-/**
- * The outcome of the request at `position` of an issue batch's result, parsing that one entry only:
- * a poll for one request does not read the coupons of the whole batch.
- */
-export function issueOutcomeAt(
-  value: unknown,
-  position: number,
-): { success: true; data: IssueOutcome } | { success: false; error: z.ZodError } {
-  const batch = issueBatchEntriesSchema.safeParse(value);
-  return batch.success ? issueOutcomeSchema.safeParse(batch.data.results[position]) : batch;
-}
-
 // ── direct-issue ─────────────────────────────────────────────────────────────────────────────────
 const grantOutcomeSchema = z.enum(['issued', 'rejected', 'failed']);
 
@@ -153,7 +138,7 @@ export type GeneratedCodes = z.infer<typeof generatedCodesSchema>;
 export const generateCodesReturnSchema = outcomeSchema(generatedCodesSchema);
 export type GenerateCodesReturn = z.infer<typeof generateCodesReturnSchema>;
 
-/** The schema of a job's outcome by its kind (the issue batch's is read one entry at a time: issueOutcomeAt). */
+/** The schema of a job's outcome by its kind (an issue batch's requests are read from their outcome records, src/queues/outcomes.ts). */
 export function jobOutcomeSchemaOf(kind: string): z.ZodType<z.infer<typeof jobOutcomeSchema>> {
   switch (kind) {
     case 'direct-issue':

@@ -14,7 +14,7 @@ import type { Logger } from '../../core/logger';
 import type { JobView } from '../../queues/jobs';
 import { JOB_KINDS, parseRequestId, parseReserveJobId, queueOfJobId, type QueueName } from '../../queues/names';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
-import { issueOutcomeAt, jobOutcomeSchemaOf } from '../../queues/results';
+import { jobOutcomeSchemaOf } from '../../queues/results';
 import type { AppEnv } from '../context';
 import type { OutcomeHub } from '../outcome-hub';
 import { assertSelfOrAdmin } from '../middleware/auth';
@@ -32,44 +32,27 @@ type OwnedJobView = JobView & { ownerId: string };
 
 /**
  * One HGETALL: a job is finished once it has finishedOn, which BullMQ writes in the same script as
- * its return value (completed) or final failure, so the state and the result always agree.
+ * its return value (completed) or final failure, so the state and the result always agree. An issue
+ * batch is nobody's job: its requests are read one at a time from their outcome records.
  */
 async function readJob(queues: Queues, queueName: QueueName, id: string, log: Logger): Promise<{ job: Job; view: OwnedJobView } | null> {
-  const { jobId, index } = parseRequestId(id);
-  const job = await queues.get(queueName).getJob(jobId);
-  if (!job) return null;
+  const job = await queues.get(queueName).getJob(id);
+  if (!job || job.name === 'issue-batch') return null;
   const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
-  const view = viewOf(job, state, id, index, log);
-  if (!view) return null;
-  if (view.status === 'failed' && view.type === 'issue') {
-    // A batch that failed or stalled out as a whole may still have written this request's coupon
-    // before it did: Postgres has the last word, so nobody holding a coupon is told "failed".
-    const coupon = await findCouponByRequest(id);
-    if (coupon) return { job, view: { ...view, status: 'succeeded', result: couponView(coupon), reason: undefined } };
-  }
-  return { job, view };
+  return { job, view: viewOf(job, state, id, log) };
 }
 
-/** The view of one request: the job itself, or one request of a batch job (`<jobId>.<index>`). */
-function viewOf(job: Job, state: string, id: string, index: number | null, log: Logger): OwnedJobView | null {
-  // A batch job is only ever read one request at a time; the batch itself is nobody's job.
-  if ((job.name === 'issue-batch') !== (index !== null)) return null;
-  // A batch carries only the requests its web could not decide; each names its own id.
-  const requests = (job.data as { requests?: { requestId?: unknown }[] }).requests;
-  const position = index === null ? -1 : (requests?.findIndex((r) => r?.requestId === id) ?? -1);
-  const request = index === null ? job.data : requests?.[position];
-  if (!request || typeof request !== 'object') return null;
+function viewOf(job: Job, state: string, id: string, log: Logger): OwnedJobView {
   const base = {
     id,
-    type: job.name === 'issue-batch' ? 'issue' : job.name,
+    type: job.name,
     createdAt: new Date(job.timestamp).toISOString(),
     // The user a request is for; an admin's grant or code generation belongs to that admin (userId).
-    ownerId: String((request as { userId?: unknown }).userId ?? ''),
+    ownerId: String((job.data as { userId?: unknown }).userId ?? ''),
   };
   const finishedAt = job.finishedOn ? new Date(job.finishedOn).toISOString() : undefined;
   if (state === 'completed') {
-    // A batch's result is read at this request's entry only, not the coupons of the whole batch.
-    const parsed = index === null ? jobOutcomeSchemaOf(job.name).safeParse(job.returnvalue) : issueOutcomeAt(job.returnvalue, position);
+    const parsed = jobOutcomeSchemaOf(job.name).safeParse(job.returnvalue);
     if (parsed.success) {
       const outcome = parsed.data;
       const detail = outcome.outcome === 'succeeded' ? { result: outcome.result } : { reason: outcome.reason };
@@ -87,7 +70,7 @@ function viewOf(job: Job, state: string, id: string, index: number | null, log: 
     };
   }
   // Long jobs (a grant, code generation) say how far they got: {done, total}.
-  const progress = index === null && typeof job.progress === 'object' ? { progress: job.progress } : {};
+  const progress = typeof job.progress === 'object' ? { progress: job.progress } : {};
   return { ...base, status: 'pending', ...progress };
 }
 
@@ -200,10 +183,11 @@ export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: strin
 const isIssueRequest = (id: string) => id.startsWith(`${JOB_KINDS['issue-batch'].prefix}_`) && parseRequestId(id).index !== null;
 
 /**
- * The view of one issue request: its own stored outcome (one HGET, never the batch), waiting up to
- * waitMs for the worker's push while it is pending. A request still pending after that whose batch
- * finished without deciding it (the job failed or stalled out as a whole) is read the long way,
- * where Postgres has the last word.
+ * The view of one issue request: its own stored outcome (one HGET; the batch job, about 16 KB of
+ * requests and results, is never read), waiting up to waitMs for the worker's push while it is
+ * pending. Where the record cannot be the answer, Postgres is: no record (Redis lost it; the web
+ * stores it before the job exists), or a record still pending once its batch ended without deciding
+ * it (the job failed or stalled out as a whole, or is gone).
  */
 export async function issueRequestView(
   c: Context<AppEnv>,
@@ -213,13 +197,11 @@ export async function issueRequestView(
   waitMs: number,
 ): Promise<JobView | null> {
   let stored = await readOutcome(queues.connection, requestId, c.get('log'));
-  // Batches queued before outcomes were stored per request are read from their job.
-  if (!stored) return (await settledView(c, queues, requestId, waitMs)) ?? (await committedRequestView(c, requestId));
+  if (!stored) return committedRequestView(c, requestId);
   assertSelfOrAdmin(c.get('user'), stored.u);
   if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs, c.get('log'));
-  if (stored.s === 'pending' && (await batchFinished(queues, requestId, stored))) {
-    return (await settledView(c, queues, requestId, 0)) ?? (await lostRequestView(requestId, stored));
-  }
+  const ended = stored.s === 'pending' ? await batchEnded(queues, requestId, stored) : null;
+  if (ended) return undecidedRequestView(requestId, stored, ended);
   const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
   return view;
 }
@@ -254,17 +236,23 @@ export async function withPostgresWord(requestId: string, stored: StoredOutcome)
   return coupon ? { ...stored, s: 'succeeded', r: couponView(coupon), e: undefined } : stored;
 }
 
+const UNDECIDED = {
+  finished: 'The request failed after retries.',
+  gone: 'The request was lost before a worker took it; ask again.',
+} as const;
+
 /**
- * A pending request whose batch job is gone: its web died before the add, or Redis lost the job.
- * Postgres says whether its coupon was written; if not, it never will be, and it ends failed (I7).
+ * A pending request whose batch ended without deciding it: the job failed or stalled out as a whole,
+ * or it is gone (its web died before the add, or Redis lost the job). Postgres says whether its coupon
+ * was written; if not, it never will be, and it ends failed (I7).
  */
-async function lostRequestView(requestId: string, stored: StoredOutcome): Promise<JobView> {
+async function undecidedRequestView(requestId: string, stored: StoredOutcome, ended: keyof typeof UNDECIDED): Promise<JobView> {
   const coupon = await findCouponByRequest(requestId);
   const { ownerId: _owner, ...view } = viewOfOutcome(
     requestId,
     coupon
       ? { ...stored, s: 'succeeded', r: couponView(coupon) }
-      : { ...stored, s: 'failed', e: { code: 'INTERNAL', message: 'The request was lost before a worker took it; ask again.' } },
+      : { ...stored, s: 'failed', e: { code: 'INTERNAL', message: UNDECIDED[ended] } },
   );
   return view;
 }
@@ -291,9 +279,10 @@ export async function awaitOutcome(
 /**
  * Whether the batch job of a request finished, or is gone: then a pending record will never change.
  * A job not there yet is gone only once its record is older than the orphan age: the web stores the
- * record a moment before it adds the job.
+ * record a moment before it adds the job. One HMGET of the job's state fields, not the job.
  */
-async function batchFinished(queues: Queues, requestId: string, stored: StoredOutcome): Promise<boolean> {
+async function batchEnded(queues: Queues, requestId: string, stored: StoredOutcome): Promise<keyof typeof UNDECIDED | null> {
   const state = await batchJobState(queues, requestId);
-  return state === 'finished' || (state === 'absent' && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS);
+  if (state === 'finished') return 'finished';
+  return state === 'absent' && Date.now() - stored.c >= ORPHAN_ADMISSION_AGE_MS ? 'gone' : null;
 }
