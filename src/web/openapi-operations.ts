@@ -184,7 +184,7 @@ export const operations: Op[] = [
         required: true,
         schema: idempotencyKeySchema,
         description:
-          "The caller's own: the same key and body answer the first 202; another body is 409 IDEMPOTENCY_KEY_REUSED for an hour (or a job rejected IDEMPOTENCY_KEY_REUSED, for good once the key reserved). Use a new key per checkout.",
+          "The caller's own: the same key and body answer the first 202; another body is 409 IDEMPOTENCY_KEY_REUSED (for good once the key reserved: after Redis forgets the key, Postgres still knows). Use a new key per checkout.",
       },
     ],
     description:
