@@ -1,12 +1,12 @@
 // The stack under test: a running one found at BASE_URL, or one the bench builds and starts itself
 // from the Procfile (1 web, N workers, compiled JS) and stops at the end; chooseStack picks.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { runMigrations } from '../../src/storage/migrator';
-import { commandArgv, launchProcess, procfileCommands, stopProcess } from '../infra/app-process';
+import { commandArgv, procfileCommands } from '../infra/app-process';
+import { isReady, startAppStack, type Role } from '../infra/app-stack';
 import { ensurePostgres } from '../infra/postgres';
-import { freePort } from '../infra/process';
 import { devSecret } from '../infra/dev-secrets';
 import path from 'node:path';
 import { Queue } from 'bullmq';
@@ -16,7 +16,6 @@ import { Client as PgClient } from 'pg';
 
 export const ROOT = path.resolve(__dirname, '../..');
 const READY_TIMEOUT_MS = 90_000;
-const STOP_TIMEOUT_MS = 20_000;
 
 export interface Stack {
   mode: 'reused' | 'spawned';
@@ -34,16 +33,6 @@ export interface Stack {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-export async function isReady(baseUrl: string, timeoutMs = 2_000): Promise<boolean> {
-  try {
-    const res = await fetch(new URL('/health/ready', baseUrl), { signal: AbortSignal.timeout(timeoutMs) });
-    await res.arrayBuffer();
-    return res.status === 200;
-  } catch {
-    return false;
-  }
-}
 
 /** The development database: what a running stack uses, and the server a scratch database goes on. */
 export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/coupons';
@@ -138,10 +127,10 @@ function profiled(argv: string[], dir: string | undefined): string[] {
 
 export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   const commands = procfile();
-  const webCmd = commands.get('web');
-  const workerCmd = commands.get('worker');
-  if (!webCmd || !workerCmd) throw new Error('the Procfile has no web or worker process');
-  for (const cmd of [webCmd, workerCmd]) {
+  const roles: Role[] = ['web', 'worker', ...(opts.bridge ? (['bridge'] as const) : [])];
+  for (const role of roles) {
+    const cmd = commands.get(role);
+    if (!cmd) throw new Error(`the Procfile has no ${role} process`);
     const entry = cmd.find((arg) => arg.endsWith('.js'));
     if (entry && !existsSync(path.join(ROOT, entry))) throw new Error(`${entry} is missing: the build did not produce it`);
   }
@@ -150,112 +139,64 @@ export async function spawnStack(opts: SpawnOptions): Promise<Stack> {
   await ensurePostgres(opts.databaseUrl, { info: () => undefined, warn: (msg) => process.stderr.write(`[bench] ${msg}\n`) });
   await runMigrations(opts.databaseUrl);
 
-  const port = await freePort();
   const jwtSecret = opts.jwtSecret ?? randomBytes(32).toString('base64url');
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PORT: String(port),
-    // Warnings and errors only, unless LOG_LEVEL says otherwise: the info lines (one or two per
-    // request and job) cost CPU a production deployment pays, so LOG_LEVEL=info measures with them.
-    LOG_LEVEL: process.env.LOG_LEVEL || 'warn',
-    JWT_SECRET: jwtSecret,
-    CODE_HMAC_SECRET: process.env.CODE_HMAC_SECRET || randomBytes(32).toString('base64url'),
-    DATABASE_URL: opts.databaseUrl,
-    REDIS_URL: opts.redisUrl,
-    QUEUE_PREFIX: opts.queuePrefix,
-    // All the load comes from 127.0.0.1 at thousands of requests a second: a per-address limit would
-    // cap the bench itself. The per-user limit stays on at its default (each bench user sends one
-    // request and a long poll or two), so its Redis round trip is part of what is measured.
-    RATE_LIMIT_IP_POINTS: '0',
-    // Several workers on this host: any free ops port each, rather than one fixed port for all.
-    WORKER_OPS_PORT: '0',
-    BRIDGE_OPS_PORT: '0',
-    ...opts.env,
-  };
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const logDir = path.join(ROOT, '.data', 'bench-logs', stamp);
   mkdirSync(logDir, { recursive: true });
+  if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
 
   const problems = { counts: {} as Record<string, number>, examples: [] as string[] };
-  const children: { name: string; child: ChildProcess }[] = [];
-  const launch = (name: string, argv: string[], extraEnv: NodeJS.ProcessEnv = {}) => {
-    const child = launchProcess({
-      argv,
-      env: { ...env, ...extraEnv },
-      logFile: path.join(logDir, `${name}.log`),
-      onLine(line) {
-        const level = /"level":"(warn|error|fatal)"/.exec(line)?.[1] ?? (line.trim() && !line.startsWith('{') ? 'stderr' : undefined);
-        if (!level) return;
-        problems.counts[level] = (problems.counts[level] ?? 0) + 1;
-        if (problems.examples.length < 10) problems.examples.push(`${name}: ${line.slice(0, 400)}`);
-      },
-    });
-    children.push({ name, child });
-    return child;
-  };
-
-  const stop = async () => {
-    await Promise.all(children.map(({ child }) => stopProcess(child, 'SIGTERM', STOP_TIMEOUT_MS)));
-  };
-
-  if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
-  const web = launch('web', profiled(webCmd, opts.profileDir));
-  // More webs share the stack's Redis and queues, each on its own port (what a balancer spreads over).
-  const morePorts = await Promise.all(Array.from({ length: Math.max(0, (opts.webs ?? 1) - 1) }, () => freePort()));
-  const moreWebs = morePorts.map((p, i) => launch(`web-${i + 2}`, profiled(webCmd, opts.profileDir), { PORT: String(p) }));
-  const workers = Array.from({ length: opts.workers }, (_, i) => launch(`worker-${i + 1}`, profiled(workerCmd, opts.profileDir)));
-  const bridgeCmd = commands.get('bridge');
-  if (opts.bridge && !bridgeCmd) throw new Error('the Procfile has no bridge process');
-  const bridge = opts.bridge && bridgeCmd ? launch('bridge', profiled(bridgeCmd, opts.profileDir)) : undefined;
-  const baseUrl = `http://127.0.0.1:${port}`;
-  const baseUrls = [baseUrl, ...morePorts.map((p) => `http://127.0.0.1:${p}`)];
-  opts.log(
-    `started web (pid ${[web, ...moreWebs].map((w) => w.pid).join(', ')}) on ${baseUrls.join(', ')} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`,
-  );
-
-  try {
-    for (const url of baseUrls) await waitUntilReady(url, opts, children);
-  } catch (error) {
-    await stop();
-    throw error;
-  }
+  const stack = await startAppStack({
+    queuePrefix: opts.queuePrefix,
+    // Over the spawned stack's own (scripts/infra/app-stack.ts): there, no per-address rate limit (all
+    // the load comes from 127.0.0.1 and would cap the bench itself); the per-user limit stays on at
+    // its default (each bench user sends one request and a long poll or two), so its Redis round trip
+    // is part of what is measured.
+    env: {
+      // Warnings and errors only, unless LOG_LEVEL says otherwise: the info lines (one or two per
+      // request and job) cost CPU a production deployment pays, so LOG_LEVEL=info measures with them.
+      LOG_LEVEL: process.env.LOG_LEVEL || 'warn',
+      JWT_SECRET: jwtSecret,
+      CODE_HMAC_SECRET: process.env.CODE_HMAC_SECRET || randomBytes(32).toString('base64url'),
+      DATABASE_URL: opts.databaseUrl,
+      REDIS_URL: opts.redisUrl,
+      ...opts.env,
+    },
+    argv: (role) => profiled(commands.get(role) ?? [], opts.profileDir),
+    name: (role, n) => (n === 1 && role !== 'worker' ? role : `${role}-${n}`),
+    logFile: (name) => path.join(logDir, `${name}.log`),
+    onLine(name, line) {
+      const level = /"level":"(warn|error|fatal)"/.exec(line)?.[1] ?? (line.trim() && !line.startsWith('{') ? 'stderr' : undefined);
+      if (!level) return;
+      problems.counts[level] = (problems.counts[level] ?? 0) + 1;
+      if (problems.examples.length < 10) problems.examples.push(`${name}: ${line.slice(0, 400)}`);
+    },
+    // More webs share the stack's Redis and queues, each on its own port (what a balancer spreads over).
+    webs: opts.webs,
+    workers: opts.workers,
+    bridge: opts.bridge,
+    // At LOG_LEVEL warn the processes log no start line: the webs' /health/ready and the workers' connections tell.
+    ready: { by: 'health', redisUrl: opts.redisUrl, timeoutMs: READY_TIMEOUT_MS },
+    onLaunched: ({ webs, workers, baseUrls }) =>
+      opts.log(
+        `started web (pid ${webs.map((w) => w.pid).join(', ')}) on ${baseUrls.join(', ')} and ${workers.length} worker(s) (pids ${workers.map((w) => w.pid).join(', ')}), queue prefix ${opts.queuePrefix}, logs in ${path.relative(ROOT, logDir)}`,
+      ),
+  });
   return {
     mode: 'spawned',
-    baseUrl,
-    baseUrls,
+    baseUrl: stack.baseUrl,
+    baseUrls: stack.baseUrls,
     queuePrefix: opts.queuePrefix,
     jwtSecret,
     pids: {
-      web: [web, ...moreWebs].map((w) => w.pid ?? -1),
-      workers: workers.map((w) => w.pid ?? -1),
-      ...(bridge && { bridge: [bridge.pid ?? -1] }),
+      web: stack.webs.map((w) => w.pid ?? -1),
+      workers: stack.workers.map((w) => w.pid ?? -1),
+      ...(stack.bridges.length > 0 && { bridge: stack.bridges.map((b) => b.pid ?? -1) }),
     },
     logDir,
     logProblems: () => ({ counts: { ...problems.counts }, examples: [...problems.examples] }),
-    stop,
+    stop: () => stack.stop(),
   };
-}
-
-/** Web answers /health/ready and every worker has its BullMQ connection on the queue. */
-async function waitUntilReady(baseUrl: string, opts: SpawnOptions, children: { name: string; child: ChildProcess }[]): Promise<void> {
-  const connection = new IORedis(opts.redisUrl, { maxRetriesPerRequest: null, lazyConnect: false });
-  const queue = new Queue('issue', { connection, prefix: opts.queuePrefix });
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  try {
-    for (;;) {
-      const dead = children.find(({ child }) => child.exitCode !== null || child.signalCode !== null);
-      if (dead)
-        throw new Error(`${dead.name} exited (${dead.child.exitCode ?? dead.child.signalCode}) before the stack was ready; see its log`);
-      const [webReady, workerCount] = await Promise.all([isReady(baseUrl), queue.getWorkersCount().catch(() => 0)]);
-      if (webReady && workerCount >= opts.workers) return;
-      if (Date.now() > deadline)
-        throw new Error(`stack not ready after ${READY_TIMEOUT_MS} ms (web ready: ${webReady}, workers: ${workerCount}/${opts.workers})`);
-      await sleep(200);
-    }
-  } finally {
-    await queue.close();
-    connection.disconnect();
-  }
 }
 
 /** Waits until the bridge's consumer group is stable with a member: it consumes from then on. */

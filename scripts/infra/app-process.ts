@@ -1,7 +1,7 @@
 // The service's own processes (web, worker, bridge) as children of a test or a bench: how one is
 // started, its output kept in a log file and read line by line, waited for, and stopped. The tests
 // (test/support/stack.ts) run them from source, the benches (scripts/bench/stack.ts) as the Procfile
-// runs them; each decides its environment, ports and readiness, and both start them here.
+// runs them; both start a whole stack of them with app-stack.ts, and single processes here.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';

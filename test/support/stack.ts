@@ -1,11 +1,11 @@
 // Runs the real processes (web and workers, from source through tsx) for end-to-end tests, each stack
 // on its own port and queue prefix, with logs kept under .data/test-logs for when a test fails. The
-// processes are started, waited for and stopped as the benches' are (scripts/infra/app-process.ts).
+// processes are started, waited for and stopped as the benches' are (scripts/infra/app-stack.ts).
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fromSource, launchProcess, SOURCE_ENTRIES, stopProcess, waitForLine } from '../../scripts/infra/app-process';
-import { freePort } from '../../scripts/infra/process';
+import { startAppStack } from '../../scripts/infra/app-stack';
 import { uniqueId } from './fixtures';
 
 export { stopProcess, waitForLine };
@@ -77,123 +77,59 @@ export function launch(name: string, entry: string, env: Record<string, string>)
   return launchProcess({ argv: fromSource(entry), env: { ...process.env, ...env }, logFile: logFile(name) });
 }
 
-/** The port a worker's or bridge's ops server says it listens on ("ops server listening"). */
-function loggedOpsPort(child: ChildProcess): Promise<number> {
-  const port = new Promise<number>((resolvePort, reject) => {
-    let buffer = '';
-    const onData = (chunk: Buffer) => {
-      buffer += chunk.toString();
-      const lines = buffer.split('\n');
-      buffer = lines.pop() ?? '';
-      for (const line of lines) {
-        if (!line.includes('"ops server listening"')) continue;
-        child.stdout?.off('data', onData);
-        child.off('exit', onExit);
-        resolvePort((JSON.parse(line) as { port: number }).port);
-        return;
-      }
-    };
-    const onExit = () => reject(new Error('process exited before its ops server listened'));
-    child.stdout?.on('data', onData);
-    child.once('exit', onExit);
-  });
-  // Whoever waits for the process's start line learns of an early exit from that.
-  port.catch(() => undefined);
-  return port;
-}
-
 export async function startStack(
   opts: { workers?: number; bridge?: boolean; env?: Record<string, string>; name?: string } = {},
 ): Promise<Stack> {
-  const port = await freePort();
   const queuePrefix = uniqueId('q');
   const name = opts.name ?? queuePrefix;
   const paymentsTopic = `payments.v1.${queuePrefix}`;
   const userEventsTopic = `user-events.v1.${queuePrefix}`;
-  const env: Record<string, string> = {
-    PORT: String(port),
-    QUEUE_PREFIX: queuePrefix,
-    LOG_LEVEL: 'info',
-    NODE_ENV: 'test',
-    KAFKA_PAYMENTS_TOPIC: paymentsTopic,
-    KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
-    KAFKA_GROUP_ID: `bridge-${queuePrefix}`,
-    // The broker's minimum: a SIGKILLed bridge's partitions move on after 6 s, not 30.
-    KAFKA_SESSION_TIMEOUT_MS: '6000',
-    KAFKA_LAG_LOG_INTERVAL_MS: '1000',
-    // The tests send hundreds of requests a second, all from 127.0.0.1, and the race tests dozens from
-    // one shopper at once: no per-address limit, and a per-user one far above what they send, so the
-    // limiter runs on every request without refusing any (test/rate-limit.test.ts tests the limits).
-    RATE_LIMIT_IP_POINTS: '0',
-    RATE_LIMIT_USER_POINTS: '10000',
-    // Workers and bridges bind any free ops port and log it (loggedOpsPort): chosen at bind time, so
-    // no two processes of any stack on this host can be handed the same one.
-    WORKER_OPS_PORT: '0',
-    BRIDGE_OPS_PORT: '0',
-    ...opts.env,
-  };
-  const web = launch(`${name}-web`, SOURCE_ENTRIES.web, env);
-  const workers: ChildProcess[] = [];
-  let workerCount = 0;
-  const opsUrls = new Map<ChildProcess, string>();
-  const startWorker = async (extraEnv: Record<string, string> = {}) => {
-    workerCount += 1;
-    const worker = launch(`${name}-worker-${workerCount}`, SOURCE_ENTRIES.worker, { ...env, ...extraEnv });
-    const opsPort = loggedOpsPort(worker);
-    workers.push(worker);
-    await waitForLine(worker, 'worker started');
-    opsUrls.set(worker, `http://127.0.0.1:${await opsPort}`);
-    return worker;
-  };
-  const moreWebs: ChildProcess[] = [];
-  const startWeb = async (extraEnv: Record<string, string> = {}) => {
-    const webPort = await freePort();
-    const another = launch(`${name}-web-${moreWebs.length + 2}`, SOURCE_ENTRIES.web, { ...env, ...extraEnv, PORT: String(webPort) });
-    moreWebs.push(another);
-    await waitForLine(another, 'web listening');
-    return { web: another, baseUrl: `http://127.0.0.1:${webPort}` };
-  };
-  const bridges: ChildProcess[] = [];
-  const startBridge = async (extraEnv: Record<string, string> = {}) => {
-    const bridge = launch(`${name}-bridge-${bridges.length + 1}`, SOURCE_ENTRIES.bridge, { ...env, ...extraEnv });
-    const opsPort = loggedOpsPort(bridge);
-    bridges.push(bridge);
-    await waitForLine(bridge, 'bridge joined the consumer group', 90_000);
-    opsUrls.set(bridge, `http://127.0.0.1:${await opsPort}`);
-    return bridge;
-  };
-  try {
-    await Promise.all([
-      waitForLine(web, 'web listening'),
-      ...Array.from({ length: opts.workers ?? 1 }, () => startWorker()),
-      ...(opts.bridge ? [startBridge()] : []),
-    ]);
-  } catch (error) {
-    // A part that did not come up must not leave the others running after the test file gave up
-    // (nor keep them waiting for their own ready lines).
-    await Promise.all([web, ...workers, ...bridges].map((child) => stopProcess(child, 'SIGKILL')));
-    throw error;
-  }
-  return {
-    baseUrl: `http://127.0.0.1:${port}`,
+  const app = await startAppStack({
     queuePrefix,
-    env,
-    web,
-    moreWebs,
-    startWeb,
-    workers,
-    startWorker,
+    // Over the spawned stack's own (scripts/infra/app-stack.ts: no per-address rate limit, any free ops port).
+    env: {
+      LOG_LEVEL: 'info',
+      NODE_ENV: 'test',
+      KAFKA_PAYMENTS_TOPIC: paymentsTopic,
+      KAFKA_USER_EVENTS_TOPIC: userEventsTopic,
+      KAFKA_GROUP_ID: `bridge-${queuePrefix}`,
+      // The broker's minimum: a SIGKILLed bridge's partitions move on after 6 s, not 30.
+      KAFKA_SESSION_TIMEOUT_MS: '6000',
+      KAFKA_LAG_LOG_INTERVAL_MS: '1000',
+      // The race tests send dozens of requests from one shopper at once: a per-user limit far above
+      // what they send, so the limiter runs on every request without refusing any
+      // (test/rate-limit.test.ts tests the limits).
+      RATE_LIMIT_USER_POINTS: '10000',
+      ...opts.env,
+    },
+    argv: (role) => fromSource(SOURCE_ENTRIES[role]),
+    name: (role, n) => (role === 'web' && n === 1 ? `${name}-web` : `${name}-${role}-${n}`),
+    logFile,
+    workers: opts.workers ?? 1,
+    bridge: opts.bridge,
+    // Each process's start line; a worker or bridge also logs the ops port it was given.
+    ready: { by: 'log' },
+    failureSignal: 'SIGKILL',
+  });
+  return {
+    baseUrl: app.baseUrl,
+    queuePrefix,
+    env: app.env,
+    web: app.web,
+    get moreWebs() {
+      return app.webs.slice(1);
+    },
+    async startWeb(extraEnv) {
+      const web = await app.start('web', extraEnv);
+      return { web, baseUrl: app.baseUrlOf(web) };
+    },
+    workers: app.workers,
+    startWorker: (extraEnv) => app.start('worker', extraEnv),
     paymentsTopic,
     userEventsTopic,
-    bridges,
-    startBridge,
-    opsUrl(child) {
-      const url = opsUrls.get(child);
-      if (!url) throw new Error('not a worker or bridge of this stack');
-      return url;
-    },
-    async stop() {
-      await Promise.all([web, ...moreWebs, ...workers, ...bridges].map((child) => stopProcess(child)));
-    },
+    bridges: app.bridges,
+    startBridge: (extraEnv) => app.start('bridge', extraEnv),
+    opsUrl: (child) => app.opsUrl(child),
+    stop: () => app.stop(),
   };
 }
