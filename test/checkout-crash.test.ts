@@ -73,85 +73,112 @@ async function takenOverAndFinished(queueName: string, ids: string[]) {
   return jobs.map((j) => j && { finished: j.finishedOn !== undefined, takenOver: wasTakenOver(j) });
 }
 
+interface Shopper {
+  userId: string;
+  couponId: string;
+  orderId: string;
+  token: string;
+}
+
+/** One coupon per shopper, written straight into Postgres (issuance has its own crash test). */
+async function shoppersWithCoupons(policyId: string): Promise<Shopper[]> {
+  const tag = uniqueId('cc');
+  await db().query(
+    `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
+     SELECT $2 || '-' || g, $1, $2 || '-u' || g, $2 || '-r' || g, now() + interval '7 days' FROM generate_series(1, $3::int) g`,
+    [policyId, tag, SHOPPERS],
+  );
+  const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({
+    userId: `${tag}-u${i + 1}`,
+    couponId: `${tag}-${i + 1}`,
+    orderId: `${tag}-o${i + 1}`,
+  }));
+  const tokens = await Promise.all(shoppers.map((s) => tokenFor(s.userId)));
+  return shoppers.map((s, i) => ({ ...s, token: tokens[i] as string }));
+}
+
+/**
+ * Reservations, with the worker killed a third of the way in, on a reserve job in flight. Each
+ * shopper's reservation id, and the reserve jobs the kill cut off.
+ */
+async function reserveThroughAKill(shoppers: Shopper[]): Promise<{ reservationIds: string[]; cutOff: string[] }> {
+  let accepted = 0;
+  const firstKill = eventually(
+    async () => accepted,
+    (n) => n >= 100,
+    60_000,
+    '100 reserves accepted',
+  ).then(() => killMidJob('checkout', 1));
+  firstKill.catch(() => undefined); // awaited below, once the requests are in
+  const replies = await mapLimit(shoppers, 64, async (s) => {
+    const reply = await reserve(api, s.token, { couponId: s.couponId, orderId: s.orderId, orderAmount: 30_000 });
+    accepted += reply.status === 202 ? 1 : 0;
+    return reply;
+  });
+  const cutOff = await firstKill;
+  expect(cutOff.length).toBeGreaterThan(0);
+  expect(replies.map((r) => r.status)).toEqual(Array(SHOPPERS).fill(202));
+  const reserved = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, shoppers[i]!.token, 120_000));
+  expect(reserved.map((j) => j.status)).toEqual(Array(SHOPPERS).fill('succeeded')); // I7: none lost, none failed
+  return { reservationIds: reserved.map((j) => j.result.reservationId as string), cutOff };
+}
+
+const usedCount = async (policyId: string) =>
+  Number(
+    (await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId])).rows[0]?.n,
+  );
+
+/**
+ * Payments, every event published twice, with another worker killed while they are applied. The
+ * events (one per shopper), and the payment jobs the kill cut off.
+ */
+async function payThroughAKill(policyId: string, shoppers: Shopper[], reservationIds: string[]) {
+  const payments = shoppers.map((s, i) => paymentEvent('PAYMENT_COMPLETED', s.orderId, { reservationId: reservationIds[i] }));
+  const messages = payments.flatMap((e) => [e, e]).map((e) => ({ key: e.orderId, value: JSON.stringify(e) }));
+  await events.send(stack.paymentsTopic, messages.slice(0, 200));
+  await eventually(
+    () => usedCount(policyId),
+    (n) => n >= 20,
+    60_000,
+    'payments under way',
+  );
+  const secondKill = killMidJob('payments', 2);
+  await events.send(stack.paymentsTopic, messages.slice(200));
+  const cutOff = await secondKill;
+  expect(cutOff.length).toBeGreaterThan(0);
+  return { payments, cutOff };
+}
+
+/** I4: once every coupon is used, each is used by the order that reserved it, under that reservation. */
+async function expectEachUsedByItsOrder(policyId: string, shoppers: Shopper[], reservationIds: string[]): Promise<void> {
+  const usedAll = await eventually(
+    async () =>
+      (
+        await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>(
+          'SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1',
+          [policyId],
+        )
+      ).rows,
+    (rows) => rows.every((r) => r.status === 'USED'),
+    120_000,
+    'every coupon used',
+  );
+  const byCoupon = new Map(shoppers.map((s, i) => [s.couponId, { orderId: s.orderId, reservationId: reservationIds[i] }]));
+  for (const row of usedAll) {
+    expect({ order: row.order_id, reservation: row.reservation_id }).toEqual({
+      order: byCoupon.get(row.id)?.orderId,
+      reservation: byCoupon.get(row.id)?.reservationId,
+    });
+  }
+}
+
 describe('workers killed mid-checkout', () => {
   it('keeps I4, I5 and I7: each coupon reserved once, used once by its order, each event applied once', async () => {
     const policyId = await createCheckoutPolicy(api);
-    const tag = uniqueId('cc');
-    // One coupon per shopper, written straight into Postgres (issuance has its own crash test).
-    await db().query(
-      `INSERT INTO coupons (id, policy_id, user_id, request_id, expires_at)
-       SELECT $2 || '-' || g, $1, $2 || '-u' || g, $2 || '-r' || g, now() + interval '7 days' FROM generate_series(1, $3::int) g`,
-      [policyId, tag, SHOPPERS],
-    );
-    const shoppers = Array.from({ length: SHOPPERS }, (_, i) => ({
-      userId: `${tag}-u${i + 1}`,
-      couponId: `${tag}-${i + 1}`,
-      orderId: `${tag}-o${i + 1}`,
-    }));
-    const tokens = await Promise.all(shoppers.map((s) => tokenFor(s.userId)));
-
-    // Reservations, with the worker killed a third of the way in, on a reserve job in flight.
-    let accepted = 0;
-    const firstKill = eventually(
-      async () => accepted,
-      (n) => n >= 100,
-      60_000,
-      '100 reserves accepted',
-    ).then(() => killMidJob('checkout', 1));
-    firstKill.catch(() => undefined); // awaited below, once the requests are in
-    const replies = await mapLimit(shoppers, 64, async (s, i) => {
-      const reply = await reserve(api, tokens[i] as string, { couponId: s.couponId, orderId: s.orderId, orderAmount: 30_000 });
-      accepted += reply.status === 202 ? 1 : 0;
-      return reply;
-    });
-    const reservesCutOff = await firstKill;
-    expect(reservesCutOff.length).toBeGreaterThan(0);
-    expect(replies.map((r) => r.status)).toEqual(Array(SHOPPERS).fill(202));
-    const reserved = await mapLimit(replies, 64, (reply, i) => api.settle(reply.body.jobId, tokens[i] as string, 120_000));
-    expect(reserved.map((j) => j.status)).toEqual(Array(SHOPPERS).fill('succeeded')); // I7: none lost, none failed
-
-    // Payments, every event published twice, with another worker killed while they are applied.
-    const payments = shoppers.map((s, i) =>
-      paymentEvent('PAYMENT_COMPLETED', s.orderId, { reservationId: reserved[i].result.reservationId }),
-    );
-    const messages = payments.flatMap((e) => [e, e]).map((e) => ({ key: e.orderId, value: JSON.stringify(e) }));
-    await events.send(stack.paymentsTopic, messages.slice(0, 200));
-    await eventually(
-      async () =>
-        Number(
-          (await db().query<{ n: string }>("SELECT count(*) AS n FROM coupons WHERE policy_id = $1 AND status = 'USED'", [policyId]))
-            .rows[0]?.n,
-        ),
-      (n) => n >= 20,
-      60_000,
-      'payments under way',
-    );
-    const secondKill = killMidJob('payments', 2);
-    await events.send(stack.paymentsTopic, messages.slice(200));
-    const paymentsCutOff = await secondKill;
-    expect(paymentsCutOff.length).toBeGreaterThan(0);
-
-    const usedAll = await eventually(
-      async () =>
-        (
-          await db().query<{ id: string; status: string; order_id: string; reservation_id: string }>(
-            'SELECT id, status, order_id, reservation_id FROM coupons WHERE policy_id = $1',
-            [policyId],
-          )
-        ).rows,
-      (rows) => rows.every((r) => r.status === 'USED'),
-      120_000,
-      'every coupon used',
-    );
-    const byCoupon = new Map(
-      shoppers.map((s, i) => [s.couponId, { orderId: s.orderId, reservationId: reserved[i].result.reservationId as string }]),
-    );
-    for (const row of usedAll) {
-      expect({ order: row.order_id, reservation: row.reservation_id }).toEqual({
-        order: byCoupon.get(row.id)?.orderId,
-        reservation: byCoupon.get(row.id)?.reservationId,
-      });
-    }
+    const shoppers = await shoppersWithCoupons(policyId);
+    const { reservationIds, cutOff: reservesCutOff } = await reserveThroughAKill(shoppers);
+    const { payments, cutOff: paymentsCutOff } = await payThroughAKill(policyId, shoppers, reservationIds);
+    await expectEachUsedByItsOrder(policyId, shoppers, reservationIds);
     const { rows: reservations } = await db().query<{ coupon_id: string; status: string }>(
       'SELECT r.coupon_id, r.status FROM reservations r JOIN coupons c ON c.id = r.coupon_id WHERE c.policy_id = $1',
       [policyId],

@@ -67,101 +67,130 @@ interface Counts {
   idx_tup_fetch: string;
 }
 
+/** One row of checkout_event_states. */
+interface EventState {
+  key: string;
+  done_outcome: string | null;
+  pending_for_order: number;
+  r_id: string | null;
+  r_status: string | null;
+  c_status: string | null;
+  o_user: string | null;
+}
+
+/** What the call did to one table: its sequential scans and the rows its index scans fetched. */
+interface TableReads {
+  relname: string;
+  seqScans: number;
+  fetched: number;
+}
+
+/**
+ * As a worker's turn sends them: events for in-flight orders (by order, as most payment systems
+ * send them), redeliveries of processed ones, and events that name their reservation.
+ */
+function workerTurnEvents() {
+  return [
+    ...Array.from({ length: 20 }, (_, i) => ({
+      key: `new-${i}`,
+      source: 'payments',
+      eventId: `n${i}`,
+      reservationId: null,
+      orderId: `o${HISTORY + 1 + i}`,
+      userId: null,
+    })),
+    ...Array.from({ length: 20 }, (_, i) => ({
+      key: `old-${i}`,
+      source: 'payments',
+      eventId: `e${i * 997 + 1}`,
+      reservationId: null,
+      orderId: `o${i * 997 + 1}`,
+      userId: `u${i * 997 + 1}`,
+    })),
+    ...Array.from({ length: 10 }, (_, i) => ({
+      key: `named-${i}`,
+      source: 'payments',
+      eventId: `m${i}`,
+      reservationId: `r${HISTORY + 100 + i}`,
+      orderId: `o${HISTORY + 100 + i}`,
+      userId: null,
+    })),
+    // An order with an ended and a PENDING reservation: the PENDING one, none for a user who does
+    // not own the order (the worker records that as a conflict), the ended one when named.
+    { key: 'two', source: 'payments', eventId: 't1', reservationId: null, orderId: 'o-two', userId: null },
+    { key: 'two-by-user', source: 'payments', eventId: 't2', reservationId: null, orderId: 'o-two', userId: 'ub' },
+    { key: 'two-named', source: 'payments', eventId: 't3', reservationId: 'r-two-a', orderId: 'o-two', userId: null },
+  ];
+}
+
+/**
+ * checkout_event_states over `events`, and what the call read of each table. pg_stat_xact_user_tables
+ * counts what this backend did that is not yet reported, earlier transactions included: the call's
+ * share is the difference across it, within one transaction (rolled back).
+ */
+async function eventStatesWithReads(events: object[]): Promise<{ rows: EventState[]; counts: TableReads[] }> {
+  const readCounts = async () =>
+    (
+      await client.query<Counts>(
+        "SELECT relname, seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('processed_events', 'reservations', 'coupons', 'orders')",
+      )
+    ).rows;
+  await client.query('BEGIN');
+  try {
+    const before = new Map((await readCounts()).map((c) => [c.relname, c]));
+    const { rows } = await client.query<EventState>(
+      'SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status, o_user FROM checkout_event_states($1::jsonb)',
+      [JSON.stringify(events)],
+    );
+    const counts = (await readCounts()).map((c) => ({
+      relname: c.relname,
+      seqScans: Number(c.seq_scan) - Number(before.get(c.relname)?.seq_scan ?? 0),
+      fetched: Number(c.idx_tup_fetch) - Number(before.get(c.relname)?.idx_tup_fetch ?? 0),
+    }));
+    return { rows, counts };
+  } finally {
+    await client.query('ROLLBACK');
+  }
+}
+
+/**
+ * What it answers is unchanged: in-flight orders have their one PENDING reservation, processed
+ * events say so, and a named reservation is found without counting the order's.
+ */
+function expectStates(rows: EventState[], eventCount: number): void {
+  const byKey = new Map(rows.map((r) => [r.key, r]));
+  expect(rows).toHaveLength(eventCount);
+  for (let i = 0; i < 20; i += 1) {
+    expect(byKey.get(`new-${i}`)).toMatchObject({
+      done_outcome: null,
+      pending_for_order: 1,
+      r_id: `r${HISTORY + 1 + i}`,
+      r_status: 'PENDING',
+    });
+    expect(byKey.get(`old-${i}`)).toMatchObject({
+      done_outcome: 'APPLIED',
+      pending_for_order: 0,
+      r_id: `r${i * 997 + 1}`,
+      r_status: 'CONFIRMED',
+    });
+  }
+  for (let i = 0; i < 10; i += 1)
+    expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
+  expect(byKey.get('two')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING', o_user: 'ua' });
+  expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 0, r_id: null, o_user: 'ua' });
+  expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'EXPIRED', o_user: 'ua' });
+  expect(byKey.get('new-0')).toMatchObject({ o_user: `u${HISTORY + 1}` });
+}
+
 describe('checkout_event_states', () => {
   it('answers a batch of events with index probes only: no table scan, and a few rows read per event', async () => {
-    // As a worker's turn sends them: events for in-flight orders (by order, as most payment systems
-    // send them), redeliveries of processed ones, and events that name their reservation.
-    const events = [
-      ...Array.from({ length: 20 }, (_, i) => ({
-        key: `new-${i}`,
-        source: 'payments',
-        eventId: `n${i}`,
-        reservationId: null,
-        orderId: `o${HISTORY + 1 + i}`,
-        userId: null,
-      })),
-      ...Array.from({ length: 20 }, (_, i) => ({
-        key: `old-${i}`,
-        source: 'payments',
-        eventId: `e${i * 997 + 1}`,
-        reservationId: null,
-        orderId: `o${i * 997 + 1}`,
-        userId: `u${i * 997 + 1}`,
-      })),
-      ...Array.from({ length: 10 }, (_, i) => ({
-        key: `named-${i}`,
-        source: 'payments',
-        eventId: `m${i}`,
-        reservationId: `r${HISTORY + 100 + i}`,
-        orderId: `o${HISTORY + 100 + i}`,
-        userId: null,
-      })),
-      // An order with an ended and a PENDING reservation: the PENDING one, none for a user who does
-      // not own the order (the worker records that as a conflict), the ended one when named.
-      { key: 'two', source: 'payments', eventId: 't1', reservationId: null, orderId: 'o-two', userId: null },
-      { key: 'two-by-user', source: 'payments', eventId: 't2', reservationId: null, orderId: 'o-two', userId: 'ub' },
-      { key: 'two-named', source: 'payments', eventId: 't3', reservationId: 'r-two-a', orderId: 'o-two', userId: null },
-    ];
-    // pg_stat_xact_user_tables counts what this backend did that is not yet reported, earlier
-    // transactions included: the call's share is the difference across it, within one transaction.
-    const readCounts = async () =>
-      (
-        await client.query<Counts>(
-          "SELECT relname, seq_scan, idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname IN ('processed_events', 'reservations', 'coupons', 'orders')",
-        )
-      ).rows;
-    await client.query('BEGIN');
-    try {
-      const before = new Map((await readCounts()).map((c) => [c.relname, c]));
-      const { rows } = await client.query<{
-        key: string;
-        done_outcome: string | null;
-        pending_for_order: number;
-        r_id: string | null;
-        r_status: string | null;
-        c_status: string | null;
-        o_user: string | null;
-      }>('SELECT key, done_outcome, pending_for_order, r_id, r_status, c_status, o_user FROM checkout_event_states($1::jsonb)', [
-        JSON.stringify(events),
-      ]);
-      const counts = (await readCounts()).map((c) => ({
-        relname: c.relname,
-        seqScans: Number(c.seq_scan) - Number(before.get(c.relname)?.seq_scan ?? 0),
-        fetched: Number(c.idx_tup_fetch) - Number(before.get(c.relname)?.idx_tup_fetch ?? 0),
-      }));
-
-      // What it answers is unchanged: in-flight orders have their one PENDING reservation, processed
-      // events say so, and a named reservation is found without counting the order's.
-      const byKey = new Map(rows.map((r) => [r.key, r]));
-      expect(rows).toHaveLength(events.length);
-      for (let i = 0; i < 20; i += 1) {
-        expect(byKey.get(`new-${i}`)).toMatchObject({
-          done_outcome: null,
-          pending_for_order: 1,
-          r_id: `r${HISTORY + 1 + i}`,
-          r_status: 'PENDING',
-        });
-        expect(byKey.get(`old-${i}`)).toMatchObject({
-          done_outcome: 'APPLIED',
-          pending_for_order: 0,
-          r_id: `r${i * 997 + 1}`,
-          r_status: 'CONFIRMED',
-        });
-      }
-      for (let i = 0; i < 10; i += 1)
-        expect(byKey.get(`named-${i}`)).toMatchObject({ done_outcome: null, pending_for_order: 0, r_id: `r${HISTORY + 100 + i}` });
-      expect(byKey.get('two')).toMatchObject({ pending_for_order: 1, r_id: 'r-two-b', r_status: 'PENDING', o_user: 'ua' });
-      expect(byKey.get('two-by-user')).toMatchObject({ pending_for_order: 0, r_id: null, o_user: 'ua' });
-      expect(byKey.get('two-named')).toMatchObject({ pending_for_order: 0, r_id: 'r-two-a', r_status: 'EXPIRED', o_user: 'ua' });
-      expect(byKey.get('new-0')).toMatchObject({ o_user: `u${HISTORY + 1}` });
-
-      for (const c of counts) expect({ table: c.relname, seqScans: c.seqScans }).toEqual({ table: c.relname, seqScans: 0 });
-      // Each event reads its order's reservation once or twice, its owner and a coupon; walking every
-      // PENDING reservation would read about 300 rows an event.
-      expect(counts.reduce((sum, c) => sum + c.fetched, 0)).toBeLessThanOrEqual(events.length * 6);
-      expect(counts.map((c) => c.relname).sort()).toEqual(['coupons', 'orders', 'processed_events', 'reservations']);
-    } finally {
-      await client.query('ROLLBACK');
-    }
+    const events = workerTurnEvents();
+    const { rows, counts } = await eventStatesWithReads(events);
+    expectStates(rows, events.length);
+    for (const c of counts) expect({ table: c.relname, seqScans: c.seqScans }).toEqual({ table: c.relname, seqScans: 0 });
+    // Each event reads its order's reservation once or twice, its owner and a coupon; walking every
+    // PENDING reservation would read about 300 rows an event.
+    expect(counts.reduce((sum, c) => sum + c.fetched, 0)).toBeLessThanOrEqual(events.length * 6);
+    expect(counts.map((c) => c.relname).sort()).toEqual(['coupons', 'orders', 'processed_events', 'reservations']);
   });
 });

@@ -268,6 +268,89 @@ const extraHeaders = fc.record(
   { requiredKeys: [] },
 );
 
+/** Who sends a request: its Authorization header (none for anonymous) and the user id it stands for. */
+type Identities = Record<string, { header?: string; id: string }>;
+
+/** One generated request. */
+interface Generated {
+  route: Route;
+  who: string;
+  method: string;
+  pathValues: unknown[];
+  query: Record<string, unknown>;
+  extraQuery: string | null;
+  body: string | null;
+  contentType: string;
+  headers: Record<string, string> | null;
+}
+
+/** A path parameter: mostly a real id, the caller's own for a userId, sometimes a broken encoding. */
+function pathParam(name: string, caller: string, ids: string[]): fc.Arbitrary<string> {
+  return fc
+    .oneof(
+      { weight: 4, arbitrary: fc.constantFrom(...ids).map(encode) },
+      // The caller's own id, so the self-only routes get past their ownership check.
+      { weight: name === 'userId' ? 8 : 1, arbitrary: fc.constant(encode(caller)) },
+      { weight: 2, arbitrary: weirdStrings.map(encode) },
+      { weight: 1, arbitrary: fc.constantFrom('%', '%zz', '%E0%A4%A', '%00', '..%2F..%2F', '%2e%2e', '%C0%AF', '%ED%A0%80') },
+      { weight: 1, arbitrary: fc.string({ maxLength: 30 }).map(encode) },
+    )
+    .map((v) => (name === 'jobId' && v === '' ? 'x' : v));
+}
+
+/** Requests to `route` as `who`: its path, query and body filled from the route's schemas, now and then something else. */
+function requestOf(route: Route, who: string, ids: string[], identities: Identities): fc.Arbitrary<Generated> {
+  const caller = identities[who]?.id ?? 'x';
+  const pathArbs = [...route.path.matchAll(/\{(\w+)\}/g)].map((m) => pathParam(m[1] as string, caller, ids));
+  const queryArbs: Record<string, fc.Arbitrary<unknown>> = {};
+  for (const p of route.params.filter((x) => x.in === 'query')) {
+    queryArbs[p.name] = p.name === 'cursor' ? fc.oneof(cursorOf([...ids, caller]), weirdStrings) : valueFor(p.schema ?? {}, ids);
+  }
+  return fc.record({
+    route: fc.constant(route),
+    who: fc.constant(who),
+    method: fc.oneof(
+      { weight: 12, arbitrary: fc.constant(route.method) },
+      { weight: 1, arbitrary: fc.constantFrom('PUT', 'DELETE', 'OPTIONS', 'PATCH', 'POST', 'GET') },
+    ),
+    pathValues: fc.tuple(...pathArbs),
+    query: fc.record(queryArbs, { requiredKeys: [] }),
+    extraQuery: fc.option(fc.constantFrom('&&==', '%', 'a[b]=1', 'limit=1&limit=2', `x=${'q'.repeat(3000)}`, 'cursor='), { freq: 4 }),
+    body: route.body
+      ? fc.oneof(
+          { weight: 5, arbitrary: valueFor(route.body, [...ids, caller]).map((v) => JSON.stringify(v)) },
+          { weight: 1, arbitrary: rawBodies },
+        )
+      : fc.option(rawBodies, { freq: 5 }),
+    contentType: fc.oneof({ weight: 8, arbitrary: fc.constant('application/json') }, { weight: 1, arbitrary: contentTypes }),
+    headers: fc.option(extraHeaders, { freq: 2 }),
+  });
+}
+
+/** Requests to every route as every caller (Bull Board's credentials only outside /api). */
+function requestsFor(ids: string[], identities: Identities): fc.Arbitrary<Generated> {
+  const whos = ['anonymous', 'user', 'admin', 'garbage', 'board', 'boardGuess'];
+  return fc.oneof(
+    ...routes.flatMap((route) =>
+      whos.filter((w) => !w.startsWith('board') || !route.path.startsWith('/api')).map((who) => requestOf(route, who, ids, identities)),
+    ),
+  );
+}
+
+/** The path (its parameters filled in) and query string of a generated request. */
+function targetOf(r: Generated): { path: string; query: string } {
+  let i = 0;
+  const path = r.route.path.replace(/\{\w+\}/g, () => String(r.pathValues[i++]));
+  const search = new URLSearchParams(
+    Object.entries(r.query).map(([k, v]): [string, string] => [k, typeof v === 'string' ? v : JSON.stringify(v)]),
+  ).toString();
+  return { path, query: [search, r.extraQuery].filter(Boolean).join('&') };
+}
+
+/** Whether undici refused to send a request (an invalid URL or header value): nothing reached the server. */
+const refusedToSend = (error: unknown) =>
+  error instanceof Error && /invalid|not a valid/i.test(error.message) && !/socket|ECONN/i.test(error.message);
+
 // ---------------------------------------------------------------------------------------------
 
 describe('fuzzing every route', () => {
@@ -277,7 +360,7 @@ describe('fuzzing every route', () => {
   // the next one on it meets (test/keepalive.test.ts has the refused-body cases).
   const newAgent = () => new Agent({ connections: 8, headersTimeout: 30_000, bodyTimeout: 30_000 });
   let agent = newAgent();
-  const identities: Record<string, { header?: string; id: string }> = {};
+  const identities: Identities = {};
   const ids: string[] = [];
 
   beforeAll(async () => {
@@ -330,109 +413,49 @@ describe('fuzzing every route', () => {
     await closeDb();
   });
 
+  let sent = 0;
+  /** Sends one generated request; a description of what went wrong, or null. */
+  const send = async (r: Generated): Promise<string | null> => {
+    const { path, query } = targetOf(r);
+    const headers: Record<string, string> = { ...(r.headers ?? {}) };
+    const auth = identities[r.who]?.header;
+    if (auth) headers.authorization = auth;
+    const withBody = r.body !== null && r.body !== undefined && !['GET', 'HEAD'].includes(r.method);
+    if (withBody && r.contentType) headers['content-type'] = r.contentType;
+    const url = `${stack.baseUrl}${path}${query ? `?${query}` : ''}`;
+    let res;
+    try {
+      res = await request(url, {
+        method: r.method as 'GET',
+        headers,
+        body: withBody ? (r.body ?? undefined) : undefined,
+        dispatcher: agent,
+      });
+    } catch (error) {
+      // undici refused to send it. undici 7 also takes the idle connection it picked out of its pool
+      // for good on such a refusal (the pool reads it as back-pressure, and no drain ever comes):
+      // after `connections` of them every request waits in the pool forever, never written. A fresh
+      // pool after each refusal.
+      if (refusedToSend(error)) {
+        const spoiled = agent;
+        agent = newAgent();
+        await spoiled.close();
+        return null;
+      }
+      throw error;
+    }
+    const text = await res.body.text();
+    sent += 1;
+    const problem = problemOf(res.statusCode, String(res.headers['content-type'] ?? ''), text);
+    if (!problem) return null;
+    return `${problem}: ${r.method} ${path}${query ? `?${query.slice(0, 300)}` : ''} as ${r.who}\n  headers ${JSON.stringify(r.headers)}\n  body ${String(r.body).slice(0, 500)}\n  answer ${res.statusCode} ${text.slice(0, 500)}`;
+  };
+
   it('answers no input with a 5xx, every error in the error shape, nothing with a stack or SQL', async () => {
     console.log(`fuzz: seed ${SEED}, up to ${RUNS} requests (replay: FUZZ_SEED=${SEED} npx jest test/fuzz)`);
-    const pathParam = (name: string, caller: string) =>
-      fc
-        .oneof(
-          { weight: 4, arbitrary: fc.constantFrom(...ids).map(encode) },
-          // The caller's own id, so the self-only routes get past their ownership check.
-          { weight: name === 'userId' ? 8 : 1, arbitrary: fc.constant(encode(caller)) },
-          { weight: 2, arbitrary: weirdStrings.map(encode) },
-          { weight: 1, arbitrary: fc.constantFrom('%', '%zz', '%E0%A4%A', '%00', '..%2F..%2F', '%2e%2e', '%C0%AF', '%ED%A0%80') },
-          { weight: 1, arbitrary: fc.string({ maxLength: 30 }).map(encode) },
-        )
-        .map((v) => (name === 'jobId' && v === '' ? 'x' : v));
-
-    const requestOf = (route: Route, who: string) => {
-      const caller = identities[who]?.id ?? 'x';
-      const pathArbs = [...route.path.matchAll(/\{(\w+)\}/g)].map((m) => pathParam(m[1] as string, caller));
-      const queryArbs: Record<string, fc.Arbitrary<unknown>> = {};
-      for (const p of route.params.filter((x) => x.in === 'query')) {
-        queryArbs[p.name] = p.name === 'cursor' ? fc.oneof(cursorOf([...ids, caller]), weirdStrings) : valueFor(p.schema ?? {}, ids);
-      }
-      return fc.record({
-        route: fc.constant(route),
-        who: fc.constant(who),
-        method: fc.oneof(
-          { weight: 12, arbitrary: fc.constant(route.method) },
-          { weight: 1, arbitrary: fc.constantFrom('PUT', 'DELETE', 'OPTIONS', 'PATCH', 'POST', 'GET') },
-        ),
-        pathValues: fc.tuple(...pathArbs),
-        query: fc.record(queryArbs, { requiredKeys: [] }),
-        extraQuery: fc.option(fc.constantFrom('&&==', '%', 'a[b]=1', 'limit=1&limit=2', `x=${'q'.repeat(3000)}`, 'cursor='), { freq: 4 }),
-        body: route.body
-          ? fc.oneof(
-              { weight: 5, arbitrary: valueFor(route.body, [...ids, caller]).map((v) => JSON.stringify(v)) },
-              { weight: 1, arbitrary: rawBodies },
-            )
-          : fc.option(rawBodies, { freq: 5 }),
-        contentType: fc.oneof({ weight: 8, arbitrary: fc.constant('application/json') }, { weight: 1, arbitrary: contentTypes }),
-        headers: fc.option(extraHeaders, { freq: 2 }),
-      });
-    };
-    type Generated = {
-      route: Route;
-      who: string;
-      method: string;
-      pathValues: unknown[];
-      query: Record<string, unknown>;
-      extraQuery: string | null;
-      body: string | null;
-      contentType: string;
-      headers: Record<string, string> | null;
-    };
-    const whos = ['anonymous', 'user', 'admin', 'garbage', 'board', 'boardGuess'];
-    const requests: fc.Arbitrary<Generated> = fc.oneof(
-      ...routes.flatMap((route) =>
-        whos.filter((w) => !w.startsWith('board') || !route.path.startsWith('/api')).map((who) => requestOf(route, who)),
-      ),
-    );
-
-    let sent = 0;
+    const requests = requestsFor(ids, identities);
     /** The request the property is waiting for, if any. */
     const pending: { answered?: Promise<string | null>; what?: string } = {};
-    /** Sends one generated request; a description of what went wrong, or null. */
-    const send = async (r: Generated): Promise<string | null> => {
-      let i = 0;
-      const path = r.route.path.replace(/\{\w+\}/g, () => String(r.pathValues[i++]));
-      const search = new URLSearchParams(
-        Object.entries(r.query).map(([k, v]): [string, string] => [k, typeof v === 'string' ? v : JSON.stringify(v)]),
-      ).toString();
-      const query = [search, r.extraQuery].filter(Boolean).join('&');
-      const headers: Record<string, string> = { ...(r.headers ?? {}) };
-      const auth = identities[r.who]?.header;
-      if (auth) headers.authorization = auth;
-      const withBody = r.body !== null && r.body !== undefined && !['GET', 'HEAD'].includes(r.method);
-      if (withBody && r.contentType) headers['content-type'] = r.contentType;
-      const url = `${stack.baseUrl}${path}${query ? `?${query}` : ''}`;
-      let res;
-      try {
-        res = await request(url, {
-          method: r.method as 'GET',
-          headers,
-          body: withBody ? (r.body ?? undefined) : undefined,
-          dispatcher: agent,
-        });
-      } catch (error) {
-        // undici refused to send it (an invalid URL or header value): nothing reached the server. undici
-        // 7 also takes the idle connection it picked out of its pool for good on such a refusal (the
-        // pool reads it as back-pressure, and no drain ever comes): after `connections` of them every
-        // request waits in the pool forever, never written. A fresh pool after each refusal.
-        if (error instanceof Error && /invalid|not a valid/i.test(error.message) && !/socket|ECONN/i.test(error.message)) {
-          const spoiled = agent;
-          agent = newAgent();
-          await spoiled.close();
-          return null;
-        }
-        throw error;
-      }
-      const text = await res.body.text();
-      sent += 1;
-      const problem = problemOf(res.statusCode, String(res.headers['content-type'] ?? ''), text);
-      if (!problem) return null;
-      return `${problem}: ${r.method} ${path}${query ? `?${query.slice(0, 300)}` : ''} as ${r.who}\n  headers ${JSON.stringify(r.headers)}\n  body ${String(r.body).slice(0, 500)}\n  answer ${res.statusCode} ${text.slice(0, 500)}`;
-    };
     await fc.assert(
       fc.asyncProperty(requests, async (r) => {
         pending.answered = send(r);

@@ -57,98 +57,138 @@ interface Seen {
   body: unknown;
 }
 
+/** The policies a user's walk reads: one per issue method, with the secrets their views must hide. */
+interface Policies {
+  sharedCode: string;
+  trigger: string;
+  codePolicy: string;
+  eventPolicy: string;
+  downloadPolicy: string;
+}
+
+async function createViewedPolicies(): Promise<Policies> {
+  const sharedCode = `SECRET${uniqueId('x').slice(2, 10).toUpperCase()}`;
+  const trigger = `VIEWS_${uniqueId('x').slice(2, 10).toUpperCase()}`;
+  const codePolicy = await createPolicy(api, { issueMethod: 'CODE', totalQuantity: 10, code: sharedCode, restoreOnRefund: false });
+  const eventPolicy = await createPolicy(api, { issueMethod: 'EVENT', totalQuantity: null, triggerEvent: trigger });
+  const downloadPolicy = await createPolicy(api, { issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
+  return { sharedCode, trigger, codePolicy, eventPolicy, downloadPolicy };
+}
+
+/** A user's walk over the API: every answer it reads is kept in `seen`, by its documented route. */
+class UserWalk {
+  readonly seen: Seen[] = [];
+
+  constructor(readonly token: string) {}
+
+  async read(route: string, method: string, path: string, opts: { body?: unknown; headers?: Record<string, string> } = {}) {
+    const reply = await api.call(method, path, { token: this.token, ...opts });
+    this.seen.push({ route, status: reply.status, body: reply.body });
+    return reply;
+  }
+
+  /** The job's final view, read through the job route. */
+  async settle(jobId: string) {
+    for (;;) {
+      const reply = await this.read('GET /api/v1/jobs/{jobId}', 'GET', `/api/v1/jobs/${jobId}?waitMs=5000`);
+      if (reply.status !== 200 || reply.body.status !== 'pending') return reply.body;
+    }
+  }
+}
+
+/**
+ * The user's own jobs: an issue by shared code, one by policy id, a refusal, a reserve and a cancel
+ * (with Prefer: wait too, which answers the job view from the POST).
+ */
+async function walkOwnJobs(walk: UserWalk, p: Policies): Promise<void> {
+  const byCode = await walk.settle(
+    (await walk.read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: p.sharedCode } })).body.jobId,
+  );
+  expect(byCode).toMatchObject({ status: 'succeeded', result: { policyId: p.codePolicy } });
+  const waited = await walk.read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', {
+    body: { policyId: p.downloadPolicy },
+    headers: { prefer: 'wait=10' },
+  });
+  expect(waited.body).toMatchObject({ status: 'succeeded', result: { policyId: p.downloadPolicy } });
+  const refused = await walk.settle(
+    (await walk.read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: p.sharedCode } })).body.jobId,
+  );
+  expect(refused).toMatchObject({ status: 'rejected', reason: { code: 'USER_LIMIT_REACHED' } });
+  const couponId = byCode.result.id as string;
+  await walk.read('POST /api/v1/coupons/validate', 'POST', '/api/v1/coupons/validate', { body: { couponId, orderAmount: 50_000 } });
+  const reserved = await reserve(api, walk.token, { couponId, orderId: uniqueId('order'), orderAmount: 50_000 });
+  const reservation = await walk.settle(reserved.body.jobId);
+  expect(reservation).toMatchObject({ status: 'succeeded', result: { couponId } });
+  const cancel = await walk.read(
+    'POST /api/v1/coupons/reservations/{id}/cancel',
+    'POST',
+    `/api/v1/coupons/reservations/${reservation.result.reservationId}/cancel`,
+  );
+  await walk.settle(cancel.body.jobId);
+}
+
+/** Every GET a user may call. */
+async function walkUserGets(walk: UserWalk, userId: string, p: Policies): Promise<void> {
+  await walk.read('GET /api/v1/coupons/policies', 'GET', '/api/v1/coupons/policies?limit=100');
+  for (const id of [p.codePolicy, p.eventPolicy, p.downloadPolicy]) {
+    const one = await walk.read('GET /api/v1/coupons/policies/{id}', 'GET', `/api/v1/coupons/policies/${id}`);
+    expect(one.status).toBe(200);
+    expect(policyUserViewSchema.strict().safeParse(one.body).success).toBe(true);
+  }
+  for (const status of ['', '?status=AVAILABLE', '?status=RESERVED', '?status=USED', '?status=EXPIRED']) {
+    await walk.read('GET /api/v1/coupons/users/{userId}', 'GET', `/api/v1/coupons/users/${userId}${status}`);
+  }
+  await walk.read('GET /api/v1/coupons/users/{userId}/stats', 'GET', `/api/v1/coupons/users/${userId}/stats`);
+  await walk.read('GET /api/v1/coupons/policies/{id}', 'GET', '/api/v1/coupons/policies/no-such-policy');
+}
+
+/** No answer the user read holds an admin-only key, the shared code or the trigger event. */
+function expectNothingAdminOnly(seen: Seen[], p: Policies): void {
+  for (const s of seen) {
+    expect({ route: s.route, adminOnly: adminOnlyKeys(s.body) }).toEqual({ route: s.route, adminOnly: [] });
+    const text = JSON.stringify(s.body);
+    expect({ route: s.route, hasCode: text.includes(p.sharedCode), hasTrigger: text.includes(p.trigger) }).toEqual({
+      route: s.route,
+      hasCode: false,
+      hasTrigger: false,
+    });
+  }
+  expect(seen.length).toBeGreaterThan(15);
+}
+
+/** The walk finds what it looks for: an admin's read of the same policy holds those fields. */
+async function expectAdminSeesThem(p: Policies): Promise<void> {
+  const admin = await adminToken();
+  const asAdmin = await api.get(`/api/v1/coupons/policies/${p.codePolicy}`, admin);
+  expect(policyAdminViewSchema.strict().safeParse(asAdmin.body).success).toBe(true);
+  expect(adminOnlyKeys(asAdmin.body).sort()).toEqual(['$.code', '$.issuedCount', '$.restoreOnRefund', '$.updatedAt', '$.usedCount']);
+  expect(asAdmin.body).toMatchObject({ code: p.sharedCode, issuedCount: 1, restoreOnRefund: false });
+  expect((await api.get(`/api/v1/coupons/policies/${p.eventPolicy}`, admin)).body.triggerEvent).toBe(p.trigger);
+}
+
 describe('what a user reads', () => {
   it('holds no admin-only field on any user-readable route, in any answer', async () => {
-    const admin = await adminToken();
     const userId = uniqueId('viewer');
-    const user = await tokenFor(userId);
-    const sharedCode = `SECRET${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const trigger = `VIEWS_${uniqueId('x').slice(2, 10).toUpperCase()}`;
-    const codePolicy = await createPolicy(api, { issueMethod: 'CODE', totalQuantity: 10, code: sharedCode, restoreOnRefund: false });
-    const eventPolicy = await createPolicy(api, { issueMethod: 'EVENT', totalQuantity: null, triggerEvent: trigger });
-    const downloadPolicy = await createPolicy(api, { issueMethod: 'DOWNLOAD', totalQuantity: null, perUserLimit: 1 });
-
-    const seen: Seen[] = [];
-    const read = async (route: string, method: string, path: string, opts: { body?: unknown; headers?: Record<string, string> } = {}) => {
-      const reply = await api.call(method, path, { token: user, ...opts });
-      seen.push({ route, status: reply.status, body: reply.body });
-      return reply;
-    };
-    const settle = async (jobId: string) => {
-      for (;;) {
-        const reply = await read('GET /api/v1/jobs/{jobId}', 'GET', `/api/v1/jobs/${jobId}?waitMs=5000`);
-        if (reply.status !== 200 || reply.body.status !== 'pending') return reply.body;
-      }
-    };
-
-    // The user's own jobs: an issue by shared code, one by policy id, a refusal, a reserve and a cancel
-    // (with Prefer: wait too, which answers the job view from the POST).
-    const byCode = await settle(
-      (await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId,
-    );
-    expect(byCode).toMatchObject({ status: 'succeeded', result: { policyId: codePolicy } });
-    const waited = await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', {
-      body: { policyId: downloadPolicy },
-      headers: { prefer: 'wait=10' },
-    });
-    expect(waited.body).toMatchObject({ status: 'succeeded', result: { policyId: downloadPolicy } });
-    const refused = await settle(
-      (await read('POST /api/v1/coupons/issue', 'POST', '/api/v1/coupons/issue', { body: { code: sharedCode } })).body.jobId,
-    );
-    expect(refused).toMatchObject({ status: 'rejected', reason: { code: 'USER_LIMIT_REACHED' } });
-    const couponId = byCode.result.id as string;
-    await read('POST /api/v1/coupons/validate', 'POST', '/api/v1/coupons/validate', { body: { couponId, orderAmount: 50_000 } });
-    const reserved = await reserve(api, user, { couponId, orderId: uniqueId('order'), orderAmount: 50_000 });
-    const reservation = await settle(reserved.body.jobId);
-    expect(reservation).toMatchObject({ status: 'succeeded', result: { couponId } });
-    const cancel = await read(
-      'POST /api/v1/coupons/reservations/{id}/cancel',
-      'POST',
-      `/api/v1/coupons/reservations/${reservation.result.reservationId}/cancel`,
-    );
-    await settle(cancel.body.jobId);
-
-    // Every GET a user may call.
-    await read('GET /api/v1/coupons/policies', 'GET', '/api/v1/coupons/policies?limit=100');
-    for (const id of [codePolicy, eventPolicy, downloadPolicy]) {
-      const one = await read('GET /api/v1/coupons/policies/{id}', 'GET', `/api/v1/coupons/policies/${id}`);
-      expect(one.status).toBe(200);
-      expect(policyUserViewSchema.strict().safeParse(one.body).success).toBe(true);
-    }
-    for (const status of ['', '?status=AVAILABLE', '?status=RESERVED', '?status=USED', '?status=EXPIRED']) {
-      await read('GET /api/v1/coupons/users/{userId}', 'GET', `/api/v1/coupons/users/${userId}${status}`);
-    }
-    await read('GET /api/v1/coupons/users/{userId}/stats', 'GET', `/api/v1/coupons/users/${userId}/stats`);
-    await read('GET /api/v1/coupons/policies/{id}', 'GET', '/api/v1/coupons/policies/no-such-policy');
+    const walk = new UserWalk(await tokenFor(userId));
+    const policies = await createViewedPolicies();
+    await walkOwnJobs(walk, policies);
+    await walkUserGets(walk, userId, policies);
 
     // Every user-readable GET route of the API reference was walked: a new one fails here until it is.
     const userReadable = documentedRoutes().filter(
       (r) => r.method === 'GET' && r.path.startsWith('/api/v1') && ['user', 'self', 'owner'].includes(r.who),
     );
-    const walked = new Set(seen.map((s) => s.route));
+    const walked = new Set(walk.seen.map((s) => s.route));
     expect(userReadable.map((r) => `${r.method} ${r.path}`).filter((r) => !walked.has(r))).toEqual([]);
 
     // The user's list shows the policies (so the walk saw them), in the user's view.
-    const list = seen.find((s) => s.route === 'GET /api/v1/coupons/policies')?.body as { data: { id: string }[] };
-    expect(list.data.map((p) => p.id)).toEqual(expect.arrayContaining([codePolicy, eventPolicy, downloadPolicy]));
+    const list = walk.seen.find((s) => s.route === 'GET /api/v1/coupons/policies')?.body as { data: { id: string }[] };
+    expect(list.data.map((p) => p.id)).toEqual(
+      expect.arrayContaining([policies.codePolicy, policies.eventPolicy, policies.downloadPolicy]),
+    );
 
-    for (const s of seen) {
-      expect({ route: s.route, adminOnly: adminOnlyKeys(s.body) }).toEqual({ route: s.route, adminOnly: [] });
-      const text = JSON.stringify(s.body);
-      expect({ route: s.route, hasCode: text.includes(sharedCode), hasTrigger: text.includes(trigger) }).toEqual({
-        route: s.route,
-        hasCode: false,
-        hasTrigger: false,
-      });
-    }
-    expect(seen.length).toBeGreaterThan(15);
-
-    // The walk finds what it looks for: an admin's read of the same policy holds those fields.
-    const asAdmin = await api.get(`/api/v1/coupons/policies/${codePolicy}`, admin);
-    expect(policyAdminViewSchema.strict().safeParse(asAdmin.body).success).toBe(true);
-    expect(adminOnlyKeys(asAdmin.body).sort()).toEqual(['$.code', '$.issuedCount', '$.restoreOnRefund', '$.updatedAt', '$.usedCount']);
-    expect(asAdmin.body).toMatchObject({ code: sharedCode, issuedCount: 1, restoreOnRefund: false });
-    expect((await api.get(`/api/v1/coupons/policies/${eventPolicy}`, admin)).body.triggerEvent).toBe(trigger);
+    expectNothingAdminOnly(walk.seen, policies);
+    await expectAdminSeesThem(policies);
   });
 
   it('gives a user the offer: terms, window, validity, status and whether it is sold out', async () => {

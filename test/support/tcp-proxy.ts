@@ -35,104 +35,111 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
+type Match = ((chunk: Buffer) => boolean) | null;
+
 export async function startTcpProxy(target: { host: string; port: number }, latencyMs = 0): Promise<TcpProxy> {
-  const sockets = new Set<Socket>();
-  type Match = ((chunk: Buffer) => boolean) | null;
-  const state: { latencyMs: number; dropping: boolean; stalled: boolean; cutOn: Match; cutReplyOn: Match } = {
-    latencyMs,
-    dropping: false,
-    stalled: false,
-    cutOn: null,
-    cutReplyOn: null,
-  };
+  const proxy = new RelayingProxy(target, latencyMs);
+  await proxy.listen(0);
+  return proxy;
+}
+
+/** The proxy: one upstream connection per client connection, each chunk relayed as the faults set allow. */
+class RelayingProxy implements TcpProxy {
+  port = 0;
+  cutOn: Match = null;
+  cutReplyOn: Match = null;
+  private dropping = false;
+  private stalled = false;
+  private readonly sockets = new Set<Socket>();
   /** Upstream sockets whose next answer is to be swallowed, with the connection. */
-  const replyCut = new WeakSet<Socket>();
-  const relay = (from: Socket, to: Socket, fromClient: boolean) => {
-    from.on('data', (chunk: Buffer) => {
-      if (state.stalled) return;
-      if (fromClient && state.cutOn?.(chunk)) {
-        from.destroy();
-        to.destroy();
-        return;
-      }
-      if (fromClient && state.cutReplyOn?.(chunk)) replyCut.add(to);
-      if (!fromClient && replyCut.has(from)) {
-        from.destroy();
-        to.destroy();
-        return;
-      }
-      if (state.latencyMs <= 0) to.write(chunk);
-      else setTimeout(() => to.destroyed || to.write(chunk), state.latencyMs);
-    });
-    from.on('close', () => setTimeout(() => to.destroy(), state.latencyMs));
-    from.on('error', () => to.destroy());
-  };
-  const server: Server = createServer((client) => {
-    if (state.dropping) {
+  private readonly replyCut = new WeakSet<Socket>();
+  private readonly server: Server;
+
+  constructor(
+    private readonly target: { host: string; port: number },
+    public latencyMs: number,
+  ) {
+    this.server = createServer((client) => this.accept(client));
+  }
+
+  /** Listens on `port` (0: any free one, kept for every later resume). */
+  async listen(port: number): Promise<void> {
+    await new Promise<void>((resolve) => this.server.listen(port, '127.0.0.1', resolve));
+    const address = this.server.address();
+    if (!address || typeof address === 'string') throw new Error('proxy has no port');
+    this.port = address.port;
+  }
+
+  cutAll(): void {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  async pause(mode: 'refuse' | 'drop' = 'refuse'): Promise<void> {
+    if (mode === 'drop') {
+      this.dropping = true;
+      this.cutAll();
+      return;
+    }
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.cutAll();
+    await closed;
+  }
+
+  stall(): void {
+    this.stalled = true;
+  }
+
+  async resume(): Promise<void> {
+    this.dropping = false;
+    if (this.stalled) {
+      // The stalled connections lost bytes mid-protocol: they are cut, and their clients reconnect.
+      this.stalled = false;
+      this.cutAll();
+    }
+    if (!this.server.listening) await this.listen(this.port);
+  }
+
+  close(): Promise<void> {
+    this.cutAll();
+    return new Promise((resolve) => (this.server.listening ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  /** A new client connection: dropped while the proxy plays a dead server, else paired with one upstream. */
+  private accept(client: Socket): void {
+    if (this.dropping) {
       client.destroy();
       return;
     }
-    const upstream = connect(target.port, target.host);
+    const upstream = connect(this.target.port, this.target.host);
     for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('close', () => sockets.delete(s));
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
     }
-    relay(client, upstream, true);
-    relay(upstream, client, false);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  if (!address || typeof address === 'string') throw new Error('proxy has no port');
-  return {
-    port: address.port,
-    get latencyMs() {
-      return state.latencyMs;
-    },
-    set latencyMs(ms: number) {
-      state.latencyMs = ms;
-    },
-    get cutOn() {
-      return state.cutOn;
-    },
-    set cutOn(match: ((chunk: Buffer) => boolean) | null) {
-      state.cutOn = match;
-    },
-    get cutReplyOn() {
-      return state.cutReplyOn;
-    },
-    set cutReplyOn(match: ((chunk: Buffer) => boolean) | null) {
-      state.cutReplyOn = match;
-    },
-    cutAll() {
-      for (const s of sockets) s.destroy();
-    },
-    async pause(mode = 'refuse') {
-      if (mode === 'drop') {
-        state.dropping = true;
-        for (const s of sockets) s.destroy();
+    this.relay(client, upstream, true);
+    this.relay(upstream, client, false);
+  }
+
+  /** Relays what `from` sends to `to`, late by latencyMs, unless a fault swallows it or cuts the pair. */
+  private relay(from: Socket, to: Socket, fromClient: boolean): void {
+    from.on('data', (chunk: Buffer) => {
+      if (this.stalled) return;
+      if (fromClient && this.cutOn?.(chunk)) {
+        from.destroy();
+        to.destroy();
         return;
       }
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
-      await closed;
-    },
-    stall() {
-      state.stalled = true;
-    },
-    async resume() {
-      state.dropping = false;
-      if (state.stalled) {
-        // The stalled connections lost bytes mid-protocol: they are cut, and their clients reconnect.
-        state.stalled = false;
-        for (const s of sockets) s.destroy();
+      if (fromClient && this.cutReplyOn?.(chunk)) this.replyCut.add(to);
+      if (!fromClient && this.replyCut.has(from)) {
+        from.destroy();
+        to.destroy();
+        return;
       }
-      if (!server.listening) await new Promise<void>((resolve) => server.listen(address.port, '127.0.0.1', resolve));
-    },
-    close() {
-      for (const s of sockets) s.destroy();
-      return new Promise((resolve) => (server.listening ? server.close(() => resolve()) : resolve()));
-    },
-  };
+      if (this.latencyMs <= 0) to.write(chunk);
+      else setTimeout(() => to.destroyed || to.write(chunk), this.latencyMs);
+    });
+    from.on('close', () => setTimeout(() => to.destroy(), this.latencyMs));
+    from.on('error', () => to.destroy());
+  }
 }
 
 /** The same URL pointed at the proxy. */
@@ -143,7 +150,6 @@ export function viaProxy(url: string, proxy: TcpProxy): string {
   return u.toString();
 }
 
-/** A proxy in front of the test Postgres that adds `latencyMs` each way, and the URL through it. */
 /** A proxy in front of the test Redis, and the REDIS_URL that goes through it. */
 export async function proxiedRedis(): Promise<{ proxy: TcpProxy; redisUrl: string }> {
   const direct = process.env.REDIS_URL as string;
@@ -152,6 +158,7 @@ export async function proxiedRedis(): Promise<{ proxy: TcpProxy; redisUrl: strin
   return { proxy, redisUrl: viaProxy(direct, proxy) };
 }
 
+/** A proxy in front of the test Postgres that adds `latencyMs` each way, and the URL through it. */
 export async function slowPostgres(latencyMs: number): Promise<{ proxy: TcpProxy; databaseUrl: string }> {
   const direct = process.env.DATABASE_URL as string;
   const pg = new URL(direct);
