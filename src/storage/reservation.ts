@@ -3,16 +3,9 @@
 // answer it made into a model. The checkout use cases that change reservations are in src/usecases/
 // (reserve.ts, payment-event.ts, expire-reservations.ts); their rules in checkout-rules.ts and
 // plan-event.ts.
-import {
-  DataTypes,
-  Model,
-  QueryTypes,
-  type CreationOptional,
-  type InferAttributes,
-  type InferCreationAttributes,
-  type Sequelize,
-} from 'sequelize';
+import { DataTypes, Model, type CreationOptional, type InferAttributes, type InferCreationAttributes, type Sequelize } from 'sequelize';
 import type { ReservationState, ReserveRequestFacts } from '../domain/checkout-rules';
+import { batchedQuery } from './batched-query';
 import type { z } from 'zod';
 import type { ReservationResult, reservationViewSchema } from '../queues/results';
 
@@ -125,16 +118,28 @@ export function reservationFromJson(row: Record<string, unknown>): Reservation {
   );
 }
 
+interface ReservedUnderRow {
+  request_id: string;
+  coupon_id: string;
+  order_id: string;
+  order_amount: string;
+  request_fingerprint: string | null;
+}
+
+/** The keys asked about in one turn of the event loop, looked up together on uq_reservations_request. */
+const readReservedUnder = batchedQuery<string, ReservedUnderRow>(
+  'SELECT request_id, coupon_id, order_id, order_amount, request_fingerprint FROM reservations WHERE request_id = ANY($1)',
+  (requestIds) => requestIds,
+  (requestId) => requestId,
+  (row) => row.request_id,
+);
+
 /**
  * What the reservation a request id (a user's Idempotency-Key) made was asked with, or null when the
  * key reserved nothing: how the web tells a replay from another body once Redis forgot the key (I8).
- * One lookup on uq_reservations_request.
  */
 export async function reservedUnder(db: Sequelize, requestId: string): Promise<ReserveRequestFacts | null> {
-  const [row] = await db.query<{ coupon_id: string; order_id: string; order_amount: string; request_fingerprint: string | null }>(
-    'SELECT coupon_id, order_id, order_amount, request_fingerprint FROM reservations WHERE request_id = $1',
-    { bind: [requestId], type: QueryTypes.SELECT },
-  );
+  const row = await readReservedUnder(db, requestId);
   if (!row) return null;
   return { couponId: row.coupon_id, orderId: row.order_id, orderAmount: Number(row.order_amount), fingerprint: row.request_fingerprint };
 }
