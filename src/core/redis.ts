@@ -67,10 +67,13 @@ const STALL_PROBE_MS = 100;
 class StallGuard {
   private stalled = false;
   private since = 0;
+  /** Counts recoveries: a command sent before the last one whose timeout fires late says nothing new. */
+  private recoveries = 0;
 
   private answered(role: RedisRole): void {
     if (!this.stalled) return;
     this.stalled = false;
+    this.recoveries += 1;
     logger().info({ redis: role, stalledMs: Date.now() - this.since }, 'redis answers again');
   }
 
@@ -83,8 +86,9 @@ class StallGuard {
         return command.promise;
       }
       const sent = send(command, stream as never);
+      const sentAfter = this.recoveries;
       command.promise.catch((error: unknown) => {
-        if (error instanceof Error && error.message === 'Command timed out') this.trip(send, role);
+        if (sentAfter === this.recoveries && error instanceof Error && error.message === 'Command timed out') this.trip(send, role);
       });
       return sent;
     };
