@@ -59,8 +59,20 @@ export function scheduleOf(faults: Fault[], count: number, seed: number): Strike
   return strikes;
 }
 
+/**
+ * When a fault run on its own strikes: a share of its phase's finals. A sale's work in flight is at
+ * its start (the first come are admitted and issued; once the stock is admitted, the web refuses the
+ * rest itself and no job is left to break), so a sale's faults strike at a tenth: aiming (scenario.ts)
+ * can wait for work that has not started yet, never for work that is over. On a loaded machine a
+ * strike at 0.3 of the sale once found every winner already issued and hit nothing.
+ */
+const momentOf = (fault: Fault) => (fault.phase === 'sale' ? 0.1 : 0.3);
+
 export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
-  const plans: { name: string; strikes: Strike[] }[] = opts.faults.map((fault) => ({ name: fault.name, strikes: [{ fault, at: 0.3 }] }));
+  const plans: { name: string; strikes: Strike[] }[] = opts.faults.map((fault) => ({
+    name: fault.name,
+    strikes: [{ fault, at: momentOf(fault) }],
+  }));
   if (opts.schedule > 0) {
     const strikes = scheduleOf(opts.faults, opts.schedule, opts.seed);
     plans.push({ name: `schedule(seed ${opts.seed}): ${strikes.map((s) => s.fault.name).join(' + ')}`, strikes });
