@@ -29,10 +29,11 @@ const roleOptions: Record<RedisRole, RedisOptions> = {
  * Roles whose every command gives up after REDIS_COMMAND_TIMEOUT_MS: the connections a request
  * waits on. A Redis that stops answering (connection open, no replies) then costs a request one
  * timeout, not one per call: the first command that times out marks Redis as not answering, and
- * until a probe gets a reply every command of these roles fails at once (stallGuard, below). The
- * request is answered 503 (or, for a rate limit, counted in memory) instead of hanging. Never the worker role: its blocking reads wait for jobs on purpose. An add that
- * timed out may still reach Redis later; every job id that matters for a retry is derived from the
- * request (reserve, cancel, confirm, events), and the quantity and per-user limits hold in any case.
+ * until a probe gets a reply every command of these roles fails at once (StallGuard, below). The
+ * request is answered 503 (or, for a rate limit, counted in memory) instead of hanging. Never the
+ * worker role: its blocking reads wait for jobs on purpose. An add that timed out may still reach
+ * Redis later; every job id that matters for a retry is derived from the request (reserve, cancel,
+ * confirm, events), and the quantity and per-user limits hold in any case.
  */
 const TIMED_ROLES: ReadonlySet<RedisRole> = new Set(['producer', 'ingress']);
 

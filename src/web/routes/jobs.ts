@@ -200,8 +200,10 @@ export async function issueRequestView(
   if (!stored) return committedRequestView(c, requestId);
   assertSelfOrAdmin(c.get('user'), stored.u);
   if (stored.s === 'pending' && waitMs > 0) stored = await awaitOutcome(queues, outcomes, requestId, waitMs, c.get('log'));
+  // A pending request whose batch ended without deciding it (the job failed or stalled out as a
+  // whole, or is gone) never will be decided: it ends failed, unless Postgres holds its coupon (I7).
   const ended = stored.s === 'pending' ? await batchEnded(queues, requestId, stored) : null;
-  if (ended) return undecidedRequestView(requestId, stored, ended);
+  if (ended) stored = { ...stored, s: 'failed', e: { code: 'INTERNAL', message: UNDECIDED[ended] } };
   const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
   return view;
 }
@@ -236,26 +238,11 @@ export async function withPostgresWord(requestId: string, stored: StoredOutcome)
   return coupon ? { ...stored, s: 'succeeded', r: couponView(coupon), e: undefined } : stored;
 }
 
+/** What a request its batch never decided is told, by what became of the batch (batchEnded). */
 const UNDECIDED = {
   finished: 'The request failed after retries.',
   gone: 'The request was lost before a worker took it; ask again.',
 } as const;
-
-/**
- * A pending request whose batch ended without deciding it: the job failed or stalled out as a whole,
- * or it is gone (its web died before the add, or Redis lost the job). Postgres says whether its coupon
- * was written; if not, it never will be, and it ends failed (I7).
- */
-async function undecidedRequestView(requestId: string, stored: StoredOutcome, ended: keyof typeof UNDECIDED): Promise<JobView> {
-  const coupon = await findCouponByRequest(requestId);
-  const { ownerId: _owner, ...view } = viewOfOutcome(
-    requestId,
-    coupon
-      ? { ...stored, s: 'succeeded', r: couponView(coupon) }
-      : { ...stored, s: 'failed', e: { code: 'INTERNAL', message: UNDECIDED[ended] } },
-  );
-  return view;
-}
 
 /** Waits for a pending request's outcome: the push, or what is stored when the wait ends. */
 export async function awaitOutcome(
