@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { fingerprint } from '../src/web/idempotency';
 import { redisKeysUnder } from '../src/core/redis-keys';
-import { issueIdempotencyRecordKey } from '../src/queues/names';
+import { issueIdempotencyRecordKey, parseRequestId } from '../src/queues/names';
 
 /** The stack's Redis keys (its processes have a QUEUE_PREFIX of their own). */
 const keys = () => redisKeysUnder(stack.queuePrefix);
@@ -47,6 +47,10 @@ async function createPolicy(totalQuantity: number): Promise<string> {
 }
 
 const WAIT = { prefer: 'wait=10' };
+
+/** An issue request with `Prefer: wait` under an Idempotency-Key. */
+const askUnderKey = (token: string, body: object, key: string) =>
+  api.call('POST', '/api/v1/coupons/issue', { token, body, headers: { ...WAIT, 'idempotency-key': key } });
 
 /** The admission keys of a policy in the stack's Redis (src/storage/admission/keys.ts). */
 const admissionKeys = (policyId: string) => keys().admission(policyId);
@@ -129,7 +133,7 @@ describe('a flash sale told in one round trip', () => {
     let spoiled = 0;
     try {
       for (const id of [first.body.jobId, second.body.jobId]) {
-        const jobKey = queue.toKey(String(id).split('.')[0]!);
+        const jobKey = queue.toKey(parseRequestId(String(id)).jobId);
         if ((await redis.exists(jobKey)) === 0) continue;
         await redis.hset(jobKey, 'data', '{not json', 'returnvalue', '{not json');
         spoiled += 1;
@@ -217,7 +221,7 @@ describe('a flash sale told in one round trip', () => {
     const user = uniqueId('idem');
     const token = await tokenFor(user);
     const key = randomUUID();
-    const ask = (body: object) => api.call('POST', '/api/v1/coupons/issue', { token, body, headers: { ...WAIT, 'idempotency-key': key } });
+    const ask = (body: object) => askUnderKey(token, body, key);
     const first = await ask({ policyId });
     expect(first.body).toMatchObject({ status: 'succeeded' });
     const again = await ask({ policyId });
@@ -246,20 +250,12 @@ describe('an Idempotency-Key whose first request vanished', () => {
     const fp = fingerprint({ policyId, via: 'policy', codeHash: null, userId: user });
     await redis.set(redisKey, `${fp}|${lostId}|${Date.now() - 60_000}`, 'EX', 3600);
 
-    const retry = await api.call('POST', '/api/v1/coupons/issue', {
-      token,
-      body: { policyId },
-      headers: { ...WAIT, 'idempotency-key': key },
-    });
+    const retry = await askUnderKey(token, { policyId }, key);
     expect(retry.status).toBe(200);
     expect(retry.body.status).toBe('succeeded');
     expect(retry.body.jobId).not.toBe(lostId);
     // The key now names the retry: another retry answers the same.
-    const again = await api.call('POST', '/api/v1/coupons/issue', {
-      token,
-      body: { policyId },
-      headers: { ...WAIT, 'idempotency-key': key },
-    });
+    const again = await askUnderKey(token, { policyId }, key);
     expect(again.body).toMatchObject({ jobId: retry.body.jobId, status: 'succeeded', result: { id: retry.body.result.id } });
     expect(await couponsOf(policyId)).toHaveLength(1);
   });
@@ -269,27 +265,22 @@ describe('an Idempotency-Key whose first request vanished', () => {
     const user = uniqueId('lost-record');
     const token = await tokenFor(user);
     const key = randomUUID();
-    const first = await api.call('POST', '/api/v1/coupons/issue', {
-      token,
-      body: { policyId },
-      headers: { ...WAIT, 'idempotency-key': key },
-    });
+    const first = await askUnderKey(token, { policyId }, key);
     expect(first.body).toMatchObject({ status: 'succeeded' });
     const requestId = first.body.jobId as string;
     // Redis loses the request's record and its batch job (a restart without its data); the key's
     // claim survives, old enough that its first request would count as never queued.
-    const batchJobId = requestId.split('.')[0]!;
-    expect(await redis.del(keys().outcomes(batchJobId), `${stack.queuePrefix}:issue:${batchJobId}`)).toBe(2);
+    const batchJobId = parseRequestId(requestId).jobId;
+    const issueQueue = new Queue('issue', { connection: redis, prefix: stack.queuePrefix });
+    const batchKey = issueQueue.toKey(batchJobId);
+    await issueQueue.close();
+    expect(await redis.del(keys().outcomes(batchJobId), batchKey)).toBe(2);
     const redisKey = keyRecordOf(user, key);
     const [fp] = String(await redis.get(redisKey)).split('|');
     await redis.set(redisKey, `${fp}|${requestId}|${Date.now() - 60_000}`, 'EX', 3600);
 
     // The retry under the key answers the first request, from Postgres, not a new request.
-    const retry = await api.call('POST', '/api/v1/coupons/issue', {
-      token,
-      body: { policyId },
-      headers: { ...WAIT, 'idempotency-key': key },
-    });
+    const retry = await askUnderKey(token, { policyId }, key);
     expect(retry.status).toBe(200);
     expect(retry.body).toMatchObject({ jobId: requestId, status: 'succeeded', result: { id: first.body.result.id } });
     expect(await couponsOf(policyId)).toHaveLength(1);

@@ -6,6 +6,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { runMigrations } from '../../src/storage/migrator';
 import { commandArgv, procfileCommands } from '../infra/app-process';
 import { isReady, startAppStack, type Role } from '../infra/app-stack';
+import { sleep } from '../infra/process';
 import { ensurePostgres } from '../infra/postgres';
 import { devSecret } from '../infra/dev-secrets';
 import path from 'node:path';
@@ -31,8 +32,6 @@ export interface Stack {
   logProblems(): { counts: Record<string, number>; examples: string[] };
   stop(): Promise<void>;
 }
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** The development database: what a running stack uses, and the server a scratch database goes on. */
 export const DEFAULT_DATABASE_URL = 'postgres://postgres@127.0.0.1:5432/coupons';

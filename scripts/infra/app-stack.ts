@@ -76,8 +76,6 @@ export interface AppStack {
   webs: ChildProcess[];
   workers: ChildProcess[];
   bridges: ChildProcess[];
-  /** Every process with its name, in start order. */
-  processes: { name: string; child: ChildProcess }[];
   /**
    * Starts one more process sharing the stack's queues and Redis (a web on a port of its own). With
    * readiness by log it resolves once the process serves, else once it is launched.
@@ -138,7 +136,6 @@ export async function startAppStack(opts: AppStackOptions): Promise<AppStack> {
     webs: byRole.web,
     workers: byRole.worker,
     bridges: byRole.bridge,
-    processes,
     async start(role, extraEnv = {}) {
       const started = launch(role, extraEnv, role === 'web' ? await freePort() : undefined);
       await started.ready;
