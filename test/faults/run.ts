@@ -44,8 +44,24 @@ function random(seed: number): () => number {
 }
 
 /**
+ * When in its phase a fault may strike, as shares of the phase's finals. A sale's work in flight is
+ * at its start (the first come are admitted and issued; once the stock is admitted, the web refuses
+ * the rest itself and no job is left to break), so a sale's faults strike early: aiming (scenario.ts)
+ * can wait for work that has not started yet, never for work that is over. On a loaded machine a
+ * strike at 0.3 of the sale once found every winner already issued and hit nothing. A fault run on
+ * its own strikes at the window's `alone`; a schedule draws its moment from `from` to `to`.
+ */
+const MOMENTS = {
+  sale: { alone: 0.1, from: 0.05, to: 0.2 },
+  other: { alone: 0.3, from: 0.15, to: 0.65 },
+};
+const momentsOf = (fault: Fault) => (fault.phase === 'sale' ? MOMENTS.sale : MOMENTS.other);
+const momentOf = (fault: Fault) => momentsOf(fault).alone;
+
+/**
  * Up to `count` faults drawn from the seed, one per phase (a sale, its reserves, its payments), each
- * at a moment drawn from the seed: a second fault in one phase would often find it over.
+ * at a moment drawn from the seed within its phase's window: a second fault in one phase would often
+ * find it over.
  */
 export function scheduleOf(faults: Fault[], count: number, seed: number): Strike[] {
   const next = random(seed);
@@ -54,19 +70,12 @@ export function scheduleOf(faults: Fault[], count: number, seed: number): Strike
   while (strikes.length < count && phases.length > 0) {
     const [phase] = phases.splice(Math.floor(next() * phases.length), 1);
     const pool = faults.filter((f) => f.phase === phase);
-    strikes.push({ fault: pool[Math.floor(next() * pool.length)] as Fault, at: 0.15 + 0.5 * next() });
+    const fault = pool[Math.floor(next() * pool.length)] as Fault;
+    const { from, to } = momentsOf(fault);
+    strikes.push({ fault, at: from + (to - from) * next() });
   }
   return strikes;
 }
-
-/**
- * When a fault run on its own strikes: a share of its phase's finals. A sale's work in flight is at
- * its start (the first come are admitted and issued; once the stock is admitted, the web refuses the
- * rest itself and no job is left to break), so a sale's faults strike at a tenth: aiming (scenario.ts)
- * can wait for work that has not started yet, never for work that is over. On a loaded machine a
- * strike at 0.3 of the sale once found every winner already issued and hit nothing.
- */
-const momentOf = (fault: Fault) => (fault.phase === 'sale' ? 0.1 : 0.3);
 
 export async function runSuite(opts: SuiteOptions): Promise<SuiteRow[]> {
   const plans: { name: string; strikes: Strike[] }[] = opts.faults.map((fault) => ({
