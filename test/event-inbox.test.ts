@@ -5,7 +5,8 @@
 import { randomUUID } from 'node:crypto';
 import IORedis from 'ioredis';
 import { Kafka, logLevel } from 'kafkajs';
-import { derivedJobId } from '../src/queues/names';
+import { Queue } from 'bullmq';
+import { derivedJobId, QUEUES } from '../src/queues/names';
 import {
   couponRow,
   createCheckoutPolicy,
@@ -36,6 +37,8 @@ let api: Api;
 let admin: string;
 let policyId: string;
 let redis: IORedis;
+/** The stack's payments queue, for its job keys. */
+let payments: Queue;
 /** Messages published so far, per topic. */
 const published = new Map<string, number>();
 const events = new EventProducer();
@@ -51,12 +54,14 @@ beforeAll(async () => {
   admin = await adminToken();
   policyId = await createCheckoutPolicy(api, { perUserLimit: 100 });
   redis = new IORedis(process.env.REDIS_URL as string, { maxRetriesPerRequest: null });
+  payments = new Queue(QUEUES.payments, { connection: redis, prefix: stack.queuePrefix });
   await kafkaAdmin.connect();
 });
 
 afterAll(async () => {
   await events.close();
   await kafkaAdmin.disconnect();
+  await payments?.close();
   redis?.disconnect();
   await api?.close();
   await stack?.stop();
@@ -106,7 +111,7 @@ async function emptyRedis(): Promise<number> {
   return deleted;
 }
 
-const jobKey = (eventId: string) => `${stack.queuePrefix}:payments:${derivedJobId('payment', eventId)}`;
+const jobKey = (eventId: string) => payments.toKey(derivedJobId('payment', eventId));
 const jobsInRedis = async (eventIds: string[]) =>
   (await Promise.all(eventIds.map((id) => redis.exists(jobKey(id))))).filter((n) => n === 1).length;
 
