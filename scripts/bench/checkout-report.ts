@@ -76,8 +76,7 @@ export function summarize(opts: {
       target: `< ${BAR.p95EventToUsedMs} ms`,
     },
   ];
-  const warmHeld = warmInvariants.every((i) => i.ok);
-  const invariantsHeld = warmHeld && runs.every((r) => r.invariantsHeld);
+  const invariants = invariantGate(opts.warmUpS, runs, warmInvariants);
   const lines = [''];
   if (runs.length > 1) {
     lines.push(
@@ -92,8 +91,7 @@ export function summarize(opts: {
   }
   lines.push(
     ...bars.map((b) => `  ${b.ok ? 'PASS' : 'MISS'}  ${b.name.padEnd(34)} ${b.shown.padEnd(18)} (bar ${b.target})`),
-    `  ${invariantsHeld ? 'PASS' : 'FAIL'}  invariants                         ${invariantsHeld ? `held in every run${opts.warmUpS > 0 ? ' and the warm-up' : ''} (${runs[0]?.invariants.length ?? 0} checks each)` : `failed in ${[...(warmHeld ? [] : ['the warm-up']), ...runs.filter((r) => !r.invariantsHeld).map((r) => `run ${r.run}`)].join(', ')}`}`,
-    ...warmInvariants.filter((i) => !i.ok).map((i) => `  FAIL  warm-up: ${i.name.padEnd(35)} ${i.detail}`),
+    ...invariants.lines,
   );
   if (opts.publishErrors.length) lines.push(`  publish errors: ${opts.publishErrors.slice(0, 3).join('; ')}`);
   if (Object.keys(problems.counts).length)
@@ -102,5 +100,17 @@ export function summarize(opts: {
         .map(([l, n]) => `${n} ${l}`)
         .join(', ')} line(s), e.g. ${problems.examples[0] ?? ''}`,
     );
-  return { lines, medians, bars, invariantsHeld };
+  return { lines, medians, bars, invariantsHeld: invariants.held };
+}
+
+/** Whether the invariants held in every run and the warm-up: the bench's gate, and its lines (PASS, or FAIL with where). */
+export function invariantGate(warmUpS: number, runs: CheckoutRun[], warmInvariants: Invariant[]) {
+  const warmHeld = warmInvariants.every((i) => i.ok);
+  const held = warmHeld && runs.every((r) => r.invariantsHeld);
+  const where = [...(warmHeld ? [] : ['the warm-up']), ...runs.filter((r) => !r.invariantsHeld).map((r) => `run ${r.run}`)];
+  const lines = [
+    `  ${held ? 'PASS' : 'FAIL'}  invariants                         ${held ? `held in every run${warmUpS > 0 ? ' and the warm-up' : ''} (${runs[0]?.invariants.length ?? 0} checks each)` : `failed in ${where.join(', ')}`}`,
+    ...warmInvariants.filter((i) => !i.ok).map((i) => `  FAIL  warm-up: ${i.name.padEnd(35)} ${i.detail}`),
+  ];
+  return { held, lines };
 }

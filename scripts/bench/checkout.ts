@@ -13,6 +13,7 @@
 //   RATE=1500 DURATION_S=60 npm run bench:checkout
 //   RUNS=5 npm run bench:checkout                   # five measured runs on one stack; medians and how many met the bar
 //   PROFILE=1 npm run bench:checkout                # web, workers and bridge under node --cpu-prof (.data/profiles)
+//   CAPACITY=true npm run bench:checkout            # the highest rate, 100-1,000/s by 50, that holds the bar's p95 in 3 of 3 runs
 //   BASE_URL=http://127.0.0.1:3000 JWT_SECRET=... npm run bench:checkout   # a running stack (npm start)
 //
 // Environment (defaults in brackets):
@@ -25,6 +26,10 @@
 //   WARMUP_S [5]                     seconds of unmeasured checkouts at RATE first (0: none)
 //   RUNS [1]                         measured runs, each with its own shoppers; the bar is judged on the median
 //   PROFILE [false]                  CPU profiles of the spawned web, workers and bridge in .data/profiles (written at stop)
+//   CAPACITY [false]  FROM_RATE [100]  STEP [50]
+//                                    search the rates FROM_RATE, FROM_RATE + STEP, ... up to RATE (bisection) for the
+//                                    highest at which every one of RUNS [3] runs kept pace with p95 event → USED under
+//                                    the bar (scripts/bench/checkout-capacity.ts); results in checkout-capacity-*.json
 //   LOG_LEVEL [warn]                 the spawned stack's log level (info: with the per-request lines)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
@@ -57,10 +62,11 @@ import { ensureServices } from '../infra/services';
 import { apiClient } from './api';
 import { eventPublisher } from './checkout-load';
 import { BAR } from './checkout-bar';
-import { runLines, summarize } from './checkout-report';
+import { invariantGate, runLines, summarize } from './checkout-report';
+import { capacityLines, findCapacity, judgeForCapacity, ratesOf, type CapacityPlan } from './checkout-capacity';
 import { measureRun, warmUp, type CheckoutContext, type CheckoutRun } from './checkout-run';
 import { fmtInt, gitState, note, round, runBench, signer, sleep, writeResults } from './common';
-import { chooseStack, DEFAULT_DATABASE_URL, ROOT, waitForBridge } from './stack';
+import { chooseStack, DEFAULT_DATABASE_URL, ROOT, waitForBridge, type Stack } from './stack';
 
 const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
@@ -80,8 +86,13 @@ const configSchema = z.object({
   // Seconds of unmeasured checkouts at RATE first (their own policy), so the measured load meets a
   // warmed-up service, as a real sale meets one that has been up for a while. 0 skips it.
   WARMUP_S: int(5, 0),
-  RUNS: int(1),
+  // Measured runs (default 1); with CAPACITY, the runs a rate must hold in (default 3).
+  RUNS: z.coerce.number().int().min(1).optional(),
   PROFILE: z.stringbool().default(false),
+  // The capacity search (scripts/bench/checkout-capacity.ts): rates FROM_RATE, FROM_RATE + STEP, ... up to RATE.
+  CAPACITY: z.stringbool().default(false),
+  FROM_RATE: int(100),
+  STEP: int(50),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -157,7 +168,7 @@ async function main(): Promise<number> {
     const sign = signer(stack.jwtSecret);
 
     process.stdout.write(
-      `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg()
+      `${cfg.CAPACITY ? `Checkout capacity: ${fmtInt(cfg.FROM_RATE)}-${fmtInt(cfg.RATE)} checkouts/s by ${fmtInt(cfg.STEP)}, runs of ${cfg.DURATION_S} s` : `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg()
         .map((x) => round(x, 2))
         .join(' ')}\n`,
     );
@@ -173,15 +184,18 @@ async function main(): Promise<number> {
       rate: cfg.RATE,
       settleTimeoutMs: cfg.SETTLE_TIMEOUT_MS,
     };
+    if (cfg.CAPACITY) return await searchCapacity(cfg, ctx, tag, { startedAt, topic, groupId, databaseUrl });
+
     // ---- warm-up: the service meets the measured load JIT-compiled and with open pools ----
     const warmInvariants = cfg.WARMUP_S > 0 ? await warmUp(ctx, `${tag}w`, cfg.WARMUP_S) : [];
 
     // ---- the measured runs: each its own shoppers and policy ----
     const runs: CheckoutRun[] = [];
-    for (let run = 1; run <= cfg.RUNS; run += 1) {
+    const runCount = cfg.RUNS ?? 1;
+    for (let run = 1; run <= runCount; run += 1) {
       if (run > 1) await sleep(2_000); // let the last run's tail (and the machine) quieten down
-      const measured = await measureRun(ctx, { run, runs: cfg.RUNS, label: `${tag}r${run}`, users, durationS: cfg.DURATION_S });
-      process.stdout.write(`${runLines(measured, cfg.RUNS).join('\n')}\n`);
+      const measured = await measureRun(ctx, { run, runs: runCount, label: `${tag}r${run}`, users, durationS: cfg.DURATION_S });
+      process.stdout.write(`${runLines(measured, runCount).join('\n')}\n`);
       runs.push(measured);
     }
 
@@ -194,27 +208,7 @@ async function main(): Promise<number> {
       invariantsHeld,
     } = summarize({ rate: cfg.RATE, warmUpS: cfg.WARMUP_S, runs, warmInvariants, publishErrors: ctx.publisher.errors, problems });
     const report = {
-      bench: 'checkout',
-      startedAt: startedAt.toISOString(),
-      finishedAt: new Date().toISOString(),
-      config: {
-        ...cfg,
-        JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined,
-        DATABASE_URL: databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'),
-        users,
-        topic,
-        groupId,
-      },
-      stack: {
-        mode: stack.mode,
-        baseUrl: stack.baseUrl,
-        queuePrefix: stack.queuePrefix,
-        pids: stack.pids,
-        logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null,
-        logProblems: problems,
-      },
-      machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
-      git: gitState(),
+      ...reportHeader(cfg, ctx.stack, { startedAt, databaseUrl, topic, groupId, users }),
       bar: BAR,
       // The same shape for any RUNS: every run with its numbers and invariants, and their medians.
       medians,
@@ -229,6 +223,89 @@ async function main(): Promise<number> {
   } finally {
     await stopAll();
   }
+}
+
+interface RunMeta {
+  startedAt: Date;
+  databaseUrl: string;
+  topic: string;
+  groupId: string;
+  users?: number;
+}
+
+/** What every results file of this bench opens with: when, the configuration, the stack, the machine, the code. */
+function reportHeader(cfg: Config, stack: Stack, meta: RunMeta) {
+  return {
+    bench: 'checkout',
+    startedAt: meta.startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    config: {
+      ...cfg,
+      JWT_SECRET: cfg.JWT_SECRET ? '[set]' : undefined,
+      DATABASE_URL: meta.databaseUrl.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@'),
+      users: meta.users,
+      topic: meta.topic,
+      groupId: meta.groupId,
+    },
+    stack: {
+      mode: stack.mode,
+      baseUrl: stack.baseUrl,
+      queuePrefix: stack.queuePrefix,
+      pids: stack.pids,
+      logDir: stack.logDir ? path.relative(ROOT, stack.logDir) : null,
+      logProblems: stack.logProblems(),
+    },
+    machine: { cpus: cpus().length, loadavg: loadavg(), node: process.version },
+    git: gitState(),
+  };
+}
+
+/**
+ * CAPACITY=true: the highest rate from FROM_RATE to RATE, by STEP, that holds the bar's latency in
+ * every one of RUNS (default 3) runs (scripts/bench/checkout-capacity.ts). Each run has its own
+ * shoppers (USERS, else rate x DURATION_S); the warm-up runs at FROM_RATE. The exit code is the
+ * invariant gate, as for any run of this bench.
+ */
+async function searchCapacity(cfg: Config, ctx: CheckoutContext, tag: string, meta: RunMeta): Promise<number> {
+  const plan: CapacityPlan = { from: cfg.FROM_RATE, to: cfg.RATE, step: cfg.STEP, runsPerRate: cfg.RUNS ?? 3 };
+  const rates = ratesOf(plan);
+  note(
+    `capacity search over ${rates.length} rates, ${fmtInt(plan.from)}-${fmtInt(rates.at(-1) ?? plan.to)} checkouts/s, ${plan.runsPerRate} run(s) each`,
+  );
+  ctx.rate = plan.from;
+  const warmInvariants = cfg.WARMUP_S > 0 ? await warmUp(ctx, `${tag}w`, cfg.WARMUP_S) : [];
+  const runs: (CheckoutRun & { rate: number })[] = [];
+  const result = await findCapacity(plan, async (rate, run) => {
+    if (runs.length > 0) await sleep(2_000);
+    ctx.rate = rate;
+    const label = `${tag}c${runs.length + 1}`;
+    const measured = await measureRun(ctx, {
+      run: runs.length + 1,
+      runs: 0,
+      label,
+      users: cfg.USERS ?? rate * cfg.DURATION_S,
+      durationS: cfg.DURATION_S,
+    });
+    const verdict = judgeForCapacity(measured);
+    process.stdout.write(
+      `${runLines(measured, 0).join('\n')}\n  => ${fmtInt(rate)}/s, run ${run} of ${plan.runsPerRate}: ${verdict.held ? 'held' : 'missed'}\n`,
+    );
+    runs.push({ ...measured, rate });
+    return verdict;
+  });
+  const invariants = invariantGate(cfg.WARMUP_S, runs, warmInvariants);
+  const summary = [...capacityLines(plan, result, cfg.DURATION_S, BAR.p95EventToUsedMs), ...invariants.lines];
+  const report = {
+    ...reportHeader(cfg, ctx.stack, meta),
+    bar: BAR,
+    capacity: { plan, ...result },
+    invariantsHeld: invariants.held,
+    warmUpInvariants: warmInvariants,
+    runs,
+  };
+  summary.push(writeResults('checkout-capacity', 'checkout-capacity-latest.json', meta.startedAt, report));
+  process.stdout.write(`${summary.join('\n')}\n`);
+  return invariants.held ? 0 : 1;
 }
 
 runBench(main);
