@@ -1,10 +1,13 @@
 // Reserving coupons for orders, over HTTP against the real web and worker processes: validation,
 // reservation under contention, idempotency keys, cancel and confirm.
 import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import IORedis from 'ioredis';
+import { QUEUES } from '../src/queues/names';
 import { closeDb, db } from './support/db';
 import { uniqueId } from './support/fixtures';
 import { Api } from './support/http';
-import { couponRow, createCheckoutPolicy, reservationsOf, reserve, reserveAndSettle, shopperWith } from './support/checkout';
+import { couponRow, createCheckoutPolicy, eventually, reservationsOf, reserve, reserveAndSettle, shopperWith } from './support/checkout';
 import { startStack, type Stack } from './support/stack';
 import { adminToken, tokenFor } from './support/tokens';
 
@@ -229,6 +232,56 @@ describe('Prefer: wait', () => {
     });
     expect(issued.status).toBe(200);
     expect(issued.body).toMatchObject({ status: 'succeeded', type: 'issue', result: { policyId, userId: shopper.id } });
+  });
+});
+
+describe('a waited checkout job is pushed, not followed', () => {
+  it('answers a waited reserve and cancel from the job the worker pushed, with no web following the queue events', async () => {
+    const subscriber = new IORedis(process.env.REDIS_URL as string);
+    const checkoutQueue = new Queue(QUEUES.checkout, { connection: subscriber.duplicate(), prefix: stack.queuePrefix });
+    const pushed = new Map<string, { name: string; returnvalue?: unknown }>();
+    try {
+      subscriber.on('message', (_channel: string, raw: string) => {
+        for (const job of (JSON.parse(raw) as { jobs: { id: string; name: string; returnvalue?: unknown }[] }).jobs)
+          pushed.set(job.id, job);
+      });
+      await subscriber.subscribe(`${stack.queuePrefix}:checkout-finished`);
+      const shopper = await shopperWith(api, policyId);
+      const [couponId] = shopper.coupons as [string];
+      const waited = await api.call('POST', '/api/v1/coupons/reserve', {
+        token: shopper.token,
+        body: { couponId, orderId: uniqueId('order'), orderAmount: 50_000 },
+        headers: { 'idempotency-key': randomUUID(), prefer: 'wait=5' },
+      });
+      expect(waited.status).toBe(200);
+      const reservationId = waited.body.result.reservationId as string;
+      const cancelled = await api.call('POST', `/api/v1/coupons/reservations/${reservationId}/cancel`, {
+        token: shopper.token,
+        headers: { prefer: 'wait=5' },
+      });
+      expect(cancelled.status).toBe(200);
+      expect(cancelled.body).toMatchObject({ type: 'cancel', status: 'succeeded' });
+      // The worker published each job once BullMQ stored it finished, with the result the client got.
+      await eventually(
+        async () => pushed.has(waited.body.jobId) && pushed.has(cancelled.body.jobId),
+        (seen) => seen,
+        10_000,
+        'both pushes heard',
+      );
+      expect(pushed.get(waited.body.jobId)).toMatchObject({
+        name: 'reserve',
+        returnvalue: { outcome: 'succeeded', result: waited.body.result },
+      });
+      expect(pushed.get(cancelled.body.jobId)).toMatchObject({
+        name: 'cancel',
+        returnvalue: { outcome: 'succeeded', result: cancelled.body.result },
+      });
+      // A web following the checkout queue's event stream would be a QueueEvents client of that queue.
+      expect(await checkoutQueue.getQueueEvents()).toEqual([]);
+    } finally {
+      await checkoutQueue.close();
+      subscriber.disconnect();
+    }
   });
 });
 

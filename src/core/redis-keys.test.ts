@@ -29,6 +29,7 @@ describe('Redis key names', () => {
     expect(k.idempotency('rsv_0123')).toBe('coupon:idem:rsv_0123');
     expect(k.outcomes('iss_42')).toBe('coupon:out:iss_42');
     expect(k.outcomesChannel()).toBe('coupon:outcomes');
+    expect(k.checkoutFinishedChannel()).toBe('coupon:checkout-finished');
     expect(k.policyChangedChannel()).toBe('coupon:policy-changed');
     expect(k.rateLimitNamespace()).toBe('coupon:rl');
     expect(rateLimitKeyPrefixes(k.rateLimitNamespace())).toEqual({

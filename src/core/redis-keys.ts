@@ -85,6 +85,8 @@ export function redisKeysUnder(prefix: string) {
     outcomes: (batchJobId: string) => `${prefix}:out:${batchJobId}`,
     /** Channel: one message per batch a worker finished. */
     outcomesChannel: () => `${prefix}:outcomes`,
+    /** Channel: the checkout queue's jobs that finished in one turn of a worker (src/queues/finished.ts). */
+    checkoutFinishedChannel: () => `${prefix}:checkout-finished`,
     /** Channel: the id of each policy an admin changed. */
     policyChangedChannel: () => `${prefix}:policy-changed`,
     /** Where the rate limiters' keys go (rateLimitKeyPrefixes). */

@@ -7,8 +7,9 @@ export const QUEUES = {
   issue: 'issue',
   /** Reserve, cancel and confirm requests of the API: each job changes one reservation. */
   checkout: 'checkout',
-  /** Payment events from Kafka, one job each. Apart from checkout, so the web's job-event stream
-   * carries only the jobs its clients wait on, and the payment backlog is visible on its own. */
+  /** Payment events from Kafka, one job each. Apart from checkout, so the finished jobs the workers
+   * push to the web (src/queues/finished.ts) are only the ones its clients wait on, and the payment
+   * backlog is visible on its own. */
   payments: 'payments',
 } as const;
 

@@ -125,7 +125,7 @@ export function createApp(deps: AppDeps) {
     }),
   );
   api.route('/coupons/users', userRoutes());
-  api.route('/coupons', checkoutRoutes(deps.queues));
+  api.route('/coupons', checkoutRoutes(deps.queues, outcomes));
   api.route('/jobs', jobRoutes(deps.queues, outcomes));
   app.route('/api/v1', api);
 

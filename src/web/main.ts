@@ -31,7 +31,7 @@ async function main(): Promise<void> {
   // Never served without credentials: unset, it is not mounted at all (404).
   if (bullBoard) log.info({ path: BULL_BOARD_PATH }, 'Bull Board on, behind Basic auth');
   else log[cfg.BULL_BOARD_USER || cfg.BULL_BOARD_PASSWORD ? 'warn' : 'info']('Bull Board off: set BULL_BOARD_USER and BULL_BOARD_PASSWORD');
-  // The workers' issue outcomes reach this process through one subscription.
+  // The workers' issue outcomes and finished checkout jobs reach this process through one subscription.
   const outcomes = createOutcomeHub(log);
   await outcomes.ready;
   const separateOps = cfg.OPS_PORT !== undefined;

@@ -7,6 +7,7 @@ import { config } from '../core/config';
 import type { Locks } from '../core/lock';
 import type { Logger } from '../core/logger';
 import { createRedis } from '../core/redis';
+import { createFinishedPublisher } from '../queues/finished';
 import { QUEUES } from '../queues/names';
 import { failedForGood, instrumentWorker } from '../observability/job-metrics';
 import { createRejectionCounter } from '../observability/rejection-stats';
@@ -64,11 +65,17 @@ export function startConsumers(deps: ConsumerDeps): Consumers {
   // Issue rejections for the stats routes, counted once a job's result is stored.
   const rejectionCounter = createRejectionCounter(redis, log);
   issueWorker.on('completed', (job, result) => rejectionCounter.countJob(job, result));
+  // The checkout queue's jobs, pushed to the web processes waiting for them once BullMQ stored them finished.
+  const finishedJobs = createFinishedPublisher(redis, log);
+  checkoutWorker.on('completed', (job, result) => finishedJobs.finished(job, result));
+  checkoutWorker.on('failed', (job) => {
+    if (job && failedForGood(job)) finishedJobs.finished(job);
+  });
   return {
     workers,
     async close() {
       await Promise.all(workers.map((w) => w.close()));
-      await rejectionCounter.flushed();
+      await Promise.all([rejectionCounter.flushed(), finishedJobs.flushed()]);
     },
   };
 }

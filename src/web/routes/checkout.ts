@@ -16,12 +16,13 @@ import { claimIdempotencyKey, idempotencyKeySchema } from '../idempotency';
 import { assertSelfOrAdmin, requireAdmin } from '../middleware/auth';
 import { logWith } from '../middleware/trace';
 import { jsonBody, parseWith } from '../validation';
-import { answerJob } from './jobs';
+import type { OutcomeHub } from '../outcome-hub';
+import { answerJob, awaitPush } from './jobs';
 
 export const reserveBody = z.object({ couponId: idSchema, orderId: idSchema, orderAmount: moneySchema }).strict();
 export const validateBody = z.object({ couponId: idSchema, orderAmount: moneySchema }).strict();
 
-export function checkoutRoutes(queues: Queues) {
+export function checkoutRoutes(queues: Queues, hub: OutcomeHub) {
   const app = new Hono<AppEnv>();
 
   app.post('/validate', async (c) => {
@@ -51,9 +52,12 @@ export function checkoutRoutes(queues: Queues) {
     const jobId = reserveJobId(user.id, key, bodyFingerprint);
     const requestId = reserveRequestId(user.id, key);
     const job = { ...body, requestId, userId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() };
+    // A first request's job is new: its push is awaited from before the add, and the job is not read
+    // first. A replay's job may have finished long ago, so it is read first (answerJob).
+    const pushed = first === 'first' ? awaitPush(c, hub, jobId) : undefined;
     const added = await addJob(queues, 'reserve', job, jobId);
     logWith(c, { enqueued: 'reserve', jobId, couponId: body.couponId, orderId: body.orderId, replay: first === 'replay' });
-    return answerJob(c, queues, jobId, added);
+    return answerJob(c, queues, jobId, first === 'first' ? { added, hub, pushed } : { hub });
   });
 
   const reservationAction = (kind: 'cancel' | 'confirm') => async (c: Context<AppEnv>) => {
@@ -63,14 +67,15 @@ export function checkoutRoutes(queues: Queues) {
     const user = c.get('user');
     assertSelfOrAdmin(user, reservation.userId);
     const jobId = derivedJobId(kind, reservationId);
-    const added = await addJob(
+    await addJob(
       queues,
       kind,
       { reservationId, userId: reservation.userId, actorId: user.id, traceId: c.get('traceId'), requestedAt: new Date().toISOString() },
       jobId,
     );
     logWith(c, { enqueued: kind, jobId, reservationId });
-    return answerJob(c, queues, jobId, added);
+    // One job per reservation and action: a second cancel finds the first one's job, so it is read first.
+    return answerJob(c, queues, jobId, { hub });
   };
   app.post('/reservations/:id/cancel', reservationAction('cancel'));
   app.post('/reservations/:id/confirm', requireAdmin, reservationAction('confirm'));

@@ -12,7 +12,8 @@ import { couponView, findCouponByRequest } from '../../storage/coupon';
 import { Reservation, reservationResult } from '../../storage/reservation';
 import type { Logger } from '../../core/logger';
 import type { JobView } from '../../queues/jobs';
-import { JOB_KINDS, parseRequestId, parseReserveJobId, queueOfJobId, type QueueName } from '../../queues/names';
+import { JOB_KINDS, parseRequestId, parseReserveJobId, QUEUES, queueOfJobId, type QueueName } from '../../queues/names';
+import { recordOf, type FinishedJob, type JobRecord } from '../../queues/finished';
 import { batchJobState, ORPHAN_ADMISSION_AGE_MS, readOutcome, viewOfOutcome, type StoredOutcome } from '../../queues/outcomes';
 import { jobOutcomeSchemaOf } from '../../queues/results';
 import type { AppEnv } from '../context';
@@ -38,11 +39,12 @@ type OwnedJobView = JobView & { ownerId: string };
 async function readJob(queues: Queues, queueName: QueueName, id: string, log: Logger): Promise<{ job: Job; view: OwnedJobView } | null> {
   const job = await queues.get(queueName).getJob(id);
   if (!job || job.name === 'issue-batch') return null;
-  const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
-  return { job, view: viewOf(job, state, id, log) };
+  return { job, view: viewOf(job, id, log) };
 }
 
-function viewOf(job: Job, state: string, id: string, log: Logger): OwnedJobView {
+/** A job's view from its record: a Job read from Redis, or a finished job a worker pushed (src/queues/finished.ts). */
+function viewOf(job: JobRecord & { progress?: unknown }, id: string, log: Logger): OwnedJobView {
+  const state = !job.finishedOn ? 'pending' : job.returnvalue !== null && job.returnvalue !== undefined ? 'completed' : 'failed';
   const base = {
     id,
     type: job.name,
@@ -98,7 +100,7 @@ export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
     const { waitMs } = query(c, waitQuery);
     const view = isIssueRequest(jobId)
       ? await issueRequestView(c, queues, outcomes, jobId, waitMs)
-      : await settledView(c, queues, jobId, waitMs);
+      : await settledView(c, queues, jobId, waitMs, { hub: outcomes });
     if (!view) throw new AppError('NOT_FOUND', 'No such job (results are kept for 24 hours).');
     return c.json(view);
   });
@@ -111,23 +113,89 @@ export function jobRoutes(queues: Queues, outcomes: OutcomeHub) {
  * such job. `added` is the job the request itself just queued: it is known to exist, so the wait
  * starts at once, without reading the job first.
  */
-async function settledView(c: Context<AppEnv>, queues: Queues, jobId: string, waitMs: number, added?: Job): Promise<JobView | null> {
+async function settledView(
+  c: Context<AppEnv>,
+  queues: Queues,
+  jobId: string,
+  waitMs: number,
+  opts: SettleOptions = {},
+): Promise<JobView | null> {
   const queueName = queueOfJobId(jobId);
   if (!queueName) return null;
-  const first = added ? undefined : await readJob(queues, queueName, jobId, c.get('log'));
+  const log = c.get('log');
+  // The checkout queue's jobs are pushed as they finish: the wait is registered before the job is
+  // read (or, by the caller, before it was added), so a job finishing in between is heard.
+  const pushes = queueName === QUEUES.checkout && opts.hub !== undefined && waitMs > 0;
+  const pushed = opts.pushed ?? (pushes ? opts.hub?.waitJob(jobId, Math.min(waitMs, FIRST_READ_MS)) : undefined);
+  const first = opts.added ? undefined : await readJob(queues, queueName, jobId, log);
   if (first === null) return reserveAnsweredByPostgres(c, jobId);
   if (first) assertSelfOrAdmin(c.get('user'), first.view.ownerId);
   let view = first?.view;
-  const waitFor = added ?? (view?.status === 'pending' ? first?.job : undefined);
+  const waitFor = opts.added ?? (view?.status === 'pending' ? first?.job : undefined);
   if (waitFor && waitMs > 0) {
-    // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
-    await waitFor.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
-    view = (await readJob(queues, queueName, jobId, c.get('log')))?.view ?? view;
+    if (pushed && opts.hub) view = (await pushedView(queues, opts.hub, jobId, pushed, waitMs, log)) ?? view;
+    else {
+      // waitUntilFinished rejects when the job fails or the wait runs out; either way, read it then.
+      await waitFor.waitUntilFinished(queues.events(queueName), waitMs).catch(() => undefined);
+      view = (await readJob(queues, queueName, jobId, log))?.view ?? view;
+    }
   }
   if (!view) return null;
   assertSelfOrAdmin(c.get('user'), view.ownerId);
   const { ownerId, ...body } = view;
   return withCodesOnce(body, ownerId, c.get('user').id);
+}
+
+interface SettleOptions {
+  /** The job the request itself just queued: it exists, so the wait starts without reading it first. */
+  added?: Job;
+  /** Where the checkout queue's finished jobs are pushed; without it, the queue's event stream is followed. */
+  hub?: OutcomeHub;
+  /** The push wait the caller registered before adding the job (hub.waitJob for up to FIRST_READ_MS). */
+  pushed?: Promise<FinishedJob | null>;
+}
+
+/**
+ * A pushed job is read anyway when no push came this long after the wait began, and then every
+ * READ_EVERY_MS: a push can be missed (the subscription reconnecting, a job that finished before the
+ * request came), and a read is what the wait would have done without pushes.
+ */
+const FIRST_READ_MS = 200;
+const READ_EVERY_MS = 1_000;
+
+/**
+ * For a request about to queue a checkout-queue job: with `Prefer: wait`, the wait for the job's push,
+ * registered now, before the add, so that no finish can come before it (hand it to answerJob as
+ * `pushed`); undefined without one.
+ */
+export function awaitPush(c: Context<AppEnv>, hub: OutcomeHub, jobId: string): Promise<FinishedJob | null> | undefined {
+  const waitMs = preferredWaitMs(c);
+  return waitMs ? hub.waitJob(jobId, Math.min(waitMs, FIRST_READ_MS)) : undefined;
+}
+
+/**
+ * Waits up to waitMs for a checkout-queue job a worker pushes as finished: its view, from the push
+ * (no read), or from a read where a push did not come in time; the last read's view (or undefined)
+ * when the job is still pending at the end.
+ */
+export async function pushedView(
+  queues: Queues,
+  hub: OutcomeHub,
+  jobId: string,
+  firstWait: Promise<FinishedJob | null>,
+  waitMs: number,
+  log: Logger,
+): Promise<OwnedJobView | undefined> {
+  const deadline = Date.now() + waitMs;
+  let wait = firstWait;
+  for (;;) {
+    const job = await wait;
+    if (job) return viewOf(recordOf(job), jobId, log);
+    const read = await readJob(queues, QUEUES.checkout, jobId, log);
+    const left = deadline - Date.now();
+    if (!read || read.view.status !== 'pending' || left <= 0) return read?.view;
+    wait = hub.waitJob(jobId, Math.min(left, READ_EVERY_MS));
+  }
 }
 
 /**
@@ -167,12 +235,12 @@ export function finishedAnswer(c: Context<AppEnv>, view: JobView, waitMs: number
  * finished job view and `Preference-Applied`: the result without a second request. Either way the
  * job is the same, and it stays readable at its statusUrl.
  */
-export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string, added?: Job) {
+export async function answerJob(c: Context<AppEnv>, queues: Queues, jobId: string, opts: SettleOptions = {}) {
   const waitMs = preferredWaitMs(c);
   if (waitMs === null) return accepted(c, jobId);
   // The job is queued: whatever goes wrong while waiting (Redis blinks), the answer stays a 202,
   // never a 503 that would tell the client to queue it again.
-  const view = await settledView(c, queues, jobId, waitMs, added).catch((error: unknown) => {
+  const view = await settledView(c, queues, jobId, waitMs, opts).catch((error: unknown) => {
     c.get('log').warn({ err: error, jobId }, 'waiting for the job failed; answering 202');
     return null;
   });

@@ -127,7 +127,7 @@ async function generateCodes(c: Context<AppEnv>, queues: Queues) {
     jobId,
   );
   logWith(c, { enqueued: 'generate-codes', jobId, policyId: id, count: input.count });
-  return answerJob(c, queues, jobId, added);
+  return answerJob(c, queues, jobId, { added });
 }
 
 /** A DIRECT policy granted to up to 1,000 users by one job, with a result per user. */
@@ -146,5 +146,5 @@ async function grantDirect(c: Context<AppEnv>, queues: Queues) {
     jobId,
   );
   logWith(c, { enqueued: 'direct-issue', jobId, policyId: id, users: userIds.length });
-  return answerJob(c, queues, jobId, added);
+  return answerJob(c, queues, jobId, { added });
 }
