@@ -69,13 +69,18 @@ function waiterMap<T>() {
 }
 
 /** A message's JSON read through its schema; null, with a warning, when it does not read. */
-function readMessage<S extends typeof outcomeMessageSchema | typeof finishedMessageSchema>(schema: S, raw: string, log: Logger) {
+function readMessage<S extends typeof outcomeMessageSchema | typeof finishedMessageSchema>(
+  schema: S,
+  channel: string,
+  raw: string,
+  log: Logger,
+) {
   try {
     const parsed = schema.safeParse(JSON.parse(raw));
     if (parsed.success) return parsed.data as ReturnType<S['parse']>;
-    log.warn({ issue: parsed.error.issues[0]?.message }, 'malformed outcome message');
+    log.warn({ channel, issue: parsed.error.issues[0]?.message }, 'malformed outcome message');
   } catch (error) {
-    log.warn({ err: error }, 'unreadable outcome message');
+    log.warn({ channel, err: error }, 'unreadable outcome message');
   }
   return null;
 }
@@ -90,7 +95,7 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
 
   const onOutcomes = (raw: string) => {
     if (requests.size === 0) return;
-    const message = readMessage(outcomeMessageSchema, raw, log);
+    const message = readMessage(outcomeMessageSchema, outcomesChannel, raw, log);
     if (!message) return;
     // Only the outcomes of requests waiting here are read: every web process hears every batch.
     for (const [index, value] of message.outcomes) {
@@ -102,7 +107,7 @@ export function createOutcomeHub(log: Logger, redisUrl?: string): OutcomeHub {
   };
   const onFinished = (raw: string) => {
     if (jobs.size === 0) return;
-    const message = readMessage(finishedMessageSchema, raw, log);
+    const message = readMessage(finishedMessageSchema, finishedChannel, raw, log);
     for (const job of message?.jobs ?? []) jobs.resolve(job.id, job);
   };
   subscriber.on('message', (channel: string, raw: string) => (channel === finishedChannel ? onFinished(raw) : onOutcomes(raw)));
