@@ -238,7 +238,8 @@ describe('Prefer: wait', () => {
 describe('a waited checkout job is pushed, not followed', () => {
   it('answers a waited reserve and cancel from the job the worker pushed, with no web following the queue events', async () => {
     const subscriber = new IORedis(process.env.REDIS_URL as string);
-    const checkoutQueue = new Queue(QUEUES.checkout, { connection: subscriber.duplicate(), prefix: stack.queuePrefix });
+    const queueConnection = subscriber.duplicate();
+    const checkoutQueue = new Queue(QUEUES.checkout, { connection: queueConnection, prefix: stack.queuePrefix });
     const pushed = new Map<string, { name: string; returnvalue?: unknown }>();
     try {
       subscriber.on('message', (_channel: string, raw: string) => {
@@ -279,7 +280,9 @@ describe('a waited checkout job is pushed, not followed', () => {
       // A web following the checkout queue's event stream would be a QueueEvents client of that queue.
       expect(await checkoutQueue.getQueueEvents()).toEqual([]);
     } finally {
+      // A connection handed to a Queue is the caller's to close.
       await checkoutQueue.close();
+      queueConnection.disconnect();
       subscriber.disconnect();
     }
   });
