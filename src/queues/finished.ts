@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
+import { coalescePerTurn } from '../core/concurrency';
 import { redisKeys } from '../core/redis-keys';
 
 /** What a job view is built from (src/web/routes/jobs.ts): a BullMQ Job has these fields. */
@@ -58,33 +59,32 @@ export interface FinishedPublisher {
 }
 
 /**
- * Collects the jobs that finish in one turn of the event loop and publishes them in one message.
- * A lost message costs nothing but time: a waiting request reads its job when the push does not come.
+ * Collects the jobs that finish in one turn of the event loop and publishes them in one message
+ * (src/core/concurrency.ts coalescePerTurn). A lost message costs nothing but time: a waiting request
+ * reads its job when the push does not come.
  */
 export function createFinishedPublisher(redis: Redis, log: Logger): FinishedPublisher {
-  let pending: FinishedJob[] = [];
-  let flushing: Promise<void> = Promise.resolve();
-  const flush = () => {
-    const jobs = pending;
-    pending = [];
-    flushing = redis
-      .publish(redisKeys().checkoutFinishedChannel(), JSON.stringify({ jobs }))
-      .then(() => undefined)
-      .catch((error: unknown) => log.warn({ err: error, jobs: jobs.length }, 'publishing finished jobs failed; their clients read them'));
-  };
+  const pending = new Set<Promise<void>>();
+  const publish = coalescePerTurn(async (jobs: FinishedJob[]) => {
+    await redis.publish(redisKeys().checkoutFinishedChannel(), JSON.stringify({ jobs }));
+    return jobs.map(() => undefined);
+  });
   return {
     finished(job, result) {
       if (!job.id) return;
-      if (pending.length === 0) setImmediate(flush);
-      pending.push({
+      const done = publish({
         id: job.id,
         name: job.name,
         timestamp: job.timestamp,
         userId: String((job.data as { userId?: unknown }).userId ?? ''),
         finishedOn: job.finishedOn ?? Date.now(),
         ...(result !== undefined && result !== null && { returnvalue: result }),
-      });
+      }).catch((error: unknown) => log.warn({ err: error, jobId: job.id }, 'publishing finished jobs failed; their clients read them'));
+      pending.add(done);
+      void done.finally(() => pending.delete(done));
     },
-    flushed: () => (pending.length > 0 ? new Promise<void>((done) => setImmediate(() => void flushing.then(done))) : flushing),
+    async flushed() {
+      await Promise.all([...pending]);
+    },
   };
 }
