@@ -13,7 +13,14 @@ export type Classifier = (pid: number, comm: string, cmdline: () => string) => C
 interface Snapshot {
   at: number;
   machine: { busy: number; total: number };
-  ticks: Map<number, { group: CpuGroup; ticks: number }>;
+  ticks: Map<number, ProcessTicks>;
+}
+
+/** A process's own CPU ticks and those of its reaped children, with its parent. */
+export interface ProcessTicks {
+  group: CpuGroup;
+  ppid: number;
+  ticks: number;
 }
 
 export interface CpuReport {
@@ -52,7 +59,7 @@ function machineTicks(): { busy: number; total: number; cores: number } {
 }
 
 function snapshot(classify: Classifier): Snapshot {
-  const ticks = new Map<number, { group: CpuGroup; ticks: number }>();
+  const ticks = new Map<number, ProcessTicks>();
   let entries: string[] = [];
   try {
     entries = readdirSync('/proc');
@@ -75,7 +82,7 @@ function snapshot(classify: Classifier): Snapshot {
       .slice(close + 2)
       .split(' ')
       .map(Number);
-    ticks.set(pid, { group, ticks: (rest[11] ?? 0) + (rest[12] ?? 0) + (rest[13] ?? 0) + (rest[14] ?? 0) });
+    ticks.set(pid, { group, ppid: rest[1] ?? 0, ticks: (rest[11] ?? 0) + (rest[12] ?? 0) + (rest[13] ?? 0) + (rest[14] ?? 0) });
   }
   const machine = machineTicks();
   return { at: performance.now(), machine, ticks };
@@ -88,16 +95,8 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
     const after = snapshot(classify);
     const wallMs = after.at - before.at;
     const cores = machineTicks().cores;
-    const groups = Object.fromEntries([...GROUPS, 'other'].map((g) => [g, 0])) as Record<CpuGroup | 'other', number>;
-    let grouped = 0;
-    for (const [pid, now] of after.ticks) {
-      // A process that started during the phase counts from zero.
-      const used = now.ticks - (before.ticks.get(pid)?.ticks ?? 0);
-      if (used > 0) {
-        groups[now.group] += used;
-        grouped += used;
-      }
-    }
+    const groups = { ...groupTicks(before.ticks, after.ticks), other: 0 };
+    const grouped = GROUPS.reduce((sum, g) => sum + groups[g], 0);
     const machineBusy = after.machine.busy - before.machine.busy;
     const machineTotal = Math.max(1, after.machine.total - before.machine.total);
     groups.other = Math.max(0, machineBusy - grouped);
@@ -114,6 +113,22 @@ export function startCpuPhase(classify: Classifier): () => CpuReport {
       groupsMs: each(ms),
     };
   };
+}
+
+/**
+ * The ticks each group used between two snapshots. A process that started during the phase counts
+ * from zero. One that exited and was reaped during it shows up in its parent's children's time with
+ * its whole life: what it had used before the phase is taken off again, or a pooled Postgres backend
+ * closed for idleness would bill a short phase for minutes of earlier work.
+ */
+export function groupTicks(before: Map<number, ProcessTicks>, after: Map<number, ProcessTicks>): Record<CpuGroup, number> {
+  const groups = Object.fromEntries(GROUPS.map((g) => [g, 0])) as Record<CpuGroup, number>;
+  for (const [pid, now] of after) groups[now.group] += Math.max(0, now.ticks - (before.get(pid)?.ticks ?? 0));
+  for (const [pid, was] of before) {
+    if (after.has(pid) || after.get(was.ppid)?.group !== was.group) continue;
+    groups[was.group] = Math.max(0, groups[was.group] - was.ticks);
+  }
+  return groups;
 }
 
 /**
