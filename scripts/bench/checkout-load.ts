@@ -1,16 +1,14 @@
-// The checkout bench's load generator: an open loop that starts checkout i at loadStart + i / rate,
-// whatever the earlier ones are doing. A checkout is POST /coupons/reserve with an Idempotency-Key and
+// The checkout bench's load generator: an open loop (open-loop.ts) that starts checkout i at
+// loadStart + i / rate, whatever the earlier ones are doing. A checkout is POST /coupons/reserve with an Idempotency-Key and
 // `Prefer: wait=10`, which answers once the reservation exists (a 202 instead is long-polled), then
 // PAYMENT_COMPLETED for its order on Kafka, published in small batches as a payment system sends
 // them. Per checkout it records when it started, was reserved and was paid; the run reads these.
 import { randomUUID } from 'node:crypto';
 import type { Producer } from 'kafkajs';
 import type { Call } from './api';
-import { fmtInt, note, sleep, wallNow } from './common';
+import { fmtInt, wallNow } from './common';
+import { openLoop, type OpenLoopResult } from './open-loop';
 
-/** An open loop starts checkouts every TICK_MS; more than this many unfinished means the service fell behind. */
-const TICK_MS = 10;
-const MAX_IN_FLIGHT = 5_000;
 const PUBLISH_EVERY_MS = 5;
 
 export interface Checkout {
@@ -92,51 +90,19 @@ async function checkout(call: Call, publisher: EventPublisher, c: Checkout, toke
   }
 }
 
-export interface DriveResult {
-  loadStart: number;
-  loadEnd: number;
-  /** Checkouts started. */
-  started: number;
-  maxInFlight: number;
-  /** Ticks at which MAX_IN_FLIGHT checkouts were unfinished and none could start. */
-  behind: number;
-}
-
-/** The open loop: checkout i starts at loadStart + i / rate, whatever the earlier ones are doing. */
+/** The open loop over the checkouts: checkout i starts at loadStart + i / rate; then the last payments go out. */
 export async function drive(
   call: Call,
   publisher: EventPublisher,
   set: { checkouts: Checkout[]; tokens: string[] },
   rate: number,
-): Promise<DriveResult> {
-  const loadStart = wallNow();
-  const inFlight = new Set<Promise<void>>();
-  let next = 0;
-  let maxInFlight = 0;
-  let behind = 0;
-  let lastProgress = loadStart;
-  while (next < set.checkouts.length) {
-    const due = Math.min(set.checkouts.length, Math.floor(((wallNow() - loadStart) / 1000) * rate));
-    while (next < due) {
-      if (inFlight.size >= MAX_IN_FLIGHT) {
-        behind += 1;
-        break;
-      }
-      const p = checkout(call, publisher, set.checkouts[next] as Checkout, set.tokens[next] as string).finally(() => inFlight.delete(p));
-      inFlight.add(p);
-      next += 1;
-    }
-    maxInFlight = Math.max(maxInFlight, inFlight.size);
-    if (wallNow() - lastProgress > 5_000) {
-      lastProgress = wallNow();
-      note(
-        `  ${fmtInt(next)} started, ${fmtInt(inFlight.size)} in flight, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`,
-      );
-    }
-    await sleep(TICK_MS);
-  }
-  const loadEnd = wallNow();
-  await Promise.all(inFlight);
+): Promise<OpenLoopResult> {
+  const result = await openLoop(
+    set.checkouts.length,
+    rate,
+    (i) => checkout(call, publisher, set.checkouts[i] as Checkout, set.tokens[i] as string),
+    () => `, ${fmtInt(set.checkouts.filter((x) => x.publishedAt).length)} paid`,
+  );
   await publisher.drain();
-  return { loadStart, loadEnd, started: next, maxInFlight, behind };
+  return result;
 }

@@ -30,6 +30,9 @@
 //                                    search the rates FROM_RATE, FROM_RATE + STEP, ... up to RATE (bisection) for the
 //                                    highest at which every one of RUNS [3] runs kept pace with p95 event → USED under
 //                                    the bar (scripts/bench/checkout-capacity.ts); results in checkout-capacity-*.json
+//   BASELINES [insert,admit]         after each measured run, the bare server (scripts/bench/checkout-baseline.ts) under the
+//                                    same open loop at RATE: Hono + one Postgres INSERT, Hono + one Redis Lua script (none: skip)
+//   BASELINE_S [10]                  seconds of each bare route; a checkout's service CPU is printed as a multiple of a bare request's
 //   LOG_LEVEL [warn]                 the spawned stack's log level (info: with the per-request lines)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
@@ -60,15 +63,17 @@ import { fixKafkajsIdleLoop } from '../../src/bridge/kafkajs-idle';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { apiClient } from './api';
+import { startBaseline } from './baseline';
+import { bareLines, bareRun, bareSummary, checkoutServiceCpuMs, type BareContext, type BareResult } from './checkout-baseline';
 import { eventPublisher } from './checkout-load';
+import { classifier } from './cpu';
 import { BAR } from './checkout-bar';
 import { invariantGate, runLines, summarize } from './checkout-report';
 import { capacityLines, findCapacity, judgeForCapacity, ratesOf, type CapacityPlan } from './checkout-capacity';
 import { measureRun, warmUp, type CheckoutContext, type CheckoutRun } from './checkout-run';
-import { fmtInt, gitState, note, round, runBench, signer, sleep, writeResults } from './common';
+import { checkpoint, fmtInt, gitState, int, list, note, round, runBench, signer, sleep, writeResults } from './common';
 import { chooseStack, DEFAULT_DATABASE_URL, ROOT, waitForBridge, type Stack } from './stack';
 
-const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
   BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),
   STACK: z.enum(['auto', 'reuse', 'spawn']).default('auto'),
@@ -93,6 +98,9 @@ const configSchema = z.object({
   CAPACITY: z.stringbool().default(false),
   FROM_RATE: int(100),
   STEP: int(50),
+  // The bare baseline after each measured run (checkout-baseline.ts): routes, and seconds each.
+  BASELINES: list(['insert', 'admit'], 'insert,admit'),
+  BASELINE_S: int(10),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -189,14 +197,22 @@ async function main(): Promise<number> {
     // ---- warm-up: the service meets the measured load JIT-compiled and with open pools ----
     const warmInvariants = cfg.WARMUP_S > 0 ? await warmUp(ctx, `${tag}w`, cfg.WARMUP_S) : [];
 
-    // ---- the measured runs: each its own shoppers and policy ----
-    const runs: CheckoutRun[] = [];
+    // ---- the measured runs: each its own shoppers and policy, then the bare baseline at its rate ----
+    const bare = cfg.BASELINES.length ? await bareContext(cfg, ctx, agent, stopHooks) : null;
+    const runs: (CheckoutRun & { bare: BareResult[] })[] = [];
     const runCount = cfg.RUNS ?? 1;
     for (let run = 1; run <= runCount; run += 1) {
       if (run > 1) await sleep(2_000); // let the last run's tail (and the machine) quieten down
       const measured = await measureRun(ctx, { run, runs: runCount, label: `${tag}r${run}`, users, durationS: cfg.DURATION_S });
-      process.stdout.write(`${runLines(measured, runCount).join('\n')}\n`);
-      runs.push(measured);
+      const bares: BareResult[] = [];
+      for (const route of bare ? cfg.BASELINES : []) {
+        await checkpoint(ctx.pg);
+        await sleep(1_000);
+        bares.push(await bareRun(bare as BareContext, route, cfg.RATE, cfg.BASELINE_S, `${tag}r${run}`));
+      }
+      const checkoutMs = checkoutServiceCpuMs(measured.measure.cpuMsPerCheckout);
+      process.stdout.write(`${[...runLines(measured, runCount), ...bareLines(checkoutMs, bares)].join('\n')}\n`);
+      runs.push({ ...measured, bare: bares });
     }
 
     // ---- medians, the bar and the invariants ----
@@ -207,6 +223,14 @@ async function main(): Promise<number> {
       bars,
       invariantsHeld,
     } = summarize({ rate: cfg.RATE, warmUpS: cfg.WARMUP_S, runs, warmInvariants, publishErrors: ctx.publisher.errors, problems });
+    if (bare && runs.length > 1) {
+      const bareMedians = bareSummary(runs.map((r) => ({ checkoutMs: checkoutServiceCpuMs(r.measure.cpuMsPerCheckout), bares: r.bare })));
+      summary.splice(
+        summary.findIndex((l) => /^ {2}(PASS|MISS) /.test(l)),
+        0,
+        ...bareMedians,
+      );
+    }
     const report = {
       ...reportHeader(cfg, ctx.stack, { startedAt, databaseUrl, topic, groupId, users }),
       bar: BAR,
@@ -223,6 +247,14 @@ async function main(): Promise<number> {
   } finally {
     await stopAll();
   }
+}
+
+/** The bare server, started beside the stack for the whole bench, and what a bare run needs. */
+async function bareContext(cfg: Config, ctx: CheckoutContext, agent: Agent, stopHooks: (() => Promise<void>)[]): Promise<BareContext> {
+  const baseline = await startBaseline({ redisUrl: cfg.REDIS_URL, log: note });
+  stopHooks.push(() => baseline.stop());
+  const classify = classifier(ctx.stack.mode === 'spawned' ? ctx.stack.pids : null, [baseline.pid]);
+  return { baseline, agent, sign: ctx.sign, classify };
 }
 
 interface RunMeta {

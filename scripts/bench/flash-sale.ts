@@ -46,24 +46,11 @@ import { urlWith } from '../../src/core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { startBaseline, type Baseline } from './baseline';
-import { fmtInt, gitState, note, round, runBench, signer, sleep, writeResults } from './common';
+import { checkpoint, fmtInt, gitState, int, list, note, round, runBench, signer, sleep, writeResults } from './common';
 import { classifier } from './cpu';
 import { baselineSale, serviceSale, type SaleContext, type SaleResult } from './sale';
 import { BAR, BAR_MODE, barLines, invariantLines, medianRow, mediansOf, saleRow, TABLE_HEADER, type RunSales } from './sale-report';
 import { chooseStack, ROOT, type Stack } from './stack';
-
-const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
-const list = <T extends string>(values: readonly [T, ...T[]], def: string) =>
-  z
-    .string()
-    .default(def)
-    .transform((s) =>
-      s
-        .split(',')
-        .map((x) => x.trim())
-        .filter((x) => x && x !== 'none'),
-    )
-    .pipe(z.array(z.enum(values)));
 
 const configSchema = z.object({
   BASE_URL: urlWith(['http:']).default('http://127.0.0.1:3000'),
@@ -163,27 +150,11 @@ async function warmUp(ctx: SaleContext, cfg: Config, baseline: Baseline | null):
   return warm;
 }
 
-/**
- * Writes every dirty Postgres buffer out before a sale. Without it a sale pays for the sale before:
- * after the one-INSERT baseline (20,000 rows) the checkpointer flushed during the next run's sale and
- * billed it 0.12-0.25 ms of Postgres CPU per shopper, against 0.03 without the baseline before it.
- */
-async function quiesce(ctx: SaleContext): Promise<void> {
-  // Needs a superuser or pg_checkpoint; a reused stack's database role may have neither.
-  await ctx.pg.query('CHECKPOINT').catch((e: Error) => noteOnce(`no CHECKPOINT before each sale (${e.message})`));
-}
-
-const noted = new Set<string>();
-const noteOnce = (line: string) => {
-  if (!noted.has(line)) note(line);
-  noted.add(line);
-};
-
 /** One run: each way of asking on a fresh policy, then the baselines right after, on the same machine state. */
 async function measureRun(ctx: SaleContext, cfg: Config, baseline: Baseline | null, run: number): Promise<RunSales> {
   const sales: Record<string, SaleResult> = {};
   for (const mode of cfg.MODES) {
-    await quiesce(ctx);
+    await checkpoint(ctx.pg);
     sales[mode] = await serviceSale(ctx, { label: `run ${run} ${mode}`, mode, users: cfg.USERS, stock: cfg.STOCK });
     process.stdout.write(`${saleRow(run, mode, sales[mode] as SaleResult)}\n`);
     await sleep(1_000);
@@ -191,7 +162,7 @@ async function measureRun(ctx: SaleContext, cfg: Config, baseline: Baseline | nu
   if (baseline) {
     for (const route of cfg.BASELINES) {
       const name = route === 'admit' ? 'baseline' : route;
-      await quiesce(ctx);
+      await checkpoint(ctx.pg);
       sales[name] = await baselineSale(ctx, baseline, { label: `run ${run} ${name}`, route, users: cfg.USERS, stock: cfg.STOCK });
       process.stdout.write(`${saleRow(run, name, sales[name] as SaleResult)}\n`);
     }

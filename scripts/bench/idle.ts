@@ -24,11 +24,10 @@ import { z } from 'zod';
 import { urlWith } from '../../src/core/config';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
-import { gitState, median, note, runBench, sleep, writeResults } from './common';
+import { gitState, int, median, note, runBench, sleep, writeResults } from './common';
 import { classifier, startCpuPhase, type Classifier, type CpuReport } from './cpu';
 import { benchDatabase, buildProject, removeQueues, ROOT, spawnStack, waitForBridge } from './stack';
 
-const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
   IDLE_S: int(30),
   BEFORE_S: int(10, 0),

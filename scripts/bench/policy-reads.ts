@@ -30,11 +30,10 @@ import { Agent } from 'undici';
 import { z } from 'zod';
 import { urlWith } from '../../src/core/config';
 import { apiClient, createUnlimitedPolicy, type Call } from './api';
-import { fmtInt, fmtMs, gitState, median, note, percentile, round, runBench, signer, sleep } from './common';
+import { fmtInt, fmtMs, gitState, int, median, note, percentile, round, runBench, signer, sleep } from './common';
 import { classifier, startCpuPhase, type CpuReport } from './cpu';
 import { chooseStack, ROOT, type Stack } from './stack';
 
-const int = (def: number, min = 1) => z.coerce.number().int().min(min).default(def);
 const configSchema = z.object({
   READERS: int(20),
   VALIDATORS: int(4),
