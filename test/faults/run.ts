@@ -46,13 +46,15 @@ function random(seed: number): () => number {
 /**
  * When in its phase a fault may strike, as shares of the phase's finals. A sale's work in flight is
  * at its start (the first come are admitted and issued; once the stock is admitted, the web refuses
- * the rest itself and no job is left to break), so a sale's faults strike early: aiming (scenario.ts)
- * can wait for work that has not started yet, never for work that is over. On a loaded machine a
- * strike at 0.3 of the sale once found every winner already issued and hit nothing. A fault run on
- * its own strikes at the window's `alone`; a schedule draws its moment from `from` to `to`.
+ * the rest itself and no job is left to break), so a sale's faults are aimed from the sale's start:
+ * aiming (scenario.ts) can wait for work that has not started yet, never for work that is over. On a
+ * loaded machine a strike at 0.3 of the sale once found every winner already issued and hit nothing;
+ * so did one at 0.1 on a loaded CI run (no admission pending, no job, 97 clients waiting for the
+ * outcomes of a batch already committed: the refused were told before the winners' push arrived).
+ * A fault run on its own strikes at the window's `alone`; a schedule draws its moment from `from` to `to`.
  */
 const MOMENTS = {
-  sale: { alone: 0.1, from: 0.05, to: 0.2 },
+  sale: { alone: 0, from: 0, to: 0.1 },
   other: { alone: 0.3, from: 0.15, to: 0.65 },
 };
 const momentsOf = (fault: Fault) => (fault.phase === 'sale' ? MOMENTS.sale : MOMENTS.other);
