@@ -271,7 +271,7 @@ export async function issueRequestView(
   // A pending request whose batch ended without deciding it (the job failed or stalled out as a
   // whole, or is gone) never will be decided: it ends failed, unless Postgres holds its coupon (I7).
   const ended = stored.s === 'pending' ? await batchEnded(queues, requestId, stored) : null;
-  if (ended) stored = { ...stored, s: 'failed', e: { code: 'INTERNAL', message: UNDECIDED[ended] } };
+  if (ended) stored = await undecidedOutcome(queues, requestId, stored, ended, c.get('log'));
   const { ownerId: _owner, ...view } = viewOfOutcome(requestId, await withPostgresWord(requestId, stored));
   return view;
 }
@@ -304,6 +304,25 @@ export async function withPostgresWord(requestId: string, stored: StoredOutcome)
   if (stored.s !== 'failed') return stored;
   const coupon = await findCouponByRequest(requestId);
   return coupon ? { ...stored, s: 'succeeded', r: couponView(coupon), e: undefined } : stored;
+}
+
+/**
+ * A request read as pending whose batch has since ended. The batch may have decided it between the
+ * two reads: a worker stores a batch's outcomes before BullMQ marks the job finished, so the record
+ * read again after the batch was seen finished is the last word. Read once, before the look at the
+ * batch, a refused request whose batch finished in between was told "failed" (a CI run of the
+ * worker-crash test). Still pending now, it ends failed (UNDECIDED).
+ */
+export async function undecidedOutcome(
+  queues: Queues,
+  requestId: string,
+  readBefore: StoredOutcome,
+  ended: keyof typeof UNDECIDED,
+  log: Logger,
+): Promise<StoredOutcome> {
+  const now = (await readOutcome(queues.connection, requestId, log)) ?? readBefore;
+  if (now.s !== 'pending') return now;
+  return { ...now, s: 'failed', e: { code: 'INTERNAL', message: UNDECIDED[ended] } };
 }
 
 /** What a request its batch never decided is told, by what became of the batch (batchEnded). */
