@@ -1,4 +1,4 @@
-import { groupTicks, type ProcessTicks } from './cpu';
+import { classifier, groupTicks, type ProcessTicks } from './cpu';
 
 const snap = (entries: [number, ProcessTicks][]) => new Map(entries);
 
@@ -39,5 +39,31 @@ describe('groupTicks', () => {
     ]);
     const after = snap([[20, { group: 'bench', ppid: 1, ticks: 15 }]]);
     expect(groupTicks(before, after)).toMatchObject({ bench: 5, web: 0 });
+  });
+});
+
+describe('classifier', () => {
+  it("groups a reused stack's processes by their command line, as npm start and the dev scripts run them", () => {
+    const classify = classifier(null);
+    const group = (comm: string, cmd: string) => classify(4242, comm, () => cmd);
+    expect(group('node', 'node dist/src/web/main.js')).toBe('web');
+    expect(group('node', 'node dist/src/worker/main.js')).toBe('worker');
+    expect(group('node', 'node dist/src/bridge/main.js')).toBe('bridge');
+    expect(group('node', '/usr/bin/node --import tsx/dist/loader.mjs src/worker/main.ts')).toBe('worker');
+    expect(group('node', 'node scripts/bench/baseline-server.ts')).toBeNull();
+    expect(group('postgres', 'postgres: coupons idle')).toBe('postgres');
+    expect(group('redis-server', 'redis-server 127.0.0.1:6379')).toBe('redis');
+  });
+
+  it('groups a spawned stack by pid', () => {
+    const classify = classifier({ web: [10], workers: [11, 12], bridge: [13] }, [14]);
+    expect([10, 11, 12, 13, 14, 15].map((pid) => classify(pid, 'node', () => 'node dist/src/web/main.js'))).toEqual([
+      'web',
+      'worker',
+      'worker',
+      'bridge',
+      'baseline',
+      null,
+    ]);
   });
 });

@@ -132,9 +132,9 @@ export function groupTicks(before: Map<number, ProcessTicks>, after: Map<number,
 }
 
 /**
- * Groups by pid when the bench started the processes itself, and by command line otherwise
- * (a reused stack: `node dist/src/web/main.js`, `tsx src/worker/main.ts` and the like). `baseline`: the
- * flash-sale bench's bare baseline server.
+ * Groups by pid when the bench started the processes itself, and by command line otherwise: a reused
+ * stack, as `npm start` runs it (`node dist/src/web/main.js`) or the dev scripts (`tsx
+ * src/worker/main.ts`). `baseline`: the benches' bare baseline server.
  */
 export function classifier(own: { web: number[]; workers: number[]; bridge?: number[] } | null, baseline: number[] = []): Classifier {
   const web = new Set(own?.web ?? []);
@@ -152,9 +152,9 @@ export function classifier(own: { web: number[]; workers: number[]; bridge?: num
     if (comm === 'java' && /kafka/i.test(cmdline())) return 'kafka';
     if (!own && (comm === 'node' || comm.startsWith('MainThread'))) {
       const cmd = cmdline();
-      if (/ingress\/server\.(js|ts)/.test(cmd)) return 'web';
-      if (/workers\/main\.(js|ts)/.test(cmd)) return 'worker';
-      if (/ingress\/bridge\/main\.(js|ts)/.test(cmd)) return 'bridge';
+      if (/\bweb\/main\.(js|ts)\b/.test(cmd)) return 'web';
+      if (/\bworker\/main\.(js|ts)\b/.test(cmd)) return 'worker';
+      if (/\bbridge\/main\.(js|ts)\b/.test(cmd)) return 'bridge';
     }
     return null;
   };
