@@ -1,4 +1,4 @@
-import { coalescePerTurn, isolatingFailures, mapLimit, singleFlight } from './concurrency';
+import { coalescePerTurn, isolatingFailures, mapLimit, singleFlight, writesBehind } from './concurrency';
 
 describe('coalescePerTurn', () => {
   it('hands the calls of one turn to one batch, in order, each with its own result', async () => {
@@ -113,5 +113,20 @@ describe('singleFlight', () => {
     expect(a.runs()).toBe(2);
     a.run(1).resolve('fresh');
     expect(await Promise.all([fresh, joined])).toEqual(['fresh', 'fresh']);
+  });
+});
+
+describe('writesBehind', () => {
+  it('waits for every write handed in so far, and for later ones on a later flush', async () => {
+    const writes = writesBehind();
+    const landed: string[] = [];
+    const write = (name: string, ms: number) => new Promise<void>((done) => setTimeout(() => (landed.push(name), done()), ms));
+    writes.add(write('a', 30));
+    writes.add(write('b', 10));
+    await writes.flushed();
+    expect(landed.sort()).toEqual(['a', 'b']);
+    writes.add(write('c', 10));
+    await writes.flushed();
+    expect(landed).toContain('c');
   });
 });

@@ -1,6 +1,7 @@
 // Small concurrency tools the hot path, the ops endpoints and the tests share: bounded parallel map,
-// the coalescing of calls made in one turn of the event loop into one batched call, a timeout, a
-// run-then-wait loop, and the coalescing of concurrent loads of one key (single flight).
+// the coalescing of calls made in one turn of the event loop into one batched call, the writes
+// nobody awaits kept until they settle, a timeout, a run-then-wait loop, and the coalescing of
+// concurrent loads of one key (single flight).
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
 export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<R>): Promise<R[]> {
@@ -54,6 +55,24 @@ export function coalescePerTurn<T, R>(
         setImmediate(flush);
       }
     });
+}
+
+/**
+ * Writes nobody awaits (made behind an answer, often through coalescePerTurn), each kept until it
+ * settles, so that a process stopping can wait for them before it disconnects. A write handed in
+ * handles its own errors.
+ */
+export function writesBehind(): { add(write: Promise<void>): void; flushed(): Promise<void> } {
+  const pending = new Set<Promise<void>>();
+  return {
+    add(write) {
+      pending.add(write);
+      void write.finally(() => pending.delete(write));
+    },
+    async flushed() {
+      await Promise.allSettled([...pending]);
+    },
+  };
 }
 
 /**

@@ -11,7 +11,7 @@
 // one pipeline of HINCRBYs, one per (policy, reason) that occurred in it.
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { coalescePerTurn } from '../core/concurrency';
+import { coalescePerTurn, writesBehind } from '../core/concurrency';
 import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
 import { issueAnswersOf } from '../queues/results';
@@ -39,7 +39,7 @@ export interface RejectionCounter {
 }
 
 export function createRejectionCounter(redis: Redis, log: Logger): RejectionCounter {
-  const pending = new Set<Promise<void>>();
+  const writes = writesBehind();
   const write = coalescePerTurn(async (batches: Rejection[][]) => {
     const perKey = new Map<string, Map<string, number>>();
     const bump = (key: string, code: string, n: number) => {
@@ -65,16 +65,13 @@ export function createRejectionCounter(redis: Redis, log: Logger): RejectionCoun
     const done = write(rejections).catch((error: unknown) => {
       log.warn({ err: error, jobId, rejections: rejections.length }, 'issue rejections not counted in the stats');
     });
-    pending.add(done);
-    void done.finally(() => pending.delete(done));
+    writes.add(done);
   };
   return {
     countJob(job, result) {
       count(rejectionsOf(job, result), job.id);
     },
     count,
-    async flushed() {
-      await Promise.all([...pending]);
-    },
+    flushed: () => writes.flushed(),
   };
 }

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
-import { coalescePerTurn } from '../core/concurrency';
+import { coalescePerTurn, writesBehind } from '../core/concurrency';
 import { redisKeys } from '../core/redis-keys';
 
 /** What a job view is built from (src/web/routes/jobs.ts): a BullMQ Job has these fields. */
@@ -64,7 +64,7 @@ export interface FinishedPublisher {
  * reads its job when the push does not come.
  */
 export function createFinishedPublisher(redis: Redis, log: Logger): FinishedPublisher {
-  const pending = new Set<Promise<void>>();
+  const writes = writesBehind();
   const publish = coalescePerTurn(async (jobs: FinishedJob[]) => {
     await redis.publish(redisKeys().checkoutFinishedChannel(), JSON.stringify({ jobs }));
     return jobs.map(() => undefined);
@@ -80,11 +80,8 @@ export function createFinishedPublisher(redis: Redis, log: Logger): FinishedPubl
         finishedOn: job.finishedOn ?? Date.now(),
         ...(result !== undefined && result !== null && { returnvalue: result }),
       }).catch((error: unknown) => log.warn({ err: error, jobId: job.id }, 'publishing finished jobs failed; their clients read them'));
-      pending.add(done);
-      void done.finally(() => pending.delete(done));
+      writes.add(done);
     },
-    async flushed() {
-      await Promise.all([...pending]);
-    },
+    flushed: () => writes.flushed(),
   };
 }
