@@ -31,9 +31,9 @@ describe('the checkout bench baseline figures', () => {
     );
     expect(lines.join('\n')).toMatch(/= 12 × this request's \(0.25 ms: baseline \+ redis\)/);
     const summary = bareSummary([
-      { checkoutMs: 3, bares: [bare('insert', 0.5, 8)] },
-      { checkoutMs: 4, bares: [bare('insert', 0.5, 10)] },
-      { checkoutMs: null, bares: [bare('insert', 1, 12)] },
+      { checkoutMs: 3, bare: [bare('insert', 0.5, 8)] },
+      { checkoutMs: 4, bare: [bare('insert', 0.5, 10)] },
+      { checkoutMs: null, bare: [bare('insert', 1, 12)] },
     ]);
     expect(summary).toHaveLength(1);
     expect(summary[0]).toMatch(/service CPU 0.5 ms a request, p95 10 ms; a checkout = 7 × its CPU \(runs: 6 · 8 · n\/a\)/);

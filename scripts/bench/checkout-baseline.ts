@@ -7,10 +7,11 @@
 // request, and a checkout's service CPU (web, worker, bridge, Postgres, Redis, Kafka) as a multiple
 // of it. The ratio says what the service's machinery costs over the bare work on this box, whatever
 // the box; the absolute figures move with the machine.
+import type { Client as PgClient } from 'pg';
 import type { Agent } from 'undici';
 import { apiClient } from './api';
 import type { Baseline } from './baseline';
-import { fmtInt, fmtMs, median, note, percentile, round, wallNow } from './common';
+import { checkpoint, fmtInt, fmtMs, median, note, percentile, round, sleep, wallNow } from './common';
 import { startCpuPhase, type Classifier, type CpuGroup } from './cpu';
 import { openLoop } from './open-loop';
 
@@ -42,12 +43,25 @@ export interface BareResult {
 export interface BareContext {
   baseline: Baseline;
   agent: Agent;
+  /** For the CHECKPOINT before each bare run: it does not pay for the checkouts' writes. */
+  pg: PgClient;
   sign: (sub: string, role: 'user' | 'admin') => Promise<string>;
   classify: Classifier;
 }
 
+/** Each route in turn, after a checkpoint and a second's pause, under the open loop at `rate` for `seconds`. */
+export async function bareRuns(ctx: BareContext, routes: BareRoute[], rate: number, seconds: number, label: string): Promise<BareResult[]> {
+  const results: BareResult[] = [];
+  for (const route of routes) {
+    await checkpoint(ctx.pg);
+    await sleep(1_000);
+    results.push(await bareRun(ctx, route, rate, seconds, label));
+  }
+  return results;
+}
+
 /** One route of the bare server under the open loop at `rate` for `seconds`. */
-export async function bareRun(ctx: BareContext, route: BareRoute, rate: number, seconds: number, label: string): Promise<BareResult> {
+async function bareRun(ctx: BareContext, route: BareRoute, rate: number, seconds: number, label: string): Promise<BareResult> {
   const count = Math.max(1, Math.round(rate * seconds));
   const sale = `checkout-${label}-${route}`;
   if (route === 'admit') await ctx.baseline.prepareSale(sale, count);
@@ -120,10 +134,10 @@ export function bareLines(checkoutMs: number | null, bares: BareResult[]): strin
 }
 
 /** The medians over the runs, per route: the bare request's service CPU and p95, and the ratio. */
-export function bareSummary(runs: { checkoutMs: number | null; bares: BareResult[] }[]): string[] {
-  const routes = [...new Set(runs.flatMap((r) => r.bares.map((b) => b.route)))];
+export function bareSummary(runs: { checkoutMs: number | null; bare: BareResult[] }[]): string[] {
+  const routes = [...new Set(runs.flatMap((r) => r.bare.map((b) => b.route)))];
   return routes.map((route) => {
-    const pairs = runs.flatMap((r) => r.bares.filter((b) => b.route === route).map((b) => ({ b, ratio: cpuRatio(r.checkoutMs, b) })));
+    const pairs = runs.flatMap((r) => r.bare.filter((b) => b.route === route).map((b) => ({ b, ratio: cpuRatio(r.checkoutMs, b) })));
     const ratios = pairs.map((p) => p.ratio);
     return `  bare ${BARE_ROUTES[route]}, median: service CPU ${median(pairs.map((p) => p.b.serviceCpuMs))} ms a request, p95 ${fmtMs(median(pairs.map((p) => p.b.latencyMs.p95)))}; a checkout = ${median(ratios) ?? 'n/a'} × its CPU (runs: ${ratios.map((r) => r ?? 'n/a').join(' · ')})`;
   });

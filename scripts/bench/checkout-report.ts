@@ -39,6 +39,8 @@ export function summarize(opts: {
   warmInvariants: Invariant[];
   publishErrors: string[];
   problems: { counts: Record<string, number>; examples: string[] };
+  /** More medians over the runs (the bare baseline's), printed under the checkouts' own. */
+  medianLines?: string[];
 }) {
   const { runs, warmInvariants, problems } = opts;
   const med = (pick: (m: CheckoutRun['measure']) => number | null) => median(runs.map((r) => pick(r.measure)));
@@ -87,6 +89,7 @@ export function summarize(opts: {
         .join(
           ', ',
         )}; machine ${medians.machineBusyPct}% busy; redis ${medians.redisBytesPerCheckout === null ? 'n/a' : fmtInt(medians.redisBytesPerCheckout)} B/checkout`,
+      ...(opts.medianLines ?? []),
     );
   }
   lines.push(

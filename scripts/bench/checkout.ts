@@ -64,14 +64,14 @@ import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
 import { apiClient } from './api';
 import { startBaseline } from './baseline';
-import { bareLines, bareRun, bareSummary, checkoutServiceCpuMs, type BareContext, type BareResult } from './checkout-baseline';
+import { bareLines, bareRuns, bareSummary, checkoutServiceCpuMs, type BareContext, type BareResult } from './checkout-baseline';
 import { eventPublisher } from './checkout-load';
 import { classifier } from './cpu';
 import { BAR } from './checkout-bar';
 import { invariantGate, runLines, summarize } from './checkout-report';
 import { capacityLines, findCapacity, judgeForCapacity, ratesOf, type CapacityPlan } from './checkout-capacity';
 import { measureRun, warmUp, type CheckoutContext, type CheckoutRun } from './checkout-run';
-import { checkpoint, fmtInt, gitState, int, list, note, round, runBench, signer, sleep, writeResults } from './common';
+import { fmtInt, gitState, int, list, note, round, runBench, signer, sleep, writeResults } from './common';
 import { chooseStack, DEFAULT_DATABASE_URL, ROOT, waitForBridge, type Stack } from './stack';
 
 const configSchema = z.object({
@@ -199,20 +199,16 @@ async function main(): Promise<number> {
 
     // ---- the measured runs: each its own shoppers and policy, then the bare baseline at its rate ----
     const bare = cfg.BASELINES.length ? await bareContext(cfg, ctx, agent, stopHooks) : null;
-    const runs: (CheckoutRun & { bare: BareResult[] })[] = [];
+    const runs: (CheckoutRun & { checkoutMs: number | null; bare: BareResult[] })[] = [];
     const runCount = cfg.RUNS ?? 1;
     for (let run = 1; run <= runCount; run += 1) {
       if (run > 1) await sleep(2_000); // let the last run's tail (and the machine) quieten down
-      const measured = await measureRun(ctx, { run, runs: runCount, label: `${tag}r${run}`, users, durationS: cfg.DURATION_S });
-      const bares: BareResult[] = [];
-      for (const route of bare ? cfg.BASELINES : []) {
-        await checkpoint(ctx.pg);
-        await sleep(1_000);
-        bares.push(await bareRun(bare as BareContext, route, cfg.RATE, cfg.BASELINE_S, `${tag}r${run}`));
-      }
+      const label = `${tag}r${run}`;
+      const measured = await measureRun(ctx, { run, runs: runCount, label, users, durationS: cfg.DURATION_S });
+      const bares = bare ? await bareRuns(bare, cfg.BASELINES, cfg.RATE, cfg.BASELINE_S, label) : [];
       const checkoutMs = checkoutServiceCpuMs(measured.measure.cpuMsPerCheckout);
       process.stdout.write(`${[...runLines(measured, runCount), ...bareLines(checkoutMs, bares)].join('\n')}\n`);
-      runs.push({ ...measured, bare: bares });
+      runs.push({ ...measured, checkoutMs, bare: bares });
     }
 
     // ---- medians, the bar and the invariants ----
@@ -222,15 +218,15 @@ async function main(): Promise<number> {
       medians,
       bars,
       invariantsHeld,
-    } = summarize({ rate: cfg.RATE, warmUpS: cfg.WARMUP_S, runs, warmInvariants, publishErrors: ctx.publisher.errors, problems });
-    if (bare && runs.length > 1) {
-      const bareMedians = bareSummary(runs.map((r) => ({ checkoutMs: checkoutServiceCpuMs(r.measure.cpuMsPerCheckout), bares: r.bare })));
-      summary.splice(
-        summary.findIndex((l) => /^ {2}(PASS|MISS) /.test(l)),
-        0,
-        ...bareMedians,
-      );
-    }
+    } = summarize({
+      rate: cfg.RATE,
+      warmUpS: cfg.WARMUP_S,
+      runs,
+      warmInvariants,
+      publishErrors: ctx.publisher.errors,
+      problems,
+      medianLines: bareSummary(runs),
+    });
     const report = {
       ...reportHeader(cfg, ctx.stack, { startedAt, databaseUrl, topic, groupId, users }),
       bar: BAR,
@@ -254,7 +250,7 @@ async function bareContext(cfg: Config, ctx: CheckoutContext, agent: Agent, stop
   const baseline = await startBaseline({ redisUrl: cfg.REDIS_URL, log: note });
   stopHooks.push(() => baseline.stop());
   const classify = classifier(ctx.stack.mode === 'spawned' ? ctx.stack.pids : null, [baseline.pid]);
-  return { baseline, agent, sign: ctx.sign, classify };
+  return { baseline, agent, pg: ctx.pg, sign: ctx.sign, classify };
 }
 
 interface RunMeta {
