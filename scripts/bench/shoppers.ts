@@ -3,9 +3,9 @@
 // asking: `wait` (POST with `Prefer: wait=10`, answered 200 with the outcome; a 202 is long-polled) and
 // `poll` (POST, 202, then long-poll the statusUrl). Per user it records when the first answer came and
 // when the outcome was known; everything the bench reports about a sale is computed from these.
-// Request headers and bodies are built before the clock starts, so the generator costs little CPU
-// on a box it shares with the service.
-import { Pool } from 'undici';
+// Each user's request is built as bytes before the clock starts and sent on a plain keep-alive
+// connection (keep-alive.ts), so the generator costs little CPU on a box it shares with the service.
+import { KeepAliveConnection, requestBytes } from './keep-alive';
 
 export type AskMode = 'wait' | 'poll';
 
@@ -60,38 +60,32 @@ interface JobView {
 
 /** Drives one sale: every user once, `connections` of them at a time; resolves when every user knows. */
 export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
-  const urls = Array.isArray(opts.baseUrl) ? opts.baseUrl : [opts.baseUrl];
-  const pools = urls.map(
-    (url) =>
-      new Pool(url, {
-        connections: Math.ceil(opts.connections / urls.length),
-        pipelining: 1,
-        keepAliveTimeout: 60_000,
-        headersTimeout: opts.timeoutMs ?? 15_000,
-        bodyTimeout: opts.timeoutMs ?? 15_000,
-      }),
-  );
+  const urls = (Array.isArray(opts.baseUrl) ? opts.baseUrl : [opts.baseUrl]).map((u) => new URL(u));
   const path = opts.path ?? '/api/v1/coupons/issue';
-  const headers = opts.auth.map((authorization) =>
-    opts.mode === 'wait'
-      ? ['authorization', authorization, 'content-type', 'application/json', 'prefer', 'wait=10']
-      : ['authorization', authorization, 'content-type', 'application/json'],
+  const timeoutMs = opts.timeoutMs ?? 15_000;
+  // Every user's POST, as bytes, before the clock starts; user i asks urls[i % n], as a balancer would.
+  const posts = opts.auth.map((authorization, user) =>
+    requestBytes(
+      'POST',
+      urls[user % urls.length] as URL,
+      path,
+      {
+        authorization,
+        'content-type': 'application/json',
+        ...(opts.mode === 'wait' && { prefer: 'wait=10' }),
+      },
+      opts.body,
+    ),
   );
-  const pollHeaders = opts.auth.map((authorization) => ['authorization', authorization]);
   const shoppers: Shopper[] = opts.auth.map(() => ({ sentAt: 0, firstAt: 0, firstStatus: 0, doneAt: 0, outcome: null }));
-  let next = 0;
   let requests = 0;
-  const send = async (user: number, method: 'GET' | 'POST', url: string, hdrs: string[], body?: string) => {
-    requests += 1;
-    const res = await (pools[user % pools.length] as Pool).request({ method, path: url, headers: hdrs, body });
-    return { status: res.statusCode, text: await res.body.text() };
-  };
 
-  const shop = async (user: number) => {
+  const shop = async (conn: KeepAliveConnection, user: number) => {
     const s = shoppers[user] as Shopper;
     s.sentAt = performance.now();
     try {
-      let reply = await send(user, 'POST', path, headers[user] as string[], opts.body);
+      requests += 1;
+      let reply = await conn.send(posts[user] as Buffer);
       s.firstAt = performance.now();
       s.firstStatus = reply.status;
       for (;;) {
@@ -100,7 +94,11 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
         if (view.jobId) s.jobId = view.jobId;
         if (view.status !== 'pending') return settle(s, view);
         const statusUrl = view.statusUrl ?? `/api/v1/jobs/${view.jobId}`;
-        reply = await send(user, 'GET', `${statusUrl}?waitMs=${POLL_WAIT_MS}`, pollHeaders[user] as string[]);
+        const poll = requestBytes('GET', urls[user % urls.length] as URL, `${statusUrl}?waitMs=${POLL_WAIT_MS}`, {
+          authorization: opts.auth[user] as string,
+        });
+        requests += 1;
+        reply = await conn.send(poll);
       }
     } catch (error) {
       if (!s.firstAt) s.firstAt = performance.now();
@@ -108,15 +106,23 @@ export async function runShoppers(opts: LoadOptions): Promise<LoadResult> {
     }
   };
 
-  const startedAt = performance.now();
-  const lane = async () => {
-    while (next < shoppers.length) await shop(next++);
+  // Each web process gets its share of the connections and asks for its own users, in order.
+  const lanesPerUrl = Math.ceil(Math.min(opts.connections, shoppers.length) / urls.length);
+  const nextUser = urls.map((_, u) => u);
+  const lane = async (u: number) => {
+    const conn = new KeepAliveConnection(urls[u] as URL, timeoutMs);
+    try {
+      while ((nextUser[u] as number) < shoppers.length) {
+        const user = nextUser[u] as number;
+        nextUser[u] = user + urls.length;
+        await shop(conn, user);
+      }
+    } finally {
+      conn.close();
+    }
   };
-  try {
-    await Promise.all(Array.from({ length: Math.min(opts.connections, shoppers.length) }, lane));
-  } finally {
-    await Promise.all(pools.map((p) => p.close()));
-  }
+  const startedAt = performance.now();
+  await Promise.all(urls.flatMap((_, u) => Array.from({ length: lanesPerUrl }, () => lane(u))));
   return { shoppers, startedAt, requests };
 }
 
