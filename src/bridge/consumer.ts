@@ -5,10 +5,12 @@
 // job to `<topic>.dlq` with the reason, and only then resolve the offsets; kafkajs commits the
 // resolved offsets (and nothing beyond them) when the batch handler returns. A crash anywhere before
 // the commit redelivers the batch; the inbox's unique event key, the derived job ids and
-// processed_events absorb it.
+// processed_events absorb it. The partitions of one fetch are handled at once, and what they hand over
+// in the same turn goes as one inbox statement and one Redis round trip (handOver, below).
 import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../core/config';
+import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
 import { failpoint } from '../core/failpoints';
 import { createProducer, dlqTopicOf } from '../core/kafka';
 import type { Logger } from '../core/logger';
@@ -91,10 +93,11 @@ export async function startBridgeConsumer(opts: {
   }
 
   let running = true;
+  const handover = handOver(opts.db, queues);
   await consumer.run({
     partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
     eachBatchAutoResolve: false,
-    eachBatch: (payload) => handleBatch(payload, { db: opts.db, routes, queues, producer, log, isRunning: () => running }),
+    eachBatch: (payload) => handleBatch(payload, { ...handover, routes, producer, log, isRunning: () => running }),
   });
   return {
     consumer,
@@ -106,10 +109,34 @@ export async function startBridgeConsumer(opts: {
   };
 }
 
+/**
+ * The inbox write and the job adds of the partitions' batches, each coalesced per turn: one fetch
+ * brings a batch per partition (six by default), handled at once, and each would otherwise cost its own
+ * Postgres commit and Redis round trip, the bridge's largest costs under load. A batch's events stay
+ * in their order within the statement, and each handler still waits for its own events to be
+ * written before it resolves its offset. A combined call that fails is tried again batch by batch,
+ * so one partition's trouble holds up no other.
+ */
+export function handOver(db: Sequelize, queues: Queues) {
+  const together = <T>(run: (items: T[]) => Promise<void>) =>
+    coalescePerTurn(
+      isolatingFailures(async (batches: T[][]) => {
+        await run(batches.flat());
+        return batches.map(() => undefined);
+      }),
+    );
+  return {
+    writeInbox: together((entries: InboxEntry[]) => writeInbox(db, entries)),
+    addJobs: together((jobs: Job[]) => addJobs(queues, jobs)),
+  };
+}
+
+type Job = { kind: JobKind; id: string; data: object };
+
 interface BatchDeps {
-  db: Sequelize;
+  writeInbox(entries: InboxEntry[]): Promise<void>;
+  addJobs(jobs: Job[]): Promise<void>;
   routes: Map<string, MessageRoute>;
-  queues: Queues;
   producer: Producer;
   log: Logger;
   isRunning: () => boolean;
@@ -125,7 +152,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
   for (let start = 0; start < batch.messages.length; start += CHUNK) {
     if (!live()) return;
     const chunk = batch.messages.slice(start, start + CHUNK);
-    const jobs: { kind: JobKind; id: string; data: object }[] = [];
+    const jobs: Job[] = [];
     const inbox: InboxEntry[] = [];
     const dead: { message: KafkaMessage; reason: string }[] = [];
     for (const message of chunk) {
@@ -139,9 +166,9 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
     if (jobs.length > 0) {
       // Durable first: once the offset moves, Kafka may forget the events, and Redis may lose the
       // jobs (a restart without its data, a failover to a lagging replica); the inbox keeps them.
-      const written = await persist(() => writeInbox(deps.db, inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
+      const written = await persist(() => deps.writeInbox(inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
       if (written === 'stopped') return;
-      const done = await persist(() => addJobs(deps.queues, jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
+      const done = await persist(() => deps.addJobs(jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
       if (done === 'stopped') return;
     }
     for (const d of dead) {
