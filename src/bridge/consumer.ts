@@ -2,11 +2,11 @@
 // message. For each batch of a partition: turn messages into jobs, write the events to the inbox in
 // Postgres (one statement; I11: from there a job Redis lost is added again), add the jobs (ids
 // derived from event ids, so a redelivery re-adds the same job, a no-op), send what cannot become a
-// job to `<topic>.dlq` with the reason, and only then resolve the offsets; kafkajs commits the
-// resolved offsets (and nothing beyond them) when the batch handler returns. A crash anywhere before
-// the commit redelivers the batch; the inbox's unique event key, the derived job ids and
-// processed_events absorb it. The partitions of one fetch are handled at once, and what they hand over
-// in the same turn goes as one inbox statement and one Redis round trip (handOver, below).
+// job to `<topic>.dlq` with the reason, and only then commit the offset after them (and nothing
+// beyond it). A crash anywhere before the commit redelivers the batch; the inbox's unique event key,
+// the derived job ids and processed_events absorb it. The partitions of one fetch are handled at
+// once, and what they hand over in the same turn goes as one inbox statement, one Redis round trip
+// and one offset commit (handOver, below).
 import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
 import { config } from '../core/config';
@@ -30,7 +30,7 @@ export interface MessageRoute {
   toJob(message: KafkaMessage, partition: number): ToJob;
 }
 
-/** Adds at most this many jobs per Redis round trip, and commits after each chunk. */
+/** Adds at most this many jobs per Redis round trip, and commits the offset after each chunk. */
 const CHUNK = 500;
 const MAX_BACKOFF_MS = 5_000;
 /** How long the broker holds an empty fetch: the idle bridge's fetch rate (a message ends the wait at once). */
@@ -93,10 +93,13 @@ export async function startBridgeConsumer(opts: {
   }
 
   let running = true;
-  const handover = handOver(opts.db, queues);
+  const handover = handOver(opts.db, queues, (offsets) => consumer.commitOffsets(offsets));
   await consumer.run({
     partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
     eachBatchAutoResolve: false,
+    // Each batch commits its own offsets once its events are handed over (below), in one request
+    // with the other partitions' of the same turn; kafkajs's auto-commit sent one request per batch.
+    autoCommit: false,
     eachBatch: (payload) => handleBatch(payload, { ...handover, routes, producer, log, isRunning: () => running }),
   });
   return {
@@ -110,14 +113,15 @@ export async function startBridgeConsumer(opts: {
 }
 
 /**
- * The inbox write and the job adds of the partitions' batches, each coalesced per turn: one fetch
- * brings a batch per partition (six by default), handled at once, and each would otherwise cost its own
- * Postgres commit and Redis round trip, the bridge's largest costs under load. A batch's events stay
- * in their order within the statement, and each handler still waits for its own events to be
- * written before it resolves its offset. A combined call that fails is tried again batch by batch,
- * so one partition's trouble holds up no other.
+ * The inbox write, the job adds and the offset commit of the partitions' batches, each coalesced per
+ * turn: one fetch brings a batch per partition (six by default), handled at once, and each would
+ * otherwise cost its own Postgres commit, Redis round trip and offset commit at the broker, the
+ * bridge's largest costs under load. A batch's events stay in their order within the statement, and
+ * each handler still waits for its own events to be written before it commits its offset. A combined
+ * write or add that fails is tried again batch by batch, so one partition's trouble holds up no
+ * other; a commit that fails (the group rebalancing) fails every batch of it, which Kafka redelivers.
  */
-export function handOver(db: Sequelize, queues: Queues) {
+export function handOver(db: Sequelize, queues: Queues, commitOffsets: (offsets: TopicPartitionOffset[]) => Promise<void>) {
   const together = <T>(run: (items: T[]) => Promise<void>) =>
     coalescePerTurn(
       isolatingFailures(async (batches: T[][]) => {
@@ -128,7 +132,18 @@ export function handOver(db: Sequelize, queues: Queues) {
   return {
     writeInbox: together((entries: InboxEntry[]) => writeInbox(db, entries)),
     addJobs: together((jobs: Job[]) => addJobs(queues, jobs)),
+    commit: coalescePerTurn(async (offsets: TopicPartitionOffset[]) => {
+      await commitOffsets(offsets);
+      return offsets.map(() => undefined);
+    }),
   };
+}
+
+/** A partition's committed offset: the next message to read. */
+interface TopicPartitionOffset {
+  topic: string;
+  partition: number;
+  offset: string;
 }
 
 type Job = { kind: JobKind; id: string; data: object };
@@ -136,6 +151,7 @@ type Job = { kind: JobKind; id: string; data: object };
 interface BatchDeps {
   writeInbox(entries: InboxEntry[]): Promise<void>;
   addJobs(jobs: Job[]): Promise<void>;
+  commit(offset: TopicPartitionOffset): Promise<void>;
   routes: Map<string, MessageRoute>;
   producer: Producer;
   log: Logger;
@@ -199,12 +215,12 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       }
     }
 
-    // Everything of this chunk is in the inbox and Redis, or in the DLQ: only now may Kafka forget it. The resolved
-    // offset is committed when this handler returns (kafkajs's auto-commit commits resolved offsets
-    // only), so a crash before that redelivers the batch.
+    // Everything of this chunk is in the inbox and Redis, or in the DLQ: only now may Kafka forget
+    // it. A crash before the commit redelivers the chunk.
     await failpoint('bridge.before-commit');
     const last = chunk[chunk.length - 1] as KafkaMessage;
     resolveOffset(last.offset);
+    await deps.commit({ topic: batch.topic, partition: batch.partition, offset: (BigInt(last.offset) + 1n).toString() });
     kafkaMessagesConsumed.inc({ topic: batch.topic }, chunk.length);
     await heartbeat();
     log.debug({ jobs: jobs.length, dead: dead.length, offset: last.offset }, 'batch chunk handed over');
