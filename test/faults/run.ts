@@ -11,7 +11,9 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { repoRoot } from '../../scripts/infra/process';
+import { ensureKafka } from '../../scripts/infra/kafka';
+import { ensurePostgres } from '../../scripts/infra/postgres';
+import { consoleLogger, repoRoot, type Service } from '../../scripts/infra/process';
 import { FAULTS, type Fault } from './faults';
 import { runScenario, type ScenarioResult, type Strike } from './scenario';
 import { createWorld } from './world';
@@ -167,15 +169,24 @@ async function main(): Promise<number> {
     return 2;
   }
   const seed = Number(process.env.SEED ?? Math.floor(Math.random() * 1e6));
+  // What every world shares, started here when nothing answers (as `npm test` does), stopped at the
+  // end: the Postgres its scratch databases live in, and the Kafka broker of KAFKA_BROKERS.
+  const shared: Service[] = [await ensurePostgres('postgres://postgres@127.0.0.1:5432/postgres', consoleLogger)];
+  shared.push(await ensureKafka((process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(','), consoleLogger));
   const began = Date.now();
-  const rows = await runSuite({
-    faults,
-    shoppers: Number(process.env.SHOPPERS ?? 1500),
-    stock: Number(process.env.STOCK ?? 400),
-    schedule: Number(process.env.SCHEDULE ?? (wanted.includes('all') ? 3 : 0)),
-    seed,
-    log: (line) => process.stderr.write(`[faults +${((Date.now() - began) / 1000).toFixed(1)} s] ${line}\n`),
-  });
+  let rows: SuiteRow[];
+  try {
+    rows = await runSuite({
+      faults,
+      shoppers: Number(process.env.SHOPPERS ?? 1500),
+      stock: Number(process.env.STOCK ?? 400),
+      schedule: Number(process.env.SCHEDULE ?? (wanted.includes('all') ? 3 : 0)),
+      seed,
+      log: (line) => process.stderr.write(`[faults +${((Date.now() - began) / 1000).toFixed(1)} s] ${line}\n`),
+    });
+  } finally {
+    for (const service of shared.reverse()) if (service.started) await service.stop();
+  }
   const dir = path.join(repoRoot(), '.data', 'faults');
   mkdirSync(dir, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
