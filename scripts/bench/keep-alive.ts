@@ -62,8 +62,8 @@ function parseHead(buf: Buffer, end: number): Head {
   return { status, length, chunked, close, bodyAt: end + HEAD_END.length };
 }
 
-/** A chunked body from `at`: its text and where it ends, or null while incomplete. */
-function chunkedBody(buf: Buffer, at: number): { text: string; end: number } | null {
+/** A chunked body from `at`: its text, or null while incomplete. */
+function chunkedBody(buf: Buffer, at: number): string | null {
   const parts: Buffer[] = [];
   let pos = at;
   for (;;) {
@@ -75,7 +75,7 @@ function chunkedBody(buf: Buffer, at: number): { text: string; end: number } | n
     if (size === 0) {
       // No trailers from this service: the last chunk is followed by one empty line.
       if (buf.length < dataAt + 2) return null;
-      return { text: Buffer.concat(parts).toString('utf8'), end: dataAt + 2 };
+      return Buffer.concat(parts).toString('utf8');
     }
     if (buf.length < dataAt + size + 2) return null;
     parts.push(buf.subarray(dataAt, dataAt + size));
@@ -136,8 +136,8 @@ export class KeepAliveConnection {
       head = parseHead(this.buf, end);
       if (head.chunked) {
         const body = chunkedBody(this.buf, head.bodyAt);
-        if (!body) return;
-        text = body.text;
+        if (body === null) return;
+        text = body;
       } else {
         const length = head.length ?? 0;
         if (this.buf.length < head.bodyAt + length) return;

@@ -8,20 +8,18 @@
 // once, and what they hand over in the same turn goes as one inbox statement, one Redis round trip
 // and one offset commit (handOver, below).
 import type { Sequelize } from 'sequelize';
-import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer } from 'kafkajs';
+import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer, TopicPartitionOffsetAndMetadata } from 'kafkajs';
 import { config } from '../core/config';
-import { coalescePerTurn, isolatingFailures } from '../core/concurrency';
+import { writePerTurn } from '../core/concurrency';
 import { failpoint } from '../core/failpoints';
 import { createProducer, dlqTopicOf } from '../core/kafka';
 import type { Logger } from '../core/logger';
 import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../core/metrics';
 import type { Queues } from '../queues/connection';
-import { addJobs } from '../queues/enqueue';
-import type { JobKind } from '../queues/names';
+import { addJobs, type NewJob } from '../queues/enqueue';
 import { writeInbox, type InboxEntry, type InboxSource } from '../storage/inbox';
 
-export type ToJob =
-  { ok: true; job: { kind: JobKind; id: string; data: object }; eventId: string; orderId: string | null } | { ok: false; reason: string };
+export type ToJob = { ok: true; job: NewJob; eventId: string; orderId: string | null } | { ok: false; reason: string };
 
 export interface MessageRoute {
   topic: string;
@@ -121,37 +119,19 @@ export async function startBridgeConsumer(opts: {
  * write or add that fails is tried again batch by batch, so one partition's trouble holds up no
  * other; a commit that fails (the group rebalancing) fails every batch of it, which Kafka redelivers.
  */
-export function handOver(db: Sequelize, queues: Queues, commitOffsets: (offsets: TopicPartitionOffset[]) => Promise<void>) {
-  const together = <T>(run: (items: T[]) => Promise<void>) =>
-    coalescePerTurn(
-      isolatingFailures(async (batches: T[][]) => {
-        await run(batches.flat());
-        return batches.map(() => undefined);
-      }),
-    );
+export function handOver(db: Sequelize, queues: Queues, commitOffsets: (offsets: TopicPartitionOffsetAndMetadata[]) => Promise<void>) {
   return {
-    writeInbox: together((entries: InboxEntry[]) => writeInbox(db, entries)),
-    addJobs: together((jobs: Job[]) => addJobs(queues, jobs)),
-    commit: coalescePerTurn(async (offsets: TopicPartitionOffset[]) => {
-      await commitOffsets(offsets);
-      return offsets.map(() => undefined);
-    }),
+    writeInbox: writePerTurn((batches: InboxEntry[][]) => writeInbox(db, batches.flat()), { isolate: true }),
+    addJobs: writePerTurn((batches: NewJob[][]) => addJobs(queues, batches.flat()), { isolate: true }),
+    // A partition's committed offset is the next message to read.
+    commit: writePerTurn(commitOffsets),
   };
 }
 
-/** A partition's committed offset: the next message to read. */
-interface TopicPartitionOffset {
-  topic: string;
-  partition: number;
-  offset: string;
-}
-
-type Job = { kind: JobKind; id: string; data: object };
-
 interface BatchDeps {
   writeInbox(entries: InboxEntry[]): Promise<void>;
-  addJobs(jobs: Job[]): Promise<void>;
-  commit(offset: TopicPartitionOffset): Promise<void>;
+  addJobs(jobs: NewJob[]): Promise<void>;
+  commit(offset: TopicPartitionOffsetAndMetadata): Promise<void>;
   routes: Map<string, MessageRoute>;
   producer: Producer;
   log: Logger;
@@ -168,7 +148,7 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
   for (let start = 0; start < batch.messages.length; start += CHUNK) {
     if (!live()) return;
     const chunk = batch.messages.slice(start, start + CHUNK);
-    const jobs: Job[] = [];
+    const jobs: NewJob[] = [];
     const inbox: InboxEntry[] = [];
     const dead: { message: KafkaMessage; reason: string }[] = [];
     for (const message of chunk) {

@@ -1,4 +1,4 @@
-import { coalescePerTurn, isolatingFailures, mapLimit, singleFlight, writesBehind } from './concurrency';
+import { coalescePerTurn, isolatingFailures, mapLimit, singleFlight, writePerTurn, writesBehind } from './concurrency';
 
 describe('coalescePerTurn', () => {
   it('hands the calls of one turn to one batch, in order, each with its own result', async () => {
@@ -128,5 +128,34 @@ describe('writesBehind', () => {
     writes.add(write('c', 10));
     await writes.flushed();
     expect(landed).toContain('c');
+  });
+});
+
+describe('writePerTurn', () => {
+  it('writes the calls of one turn at once; each hears whether the write landed', async () => {
+    const writes: number[][] = [];
+    const write = writePerTurn(async (items: number[]) => {
+      writes.push(items);
+      if (items.includes(13)) throw new Error('refused');
+    });
+    await expect(Promise.all([write(1), write(2)])).resolves.toEqual([undefined, undefined]);
+    expect((await Promise.allSettled([write(3), write(13)])).map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    expect(writes).toEqual([
+      [1, 2],
+      [3, 13],
+    ]);
+  });
+
+  it('with isolate, a failed write is tried call by call and only the call that fails alone fails', async () => {
+    const writes: number[][] = [];
+    const write = writePerTurn(
+      async (items: number[]) => {
+        writes.push(items);
+        if (items.includes(13)) throw new Error('refused');
+      },
+      { isolate: true },
+    );
+    expect((await Promise.allSettled([write(3), write(13)])).map((r) => r.status)).toEqual(['fulfilled', 'rejected']);
+    expect(writes).toEqual([[3, 13], [3], [13]]);
   });
 });

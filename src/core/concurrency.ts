@@ -1,6 +1,6 @@
 // Small concurrency tools the hot path, the ops endpoints and the tests share: bounded parallel map,
-// the coalescing of calls made in one turn of the event loop into one batched call, the writes
-// nobody awaits kept until they settle, a timeout, a run-then-wait loop, and the coalescing of
+// the coalescing of calls made in one turn of the event loop into one batched call (or one write),
+// the writes nobody awaits kept until they settle, a timeout, a run-then-wait loop, and the coalescing of
 // concurrent loads of one key (single flight).
 
 /** Runs fn over items with at most `limit` in flight; results keep the input order. */
@@ -55,6 +55,19 @@ export function coalescePerTurn<T, R>(
         setImmediate(flush);
       }
     });
+}
+
+/**
+ * coalescePerTurn for a write with no answer per item: the calls of one turn go to `write` together,
+ * and each resolves once the write has landed, or rejects with its error. With `isolate`, a write
+ * that fails is tried again call by call (isolatingFailures), so only the calls that fail alone fail.
+ */
+export function writePerTurn<T>(write: (items: T[]) => Promise<unknown>, opts: { isolate?: boolean } = {}): (item: T) => Promise<void> {
+  const run = async (items: T[]): Promise<void[]> => {
+    await write(items);
+    return items.map(() => undefined);
+  };
+  return coalescePerTurn(opts.isolate ? isolatingFailures(run) : run);
 }
 
 /**

@@ -11,7 +11,7 @@
 // one pipeline of HINCRBYs, one per (policy, reason) that occurred in it.
 import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { coalescePerTurn, writesBehind } from '../core/concurrency';
+import { writePerTurn, writesBehind } from '../core/concurrency';
 import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
 import { issueAnswersOf } from '../queues/results';
@@ -40,7 +40,7 @@ export interface RejectionCounter {
 
 export function createRejectionCounter(redis: Redis, log: Logger): RejectionCounter {
   const writes = writesBehind();
-  const write = coalescePerTurn(async (batches: Rejection[][]) => {
+  const write = writePerTurn(async (batches: Rejection[][]) => {
     const perKey = new Map<string, Map<string, number>>();
     const bump = (key: string, code: string, n: number) => {
       const codes = perKey.get(key) ?? new Map<string, number>();
@@ -58,7 +58,6 @@ export function createRejectionCounter(redis: Redis, log: Logger): RejectionCoun
     const replies = await pipeline.exec();
     const failed = replies?.find(([error]) => error)?.[0];
     if (failed) throw failed;
-    return batches.map(() => undefined);
   });
   const count = (rejections: Rejection[], jobId?: string) => {
     if (rejections.length === 0) return;

@@ -29,7 +29,10 @@ export async function addJob(queues: Queues, kind: JobKind, data: object, jobId:
  * jobs in the order given. An id that exists already keeps its job: adding an event's job again,
  * from a redelivery or a redrive of the inbox, is a no-op while the job is in Redis.
  */
-export async function addJobs(queues: Queues, jobs: { kind: JobKind; id: string; data: object }[]): Promise<void> {
+/** A job to add: its kind (which names its queue), its id and its data. */
+export type NewJob = { kind: JobKind; id: string; data: object };
+
+export async function addJobs(queues: Queues, jobs: NewJob[]): Promise<void> {
   const byQueue = new Map<(typeof JOB_KINDS)[JobKind]['queue'], { name: string; data: object; opts: JobsOptions }[]>();
   for (const job of jobs) {
     const queue = JOB_KINDS[job.kind].queue;

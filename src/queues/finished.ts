@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger';
-import { coalescePerTurn, writesBehind } from '../core/concurrency';
+import { writePerTurn, writesBehind } from '../core/concurrency';
 import { redisKeys } from '../core/redis-keys';
 
 /** What a job view is built from (src/web/routes/jobs.ts): a BullMQ Job has these fields. */
@@ -60,15 +60,12 @@ export interface FinishedPublisher {
 
 /**
  * Collects the jobs that finish in one turn of the event loop and publishes them in one message
- * (src/core/concurrency.ts coalescePerTurn). A lost message costs nothing but time: a waiting request
+ * (src/core/concurrency.ts writePerTurn). A lost message costs nothing but time: a waiting request
  * reads its job when the push does not come.
  */
 export function createFinishedPublisher(redis: Redis, log: Logger): FinishedPublisher {
   const writes = writesBehind();
-  const publish = coalescePerTurn(async (jobs: FinishedJob[]) => {
-    await redis.publish(redisKeys().checkoutFinishedChannel(), JSON.stringify({ jobs }));
-    return jobs.map(() => undefined);
-  });
+  const publish = writePerTurn((jobs: FinishedJob[]) => redis.publish(redisKeys().checkoutFinishedChannel(), JSON.stringify({ jobs })));
   return {
     finished(job, result) {
       if (!job.id) return;

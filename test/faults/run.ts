@@ -11,9 +11,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ensureKafka } from '../../scripts/infra/kafka';
-import { ensurePostgres } from '../../scripts/infra/postgres';
-import { consoleLogger, repoRoot, type Service } from '../../scripts/infra/process';
+import { consoleLogger, repoRoot } from '../../scripts/infra/process';
+import { ensureServices } from '../../scripts/infra/services';
 import { FAULTS, type Fault } from './faults';
 import { runScenario, type ScenarioResult, type Strike } from './scenario';
 import { createWorld } from './world';
@@ -170,9 +169,14 @@ async function main(): Promise<number> {
   }
   const seed = Number(process.env.SEED ?? Math.floor(Math.random() * 1e6));
   // What every world shares, started here when nothing answers (as `npm test` does), stopped at the
-  // end: the Postgres its scratch databases live in, and the Kafka broker of KAFKA_BROKERS.
-  const shared: Service[] = [await ensurePostgres('postgres://postgres@127.0.0.1:5432/postgres', consoleLogger)];
-  shared.push(await ensureKafka((process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(','), consoleLogger));
+  // end: the Postgres its scratch databases live in, and the Kafka broker of KAFKA_BROKERS. (Each
+  // world runs a Redis of its own; the shared one is only looked for.)
+  const shared = await ensureServices({
+    databaseUrl: 'postgres://postgres@127.0.0.1:5432/postgres',
+    redisUrl: 'redis://127.0.0.1:6379',
+    kafkaBrokers: (process.env.KAFKA_BROKERS || '127.0.0.1:9092').split(','),
+    log: consoleLogger,
+  });
   const began = Date.now();
   let rows: SuiteRow[];
   try {
@@ -185,7 +189,7 @@ async function main(): Promise<number> {
       log: (line) => process.stderr.write(`[faults +${((Date.now() - began) / 1000).toFixed(1)} s] ${line}\n`),
     });
   } finally {
-    for (const service of shared.reverse()) if (service.started) await service.stop();
+    await shared.stop();
   }
   const dir = path.join(repoRoot(), '.data', 'faults');
   mkdirSync(dir, { recursive: true });

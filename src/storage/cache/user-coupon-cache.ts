@@ -8,7 +8,7 @@
 // never stored after that change's invalidation.
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { coalescePerTurn } from '../../core/concurrency';
+import { writePerTurn } from '../../core/concurrency';
 import { config } from '../../core/config';
 import { redisKeys } from '../../core/redis-keys';
 import { scriptCommands } from '../../core/redis-scripts';
@@ -137,7 +137,7 @@ export async function invalidateUserCoupons(userIds: Iterable<string>): Promise<
 }
 
 /** The invalidations asked for in one turn of the event loop (one per checkout job) go as one DEL. */
-const deleteTogether = coalescePerTurn(async (asks: { redis: Redis; keys: string[] }[]) => {
+const deleteTogether = writePerTurn(async (asks: { redis: Redis; keys: string[] }[]) => {
   const keys = new Set(owed);
   for (const ask of asks) for (const key of ask.keys) keys.add(key);
   try {
@@ -147,5 +147,4 @@ const deleteTogether = coalescePerTurn(async (asks: { redis: Redis; keys: string
     throw error;
   }
   for (const key of keys) owed.delete(key);
-  return asks.map(() => undefined);
 });
