@@ -8,8 +8,7 @@
 // of it. The ratio says what the service's machinery costs over the bare work on this box, whatever
 // the box; the absolute figures move with the machine.
 import type { Client as PgClient } from 'pg';
-import type { Agent } from 'undici';
-import { apiClient } from './api';
+import type { Call } from './api';
 import type { Baseline } from './baseline';
 import { checkpoint, fmtInt, fmtMs, median, note, percentile, round, sleep, wallNow } from './common';
 import { startCpuPhase, type Classifier, type CpuGroup } from './cpu';
@@ -42,7 +41,8 @@ export interface BareResult {
 
 export interface BareContext {
   baseline: Baseline;
-  agent: Agent;
+  /** Calls to the bare server. */
+  call: Call;
   /** For the CHECKPOINT before each bare run: it does not pay for the checkouts' writes. */
   pg: PgClient;
   sign: (sub: string, role: 'user' | 'admin') => Promise<string>;
@@ -67,7 +67,7 @@ async function bareRun(ctx: BareContext, route: BareRoute, rate: number, seconds
   if (route === 'admit') await ctx.baseline.prepareSale(sale, count);
   // The bare server reads the subject without verifying it; distinct users, as the checkouts are.
   const tokens = await Promise.all(Array.from({ length: count }, (_, i) => ctx.sign(`bare-${label}-${i}`, 'user')));
-  const call = apiClient(ctx.baseline.baseUrl, ctx.agent);
+  const call = ctx.call;
   const took: number[] = [];
   let failed = 0;
   note(`bare baseline: ${BARE_ROUTES[route]}, ${fmtInt(rate)} requests/s for ${seconds} s`);

@@ -56,13 +56,13 @@ import path from 'node:path';
 import IORedis from 'ioredis';
 import { Kafka, logLevel, Partitioners } from 'kafkajs';
 import { Client as PgClient } from 'pg';
-import { Agent } from 'undici';
 import { z } from 'zod';
 import { urlWith } from '../../src/core/config';
 import { fixKafkajsIdleLoop } from '../../src/bridge/kafkajs-idle';
 import { consoleLogger } from '../infra/process';
 import { ensureServices } from '../infra/services';
-import { apiClient } from './api';
+import { keepAliveClient } from './api';
+import { KeepAlivePool } from './keep-alive';
 import { startBaseline } from './baseline';
 import { bareLines, bareRuns, bareSummary, checkoutServiceCpuMs, type BareContext, type BareResult } from './checkout-baseline';
 import { eventPublisher } from './checkout-load';
@@ -164,13 +164,14 @@ async function main(): Promise<number> {
     await producer.connect();
     const pg = new PgClient({ connectionString: databaseUrl, application_name: 'coupon-bench' });
     await pg.connect();
-    const agent = new Agent({ connections: cfg.CONNECTIONS, pipelining: 1, keepAliveTimeout: 30_000 });
+    // Plain keep-alive connections (keep-alive.ts): the generator shares the box with the service.
+    const pool = new KeepAlivePool(new URL(stack.baseUrl), cfg.CONNECTIONS, 20_000);
     // What a checkout leaves in Redis (INFO memory before the load and after the settle).
     const redis = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: 1 });
     stopHooks.push(async () => {
       await producer.disconnect();
       await pg.end();
-      await agent.close();
+      pool.close();
       redis.disconnect();
     });
     const sign = signer(stack.jwtSecret);
@@ -183,7 +184,7 @@ async function main(): Promise<number> {
 
     const ctx: CheckoutContext = {
       stack,
-      call: apiClient(stack.baseUrl, agent),
+      call: keepAliveClient(pool),
       sign,
       adminToken: await sign('bench-admin', 'admin'),
       publisher: eventPublisher(producer, topic),
@@ -198,7 +199,7 @@ async function main(): Promise<number> {
     const warmInvariants = cfg.WARMUP_S > 0 ? await warmUp(ctx, `${tag}w`, cfg.WARMUP_S) : [];
 
     // ---- the measured runs: each its own shoppers and policy, then the bare baseline at its rate ----
-    const bare = cfg.BASELINES.length ? await bareContext(cfg, ctx, agent, stopHooks) : null;
+    const bare = cfg.BASELINES.length ? await bareContext(cfg, ctx, stopHooks) : null;
     const runs: (CheckoutRun & { checkoutMs: number | null; bare: BareResult[] })[] = [];
     const runCount = cfg.RUNS ?? 1;
     for (let run = 1; run <= runCount; run += 1) {
@@ -246,11 +247,16 @@ async function main(): Promise<number> {
 }
 
 /** The bare server, started beside the stack for the whole bench, and what a bare run needs. */
-async function bareContext(cfg: Config, ctx: CheckoutContext, agent: Agent, stopHooks: (() => Promise<void>)[]): Promise<BareContext> {
+async function bareContext(cfg: Config, ctx: CheckoutContext, stopHooks: (() => Promise<void>)[]): Promise<BareContext> {
   const baseline = await startBaseline({ redisUrl: cfg.REDIS_URL, log: note });
-  stopHooks.push(() => baseline.stop());
+  // Its own connections, of the same kind as the checkouts' (a pool serves one server).
+  const pool = new KeepAlivePool(new URL(baseline.baseUrl), cfg.CONNECTIONS, 20_000);
+  stopHooks.push(async () => {
+    pool.close();
+    await baseline.stop();
+  });
   const classify = classifier(ctx.stack.mode === 'spawned' ? ctx.stack.pids : null, [baseline.pid]);
-  return { baseline, agent, pg: ctx.pg, sign: ctx.sign, classify };
+  return { baseline, call: keepAliveClient(pool), pg: ctx.pg, sign: ctx.sign, classify };
 }
 
 interface RunMeta {

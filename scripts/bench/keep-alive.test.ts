@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { KeepAliveConnection, requestBytes } from './keep-alive';
+import { keepAliveClient } from './api';
+import { KeepAliveConnection, KeepAlivePool, requestBytes } from './keep-alive';
 
 /** A real Node server whose answer each test picks by path; it records what it was sent and on which socket. */
 function server() {
@@ -115,4 +116,51 @@ it('a connection the server closed while idle is replaced by the next request', 
     conn.close();
     await s.close();
   }
+});
+
+describe('KeepAlivePool', () => {
+  it('serves many callers at once over at most `max` connections, the rest waiting their turn', async () => {
+    const s = await server();
+    const pool = new KeepAlivePool(s.url, 4, 2_000);
+    try {
+      const answers = await Promise.all(
+        Array.from({ length: 40 }, (_, i) => pool.send(requestBytes('POST', s.url, '/echo', {}, JSON.stringify({ i })))),
+      );
+      // Each caller gets its own answer, not another's.
+      expect(answers.map((a) => JSON.parse(a.text).echo)).toEqual(Array.from({ length: 40 }, (_, i) => JSON.stringify({ i })));
+      expect(pool.size).toBe(4);
+      expect(new Set(s.seen.map((r) => r.socket)).size).toBe(4);
+    } finally {
+      pool.close();
+      await s.close();
+    }
+  });
+
+  it('gives a connection back after a failure, and it answers again on a fresh socket', async () => {
+    const s = await server();
+    const pool = new KeepAlivePool(s.url, 1, 2_000);
+    try {
+      await expect(pool.send(requestBytes('GET', s.url, '/hang-up', {}))).rejects.toThrow();
+      expect((await pool.send(requestBytes('GET', s.url, '/ok', {}))).status).toBe(200);
+      expect(pool.size).toBe(1);
+    } finally {
+      pool.close();
+      await s.close();
+    }
+  });
+
+  it('backs the benches\' JSON calls: token, JSON body and headers sent, the JSON answer parsed', async () => {
+    const s = await server();
+    const pool = new KeepAlivePool(s.url, 2, 2_000);
+    try {
+      const call = keepAliveClient(pool);
+      const reply = await call('POST', '/api/v1/coupons/reserve', 'tok', { couponId: 'c-1' }, { prefer: 'wait=10' });
+      expect(reply).toEqual({ status: 200, body: { status: 'rejected', echo: JSON.stringify({ couponId: 'c-1' }) } });
+      expect(s.seen[0]!.headers).toMatchObject({ authorization: 'Bearer tok', 'content-type': 'application/json', prefer: 'wait=10' });
+      expect((await call('GET', '/empty', 'tok')).body).toBeUndefined();
+    } finally {
+      pool.close();
+      await s.close();
+    }
+  });
 });

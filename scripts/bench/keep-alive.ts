@@ -164,3 +164,56 @@ export class KeepAliveConnection {
     pending.reject(error);
   }
 }
+
+/**
+ * Up to `max` keep-alive connections to one server, shared by many callers at once (the checkout
+ * bench's open loop, where hundreds of requests are in flight): a call takes an idle connection,
+ * else opens one while fewer than `max` are open, else waits its turn in order. The connection goes
+ * back after the answer; one that failed opens a fresh socket for its next request.
+ */
+export class KeepAlivePool {
+  private readonly all: KeepAliveConnection[] = [];
+  private readonly idle: KeepAliveConnection[] = [];
+  private readonly waiting: ((connection: KeepAliveConnection) => void)[] = [];
+
+  constructor(
+    readonly url: URL,
+    private readonly max: number,
+    private readonly timeoutMs = 15_000,
+  ) {}
+
+  /** Connections opened so far (at most `max`). */
+  get size(): number {
+    return this.all.length;
+  }
+
+  async send(request: WireRequest): Promise<Answer> {
+    const connection = await this.take();
+    try {
+      return await connection.send(request);
+    } finally {
+      this.give(connection);
+    }
+  }
+
+  close(): void {
+    for (const connection of this.all) connection.close();
+  }
+
+  private take(): KeepAliveConnection | Promise<KeepAliveConnection> {
+    const idle = this.idle.pop();
+    if (idle) return idle;
+    if (this.all.length < this.max) {
+      const connection = new KeepAliveConnection(this.url, this.timeoutMs);
+      this.all.push(connection);
+      return connection;
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+
+  private give(connection: KeepAliveConnection): void {
+    const next = this.waiting.shift();
+    if (next) next(connection);
+    else this.idle.push(connection);
+  }
+}

@@ -34,7 +34,7 @@ describe('authenticate', () => {
     await new Promise((r) => setTimeout(r, (Math.floor(Date.now() / 1000) + 3) * 1000 - Date.now()));
     const expired = await call(token);
     expect(expired.status).toBe(401);
-    expect((await expired.json()).error.code).toBe('UNAUTHENTICATED');
+    expect(((await expired.json()) as { error: { code: string } }).error.code).toBe('UNAUTHENTICATED');
   });
 
   it('keeps answering every user right when more tokens come than the cache holds (10,000)', async () => {
