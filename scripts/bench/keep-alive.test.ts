@@ -149,7 +149,7 @@ describe('KeepAlivePool', () => {
     }
   });
 
-  it('backs the benches\' JSON calls: token, JSON body and headers sent, the JSON answer parsed', async () => {
+  it("backs the benches' JSON calls: token, JSON body and headers sent, the JSON answer parsed", async () => {
     const s = await server();
     const pool = new KeepAlivePool(s.url, 2, 2_000);
     try {
