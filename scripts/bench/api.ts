@@ -18,8 +18,7 @@ export function apiClient(baseUrl: string, agent: Agent): Call {
     const res = await request(`${baseUrl}${url}`, {
       method,
       dispatcher: agent,
-      headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-      body: body === undefined ? undefined : JSON.stringify(body),
+      ...jsonRequest(token, body, headers),
       headersTimeout: 20_000,
       bodyTimeout: 20_000,
     });
@@ -35,15 +34,17 @@ export function apiClient(baseUrl: string, agent: Agent): Call {
  */
 export function keepAliveClient(pool: KeepAlivePool): Call {
   return async (method, url, token, body, headers = {}) => {
-    const wire = requestBytes(
-      method,
-      pool.url,
-      url,
-      { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-      body === undefined ? undefined : JSON.stringify(body),
-    );
-    const answer = await pool.send(wire);
+    const json = jsonRequest(token, body, headers);
+    const answer = await pool.send(requestBytes(method, pool.url, url, json.headers, json.body));
     return { status: answer.status, body: parsed(answer.text) };
+  };
+}
+
+/** A call's headers (the bearer token, JSON's content type when there is a body, the caller's) and its body as JSON. */
+function jsonRequest(token: string, body: unknown, headers: Record<string, string>) {
+  return {
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
   };
 }
 

@@ -67,7 +67,6 @@ async function bareRun(ctx: BareContext, route: BareRoute, rate: number, seconds
   if (route === 'admit') await ctx.baseline.prepareSale(sale, count);
   // The bare server reads the subject without verifying it; distinct users, as the checkouts are.
   const tokens = await Promise.all(Array.from({ length: count }, (_, i) => ctx.sign(`bare-${label}-${i}`, 'user')));
-  const call = ctx.call;
   const took: number[] = [];
   let failed = 0;
   note(`bare baseline: ${BARE_ROUTES[route]}, ${fmtInt(rate)} requests/s for ${seconds} s`);
@@ -75,7 +74,7 @@ async function bareRun(ctx: BareContext, route: BareRoute, rate: number, seconds
   await openLoop(count, rate, async (i) => {
     const startedAt = wallNow();
     try {
-      const reply = await call('POST', `/${route}`, tokens[i] as string, { policyId: sale });
+      const reply = await ctx.call('POST', `/${route}`, tokens[i] as string, { policyId: sale });
       if (reply.status === 200 && reply.body?.status === 'succeeded') took.push(wallNow() - startedAt);
       else failed += 1;
     } catch {

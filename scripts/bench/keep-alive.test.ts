@@ -119,10 +119,20 @@ it('a connection the server closed while idle is replaced by the next request', 
 });
 
 describe('KeepAlivePool', () => {
-  it('serves many callers at once over at most `max` connections, the rest waiting their turn', async () => {
+  /** A server and a pool of at most `max` connections to it, both closed after `use`. */
+  async function withPool(max: number, use: (pool: KeepAlivePool, s: Awaited<ReturnType<typeof server>>) => Promise<void>) {
     const s = await server();
-    const pool = new KeepAlivePool(s.url, 4, 2_000);
+    const pool = new KeepAlivePool(s.url, max, 2_000);
     try {
+      await use(pool, s);
+    } finally {
+      pool.close();
+      await s.close();
+    }
+  }
+
+  it('serves many callers at once over at most `max` connections, the rest waiting their turn', () =>
+    withPool(4, async (pool, s) => {
       const answers = await Promise.all(
         Array.from({ length: 40 }, (_, i) => pool.send(requestBytes('POST', s.url, '/echo', {}, JSON.stringify({ i })))),
       );
@@ -130,37 +140,21 @@ describe('KeepAlivePool', () => {
       expect(answers.map((a) => JSON.parse(a.text).echo)).toEqual(Array.from({ length: 40 }, (_, i) => JSON.stringify({ i })));
       expect(pool.size).toBe(4);
       expect(new Set(s.seen.map((r) => r.socket)).size).toBe(4);
-    } finally {
-      pool.close();
-      await s.close();
-    }
-  });
+    }));
 
-  it('gives a connection back after a failure, and it answers again on a fresh socket', async () => {
-    const s = await server();
-    const pool = new KeepAlivePool(s.url, 1, 2_000);
-    try {
+  it('gives a connection back after a failure, and it answers again on a fresh socket', () =>
+    withPool(1, async (pool, s) => {
       await expect(pool.send(requestBytes('GET', s.url, '/hang-up', {}))).rejects.toThrow();
       expect((await pool.send(requestBytes('GET', s.url, '/ok', {}))).status).toBe(200);
       expect(pool.size).toBe(1);
-    } finally {
-      pool.close();
-      await s.close();
-    }
-  });
+    }));
 
-  it("backs the benches' JSON calls: token, JSON body and headers sent, the JSON answer parsed", async () => {
-    const s = await server();
-    const pool = new KeepAlivePool(s.url, 2, 2_000);
-    try {
+  it("backs the benches' JSON calls: token, JSON body and headers sent, the JSON answer parsed", () =>
+    withPool(2, async (pool, s) => {
       const call = keepAliveClient(pool);
       const reply = await call('POST', '/api/v1/coupons/reserve', 'tok', { couponId: 'c-1' }, { prefer: 'wait=10' });
       expect(reply).toEqual({ status: 200, body: { status: 'rejected', echo: JSON.stringify({ couponId: 'c-1' }) } });
       expect(s.seen[0]!.headers).toMatchObject({ authorization: 'Bearer tok', 'content-type': 'application/json', prefer: 'wait=10' });
       expect((await call('GET', '/empty', 'tok')).body).toBeUndefined();
-    } finally {
-      pool.close();
-      await s.close();
-    }
-  });
+    }));
 });
