@@ -179,6 +179,47 @@ describe('PAYMENT_COMPLETED', () => {
   });
 });
 
+describe('offset commits', () => {
+  /** The payments topic's offsets, summed over its partitions: the group's committed ones and the topic's end. */
+  async function offsets(): Promise<{ committed: number; end: number }> {
+    const admin = new Kafka({
+      clientId: 'payments-test',
+      brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
+      logLevel: logLevel.NOTHING,
+    }).admin();
+    await admin.connect();
+    try {
+      const [group] = await admin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [stack.paymentsTopic] });
+      const ends = await admin.fetchTopicOffsets(stack.paymentsTopic);
+      return {
+        committed: (group?.partitions ?? []).reduce((sum, p) => sum + Math.max(0, Number(p.offset)), 0),
+        end: ends.reduce((sum, p) => sum + Number(p.high), 0),
+      };
+    } finally {
+      await admin.disconnect();
+    }
+  }
+
+  it('are deferred, and a bridge stopped with SIGTERM commits what it handed over before it leaves', async () => {
+    const { couponId, orderId } = await reserved();
+    for (const bridge of stack.bridges) await stopProcess(bridge);
+    // No commit before its stop: the interval is far longer than the test.
+    const bridge = await stack.startBridge({ KAFKA_COMMIT_INTERVAL_MS: '600000' });
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await publish(event);
+    await until(couponId, 'USED');
+    const before = await offsets();
+    expect(before.committed).toBeLessThan(before.end);
+
+    await stopProcess(bridge, 'SIGTERM');
+    expect({ exitCode: bridge.exitCode, signal: bridge.signalCode }).toEqual({ exitCode: 0, signal: null });
+    expect(await offsets()).toEqual({ committed: before.end, end: before.end });
+    expect(await processedEvents(event.eventId)).toHaveLength(1);
+    // A bridge for the tests that follow, with the default interval.
+    await stack.startBridge();
+  });
+});
+
 describe('PAYMENT_FAILED and PAYMENT_CANCELLED', () => {
   it('release the coupon, and a later COMPLETED of the same order still confirms it', async () => {
     const failed = await reserved();

@@ -11,7 +11,6 @@ const write = writeInbox as jest.MockedFunction<typeof writeInbox>;
 const add = addJobs as jest.MockedFunction<typeof addJobs>;
 const db = {} as Sequelize;
 const queues = {} as Queues;
-const commitOffsets = jest.fn<Promise<void>, [{ topic: string; partition: number; offset: string }[]]>();
 
 const entry = (eventId: string): InboxEntry => ({
   source: 'payments',
@@ -25,18 +24,17 @@ describe('handOver: the batches of one fetch', () => {
   beforeEach(() => {
     write.mockReset().mockResolvedValue(undefined);
     add.mockReset().mockResolvedValue(undefined);
-    commitOffsets.mockReset().mockResolvedValue(undefined);
   });
 
   it('writes the partitions handed over in one turn as one inbox statement, each batch in its order', async () => {
-    const h = handOver(db, queues, commitOffsets);
+    const h = handOver(db, queues);
     await Promise.all([h.writeInbox([entry('a1'), entry('a2')]), h.writeInbox([entry('b1')]), h.writeInbox([entry('c1'), entry('c2')])]);
     expect(write).toHaveBeenCalledTimes(1);
     expect(write.mock.calls[0]![1].map((e) => e.eventId)).toEqual(['a1', 'a2', 'b1', 'c1', 'c2']);
   });
 
   it('adds the jobs of one turn in one call, and those of a later turn in another', async () => {
-    const h = handOver(db, queues, commitOffsets);
+    const h = handOver(db, queues);
     await Promise.all([h.addJobs([job('j1')]), h.addJobs([job('j2'), job('j3')])]);
     await h.addJobs([job('j4')]);
     expect(add.mock.calls.map((call) => call[1].map((j) => j.id))).toEqual([['j1', 'j2', 'j3'], ['j4']]);
@@ -46,23 +44,10 @@ describe('handOver: the batches of one fetch', () => {
     write.mockImplementation(async (_db, entries) => {
       if (entries.some((e) => e.eventId === 'bad')) throw new Error('value too long');
     });
-    const h = handOver(db, queues, commitOffsets);
+    const h = handOver(db, queues);
     const [good, bad] = await Promise.allSettled([h.writeInbox([entry('ok1')]), h.writeInbox([entry('bad')])]);
     expect(good).toEqual({ status: 'fulfilled', value: undefined });
     expect(bad).toMatchObject({ status: 'rejected', reason: new Error('value too long') });
     expect(write.mock.calls.map((call) => call[1].map((e) => e.eventId))).toEqual([['ok1', 'bad'], ['ok1'], ['bad']]);
-  });
-
-  it('commits the offsets of the partitions of one turn in one request; a failed commit fails each of them', async () => {
-    const h = handOver(db, queues, commitOffsets);
-    const p1 = { topic: 'payments', partition: 1, offset: '11' };
-    const p4 = { topic: 'payments', partition: 4, offset: '7' };
-    await Promise.all([h.commit(p1), h.commit(p4)]);
-    expect(commitOffsets.mock.calls).toEqual([[[p1, p4]]]);
-
-    commitOffsets.mockRejectedValueOnce(new Error('The group is rebalancing'));
-    const settled = await Promise.allSettled([h.commit(p1), h.commit(p4)]);
-    expect(settled.map((r) => r.status)).toEqual(['rejected', 'rejected']);
-    expect(commitOffsets).toHaveBeenCalledTimes(2);
   });
 });

@@ -3,21 +3,22 @@
 // Postgres (one statement; I11: from there a job Redis lost is added again), add the jobs (ids
 // derived from event ids, so a redelivery re-adds the same job, a no-op), send what cannot become a
 // job to `<topic>.dlq` with the reason, and only then commit the offset after them (and nothing
-// beyond it). A crash anywhere before the commit redelivers the batch; the inbox's unique event key,
-// the derived job ids and processed_events absorb it. The partitions of one fetch are handled at
-// once, and what they hand over in the same turn goes as one inbox statement, one Redis round trip
-// and one offset commit (handOver, below).
+// beyond it; the commit request itself goes every KAFKA_COMMIT_INTERVAL_MS, src/bridge/offsets.ts).
+// A crash anywhere before the commit redelivers the batch; the inbox's unique event key, the derived
+// job ids and processed_events absorb it. The partitions of one fetch are handled at once, and what
+// they hand over in the same turn goes as one inbox statement and one Redis round trip (handOver,
+// below).
 import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer, TopicPartitionOffsetAndMetadata } from 'kafkajs';
 import { config } from '../core/config';
 import { writePerTurn } from '../core/concurrency';
-import { failpoint } from '../core/failpoints';
 import { createProducer, dlqTopicOf } from '../core/kafka';
 import type { Logger } from '../core/logger';
 import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../core/metrics';
 import type { Queues } from '../queues/connection';
 import { addJobs, type NewJob } from '../queues/enqueue';
 import { writeInbox, type InboxEntry, type InboxSource } from '../storage/inbox';
+import { OffsetCommitter } from './offsets';
 
 export type ToJob = { ok: true; job: NewJob; eventId: string; orderId: string | null } | { ok: false; reason: string };
 
@@ -28,7 +29,7 @@ export interface MessageRoute {
   toJob(message: KafkaMessage, partition: number): ToJob;
 }
 
-/** Adds at most this many jobs per Redis round trip, and commits the offset after each chunk. */
+/** Adds at most this many jobs per Redis round trip, and marks the offset after each chunk. */
 const CHUNK = 500;
 const MAX_BACKOFF_MS = 5_000;
 /** How long the broker holds an empty fetch: the idle bridge's fetch rate (a message ends the wait at once). */
@@ -72,12 +73,14 @@ export async function startBridgeConsumer(opts: {
     minBytes: 1,
     maxWaitTimeInMs: FETCH_WAIT_MS,
   });
-  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) =>
+  const offsets = new OffsetCommitter((list) => consumer.commitOffsets(list), cfg.KAFKA_COMMIT_INTERVAL_MS, log);
+  consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+    offsets.keepOnly(payload.memberAssignment);
     log.info(
       { groupId: payload.groupId, memberId: payload.memberId, assignment: payload.memberAssignment },
       'bridge joined the consumer group',
-    ),
-  );
+    );
+  });
   consumer.on(consumer.events.CRASH, ({ payload }) => {
     log.error({ err: payload.error, restart: payload.restart }, 'kafka consumer crashed');
     // kafkajs restarts the consumer after a retriable error only; otherwise it stays down while
@@ -91,19 +94,33 @@ export async function startBridgeConsumer(opts: {
   }
 
   let running = true;
-  const handover = handOver(opts.db, queues, (offsets) => consumer.commitOffsets(offsets));
+  const handover = handOver(opts.db, queues);
+  const inFlight = new Set<Promise<void>>();
   await consumer.run({
     partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
     eachBatchAutoResolve: false,
-    // Each batch commits its own offsets once its events are handed over (below), in one request
-    // with the other partitions' of the same turn; kafkajs's auto-commit sent one request per batch.
+    // Each batch marks its offsets once its events are handed over (below); OffsetCommitter commits
+    // the marks of every partition in one request at most every KAFKA_COMMIT_INTERVAL_MS, where
+    // kafkajs's auto-commit sent one request per batch.
     autoCommit: false,
-    eachBatch: (payload) => handleBatch(payload, { ...handover, routes, producer, log, isRunning: () => running }),
+    eachBatch: async (payload) => {
+      const handled = handleBatch(payload, { ...handover, mark: (o) => offsets.mark(o), routes, producer, log, isRunning: () => running });
+      inFlight.add(handled);
+      try {
+        await handled;
+      } finally {
+        inFlight.delete(handled);
+      }
+    },
   });
   return {
     consumer,
     async stop() {
       running = false;
+      // The batches in hand finish their chunk (or give up, once stopped), then their marks are
+      // committed while this member still holds its partitions: a clean stop redelivers nothing.
+      await Promise.allSettled([...inFlight]);
+      await offsets.close();
       await consumer.disconnect().catch((error: unknown) => log.warn({ err: error }, 'kafka consumer did not disconnect cleanly'));
       await producer.disconnect().catch(() => undefined);
     },
@@ -111,27 +128,25 @@ export async function startBridgeConsumer(opts: {
 }
 
 /**
- * The inbox write, the job adds and the offset commit of the partitions' batches, each coalesced per
- * turn: one fetch brings a batch per partition (six by default), handled at once, and each would
- * otherwise cost its own Postgres commit, Redis round trip and offset commit at the broker, the
- * bridge's largest costs under load. A batch's events stay in their order within the statement, and
- * each handler still waits for its own events to be written before it commits its offset. A combined
- * write or add that fails is tried again batch by batch, so one partition's trouble holds up no
- * other; a commit that fails (the group rebalancing) fails every batch of it, which Kafka redelivers.
+ * The inbox write and the job adds of the partitions' batches, each coalesced per turn: one fetch
+ * brings a batch per partition (six by default), handled at once, and each would otherwise cost its
+ * own Postgres commit and Redis round trip, the bridge's largest costs under load. A batch's events
+ * stay in their order within the statement, and each handler still waits for its own events to be
+ * written before it marks its offset. A combined write or add that fails is tried again batch by
+ * batch, so one partition's trouble holds up no other.
  */
-export function handOver(db: Sequelize, queues: Queues, commitOffsets: (offsets: TopicPartitionOffsetAndMetadata[]) => Promise<void>) {
+export function handOver(db: Sequelize, queues: Queues) {
   return {
     writeInbox: writePerTurn((batches: InboxEntry[][]) => writeInbox(db, batches.flat()), { isolate: true }),
     addJobs: writePerTurn((batches: NewJob[][]) => addJobs(queues, batches.flat()), { isolate: true }),
-    // A partition's committed offset is the next message to read.
-    commit: writePerTurn(commitOffsets),
   };
 }
 
 interface BatchDeps {
   writeInbox(entries: InboxEntry[]): Promise<void>;
   addJobs(jobs: NewJob[]): Promise<void>;
-  commit(offset: TopicPartitionOffsetAndMetadata): Promise<void>;
+  /** The partition is handed over up to this offset (the next message to read): OffsetCommitter commits it. */
+  mark(offset: TopicPartitionOffsetAndMetadata): void;
   routes: Map<string, MessageRoute>;
   producer: Producer;
   log: Logger;
@@ -197,10 +212,9 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
 
     // Everything of this chunk is in the inbox and Redis, or in the DLQ: only now may Kafka forget
     // it. A crash before the commit redelivers the chunk.
-    await failpoint('bridge.before-commit');
     const last = chunk[chunk.length - 1] as KafkaMessage;
     resolveOffset(last.offset);
-    await deps.commit({ topic: batch.topic, partition: batch.partition, offset: (BigInt(last.offset) + 1n).toString() });
+    deps.mark({ topic: batch.topic, partition: batch.partition, offset: (BigInt(last.offset) + 1n).toString() });
     kafkaMessagesConsumed.inc({ topic: batch.topic }, chunk.length);
     await heartbeat();
     log.debug({ jobs: jobs.length, dead: dead.length, offset: last.offset }, 'batch chunk handed over');

@@ -54,6 +54,9 @@ export const configSchema = z.object({
   KAFKA_PARTITIONS_CONCURRENCY: intFrom(6, 1),
   // How long the group waits for a bridge that stopped heartbeating before handing its partitions on.
   KAFKA_SESSION_TIMEOUT_MS: intFrom(30_000, 6_000),
+  // How often, at most, the bridge commits the offsets of what it has handed over (a crash redelivers
+  // what it had not committed: that many ms of events, each deduplicated).
+  KAFKA_COMMIT_INTERVAL_MS: intFrom(200, 0),
   // How often the bridge logs its consumer lag.
   KAFKA_LAG_LOG_INTERVAL_MS: intFrom(15_000, 100),
   // Port of the worker's and the bridge's ops server (/metrics, /health/*). 0: any free port (logged).
