@@ -1,7 +1,7 @@
 // Helpers the infrastructure scripts share: running commands, probing ports, waiting, and
 // installing a Debian package when a binary is missing.
 import { spawn, spawnSync, type SpawnOptions } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -111,8 +111,37 @@ export function isPortFree(host: string, port: number): Promise<boolean> {
   });
 }
 
-/** A port the OS considers free on host (there is a small race until someone binds it). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
+/**
+ * A port free on host now, chosen below the OS's ephemeral range (there is a small race until someone
+ * binds it). A port the OS hands out for `listen(0)` comes from the range it also gives outgoing
+ * connections their local ports from: a process started a moment later on that port found it taken
+ * by a client's long-lived connection (EADDRINUSE on every restart, a fault-suite world that never
+ * came up). Below the range, only a listener can take it.
+ */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const below = ephemeralLow();
+  for (let attempt = 0; below !== null && attempt < 50; attempt += 1) {
+    const port = FIXED_PORTS_FROM + Math.floor(Math.random() * (below - FIXED_PORTS_FROM));
+    if (await isPortFree(host, port)) return port;
+  }
+  return anyPort(host);
+}
+
+/** Ports chosen by freePort start here: above the well-known services a box may run. */
+const FIXED_PORTS_FROM = 10_000;
+
+/** The first port of the OS's ephemeral range (Linux), or null where it cannot be read or leaves no room. */
+function ephemeralLow(): number | null {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > FIXED_PORTS_FROM + 1_000 ? low : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A port the OS picks (from its ephemeral range). */
+function anyPort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
