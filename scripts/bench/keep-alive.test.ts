@@ -33,6 +33,8 @@ function server() {
       }
     });
   });
+  // Node answers `Keep-Alive: timeout=2` and closes a connection idle for 2 s.
+  srv.keepAliveTimeout = 2_000;
   return new Promise<{ url: URL; seen: typeof seen; close: () => Promise<void> }>((resolve) =>
     srv.listen(0, '127.0.0.1', () => {
       const { port } = srv.address() as AddressInfo;
@@ -68,6 +70,19 @@ describe('KeepAliveConnection', () => {
     expect(s.seen[0]).toMatchObject({ method: 'POST', url: '/issue', body });
     expect(s.seen[0]!.headers).toMatchObject({ authorization: 'Bearer t', prefer: 'wait=10', host: s.url.host });
     expect(s.seen[1]!.socket).toBe(s.seen[0]!.socket);
+  });
+
+  it("opens a new connection rather than reuse one idle for nearly the server's keep-alive timeout", async () => {
+    const req = requestBytes('GET', s.url, '/any', {});
+    await conn.send(req);
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    await conn.send(req);
+    // Idle 1.2 s of the server's 2 s: within a second of its timeout, so not reused.
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    expect((await conn.send(req)).status).toBe(200);
+    expect(s.seen).toHaveLength(3);
+    expect(s.seen[1]!.socket).toBe(s.seen[0]!.socket);
+    expect(s.seen[2]!.socket).not.toBe(s.seen[1]!.socket);
   });
 
   it('reads a chunked answer, multi-byte characters included', async () => {

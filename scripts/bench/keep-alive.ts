@@ -4,7 +4,10 @@
 // this machine (200 connections, 40,000 requests); this connection, with each user's request built
 // before the clock starts, 30-37 µs. It speaks only what the service answers: a status line,
 // headers, and a body framed by Content-Length or chunked; `Connection: close` (a draining web)
-// closes it after the answer, and the next request opens a new one.
+// closes it after the answer, and the next request opens a new one. A connection left idle for
+// nearly as long as the server keeps it (its `Keep-Alive: timeout=N`) is not reused: a request sent
+// just as the server closes it is reset (ECONNRESET), as 24 reserves were when a measured run began
+// about 5 s after the warm-up, the web's keep-alive timeout. undici discards connections the same way.
 import net from 'node:net';
 
 export interface Answer {
@@ -24,6 +27,8 @@ export function requestBytes(method: 'GET' | 'POST', url: URL, path: string, hea
 }
 
 const HEAD_END = Buffer.from('\r\n\r\n');
+/** How long before the server's keep-alive timeout an idle connection is no longer reused. */
+const KEEP_ALIVE_MARGIN_MS = 1_000;
 const CRLF = Buffer.from('\r\n');
 
 interface Pending {
@@ -38,6 +43,8 @@ interface Head {
   length: number | null;
   chunked: boolean;
   close: boolean;
+  /** How long the server keeps the connection idle (`Keep-Alive: timeout=N`), when it says. */
+  keepAliveMs: number | null;
   bodyAt: number;
 }
 
@@ -48,6 +55,7 @@ function parseHead(buf: Buffer, end: number): Head {
   let length: number | null = null;
   let chunked = false;
   let close = false;
+  let keepAliveMs: number | null = null;
   for (const line of head.split('\r\n').slice(1)) {
     const colon = line.indexOf(':');
     const name = line.slice(0, colon).trim().toLowerCase();
@@ -58,8 +66,12 @@ function parseHead(buf: Buffer, end: number): Head {
     if (name === 'content-length') length = Number(value);
     else if (name === 'transfer-encoding') chunked = value.includes('chunked');
     else if (name === 'connection') close = value.includes('close');
+    else if (name === 'keep-alive') {
+      const timeout = /timeout=(\d+)/.exec(value);
+      if (timeout) keepAliveMs = Number(timeout[1]) * 1000;
+    }
   }
-  return { status, length, chunked, close, bodyAt: end + HEAD_END.length };
+  return { status, length, chunked, close, keepAliveMs, bodyAt: end + HEAD_END.length };
 }
 
 /** A chunked body from `at`: its text, or null while incomplete. */
@@ -87,6 +99,8 @@ export class KeepAliveConnection {
   private socket: net.Socket | null = null;
   private buf: Buffer = Buffer.alloc(0);
   private pending: Pending | null = null;
+  /** Past this moment the idle connection is closed before the next request rather than reused. */
+  private reuseUntil = Infinity;
 
   constructor(
     private readonly url: URL,
@@ -99,6 +113,7 @@ export class KeepAliveConnection {
     return new Promise<Answer>((resolve, reject) => {
       const timer = setTimeout(() => this.fail(new Error(`no answer in ${this.timeoutMs} ms`)), this.timeoutMs);
       this.pending = { resolve, reject, timer };
+      if (this.socket && Date.now() > this.reuseUntil) this.close();
       this.open().write(request);
     });
   }
@@ -151,6 +166,7 @@ export class KeepAliveConnection {
     const { resolve, timer } = this.pending;
     clearTimeout(timer);
     this.pending = null;
+    this.reuseUntil = head.keepAliveMs === null ? Infinity : Date.now() + head.keepAliveMs - KEEP_ALIVE_MARGIN_MS;
     if (head.close) this.close();
     resolve({ status: head.status, text });
   }
