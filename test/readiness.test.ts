@@ -231,7 +231,7 @@ describe('readiness while draining', () => {
   it("answers the bridge's /health/ready 503 draining from its SIGTERM on while it still holds an uncommitted batch", async () => {
     const stack = await startStack({ workers: 0, name: 'readiness-bridge-drain' });
     const events = new EventProducer();
-    // The bridge stops before committing its first batch and stays there: its drain waits for that batch.
+    // The bridge stops before committing its first batch's offset and stays there: its drain waits for that commit.
     const bridge = await stack.startBridge({ FAILPOINTS: 'bridge.before-commit=hang' });
     try {
       const url = stack.opsUrl(bridge);

@@ -33,8 +33,8 @@ function server() {
       }
     });
   });
-  // Node answers `Keep-Alive: timeout=2` and closes a connection idle for 2 s.
-  srv.keepAliveTimeout = 2_000;
+  // Node answers `Keep-Alive: timeout=3` and closes a connection idle for 3 s.
+  srv.keepAliveTimeout = 3_000;
   return new Promise<{ url: URL; seen: typeof seen; close: () => Promise<void> }>((resolve) =>
     srv.listen(0, '127.0.0.1', () => {
       const { port } = srv.address() as AddressInfo;
@@ -75,10 +75,11 @@ describe('KeepAliveConnection', () => {
   it("opens a new connection rather than reuse one idle for nearly the server's keep-alive timeout", async () => {
     const req = requestBytes('GET', s.url, '/any', {});
     await conn.send(req);
-    await new Promise((resolve) => setTimeout(resolve, 600));
+    await new Promise((resolve) => setTimeout(resolve, 300));
     await conn.send(req);
-    // Idle 1.2 s of the server's 2 s: within a second of its timeout, so not reused.
-    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    // Idle 2.3 s of the server's 3 s: within a second of its timeout, so not reused (the server
+    // would still have answered on it).
+    await new Promise((resolve) => setTimeout(resolve, 2_300));
     expect((await conn.send(req)).status).toBe(200);
     expect(s.seen).toHaveLength(3);
     expect(s.seen[1]!.socket).toBe(s.seen[0]!.socket);

@@ -122,10 +122,17 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
   const below = ephemeralLow();
   for (let attempt = 0; below !== null && attempt < 50; attempt += 1) {
     const port = FIXED_PORTS_FROM + Math.floor(Math.random() * (below - FIXED_PORTS_FROM));
+    // Nothing holds a port between this answer and its bind: callers asking at once (Promise.all)
+    // must not get the same one.
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
     if (await isPortFree(host, port)) return port;
   }
   return anyPort(host);
 }
+
+/** The ports freePort chose in this process. */
+const handedOut = new Set<number>();
 
 /** Ports chosen by freePort start here: above the well-known services a box may run. */
 const FIXED_PORTS_FROM = 10_000;

@@ -117,8 +117,11 @@ export async function startBridgeConsumer(opts: {
     consumer,
     async stop() {
       running = false;
+      // No more fetches: a batch fetched now would return unhandled and be fetched again, over and
+      // over, until the disconnect.
+      consumer.pause([...routes.keys()].map((topic) => ({ topic })));
       // The batches in hand finish their chunk (or give up, once stopped), then their marks are
-      // committed while this member still holds its partitions: a clean stop redelivers nothing.
+      // committed while this member still holds its partitions.
       await Promise.allSettled([...inFlight]);
       await offsets.close();
       await consumer.disconnect().catch((error: unknown) => log.warn({ err: error }, 'kafka consumer did not disconnect cleanly'));

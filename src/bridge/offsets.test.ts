@@ -76,6 +76,37 @@ describe('OffsetCommitter', () => {
     expect(calls).toEqual([[at(2, 5)]]);
   });
 
+  it('does not bring back the mark of a partition lost while its failed commit was out', async () => {
+    let release!: () => void;
+    // The first commit fails once the group has rebalanced; the next one goes through.
+    const { offsets, calls } = committer(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          if (calls.length > 1) resolve();
+          else release = () => reject(new Error('The group is rebalancing'));
+        }),
+    );
+    offsets.keepOnly({ payments: [1, 2] });
+    offsets.mark(at(1, 10));
+    offsets.mark(at(2, 5));
+    const first = offsets.flush();
+    await sleep(5);
+    offsets.keepOnly({ payments: [2] });
+    release();
+    await first;
+    await offsets.flush();
+    expect(calls).toEqual([[at(1, 10), at(2, 5)], [at(2, 5)]]);
+  });
+
+  it('tries its last commit three times when closed, then gives up', async () => {
+    const { offsets, calls } = committer(async () => {
+      throw new Error('broker away');
+    });
+    offsets.mark(at(3, 42));
+    await offsets.close();
+    expect(calls).toEqual([[at(3, 42)], [at(3, 42)], [at(3, 42)]]);
+  });
+
   it('commits what is marked at once when closed, and nothing is scheduled after', async () => {
     const { offsets, calls } = committer();
     offsets.mark(at(3, 42));
