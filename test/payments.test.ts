@@ -48,6 +48,12 @@ afterAll(async () => {
 
 const publish = (event: { orderId: string }) => events.publish(stack.paymentsTopic, event);
 
+/** Stops the stack's bridges (SIGTERM) and starts one in their place with `env`. */
+async function onlyBridge(env: Record<string, string>) {
+  for (const bridge of stack.bridges) await stopProcess(bridge);
+  return stack.startBridge(env);
+}
+
 async function reserved(shopper?: Shopper) {
   const s = shopper ?? (await shopperWith(api, policyId));
   const couponId = s.coupons[0] as string;
@@ -149,8 +155,7 @@ describe('PAYMENT_COMPLETED', () => {
 
   it('is applied once when the bridge is SIGKILLed after enqueueing and before committing', async () => {
     const { couponId, orderId } = await reserved();
-    for (const bridge of stack.bridges) await stopProcess(bridge);
-    const hanging = await stack.startBridge({ FAILPOINTS: 'bridge.before-commit=hang' });
+    const hanging = await onlyBridge({ FAILPOINTS: 'bridge.before-commit=hang' });
     const event = paymentEvent('PAYMENT_COMPLETED', orderId);
     await publish(event);
     await waitForLine(hanging, 'failpoint bridge.before-commit', 30_000);
@@ -202,9 +207,8 @@ describe('offset commits', () => {
 
   it('are deferred, and a bridge stopped with SIGTERM commits what it handed over before it leaves', async () => {
     const { couponId, orderId } = await reserved();
-    for (const bridge of stack.bridges) await stopProcess(bridge);
     // No commit before its stop: the interval is far longer than the test.
-    const bridge = await stack.startBridge({ KAFKA_COMMIT_INTERVAL_MS: '600000' });
+    const bridge = await onlyBridge({ KAFKA_COMMIT_INTERVAL_MS: '600000' });
     const event = paymentEvent('PAYMENT_COMPLETED', orderId);
     await publish(event);
     await until(couponId, 'USED');

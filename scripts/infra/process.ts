@@ -137,15 +137,19 @@ const handedOut = new Set<number>();
 /** Ports chosen by freePort start here: above the well-known services a box may run. */
 const FIXED_PORTS_FROM = 10_000;
 
-/** The first port of the OS's ephemeral range (Linux), or null where it cannot be read or leaves no room. */
+/** The first port of the OS's ephemeral range (Linux), or null where it cannot be read or leaves no room; read once. */
 function ephemeralLow(): number | null {
-  try {
-    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
-    return Number.isInteger(low) && low > FIXED_PORTS_FROM + 1_000 ? low : null;
-  } catch {
-    return null;
+  if (ephemeralLowRead === undefined) {
+    try {
+      const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+      ephemeralLowRead = Number.isInteger(low) && low > FIXED_PORTS_FROM + 1_000 ? low : null;
+    } catch {
+      ephemeralLowRead = null;
+    }
   }
+  return ephemeralLowRead;
 }
+let ephemeralLowRead: number | null | undefined;
 
 /** A port the OS picks (from its ephemeral range). */
 function anyPort(host: string): Promise<number> {

@@ -11,7 +11,7 @@
 import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer, TopicPartitionOffsetAndMetadata } from 'kafkajs';
 import { config } from '../core/config';
-import { writePerTurn } from '../core/concurrency';
+import { writePerTurn, writesBehind } from '../core/concurrency';
 import { createProducer, dlqTopicOf } from '../core/kafka';
 import type { Logger } from '../core/logger';
 import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../core/metrics';
@@ -95,7 +95,7 @@ export async function startBridgeConsumer(opts: {
 
   let running = true;
   const handover = handOver(opts.db, queues);
-  const inFlight = new Set<Promise<void>>();
+  const inFlight = writesBehind();
   await consumer.run({
     partitionsConsumedConcurrently: cfg.KAFKA_PARTITIONS_CONCURRENCY,
     eachBatchAutoResolve: false,
@@ -103,14 +103,11 @@ export async function startBridgeConsumer(opts: {
     // the marks of every partition in one request at most every KAFKA_COMMIT_INTERVAL_MS, where
     // kafkajs's auto-commit sent one request per batch.
     autoCommit: false,
-    eachBatch: async (payload) => {
+    eachBatch: (payload) => {
       const handled = handleBatch(payload, { ...handover, mark: (o) => offsets.mark(o), routes, producer, log, isRunning: () => running });
-      inFlight.add(handled);
-      try {
-        await handled;
-      } finally {
-        inFlight.delete(handled);
-      }
+      // Kept for stop() to wait on; kafkajs gets the outcome, errors included.
+      inFlight.add(handled.catch(() => undefined));
+      return handled;
     },
   });
   return {
@@ -122,7 +119,7 @@ export async function startBridgeConsumer(opts: {
       consumer.pause([...routes.keys()].map((topic) => ({ topic })));
       // The batches in hand finish their chunk (or give up, once stopped), then their marks are
       // committed while this member still holds its partitions.
-      await Promise.allSettled([...inFlight]);
+      await inFlight.flushed();
       await offsets.close();
       await consumer.disconnect().catch((error: unknown) => log.warn({ err: error }, 'kafka consumer did not disconnect cleanly'));
       await producer.disconnect().catch(() => undefined);
