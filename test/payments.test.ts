@@ -449,3 +449,70 @@ describe('poison messages', () => {
     }
   });
 });
+
+describe('PAYMENT_APPLY=bridge: payments applied by the bridge', () => {
+  const bridgeLog = () => `payments-bridge-${stack.bridges.length}`;
+  const paymentJobOf = async (eventId: string) => (await jobsById(stack.queuePrefix, 'payments', [derivedJobId('payment', eventId)]))[0];
+  /** The bridge's log lines about `eventId` whose message contains `text`, once there are `atLeast`. */
+  const told = (eventId: string, text: string, atLeast = 1) =>
+    logLinesWhen(bridgeLog(), (l) => l.eventId === eventId && String(l.msg).includes(text), atLeast, 30_000);
+
+  beforeAll(async () => {
+    await onlyBridge({ PAYMENT_APPLY: 'bridge' });
+  });
+  afterAll(async () => {
+    // The tests that follow, if any, meet the default bridge again.
+    await onlyBridge({});
+  });
+
+  it('uses the coupon once, without a job, with the event delivered twice', async () => {
+    const { couponId, orderId, reservationId } = await reserved();
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId, { reservationId });
+    await publish(event);
+    await publish(event);
+    await until(couponId, 'USED');
+    expect(await told(event.eventId, 'PAYMENT_COMPLETED applied')).toHaveLength(1);
+    expect(await told(event.eventId, 'already processed')).toHaveLength(1);
+    expect(await processedEvents(event.eventId)).toHaveLength(1);
+    expect((await reservationsOf(couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
+    // Applied where it stood: no job was added for it, and none for its redelivery.
+    expect(await paymentJobOf(event.eventId)).toBeUndefined();
+  });
+
+  it('makes a job of a refund that arrives before its payment, and the worker applies it once the payment has', async () => {
+    const overtaken = await reserved();
+    const refund = paymentEvent('PAYMENT_REFUNDED', overtaken.orderId);
+    await publish(refund);
+    expect(await told(refund.eventId, 'queued as a job')).toHaveLength(1);
+    await deferred(refund.eventId);
+    expect(await couponStatus(overtaken.couponId)).toBe('RESERVED');
+
+    const payment = paymentEvent('PAYMENT_COMPLETED', overtaken.orderId);
+    await publish(payment);
+    expect(await told(payment.eventId, 'PAYMENT_COMPLETED applied')).toHaveLength(1);
+    expect((await paymentJob(refund.eventId)).result).toMatchObject({ outcome: 'APPLIED' });
+    await until(overtaken.couponId, 'ISSUED');
+    expect(await paymentJobOf(payment.eventId)).toBeUndefined();
+    const [row] = await reservationsOf(overtaken.couponId);
+    expect(row?.status).toBe('CONFIRMED');
+  });
+
+  it('is applied once when the bridge is SIGKILLed after applying and before committing', async () => {
+    const { couponId, orderId } = await reserved();
+    const hanging = await onlyBridge({ PAYMENT_APPLY: 'bridge', FAILPOINTS: 'bridge.before-commit=hang' });
+    const event = paymentEvent('PAYMENT_COMPLETED', orderId);
+    await publish(event);
+    await waitForLine(hanging, 'failpoint bridge.before-commit', 30_000);
+    // Applied before the failpoint, while its offset is not committed: the kill lands between the two.
+    expect((await couponRow(couponId))?.status).toBe('USED');
+    await stopProcess(hanging, 'SIGKILL');
+
+    // The next bridge gets the message again and finds it processed.
+    await onlyBridge({ PAYMENT_APPLY: 'bridge' });
+    expect(await told(event.eventId, 'already processed')).toHaveLength(1);
+    expect(await processedEvents(event.eventId)).toHaveLength(1);
+    expect((await reservationsOf(couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);
+    expect(await couponRow(couponId)).toMatchObject({ status: 'USED', order_id: orderId });
+    expect(await paymentJobOf(event.eventId)).toBeUndefined();
+  });
+});

@@ -33,6 +33,7 @@
 //   BASELINES [insert,admit]         after each measured run, the bare server (scripts/bench/checkout-baseline.ts) under the
 //                                    same open loop at RATE: Hono + one Postgres INSERT, Hono + one Redis Lua script (none: skip)
 //   BASELINE_S [10]                  seconds of each bare route; a checkout's service CPU is printed as a multiple of a bare request's
+//   PAYMENT_APPLY [worker]           where the spawned stack applies payment events: worker (a job each) or bridge (in place)
 //   LOG_LEVEL [warn]                 the spawned stack's log level (info: with the per-request lines)
 //
 // A spawned stack (1 web, WORKERS workers, 1 bridge) gets its own queue prefix, payments topic,
@@ -101,6 +102,8 @@ const configSchema = z.object({
   // The bare baseline after each measured run (checkout-baseline.ts): routes, and seconds each.
   BASELINES: list(['insert', 'admit'], 'insert,admit'),
   BASELINE_S: int(10),
+  // Where the spawned stack applies payments (the service's PAYMENT_APPLY, passed on with the environment).
+  PAYMENT_APPLY: z.enum(['worker', 'bridge']).default('worker'),
 });
 type Config = z.infer<typeof configSchema>;
 
@@ -177,7 +180,7 @@ async function main(): Promise<number> {
     const sign = signer(stack.jwtSecret);
 
     process.stdout.write(
-      `${cfg.CAPACITY ? `Checkout capacity: ${fmtInt(cfg.FROM_RATE)}-${fmtInt(cfg.RATE)} checkouts/s by ${fmtInt(cfg.STEP)}, runs of ${cfg.DURATION_S} s` : `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge)` : ''}; ${cpus().length} CPUs, load average ${loadavg()
+      `${cfg.CAPACITY ? `Checkout capacity: ${fmtInt(cfg.FROM_RATE)}-${fmtInt(cfg.RATE)} checkouts/s by ${fmtInt(cfg.STEP)}, runs of ${cfg.DURATION_S} s` : `Checkout: ${fmtInt(users)} shoppers, ${fmtInt(cfg.RATE)} checkouts/s for ${cfg.DURATION_S} s`}, against a ${stack.mode} stack at ${stack.baseUrl}${stack.mode === 'spawned' ? ` (1 web, ${cfg.WORKERS} worker(s), 1 bridge; payments applied by the ${cfg.PAYMENT_APPLY})` : ''}; ${cpus().length} CPUs, load average ${loadavg()
         .map((x) => round(x, 2))
         .join(' ')}\n`,
     );

@@ -7,7 +7,9 @@
 // A crash anywhere before the commit redelivers the batch; the inbox's unique event key, the derived
 // job ids and processed_events absorb it. The partitions of one fetch are handled at once, and what
 // they hand over in the same turn goes as one inbox statement and one Redis round trip (handOver,
-// below).
+// below). With PAYMENT_APPLY=bridge, a payment is applied right after its inbox write instead of
+// becoming a job, unless it cannot take effect yet (src/bridge/in-place.ts); the offset still moves
+// only after that.
 import type { Sequelize } from 'sequelize';
 import type { Consumer, EachBatchPayload, Kafka, KafkaMessage, Producer, TopicPartitionOffsetAndMetadata } from 'kafkajs';
 import { config } from '../core/config';
@@ -18,6 +20,7 @@ import { kafkaMessagesConsumed, kafkaMessagesDeadLettered } from '../core/metric
 import type { Queues } from '../queues/connection';
 import { addJobs, type NewJob } from '../queues/enqueue';
 import { writeInbox, type InboxEntry, type InboxSource } from '../storage/inbox';
+import type { ApplyInPlace } from './in-place';
 import { OffsetCommitter } from './offsets';
 
 export type ToJob = { ok: true; job: NewJob; eventId: string; orderId: string | null } | { ok: false; reason: string };
@@ -47,6 +50,8 @@ export async function startBridgeConsumer(opts: {
   queues: Queues;
   log: Logger;
   routes: MessageRoute[];
+  /** PAYMENT_APPLY=bridge: payments applied here, not made into jobs (src/bridge/in-place.ts). */
+  applyInPlace?: ApplyInPlace;
   /** The consumer stopped for good (kafkajs gave up, e.g. after the broker was away too long). */
   onFatal: (error: Error) => void;
 }): Promise<BridgeConsumer> {
@@ -104,7 +109,15 @@ export async function startBridgeConsumer(opts: {
     // kafkajs's auto-commit sent one request per batch.
     autoCommit: false,
     eachBatch: (payload) => {
-      const handled = handleBatch(payload, { ...handover, mark: (o) => offsets.mark(o), routes, producer, log, isRunning: () => running });
+      const handled = handleBatch(payload, {
+        ...handover,
+        applyInPlace: opts.applyInPlace,
+        mark: (o) => offsets.mark(o),
+        routes,
+        producer,
+        log,
+        isRunning: () => running,
+      });
       // Kept for stop() to wait on; kafkajs gets the outcome, errors included.
       inFlight.add(handled.catch(() => undefined));
       return handled;
@@ -145,6 +158,8 @@ export function handOver(db: Sequelize, queues: Queues) {
 interface BatchDeps {
   writeInbox(entries: InboxEntry[]): Promise<void>;
   addJobs(jobs: NewJob[]): Promise<void>;
+  /** With PAYMENT_APPLY=bridge: applies the payments among a chunk's jobs, once they are in the inbox; answers the jobs still to add. */
+  applyInPlace?: ApplyInPlace;
   /** The partition is handed over up to this offset (the next message to read): OffsetCommitter commits it. */
   mark(offset: TopicPartitionOffsetAndMetadata): void;
   routes: Map<string, MessageRoute>;
@@ -179,8 +194,12 @@ async function handleBatch(payload: EachBatchPayload, deps: BatchDeps): Promise<
       // jobs (a restart without its data, a failover to a lagging replica); the inbox keeps them.
       const written = await persist(() => deps.writeInbox(inbox), `write ${inbox.length} events to the inbox`, log, heartbeat, live);
       if (written === 'stopped') return;
-      const done = await persist(() => deps.addJobs(jobs), `enqueue ${jobs.length} jobs`, log, heartbeat, live);
-      if (done === 'stopped') return;
+      // PAYMENT_APPLY=bridge: a payment that takes effect here needs no job (src/bridge/in-place.ts).
+      const toQueue = deps.applyInPlace ? await deps.applyInPlace(jobs) : jobs;
+      if (toQueue.length > 0) {
+        const done = await persist(() => deps.addJobs(toQueue), `enqueue ${toQueue.length} jobs`, log, heartbeat, live);
+        if (done === 'stopped') return;
+      }
     }
     for (const d of dead) {
       const done = await persist(

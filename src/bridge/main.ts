@@ -1,7 +1,8 @@
-// The Kafka bridge process: turns payment events into checkout jobs and user events into issue jobs. It creates its topics (and
-// their dead-letter topics) if they are missing, consumes every partition concurrently, commits an
-// offset only once its messages are in the Postgres inbox and jobs in Redis, or dead letters in
-// Kafka, and logs its lag.
+// The Kafka bridge process: turns payment events into checkout jobs and user events into issue jobs
+// (with PAYMENT_APPLY=bridge it applies payments itself, and only those that cannot take effect yet
+// become jobs). It creates its topics (and their dead-letter topics) if they are missing, consumes
+// every partition concurrently, commits an offset only once its messages are in the Postgres inbox
+// and their jobs in Redis (or their effect in Postgres), or dead letters in Kafka, and logs its lag.
 import { initAlertSeries } from '../core/alerts';
 import { config, opsPortOf } from '../core/config';
 import { createKafka, createTopicsIfMissing } from '../core/kafka';
@@ -9,9 +10,14 @@ import { logger } from '../core/logger';
 import { exposeMetrics } from '../core/metrics';
 import type { Phase } from '../core/ops-server';
 import { closeSequelize, sequelize } from '../core/postgres';
-import { waitForReady } from '../core/redis';
+import type { Logger } from '../core/logger';
+import { initModels } from '../storage';
+import { initUserCouponCache } from '../storage/cache/user-coupon-cache';
+import { startUsageMetrics } from '../observability/usage-metrics';
+import { createRedis, waitForReady } from '../core/redis';
 import { createQueues } from '../queues/connection';
 import { startBridgeConsumer } from './consumer';
+import { applyPaymentsInPlace } from './in-place';
 import { fixKafkajsIdleLoop } from './kafkajs-idle';
 import { scheduleLagReport } from './lag';
 import { startBridgeOps } from './ops';
@@ -26,7 +32,7 @@ async function main(): Promise<void> {
   const kafka = createKafka(log);
   const queues = createQueues();
   exposeMetrics('bridge');
-  initAlertSeries(['CONSUMER_LAG']);
+  initAlertSeries(cfg.PAYMENT_APPLY === 'bridge' ? ['CONSUMER_LAG', 'PAYMENT_CONFLICT'] : ['CONSUMER_LAG']);
   // Ready once consuming, while Redis and Kafka answer; 503 from the first moment of a shutdown.
   let phase: Phase = 'starting';
   const ops = await startBridgeOps({ port: opsPortOf(cfg, 'BRIDGE_OPS_PORT'), kafka, queues, log, phase: () => phase });
@@ -42,7 +48,7 @@ async function main(): Promise<void> {
 
   let stopping = false;
   // Filled once the consumer and the lag report run; a signal before that stops what exists.
-  const stops: { consumer?: () => Promise<void>; lag?: () => Promise<void> } = {};
+  const stops: { consumer?: () => Promise<void>; lag?: () => Promise<void>; inPlace?: () => Promise<void> } = {};
   const shutdown = async (signal: string, exitCode = 0) => {
     if (stopping) return;
     stopping = true;
@@ -50,6 +56,7 @@ async function main(): Promise<void> {
     log.info({ signal }, 'bridge stopping: finishing the batches in hand');
     await stops.consumer?.();
     await stops.lag?.();
+    await stops.inPlace?.();
     await queues.close();
     await closeSequelize();
     await ops.close();
@@ -59,8 +66,14 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   process.on('SIGINT', () => void shutdown('SIGINT'));
 
+  // PAYMENT_APPLY=bridge: payments take effect here (src/bridge/in-place.ts), with what a worker
+  // applying them has: the models, the user coupon cache to drop, the used-coupon counts.
+  const inPlace = cfg.PAYMENT_APPLY === 'bridge' ? startInPlacePayments(log) : undefined;
+  if (inPlace) stops.inPlace = inPlace.stop;
+
   const bridge = await startBridgeConsumer({
     db: sequelize(),
+    applyInPlace: inPlace?.apply,
     kafka,
     queues,
     log,
@@ -76,6 +89,22 @@ async function main(): Promise<void> {
   }).stop;
   if (!stopping) phase = 'running';
   log.info({ brokers: cfg.KAFKA_BROKERS, groupId: cfg.KAFKA_GROUP_ID, topics }, 'bridge consuming');
+}
+
+/** What applying payments in the bridge needs, started; `stop` counts the last used coupons and closes its Redis connection. */
+function startInPlacePayments(log: Logger) {
+  const db = initModels(sequelize());
+  const redis = createRedis('client');
+  initUserCouponCache(redis);
+  const stopUsage = startUsageMetrics(log);
+  log.info('payments are applied in the bridge (PAYMENT_APPLY=bridge); only those that cannot take effect yet become jobs');
+  return {
+    apply: applyPaymentsInPlace({ db, log }),
+    async stop() {
+      await stopUsage();
+      redis.disconnect();
+    },
+  };
 }
 
 main().catch((error: unknown) => {

@@ -96,6 +96,12 @@ export const configSchema = z.object({
   // about a minute in all with 8) before it is recorded as having changed nothing; it waits on
   // while an earlier event of its order is in the inbox unapplied (src/worker/checkout-queue.ts).
   PAYMENT_WAIT_ATTEMPTS: intFrom(8, 0),
+  // Where a payment event takes effect. worker: the bridge makes every event a job (its id derived
+  // from the event id) and a worker applies it. bridge: the bridge applies each event itself once it
+  // is in the inbox, and makes a job only of an event that cannot take effect yet (a refund ahead of
+  // its payment) or whose application failed; about a third of a checkout's latency and a job's CPU
+  // less (docs/BENCHMARKS.md), at the price of no job to read for an event applied in place.
+  PAYMENT_APPLY: z.enum(['worker', 'bridge']).default('worker'),
   // How long a worker may go without renewing a job lock before the job is handed to another worker.
   JOB_LOCK_MS: intFrom(15_000, 1000),
   JOB_STALLED_INTERVAL_MS: intFrom(5_000, 500),

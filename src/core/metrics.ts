@@ -132,6 +132,13 @@ export const kafkaMessagesConsumed = new Counter({
   registers: none,
 });
 
+export const paymentsAppliedInPlace = new Counter({
+  name: 'coupon_bridge_payments_total',
+  help: 'Payment events the bridge handled with PAYMENT_APPLY=bridge, by what became of them: applied, ignored (changed nothing), duplicate, or queued (made a job: not applicable yet, or the application failed).',
+  labelNames: ['result'] as const,
+  registers: none,
+});
+
 export const kafkaMessagesDeadLettered = new Counter({
   name: 'coupon_kafka_messages_dead_lettered_total',
   help: 'Kafka messages sent to <topic>.dlq, by source topic.',
@@ -153,7 +160,16 @@ const GROUPS: Record<'web' | 'worker' | 'bridge', Metric[]> = {
     paymentConflictsTotal,
     inboxEventsRedriven,
   ],
-  bridge: [dbPoolConnections, dbPoolWaiting, kafkaConsumerLag, kafkaMessagesConsumed, kafkaMessagesDeadLettered],
+  bridge: [
+    dbPoolConnections,
+    dbPoolWaiting,
+    kafkaConsumerLag,
+    kafkaMessagesConsumed,
+    kafkaMessagesDeadLettered,
+    paymentsAppliedInPlace,
+    couponsUsedTotal,
+    paymentConflictsTotal,
+  ],
 };
 
 let defaultsOn = false;

@@ -6,11 +6,16 @@
 // are read and decided again. Lock order: every write that changes a reservation locks its coupon
 // row first.
 import { QueryTypes, type Sequelize } from 'sequelize';
+import { raiseAlert } from '../core/alerts';
 import type { Reason } from '../core/errors';
+import type { Logger } from '../core/logger';
+import { paymentConflictsTotal } from '../core/metrics';
+import { noteCouponUsed } from '../observability/usage-metrics';
 import { asJson, batchedQuery } from '../storage/batched-query';
 import type { CouponState, PaymentPlan, ReservationState } from '../domain/checkout-rules';
 import { eventKey, planEvent, type CheckoutEvent, type EventState, type EventWrite } from '../domain/plan-event';
 import { Reservation, reservationFromJson } from '../storage/reservation';
+import type { PaymentEvent } from '../queues/jobs';
 import { invalidateUserCoupons } from '../storage/cache/user-coupon-cache';
 
 export type { CheckoutEvent } from '../domain/plan-event';
@@ -19,11 +24,31 @@ export interface PaymentEventDeps {
   db: Sequelize;
 }
 
+/** An outcome that is final: the event took effect, changed nothing, or had already been processed. */
+export type SettledCheckoutOutcome = Exclude<CheckoutOutcome, { kind: 'wait' }>;
+
 export type CheckoutOutcome =
   | { kind: 'applied'; action: Exclude<PaymentPlan['action'], 'none' | 'wait'>; reservation: Reservation }
   | { kind: 'ignored'; conflict: boolean; reason: Reason; reservation: Reservation | null }
   | { kind: 'duplicate'; outcome: string; reasonCode: string | null }
   | { kind: 'wait'; why: string };
+
+/**
+ * A payment event from Kafka as the checkout event it is applied as. `noWait`: it has waited long
+ * enough, and what still does not apply is recorded as ignored (the worker's last attempts).
+ */
+export function paymentCheckoutEvent(event: PaymentEvent, noWait = false): CheckoutEvent {
+  return {
+    source: 'payments',
+    eventId: event.eventId,
+    type: event.type,
+    orderId: event.orderId,
+    reservationId: event.reservationId,
+    userId: event.userId,
+    endReason: event.type,
+    noWait,
+  };
+}
 
 /** How often a decision is made again when the rows changed between the read and the write. */
 const MAX_DECISIONS = 5;
@@ -159,4 +184,37 @@ export async function applyCheckoutEvent(deps: PaymentEventDeps, event: Checkout
     return { kind: 'applied', action: payment.action, reservation: reservation as Reservation };
   }
   throw new Error(`the reservation of ${key} changed under ${MAX_DECISIONS} decisions in a row`);
+}
+
+/**
+ * What an applied checkout event leaves in the logs, metrics and alerts: one line per event, a used
+ * coupon noted for coupon_coupons_used_total, a payment conflict counted and raised as an alert. For
+ * the worker, which applies the events of jobs, and the bridge, which applies payments in place.
+ */
+export function reportCheckoutOutcome(log: Logger, what: string, outcome: SettledCheckoutOutcome): void {
+  switch (outcome.kind) {
+    case 'applied':
+      log.info(
+        { action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId },
+        `${what} applied`,
+      );
+      if (outcome.action === 'confirm' || outcome.action === 'confirm-late') noteCouponUsed(outcome.reservation.couponId);
+      return;
+    case 'ignored':
+      if (outcome.conflict) {
+        paymentConflictsTotal.inc();
+        raiseAlert(
+          log,
+          'PAYMENT_CONFLICT',
+          { code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId },
+          'warn',
+          `payment conflict: ${outcome.reason.message}`,
+        );
+      } else {
+        log.info({ code: outcome.reason.code, reservationId: outcome.reservation?.id }, `${what} changed nothing`);
+      }
+      return;
+    case 'duplicate':
+      log.info({ earlierOutcome: outcome.outcome }, `${what} already processed; nothing done`);
+  }
 }

@@ -6,12 +6,10 @@
 import { UnrecoverableError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Sequelize } from 'sequelize';
-import { raiseAlert } from '../core/alerts';
 import { config } from '../core/config';
 import { reason, type ErrorCode } from '../core/errors';
 import type { Logger } from '../core/logger';
 import { redisKeys } from '../core/redis-keys';
-import { paymentConflictsTotal } from '../core/metrics';
 import type { PaymentEventType } from '../domain/checkout-rules';
 import { Reservation, reservationResult, reservationView, type ReservationView } from '../storage/reservation';
 import { earlierPaymentPending } from '../storage/inbox';
@@ -20,9 +18,14 @@ import type { JobKind } from '../queues/names';
 import type { PaymentResult, PaymentReturn, ReservationResult } from '../queues/results';
 import { jobData } from '../queues/job-data';
 import { withLock, type Locks } from '../core/lock';
-import { noteCouponUsed } from '../observability/usage-metrics';
 import { failpoint } from '../core/failpoints';
-import { applyCheckoutEvent, type CheckoutEvent, type CheckoutOutcome } from '../usecases/payment-event';
+import {
+  applyCheckoutEvent,
+  paymentCheckoutEvent,
+  reportCheckoutOutcome,
+  type CheckoutEvent,
+  type SettledCheckoutOutcome,
+} from '../usecases/payment-event';
 import { reserveCoupon } from '../usecases/reserve';
 
 export interface CheckoutDeps {
@@ -110,7 +113,7 @@ async function reservationAction(deps: CheckoutDeps, job: Job, action: 'cancel' 
     ownerId: data.userId,
     endReason,
   });
-  logOutcome(log, action, outcome);
+  reportCheckoutOutcome(log, action, outcome);
   switch (outcome.kind) {
     case 'applied':
       return { outcome: 'succeeded', result: reservationView(outcome.reservation) };
@@ -133,21 +136,12 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
   // unapplied: that one's job may have been lost by Redis and be on its way back (I11).
   const waitedEnough = job.attemptsMade >= config().PAYMENT_WAIT_ATTEMPTS;
   const earlierPending = waitedEnough && (await earlierPaymentPending(deps.db, event.eventId, event.orderId));
-  const outcome = await applyOrWait(deps, {
-    source: 'payments',
-    eventId: event.eventId,
-    type: event.type,
-    orderId: event.orderId,
-    reservationId: event.reservationId,
-    userId: event.userId,
-    endReason: event.type,
-    noWait: waitedEnough && !earlierPending,
-  }).catch((error: unknown) => {
+  const outcome = await applyOrWait(deps, paymentCheckoutEvent(event, waitedEnough && !earlierPending)).catch((error: unknown) => {
     if (earlierPending && error instanceof NotYetApplicable)
       log.info({ attempts: job.attemptsMade + 1 }, `${event.type} keeps waiting: an earlier event of its order is not applied yet`);
     throw error;
   });
-  logOutcome(log, event.type, outcome);
+  reportCheckoutOutcome(log, event.type, outcome);
   const base = { eventId: event.eventId };
   switch (outcome.kind) {
     case 'applied':
@@ -175,36 +169,8 @@ async function payment(deps: CheckoutDeps, job: Job): Promise<PaymentReturn> {
   }
 }
 
-async function applyOrWait(deps: CheckoutDeps, event: CheckoutEvent): Promise<Exclude<CheckoutOutcome, { kind: 'wait' }>> {
+async function applyOrWait(deps: CheckoutDeps, event: CheckoutEvent): Promise<SettledCheckoutOutcome> {
   const outcome = await applyCheckoutEvent(deps, event);
   if (outcome.kind === 'wait') throw new NotYetApplicable(outcome.why);
   return outcome;
-}
-
-function logOutcome(log: Logger, what: string, outcome: Exclude<CheckoutOutcome, { kind: 'wait' }>): void {
-  switch (outcome.kind) {
-    case 'applied':
-      log.info(
-        { action: outcome.action, reservationId: outcome.reservation.id, couponId: outcome.reservation.couponId },
-        `${what} applied`,
-      );
-      if (outcome.action === 'confirm' || outcome.action === 'confirm-late') noteCouponUsed(outcome.reservation.couponId);
-      return;
-    case 'ignored':
-      if (outcome.conflict) {
-        paymentConflictsTotal.inc();
-        raiseAlert(
-          log,
-          'PAYMENT_CONFLICT',
-          { code: outcome.reason.code, reservationId: outcome.reservation?.id, couponId: outcome.reservation?.couponId },
-          'warn',
-          `payment conflict: ${outcome.reason.message}`,
-        );
-      } else {
-        log.info({ code: outcome.reason.code, reservationId: outcome.reservation?.id }, `${what} changed nothing`);
-      }
-      return;
-    case 'duplicate':
-      log.info({ earlierOutcome: outcome.outcome }, `${what} already processed; nothing done`);
-  }
 }
