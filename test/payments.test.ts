@@ -469,9 +469,11 @@ describe('PAYMENT_APPLY=bridge: payments applied by the bridge', () => {
     const { couponId, orderId, reservationId } = await reserved();
     const event = paymentEvent('PAYMENT_COMPLETED', orderId, { reservationId });
     await publish(event);
-    await publish(event);
     await until(couponId, 'USED');
     expect(await told(event.eventId, 'PAYMENT_COMPLETED applied')).toHaveLength(1);
+    // Delivered again once applied (two copies in one fetch are applied once without a line each:
+    // src/bridge/in-place.test.ts).
+    await publish(event);
     expect(await told(event.eventId, 'already processed')).toHaveLength(1);
     expect(await processedEvents(event.eventId)).toHaveLength(1);
     expect((await reservationsOf(couponId)).map((r) => r.status)).toEqual(['CONFIRMED']);

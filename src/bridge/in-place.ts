@@ -21,7 +21,12 @@ export interface InPlaceDeps {
 /** Applies the payment jobs among `jobs` in place; resolves to the jobs still to be added (in their order). Never rejects. */
 export type ApplyInPlace = (jobs: NewJob[]) => Promise<NewJob[]>;
 
+export const IN_PLACE_RESULTS = ['applied', 'ignored', 'duplicate', 'queued'] as const;
+
 export function applyPaymentsInPlace(deps: InPlaceDeps): ApplyInPlace {
+  // Series from 0, so Prometheus's increase() sees the first of each.
+  for (const result of IN_PLACE_RESULTS) paymentsAppliedInPlace.inc({ result }, 0);
+
   const applyOne = async (job: NewJob): Promise<boolean> => {
     if (job.kind !== 'payment') return false;
     const parsed = paymentJobSchema.safeParse(job.data);
@@ -39,13 +44,35 @@ export function applyPaymentsInPlace(deps: InPlaceDeps): ApplyInPlace {
       paymentsAppliedInPlace.inc({ result: outcome.kind });
       return true;
     } catch (error) {
-      log.warn({ err: error }, `${event.type} could not be applied in the bridge: queued as a job (retried with backoff)`);
+      // Postgres refused or did not answer, or the write committed and dropping the user's cached
+      // coupon list in Redis failed after it: either way the job's worker applies it, or finds it
+      // applied and drops the list again.
+      log.warn({ err: error }, `${event.type} not applied in the bridge, or its cache not dropped: queued as a job`);
       paymentsAppliedInPlace.inc({ result: 'queued' });
       return false;
     }
   };
+
   return async (jobs) => {
-    const applied = await Promise.all(jobs.map(applyOne));
-    return jobs.filter((_, i) => !applied[i]);
+    // One application per event id: two copies of an event in one turn would meet in one write,
+    // where the second is refused as stale and both would end as duplicates, with no line, count or
+    // alert for what the first did. A copy shares the first's fate (its job id too, so it adds no job).
+    const first = new Map<string, Promise<boolean>>();
+    const handled = await Promise.all(
+      jobs.map((job) => {
+        const earlier = first.get(job.id);
+        if (earlier) return earlier.then((applied) => applied && countCopy());
+        const applied = applyOne(job);
+        first.set(job.id, applied);
+        return applied;
+      }),
+    );
+    return jobs.filter((_, i) => !handled[i]);
   };
+}
+
+/** A second copy of an event applied in the same chunk: counted as the duplicate it is. */
+function countCopy(): true {
+  paymentsAppliedInPlace.inc({ result: 'duplicate' });
+  return true;
 }

@@ -94,7 +94,9 @@ async function main(): Promise<void> {
 /** What applying payments in the bridge needs, started; `stop` counts the last used coupons and closes its Redis connection. */
 function startInPlacePayments(log: Logger) {
   const db = initModels(sequelize());
-  const redis = createRedis('client');
+  // The web's kind of connection: a Redis that stops answering fails its commands after
+  // REDIS_COMMAND_TIMEOUT_MS instead of holding the partition (the event then goes as a job).
+  const redis = createRedis('ingress');
   initUserCouponCache(redis);
   const stopUsage = startUsageMetrics(log);
   log.info('payments are applied in the bridge (PAYMENT_APPLY=bridge); only those that cannot take effect yet become jobs');
