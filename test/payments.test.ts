@@ -3,7 +3,7 @@
 // confirmed or recorded as conflicts, and a poison message goes to the dead-letter topic.
 import { readFile } from 'node:fs/promises';
 import { Queue } from 'bullmq';
-import { ConfigResourceTypes, Kafka, logLevel } from 'kafkajs';
+import { ConfigResourceTypes } from 'kafkajs';
 import IORedis from 'ioredis';
 import { derivedJobId } from '../src/queues/names';
 import { paymentReturnSchema } from '../src/queues/results';
@@ -12,6 +12,7 @@ import {
   createCheckoutPolicy,
   eventually,
   EventProducer,
+  kafkaAdmin,
   paymentEvent,
   processedEvents,
   reservationsOf,
@@ -187,11 +188,7 @@ describe('PAYMENT_COMPLETED', () => {
 describe('offset commits', () => {
   /** The payments topic's offsets, summed over its partitions: the group's committed ones and the topic's end. */
   async function offsets(): Promise<{ committed: number; end: number }> {
-    const admin = new Kafka({
-      clientId: 'payments-test',
-      brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
-      logLevel: logLevel.NOTHING,
-    }).admin();
+    const admin = kafkaAdmin('payments-test');
     await admin.connect();
     try {
       const [group] = await admin.fetchOffsets({ groupId: `bridge-${stack.queuePrefix}`, topics: [stack.paymentsTopic] });
@@ -400,11 +397,7 @@ describe('poison messages', () => {
 
   it('that even the dead-letter topic refuses are logged and skipped, never blocking the partition', async () => {
     const dlq = `${stack.paymentsTopic}.dlq`;
-    const admin = new Kafka({
-      clientId: 'coupon-tests-admin',
-      brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','),
-      logLevel: logLevel.NOTHING,
-    }).admin();
+    const admin = kafkaAdmin();
     await admin.connect();
     const setLimit = (bytes: string) =>
       admin.alterConfigs({

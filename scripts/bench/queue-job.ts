@@ -3,7 +3,8 @@
 // count) at RATE a second, in bursts every 10 ms as a web's turns add them, and a worker (concurrency
 // WORKER_CONCURRENCY, its own connection, as in src/worker/consumers.ts) takes and finishes each with a
 // processor that does nothing. Reported per job: the Node CPU of producer and worker together (one
-// process) and Redis's CPU (INFO cpu, so whatever else uses that Redis meanwhile counts too). A
+// process: the bench's own CPU) and Redis's CPU (every redis-server process's, read from /proc as
+// the other benches read it: scripts/bench/cpu.ts). A
 // checkout makes two such jobs in worker mode (its reserve and its payment), one with
 // PAYMENT_APPLY=bridge: this is the floor those jobs put under a checkout's cost.
 //
@@ -24,6 +25,7 @@ import { z } from 'zod';
 import { urlWith } from '../../src/core/config';
 import { JOB_OPTIONS } from '../../src/queues/connection';
 import { fmtInt, gitState, int, median, note, round, runBench, sleep, writeResults } from './common';
+import { classifier, startCpuPhase } from './cpu';
 
 const configSchema = z.object({
   JOBS: int(20_000),
@@ -33,13 +35,6 @@ const configSchema = z.object({
   REDIS_URL: urlWith(['redis:', 'rediss:']).default('redis://127.0.0.1:6379'),
 });
 
-/** Redis's own CPU so far, in ms (user and system). */
-async function redisCpuMs(redis: IORedis): Promise<number> {
-  const info = await redis.info('cpu');
-  const field = (name: string) => Number(new RegExp(`${name}:([0-9.]+)`).exec(info)?.[1] ?? Number.NaN);
-  return (field('used_cpu_user') + field('used_cpu_sys')) * 1000;
-}
-
 interface Round {
   jobs: number;
   finished: number;
@@ -48,8 +43,9 @@ interface Round {
   redisUsPerJob: number;
 }
 
-async function round1(cfg: z.infer<typeof configSchema>, redis: IORedis, prefix: string): Promise<Round> {
+async function runRound(cfg: z.infer<typeof configSchema>, prefix: string): Promise<Round> {
   const producer = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null, enableAutoPipelining: true });
+  const consumer = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null });
   const queue = new Queue('checkout', { connection: producer, prefix, defaultJobOptions: JOB_OPTIONS.checkout });
   let finished = 0;
   let allDone: () => void = () => undefined;
@@ -61,7 +57,7 @@ async function round1(cfg: z.infer<typeof configSchema>, redis: IORedis, prefix:
       if (finished === cfg.JOBS) allDone();
       return { outcome: 'succeeded', result: { reservationId: randomBytes(16).toString('hex') } };
     },
-    { connection: new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: null }), prefix, concurrency: cfg.WORKER_CONCURRENCY, autorun: false },
+    { connection: consumer, prefix, concurrency: cfg.WORKER_CONCURRENCY, autorun: false },
   );
   const data = {
     couponId: randomBytes(18).toString('hex'),
@@ -73,8 +69,8 @@ async function round1(cfg: z.infer<typeof configSchema>, redis: IORedis, prefix:
     requestedAt: new Date().toISOString(),
   };
   const perBurst = Math.max(1, Math.round(cfg.RATE / 100));
-  const cpu0 = process.cpuUsage();
-  const redis0 = await redisCpuMs(redis);
+  // This process and Redis: no stack of ours runs (`own` names none, so no node process is taken for one).
+  const cpu = startCpuPhase(classifier({ web: [], workers: [] }));
   const started = performance.now();
   void worker.run();
   for (let i = 0; i < cfg.JOBS; i += perBurst) {
@@ -83,18 +79,18 @@ async function round1(cfg: z.infer<typeof configSchema>, redis: IORedis, prefix:
   }
   await Promise.race([done, sleep(60_000)]);
   const seconds = (performance.now() - started) / 1000;
-  const cpu = process.cpuUsage(cpu0);
-  const redisMs = (await redisCpuMs(redis)) - redis0;
+  const { groupsMs } = cpu();
   await worker.close();
   await queue.obliterate({ force: true });
   await queue.close();
   producer.disconnect();
+  consumer.disconnect();
   return {
     jobs: cfg.JOBS,
     finished,
     seconds: round(seconds, 2),
-    nodeUsPerJob: round((cpu.user + cpu.system) / finished, 1),
-    redisUsPerJob: round((redisMs * 1000) / finished, 1),
+    nodeUsPerJob: round((groupsMs.bench * 1000) / finished, 1),
+    redisUsPerJob: round((groupsMs.redis * 1000) / finished, 1),
   };
 }
 
@@ -104,24 +100,19 @@ async function main(): Promise<number> {
     throw new Error(`bad configuration: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   const cfg = parsed.data;
   const startedAt = new Date();
-  const redis = new IORedis(cfg.REDIS_URL, { maxRetriesPerRequest: 1 });
   process.stdout.write(
     `Queue job: ${fmtInt(cfg.JOBS)} BullMQ jobs at ${fmtInt(cfg.RATE)}/s, a no-op worker of concurrency ${cfg.WORKER_CONCURRENCY}, ${cfg.ROUNDS} round(s); ${cpus().length} CPUs, load average ${loadavg()
       .map((x) => round(x, 2))
       .join(' ')}\n`,
   );
   const rounds: Round[] = [];
-  try {
-    for (let r = 1; r <= cfg.ROUNDS; r += 1) {
-      note(`round ${r}: adding ${fmtInt(cfg.JOBS)} jobs`);
-      const result = await round1(cfg, redis, `bench-queue-job-${randomBytes(4).toString('hex')}`);
-      rounds.push(result);
-      process.stdout.write(
-        `${r}  ${fmtInt(result.finished)} of ${fmtInt(result.jobs)} finished in ${result.seconds} s; a job: node ${result.nodeUsPerJob} µs (producer and worker), redis ${result.redisUsPerJob} µs\n`,
-      );
-    }
-  } finally {
-    redis.disconnect();
+  for (let r = 1; r <= cfg.ROUNDS; r += 1) {
+    note(`round ${r}: adding ${fmtInt(cfg.JOBS)} jobs`);
+    const result = await runRound(cfg, `bench-queue-job-${randomBytes(4).toString('hex')}`);
+    rounds.push(result);
+    process.stdout.write(
+      `${r}  ${fmtInt(result.finished)} of ${fmtInt(result.jobs)} finished in ${result.seconds} s; a job: node ${result.nodeUsPerJob} µs (producer and worker), redis ${result.redisUsPerJob} µs\n`,
+    );
   }
   const medians = { nodeUsPerJob: median(rounds.map((r) => r.nodeUsPerJob)), redisUsPerJob: median(rounds.map((r) => r.redisUsPerJob)) };
   process.stdout.write(`med  a job: node ${medians.nodeUsPerJob} µs, redis ${medians.redisUsPerJob} µs\n`);

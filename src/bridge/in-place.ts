@@ -10,7 +10,7 @@ import type { Sequelize } from 'sequelize';
 import type { Logger } from '../core/logger';
 import { paymentsAppliedInPlace } from '../core/metrics';
 import type { NewJob } from '../queues/enqueue';
-import { paymentJobSchema } from '../queues/jobs';
+import type { PaymentJob } from '../queues/jobs';
 import { applyCheckoutEvent, paymentCheckoutEvent, reportCheckoutOutcome } from '../usecases/payment-event';
 
 export interface InPlaceDeps {
@@ -29,9 +29,8 @@ export function applyPaymentsInPlace(deps: InPlaceDeps): ApplyInPlace {
 
   const applyOne = async (job: NewJob): Promise<boolean> => {
     if (job.kind !== 'payment') return false;
-    const parsed = paymentJobSchema.safeParse(job.data);
-    if (!parsed.success) return false; // the worker's schema check fails the job, with its reason
-    const { event, traceId, source } = parsed.data;
+    // Parsed already: the route made the job from paymentJobSchema's output (src/bridge/topics.ts).
+    const { event, traceId, source } = job.data as PaymentJob;
     const log = deps.log.child({ traceId, jobId: job.id, eventId: event.eventId, orderId: event.orderId, kafka: source });
     try {
       const outcome = await applyCheckoutEvent(deps, paymentCheckoutEvent(event));

@@ -1,6 +1,6 @@
 // Checkout helpers for tests: a user with coupons, reserve requests, and a Kafka producer for payment events.
 import { randomUUID } from 'node:crypto';
-import { Kafka, logLevel, Partitioners, type Producer } from 'kafkajs';
+import { Kafka, logLevel, Partitioners, type Admin, type Producer } from 'kafkajs';
 import { db } from './db';
 import { createPolicy, uniqueId } from './fixtures';
 import type { Api } from './http';
@@ -95,6 +95,11 @@ export async function eventually<T>(
 
 export function paymentEvent(type: string, orderId: string, extra: Record<string, unknown> = {}) {
   return { eventId: randomUUID(), type, orderId, occurredAt: new Date().toISOString(), ...extra };
+}
+
+/** A Kafka admin client of the tests' broker (KAFKA_BROKERS); connect it, and disconnect it when done. */
+export function kafkaAdmin(clientId = 'coupon-tests-admin'): Admin {
+  return new Kafka({ clientId, brokers: (process.env.KAFKA_BROKERS ?? '127.0.0.1:9092').split(','), logLevel: logLevel.NOTHING }).admin();
 }
 
 /** A producer of test events, keyed by orderId as the payment system keys them. */
